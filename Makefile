@@ -1,0 +1,42 @@
+# chatd: make help lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BUF := .tools/node_modules/.bin/buf
+
+.PHONY: help build run test test-short generate lint breaking fmt vet bench services-up services-down clean
+
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## build chatd, chatctl and chatbench into bin/
+	$(GO) build -o bin/ ./cmd/...
+
+run: build ## run chatd on its embedded defaults (gRPC :9090, HTTP :8080, ./data)
+	./bin/chatd
+
+$(BUF): .tools/package.json .tools/package-lock.json
+	cd .tools && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(BUF)
+
+generate: $(BUF) ## regenerate gen/ from proto/ with buf and local plugins
+	$(BUF) generate
+
+lint: $(BUF) ## buf lint, gofmt check and go vet
+	$(BUF) lint
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+breaking: $(BUF) ## buf breaking against main
+	$(BUF) breaking --against '.git#branch=main'
+
+test: ## the whole suite: generated code up to date, lint, all Go tests (starts Redis and Cassandra)
+	./scripts/test.sh
+
+test-short: ## unit and single-node tests only (no external services)
+	$(GO) test -short -count=1 ./...
+
+bench: ## Go micro-benchmarks of the hot path
+	$(GO) test -run '^$$' -bench . -benchmem ./server/...
+
+clean: ## remove build output
+	rm -rf bin/

@@ -1,0 +1,243 @@
+// Package store defines the durable storage of the chat backend: messages
+// (rows keyed by channel_id and message_id), per-user inboxes (the sync
+// log), accounts, devices, channels, memberships and contacts.
+//
+// One implementation per backing system lives in its own sub-package
+// (store/pebble for the embedded single-node default, store/scylla for the
+// cluster) and every one passes the conformance suite in store/storetest.
+//
+// Methods return the sentinel errors below (wrapped or not); callers test
+// them with errors.Is and map them to gRPC status codes.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors. Implementations return them (possibly wrapped).
+var (
+	// ErrNotFound: the user, device, channel or member does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrAlreadyExists: a user with the same id, or a channel with the
+	// same id, exists already.
+	ErrAlreadyExists = errors.New("store: already exists")
+	// ErrGroupFull: adding the member would exceed the group's limit.
+	ErrGroupFull = errors.New("store: group is full")
+)
+
+// MaxGroupMembers is the largest number of members a group channel holds.
+const MaxGroupMembers = 100
+
+// MessageKind mirrors chat.v1.MessageKind.
+type MessageKind uint8
+
+const (
+	KindText   MessageKind = 1
+	KindEdit   MessageKind = 2
+	KindDelete MessageKind = 3
+	KindSystem MessageKind = 4
+)
+
+// ChannelType mirrors chat.v1.ChannelType.
+type ChannelType uint8
+
+const (
+	ChannelDirect ChannelType = 1
+	ChannelGroup  ChannelType = 2
+)
+
+// Role mirrors chat.v1.MemberRole.
+type Role uint8
+
+const (
+	RoleMember Role = 1
+	RoleAdmin  Role = 2
+	RoleOwner  Role = 3
+)
+
+// Message is one immutable row of a channel.
+type Message struct {
+	ChannelID       string
+	MessageID       uint64 // unique and strictly increasing within ChannelID
+	SenderID        string
+	SenderDeviceID  string
+	ClientMessageID string
+	Text            string
+	CreatedAt       time.Time // server clock, ms precision
+	Kind            MessageKind
+	RefMessageID    uint64 // for edits and deletes
+}
+
+// InboxEntry places a message in one user's inbox. Seq is dense and strictly
+// increasing per user; it is the sync cursor of every device of that user.
+type InboxEntry struct {
+	UserID    string
+	Seq       uint64
+	ChannelID string
+	MessageID uint64
+}
+
+// Delivery is an inbox entry joined with its message, as sync returns it.
+type Delivery struct {
+	Seq     uint64
+	Message *Message
+}
+
+// Dedup remembers the result of a send keyed by (SenderID, ClientMessageID)
+// so that a retried send returns the original ack.
+type Dedup struct {
+	SenderID        string
+	ClientMessageID string
+	ChannelID       string
+	MessageID       uint64
+	CreatedAt       time.Time
+}
+
+// Batch is a group commit: messages with their inbox entries and dedup
+// records, written atomically and durably (fsync'd or quorum-acked) before
+// AppendBatch returns. Ids are assigned by the caller (the sequencer).
+type Batch struct {
+	Messages []*Message
+	Inbox    []InboxEntry
+	Dedup    []Dedup
+	// Channels whose last activity moves with this batch are derived from
+	// Messages by the implementation.
+}
+
+// Messages stores channel rows and inboxes.
+type Messages interface {
+	// AppendBatch writes the batch atomically and durably. Writing the same
+	// (channel_id, message_id) or (user_id, seq) again overwrites with the
+	// same content (idempotent replay).
+	AppendBatch(ctx context.Context, b *Batch) error
+	// LastMessageID returns the highest message_id stored in the channel, 0
+	// if none.
+	LastMessageID(ctx context.Context, channelID string) (uint64, error)
+	// LastInboxSeq returns the highest inbox seq stored for the user, 0 if
+	// none.
+	LastInboxSeq(ctx context.Context, userID string) (uint64, error)
+	// GetMessage returns one message or ErrNotFound.
+	GetMessage(ctx context.Context, channelID string, messageID uint64) (*Message, error)
+	// History returns up to limit messages of the channel in ascending
+	// message_id order. If after > 0 it reads forward from after
+	// (exclusive); otherwise it reads the newest messages older than
+	// before (exclusive; before == 0 means from the newest). more reports
+	// whether further messages exist in the reading direction.
+	History(ctx context.Context, channelID string, before, after uint64, limit int) (msgs []*Message, more bool, err error)
+	// Inbox returns up to limit deliveries of the user with seq > afterSeq in
+	// ascending seq order, and whether more remain.
+	Inbox(ctx context.Context, userID string, afterSeq uint64, limit int) (ds []Delivery, more bool, err error)
+	// LookupDedup returns the recorded send for (senderID, clientMessageID),
+	// or ErrNotFound.
+	LookupDedup(ctx context.Context, senderID, clientMessageID string) (*Dedup, error)
+}
+
+// User is an account. ID is the canonical username.
+type User struct {
+	ID           string
+	DisplayName  string
+	PasswordHash []byte // PHC-style encoded argon2id hash
+	CreatedAt    time.Time
+}
+
+// Device is one logged-in device of a user.
+type Device struct {
+	UserID     string
+	DeviceID   string
+	Name       string
+	CreatedAt  time.Time
+	LastSeenAt time.Time
+	Revoked    bool
+	Cursor     uint64 // highest acked inbox seq
+}
+
+// Accounts stores users, devices and contacts.
+type Accounts interface {
+	// CreateUser inserts u; ErrAlreadyExists if u.ID is taken.
+	CreateUser(ctx context.Context, u *User) error
+	// GetUser returns the user or ErrNotFound.
+	GetUser(ctx context.Context, userID string) (*User, error)
+	// UpdateDisplayName changes a user's display name; ErrNotFound.
+	UpdateDisplayName(ctx context.Context, userID, displayName string) error
+	// PutDevice inserts or replaces a device (not its cursor, which only
+	// AdvanceCursor changes).
+	PutDevice(ctx context.Context, d *Device) error
+	// GetDevice returns the device or ErrNotFound.
+	GetDevice(ctx context.Context, userID, deviceID string) (*Device, error)
+	// ListDevices returns the user's devices, revoked ones included,
+	// ordered by CreatedAt.
+	ListDevices(ctx context.Context, userID string) ([]*Device, error)
+	// AdvanceCursor sets the device cursor to max(current, seq) and returns
+	// the resulting cursor. ErrNotFound for an unknown device.
+	AdvanceCursor(ctx context.Context, userID, deviceID string, seq uint64) (uint64, error)
+	// AddContact records that userID has contactID as a contact
+	// (idempotent).
+	AddContact(ctx context.Context, userID, contactID string) error
+	// RemoveContact removes it (idempotent).
+	RemoveContact(ctx context.Context, userID, contactID string) error
+	// ListContacts returns userID's contacts in ascending id order.
+	ListContacts(ctx context.Context, userID string) ([]string, error)
+	// IsContact reports whether userID has contactID as a contact.
+	IsContact(ctx context.Context, userID, contactID string) (bool, error)
+}
+
+// Channel is a direct or group channel.
+type Channel struct {
+	ID        string
+	Type      ChannelType
+	Name      string
+	CreatedAt time.Time
+	CreatedBy string
+}
+
+// Member is one membership of a channel.
+type Member struct {
+	ChannelID string
+	UserID    string
+	Role      Role
+	JoinedAt  time.Time
+}
+
+// ChannelActivity is a channel with the time and id of its newest message,
+// as ListUserChannels returns it.
+type ChannelActivity struct {
+	ChannelID     string
+	LastMessageID uint64
+	LastActivity  time.Time
+}
+
+// Channels stores channels and memberships.
+type Channels interface {
+	// CreateChannel inserts ch with its initial members atomically;
+	// ErrAlreadyExists if the id is taken, ErrGroupFull if members exceed
+	// MaxGroupMembers for a group.
+	CreateChannel(ctx context.Context, ch *Channel, members []Member) error
+	// GetChannel returns the channel or ErrNotFound.
+	GetChannel(ctx context.Context, channelID string) (*Channel, error)
+	// AddMember adds (or updates the role of) a member. Adding a new member
+	// to a group that already holds max members returns ErrGroupFull; the
+	// check and the insert are atomic against concurrent AddMember calls.
+	// ErrNotFound if the channel does not exist.
+	AddMember(ctx context.Context, m Member, max int) error
+	// RemoveMember removes a member; ErrNotFound if not a member.
+	RemoveMember(ctx context.Context, channelID, userID string) error
+	// GetMember returns the membership or ErrNotFound.
+	GetMember(ctx context.Context, channelID, userID string) (*Member, error)
+	// ListMembers returns all members in ascending user id order.
+	ListMembers(ctx context.Context, channelID string) ([]Member, error)
+	// ListUserChannels returns the channels userID belongs to, most recent
+	// activity first (channels without messages ordered by creation), at
+	// most limit, skipping the first offset.
+	ListUserChannels(ctx context.Context, userID string, offset, limit int) ([]ChannelActivity, error)
+}
+
+// Store is everything the server keeps durably.
+type Store interface {
+	Messages
+	Accounts
+	Channels
+	// Close flushes and releases the store.
+	Close() error
+}
