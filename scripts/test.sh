@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite (what `make test` and CI run):
+#   1. generated code in gen/ is up to date with proto/ (buf generate + diff)
+#   2. buf lint, buf breaking against main, gofmt, go vet
+#   3. the real services (Redis, the CQL server) are up: scripts/services.sh up
+#   4. every Go test, then the concurrency-heavy packages again under -race
+# With CI=true a missing service is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+
+step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+step "tools: buf from npm (.tools/)"
+make -s .tools/node_modules/.bin/buf
+BUF=.tools/node_modules/.bin/buf
+
+step "generated code is up to date"
+$BUF generate
+if git rev-parse --git-dir >/dev/null 2>&1; then
+  if [ -n "$(git status --porcelain -- gen)" ]; then
+    git status --porcelain -- gen
+    git diff --stat -- gen
+    echo "gen/ is stale: run 'make generate' and commit the result" >&2
+    exit 1
+  fi
+fi
+
+step "lint"
+$BUF lint
+unformatted=$(gofmt -l $(find . -name '*.go' -not -path './gen/*' -not -path './.tools/*' -not -path './.services/*'))
+if [ -n "$unformatted" ]; then echo "gofmt needed:"; echo "$unformatted"; exit 1; fi
+go vet ./...
+if git rev-parse --verify -q main >/dev/null && git cat-file -e main:proto 2>/dev/null; then
+  step "buf breaking against main"
+  $BUF breaking --against '.git#branch=main'
+fi
+
+if [ -x scripts/services.sh ]; then
+  step "services: Redis and the CQL server"
+  scripts/services.sh up
+  export REDIS_ADDR="${REDIS_ADDR:-127.0.0.1:6379}" CQL_HOSTS="${CQL_HOSTS:-127.0.0.1:9042}"
+fi
+
+step "go test ./..."
+go test -count=1 -timeout 45m ./...
+
+step "go test -race (core packages)"
+go test -race -count=1 -timeout 20m ./server/hub/... ./server/sequence/... ./server/router/... ./server/ratelimit/...
+
+step "all tests passed"
