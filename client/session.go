@@ -1,0 +1,852 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Defaults for SessionOptions.
+const (
+	// DefaultDeliveryBuffer is the capacity of Session.Deliveries.
+	DefaultDeliveryBuffer = 1024
+	// DefaultTypingBuffer is the capacity of Session.TypingEvents.
+	DefaultTypingBuffer = 64
+	// DefaultMaxInFlight bounds the frames awaiting a reply per session.
+	DefaultMaxInFlight = 1024
+	// defaultHeartbeat is used when the Welcome names no interval.
+	defaultHeartbeat = 25 * time.Second
+	// outQueue is the capacity of the writer queue, in frames.
+	outQueue = 256
+	// autoAckTimeout bounds one background Ack round trip.
+	autoAckTimeout = 30 * time.Second
+)
+
+// ErrClosed is what Session.Err returns after Session.Close, and what
+// methods of a closed Session return.
+// It carries codes.Canceled, so status.Code(ErrClosed) == codes.Canceled.
+var ErrClosed = status.Error(codes.Canceled, "client: session closed")
+
+// SessionOption configures Connect.
+type SessionOption func(*sessionOptions)
+
+type sessionOptions struct {
+	deliveryBuffer int
+	typingBuffer   int
+	maxInFlight    int
+	autoAck        bool
+	autoAckEvery   time.Duration
+	resumeAfter    uint64
+}
+
+// WithDeliveryBuffer sets the capacity of the Deliveries channel (default
+// DefaultDeliveryBuffer, minimum 1). See Session.Deliveries for what
+// happens when it is full.
+func WithDeliveryBuffer(n int) SessionOption {
+	return func(o *sessionOptions) { o.deliveryBuffer = max(n, 1) }
+}
+
+// WithTypingBuffer sets the capacity of the TypingEvents channel (default
+// DefaultTypingBuffer, minimum 1). Typing events that do not fit are dropped.
+func WithTypingBuffer(n int) SessionOption {
+	return func(o *sessionOptions) { o.typingBuffer = max(n, 1) }
+}
+
+// WithMaxInFlight bounds how many frames may await a reply at once (default
+// DefaultMaxInFlight, minimum 1). Further Send, Sync, Ack and Heartbeat
+// calls block until a reply arrives or their context ends.
+func WithMaxInFlight(n int) SessionOption {
+	return func(o *sessionOptions) { o.maxInFlight = max(n, 1) }
+}
+
+// WithAutoAck makes the session ack, in the background, every inbox_seq it
+// hands to the application (a Delivery placed into the Deliveries channel,
+// or one passed to SyncAll's callback that returned nil). At most one Ack is
+// sent per interval (0: as soon as the previous Ack completed); acks in
+// between are coalesced into the highest seq.
+//
+// Auto-ack means at-most-once processing if the application crashes:
+// deliveries still buffered in the channel are acked but not yet processed.
+// Applications that need at-least-once call AckAsync or Ack themselves after
+// processing each delivery.
+func WithAutoAck(interval time.Duration) SessionOption {
+	return func(o *sessionOptions) { o.autoAck = true; o.autoAckEvery = max(interval, 0) }
+}
+
+// WithResumeAfter tells the session that the application has already
+// processed every inbox_seq up to seq (for example in a previous session
+// whose last ack did not reach the server). SyncAll then starts after
+// max(Welcome.cursor, seq) and deliveries up to seq are dropped as
+// duplicates.
+func WithResumeAfter(seq uint64) SessionOption {
+	return func(o *sessionOptions) { o.resumeAfter = seq }
+}
+
+// Session is one open Chat stream of a device. It demultiplexes the
+// server's frames: replies go to the call that sent the frame (matched by
+// frame_id), Deliveries and TypingEvents go to bounded channels. It sends a
+// Heartbeat at the interval the server asked for in its Welcome.
+//
+// Methods are safe for concurrent use. After the stream ends, every method
+// returns the error Err reports.
+type Session struct {
+	stream  grpc.BidiStreamingClient[chatv1.ClientFrame, chatv1.ServerFrame]
+	ctx     context.Context // the stream's context; canceled when the session ends
+	cancel  context.CancelFunc
+	welcome *chatv1.Welcome
+	opts    sessionOptions
+
+	nextID   atomic.Uint64
+	out      chan outFrame
+	inflight chan struct{}
+
+	deliveries chan *chatv1.Delivery
+	typing     chan *chatv1.TypingEvent
+
+	mu     sync.Mutex
+	calls  map[uint64]*call // frames awaiting a reply, by frame_id
+	seen   uint64           // highest inbox_seq handed to the application
+	ended  bool
+	endErr error
+
+	cursor  atomic.Uint64 // highest cursor confirmed by the server
+	ackWant atomic.Uint64 // highest seq passed to AckAsync
+	ackKick chan struct{}
+
+	dupDropped    atomic.Uint64
+	typingDropped atomic.Uint64
+
+	done      chan struct{}
+	closed    atomic.Bool
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+type outFrame struct {
+	frame *chatv1.ClientFrame
+	call  *call // nil when no reply is awaited
+}
+
+// call is one frame awaiting its reply.
+type call struct {
+	done    chan struct{}
+	frame   *chatv1.ServerFrame
+	err     error
+	once    sync.Once
+	release func()
+}
+
+func (c *call) complete(f *chatv1.ServerFrame, err error) {
+	c.once.Do(func() {
+		c.frame, c.err = f, err
+		close(c.done)
+		c.release()
+	})
+}
+
+func (c *call) wait(ctx context.Context) (*chatv1.ServerFrame, error) {
+	select {
+	case <-c.done:
+		return c.frame, c.err
+	case <-ctx.Done():
+		// The call stays registered until its reply (or the end of the
+		// stream) arrives, which frees its in-flight slot.
+		return nil, ctx.Err()
+	}
+}
+
+// Connect opens the device's Chat stream and waits for the server's Welcome.
+// ctx bounds only the opening (like net.Dialer.DialContext): once Connect
+// returns, the session lives until Close, Client.Close or the server ends
+// it. Errors: Unauthenticated (missing, expired or revoked token),
+// Unavailable (server unreachable or shutting down), or ctx's error.
+//
+// If Welcome.head_seq is above the device's cursor (Behind reports true),
+// the server pushes no live deliveries until the device has synced to the
+// head: call SyncAll first.
+func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, error) {
+	o := sessionOptions{
+		deliveryBuffer: DefaultDeliveryBuffer,
+		typingBuffer:   DefaultTypingBuffer,
+		maxInFlight:    DefaultMaxInFlight,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if c.Token() == "" {
+		return nil, ErrNoToken
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, cancel)
+	stream, err := c.chat.Chat(sctx)
+	var first *chatv1.ServerFrame
+	if err == nil {
+		first, err = stream.Recv()
+	}
+	if !stop() {
+		cancel()
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	w := first.GetWelcome()
+	if w == nil {
+		cancel()
+		return nil, status.Errorf(codes.Internal, "client: first Chat frame is %T, not a Welcome", first.GetPayload())
+	}
+	s := &Session{
+		stream:     stream,
+		ctx:        sctx,
+		cancel:     cancel,
+		welcome:    w,
+		opts:       o,
+		out:        make(chan outFrame, outQueue),
+		inflight:   make(chan struct{}, o.maxInFlight),
+		deliveries: make(chan *chatv1.Delivery, o.deliveryBuffer),
+		typing:     make(chan *chatv1.TypingEvent, o.typingBuffer),
+		calls:      make(map[uint64]*call),
+		seen:       max(w.GetCursor(), o.resumeAfter),
+		ackKick:    make(chan struct{}, 1),
+		done:       make(chan struct{}),
+	}
+	s.cursor.Store(w.GetCursor())
+	s.ackWant.Store(w.GetCursor())
+	s.wg.Add(4)
+	go s.readLoop()
+	go s.writeLoop()
+	go s.heartbeatLoop()
+	go s.ackLoop()
+	return s, nil
+}
+
+// newDetachedSession builds a Session without a stream, for tests of the
+// demultiplexing logic.
+func newDetachedSession(w *chatv1.Welcome, o sessionOptions) *Session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Session{
+		ctx: ctx, cancel: cancel, welcome: w, opts: o,
+		out:        make(chan outFrame, outQueue),
+		inflight:   make(chan struct{}, max(o.maxInFlight, 1)),
+		deliveries: make(chan *chatv1.Delivery, max(o.deliveryBuffer, 1)),
+		typing:     make(chan *chatv1.TypingEvent, max(o.typingBuffer, 1)),
+		calls:      make(map[uint64]*call),
+		seen:       max(w.GetCursor(), o.resumeAfter),
+		ackKick:    make(chan struct{}, 1),
+		done:       make(chan struct{}),
+	}
+	s.cursor.Store(w.GetCursor())
+	s.ackWant.Store(w.GetCursor())
+	return s
+}
+
+// Welcome returns the server's first frame: user and device ids, the
+// device's stored cursor, the inbox head, the heartbeat interval and the
+// server id.
+func (s *Session) Welcome() *chatv1.Welcome { return s.welcome }
+
+// Behind reports whether the inbox head was above the device's cursor when
+// the stream opened, i.e. whether the device must sync before it receives
+// live deliveries.
+func (s *Session) Behind() bool { return s.welcome.GetHeadSeq() > s.welcome.GetCursor() }
+
+// Deliveries returns the live deliveries pushed by the server, in inbox_seq
+// order and deduplicated: the session remembers the highest inbox_seq handed
+// to the application (through this channel or SyncAll) and drops any
+// delivery at or below it. The channel is closed when the session ends.
+//
+// The channel is bounded (WithDeliveryBuffer). When it is full the reading
+// goroutine blocks, so replies to Send, Sync and Ack are not read either,
+// and the server, whose own per-device queue then fills, ends the stream
+// with ResourceExhausted (slow consumer). Drain the channel promptly, and
+// do not wait for Send or Ack replies in the goroutine that drains it
+// unless the channel has room (use SendAsync and AckAsync there).
+func (s *Session) Deliveries() <-chan *chatv1.Delivery { return s.deliveries }
+
+// TypingEvents returns typing indicators of other members of the user's
+// channels. The channel is bounded (WithTypingBuffer); events that do not
+// fit are dropped, since they are ephemeral. It is closed when the session
+// ends.
+func (s *Session) TypingEvents() <-chan *chatv1.TypingEvent { return s.typing }
+
+// Done is closed when the session has ended; Err then says why.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err returns nil while the session is open. Afterwards it returns why it
+// ended: ErrClosed after Close; io.EOF if the server ended the stream with
+// an OK status; otherwise the stream's gRPC status error, notably
+// Unauthenticated (token expired or revoked, or the device logged out: log
+// in again), ResourceExhausted (slow consumer: reconnect and sync) and
+// Unavailable (server shutting down or connection lost: reconnect).
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.endErr
+}
+
+// Close ends the stream and waits for the session's goroutines to exit. It
+// does not flush pending AckAsync acks; call Flush first for that. Close is
+// idempotent and always returns nil.
+func (s *Session) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.cancel()
+	})
+	s.wg.Wait()
+	return nil
+}
+
+// Cursor returns the device's cursor as last confirmed by the server (the
+// Welcome's cursor, raised by every AckResult).
+func (s *Session) Cursor() uint64 { return s.cursor.Load() }
+
+// LastSeq returns the highest inbox_seq handed to the application through
+// Deliveries or SyncAll (initially max(Welcome.cursor, WithResumeAfter)).
+func (s *Session) LastSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen
+}
+
+// SessionStats counts frames the session dropped.
+type SessionStats struct {
+	// DuplicateDeliveries: deliveries at or below LastSeq, dropped.
+	DuplicateDeliveries uint64
+	// DroppedTypingEvents: typing events dropped because TypingEvents was full.
+	DroppedTypingEvents uint64
+}
+
+// Stats returns the session's drop counters.
+func (s *Session) Stats() SessionStats {
+	return SessionStats{
+		DuplicateDeliveries: s.dupDropped.Load(),
+		DroppedTypingEvents: s.typingDropped.Load(),
+	}
+}
+
+// SendParams describes one message to send. Exactly one of ToUser and
+// ChannelID must be set.
+type SendParams struct {
+	// ToUser is a username: the message goes to the direct channel with that
+	// user, created on first use.
+	ToUser string
+	// ChannelID is an existing channel ("dm:..." or "g:...") the sender is a
+	// member of.
+	ChannelID string
+	// Text: valid UTF-8, at most 65536 bytes, not only whitespace.
+	Text string
+	// ClientMessageID is the idempotency key (1..64 bytes): resending the
+	// same id returns the original SendAck with duplicate=true and stores
+	// nothing. If empty, a random one (32 hex digits) is generated.
+	ClientMessageID string
+}
+
+// PendingSend is a message sent with SendAsync whose SendAck has not
+// necessarily arrived yet.
+type PendingSend struct {
+	clientMessageID string
+	c               *call
+}
+
+// ClientMessageID returns the idempotency key the message was sent with
+// (generated if SendParams left it empty). Resend with the same key after a
+// failure to avoid duplicates.
+func (p *PendingSend) ClientMessageID() string { return p.clientMessageID }
+
+// Done is closed when the SendAck, a FrameError or the end of the session
+// has arrived; Wait then returns without blocking.
+func (p *PendingSend) Done() <-chan struct{} { return p.c.done }
+
+// Wait waits for the SendAck. Errors: the server's FrameError as a status
+// error (InvalidArgument for bad text or target, NotFound for an unknown
+// user or a channel the sender is not in, ResourceExhausted when rate
+// limited), the session's end error, or ctx's error (the message may still
+// have been stored; resend with the same ClientMessageID to find out).
+func (p *PendingSend) Wait(ctx context.Context) (*chatv1.SendAck, error) {
+	f, err := p.c.wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := frameError(f); err != nil {
+		return nil, err
+	}
+	ack := f.GetSendAck()
+	if ack == nil {
+		return nil, unexpectedReply(f, "SendAck")
+	}
+	return ack, nil
+}
+
+// SendAsync queues a message and returns without waiting for its SendAck,
+// so that many messages can be pipelined on the stream. ctx bounds only the
+// queuing (it blocks when WithMaxInFlight frames already await replies).
+// Errors: InvalidArgument when not exactly one of ToUser and ChannelID is
+// set, the session's end error, or ctx's error.
+func (s *Session) SendAsync(ctx context.Context, p SendParams) (*PendingSend, error) {
+	msg := &chatv1.SendMessage{ClientMessageId: p.ClientMessageID, Text: p.Text}
+	switch {
+	case p.ToUser != "" && p.ChannelID != "":
+		return nil, status.Error(codes.InvalidArgument, "client: set ToUser or ChannelID, not both")
+	case p.ToUser != "":
+		msg.Target = &chatv1.SendMessage_ToUser{ToUser: p.ToUser}
+	case p.ChannelID != "":
+		msg.Target = &chatv1.SendMessage_ChannelId{ChannelId: p.ChannelID}
+	default:
+		return nil, status.Error(codes.InvalidArgument, "client: set ToUser or ChannelID")
+	}
+	if msg.ClientMessageId == "" {
+		msg.ClientMessageId = NewClientMessageID()
+	}
+	c, err := s.enqueue(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Send{Send: msg}}, true)
+	if err != nil {
+		return nil, err
+	}
+	return &PendingSend{clientMessageID: msg.ClientMessageId, c: c}, nil
+}
+
+// Send sends a message and waits for the server's SendAck (the message is
+// then durably stored). Errors are those of SendAsync and PendingSend.Wait;
+// use status.Code(err) to tell them apart.
+func (s *Session) Send(ctx context.Context, p SendParams) (*chatv1.SendAck, error) {
+	ps, err := s.SendAsync(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return ps.Wait(ctx)
+}
+
+// Sync fetches one page of the device's inbox after afterSeq (exclusive),
+// at most limit deliveries (1..1000; 0 means the server default, 100). It
+// is the raw request: it neither deduplicates nor changes LastSeq. Errors:
+// InvalidArgument (bad limit), the session's end error, or ctx's error.
+func (s *Session) Sync(ctx context.Context, afterSeq uint64, limit int32) (*chatv1.SyncPage, error) {
+	f, err := s.roundTrip(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Sync{
+		Sync: &chatv1.SyncRequest{AfterSeq: afterSeq, Limit: limit},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	page := f.GetSyncPage()
+	if page == nil {
+		return nil, unexpectedReply(f, "SyncPage")
+	}
+	return page, nil
+}
+
+// SyncAll pages through the inbox from LastSeq (initially the Welcome's
+// cursor) until the server reports no more entries, calling fn for each
+// delivery not handed to the application before, in inbox_seq order. limit
+// is the page size as for Sync. It always sends at least one request, which
+// is what tells the server that the device has caught up and may receive
+// live deliveries.
+//
+// If fn returns an error, SyncAll stops and returns it; that delivery is not
+// counted as handed over, so a later SyncAll offers it again. SyncAll
+// returns LastSeq: the highest inbox_seq handed to the application, which is
+// what to Ack once the deliveries are durably processed.
+func (s *Session) SyncAll(ctx context.Context, limit int32, fn func(*chatv1.Delivery) error) (last uint64, err error) {
+	after := s.LastSeq()
+	for {
+		page, err := s.Sync(ctx, after, limit)
+		if err != nil {
+			return s.LastSeq(), err
+		}
+		for _, d := range page.GetDeliveries() {
+			seq := d.GetInboxSeq()
+			s.mu.Lock()
+			prev := s.seen
+			if seq <= prev {
+				s.mu.Unlock()
+				continue
+			}
+			s.seen = seq
+			s.mu.Unlock()
+			if err := fn(d); err != nil {
+				s.mu.Lock()
+				if s.seen == seq {
+					s.seen = prev
+				}
+				s.mu.Unlock()
+				return s.LastSeq(), err
+			}
+			if s.opts.autoAck {
+				s.AckAsync(seq)
+			}
+		}
+		if !page.GetMore() {
+			return s.LastSeq(), nil
+		}
+		next := page.GetNextAfterSeq()
+		if next <= after {
+			return s.LastSeq(), status.Errorf(codes.Internal, "client: sync page after %d did not advance (next_after_seq %d)", after, next)
+		}
+		after = next
+	}
+}
+
+// Ack tells the server that the device has durably received every inbox
+// entry up to and including seq, and returns the device's cursor after it
+// (cursors never move backwards, so it may be above seq). Errors: the
+// server's FrameError (InvalidArgument for a seq above the inbox head), the
+// session's end error, or ctx's error.
+func (s *Session) Ack(ctx context.Context, seq uint64) (cursor uint64, err error) {
+	f, err := s.roundTrip(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Ack{
+		Ack: &chatv1.Ack{InboxSeq: seq},
+	}})
+	if err != nil {
+		return 0, err
+	}
+	res := f.GetAckResult()
+	if res == nil {
+		return 0, unexpectedReply(f, "AckResult")
+	}
+	return res.GetCursor(), nil
+}
+
+// AckAsync records that every inbox entry up to seq is processed and acks it
+// in the background, coalescing consecutive calls into one Ack of the
+// highest seq. It never blocks. Errors of background acks are not reported;
+// Flush acks synchronously and reports them.
+func (s *Session) AckAsync(seq uint64) {
+	for {
+		cur := s.ackWant.Load()
+		if seq <= cur {
+			return
+		}
+		if s.ackWant.CompareAndSwap(cur, seq) {
+			break
+		}
+	}
+	select {
+	case s.ackKick <- struct{}{}:
+	default:
+	}
+}
+
+// Flush acks the highest seq passed to AckAsync if the server has not yet
+// confirmed it, and waits for the AckResult. Errors are those of Ack.
+func (s *Session) Flush(ctx context.Context) error {
+	want := s.ackWant.Load()
+	if want <= s.cursor.Load() {
+		return nil
+	}
+	_, err := s.Ack(ctx, want)
+	return err
+}
+
+// Typing tells the other members of channelID that the user is typing.
+// There is no reply on success and a server-side FrameError for this frame
+// (for example NotFound for a channel the user is not in) is discarded, so
+// the error is only the session's end error or ctx's error.
+func (s *Session) Typing(ctx context.Context, channelID string) error {
+	_, err := s.enqueue(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Typing{
+		Typing: &chatv1.Typing{ChannelId: channelID},
+	}}, false)
+	return err
+}
+
+// Heartbeat sends a Heartbeat and waits for the HeartbeatAck (with the
+// server's clock). The session already sends heartbeats at the interval
+// the server asked for; this is for measuring round trips.
+func (s *Session) Heartbeat(ctx context.Context) (*chatv1.HeartbeatAck, error) {
+	f, err := s.roundTrip(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Heartbeat{
+		Heartbeat: &chatv1.Heartbeat{},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	ack := f.GetHeartbeatAck()
+	if ack == nil {
+		return nil, unexpectedReply(f, "HeartbeatAck")
+	}
+	return ack, nil
+}
+
+// roundTrip sends f and waits for its reply, converting a FrameError.
+func (s *Session) roundTrip(ctx context.Context, f *chatv1.ClientFrame) (*chatv1.ServerFrame, error) {
+	c, err := s.enqueue(ctx, f, true)
+	if err != nil {
+		return nil, err
+	}
+	reply, err := c.wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := frameError(reply); err != nil {
+		return nil, err
+	}
+	return reply, nil
+}
+
+// enqueue assigns f a frame_id and queues it for the writer. With
+// wantReply it registers a call that the reader completes with the reply.
+func (s *Session) enqueue(ctx context.Context, f *chatv1.ClientFrame, wantReply bool) (*call, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	select {
+	case <-s.done:
+		return nil, s.Err()
+	default:
+	}
+	var c *call
+	if wantReply {
+		select {
+		case s.inflight <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.done:
+			return nil, s.Err()
+		}
+		c = &call{done: make(chan struct{}), release: func() { <-s.inflight }}
+	}
+	f.FrameId = s.nextID.Add(1)
+	if c != nil {
+		s.mu.Lock()
+		if s.ended {
+			err := s.endErr
+			s.mu.Unlock()
+			c.release()
+			return nil, err
+		}
+		s.calls[f.FrameId] = c
+		s.mu.Unlock()
+	}
+	select {
+	case s.out <- outFrame{frame: f, call: c}:
+		return c, nil
+	case <-ctx.Done():
+		if c != nil {
+			s.takeCall(f.FrameId)
+			c.complete(nil, ctx.Err())
+		}
+		return nil, ctx.Err()
+	case <-s.done:
+		return nil, s.Err()
+	}
+}
+
+func (s *Session) takeCall(id uint64) *call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.calls[id]
+	delete(s.calls, id)
+	return c
+}
+
+func (s *Session) readLoop() {
+	defer s.wg.Done()
+	for {
+		f, err := s.stream.Recv()
+		if err != nil {
+			s.end(err)
+			return
+		}
+		s.dispatch(f)
+	}
+}
+
+// dispatch routes one server frame. It blocks only when the Deliveries
+// channel is full, until there is room or the session ends.
+func (s *Session) dispatch(f *chatv1.ServerFrame) {
+	switch p := f.GetPayload().(type) {
+	case *chatv1.ServerFrame_Delivery:
+		s.deliver(p.Delivery)
+		return
+	case *chatv1.ServerFrame_Typing:
+		select {
+		case s.typing <- p.Typing:
+		default:
+			s.typingDropped.Add(1)
+		}
+		return
+	case *chatv1.ServerFrame_Welcome:
+		return // only the first frame is a Welcome; ignore repeats
+	case *chatv1.ServerFrame_AckResult:
+		raise(&s.cursor, p.AckResult.GetCursor())
+	}
+	if f.GetFrameId() == 0 {
+		return // an unsolicited reply or error has no caller
+	}
+	if c := s.takeCall(f.GetFrameId()); c != nil {
+		c.complete(f, nil)
+	}
+	// Replies to fire-and-forget frames (heartbeats, typing) are dropped.
+}
+
+// deliver hands a live delivery to the application unless it is a repeat.
+func (s *Session) deliver(d *chatv1.Delivery) {
+	seq := d.GetInboxSeq()
+	s.mu.Lock()
+	prev := s.seen
+	if seq <= prev {
+		s.mu.Unlock()
+		s.dupDropped.Add(1)
+		return
+	}
+	s.seen = seq
+	s.mu.Unlock()
+	select {
+	case s.deliveries <- d:
+		if s.opts.autoAck {
+			s.AckAsync(seq)
+		}
+	case <-s.ctx.Done():
+		s.mu.Lock()
+		if s.seen == seq {
+			s.seen = prev
+		}
+		s.mu.Unlock()
+	}
+}
+
+// end records why the stream ended, fails every waiting call and closes
+// the application's channels. Only the reader calls it.
+func (s *Session) end(err error) {
+	if s.closed.Load() {
+		err = ErrClosed
+	}
+	s.mu.Lock()
+	s.ended = true
+	s.endErr = err
+	calls := s.calls
+	s.calls = nil
+	s.mu.Unlock()
+	for _, c := range calls {
+		c.complete(nil, err)
+	}
+	close(s.deliveries)
+	close(s.typing)
+	close(s.done)
+	s.cancel()
+}
+
+func (s *Session) writeLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case of := <-s.out:
+			err := s.stream.Send(of.frame)
+			if err == nil {
+				continue
+			}
+			if errors.Is(err, io.EOF) {
+				// The stream is over; the reader gets its status from Recv
+				// and fails the waiting calls with it.
+				return
+			}
+			if of.call != nil {
+				s.takeCall(of.frame.GetFrameId())
+				of.call.complete(nil, err)
+			}
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Session) heartbeatLoop() {
+	defer s.wg.Done()
+	every := time.Duration(s.welcome.GetHeartbeatIntervalMs()) * time.Millisecond
+	if every <= 0 {
+		every = defaultHeartbeat
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			f := &chatv1.ClientFrame{
+				FrameId: s.nextID.Add(1),
+				Payload: &chatv1.ClientFrame_Heartbeat{Heartbeat: &chatv1.Heartbeat{}},
+			}
+			select {
+			case s.out <- outFrame{frame: f}:
+			default: // the queue is full, so the stream is busy anyway
+			}
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Session) ackLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ackKick:
+		case <-s.ctx.Done():
+			return
+		}
+		if want := s.ackWant.Load(); want > s.cursor.Load() {
+			ctx, cancel := context.WithTimeout(s.ctx, autoAckTimeout)
+			_, _ = s.Ack(ctx, want)
+			cancel()
+		}
+		if s.opts.autoAckEvery > 0 {
+			t := time.NewTimer(s.opts.autoAckEvery)
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+	}
+}
+
+// raise sets v to max(v, x).
+func raise(v *atomic.Uint64, x uint64) {
+	for {
+		cur := v.Load()
+		if x <= cur || v.CompareAndSwap(cur, x) {
+			return
+		}
+	}
+}
+
+// frameError converts a FrameError reply into a status error.
+func frameError(f *chatv1.ServerFrame) error {
+	e := f.GetError()
+	if e == nil {
+		return nil
+	}
+	code := codes.Code(e.GetCode())
+	if code == codes.OK {
+		code = codes.Unknown
+	}
+	return status.Error(code, e.GetMessage())
+}
+
+func unexpectedReply(f *chatv1.ServerFrame, want string) error {
+	return status.Errorf(codes.Internal, "client: reply to frame %d is %T, want %s", f.GetFrameId(), f.GetPayload(), want)
+}
+
+// NewClientMessageID returns a random idempotency key: 16 random bytes as 32
+// lower-case hex digits.
+func NewClientMessageID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// DirectChannelID returns the id of the direct channel between users a and
+// b: "dm:" + the two usernames sorted and joined by ":". Usernames must be
+// canonical (lower-case) for the id to match the server's.
+func DirectChannelID(a, b string) string {
+	if b < a {
+		a, b = b, a
+	}
+	return "dm:" + a + ":" + b
+}
