@@ -1,0 +1,397 @@
+// Package hub holds this server's connected device sessions (one per open
+// Chat stream) and fans routed events out to them.
+//
+// Sessions are kept in 256 shards keyed by user id, each with its own
+// RWMutex: there is no global lock. The first session of a user on this
+// server Attaches the user to the router, the last one to go Detaches it.
+//
+// Every session has a bounded send queue drained by its stream's writer.
+// Deliver (the router.Handler) never blocks: when a session's queue is
+// full, that session is closed with ResourceExhausted ("send queue
+// overflow: the device is not reading; reconnect and sync") and the others
+// go on; the device recovers what it missed by sync.
+package hub
+
+import (
+	"context"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/router"
+)
+
+// DefaultQueueSize is the send queue length of a session, in frames, when
+// Register is given 0.
+const DefaultQueueSize = 1024
+
+const shardCount = 256
+
+// OverflowMessage is the status message a session is closed with when its
+// send queue overflows (code ResourceExhausted).
+const OverflowMessage = "send queue overflow: the device is not reading; reconnect and sync"
+
+var (
+	errShutdown = status.Error(codes.Unavailable, "server shutting down, reconnect")
+	errAttach   = status.Error(codes.Unavailable, "cannot attach the session, retry")
+)
+
+// Item is one entry of a session's send queue: a frame to send, or an
+// operation that the session's writer executes in queue order (opaque to
+// the hub; e.g. a sync request of the chat service).
+type Item struct {
+	Frame *chatv1.ServerFrame
+	Op    any
+}
+
+// Option configures a Hub.
+type Option func(*Hub)
+
+// WithOnOverflow sets a hook called (once per session, from the goroutine
+// that found the queue full) when a session is closed for overflow. It
+// must not block.
+func WithOnOverflow(f func(userID, deviceID string)) Option {
+	return func(h *Hub) { h.onOverflow = f }
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(h *Hub) {
+		if l != nil {
+			h.log = l
+		}
+	}
+}
+
+// Hub is the set of this server's sessions. It is safe for concurrent use.
+type Hub struct {
+	r          router.Router
+	seed       maphash.Seed
+	shards     [shardCount]shard
+	count      atomic.Int64
+	overflows  atomic.Uint64
+	shutdown   atomic.Pointer[status.Status]
+	onOverflow func(userID, deviceID string)
+	log        *slog.Logger
+}
+
+type shard struct {
+	mu    sync.RWMutex
+	users map[string]*entry
+}
+
+// entry is one user's sessions on this server.
+type entry struct {
+	sessions []*Session // copy-on-write; read under shard RLock, iterated without
+
+	attachMu sync.Mutex // serialises Attach/Detach of this user
+	attached bool       // guarded by attachMu
+}
+
+// New returns an empty Hub that attaches users to r. The caller wires
+// h.Deliver as r's Handler.
+func New(r router.Router, opts ...Option) *Hub {
+	h := &Hub{r: r, seed: maphash.MakeSeed(), log: slog.Default()}
+	for i := range h.shards {
+		h.shards[i].users = make(map[string]*entry)
+	}
+	for _, o := range opts {
+		o(h)
+	}
+	return h
+}
+
+func (h *Hub) shard(userID string) *shard {
+	return &h.shards[maphash.String(h.seed, userID)%shardCount]
+}
+
+// Session is one connected device (one Chat stream).
+type Session struct {
+	userID, deviceID string
+	hub              *Hub
+	queue            chan Item
+	done             chan struct{}
+	closeOnce        sync.Once
+	st               atomic.Pointer[status.Status]
+	removed          atomic.Bool
+}
+
+// UserID returns the session's user.
+func (s *Session) UserID() string { return s.userID }
+
+// DeviceID returns the session's device.
+func (s *Session) DeviceID() string { return s.deviceID }
+
+// Queue is the session's send queue, drained by the stream's writer.
+func (s *Session) Queue() <-chan Item { return s.queue }
+
+// Done is closed when the session is closed.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Status returns why the session was closed, nil while it is open.
+func (s *Session) Status() *status.Status { return s.st.Load() }
+
+// Close closes the session with st (the status its stream ends with). The
+// first Close wins; it returns whether this call closed the session. It
+// does not remove the session from the hub: the stream does that with
+// Unregister when it ends.
+func (s *Session) Close(st *status.Status) bool {
+	closed := false
+	s.closeOnce.Do(func() {
+		if st == nil {
+			st = status.New(codes.Unavailable, "session closed")
+		}
+		s.st.Store(st)
+		close(s.done)
+		closed = true
+	})
+	return closed
+}
+
+// TryEnqueue adds it to the send queue without blocking. If the queue is
+// full the session is closed with ResourceExhausted (OverflowMessage) and
+// TryEnqueue returns false; it also returns false if the session is
+// closed.
+func (s *Session) TryEnqueue(it Item) bool {
+	select {
+	case <-s.done:
+		return false
+	default:
+	}
+	select {
+	case s.queue <- it:
+		return true
+	default:
+	}
+	if s.Close(status.New(codes.ResourceExhausted, OverflowMessage)) {
+		s.hub.overflows.Add(1)
+		if s.hub.onOverflow != nil {
+			s.hub.onOverflow(s.userID, s.deviceID)
+		}
+	}
+	return false
+}
+
+// Enqueue adds it to the send queue, waiting for room while the queue is
+// full. It returns the session's status error if the session closes first,
+// or ctx's error (as a status) if ctx ends first.
+func (s *Session) Enqueue(ctx context.Context, it Item) error {
+	select {
+	case s.queue <- it:
+		return nil
+	case <-s.done:
+		return s.Status().Err()
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// Register adds a session for (userID, deviceID) with a send queue of
+// queueSize frames (0 = DefaultQueueSize) and, for the user's first
+// session here, attaches the user to the router. Errors: Unavailable when
+// the hub is shut down or the router cannot attach. Several sessions of the
+// same device may coexist (each receives every event). The caller must
+// call Unregister when the stream ends.
+func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize int) (*Session, error) {
+	if st := h.shutdown.Load(); st != nil {
+		return nil, st.Err()
+	}
+	if queueSize <= 0 {
+		queueSize = DefaultQueueSize
+	}
+	s := &Session{userID: userID, deviceID: deviceID, hub: h, queue: make(chan Item, queueSize), done: make(chan struct{})}
+	sh := h.shard(userID)
+	sh.mu.Lock()
+	e := sh.users[userID]
+	if e == nil {
+		e = &entry{}
+		sh.users[userID] = e
+	}
+	e.sessions = append(e.sessions[:len(e.sessions):len(e.sessions)], s)
+	sh.mu.Unlock()
+	h.count.Add(1)
+
+	if err := h.reconcile(ctx, userID, sh, e); err != nil {
+		h.Unregister(s)
+		return nil, err
+	}
+	// A Shutdown racing with this Register must not miss the session.
+	if st := h.shutdown.Load(); st != nil {
+		s.Close(st)
+	}
+	return s, nil
+}
+
+// Unregister removes s from the hub (idempotent) and, when it was the
+// user's last session here, detaches the user from the router. It also
+// closes s if it is still open.
+func (h *Hub) Unregister(s *Session) {
+	s.Close(status.New(codes.Canceled, "stream ended"))
+	if !s.removed.CompareAndSwap(false, true) {
+		return
+	}
+	sh := h.shard(s.userID)
+	sh.mu.Lock()
+	e := sh.users[s.userID]
+	if e != nil {
+		ns := make([]*Session, 0, len(e.sessions))
+		for _, o := range e.sessions {
+			if o != s {
+				ns = append(ns, o)
+			}
+		}
+		e.sessions = ns
+	}
+	sh.mu.Unlock()
+	h.count.Add(-1)
+	if e != nil {
+		// Detach uses a fresh context: the stream's may be cancelled.
+		_ = h.reconcile(context.Background(), s.userID, sh, e)
+	}
+}
+
+// reconcile brings the router's attachment of userID in line with whether
+// e has sessions, serialised per user, and drops e from the shard once it
+// is empty and detached.
+func (h *Hub) reconcile(ctx context.Context, userID string, sh *shard, e *entry) error {
+	e.attachMu.Lock()
+	defer e.attachMu.Unlock()
+	sh.mu.RLock()
+	want := len(e.sessions) > 0
+	sh.mu.RUnlock()
+	var err error
+	switch {
+	case want && !e.attached:
+		if err = h.r.Attach(ctx, userID); err != nil {
+			h.log.Warn("hub: router attach failed", "user_id", userID, "err", err)
+			err = errAttach
+		} else {
+			e.attached = true
+		}
+	case !want && e.attached:
+		if derr := h.r.Detach(ctx, userID); derr != nil {
+			// The router still routes the user here: harmless (Deliver
+			// finds no session), and cleaned up by the next Attach/Detach.
+			h.log.Warn("hub: router detach failed", "user_id", userID, "err", derr)
+		}
+		e.attached = false
+	}
+	if !e.attached {
+		sh.mu.Lock()
+		if len(e.sessions) == 0 && sh.users[userID] == e {
+			delete(sh.users, userID)
+		}
+		sh.mu.Unlock()
+	}
+	return err
+}
+
+func (h *Hub) sessionsOf(userID string) []*Session {
+	sh := h.shard(userID)
+	sh.mu.RLock()
+	var ss []*Session
+	if e := sh.users[userID]; e != nil {
+		ss = e.sessions
+	}
+	sh.mu.RUnlock()
+	return ss
+}
+
+// Deliver is the router.Handler: it enqueues ev.Frame, without blocking,
+// on every open session of ev.UserID except those of device
+// ev.SkipDeviceID. A session whose queue is full is closed with
+// ResourceExhausted; the others are unaffected.
+func (h *Hub) Deliver(ev router.Event) {
+	for _, s := range h.sessionsOf(ev.UserID) {
+		if ev.SkipDeviceID != "" && s.deviceID == ev.SkipDeviceID {
+			continue
+		}
+		s.TryEnqueue(Item{Frame: ev.Frame})
+	}
+}
+
+// KillDevice closes every session of (userID, deviceID) with st (e.g.
+// Unauthenticated "device logged out") and returns how many it closed.
+func (h *Hub) KillDevice(userID, deviceID string, st *status.Status) int {
+	n := 0
+	for _, s := range h.sessionsOf(userID) {
+		if s.deviceID == deviceID && s.Close(st) {
+			n++
+		}
+	}
+	return n
+}
+
+// KillUser closes every session of userID with st and returns how many it
+// closed.
+func (h *Hub) KillUser(userID string, st *status.Status) int {
+	n := 0
+	for _, s := range h.sessionsOf(userID) {
+		if s.Close(st) {
+			n++
+		}
+	}
+	return n
+}
+
+// Shutdown closes every session with st (e.g. Unavailable "server shutting
+// down, reconnect"; nil means that) and makes later Register calls fail
+// with it. Safe to call more than once (the first status stays).
+func (h *Hub) Shutdown(st *status.Status) {
+	if st == nil {
+		st = status.Convert(errShutdown)
+	}
+	h.shutdown.CompareAndSwap(nil, st)
+	st = h.shutdown.Load()
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		var all []*Session
+		for _, e := range sh.users {
+			all = append(all, e.sessions...)
+		}
+		sh.mu.RUnlock()
+		for _, s := range all {
+			s.Close(st)
+		}
+	}
+}
+
+// Count returns the number of registered sessions (connected devices).
+func (h *Hub) Count() int { return int(h.count.Load()) }
+
+// Overflows returns how many sessions were closed for queue overflow.
+func (h *Hub) Overflows() uint64 { return h.overflows.Load() }
+
+// Users returns the users with at least one session here, in no
+// particular order.
+func (h *Hub) Users() []string {
+	var out []string
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		for u, e := range sh.users {
+			if len(e.sessions) > 0 {
+				out = append(out, u)
+			}
+		}
+		sh.mu.RUnlock()
+	}
+	return out
+}
+
+// Devices returns the device ids of userID's sessions here (a device with
+// two streams appears twice).
+func (h *Hub) Devices(userID string) []string {
+	ss := h.sessionsOf(userID)
+	out := make([]string, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, s.deviceID)
+	}
+	return out
+}

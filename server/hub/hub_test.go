@@ -1,0 +1,234 @@
+package hub_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/router/local"
+)
+
+func newHub(t *testing.T, opts ...hub.Option) (*hub.Hub, *local.Router) {
+	t.Helper()
+	var h *hub.Hub
+	r := local.New(func(ev router.Event) { h.Deliver(ev) })
+	h = hub.New(r, opts...)
+	t.Cleanup(func() { r.Close() })
+	return h, r
+}
+
+func register(t *testing.T, h *hub.Hub, user, device string, q int) *hub.Session {
+	t.Helper()
+	s, err := h.Register(context.Background(), user, device, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func frame(id uint64) *chatv1.ServerFrame { return &chatv1.ServerFrame{FrameId: id} }
+
+func drain(s *hub.Session) []uint64 {
+	var out []uint64
+	for {
+		select {
+		case it := <-s.Queue():
+			out = append(out, it.Frame.GetFrameId())
+		default:
+			return out
+		}
+	}
+}
+
+func route(t *testing.T, r router.Router, evs ...router.Event) {
+	t.Helper()
+	if err := r.Route(context.Background(), evs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDeliverSkipAndAttach(t *testing.T) {
+	h, r := newHub(t)
+	if r.Attached("alice") {
+		t.Fatal("attached before any session")
+	}
+	phone := register(t, h, "alice", "phone", 0)
+	laptop := register(t, h, "alice", "laptop", 0)
+	bob := register(t, h, "bob", "b1", 0)
+	if !r.Attached("alice") || !r.Attached("bob") || h.Count() != 3 {
+		t.Fatalf("attached alice=%v bob=%v count=%d", r.Attached("alice"), r.Attached("bob"), h.Count())
+	}
+	users := h.Users()
+	slices.Sort(users)
+	if !slices.Equal(users, []string{"alice", "bob"}) {
+		t.Fatalf("users %v", users)
+	}
+	route(t, r, router.Event{UserID: "alice", Frame: frame(1)}, router.Event{UserID: "alice", Frame: frame(2), SkipDeviceID: "phone"})
+	if got := drain(phone); !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("phone got %v", got)
+	}
+	if got := drain(laptop); !slices.Equal(got, []uint64{1, 2}) {
+		t.Fatalf("laptop got %v", got)
+	}
+	if got := drain(bob); len(got) != 0 {
+		t.Fatalf("bob got %v", got)
+	}
+	h.Unregister(phone)
+	if !r.Attached("alice") {
+		t.Fatal("detached while laptop is connected")
+	}
+	h.Unregister(laptop)
+	h.Unregister(laptop) // idempotent
+	if r.Attached("alice") || h.Count() != 1 {
+		t.Fatalf("after last session: attached=%v count=%d", r.Attached("alice"), h.Count())
+	}
+	select {
+	case <-phone.Done():
+	default:
+		t.Fatal("unregistered session still open")
+	}
+}
+
+// TestOverflowClosesOnlySlowSession: a full queue closes that session with
+// ResourceExhausted; Deliver never blocks and the other sessions get
+// everything.
+func TestOverflowClosesOnlySlowSession(t *testing.T) {
+	var overflowed []string
+	var mu sync.Mutex
+	h, r := newHub(t, hub.WithOnOverflow(func(u, d string) {
+		mu.Lock()
+		overflowed = append(overflowed, u+"/"+d)
+		mu.Unlock()
+	}))
+	slow := register(t, h, "alice", "slow", 4)
+	fast := register(t, h, "alice", "fast", 4)
+	var got []uint64
+	for i := uint64(1); i <= 100; i++ {
+		route(t, r, router.Event{UserID: "alice", Frame: frame(i)}) // never blocks
+		got = append(got, drain(fast)...)
+	}
+	if len(got) != 100 {
+		t.Fatalf("fast session got %d frames", len(got))
+	}
+	select {
+	case <-slow.Done():
+	default:
+		t.Fatal("slow session not closed")
+	}
+	st := slow.Status()
+	if st.Code() != codes.ResourceExhausted || st.Message() != hub.OverflowMessage {
+		t.Fatalf("slow session status %v", st)
+	}
+	if fast.Status() != nil {
+		t.Fatalf("fast session closed: %v", fast.Status())
+	}
+	if h.Overflows() != 1 || len(overflowed) != 1 || overflowed[0] != "alice/slow" {
+		t.Fatalf("overflows %d hook %v", h.Overflows(), overflowed)
+	}
+	// The closed session's stream unregisters it; alice stays attached.
+	h.Unregister(slow)
+	if !r.Attached("alice") {
+		t.Fatal("alice detached")
+	}
+	// Enqueue on a closed session reports its status.
+	if err := slow.Enqueue(context.Background(), hub.Item{Frame: frame(1)}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Enqueue on closed session: %v", err)
+	}
+}
+
+func TestKillDeviceAndShutdown(t *testing.T) {
+	h, _ := newHub(t)
+	a1 := register(t, h, "alice", "d1", 0)
+	a2 := register(t, h, "alice", "d2", 0)
+	b1 := register(t, h, "bob", "d1", 0)
+	if n := h.KillDevice("alice", "d1", status.New(codes.Unauthenticated, "device logged out")); n != 1 {
+		t.Fatalf("KillDevice closed %d", n)
+	}
+	if a1.Status().Code() != codes.Unauthenticated || a2.Status() != nil || b1.Status() != nil {
+		t.Fatalf("after KillDevice: %v %v %v", a1.Status(), a2.Status(), b1.Status())
+	}
+	h.Shutdown(status.New(codes.Unavailable, "server shutting down, reconnect"))
+	for _, s := range []*hub.Session{a2, b1} {
+		if st := s.Status(); st.Code() != codes.Unavailable {
+			t.Fatalf("after Shutdown: %v", st)
+		}
+	}
+	if _, err := h.Register(context.Background(), "carol", "d1", 0); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Register after Shutdown: %v", err)
+	}
+}
+
+// TestConcurrentRefcount: concurrent connects and disconnects of the same
+// users leave the router attachment equal to "has a session".
+func TestConcurrentRefcount(t *testing.T) {
+	h, r := newHub(t)
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 300 {
+				user := fmt.Sprint("u", (g+i)%4)
+				s, err := h.Register(context.Background(), user, fmt.Sprint("d", g), 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				h.Deliver(router.Event{UserID: user, Frame: frame(uint64(i))})
+				h.Unregister(s)
+			}
+		}()
+	}
+	// A few long-lived sessions.
+	keep := register(t, h, "u1", "keeper", 0)
+	wg.Wait()
+	for u := range 4 {
+		user := fmt.Sprint("u", u)
+		if want := user == "u1"; r.Attached(user) != want {
+			t.Fatalf("%s attached=%v want %v", user, r.Attached(user), want)
+		}
+	}
+	if h.Count() != 1 {
+		t.Fatalf("count %d", h.Count())
+	}
+	h.Unregister(keep)
+	if r.Attached("u1") || len(h.Users()) != 0 {
+		t.Fatalf("after all gone: attached=%v users=%v", r.Attached("u1"), h.Users())
+	}
+}
+
+func BenchmarkDeliver(b *testing.B) {
+	var h *hub.Hub
+	r := local.New(func(ev router.Event) { h.Deliver(ev) })
+	h = hub.New(r)
+	defer r.Close()
+	const users = 1000
+	sessions := make([]*hub.Session, 0, users)
+	for i := range users {
+		s, _ := h.Register(context.Background(), fmt.Sprint("u", i), "d", 1<<20)
+		sessions = append(sessions, s)
+	}
+	f := frame(1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			h.Deliver(router.Event{UserID: sessions[i%users].UserID(), Frame: f})
+			if i%1000 == 0 {
+				for _, s := range sessions {
+					drain(s)
+				}
+			}
+		}
+	})
+}
