@@ -213,7 +213,7 @@ func BenchmarkDeliver(b *testing.B) {
 	const users = 1000
 	sessions := make([]*hub.Session, 0, users)
 	for i := range users {
-		s, _ := h.Register(context.Background(), fmt.Sprint("u", i), "d", 1<<20)
+		s, _ := h.Register(context.Background(), fmt.Sprint("u", i), "d", 4096)
 		sessions = append(sessions, s)
 	}
 	f := frame(1)
