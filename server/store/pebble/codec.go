@@ -160,27 +160,58 @@ func encodeMessage(b []byte, m *store.Message) []byte {
 	return b
 }
 
+// decodeMessage makes one string of the whole value and slices the string
+// fields out of it: one allocation for all of them.
 func decodeMessage(channelID string, messageID uint64, b []byte) (*store.Message, error) {
 	m := &store.Message{ChannelID: channelID, MessageID: messageID}
-	err := walk(b, func(num protowire.Number, v uint64, p []byte) {
-		switch num {
-		case 1:
-			m.SenderID = string(p)
-		case 2:
-			m.SenderDeviceID = string(p)
-		case 3:
-			m.ClientMessageID = string(p)
-		case 4:
-			m.Text = string(p)
-		case 5:
-			m.CreatedAt = decodeTime(v)
-		case 6:
-			m.Kind = store.MessageKind(v)
-		case 7:
-			m.RefMessageID = v
+	str := string(b)
+	for i := 0; i < len(b); {
+		num, typ, n := protowire.ConsumeTag(b[i:])
+		if n < 0 {
+			return nil, errCorrupt
 		}
-	})
-	return m, err
+		i += n
+		switch typ {
+		case protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b[i:])
+			if n < 0 {
+				return nil, errCorrupt
+			}
+			i += n
+			switch num {
+			case 5:
+				m.CreatedAt = decodeTime(v)
+			case 6:
+				m.Kind = store.MessageKind(v)
+			case 7:
+				m.RefMessageID = v
+			}
+		case protowire.BytesType:
+			p, n := protowire.ConsumeBytes(b[i:])
+			if n < 0 {
+				return nil, errCorrupt
+			}
+			f := str[i+n-len(p) : i+n]
+			i += n
+			switch num {
+			case 1:
+				m.SenderID = f
+			case 2:
+				m.SenderDeviceID = f
+			case 3:
+				m.ClientMessageID = f
+			case 4:
+				m.Text = f
+			}
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b[i:])
+			if n < 0 {
+				return nil, errCorrupt
+			}
+			i += n
+		}
+	}
+	return m, nil
 }
 
 // --- inbox reference: 1 channel_id, 2 message_id.
@@ -190,11 +221,18 @@ func encodeRef(b []byte, channelID string, messageID uint64) []byte {
 	return appendUint(b, 2, messageID)
 }
 
-func decodeRef(b []byte) (channelID string, messageID uint64, err error) {
+// decodeRef decodes an inbox reference. If the channel id equals prevCh,
+// prevCh is returned instead of a new string (consecutive inbox entries
+// often share a channel).
+func decodeRef(b []byte, prevCh string) (channelID string, messageID uint64, err error) {
 	err = walk(b, func(num protowire.Number, v uint64, p []byte) {
 		switch num {
 		case 1:
-			channelID = string(p)
+			if string(p) == prevCh {
+				channelID = prevCh
+			} else {
+				channelID = string(p)
+			}
 		case 2:
 			messageID = v
 		}

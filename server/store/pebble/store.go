@@ -495,7 +495,11 @@ func (s *Store) Inbox(ctx context.Context, userID string, afterSeq uint64, limit
 		if err != nil {
 			return nil, false, err
 		}
-		ch, id, err := decodeRef(v)
+		prev := ""
+		if len(refs) > 0 {
+			prev = refs[len(refs)-1].ch
+		}
+		ch, id, err := decodeRef(v, prev)
 		if err != nil {
 			return nil, false, err
 		}
@@ -511,11 +515,14 @@ func (s *Store) Inbox(ctx context.Context, userID string, afterSeq uint64, limit
 	var key []byte
 	for i, r := range refs {
 		key = appendKeyN(key[:0], tMessage, r.ch, r.id)
+		v, closer, err := s.db.Get(key)
 		var m *store.Message
-		err := s.get(key, func(v []byte) (err error) {
+		if err == nil {
 			m, err = decodeMessage(r.ch, r.id, v)
-			return err
-		})
+			closer.Close()
+		} else if errors.Is(err, pebble.ErrNotFound) {
+			err = store.ErrNotFound
+		}
 		if err != nil {
 			return nil, false, fmt.Errorf("pebble store: inbox %q seq %d -> message %q/%d: %w", userID, r.seq, r.ch, r.id, err)
 		}

@@ -1071,18 +1071,29 @@ func testAddMemberLimit(t *testing.T, s store.Store) {
 }
 
 func testAddMemberConcurrent(t *testing.T, s store.Store) {
+	for round := range 10 {
+		addMemberRace(t, s, fmt.Sprintf("g:race%d", round))
+	}
+}
+
+// addMemberRace: 20 goroutines, released together, add distinct users to a
+// group of 95 with max 100: exactly 5 succeed.
+func addMemberRace(t *testing.T, s store.Store, ch string) {
 	ctx := context.Background()
 	const start, limit, adders = 95, 100, 20
-	groupOf(t, s, "g:race", start)
+	groupOf(t, s, ch, start)
 	errs := make([]error, adders)
 	var wg sync.WaitGroup
+	release := make(chan struct{})
 	for i := range adders {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = s.AddMember(ctx, store.Member{ChannelID: "g:race", UserID: fmt.Sprintf("new%02d", i), Role: store.RoleMember, JoinedAt: at(i)}, limit)
+			<-release
+			errs[i] = s.AddMember(ctx, store.Member{ChannelID: ch, UserID: fmt.Sprintf("new%02d", i), Role: store.RoleMember, JoinedAt: at(i)}, limit)
 		}()
 	}
+	close(release)
 	wg.Wait()
 	ok, full := 0, 0
 	for _, err := range errs {
@@ -1098,7 +1109,7 @@ func testAddMemberConcurrent(t *testing.T, s store.Store) {
 	if ok != limit-start || full != adders-(limit-start) {
 		t.Fatalf("concurrent AddMember: %d added, %d ErrGroupFull; want %d and %d", ok, full, limit-start, adders-(limit-start))
 	}
-	ids := memberIDs(t, s, "g:race")
+	ids := memberIDs(t, s, ch)
 	if len(ids) != limit {
 		t.Fatalf("members = %d, want %d", len(ids), limit)
 	}
