@@ -280,7 +280,10 @@ func (s *Session) Deliveries() <-chan *chatv1.Delivery { return s.deliveries }
 // ends.
 func (s *Session) TypingEvents() <-chan *chatv1.TypingEvent { return s.typing }
 
-// Done is closed when the session has ended; Err then says why.
+// Done is closed when the session has ended; Err then says why. The session
+// notices the end of the stream when its reader receives it, so while the
+// reader is blocked on a full Deliveries channel, Done (like the closing of
+// Deliveries) waits until the application drains the channel.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
 // Err returns nil while the session is open. Afterwards it returns why it

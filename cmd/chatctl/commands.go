@@ -695,33 +695,35 @@ func (e *env) stderrf(format string, args ...any) {
 // the session ends (its error) or ctx ends (nil, after flushing acks).
 func (e *env) listenSession(ctx context.Context, s *client.Session, limit int32, resume *uint64) error {
 	handle := func(d *chatv1.Delivery) error {
-		if err := e.printDelivery(d); err != nil {
+		var err error
+		if e.json {
+			err = e.emit(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: d}})
+		} else {
+			e.printf("%s\n", formatMessage(d.GetMessage()))
+		}
+		if err != nil {
 			return err
 		}
 		*resume = d.GetInboxSeq()
 		s.AckAsync(d.GetInboxSeq())
 		return nil
 	}
-	if _, err := s.SyncAll(ctx, limit, handle); err != nil {
+	last, err := s.SyncAll(ctx, limit, handle)
+	if err != nil {
 		if ctx.Err() != nil {
 			return e.flush(s)
 		}
 		return err
 	}
+	// After a reconnect, entries printed by the previous session but not yet
+	// acked are skipped by the sync (WithResumeAfter): ack them now.
+	s.AckAsync(last)
 	deliveries, typing := s.Deliveries(), s.TypingEvents()
 	for {
 		select {
 		case d, ok := <-deliveries:
 			if !ok {
 				return s.Err()
-			}
-			if e.json {
-				if err := e.emit(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: d}}); err != nil {
-					return err
-				}
-				*resume = d.GetInboxSeq()
-				s.AckAsync(d.GetInboxSeq())
-				continue
 			}
 			if err := handle(d); err != nil {
 				return err

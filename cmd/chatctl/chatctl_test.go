@@ -1,0 +1,472 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/server/app"
+)
+
+// The tests build the chatctl binary once and drive it, as separate
+// processes, against a whole chat server (server/app) running in the test
+// process on loopback.
+
+var chatctlBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "chatctl-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	chatctlBin = filepath.Join(dir, "chatctl")
+	if out, err := exec.Command("go", "build", "-o", chatctlBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func startServer(t *testing.T, grpcAddr, dataDir string) *app.App {
+	t.Helper()
+	a, err := app.New(app.Config{
+		GRPCAddr: grpcAddr,
+		HTTPAddr: "127.0.0.1:0",
+		DataDir:  dataDir,
+		Logger:   slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatalf("app.New: %v", err)
+	}
+	a.Start()
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// cli runs chatctl as one user: its own config dir, one server.
+type cli struct {
+	t      *testing.T
+	server string
+	dir    string
+}
+
+func newCLI(t *testing.T, server string) *cli {
+	return &cli{t: t, server: server, dir: t.TempDir()}
+}
+
+func (c *cli) command(ctx context.Context, args ...string) *exec.Cmd {
+	full := append([]string{"--server", c.server, "--config-dir", c.dir, "--timeout", "10s"}, args...)
+	cmd := exec.CommandContext(ctx, chatctlBin, full...)
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CHATCTL_") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = env
+	return cmd
+}
+
+// run returns stdout, stderr and the exit status.
+func (c *cli) run(args ...string) (string, string, int) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := c.command(ctx, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("chatctl %q: %v", args, err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// ok runs a command that must succeed and returns its stdout.
+func (c *cli) ok(args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.run(args...)
+	if code != 0 {
+		c.t.Fatalf("chatctl %q: exit %d\nstdout: %s\nstderr: %s", args, code, out, errOut)
+	}
+	return out
+}
+
+// fails runs a command that must fail with exit status want and returns
+// its stderr.
+func (c *cli) fails(want int, args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.run(args...)
+	if code != want {
+		c.t.Fatalf("chatctl %q: exit %d, want %d\nstdout: %s\nstderr: %s", args, code, want, out, errOut)
+	}
+	return errOut
+}
+
+// jsonLines parses every line of out as a JSON object.
+func jsonLines(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var objs []map[string]any
+	for _, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %q is not a JSON object: %v", line, err)
+		}
+		objs = append(objs, m)
+	}
+	return objs
+}
+
+// field walks nested JSON objects: field(m, "message", "text").
+func field(m map[string]any, path ...string) any {
+	var v any = m
+	for _, p := range path {
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = obj[p]
+	}
+	return v
+}
+
+func signUpAndLogIn(c *cli, user string) {
+	c.t.Helper()
+	c.ok("signup", user, "--password", "password-of-"+user, "--display-name", strings.ToUpper(user))
+	c.ok("login", user, "--password", "password-of-"+user, "--device", user+"-cli")
+}
+
+func TestAliceSendsBobSyncs(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice, bob := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+	signUpAndLogIn(bob, "bob")
+
+	// The credentials file is private.
+	fi, err := os.Stat(filepath.Join(alice.dir, credentialsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("credentials mode %v, want 0600", fi.Mode().Perm())
+	}
+
+	out := alice.ok("send", "bob", "hello", "bob")
+	if !strings.Contains(out, "dm:alice:bob") || !strings.Contains(out, "message_id") {
+		t.Fatalf("send printed %q", out)
+	}
+	out = bob.ok("sync")
+	if !strings.Contains(out, "dm:alice:bob") || !strings.Contains(out, "alice: hello bob") {
+		t.Fatalf("bob's sync printed %q", out)
+	}
+	// The sync acked: nothing new the second time, and the cursor moved.
+	if out := bob.ok("sync"); out != "" {
+		t.Fatalf("second sync printed %q, want nothing", out)
+	}
+	if out := bob.ok("whoami"); !strings.Contains(out, "bob") || !strings.Contains(out, "cursor  1") {
+		t.Fatalf("whoami printed %q", out)
+	}
+
+	// JSON Lines: one protojson object per line.
+	alice.ok("send", "dm:alice:bob", "second")
+	alice.ok("send", "bob", "--", "-third-")
+	lines := jsonLines(t, bob.ok("--json", "sync", "--limit", "1"))
+	if len(lines) != 2 {
+		t.Fatalf("json sync printed %d lines, want 2", len(lines))
+	}
+	for i, want := range []string{"second", "-third-"} {
+		if field(lines[i], "message", "text") != want || field(lines[i], "message", "senderId") != "alice" ||
+			field(lines[i], "inboxSeq") != fmt.Sprint(i+2) {
+			t.Fatalf("json line %d = %v", i, lines[i])
+		}
+	}
+	who := jsonLines(t, bob.ok("--json", "whoami"))
+	if len(who) != 1 || who[0]["userId"] != "bob" || who[0]["cursor"] != "3" || who[0]["server"] != a.GRPCAddr() {
+		t.Fatalf("json whoami = %v", who)
+	}
+	ack := jsonLines(t, alice.ok("--json", "send", "bob", "fourth"))
+	if len(ack) != 1 || ack[0]["channelId"] != "dm:alice:bob" || ack[0]["messageId"] == nil {
+		t.Fatalf("json send = %v", ack)
+	}
+
+	// History reads the channel regardless of cursors.
+	hist := jsonLines(t, bob.ok("--json", "history", "alice"))
+	if len(hist) != 4 || hist[0]["text"] != "hello bob" || hist[3]["text"] != "fourth" {
+		t.Fatalf("history = %v", hist)
+	}
+
+	// Logging out deletes the credentials; commands then need a login.
+	bob.ok("logout")
+	if errOut := bob.fails(1, "sync"); !strings.HasPrefix(errOut, "chatctl: Unauthenticated: ") {
+		t.Fatalf("sync after logout: %q", errOut)
+	}
+}
+
+func TestErrorsAndUsage(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice := newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+
+	if errOut := alice.fails(1, "signup", "alice", "--password", "another-password"); !strings.HasPrefix(errOut, "chatctl: AlreadyExists: ") {
+		t.Errorf("duplicate signup: %q", errOut)
+	}
+	if errOut := alice.fails(1, "login", "alice", "--password", "wrong-password"); !strings.HasPrefix(errOut, "chatctl: Unauthenticated: ") {
+		t.Errorf("wrong password: %q", errOut)
+	}
+	if errOut := alice.fails(1, "send", "nobody", "hi"); !strings.HasPrefix(errOut, "chatctl: NotFound: ") {
+		t.Errorf("send to unknown user: %q", errOut)
+	}
+	if errOut := alice.fails(1, "profile", "nobody"); !strings.HasPrefix(errOut, "chatctl: NotFound: ") {
+		t.Errorf("profile of unknown user: %q", errOut)
+	}
+	alice.fails(2, "send", "bob")
+	alice.fails(2, "frobnicate")
+	alice.fails(2, "sync", "--limit", "5000")
+	alice.fails(2, "sync", "--no-such-flag")
+	alice.fails(2, "login", "alice")
+	alice.fails(2) // no command
+
+	// An unreachable server is Unavailable.
+	dead := &cli{t: t, server: "127.0.0.1:1", dir: alice.dir}
+	if errOut := dead.fails(1, "whoami"); !strings.HasPrefix(errOut, "chatctl: Unavailable: ") {
+		t.Errorf("unreachable server: %q", errOut)
+	}
+}
+
+func TestHelpDocumentsEveryCommand(t *testing.T) {
+	c := &cli{t: t, server: "127.0.0.1:1", dir: t.TempDir()}
+	out := c.ok("--help")
+	for _, cmd := range commands {
+		if !strings.Contains(out, "  "+cmd.name+" ") {
+			t.Errorf("--help does not list %q", cmd.name)
+		}
+		help := c.ok(append([]string{"help"}, strings.Fields(cmd.name)...)...)
+		if !strings.Contains(help, "Usage: chatctl [global flags] "+cmd.name) {
+			t.Errorf("help %s printed %q", cmd.name, help)
+		}
+	}
+	for _, flag := range []string{"--server", "--config-dir", "--json", "--timeout"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("--help does not document %s", flag)
+		}
+	}
+	if help := c.ok("help", "group", "add"); !strings.Contains(help, "--admin") {
+		t.Errorf("help group add does not document --admin: %q", help)
+	}
+	if help := c.ok("send", "--help"); !strings.Contains(help, "TARGET") {
+		t.Errorf("send --help printed %q", help)
+	}
+	c.fails(2, "help", "nope")
+}
+
+func TestGroupsContactsProfiles(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice, bob, carol := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+	signUpAndLogIn(bob, "bob")
+	signUpAndLogIn(carol, "carol")
+
+	created := jsonLines(t, alice.ok("--json", "group", "create", "team", "--members", "bob"))
+	gid, _ := created[0]["channelId"].(string)
+	if !strings.HasPrefix(gid, "g:") || created[0]["name"] != "team" {
+		t.Fatalf("group create = %v", created)
+	}
+	alice.ok("send", gid, "standup at 10")
+	if out := bob.ok("history", gid); !strings.Contains(out, "alice: standup at 10") {
+		t.Fatalf("bob's group history: %q", out)
+	}
+	if out := bob.ok("channels"); !strings.Contains(out, gid) || !strings.Contains(out, "team") {
+		t.Fatalf("bob's channels: %q", out)
+	}
+	// carol is not a member: the group does not exist for her.
+	if errOut := carol.fails(1, "group", "show", gid); !strings.HasPrefix(errOut, "chatctl: NotFound: ") {
+		t.Fatalf("carol's group show: %q", errOut)
+	}
+	if errOut := bob.fails(1, "group", "add", gid, "carol"); !strings.HasPrefix(errOut, "chatctl: PermissionDenied: ") {
+		t.Fatalf("bob (member) adding carol: %q", errOut)
+	}
+	alice.ok("group", "add", gid, "carol", "--admin")
+	if out := carol.ok("group", "show", gid); !strings.Contains(out, "carol (admin)") || !strings.Contains(out, "alice (owner)") {
+		t.Fatalf("group show: %q", out)
+	}
+	carol.ok("group", "remove", gid, "bob")
+	if errOut := bob.fails(1, "history", gid); !strings.HasPrefix(errOut, "chatctl: NotFound: ") {
+		t.Fatalf("bob's history after removal: %q", errOut)
+	}
+
+	alice.ok("contacts", "add", "bob")
+	if out := alice.ok("contacts", "list"); !strings.Contains(out, "bob") {
+		t.Fatalf("contacts list: %q", out)
+	}
+	alice.ok("contacts", "remove", "bob")
+	if out := alice.ok("contacts", "list"); strings.Contains(out, "bob") {
+		t.Fatalf("contacts list after remove: %q", out)
+	}
+
+	alice.ok("profile", "set", "--display-name", "Alice Liddell")
+	prof := jsonLines(t, bob.ok("--json", "profile", "alice"))
+	if prof[0]["displayName"] != "Alice Liddell" {
+		t.Fatalf("profile = %v", prof)
+	}
+	if out := alice.ok("profile"); !strings.Contains(out, `"Alice Liddell"`) {
+		t.Fatalf("own profile: %q", out)
+	}
+	devs := jsonLines(t, alice.ok("--json", "devices"))
+	if len(devs) != 1 || devs[0]["name"] != "alice-cli" || devs[0]["current"] != true {
+		t.Fatalf("devices = %v", devs)
+	}
+}
+
+func TestPresenceReportsStatusOrError(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice, bob := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+	signUpAndLogIn(bob, "bob")
+	alice.ok("contacts", "add", "bob")
+	out, errOut, code := alice.run("presence", "bob")
+	switch code {
+	case 0:
+		if !strings.Contains(out, "bob") || !strings.Contains(out, "offline") {
+			t.Fatalf("presence printed %q", out)
+		}
+	case 1:
+		// The server may not serve presence yet; the status must be clear.
+		if !strings.HasPrefix(errOut, "chatctl: Unimplemented: ") {
+			t.Fatalf("presence failed with %q", errOut)
+		}
+	default:
+		t.Fatalf("presence exit %d: %q", code, errOut)
+	}
+}
+
+// listener is a background "chatctl --json listen".
+type listener struct {
+	cmd    *exec.Cmd
+	lines  chan map[string]any
+	stderr *bytes.Buffer
+}
+
+func startListen(t *testing.T, c *cli) *listener {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	cmd := c.command(ctx, "--json", "listen")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &listener{cmd: cmd, lines: make(chan map[string]any, 100), stderr: &bytes.Buffer{}}
+	cmd.Stderr = l.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(l.lines)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+				m = map[string]any{"unparsable": sc.Text()}
+			}
+			l.lines <- m
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	return l
+}
+
+// expect waits for the next line and checks it is a delivery of text.
+func (l *listener) expect(t *testing.T, text string) map[string]any {
+	t.Helper()
+	select {
+	case m, ok := <-l.lines:
+		if !ok {
+			t.Fatalf("listen exited before printing %q; stderr: %s", text, l.stderr)
+		}
+		if field(m, "delivery", "message", "text") != text {
+			t.Fatalf("listen printed %v, want a delivery of %q", m, text)
+		}
+		return m
+	case <-time.After(30 * time.Second):
+		t.Fatalf("listen printed nothing for %q; stderr: %s", text, l.stderr)
+	}
+	return nil
+}
+
+func (l *listener) interrupt(t *testing.T) {
+	t.Helper()
+	if err := l.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.cmd.Wait(); err != nil {
+		t.Fatalf("listen exited with %v; stderr: %s", err, l.stderr)
+	}
+}
+
+func TestListenSyncsStreamsAndAcks(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice, bob := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+	signUpAndLogIn(bob, "bob")
+	alice.ok("send", "bob", "before listen")
+
+	l := startListen(t, bob)
+	l.expect(t, "before listen") // from the sync phase
+	alice.ok("send", "bob", "while listening")
+	m := l.expect(t, "while listening") // pushed live
+	if field(m, "delivery", "inboxSeq") != "2" {
+		t.Fatalf("live delivery = %v", m)
+	}
+	l.interrupt(t)
+	// Everything printed was acked.
+	if out := bob.ok("whoami"); !strings.Contains(out, "cursor  2") {
+		t.Fatalf("whoami after listen: %q", out)
+	}
+}
+
+func TestListenReconnectsAfterServerRestart(t *testing.T) {
+	dataDir := t.TempDir()
+	a := startServer(t, "127.0.0.1:0", dataDir)
+	addr := a.GRPCAddr()
+	alice, bob := newCLI(t, addr), newCLI(t, addr)
+	signUpAndLogIn(alice, "alice")
+	signUpAndLogIn(bob, "bob")
+
+	l := startListen(t, bob)
+	alice.ok("send", "bob", "first")
+	l.expect(t, "first")
+
+	// Restart the server on the same address and data: tokens stay valid.
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, addr, dataDir)
+	alice.ok("send", "bob", "after restart")
+	l.expect(t, "after restart")
+	l.interrupt(t)
+	if !strings.Contains(l.stderr.String(), "chatctl: Unavailable: ") || !strings.Contains(l.stderr.String(), "reconnecting") {
+		t.Fatalf("listen stderr %q does not report the reconnect", l.stderr)
+	}
+}
