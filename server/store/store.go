@@ -122,12 +122,14 @@ type Messages interface {
 	GetMessage(ctx context.Context, channelID string, messageID uint64) (*Message, error)
 	// History returns up to limit messages of the channel in ascending
 	// message_id order. If after > 0 it reads forward from after
-	// (exclusive); otherwise it reads the newest messages older than
-	// before (exclusive; before == 0 means from the newest). more reports
-	// whether further messages exist in the reading direction.
+	// (exclusive) and before is ignored; otherwise it reads the newest
+	// messages older than before (exclusive; before == 0 means from the
+	// newest). more reports whether further messages exist in the reading
+	// direction. limit <= 0 returns no rows, only more.
 	History(ctx context.Context, channelID string, before, after uint64, limit int) (msgs []*Message, more bool, err error)
 	// Inbox returns up to limit deliveries of the user with seq > afterSeq in
-	// ascending seq order, and whether more remain.
+	// ascending seq order, and whether more remain. limit <= 0 returns no
+	// rows, only more.
 	Inbox(ctx context.Context, userID string, afterSeq uint64, limit int) (ds []Delivery, more bool, err error)
 	// LookupDedup returns the recorded send for (senderID, clientMessageID),
 	// or ErrNotFound.
@@ -161,8 +163,9 @@ type Accounts interface {
 	GetUser(ctx context.Context, userID string) (*User, error)
 	// UpdateDisplayName changes a user's display name; ErrNotFound.
 	UpdateDisplayName(ctx context.Context, userID, displayName string) error
-	// PutDevice inserts or replaces a device (not its cursor, which only
-	// AdvanceCursor changes).
+	// PutDevice inserts or replaces a device. A new device starts at
+	// d.Cursor; an existing device keeps its stored cursor, which only
+	// AdvanceCursor changes.
 	PutDevice(ctx context.Context, d *Device) error
 	// GetDevice returns the device or ErrNotFound.
 	GetDevice(ctx context.Context, userID, deviceID string) (*Device, error)
@@ -212,14 +215,15 @@ type ChannelActivity struct {
 type Channels interface {
 	// CreateChannel inserts ch with its initial members atomically;
 	// ErrAlreadyExists if the id is taken, ErrGroupFull if members exceed
-	// MaxGroupMembers for a group.
+	// MaxGroupMembers for a group. Duplicate user ids in members count once.
 	CreateChannel(ctx context.Context, ch *Channel, members []Member) error
 	// GetChannel returns the channel or ErrNotFound.
 	GetChannel(ctx context.Context, channelID string) (*Channel, error)
 	// AddMember adds (or updates the role of) a member. Adding a new member
 	// to a group that already holds max members returns ErrGroupFull; the
 	// check and the insert are atomic against concurrent AddMember calls.
-	// ErrNotFound if the channel does not exist.
+	// ErrNotFound if the channel does not exist. max <= 0 means no limit;
+	// a role update keeps the member's JoinedAt.
 	AddMember(ctx context.Context, m Member, max int) error
 	// RemoveMember removes a member; ErrNotFound if not a member.
 	RemoveMember(ctx context.Context, channelID, userID string) error
@@ -228,8 +232,9 @@ type Channels interface {
 	// ListMembers returns all members in ascending user id order.
 	ListMembers(ctx context.Context, channelID string) ([]Member, error)
 	// ListUserChannels returns the channels userID belongs to, most recent
-	// activity first (channels without messages ordered by creation), at
-	// most limit, skipping the first offset.
+	// activity first (a channel without messages counts its CreatedAt as its
+	// activity; ties: higher LastMessageID, then channel id ascending), at
+	// most limit (<= 0: none), skipping the first offset.
 	ListUserChannels(ctx context.Context, userID string, offset, limit int) ([]ChannelActivity, error)
 }
 
