@@ -142,6 +142,8 @@ type User struct {
 	DisplayName  string
 	PasswordHash []byte // PHC-style encoded argon2id hash
 	CreatedAt    time.Time
+	// PresenceHidden: the user shows as offline to everyone.
+	PresenceHidden bool
 }
 
 // Device is one logged-in device of a user.
@@ -163,6 +165,9 @@ type Accounts interface {
 	GetUser(ctx context.Context, userID string) (*User, error)
 	// UpdateDisplayName changes a user's display name; ErrNotFound.
 	UpdateDisplayName(ctx context.Context, userID, displayName string) error
+	// SetPresenceHidden changes whether the user hides their presence;
+	// ErrNotFound.
+	SetPresenceHidden(ctx context.Context, userID string, hidden bool) error
 	// PutDevice inserts or replaces a device. A new device starts at
 	// d.Cursor; an existing device keeps its stored cursor, which only
 	// AdvanceCursor changes.

@@ -25,9 +25,12 @@ const (
 type Profile struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// user_id is the canonical username (case-folded, NFC).
-	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	DisplayName   string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UserId      string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DisplayName string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// hide_presence: the user shows as offline to everyone. Only set in the
+	// caller's own profile.
+	HidePresence  bool `protobuf:"varint,4,opt,name=hide_presence,json=hidePresence,proto3" json:"hide_presence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -81,6 +84,13 @@ func (x *Profile) GetCreatedAt() *timestamppb.Timestamp {
 		return x.CreatedAt
 	}
 	return nil
+}
+
+func (x *Profile) GetHidePresence() bool {
+	if x != nil {
+		return x.HidePresence
+	}
+	return false
 }
 
 type Device struct {
@@ -648,8 +658,12 @@ func (x *GetProfileResponse) GetProfile() *Profile {
 
 type UpdateProfileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// display_name: 1..64 characters, no control characters.
-	DisplayName   string `protobuf:"bytes,1,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// display_name: 1..64 characters, no control characters; empty leaves it
+	// unchanged.
+	DisplayName string `protobuf:"bytes,1,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// hide_presence, when set, hides (true) or shows (false) the caller's
+	// online status to their contacts.
+	HidePresence  *bool `protobuf:"varint,2,opt,name=hide_presence,json=hidePresence,proto3,oneof" json:"hide_presence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -689,6 +703,13 @@ func (x *UpdateProfileRequest) GetDisplayName() string {
 		return x.DisplayName
 	}
 	return ""
+}
+
+func (x *UpdateProfileRequest) GetHidePresence() bool {
+	if x != nil && x.HidePresence != nil {
+		return *x.HidePresence
+	}
+	return false
 }
 
 type UpdateProfileResponse struct {
@@ -987,12 +1008,13 @@ var File_chat_v1_account_proto protoreflect.FileDescriptor
 
 const file_chat_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x15chat/v1/account.proto\x12\achat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n" +
+	"\x15chat/v1/account.proto\x12\achat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n" +
 	"\aProfile\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x129\n" +
 	"\n" +
-	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xe4\x01\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12#\n" +
+	"\rhide_presence\x18\x04 \x01(\bR\fhidePresence\"\xe4\x01\n" +
 	"\x06Device\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
@@ -1027,9 +1049,11 @@ const file_chat_v1_account_proto_rawDesc = "" +
 	"\x11GetProfileRequest\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\"@\n" +
 	"\x12GetProfileResponse\x12*\n" +
-	"\aprofile\x18\x01 \x01(\v2\x10.chat.v1.ProfileR\aprofile\"9\n" +
+	"\aprofile\x18\x01 \x01(\v2\x10.chat.v1.ProfileR\aprofile\"u\n" +
 	"\x14UpdateProfileRequest\x12!\n" +
-	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\"C\n" +
+	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12(\n" +
+	"\rhide_presence\x18\x02 \x01(\bH\x00R\fhidePresence\x88\x01\x01B\x10\n" +
+	"\x0e_hide_presence\"C\n" +
 	"\x15UpdateProfileResponse\x12*\n" +
 	"\aprofile\x18\x01 \x01(\v2\x10.chat.v1.ProfileR\aprofile\"/\n" +
 	"\x11AddContactRequest\x12\x1a\n" +
@@ -1132,6 +1156,7 @@ func file_chat_v1_account_proto_init() {
 	if File_chat_v1_account_proto != nil {
 		return
 	}
+	file_chat_v1_account_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -263,7 +263,7 @@ func decodeDedup(senderID, clientMessageID string, b []byte) (*store.Dedup, erro
 	return d, err
 }
 
-// --- user: 1 display name, 2 password hash, 3 created_at.
+// --- user: 1 display name, 2 password hash, 3 created_at, 4 presence hidden.
 
 func encodeUser(u *store.User) []byte {
 	var b []byte
@@ -272,7 +272,12 @@ func encodeUser(u *store.User) []byte {
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
 		b = protowire.AppendBytes(b, u.PasswordHash)
 	}
-	return appendTime(b, 3, u.CreatedAt)
+	b = appendTime(b, 3, u.CreatedAt)
+	if u.PresenceHidden {
+		b = protowire.AppendTag(b, 4, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
+	return b
 }
 
 func decodeUser(id string, b []byte) (*store.User, error) {
@@ -285,6 +290,8 @@ func decodeUser(id string, b []byte) (*store.User, error) {
 			u.PasswordHash = append([]byte(nil), p...)
 		case 3:
 			u.CreatedAt = decodeTime(v)
+		case 4:
+			u.PresenceHidden = v != 0
 		}
 	})
 	return u, err

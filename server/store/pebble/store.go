@@ -593,6 +593,17 @@ func (s *Store) GetUser(ctx context.Context, userID string) (*store.User, error)
 
 // UpdateDisplayName changes a user's display name; store.ErrNotFound.
 func (s *Store) UpdateDisplayName(ctx context.Context, userID, displayName string) error {
+	return s.updateUser(ctx, userID, func(u *store.User) { u.DisplayName = displayName })
+}
+
+// SetPresenceHidden changes whether the user hides their presence;
+// store.ErrNotFound.
+func (s *Store) SetPresenceHidden(ctx context.Context, userID string, hidden bool) error {
+	return s.updateUser(ctx, userID, func(u *store.User) { u.PresenceHidden = hidden })
+}
+
+// updateUser applies change to the stored user under the user's lock.
+func (s *Store) updateUser(ctx context.Context, userID string, change func(*store.User)) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
@@ -609,7 +620,7 @@ func (s *Store) UpdateDisplayName(ctx context.Context, userID, displayName strin
 	if err != nil {
 		return err
 	}
-	u.DisplayName = displayName
+	change(u)
 	return s.set(key, encodeUser(u))
 }
 

@@ -664,6 +664,21 @@ func testUsers(t *testing.T, s store.Store) {
 	wantErr(t, "UpdateDisplayName(unknown)", s.UpdateDisplayName(ctx, "nobody", "x"), store.ErrNotFound)
 	_, err = s.GetUser(ctx, "nobody")
 	wantErr(t, "GetUser after failed update", err, store.ErrNotFound)
+
+	if got.PresenceHidden {
+		t.Fatalf("new user hides presence: %+v", got)
+	}
+	noErr(t, "SetPresenceHidden", s.SetPresenceHidden(ctx, "zoë", true))
+	got, err = s.GetUser(ctx, "zoë")
+	noErr(t, "GetUser", err)
+	if !got.PresenceHidden || got.DisplayName != "Zoë Ω" || string(got.PasswordHash) == "" {
+		t.Fatalf("after SetPresenceHidden(true): %+v", got)
+	}
+	noErr(t, "SetPresenceHidden", s.SetPresenceHidden(ctx, "zoë", false))
+	if got, _ = s.GetUser(ctx, "zoë"); got.PresenceHidden {
+		t.Fatalf("after SetPresenceHidden(false): %+v", got)
+	}
+	wantErr(t, "SetPresenceHidden(unknown)", s.SetPresenceHidden(ctx, "nobody", true), store.ErrNotFound)
 }
 
 func testUsersConcurrentCreate(t *testing.T, s store.Store) {
