@@ -1,0 +1,292 @@
+// Package chat implements chat.v1.ChatService: the Chat stream of every
+// device (send, deliver, sync, ack, typing, heartbeat) and the unary RPCs
+// that manage group channels and read history.
+//
+// Message path: a Send frame is validated, its channel and members are
+// resolved, and it is submitted to the group-commit sequencer
+// (server/sequence) without waiting, so a device's pipelined sends are
+// committed together and in order. After the batch is durable the
+// sequencer calls Publish, which routes one Delivery frame per recipient
+// user (carrying that user's inbox_seq) through the router to the hubs
+// holding the users' devices, and then the sender gets its SendAck.
+//
+// Exactly-once, in-order delivery on the wire: each stream's writer
+// goroutine owns the stream's delivery state (live, sentUpTo). It sends a
+// Delivery only if its inbox_seq is sentUpTo+1, drops ones already sent,
+// and fills gaps (a lost routed event) from the store. Sync requests run in
+// the writer too, so they are ordered with live deliveries; a device whose
+// cursor is behind the head when it connects gets no live deliveries until
+// its sync reaches the head.
+package chat
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/account"
+	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/sequence"
+	"github.com/chatd/chatd/server/store"
+)
+
+// Defaults for Config fields left zero, and fixed limits.
+const (
+	DefaultHeartbeatInterval = 25 * time.Second
+	DefaultSendQueue         = hub.DefaultQueueSize // frames per device stream
+	DefaultFrameRate         = 200                  // client frames per second per stream
+	DefaultFrameBurst        = 400
+	DefaultMaxInFlight       = 256 // unacknowledged sends per stream
+
+	// MaxTextBytes is the largest message text, in bytes of UTF-8.
+	MaxTextBytes = 65536
+	// MaxClientMessageIDBytes bounds SendMessage.client_message_id.
+	MaxClientMessageIDBytes = 64
+	// DefaultSyncLimit and MaxSyncLimit bound SyncRequest.limit.
+	DefaultSyncLimit = 100
+	MaxSyncLimit     = 1000
+	// TypingTTL is how long a typing indicator is shown (TypingEvent.expires_at).
+	TypingTTL = 6 * time.Second
+	// TypingMinInterval: typing frames of one device for one channel closer
+	// together than this are dropped silently.
+	TypingMinInterval = 2 * time.Second
+	// MaxGroupNameChars bounds a group's name, in characters.
+	MaxGroupNameChars = 100
+)
+
+// SessionValidator re-checks a stream's principal (token expiry, device
+// revocation) on every frame. *auth.Authenticator implements it.
+type SessionValidator interface {
+	// Validate returns nil if the principal may go on, else a status error
+	// (Unauthenticated when expired or revoked).
+	Validate(ctx context.Context, p auth.Principal) error
+}
+
+// Config configures a Service.
+type Config struct {
+	// Store is the durable store. Required.
+	Store store.Store
+	// Sequencer commits messages; its publish callback must call
+	// Service.Publish (or the function NewPublisher returns). Required.
+	Sequencer *sequence.Sequencer
+	// Hub holds this server's streams; it must be the Router's Handler.
+	// Required.
+	Hub *hub.Hub
+	// Router routes deliveries and typing events. Required.
+	Router router.Router
+	// Sessions re-validates the principal on every client frame. nil
+	// disables the per-frame check (the interceptor still checks when the
+	// stream opens).
+	Sessions SessionValidator
+	// Canonical maps a username to the user id; default
+	// account.CanonicalUsername. Errors must be InvalidArgument statuses.
+	Canonical func(string) (string, error)
+	// ServerID names this server in Welcome.
+	ServerID string
+	// HeartbeatInterval is sent in Welcome; default 25 s.
+	HeartbeatInterval time.Duration
+	// SendQueue is the bounded send queue of each stream, in frames;
+	// default 1024. A stream whose queue overflows is closed with
+	// ResourceExhausted.
+	SendQueue int
+	// FrameRate and FrameBurst are the token bucket of client frames per
+	// stream (frames/s, burst); defaults 200 and 400. A frame beyond it
+	// gets FrameError ResourceExhausted and is dropped.
+	FrameRate  float64
+	FrameBurst int
+	// MaxInFlight bounds the sends of one stream that are submitted but
+	// not yet acknowledged; the stream stops reading frames while it is
+	// reached. Default 256.
+	MaxInFlight int
+	// Now is the clock for typing expiry and heartbeat acks; default
+	// time.Now.
+	Now func() time.Time
+	// Registerer, if not nil, receives the service's Prometheus metrics.
+	Registerer prometheus.Registerer
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Service implements chatv1.ChatServiceServer. It is safe for concurrent
+// use. Register it behind the auth interceptors (they put the
+// auth.Principal in the context) on a grpc.Server created with
+// grpc.ForceServerCodecV2(chat.Codec()).
+type Service struct {
+	chatv1.UnimplementedChatServiceServer
+
+	st        store.Store
+	seq       *sequence.Sequencer
+	hub       *hub.Hub
+	router    router.Router
+	sessions  SessionValidator
+	canonical func(string) (string, error)
+	serverID  string
+	heartbeat time.Duration
+	sendQueue int
+	frameRate float64
+	burst     int
+	inFlight  int
+	now       func() time.Time
+	log       *slog.Logger
+	metrics   *Metrics
+	publish   func([]sequence.Committed)
+}
+
+var _ chatv1.ChatServiceServer = (*Service)(nil)
+
+// New returns a Service. It panics if Store, Sequencer, Hub or Router is nil
+// (a wiring bug).
+func New(cfg Config) *Service {
+	if cfg.Store == nil || cfg.Sequencer == nil || cfg.Hub == nil || cfg.Router == nil {
+		panic("chat: Config.Store, Sequencer, Hub and Router are required")
+	}
+	s := &Service{
+		st:        cfg.Store,
+		seq:       cfg.Sequencer,
+		hub:       cfg.Hub,
+		router:    cfg.Router,
+		sessions:  cfg.Sessions,
+		canonical: cfg.Canonical,
+		serverID:  cfg.ServerID,
+		heartbeat: cfg.HeartbeatInterval,
+		sendQueue: cfg.SendQueue,
+		frameRate: cfg.FrameRate,
+		burst:     cfg.FrameBurst,
+		inFlight:  cfg.MaxInFlight,
+		now:       cfg.Now,
+		log:       cfg.Logger,
+	}
+	if s.canonical == nil {
+		s.canonical = account.CanonicalUsername
+	}
+	if s.heartbeat <= 0 {
+		s.heartbeat = DefaultHeartbeatInterval
+	}
+	if s.sendQueue <= 0 {
+		s.sendQueue = DefaultSendQueue
+	}
+	if s.frameRate <= 0 {
+		s.frameRate = DefaultFrameRate
+	}
+	if s.burst <= 0 {
+		s.burst = DefaultFrameBurst
+	}
+	if s.inFlight <= 0 {
+		s.inFlight = DefaultMaxInFlight
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.metrics = newMetrics(cfg.Registerer, cfg.Sequencer, cfg.Hub, s.log)
+	s.publish = NewPublisher(cfg.Router, s.log)
+	return s
+}
+
+// Metrics returns the service's metrics (registered with Config.Registerer
+// if one was given).
+func (s *Service) Metrics() *Metrics { return s.metrics }
+
+// Publish is the sequencer's publish callback: it routes one Delivery frame
+// per recipient user of every committed message (with that user's
+// inbox_seq). It never blocks on a device; a routing error is logged (the
+// devices recover by sync).
+func (s *Service) Publish(batch []sequence.Committed) { s.publish(batch) }
+
+// NewPublisher returns a sequencer publish callback routing deliveries
+// through r, for wiring before the Service exists. logger may be nil.
+func NewPublisher(r router.Router, logger *slog.Logger) func([]sequence.Committed) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return func(batch []sequence.Committed) {
+		n := 0
+		for i := range batch {
+			n += len(batch[i].Inbox)
+		}
+		if n == 0 {
+			return
+		}
+		events := make([]router.Event, 0, n)
+		for i := range batch {
+			msg := messageProto(batch[i].Message)
+			for _, e := range batch[i].Inbox {
+				events = append(events, router.Event{
+					UserID: e.UserID,
+					Frame: &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{
+						Delivery: &chatv1.Delivery{InboxSeq: e.Seq, Message: msg},
+					}},
+				})
+			}
+		}
+		if err := r.Route(context.Background(), events); err != nil {
+			logger.Warn("chat: routing deliveries failed; devices will sync", "events", len(events), "err", err)
+		}
+	}
+}
+
+// messageProto converts a stored message.
+func messageProto(m *store.Message) *chatv1.Message {
+	return &chatv1.Message{
+		ChannelId:       m.ChannelID,
+		MessageId:       m.MessageID,
+		SenderId:        m.SenderID,
+		SenderDeviceId:  m.SenderDeviceID,
+		ClientMessageId: m.ClientMessageID,
+		Text:            m.Text,
+		CreatedAt:       timestamppb.New(m.CreatedAt),
+		Kind:            chatv1.MessageKind(m.Kind),
+		RefMessageId:    m.RefMessageID,
+	}
+}
+
+func deliveryFrame(d store.Delivery) *chatv1.ServerFrame {
+	return &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{
+		Delivery: &chatv1.Delivery{InboxSeq: d.Seq, Message: messageProto(d.Message)},
+	}}
+}
+
+func frameError(frameID uint64, err error) *chatv1.ServerFrame {
+	st := status.Convert(err)
+	return &chatv1.ServerFrame{FrameId: frameID, Payload: &chatv1.ServerFrame_Error{
+		Error: &chatv1.FrameError{Code: int32(st.Code()), Message: st.Message()},
+	}}
+}
+
+var (
+	errNoPrincipal = status.Error(codes.Unauthenticated, "missing bearer token")
+	errInternal    = status.Error(codes.Internal, "internal error")
+)
+
+func principal(ctx context.Context) (auth.Principal, error) {
+	p, ok := auth.FromContext(ctx)
+	if !ok || p.UserID == "" || p.DeviceID == "" {
+		return auth.Principal{}, errNoPrincipal
+	}
+	return p, nil
+}
+
+// storeErr turns an unexpected store error into the status the client
+// sees (never the internal text): the context's status if it ended, else
+// Internal. The cause is logged.
+func (s *Service) storeErr(ctx context.Context, op string, err error) error {
+	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
+		return err
+	}
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	s.log.ErrorContext(ctx, "chat: store operation failed", "op", op, "err", err)
+	return errInternal
+}

@@ -1,0 +1,628 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/sequence"
+	"github.com/chatd/chatd/server/store"
+)
+
+// gapPage is the page size used to fill a gap in live delivery from the
+// store.
+const gapPage = 100
+
+// maxTypingChannels bounds the per-stream typing rate-limit table.
+const maxTypingChannels = 64
+
+var (
+	errNoPayload      = status.Error(codes.InvalidArgument, "frame has no payload")
+	errAckBeyondHead  = status.Error(codes.FailedPrecondition, "ack beyond inbox head")
+	errSyncLimit      = status.Error(codes.InvalidArgument, fmt.Sprintf("sync limit must be 0 (default %d) or 1 to %d", DefaultSyncLimit, MaxSyncLimit))
+	errChannelMissing = status.Error(codes.NotFound, "channel not found")
+	errNotMember      = status.Error(codes.PermissionDenied, "not a member of the channel")
+	errSelfDirect     = status.Error(codes.InvalidArgument, "cannot send a direct message to yourself")
+	errUserMissing    = status.Error(codes.NotFound, "user not found")
+	errUnknownDevice  = status.Error(codes.Unauthenticated, "session revoked")
+	errSessionCheck   = status.Error(codes.Unavailable, "cannot verify session, retry")
+	errSyncFailed     = status.Error(codes.Unavailable, "sync failed, retry")
+)
+
+// syncOp is a SyncRequest queued for the writer.
+type syncOp struct {
+	frameID uint64
+	after   uint64
+	limit   int
+}
+
+// flushOp asks the writer to signal once everything queued before it is
+// sent.
+type flushOp struct{ done chan struct{} }
+
+// stream is one device's Chat stream.
+type stream struct {
+	s    *Service
+	gs   chatv1.ChatService_ChatServer
+	ctx  context.Context
+	p    auth.Principal
+	sess *hub.Session
+
+	// Reader state (reader goroutine only).
+	limiter  *rate.Limiter
+	inflight chan struct{} // semaphore of unacknowledged sends
+	typing   map[string]time.Time
+
+	// Writer state (writer goroutine only).
+	cursor, head uint64
+	live         bool
+	sentUpTo     uint64
+}
+
+// Chat serves one device's stream. See the proto for the protocol. The
+// stream ends with Unauthenticated (no principal, token expired, device
+// revoked: checked on every frame), ResourceExhausted (the send queue
+// overflowed: the device is not reading), Unavailable (server shutting
+// down, or storage failing) or the client's cancellation; when the client
+// half-closes, in-flight sends are acknowledged and the stream ends OK.
+func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
+	ctx := gs.Context()
+	p, err := principal(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.validate(ctx, p); err != nil {
+		return err
+	}
+	// Cursor and head first, then register: every message committed after
+	// the head read is either routed to the registered session or found by
+	// the writer's second head read.
+	dev, err := s.st.GetDevice(ctx, p.UserID, p.DeviceID)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return errUnknownDevice
+		}
+		return s.storeErr(ctx, "Chat.GetDevice", err)
+	}
+	head, err := s.seq.Head(ctx, p.UserID)
+	if err != nil {
+		return err
+	}
+	sess, err := s.hub.Register(ctx, p.UserID, p.DeviceID, s.sendQueue)
+	if err != nil {
+		return err
+	}
+	defer s.hub.Unregister(sess)
+	s.metrics.StreamsOpen.Inc()
+	defer s.metrics.StreamsOpen.Dec()
+
+	st := &stream{
+		s: s, gs: gs, ctx: ctx, p: p, sess: sess,
+		limiter:  rate.NewLimiter(rate.Limit(s.frameRate), s.burst),
+		inflight: make(chan struct{}, s.inFlight),
+		cursor:   dev.Cursor,
+		head:     head,
+	}
+	writerErr := make(chan error, 1)
+	readerErr := make(chan error, 1)
+	go func() { writerErr <- st.writeLoop() }()
+	go func() { readerErr <- st.readLoop() }()
+
+	select {
+	case <-sess.Done():
+		return sess.Status().Err()
+	case err := <-writerErr:
+		return err
+	case err := <-readerErr:
+		if err != io.EOF {
+			if sst := sess.Status(); sst != nil {
+				return sst.Err() // e.g. closed by overflow while the reader waited
+			}
+			return err
+		}
+		return st.finish(writerErr)
+	}
+}
+
+// finish runs after the client half-closed: it waits for in-flight sends
+// to be acknowledged and for the writer to send everything queued, then
+// ends the stream OK.
+func (st *stream) finish(writerErr <-chan error) error {
+	for range cap(st.inflight) {
+		select {
+		case st.inflight <- struct{}{}:
+		case <-st.sess.Done():
+			return st.sess.Status().Err()
+		case <-st.ctx.Done():
+			return status.FromContextError(st.ctx.Err()).Err()
+		case err := <-writerErr:
+			return err
+		}
+	}
+	done := make(chan struct{})
+	if err := st.sess.Enqueue(st.ctx, hub.Item{Op: flushOp{done}}); err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-st.sess.Done():
+		return st.sess.Status().Err()
+	case err := <-writerErr:
+		return err
+	}
+}
+
+// validate re-checks the principal; a failure ends the stream.
+func (s *Service) validate(ctx context.Context, p auth.Principal) error {
+	if s.sessions == nil {
+		return nil
+	}
+	err := s.sessions.Validate(ctx, p)
+	if err == nil {
+		return nil
+	}
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.Canceled, codes.DeadlineExceeded:
+		return err
+	}
+	return errSessionCheck
+}
+
+// ------------------------------------------------------------------ writer
+
+func (st *stream) send(f *chatv1.ServerFrame) error {
+	if err := st.gs.Send(f); err != nil {
+		return err
+	}
+	if f.GetDelivery() != nil {
+		st.s.metrics.DeliveriesSent.Inc()
+	}
+	return nil
+}
+
+func (st *stream) writeLoop() error {
+	s := st.s
+	err := st.send(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Welcome{Welcome: &chatv1.Welcome{
+		UserId:              st.p.UserID,
+		DeviceId:            st.p.DeviceID,
+		Cursor:              st.cursor,
+		HeadSeq:             st.head,
+		HeartbeatIntervalMs: uint32(s.heartbeat / time.Millisecond),
+		ServerId:            s.serverID,
+	}}})
+	if err != nil {
+		return err
+	}
+	if st.cursor >= st.head {
+		// Up to date: live from the head. Anything committed between the
+		// head read and the registration was published before this stream
+		// could receive it: read the head again and send what is missing.
+		st.live, st.sentUpTo = true, st.head
+		h, err := s.seq.Head(st.ctx, st.p.UserID)
+		if err != nil {
+			return err
+		}
+		if h > st.sentUpTo {
+			if err := st.fillThrough(h); err != nil {
+				return err
+			}
+		}
+	}
+	for {
+		select {
+		case <-st.sess.Done():
+			return st.sess.Status().Err()
+		case it := <-st.sess.Queue():
+			if err := st.handleItem(it); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (st *stream) handleItem(it hub.Item) error {
+	switch op := it.Op.(type) {
+	case nil:
+	case syncOp:
+		return st.doSync(op)
+	case flushOp:
+		close(op.done)
+		return nil
+	default:
+		return nil
+	}
+	if d := it.Frame.GetDelivery(); d != nil {
+		return st.deliver(it.Frame, d.GetInboxSeq())
+	}
+	return st.send(it.Frame)
+}
+
+// deliver sends a live Delivery with inbox seq q exactly once and in order.
+func (st *stream) deliver(f *chatv1.ServerFrame, q uint64) error {
+	if !st.live || q <= st.sentUpTo {
+		return nil // behind (the device syncs) or already sent
+	}
+	if q > st.sentUpTo+1 {
+		// A gap: an earlier routed event was lost. The store has it.
+		if err := st.fillThrough(q - 1); err != nil {
+			return err
+		}
+		if q <= st.sentUpTo {
+			return nil
+		}
+	}
+	if err := st.send(f); err != nil {
+		return err
+	}
+	st.sentUpTo = q
+	return nil
+}
+
+// fillThrough sends, from the store and in order, the deliveries after
+// sentUpTo up to at least target.
+func (st *stream) fillThrough(target uint64) error {
+	for st.sentUpTo < target {
+		ds, _, err := st.s.st.Inbox(st.ctx, st.p.UserID, st.sentUpTo, gapPage)
+		if err != nil {
+			st.s.storeErr(st.ctx, "Chat.fill", err)
+			return errSyncFailed
+		}
+		if len(ds) == 0 {
+			return nil
+		}
+		for _, d := range ds {
+			if d.Seq <= st.sentUpTo {
+				continue
+			}
+			if err := st.send(deliveryFrame(d)); err != nil {
+				return err
+			}
+			st.sentUpTo = d.Seq
+		}
+	}
+	return nil
+}
+
+// doSync answers a SyncRequest with one page of the inbox and updates the
+// delivery state: the device has (by its own claim) everything up to
+// after_seq, and now everything up to the page's last seq; a last page
+// (more == false) makes the stream live.
+func (st *stream) doSync(op syncOp) error {
+	s := st.s
+	ds, more, err := s.st.Inbox(st.ctx, st.p.UserID, op.after, op.limit)
+	if err != nil {
+		s.storeErr(st.ctx, "Chat.Sync", err)
+		return st.send(frameError(op.frameID, errSyncFailed))
+	}
+	page := &chatv1.SyncPage{Deliveries: make([]*chatv1.Delivery, 0, len(ds)), More: more, NextAfterSeq: op.after}
+	for _, d := range ds {
+		page.Deliveries = append(page.Deliveries, &chatv1.Delivery{InboxSeq: d.Seq, Message: messageProto(d.Message)})
+	}
+	last := op.after
+	if len(ds) > 0 {
+		last = ds[len(ds)-1].Seq
+		page.NextAfterSeq = last
+	} else if !more {
+		// Nothing after after_seq: clamp a cursor beyond the head so that
+		// future seqs are not taken as already sent.
+		h, err := s.seq.Head(st.ctx, st.p.UserID)
+		if err != nil {
+			return st.send(frameError(op.frameID, errSyncFailed))
+		}
+		last = min(last, h)
+	}
+	if err := st.send(&chatv1.ServerFrame{FrameId: op.frameID, Payload: &chatv1.ServerFrame_SyncPage{SyncPage: page}}); err != nil {
+		return err
+	}
+	s.metrics.SyncPages.Inc()
+	s.metrics.DeliveriesSynced.Add(float64(len(ds)))
+	st.sentUpTo = max(st.sentUpTo, last)
+	if !more {
+		st.live = true
+	}
+	return nil
+}
+
+// ------------------------------------------------------------------ reader
+
+func (st *stream) readLoop() error {
+	for {
+		f, err := st.gs.Recv()
+		if err != nil {
+			return err
+		}
+		if err := st.handleFrame(f); err != nil {
+			return err
+		}
+	}
+}
+
+// reply queues a frame for the writer, waiting while the queue is full.
+func (st *stream) reply(f *chatv1.ServerFrame) error {
+	return st.sess.Enqueue(st.ctx, hub.Item{Frame: f})
+}
+
+func (st *stream) replyErr(frameID uint64, err error) error {
+	st.s.metrics.FrameErrors.WithLabelValues(status.Code(err).String()).Inc()
+	return st.reply(frameError(frameID, err))
+}
+
+// handleFrame processes one client frame. It returns an error only to end
+// the stream; frame-level failures are answered with FrameError.
+func (st *stream) handleFrame(f *chatv1.ClientFrame) error {
+	s := st.s
+	if err := s.validate(st.ctx, st.p); err != nil {
+		return err
+	}
+	id := f.GetFrameId()
+	if !st.limiter.Allow() {
+		s.metrics.Frames.WithLabelValues("rate_limited").Inc()
+		return st.replyErr(id, status.Errorf(codes.ResourceExhausted,
+			"frame rate exceeded: at most %g frames/s (burst %d); frame dropped", s.frameRate, s.burst))
+	}
+	if reason, bad := malformed(f); bad {
+		s.metrics.Frames.WithLabelValues("malformed").Inc()
+		return st.replyErr(id, status.Error(codes.InvalidArgument, reason))
+	}
+	switch p := f.GetPayload().(type) {
+	case *chatv1.ClientFrame_Send:
+		s.metrics.Frames.WithLabelValues("send").Inc()
+		return st.handleSend(id, p.Send)
+	case *chatv1.ClientFrame_Ack:
+		s.metrics.Frames.WithLabelValues("ack").Inc()
+		return st.handleAck(id, p.Ack)
+	case *chatv1.ClientFrame_Sync:
+		s.metrics.Frames.WithLabelValues("sync").Inc()
+		limit := int(p.Sync.GetLimit())
+		if limit == 0 {
+			limit = DefaultSyncLimit
+		}
+		if limit < 0 || limit > MaxSyncLimit {
+			return st.replyErr(id, errSyncLimit)
+		}
+		return st.sess.Enqueue(st.ctx, hub.Item{Op: syncOp{frameID: id, after: p.Sync.GetAfterSeq(), limit: limit}})
+	case *chatv1.ClientFrame_Typing:
+		s.metrics.Frames.WithLabelValues("typing").Inc()
+		return st.handleTyping(id, p.Typing)
+	case *chatv1.ClientFrame_Heartbeat:
+		s.metrics.Frames.WithLabelValues("heartbeat").Inc()
+		return st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_HeartbeatAck{
+			HeartbeatAck: &chatv1.HeartbeatAck{ServerTime: timestamppb.New(s.now())},
+		}})
+	default:
+		s.metrics.Frames.WithLabelValues("empty").Inc()
+		return st.replyErr(id, errNoPayload)
+	}
+}
+
+func (st *stream) handleAck(id uint64, a *chatv1.Ack) error {
+	s := st.s
+	head, err := s.seq.Head(st.ctx, st.p.UserID)
+	if err != nil {
+		return st.replyErr(id, err)
+	}
+	if a.GetInboxSeq() > head {
+		return st.replyErr(id, errAckBeyondHead)
+	}
+	cur, err := s.st.AdvanceCursor(st.ctx, st.p.UserID, st.p.DeviceID, a.GetInboxSeq())
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return errUnknownDevice
+		}
+		return st.replyErr(id, s.storeErr(st.ctx, "Chat.AdvanceCursor", err))
+	}
+	return st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_AckResult{AckResult: &chatv1.AckResult{Cursor: cur}}})
+}
+
+func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
+	s := st.s
+	if err := checkClientMessageID(m.GetClientMessageId()); err != nil {
+		return st.replyErr(id, err)
+	}
+	if err := checkText(m.GetText()); err != nil {
+		return st.replyErr(id, err)
+	}
+	channelID, members, err := s.resolveTarget(st.ctx, st.p.UserID, m)
+	if err != nil {
+		return st.replyErr(id, err)
+	}
+	// Bound the unacknowledged sends of this stream.
+	select {
+	case st.inflight <- struct{}{}:
+	case <-st.sess.Done():
+		return st.sess.Status().Err()
+	case <-st.ctx.Done():
+		return status.FromContextError(st.ctx.Err()).Err()
+	}
+	req := &sequence.Request{
+		ChannelID:       channelID,
+		SenderID:        st.p.UserID,
+		SenderDeviceID:  st.p.DeviceID,
+		ClientMessageID: m.GetClientMessageId(),
+		Text:            m.GetText(),
+		Kind:            store.KindText,
+		Recipients:      members,
+	}
+	t0 := time.Now()
+	err = s.seq.SubmitContext(st.ctx, req, func(r sequence.Result) {
+		// On the sequencer goroutine: never block. The ack is queued before
+		// the in-flight slot is released, so finish() flushes it.
+		var f *chatv1.ServerFrame
+		if r.Err != nil {
+			s.metrics.FrameErrors.WithLabelValues(status.Code(r.Err).String()).Inc()
+			f = frameError(id, r.Err)
+		} else {
+			if r.Duplicate {
+				s.metrics.Duplicates.Inc()
+			} else {
+				s.metrics.MessagesAccepted.Inc()
+			}
+			s.metrics.SendLatency.Observe(time.Since(t0).Seconds())
+			f = &chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_SendAck{SendAck: &chatv1.SendAck{
+				ChannelId:       r.ChannelID,
+				MessageId:       r.MessageID,
+				CreatedAt:       timestamppb.New(r.CreatedAt),
+				ClientMessageId: r.ClientMessageID,
+				Duplicate:       r.Duplicate,
+			}}}
+		}
+		st.sess.TryEnqueue(hub.Item{Frame: f})
+		<-st.inflight
+	})
+	if err != nil {
+		<-st.inflight
+		return err
+	}
+	return nil
+}
+
+// resolveTarget returns the channel a send goes to and its members (user
+// ids, the sender included). A direct channel is created on first use.
+// Errors: InvalidArgument (bad target), NotFound (no such user or
+// channel), PermissionDenied (not a member), Internal.
+func (s *Service) resolveTarget(ctx context.Context, sender string, m *chatv1.SendMessage) (string, []string, error) {
+	switch t := m.GetTarget().(type) {
+	case *chatv1.SendMessage_ToUser:
+		peer, err := s.peer(ctx, sender, t.ToUser)
+		if err != nil {
+			return "", nil, err
+		}
+		id, err := s.ensureDirect(ctx, sender, peer)
+		if err != nil {
+			return "", nil, err
+		}
+		return id, []string{sender, peer}, nil
+	case *chatv1.SendMessage_ChannelId:
+		if err := checkChannelID(t.ChannelId); err != nil {
+			return "", nil, err
+		}
+		if _, err := s.memberOf(ctx, t.ChannelId, sender); err != nil {
+			return "", nil, err
+		}
+		ms, err := s.st.ListMembers(ctx, t.ChannelId)
+		if err != nil {
+			return "", nil, s.storeErr(ctx, "Send.ListMembers", err)
+		}
+		ids := make([]string, len(ms))
+		for i := range ms {
+			ids[i] = ms[i].UserID
+		}
+		return t.ChannelId, ids, nil
+	default:
+		return "", nil, errNoTarget
+	}
+}
+
+// peer canonicalises a to_user and checks that the user exists and is not
+// the caller.
+func (s *Service) peer(ctx context.Context, caller, username string) (string, error) {
+	peer, err := s.canonical(username)
+	if err != nil {
+		if status.Code(err) == codes.InvalidArgument {
+			return "", err
+		}
+		return "", status.Error(codes.InvalidArgument, "invalid username")
+	}
+	if peer == caller {
+		return "", errSelfDirect
+	}
+	if _, err := s.st.GetUser(ctx, peer); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return "", errUserMissing
+		}
+		return "", s.storeErr(ctx, "GetUser", err)
+	}
+	return peer, nil
+}
+
+// ensureDirect returns the id of the direct channel of a and b, creating
+// it (with both as members) if needed.
+func (s *Service) ensureDirect(ctx context.Context, a, b string) (string, error) {
+	id := directChannelID(a, b)
+	if _, err := s.st.GetChannel(ctx, id); err == nil {
+		return id, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return "", s.storeErr(ctx, "GetChannel", err)
+	}
+	now := s.now().UTC()
+	ch := &store.Channel{ID: id, Type: store.ChannelDirect, CreatedAt: now, CreatedBy: a}
+	err := s.st.CreateChannel(ctx, ch, []store.Member{
+		{ChannelID: id, UserID: a, Role: store.RoleMember, JoinedAt: now},
+		{ChannelID: id, UserID: b, Role: store.RoleMember, JoinedAt: now},
+	})
+	if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
+		return "", s.storeErr(ctx, "CreateChannel", err)
+	}
+	return id, nil
+}
+
+// memberOf returns the caller's membership of the channel. Errors:
+// NotFound (no such channel), PermissionDenied (not a member), Internal.
+func (s *Service) memberOf(ctx context.Context, channelID, userID string) (*store.Member, error) {
+	m, err := s.st.GetMember(ctx, channelID, userID)
+	if err == nil {
+		return m, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, s.storeErr(ctx, "GetMember", err)
+	}
+	if _, err := s.st.GetChannel(ctx, channelID); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, errChannelMissing
+		}
+		return nil, s.storeErr(ctx, "GetChannel", err)
+	}
+	return nil, errNotMember
+}
+
+func (st *stream) handleTyping(id uint64, t *chatv1.Typing) error {
+	s := st.s
+	ch := t.GetChannelId()
+	if err := checkChannelID(ch); err != nil {
+		return st.replyErr(id, err)
+	}
+	if _, err := s.memberOf(st.ctx, ch, st.p.UserID); err != nil {
+		return st.replyErr(id, err)
+	}
+	now := s.now()
+	if last, ok := st.typing[ch]; ok && now.Sub(last) < TypingMinInterval && now.Sub(last) >= 0 {
+		return nil // ephemeral: extra ones are dropped silently
+	}
+	if st.typing == nil || len(st.typing) >= maxTypingChannels {
+		st.typing = make(map[string]time.Time)
+	}
+	st.typing[ch] = now
+	ms, err := s.st.ListMembers(st.ctx, ch)
+	if err != nil {
+		return st.replyErr(id, s.storeErr(st.ctx, "Typing.ListMembers", err))
+	}
+	f := &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Typing{Typing: &chatv1.TypingEvent{
+		ChannelId: ch,
+		UserId:    st.p.UserID,
+		ExpiresAt: timestamppb.New(now.Add(TypingTTL)),
+	}}}
+	events := make([]router.Event, 0, len(ms))
+	for _, m := range ms {
+		ev := router.Event{UserID: m.UserID, Frame: f}
+		if m.UserID == st.p.UserID {
+			ev.SkipDeviceID = st.p.DeviceID
+		}
+		events = append(events, ev)
+	}
+	if err := s.router.Route(st.ctx, events); err != nil {
+		s.log.Debug("chat: routing typing failed", "channel_id", ch, "err", err)
+	}
+	return nil
+}
