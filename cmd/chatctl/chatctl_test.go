@@ -299,8 +299,8 @@ func TestGroupsContactsProfiles(t *testing.T) {
 	if out := bob.ok("channels"); !strings.Contains(out, gid) || !strings.Contains(out, "team") {
 		t.Fatalf("bob's channels: %q", out)
 	}
-	// carol is not a member: the group does not exist for her.
-	if errOut := carol.fails(1, "group", "show", gid); !strings.HasPrefix(errOut, "chatctl: NotFound: ") {
+	// carol is not a member: PermissionDenied.
+	if errOut := carol.fails(1, "group", "show", gid); !strings.HasPrefix(errOut, "chatctl: PermissionDenied: ") {
 		t.Fatalf("carol's group show: %q", errOut)
 	}
 	if errOut := bob.fails(1, "group", "add", gid, "carol"); !strings.HasPrefix(errOut, "chatctl: PermissionDenied: ") {
@@ -311,7 +311,7 @@ func TestGroupsContactsProfiles(t *testing.T) {
 		t.Fatalf("group show: %q", out)
 	}
 	carol.ok("group", "remove", gid, "bob")
-	if errOut := bob.fails(1, "history", gid); !strings.HasPrefix(errOut, "chatctl: NotFound: ") {
+	if errOut := bob.fails(1, "history", gid); !strings.HasPrefix(errOut, "chatctl: PermissionDenied: ") {
 		t.Fatalf("bob's history after removal: %q", errOut)
 	}
 

@@ -61,11 +61,12 @@ type ChatServiceClient interface {
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 	// ListChannels returns the caller's channels, most recently active first.
 	ListChannels(ctx context.Context, in *ListChannelsRequest, opts ...grpc.CallOption) (*ListChannelsResponse, error)
-	// GetChannel returns one channel with its members. Errors: NotFound for
-	// non-members (existence of a group is private to its members).
+	// GetChannel returns one channel with its members. Errors: NotFound if it
+	// does not exist, PermissionDenied for non-members.
 	GetChannel(ctx context.Context, in *GetChannelRequest, opts ...grpc.CallOption) (*GetChannelResponse, error)
 	// GetHistory pages through a channel's messages by message_id.
-	// Errors: NotFound for non-members, InvalidArgument for a bad page size.
+	// Errors: NotFound if the channel does not exist, PermissionDenied for
+	// non-members, InvalidArgument for a bad page size.
 	GetHistory(ctx context.Context, in *GetHistoryRequest, opts ...grpc.CallOption) (*GetHistoryResponse, error)
 }
 
@@ -183,11 +184,12 @@ type ChatServiceServer interface {
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	// ListChannels returns the caller's channels, most recently active first.
 	ListChannels(context.Context, *ListChannelsRequest) (*ListChannelsResponse, error)
-	// GetChannel returns one channel with its members. Errors: NotFound for
-	// non-members (existence of a group is private to its members).
+	// GetChannel returns one channel with its members. Errors: NotFound if it
+	// does not exist, PermissionDenied for non-members.
 	GetChannel(context.Context, *GetChannelRequest) (*GetChannelResponse, error)
 	// GetHistory pages through a channel's messages by message_id.
-	// Errors: NotFound for non-members, InvalidArgument for a bad page size.
+	// Errors: NotFound if the channel does not exist, PermissionDenied for
+	// non-members, InvalidArgument for a bad page size.
 	GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error)
 	mustEmbedUnimplementedChatServiceServer()
 }

@@ -1,0 +1,427 @@
+// Package app assembles a chat server: it opens the store, builds the
+// sequencer, router, hub and services, and serves gRPC (with reflection and
+// the standard health service) and HTTP (REST gateway, OpenAPI, health,
+// Prometheus metrics). cmd/chatd is a thin flag layer over it, and tests
+// start whole servers with it.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	chatd "github.com/chatd/chatd"
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/account"
+	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/chat"
+	"github.com/chatd/chatd/server/discovery"
+	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/ratelimit"
+	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/router/local"
+	"github.com/chatd/chatd/server/sequence"
+	"github.com/chatd/chatd/server/store"
+	"github.com/chatd/chatd/server/store/pebble"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// Message size limits. A Chat frame carries at most 65536 bytes of text;
+// the receive limit leaves room for the envelope so that an oversized text
+// reaches validation (and gets InvalidArgument naming the limit) instead of
+// killing the stream.
+const (
+	maxRecvMsgBytes = 256 << 10
+	maxSendMsgBytes = 16 << 20
+)
+
+// publicMethods need no bearer token.
+var publicMethods = []string{
+	chatv1.AccountService_SignUp_FullMethodName,
+	chatv1.AccountService_LogIn_FullMethodName,
+	chatv1.DiscoveryService_GetEndpoints_FullMethodName,
+}
+
+// App is one running chat server.
+type App struct {
+	cfg Config
+	log *slog.Logger
+
+	store    store.Store
+	seq      *sequence.Sequencer
+	router   router.Router
+	hub      *hub.Hub
+	auth     *auth.Authenticator
+	chat     *chat.Service
+	health   *health.Server
+	registry *prometheus.Registry
+
+	grpcLis, httpLis net.Listener
+	grpcServer       *grpc.Server
+	httpServer       *http.Server
+	gatewayConn      *grpc.ClientConn
+
+	serveErr  chan error
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New opens the store in cfg.DataDir, builds every component and binds both
+// listeners (so GRPCAddr and HTTPAddr are known), but serves nothing until
+// Start.
+func New(cfg Config) (*App, error) {
+	cfg = cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	a := &App{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 2)}
+	ok := false
+	defer func() {
+		if !ok {
+			a.closeResources()
+		}
+	}()
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	st, err := pebble.Open(filepath.Join(cfg.DataDir, "store"))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	a.store = st
+
+	keyFile := cfg.TokenKeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(cfg.DataDir, "token.key")
+	}
+	key, err := auth.LoadOrCreateKey(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("token key: %w", err)
+	}
+	a.auth, err = auth.New(auth.Config{Key: key, TokenTTL: cfg.TokenTTL, Devices: st, Public: publicMethods})
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+
+	if a.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("listen gRPC %s: %w", cfg.GRPCAddr, err)
+	}
+	if a.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("listen HTTP %s: %w", cfg.HTTPAddr, err)
+	}
+	if cfg.ServerID == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(a.grpcLis.Addr().String())
+		cfg.ServerID = host + ":" + port
+		a.cfg.ServerID = cfg.ServerID
+	}
+
+	a.registry = prometheus.NewRegistry()
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	// Routing: the hub is the router's handler, the router is the hub's.
+	var h *hub.Hub
+	a.router = local.New(func(ev router.Event) { h.Deliver(ev) })
+	h = hub.New(a.router)
+	a.hub = h
+
+	var chatSvc *chat.Service
+	a.seq = sequence.New(st, func(b []sequence.Committed) { chatSvc.Publish(b) }, sequence.Options{})
+	chatSvc = chat.New(chat.Config{
+		Store:             st,
+		Sequencer:         a.seq,
+		Hub:               h,
+		Router:            a.router,
+		Sessions:          a.auth,
+		Canonical:         account.CanonicalUsername,
+		ServerID:          cfg.ServerID,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		SendQueue:         cfg.SendQueue,
+		FrameRate:         cfg.FrameRate,
+		FrameBurst:        cfg.FrameBurst,
+		Registerer:        a.registry,
+	})
+	a.chat = chatSvc
+
+	accountSvc := account.New(account.Config{
+		Store: st,
+		Auth:  a.auth,
+		OnLogout: func(userID, deviceID string) {
+			h.KillDevice(userID, deviceID, status.New(codes.Unauthenticated, "device logged out"))
+		},
+	})
+
+	advGRPC := firstNonEmpty(cfg.AdvertiseGRPC, a.grpcLis.Addr().String())
+	advHTTP := firstNonEmpty(cfg.AdvertiseHTTP, a.httpLis.Addr().String())
+	disc := discovery.New(discovery.Static{
+		Self:     &chatv1.Endpoint{ServerId: cfg.ServerID, GrpcAddress: advGRPC, HttpAddress: advHTTP},
+		LoadFunc: func() uint64 { return uint64(h.Count()) },
+	})
+
+	a.grpcServer = a.newGRPCServer()
+	chatv1.RegisterChatServiceServer(a.grpcServer, chatSvc)
+	chatv1.RegisterAccountServiceServer(a.grpcServer, accountSvc)
+	chatv1.RegisterDiscoveryServiceServer(a.grpcServer, disc)
+	// Presence is in the contract; until it is implemented its RPCs answer
+	// Unimplemented.
+	chatv1.RegisterPresenceServiceServer(a.grpcServer, chatv1.UnimplementedPresenceServiceServer{})
+	a.health = health.NewServer()
+	healthpb.RegisterHealthServer(a.grpcServer, a.health)
+	reflection.Register(a.grpcServer)
+
+	if err := a.newHTTPServer(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return a, nil
+}
+
+func (a *App) newGRPCServer() *grpc.Server {
+	lim := ratelimit.New(a.cfg.UnaryRate, a.cfg.UnaryBurst)
+	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		a.log.ErrorContext(ctx, "panic in handler", "panic", p, "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	})
+	return grpc.NewServer(
+		grpc.ForceServerCodecV2(chat.Codec()),
+		grpc.MaxConcurrentStreams(a.cfg.MaxConcurrentStreams),
+		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
+		grpc.MaxSendMsgSize(maxSendMsgBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
+		// Server pings detect half-open connections (a device that vanished
+		// without a FIN) within Time+Timeout.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 60 * time.Second, Timeout: 20 * time.Second}),
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.ChainUnaryInterceptor(
+			recovery.UnaryServerInterceptor(rec),
+			deadlineInterceptor(a.cfg.UnaryTimeout),
+			a.auth.UnaryInterceptor(),
+			ratelimit.UnaryInterceptor(lim, rateKey),
+		),
+		grpc.ChainStreamInterceptor(
+			recovery.StreamServerInterceptor(rec),
+			a.auth.StreamInterceptor(),
+		),
+	)
+}
+
+func (a *App) newHTTPServer() error {
+	conn, err := grpc.NewClient(dialTarget(a.grpcLis.Addr()),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSendMsgBytes)))
+	if err != nil {
+		return fmt.Errorf("gateway dial: %w", err)
+	}
+	a.gatewayConn = conn
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+		}),
+	)
+	ctx := context.Background()
+	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		chatv1.RegisterAccountServiceHandler,
+		chatv1.RegisterChatServiceHandler,
+		chatv1.RegisterDiscoveryServiceHandler,
+		chatv1.RegisterPresenceServiceHandler,
+	} {
+		if err := reg(ctx, gw, conn); err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", http.MaxBytesHandler(gw, maxRecvMsgBytes))
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(chatd.OpenAPI)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		resp, err := a.health.Check(r.Context(), &healthpb.HealthCheckRequest{})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			http.Error(w, "not serving", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{Registry: a.registry}))
+	a.httpServer = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	return nil
+}
+
+// Start serves both listeners in the background and marks the server
+// SERVING. Errors from serving arrive on Wait.
+func (a *App) Start() {
+	go func() { a.serveErr <- a.grpcServer.Serve(a.grpcLis) }()
+	go func() {
+		err := a.httpServer.Serve(a.httpLis)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		a.serveErr <- err
+	}()
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
+}
+
+// Run starts the server and blocks until ctx is done (then shuts down
+// gracefully and returns nil) or a listener fails.
+func (a *App) Run(ctx context.Context) error {
+	a.Start()
+	select {
+	case <-ctx.Done():
+		return a.Close()
+	case err := <-a.serveErr:
+		cerr := a.Close()
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return cerr
+	}
+}
+
+// GRPCAddr is the bound gRPC address (host:port).
+func (a *App) GRPCAddr() string { return a.grpcLis.Addr().String() }
+
+// HTTPAddr is the bound HTTP address (host:port).
+func (a *App) HTTPAddr() string { return a.httpLis.Addr().String() }
+
+// ServerID names this server.
+func (a *App) ServerID() string { return a.cfg.ServerID }
+
+// Store returns the server's store (for tests and tools).
+func (a *App) Store() store.Store { return a.store }
+
+// Close shuts down gracefully: health goes NOT_SERVING, every Chat stream is
+// ended with Unavailable ("server shutting down, reconnect") so clients move
+// elsewhere, in-flight unary calls finish (bounded by ShutdownTimeout), the
+// sequencer flushes its last group commit, and the store closes. Safe to
+// call more than once.
+func (a *App) Close() error {
+	a.closeOnce.Do(func() {
+		a.health.Shutdown()
+		a.hub.Shutdown(status.New(codes.Unavailable, "server shutting down, reconnect"))
+		stopped := make(chan struct{})
+		go func() { a.grpcServer.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(a.cfg.ShutdownTimeout):
+			a.log.Warn("graceful stop timed out; closing connections")
+			a.grpcServer.Stop()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+		defer cancel()
+		_ = a.httpServer.Shutdown(ctx)
+		a.closeErr = a.closeResources()
+		a.log.Info("chatd stopped")
+	})
+	return a.closeErr
+}
+
+func (a *App) closeResources() error {
+	var errs []error
+	if a.gatewayConn != nil {
+		errs = append(errs, a.gatewayConn.Close())
+	}
+	if a.seq != nil {
+		a.seq.Close()
+	}
+	if a.router != nil {
+		errs = append(errs, a.router.Close())
+	}
+	if a.store != nil {
+		errs = append(errs, a.store.Close())
+	}
+	for _, l := range []net.Listener{a.grpcLis, a.httpLis} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// deadlineInterceptor gives every unary call a deadline of at most d.
+func deadlineInterceptor(d time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return handler(ctx, req)
+	}
+}
+
+// rateKey limits authenticated callers per user and others per client IP.
+// Calls through the REST gateway arrive from loopback; for those the
+// gateway's x-forwarded-for (the HTTP client's address) is the key.
+func rateKey(ctx context.Context, _ string) string {
+	if p, ok := auth.FromContext(ctx); ok {
+		return "u:" + p.UserID
+	}
+	ip := ""
+	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
+		ip = pr.Addr.String()
+		if host, _, err := net.SplitHostPort(ip); err == nil {
+			ip = host
+		}
+	}
+	if addr := net.ParseIP(ip); addr != nil && addr.IsLoopback() {
+		if md, ok := metadata.FromIncomingContext(ctx); ok {
+			if xff := md.Get("x-forwarded-for"); len(xff) > 0 {
+				ip = strings.TrimSpace(strings.Split(xff[0], ",")[0])
+			}
+		}
+	}
+	return "ip:" + ip
+}
+
+func dialTarget(addr net.Addr) string {
+	s := addr.String()
+	if strings.HasPrefix(s, "[::]:") {
+		return "127.0.0.1:" + strings.TrimPrefix(s, "[::]:")
+	}
+	if strings.HasPrefix(s, "0.0.0.0:") {
+		return "127.0.0.1:" + strings.TrimPrefix(s, "0.0.0.0:")
+	}
+	return s
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

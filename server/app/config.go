@@ -1,0 +1,127 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Config is everything chatd needs to start. Zero values take the defaults
+// documented on each field (see Defaults).
+type Config struct {
+	// GRPCAddr is the gRPC listener (Chat stream and all services),
+	// default ":9090". Use "127.0.0.1:0" in tests.
+	GRPCAddr string
+	// HTTPAddr is the HTTP listener: REST gateway under /v1/,
+	// /openapi.json, /healthz, /readyz and /metrics. Default ":8080".
+	HTTPAddr string
+	// DataDir holds the embedded store and the token signing key.
+	// Default "./data".
+	DataDir string
+	// ServerID names this server in a cluster and in Welcome frames.
+	// Default: the host name and gRPC port.
+	ServerID string
+	// AdvertiseGRPC and AdvertiseHTTP are the addresses the Discovery
+	// service hands to clients. Default: the bound listener addresses.
+	AdvertiseGRPC string
+	AdvertiseHTTP string
+
+	// TokenTTL is the lifetime of a device's bearer token. Default 720h.
+	TokenTTL time.Duration
+	// TokenKeyFile is the HMAC key used to sign tokens (32 random bytes,
+	// created if missing). Default DataDir/token.key. Every server of a
+	// cluster must share it.
+	TokenKeyFile string
+
+	// HeartbeatInterval is what clients are told to send heartbeats at.
+	// Default 25s.
+	HeartbeatInterval time.Duration
+	// SendQueue is the per-stream bounded send queue, in frames.
+	// Default 1024. A device whose queue overflows is disconnected with
+	// ResourceExhausted and recovers by sync.
+	SendQueue int
+	// FrameRate and FrameBurst bound the frames per second a device may send
+	// on its stream. Defaults 200 and 400.
+	FrameRate  float64
+	FrameBurst int
+	// UnaryRate and UnaryBurst bound unary calls per second per user (or per
+	// client IP before log-in). Defaults 50 and 100.
+	UnaryRate  float64
+	UnaryBurst int
+	// UnaryTimeout is the deadline given to unary calls that arrive without
+	// one (and the cap for those that ask for more). Default 15s.
+	UnaryTimeout time.Duration
+	// MaxConcurrentStreams per HTTP/2 connection (CVE-2023-44487 rapid reset
+	// mitigation). Default 64.
+	MaxConcurrentStreams uint32
+	// ShutdownTimeout bounds the graceful stop. Default 10s.
+	ShutdownTimeout time.Duration
+
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults returns c with every zero field set to its default.
+func (c Config) Defaults() Config {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.GRPCAddr, ":9090")
+	def(&c.HTTPAddr, ":8080")
+	def(&c.DataDir, "./data")
+	if c.TokenTTL == 0 {
+		c.TokenTTL = 30 * 24 * time.Hour
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 25 * time.Second
+	}
+	if c.SendQueue == 0 {
+		c.SendQueue = 1024
+	}
+	if c.FrameRate == 0 {
+		c.FrameRate = 200
+	}
+	if c.FrameBurst == 0 {
+		c.FrameBurst = 400
+	}
+	if c.UnaryRate == 0 {
+		c.UnaryRate = 50
+	}
+	if c.UnaryBurst == 0 {
+		c.UnaryBurst = 100
+	}
+	if c.UnaryTimeout == 0 {
+		c.UnaryTimeout = 15 * time.Second
+	}
+	if c.MaxConcurrentStreams == 0 {
+		c.MaxConcurrentStreams = 64
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	var errs []error
+	if c.TokenTTL < time.Minute {
+		errs = append(errs, fmt.Errorf("token TTL %s is under 1m", c.TokenTTL))
+	}
+	if c.HeartbeatInterval < time.Second {
+		errs = append(errs, fmt.Errorf("heartbeat interval %s is under 1s", c.HeartbeatInterval))
+	}
+	if c.SendQueue < 16 {
+		errs = append(errs, fmt.Errorf("send queue %d is under 16 frames", c.SendQueue))
+	}
+	if c.FrameRate <= 0 || c.FrameBurst < 1 || c.UnaryRate <= 0 || c.UnaryBurst < 1 {
+		errs = append(errs, errors.New("rate limits must be positive"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,244 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+var (
+	buildOnce sync.Once
+	chatdBin  string
+	buildErr  error
+)
+
+// chatdBinary builds cmd/chatd once per test run.
+func chatdBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "chatd-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		chatdBin = filepath.Join(dir, "chatd")
+		out, err := exec.Command("go", "build", "-o", chatdBin, "github.com/chatd/chatd/cmd/chatd").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return chatdBin
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// proc is a chatd process.
+type proc struct {
+	cmd    *exec.Cmd
+	grpc   string
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+// startChatd runs the chatd binary on dataDir and waits until it is SERVING.
+func startChatd(t *testing.T, dataDir string) *proc {
+	t.Helper()
+	p := &proc{grpc: "127.0.0.1:" + freePort(t), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(chatdBinary(t), "--data-dir", dataDir, "--http-addr", "127.0.0.1:"+freePort(t))
+	p.cmd.Env = append(os.Environ(), "CHATD_GRPC_ADDR="+p.grpc) // the environment sets flags too
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	cc := dial(t, p.grpc)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		h, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && h.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return p
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("chatd exited early: %v\n%s", err, p.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("chatd not serving after 30s: %v\n%s", err, p.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *proc) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err // keep it for Cleanup
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("chatd did not exit\n%s", p.stderr)
+		return nil
+	}
+}
+
+// TestGracefulShutdown: SIGTERM ends open streams with Unavailable (so
+// clients reconnect elsewhere) and the process exits 0.
+func TestGracefulShutdown(t *testing.T) {
+	p := startChatd(t, t.TempDir())
+	cc := dial(t, p.grpc)
+	alice := signUpLogIn(t, cc, "alice", "phone")
+	st := openStream(t, alice)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, err := st.s.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("stream ended with %v, want Unavailable", err)
+			}
+			break
+		}
+	}
+	if err := p.wait(t); err != nil {
+		t.Fatalf("chatd exit after SIGTERM: %v\n%s", err, p.stderr)
+	}
+}
+
+// TestCase_C003: the sender has its ack; chatd is killed with SIGKILL before
+// fan-out can finish; after a restart the message is in history and every
+// recipient device gets it once, by sync.
+func TestCase_C003(t *testing.T) {
+	dir := t.TempDir()
+	p := startChatd(t, dir)
+	cc := dial(t, p.grpc)
+	alice := signUpLogIn(t, cc, "alice", "phone")
+	bob1 := signUpLogIn(t, cc, "bob", "phone")
+	bob2 := logIn(t, cc, "bob", "laptop")
+	as := openStream(t, alice)
+
+	const n = 50
+	acks := make([]*chatv1.SendAck, n)
+	for i := range n {
+		acks[i] = as.send("bob", fmt.Sprintf("c003-%d", i), fmt.Sprintf("message %d", i))
+	}
+	if err := p.cmd.Process.Kill(); err != nil { // SIGKILL right after the last ack
+		t.Fatal(err)
+	}
+	p.wait(t)
+
+	p2 := startChatd(t, dir)
+	cc2 := dial(t, p2.grpc)
+	hist, err := chatv1.NewChatServiceClient(cc2).GetHistory(alice.withConn(cc2).ctx(context.Background()),
+		&chatv1.GetHistoryRequest{ToUser: "bob", PageSize: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist.GetMessages()) != n {
+		t.Fatalf("history after SIGKILL has %d messages, want %d", len(hist.GetMessages()), n)
+	}
+	for i, m := range hist.GetMessages() {
+		if m.GetMessageId() != acks[i].GetMessageId() {
+			t.Fatalf("history[%d] = %d, acked %d", i, m.GetMessageId(), acks[i].GetMessageId())
+		}
+	}
+	for _, dev := range []*user{bob1, bob2} {
+		st := openStream(t, dev.withConn(cc2))
+		ds := st.syncAll(st.welcome.GetCursor(), 0)
+		if len(ds) != n {
+			t.Fatalf("%s synced %d messages, want %d", dev.device, len(ds), n)
+		}
+		if err := seqsContiguous(ds, st.welcome.GetCursor()); err != nil {
+			t.Fatal(err)
+		}
+		for i, d := range ds {
+			if d.GetMessage().GetMessageId() != acks[i].GetMessageId() {
+				t.Fatalf("%s: delivery %d is message %d, want %d", dev.device, i, d.GetMessage().GetMessageId(), acks[i].GetMessageId())
+			}
+		}
+	}
+}
+
+// TestCase_C005: a device syncs and acks; the server restarts; 10 more
+// messages arrive; a sync from the stored cursor returns exactly those 10,
+// and every message_id issued after the restart is larger than every one
+// issued before it.
+func TestCase_C005(t *testing.T) {
+	dir := t.TempDir()
+	p := startChatd(t, dir)
+	cc := dial(t, p.grpc)
+	alice := signUpLogIn(t, cc, "alice", "phone")
+	bob := signUpLogIn(t, cc, "bob", "phone")
+	as := openStream(t, alice)
+	var before uint64
+	for i := range 5 {
+		before = max(before, as.send("bob", fmt.Sprintf("old-%d", i), "old").GetMessageId())
+	}
+	bs := openStream(t, bob)
+	ds := bs.syncAll(bs.welcome.GetCursor(), 0)
+	if len(ds) != 5 {
+		t.Fatalf("first sync: %d messages, want 5", len(ds))
+	}
+	cursor := bs.ack(ds[len(ds)-1].GetInboxSeq())
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	p2 := startChatd(t, dir)
+	cc2 := dial(t, p2.grpc)
+	as2 := openStream(t, alice.withConn(cc2))
+	for i := range 10 {
+		ack := as2.send("bob", fmt.Sprintf("new-%d", i), fmt.Sprintf("new %d", i))
+		if ack.GetMessageId() <= before {
+			t.Fatalf("message_id %d after restart is not above %d from before it", ack.GetMessageId(), before)
+		}
+	}
+	bs2 := openStream(t, bob.withConn(cc2))
+	if bs2.welcome.GetCursor() != cursor {
+		t.Fatalf("stored cursor %d, want %d", bs2.welcome.GetCursor(), cursor)
+	}
+	ds = bs2.syncAll(bs2.welcome.GetCursor(), 0)
+	if len(ds) != 10 {
+		t.Fatalf("sync after restart: %d messages %v, want the 10 new ones", len(ds), texts(ds))
+	}
+	for i, d := range ds {
+		if want := fmt.Sprintf("new %d", i); d.GetMessage().GetText() != want {
+			t.Fatalf("delivery %d = %q, want %q", i, d.GetMessage().GetText(), want)
+		}
+	}
+}
