@@ -166,7 +166,10 @@ func TestCase_C106_REST(t *testing.T) {
 	}
 	gid := g.GetChannel().GetChannelId()
 	base := a.HTTPAddr()
-	for _, c := range []struct{ method, path string; body any }{
+	for _, c := range []struct {
+		method, path string
+		body         any
+	}{
 		{"GET", "/v1/channels/" + gid + "/messages", nil},
 		{"GET", "/v1/channels/" + gid, nil},
 		{"POST", "/v1/channels/" + gid + "/members", map[string]string{"userId": "mallory"}},
