@@ -56,6 +56,7 @@ type Authenticator struct {
 	public   map[string]struct{}
 	now      func() time.Time
 	seed     maphash.Seed
+	macPool  sync.Pool // of hash.Hash: HMAC-SHA256 keyed with key
 	shards   [cacheShards]cacheShard
 }
 

@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"hash"
+	"io"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -66,16 +68,25 @@ func (a *Authenticator) Issue(userID, deviceID string, now time.Time) (token str
 	sb.Grow(len(tokenPrefix) + b64url.EncodedLen(len(payload)) + 1 + b64url.EncodedLen(macLen))
 	sb.WriteString(tokenPrefix)
 	sb.WriteString(b64url.EncodeToString(payload))
-	mac := a.mac(sb.String())
+	var buf [macLen]byte
+	mac := a.mac(buf[:0], sb.String())
 	sb.WriteByte('.')
 	sb.WriteString(b64url.EncodeToString(mac))
 	return sb.String(), time.UnixMilli(exp), nil
 }
 
-func (a *Authenticator) mac(signed string) []byte {
-	h := hmac.New(sha256.New, a.key)
-	h.Write([]byte(signed))
-	return h.Sum(nil)
+// mac appends HMAC-SHA256(key, signed) to dst. The keyed hashes are
+// pooled: hmac.New allocates and pre-hashes the key pads.
+func (a *Authenticator) mac(dst []byte, signed string) []byte {
+	h, _ := a.macPool.Get().(hash.Hash)
+	if h == nil {
+		h = hmac.New(sha256.New, a.key)
+	}
+	h.Reset()
+	io.WriteString(h, signed)
+	dst = h.Sum(dst)
+	a.macPool.Put(h)
+	return dst
 }
 
 // Parse verifies token's signature and expiry against now and returns the
@@ -97,10 +108,11 @@ func (a *Authenticator) Parse(token string, now time.Time) (Principal, error) {
 		return Principal{}, errMalformed
 	}
 	var got [macLen]byte
-	if n, err := b64url.Decode(got[:], []byte(macB64)); err != nil || n != macLen {
+	if n, err := b64url.AppendDecode(got[:0], []byte(macB64)); err != nil || len(n) != macLen {
 		return Principal{}, errMalformed
 	}
-	if !hmac.Equal(got[:], a.mac(signed)) {
+	var want [macLen]byte
+	if !hmac.Equal(got[:], a.mac(want[:0], signed)) {
 		return Principal{}, errBadSignature
 	}
 	payload, err := b64url.DecodeString(signed[len(tokenPrefix):])
