@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,6 +149,8 @@ type dev struct {
 	frames  chan *chatv1.ServerFrame
 	end     chan error // the stream's final error (io.EOF for OK)
 
+	delivered atomic.Int64 // Delivery frames read by the background reader
+
 	nextID uint64
 	// Frames read by helpers but not consumed yet.
 	pending []*chatv1.ServerFrame
@@ -159,8 +162,27 @@ func (e *env) open(user, device string) *dev { return e.openWith(user, device, t
 
 func (e *env) openWith(user, device string, reading bool) *dev {
 	e.t.Helper()
+	return e.openOn(e.client, user, device, reading)
+}
+
+// openStuck opens a stream that nobody reads, on its own connection with
+// fixed 64 KiB flow-control windows (no BDP growth), so that the server's
+// writer blocks after a bounded amount of data.
+func (e *env) openStuck(user, device string) *dev {
+	e.t.Helper()
+	cc, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cc.Close() })
+	return e.openOn(chatv1.NewChatServiceClient(cc), user, device, false)
+}
+
+func (e *env) openOn(client chatv1.ChatServiceClient, user, device string, reading bool) *dev {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.ctx(user, device))
-	s, err := e.client.Chat(ctx)
+	s, err := client.Chat(ctx)
 	if err != nil {
 		cancel()
 		e.t.Fatal(err)
@@ -190,6 +212,9 @@ func (d *dev) startReader() {
 				d.end <- err
 				close(d.frames)
 				return
+			}
+			if f.GetDelivery() != nil {
+				d.delivered.Add(1)
 			}
 			d.frames <- f
 		}
