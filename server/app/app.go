@@ -43,8 +43,6 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -221,11 +219,12 @@ func (a *App) newGRPCServer() *grpc.Server {
 			recovery.UnaryServerInterceptor(rec),
 			deadlineInterceptor(a.cfg.UnaryTimeout),
 			a.auth.UnaryInterceptor(),
-			ratelimit.UnaryInterceptor(lim, rateKey),
+			ratelimit.UnaryInterceptor(lim, nil), // per user, or per client IP before log-in
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(rec),
 			a.auth.StreamInterceptor(),
+			ratelimit.StreamInterceptor(lim, nil), // stream opens, not frames
 		),
 	)
 }
@@ -382,30 +381,6 @@ func deadlineInterceptor(d time.Duration) grpc.UnaryServerInterceptor {
 		defer cancel()
 		return handler(ctx, req)
 	}
-}
-
-// rateKey limits authenticated callers per user and others per client IP.
-// Calls through the REST gateway arrive from loopback; for those the
-// gateway's x-forwarded-for (the HTTP client's address) is the key.
-func rateKey(ctx context.Context, _ string) string {
-	if p, ok := auth.FromContext(ctx); ok {
-		return "u:" + p.UserID
-	}
-	ip := ""
-	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
-		ip = pr.Addr.String()
-		if host, _, err := net.SplitHostPort(ip); err == nil {
-			ip = host
-		}
-	}
-	if addr := net.ParseIP(ip); addr != nil && addr.IsLoopback() {
-		if md, ok := metadata.FromIncomingContext(ctx); ok {
-			if xff := md.Get("x-forwarded-for"); len(xff) > 0 {
-				ip = strings.TrimSpace(strings.Split(xff[0], ",")[0])
-			}
-		}
-	}
-	return "ip:" + ip
 }
 
 func dialTarget(addr net.Addr) string {
