@@ -5,6 +5,7 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"time"
 
 	"github.com/scylladb/gocqlx/v3/migrate"
 )
@@ -52,7 +53,7 @@ func Migrate(ctx context.Context, cfg Config, replicationClass string, replicati
 	}
 	// Schema statements can take seconds on Cassandra; give them room.
 	sys := cfg.cluster("")
-	sys.Timeout = max(cfg.Timeout, 30e9)
+	sys.Timeout = max(cfg.Timeout, 30*time.Second)
 	sess, err := connect(ctx, sys)
 	if err != nil {
 		return err

@@ -1,0 +1,333 @@
+package scylla
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/chatd/chatd/server/store"
+)
+
+const (
+	stmtCreateUser    = `INSERT INTO users (user_id, display_name, password_hash, created_at, presence_hidden) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS`
+	stmtGetUser       = `SELECT display_name, password_hash, created_at, presence_hidden FROM users WHERE user_id = ?`
+	stmtUpdateName    = `UPDATE users SET display_name = ? WHERE user_id = ? IF EXISTS`
+	stmtUpdateHidden  = `UPDATE users SET presence_hidden = ? WHERE user_id = ? IF EXISTS`
+	stmtPutDevice     = `INSERT INTO devices (user_id, device_id, name, created_at, last_seen_at, revoked) VALUES (?, ?, ?, ?, ?, ?)`
+	stmtSetCursor     = `UPDATE devices USING TIMESTAMP ? SET cursor = ? WHERE user_id = ? AND device_id = ?`
+	stmtGetCursor     = `SELECT cursor FROM devices WHERE user_id = ? AND device_id = ?`
+	devCols           = `device_id, name, created_at, last_seen_at, revoked, cursor`
+	stmtGetDevice     = `SELECT ` + devCols + ` FROM devices WHERE user_id = ? AND device_id = ?`
+	stmtListDevices   = `SELECT ` + devCols + ` FROM devices WHERE user_id = ?`
+	stmtAddContact    = `INSERT INTO contacts (user_id, contact_id) VALUES (?, ?)`
+	stmtRemoveContact = `DELETE FROM contacts WHERE user_id = ? AND contact_id = ?`
+	stmtListContacts  = `SELECT contact_id FROM contacts WHERE user_id = ?`
+	stmtIsContact     = `SELECT contact_id FROM contacts WHERE user_id = ? AND contact_id = ?`
+)
+
+// CreateUser inserts u with an INSERT ... IF NOT EXISTS lightweight
+// transaction; store.ErrAlreadyExists if u.ID is taken. If the outcome of
+// the transaction is unknown (timeout), it is retried: finding a row equal
+// to u then means the earlier attempt applied. ErrInvalidID for an empty
+// id; ErrContention after too many unknown outcomes.
+func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if u.ID == "" {
+		return invalid("user id", "")
+	}
+	hash := u.PasswordHash
+	if hash == nil {
+		hash = []byte{}
+	}
+	for attempt := 1; attempt <= maxCASAttempts; attempt++ {
+		q := s.lwt(ctx, stmtCreateUser, u.ID, u.DisplayName, hash, ts(u.CreatedAt), u.PresenceHidden)
+		// A failed INSERT IF NOT EXISTS returns the existing row.
+		row := map[string]any{}
+		applied, err := q.MapScanCAS(row)
+		q.Release()
+		name, _ := row["display_name"].(string)
+		ph, _ := row["password_hash"].([]byte)
+		created, _ := row["created_at"].(time.Time)
+		switch {
+		case err == nil && applied:
+			return nil
+		case err == nil:
+			if attempt > 1 && name == u.DisplayName && bytes.Equal(ph, hash) && created.Equal(truncMS(u.CreatedAt)) {
+				return nil // our earlier attempt applied
+			}
+			return store.ErrAlreadyExists
+		case casOutcomeUnknown(err):
+			if err := casBackoff(ctx, attempt); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("scylla store: create user: %w", err)
+		}
+	}
+	return fmt.Errorf("%w: create user %q", ErrContention, u.ID)
+}
+
+func truncMS(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.Truncate(time.Millisecond)
+}
+
+// GetUser returns the user or store.ErrNotFound.
+func (s *Store) GetUser(ctx context.Context, userID string) (*store.User, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if userID == "" {
+		return nil, store.ErrNotFound
+	}
+	u := &store.User{ID: userID}
+	var created time.Time
+	ok, err := s.scan1(ctx, stmtGetUser, []any{userID}, &u.DisplayName, &u.PasswordHash, &created, &u.PresenceHidden)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, store.ErrNotFound
+	}
+	u.CreatedAt = utc(created)
+	return u, nil
+}
+
+// UpdateDisplayName changes a user's display name with an UPDATE ... IF
+// EXISTS lightweight transaction (users rows are only written by
+// transactions, which keeps their order well defined); store.ErrNotFound
+// for an unknown user. An unknown outcome is retried (the update is
+// idempotent); ErrContention after too many.
+func (s *Store) UpdateDisplayName(ctx context.Context, userID, displayName string) error {
+	return s.updateUser(ctx, "update display name", stmtUpdateName, userID, displayName)
+}
+
+// SetPresenceHidden changes whether the user hides their presence, like
+// UpdateDisplayName; store.ErrNotFound for an unknown user.
+func (s *Store) SetPresenceHidden(ctx context.Context, userID string, hidden bool) error {
+	return s.updateUser(ctx, "set presence hidden", stmtUpdateHidden, userID, hidden)
+}
+
+// updateUser runs stmt (UPDATE users SET col = ? WHERE user_id = ? IF
+// EXISTS) with value.
+func (s *Store) updateUser(ctx context.Context, what, stmt, userID string, value any) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if userID == "" {
+		return store.ErrNotFound
+	}
+	for attempt := 1; attempt <= maxCASAttempts; attempt++ {
+		q := s.lwt(ctx, stmt, value, userID)
+		applied, err := q.MapScanCAS(map[string]any{})
+		q.Release()
+		switch {
+		case err == nil && applied:
+			return nil
+		case err == nil:
+			return store.ErrNotFound
+		case casOutcomeUnknown(err):
+			if err := casBackoff(ctx, attempt); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("scylla store: %s: %w", what, err)
+		}
+	}
+	return fmt.Errorf("%w: %s of %q", ErrContention, what, userID)
+}
+
+// PutDevice inserts or replaces a device's name, times and revoked flag;
+// the cursor column is not written, so an existing cursor is kept. For a
+// new device with d.Cursor > 0 the cursor starts there (a read decides
+// whether the device exists; the cursor write keeps the maximum either
+// way). ErrInvalidID for an empty user id.
+func (s *Store) PutDevice(ctx context.Context, d *store.Device) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if d.UserID == "" {
+		return invalid("user id", "")
+	}
+	newDevice := false
+	if d.Cursor > 0 {
+		var cur *int64
+		ok, err := s.scan1(ctx, stmtGetCursor, []any{d.UserID, d.DeviceID}, &cur)
+		if err != nil {
+			return err
+		}
+		newDevice = !ok
+	}
+	if err := s.exec(ctx, stmtPutDevice, d.UserID, d.DeviceID, d.Name, ts(d.CreatedAt), ts(d.LastSeenAt), d.Revoked); err != nil {
+		return err
+	}
+	if newDevice {
+		c := min(d.Cursor, maxSeq)
+		return s.exec(ctx, stmtSetCursor, int64(c), int64(c), d.UserID, d.DeviceID)
+	}
+	return nil
+}
+
+type devRow struct {
+	id, name      string
+	created, seen time.Time
+	revoked       bool
+	cursor        int64
+}
+
+func (r *devRow) dest() []any {
+	return []any{&r.id, &r.name, &r.created, &r.seen, &r.revoked, &r.cursor}
+}
+
+func (r *devRow) device(userID string) *store.Device {
+	return &store.Device{UserID: userID, DeviceID: r.id, Name: r.name, CreatedAt: utc(r.created),
+		LastSeenAt: utc(r.seen), Revoked: r.revoked, Cursor: uint64(max(r.cursor, 0))}
+}
+
+// GetDevice returns the device or store.ErrNotFound.
+func (s *Store) GetDevice(ctx context.Context, userID, deviceID string) (*store.Device, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if userID == "" {
+		return nil, store.ErrNotFound
+	}
+	var r devRow
+	ok, err := s.scan1(ctx, stmtGetDevice, []any{userID, deviceID}, r.dest()...)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, store.ErrNotFound
+	}
+	return r.device(userID), nil
+}
+
+// ListDevices returns the user's devices, revoked ones included, ordered by
+// CreatedAt (then device id).
+func (s *Store) ListDevices(ctx context.Context, userID string) ([]*store.Device, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if userID == "" {
+		return nil, nil
+	}
+	q := s.q(ctx, stmtListDevices, userID)
+	it := q.Iter()
+	var ds []*store.Device
+	var r devRow
+	for it.Scan(r.dest()...) {
+		ds = append(ds, r.device(userID))
+		r = devRow{}
+	}
+	err := it.Close()
+	q.Release()
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(ds, func(a, b *store.Device) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	return ds, nil
+}
+
+// AdvanceCursor sets the device cursor to max(current, seq) and returns the
+// result; store.ErrNotFound for an unknown device, ErrInvalidID for seq >=
+// 2^63.
+//
+// No lightweight transaction: the cursor cell is written with the write
+// timestamp equal to its value, so among concurrent or reordered writes
+// the highest cursor wins on every replica (ties carry equal values). One
+// read (existence and current value) and at most one write.
+func (s *Store) AdvanceCursor(ctx context.Context, userID, deviceID string, seq uint64) (uint64, error) {
+	if err := s.check(ctx); err != nil {
+		return 0, err
+	}
+	if seq > maxSeq {
+		return 0, fmt.Errorf("%w: cursor %d >= 2^63", ErrInvalidID, seq)
+	}
+	if userID == "" {
+		return 0, store.ErrNotFound
+	}
+	var cur *int64
+	ok, err := s.scan1(ctx, stmtGetCursor, []any{userID, deviceID}, &cur)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, store.ErrNotFound
+	}
+	c := uint64(0)
+	if cur != nil && *cur > 0 {
+		c = uint64(*cur)
+	}
+	if seq <= c {
+		return c, nil
+	}
+	if err := s.exec(ctx, stmtSetCursor, int64(seq), int64(seq), userID, deviceID); err != nil {
+		return 0, err
+	}
+	return seq, nil
+}
+
+// AddContact records that userID has contactID as a contact (idempotent).
+func (s *Store) AddContact(ctx context.Context, userID, contactID string) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if userID == "" {
+		return invalid("user id", "")
+	}
+	return s.exec(ctx, stmtAddContact, userID, contactID)
+}
+
+// RemoveContact removes it (idempotent).
+func (s *Store) RemoveContact(ctx context.Context, userID, contactID string) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if userID == "" {
+		return nil
+	}
+	return s.exec(ctx, stmtRemoveContact, userID, contactID)
+}
+
+// ListContacts returns userID's contacts in ascending id (UTF-8 byte)
+// order.
+func (s *Store) ListContacts(ctx context.Context, userID string) ([]string, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if userID == "" {
+		return nil, nil
+	}
+	q := s.q(ctx, stmtListContacts, userID)
+	it := q.Iter()
+	var ids []string
+	var id string
+	for it.Scan(&id) {
+		ids = append(ids, id)
+	}
+	err := it.Close()
+	q.Release()
+	if err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// IsContact reports whether userID has contactID as a contact.
+func (s *Store) IsContact(ctx context.Context, userID, contactID string) (bool, error) {
+	if err := s.check(ctx); err != nil {
+		return false, err
+	}
+	if userID == "" {
+		return false, nil
+	}
+	var id string
+	return s.scan1(ctx, stmtIsContact, []any{userID, contactID}, &id)
+}

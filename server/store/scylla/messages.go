@@ -1,0 +1,614 @@
+package scylla
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/gocql/gocql"
+
+	"github.com/chatd/chatd/server/store"
+)
+
+const (
+	stmtInsertMessage = `INSERT INTO messages (channel_id, bucket, message_id, sender_id, sender_device_id, client_message_id, text, created_at, kind, ref_message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	stmtInsertBucket  = `INSERT INTO channel_buckets (channel_id, bucket) VALUES (?, ?)`
+	stmtInsertAct     = `INSERT INTO channel_activity (channel_id, message_id, created_at) VALUES (?, ?, ?)`
+	stmtTrimAct       = `DELETE FROM channel_activity WHERE channel_id = ? AND message_id < ?`
+	stmtInsertInbox   = `INSERT INTO inbox (user_id, bucket, seq, channel_id, message_id) VALUES (?, ?, ?, ?, ?)`
+	stmtInsertDedup   = `INSERT INTO dedup (sender_id, client_message_id, channel_id, message_id, created_at) VALUES (?, ?, ?, ?, ?) USING TTL ?`
+
+	msgCols = `message_id, sender_id, sender_device_id, client_message_id, text, created_at, kind, ref_message_id`
+
+	stmtGetMessage     = `SELECT ` + msgCols + ` FROM messages WHERE channel_id = ? AND bucket = ? AND message_id = ?`
+	stmtMessagesIn     = `SELECT ` + msgCols + ` FROM messages WHERE channel_id = ? AND bucket = ? AND message_id IN ?`
+	stmtMsgsNewest     = `SELECT ` + msgCols + ` FROM messages WHERE channel_id = ? AND bucket = ? LIMIT ?`
+	stmtMsgsBefore     = `SELECT ` + msgCols + ` FROM messages WHERE channel_id = ? AND bucket = ? AND message_id < ? LIMIT ?`
+	stmtMsgsAfter      = `SELECT ` + msgCols + ` FROM messages WHERE channel_id = ? AND bucket = ? AND message_id > ? ORDER BY message_id ASC LIMIT ?`
+	stmtBucketsDesc    = `SELECT bucket FROM channel_buckets WHERE channel_id = ?`
+	stmtBucketsAtMost  = `SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket <= ?`
+	stmtBucketsAtLeast = `SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket >= ? ORDER BY bucket ASC`
+	stmtLastActivity   = `SELECT message_id FROM channel_activity WHERE channel_id = ? LIMIT 1`
+	stmtInboxLast      = `SELECT seq FROM inbox WHERE user_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1`
+	stmtInboxAfter     = `SELECT seq, channel_id, message_id FROM inbox WHERE user_id = ? AND bucket = ? AND seq > ? LIMIT ?`
+	stmtGetDedup       = `SELECT channel_id, message_id, created_at FROM dedup WHERE sender_id = ? AND client_message_id = ?`
+)
+
+// Limits of the unlogged batches AppendBatch sends: each holds rows of one
+// partition only (one mutation on the replicas, no batchlog) and stays
+// below Cassandra's default batch_size_fail_threshold (50 KiB) unless one
+// row alone is larger, in which case it is sent as a plain statement.
+const (
+	maxBatchStmts = 32
+	maxBatchBytes = 32 << 10
+	// maxInList bounds "message_id IN ?" lists (ScyllaDB's default
+	// max_clustering_key_restrictions_per_query is 100).
+	maxInList = 100
+)
+
+// ---------------------------------------------------------------- AppendBatch
+
+type partKey struct {
+	id     string
+	bucket int64
+}
+
+// chunk is a run of rows of one partition written as one request.
+type chunk struct {
+	part partKey
+	idx  []int // indices into Batch.Messages or Batch.Inbox
+}
+
+// AppendBatch writes the batch durably (acknowledged by cfg.Consistency
+// replicas) in three ordered steps, each a set of concurrent
+// single-partition writes (unlogged batches):
+//
+//  1. the messages, their channels' bucket index rows and activity rows;
+//  2. the inbox entries (a user's entries in its lower inbox partition
+//     before those in the next one, when a batch spans two);
+//  3. the dedup records (TTL cfg.DedupTTL).
+//
+// It is atomic only per partition. If it returns an error, a prefix of the
+// steps (and part of the failing step) may be stored: a message without
+// inbox entries or dedup record, never an inbox entry without its message
+// nor a dedup record without all its inbox entries. The sequencer acks
+// nothing of a failed batch and recovers its ids from LastMessageID and
+// LastInboxSeq, and every row is keyed by its id, so writing the same
+// batch again (or the ids again with new content) converges.
+//
+// Errors: ErrInvalidID for an empty channel, user or sender id or an inbox
+// seq >= 2^63 (nothing written); a nil message; driver errors (timeouts,
+// unavailable) after the configured retries.
+func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if b == nil || len(b.Messages) == 0 && len(b.Inbox) == 0 && len(b.Dedup) == 0 {
+		return nil
+	}
+	for _, m := range b.Messages {
+		if m == nil {
+			return errors.New("scylla store: nil message in batch")
+		}
+		if m.ChannelID == "" {
+			return invalid("channel id", "")
+		}
+	}
+	for i := range b.Inbox {
+		e := &b.Inbox[i]
+		if e.UserID == "" {
+			return invalid("user id", "")
+		}
+		if e.Seq > maxSeq {
+			return fmt.Errorf("%w: inbox seq %d >= 2^63", ErrInvalidID, e.Seq)
+		}
+	}
+	for i := range b.Dedup {
+		if b.Dedup[i].SenderID == "" {
+			return invalid("sender id", "")
+		}
+	}
+
+	// Step 1: messages, bucket index, activity.
+	if len(b.Messages) > 0 {
+		msgChunks := chunkMessages(b.Messages)
+		type act struct {
+			ch string
+			m  *store.Message
+		}
+		var acts []act
+		var bucketRows []partKey
+		for _, m := range b.Messages {
+			k := bucketKey{m.ChannelID, messageBucket(m.MessageID)}
+			if !s.buckets.has(k) && !slices.Contains(bucketRows, partKey{k.channel, k.bucket}) {
+				bucketRows = append(bucketRows, partKey{k.channel, k.bucket})
+			}
+			found := false
+			for i := range acts {
+				if acts[i].ch == m.ChannelID {
+					found = true
+					if m.MessageID >= acts[i].m.MessageID {
+						acts[i].m = m
+					}
+					break
+				}
+			}
+			if !found {
+				acts = append(acts, act{m.ChannelID, m})
+			}
+		}
+		n1, n2 := len(msgChunks), len(msgChunks)+len(bucketRows)
+		err := parallel(ctx, n2+len(acts), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+			switch {
+			case i < n1:
+				return s.writeMessages(ctx, b.Messages, msgChunks[i].idx)
+			case i < n2:
+				p := bucketRows[i-n1]
+				if err := s.exec(ctx, stmtInsertBucket, p.id, p.bucket); err != nil {
+					return err
+				}
+				s.buckets.add(bucketKey{p.id, p.bucket})
+				return nil
+			default:
+				a := acts[i-n2]
+				bt := s.batch(ctx)
+				bt.Entries = append(bt.Entries,
+					gocql.BatchEntry{Stmt: stmtInsertAct, Args: []any{a.ch, encID(a.m.MessageID), ts(a.m.CreatedAt)}, Idempotent: true},
+					gocql.BatchEntry{Stmt: stmtTrimAct, Args: []any{a.ch, encID(a.m.MessageID)}, Idempotent: true})
+				return s.sess.Session.ExecuteBatch(bt)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("scylla store: append messages: %w", err)
+		}
+	}
+
+	// Step 2: inbox entries; a user's next inbox partition only after its
+	// lower one, so that a partial failure never leaves a gap at a
+	// partition boundary (see Inbox and LastInboxSeq).
+	if len(b.Inbox) > 0 {
+		first, later := chunkInbox(b.Inbox)
+		for _, cs := range [][]chunk{first, later} {
+			err := parallel(ctx, len(cs), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+				return s.writeInbox(ctx, b.Inbox, cs[i].idx)
+			})
+			if err != nil {
+				return fmt.Errorf("scylla store: append inbox: %w", err)
+			}
+		}
+	}
+
+	// Step 3: dedup records.
+	err := parallel(ctx, len(b.Dedup), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+		d := &b.Dedup[i]
+		return s.exec(ctx, stmtInsertDedup, d.SenderID, d.ClientMessageID, d.ChannelID, encID(d.MessageID), ts(d.CreatedAt), s.ttl)
+	})
+	if err != nil {
+		return fmt.Errorf("scylla store: append dedup: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) batch(ctx context.Context) *gocql.Batch {
+	return s.sess.Session.Batch(gocql.UnloggedBatch).WithContext(ctx)
+}
+
+func messageArgs(m *store.Message) []any {
+	return []any{m.ChannelID, messageBucket(m.MessageID), encID(m.MessageID), m.SenderID, m.SenderDeviceID,
+		m.ClientMessageID, m.Text, ts(m.CreatedAt), int8(m.Kind), encID(m.RefMessageID)}
+}
+
+func (s *Store) writeMessages(ctx context.Context, msgs []*store.Message, idx []int) error {
+	if len(idx) == 1 {
+		return s.exec(ctx, stmtInsertMessage, messageArgs(msgs[idx[0]])...)
+	}
+	bt := s.batch(ctx)
+	bt.Entries = make([]gocql.BatchEntry, 0, len(idx))
+	for _, i := range idx {
+		bt.Entries = append(bt.Entries, gocql.BatchEntry{Stmt: stmtInsertMessage, Args: messageArgs(msgs[i]), Idempotent: true})
+	}
+	return s.sess.Session.ExecuteBatch(bt)
+}
+
+func inboxArgs(e *store.InboxEntry) []any {
+	return []any{e.UserID, inboxBucket(e.Seq), int64(e.Seq), e.ChannelID, encID(e.MessageID)}
+}
+
+func (s *Store) writeInbox(ctx context.Context, es []store.InboxEntry, idx []int) error {
+	if len(idx) == 1 {
+		return s.exec(ctx, stmtInsertInbox, inboxArgs(&es[idx[0]])...)
+	}
+	bt := s.batch(ctx)
+	bt.Entries = make([]gocql.BatchEntry, 0, len(idx))
+	for _, i := range idx {
+		bt.Entries = append(bt.Entries, gocql.BatchEntry{Stmt: stmtInsertInbox, Args: inboxArgs(&es[i]), Idempotent: true})
+	}
+	return s.sess.Session.ExecuteBatch(bt)
+}
+
+// chunkMessages groups messages by partition, in runs of at most
+// maxBatchStmts rows and about maxBatchBytes bytes.
+func chunkMessages(msgs []*store.Message) []chunk {
+	var out []chunk
+	open := map[partKey]int{} // partition -> index in out of its open chunk
+	size := map[partKey]int{}
+	for i, m := range msgs {
+		p := partKey{m.ChannelID, messageBucket(m.MessageID)}
+		n := 128 + len(m.Text) + len(m.SenderID) + len(m.SenderDeviceID) + len(m.ClientMessageID) + len(m.ChannelID)
+		j, ok := open[p]
+		if !ok || len(out[j].idx) >= maxBatchStmts || size[p]+n > maxBatchBytes {
+			out = append(out, chunk{part: p})
+			j = len(out) - 1
+			open[p] = j
+			size[p] = 0
+		}
+		out[j].idx = append(out[j].idx, i)
+		size[p] += n
+	}
+	return out
+}
+
+// chunkInbox groups inbox entries by partition (runs of at most
+// maxBatchStmts rows) and splits the chunks into those of each user's
+// lowest partition in the batch and the rest.
+func chunkInbox(es []store.InboxEntry) (first, later []chunk) {
+	low := map[string]int64{}
+	for i := range es {
+		b := inboxBucket(es[i].Seq)
+		if v, ok := low[es[i].UserID]; !ok || b < v {
+			low[es[i].UserID] = b
+		}
+	}
+	var all []chunk
+	open := map[partKey]int{}
+	for i := range es {
+		p := partKey{es[i].UserID, inboxBucket(es[i].Seq)}
+		j, ok := open[p]
+		if !ok || len(all[j].idx) >= maxBatchStmts {
+			all = append(all, chunk{part: p})
+			j = len(all) - 1
+			open[p] = j
+		}
+		all[j].idx = append(all[j].idx, i)
+	}
+	for _, c := range all {
+		if c.part.bucket == low[c.part.id] {
+			first = append(first, c)
+		} else {
+			later = append(later, c)
+		}
+	}
+	return first, later
+}
+
+// ---------------------------------------------------------------- reads
+
+// LastMessageID returns the highest message_id written to the channel (its
+// activity row), 0 if none. One single-partition read.
+func (s *Store) LastMessageID(ctx context.Context, channelID string) (uint64, error) {
+	if err := s.check(ctx); err != nil {
+		return 0, err
+	}
+	if channelID == "" {
+		return 0, nil
+	}
+	var v int64
+	ok, err := s.scan1(ctx, stmtLastActivity, []any{channelID}, &v)
+	if err != nil || !ok {
+		return 0, err
+	}
+	return decID(v), nil
+}
+
+// lastSeqIn returns the highest seq in one inbox partition.
+func (s *Store) lastSeqIn(ctx context.Context, userID string, bucket int64) (uint64, bool, error) {
+	var v int64
+	ok, err := s.scan1(ctx, stmtInboxLast, []any{userID, bucket}, &v)
+	return uint64(v), ok, err
+}
+
+// LastInboxSeq returns the highest inbox seq of the user, 0 if none.
+//
+// A user's inbox partitions are contiguous from bucket 0 (seqs are dense
+// from 1, and AppendBatch fills a lower partition before the next one), so
+// it finds the last non-empty partition by exponential then binary search:
+// two single-row reads for an inbox below 100000 entries.
+func (s *Store) LastInboxSeq(ctx context.Context, userID string) (uint64, error) {
+	if err := s.check(ctx); err != nil {
+		return 0, err
+	}
+	if userID == "" {
+		return 0, nil
+	}
+	best, ok, err := s.lastSeqIn(ctx, userID, 0)
+	if err != nil || !ok {
+		return 0, err
+	}
+	lo, hi := int64(0), int64(-1) // lo non-empty, hi empty (once found)
+	for step := int64(1); hi < 0; step *= 2 {
+		probe := lo + step
+		if probe > maxSeq/InboxBucketSeqs {
+			hi = maxSeq/InboxBucketSeqs + 1
+			break
+		}
+		v, ok, err := s.lastSeqIn(ctx, userID, probe)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			hi = probe
+			break
+		}
+		lo, best = probe, v
+	}
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		v, ok, err := s.lastSeqIn(ctx, userID, mid)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			lo, best = mid, v
+		} else {
+			hi = mid
+		}
+	}
+	return best, nil
+}
+
+// scanMessage reads one row of msgCols.
+type msgRow struct {
+	id, ref                      int64
+	sender, device, client, text string
+	created                      time.Time
+	kind                         int8
+}
+
+func (r *msgRow) dest() []any {
+	return []any{&r.id, &r.sender, &r.device, &r.client, &r.text, &r.created, &r.kind, &r.ref}
+}
+
+func (r *msgRow) message(channelID string) *store.Message {
+	return &store.Message{
+		ChannelID:       channelID,
+		MessageID:       decID(r.id),
+		SenderID:        r.sender,
+		SenderDeviceID:  r.device,
+		ClientMessageID: r.client,
+		Text:            r.text,
+		CreatedAt:       utc(r.created),
+		Kind:            store.MessageKind(r.kind),
+		RefMessageID:    decID(r.ref),
+	}
+}
+
+// GetMessage returns one message or store.ErrNotFound. One
+// single-partition read.
+func (s *Store) GetMessage(ctx context.Context, channelID string, messageID uint64) (*store.Message, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	var r msgRow
+	ok, err := s.scan1(ctx, stmtGetMessage, []any{channelID, messageBucket(messageID), encID(messageID)}, r.dest()...)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, store.ErrNotFound
+	}
+	return r.message(channelID), nil
+}
+
+// History returns up to limit messages of the channel in ascending
+// message_id order: forward from after (exclusive) if after > 0, else
+// backward from before (exclusive; 0 = from the newest). more reports
+// whether further messages exist in the reading direction; limit <= 0
+// returns none and more tells whether any exist.
+//
+// It walks the channel's non-empty buckets (channel_buckets) in the reading
+// direction, reading at most limit+1 rows in total; it stops at the
+// channel's first (or last) bucket, so empty periods cost nothing.
+func (s *Store) History(ctx context.Context, channelID string, before, after uint64, limit int) ([]*store.Message, bool, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, false, err
+	}
+	if channelID == "" {
+		return nil, false, nil
+	}
+	limit = max(limit, 0)
+	need := limit + 1
+	forward := after > 0
+	var bq *gocql.Query
+	switch {
+	case forward:
+		if after == math.MaxUint64 {
+			return nil, false, nil
+		}
+		bq = s.q(ctx, stmtBucketsAtLeast, channelID, messageBucket(after+1))
+	case before > 0:
+		bq = s.q(ctx, stmtBucketsAtMost, channelID, messageBucket(before-1))
+	default:
+		bq = s.q(ctx, stmtBucketsDesc, channelID)
+	}
+	it := bq.PageSize(64).Iter()
+	var msgs []*store.Message
+	var bucket int64
+	for len(msgs) < need && it.Scan(&bucket) {
+		var q *gocql.Query
+		switch {
+		case forward:
+			q = s.q(ctx, stmtMsgsAfter, channelID, bucket, encID(after), need-len(msgs))
+		case before > 0:
+			q = s.q(ctx, stmtMsgsBefore, channelID, bucket, encID(before), need-len(msgs))
+		default:
+			q = s.q(ctx, stmtMsgsNewest, channelID, bucket, need-len(msgs))
+		}
+		mit := q.Iter()
+		var r msgRow
+		for mit.Scan(r.dest()...) {
+			msgs = append(msgs, r.message(channelID))
+		}
+		err := mit.Close()
+		q.Release()
+		if err != nil {
+			it.Close()
+			bq.Release()
+			return nil, false, err
+		}
+	}
+	err := it.Close()
+	bq.Release()
+	if err != nil {
+		return nil, false, err
+	}
+	more := len(msgs) > limit
+	if more {
+		msgs = msgs[:limit]
+	}
+	if !forward {
+		slices.Reverse(msgs)
+	}
+	if len(msgs) == 0 {
+		msgs = nil
+	}
+	return msgs, more, nil
+}
+
+type inboxRef struct {
+	seq uint64
+	ch  string
+	id  uint64
+}
+
+// Inbox returns up to limit deliveries of the user with seq > afterSeq in
+// ascending seq order, each joined with its message, and whether more
+// remain; limit <= 0 returns none and more tells whether any exist.
+//
+// It reads the entries partition by partition from the one of afterSeq+1
+// and stops at the first partition without entries past afterSeq
+// (partitions are contiguous, see LastInboxSeq); then it joins the
+// messages with one "IN" read per message partition, concurrently. An
+// entry whose message is missing (lost data: AppendBatch writes messages
+// first) is skipped with a warning rather than blocking the user's sync.
+func (s *Store) Inbox(ctx context.Context, userID string, afterSeq uint64, limit int) ([]store.Delivery, bool, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, false, err
+	}
+	if userID == "" || afterSeq >= maxSeq {
+		return nil, false, nil
+	}
+	limit = max(limit, 0)
+	need := limit + 1
+	var refs []inboxRef
+	for b := inboxBucket(afterSeq + 1); len(refs) < need; b++ {
+		q := s.q(ctx, stmtInboxAfter, userID, b, int64(afterSeq), need-len(refs))
+		it := q.Iter()
+		n := 0
+		var seq, id int64
+		var ch string
+		for it.Scan(&seq, &ch, &id) {
+			refs = append(refs, inboxRef{uint64(seq), ch, decID(id)})
+			n++
+		}
+		err := it.Close()
+		q.Release()
+		if err != nil {
+			return nil, false, err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	more := len(refs) > limit
+	if more {
+		refs = refs[:limit]
+	}
+	if len(refs) == 0 {
+		return nil, more, nil
+	}
+
+	// Join: group message ids by message partition.
+	type group struct {
+		p   partKey
+		ids []int64
+	}
+	var groups []group
+	for _, r := range refs {
+		p := partKey{r.ch, messageBucket(r.id)}
+		j := -1
+		for k := range groups {
+			if groups[k].p == p && len(groups[k].ids) < maxInList {
+				j = k
+				break
+			}
+		}
+		if j < 0 {
+			groups = append(groups, group{p: p})
+			j = len(groups) - 1
+		}
+		if !slices.Contains(groups[j].ids, encID(r.id)) {
+			groups[j].ids = append(groups[j].ids, encID(r.id))
+		}
+	}
+	type msgKey struct {
+		ch string
+		id uint64
+	}
+	found := make([][]*store.Message, len(groups))
+	err := parallel(ctx, len(groups), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+		g := groups[i]
+		q := s.q(ctx, stmtMessagesIn, g.p.id, g.p.bucket, g.ids)
+		it := q.Iter()
+		var r msgRow
+		for it.Scan(r.dest()...) {
+			found[i] = append(found[i], r.message(g.p.id))
+		}
+		err := it.Close()
+		q.Release()
+		return err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	byKey := make(map[msgKey]*store.Message, len(refs))
+	for _, ms := range found {
+		for _, m := range ms {
+			byKey[msgKey{m.ChannelID, m.MessageID}] = m
+		}
+	}
+	ds := make([]store.Delivery, 0, len(refs))
+	for _, r := range refs {
+		m := byKey[msgKey{r.ch, r.id}]
+		if m == nil {
+			s.cfg.Logger.Warn("scylla store: inbox entry without its message; skipped",
+				"user", userID, "seq", r.seq, "channel", r.ch, "message_id", r.id)
+			continue
+		}
+		ds = append(ds, store.Delivery{Seq: r.seq, Message: m})
+	}
+	return ds, more, nil
+}
+
+// LookupDedup returns the recorded send for (senderID, clientMessageID)
+// within the dedup window (cfg.DedupTTL), or store.ErrNotFound.
+func (s *Store) LookupDedup(ctx context.Context, senderID, clientMessageID string) (*store.Dedup, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	d := &store.Dedup{SenderID: senderID, ClientMessageID: clientMessageID}
+	var id int64
+	var created time.Time
+	ok, err := s.scan1(ctx, stmtGetDedup, []any{senderID, clientMessageID}, &d.ChannelID, &id, &created)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, store.ErrNotFound
+	}
+	d.MessageID = decID(id)
+	d.CreatedAt = utc(created)
+	return d, nil
+}

@@ -1,0 +1,521 @@
+package scylla
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gocql/gocql"
+
+	"github.com/chatd/chatd/server/store"
+	"github.com/chatd/chatd/server/store/storetest"
+)
+
+// The tests below need a CQL server (scripts/services.sh up starts one on
+// 127.0.0.1:9042; CQL_HOSTS=host:port,... points elsewhere). Without one
+// they are skipped, or fail when CI=true. All of them share one keyspace
+// per package run (chatd_test_<random>, dropped at the end): creating a
+// keyspace and its tables takes seconds on Cassandra, truncating the
+// tables between subtests a fraction of that.
+
+var (
+	envOnce  sync.Once
+	envHosts []string
+	envErr   string
+	ksOnce   sync.Once
+	ksName   string
+	ksErr    error
+)
+
+const needCQL = "CQL server required: run scripts/services.sh up (or set CQL_HOSTS)"
+
+func hosts(t testing.TB) []string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: skipping tests that need a CQL server")
+	}
+	envOnce.Do(func() {
+		if v := os.Getenv("CQL_HOSTS"); v != "" {
+			for _, h := range strings.Split(v, ",") {
+				if h = strings.TrimSpace(h); h != "" {
+					envHosts = append(envHosts, h)
+				}
+			}
+		} else {
+			envHosts = []string{"127.0.0.1:9042"}
+		}
+		for _, h := range envHosts {
+			addr := h
+			if _, _, err := net.SplitHostPort(h); err != nil {
+				addr = net.JoinHostPort(h, "9042")
+			}
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err == nil {
+				c.Close()
+				return
+			}
+			envErr = fmt.Sprintf("%s (%s: %v)", needCQL, addr, err)
+		}
+	})
+	if envErr != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(envErr)
+		}
+		t.Skip(envErr)
+	}
+	return envHosts
+}
+
+func testConfig(t testing.TB, keyspace string) Config {
+	return Config{Hosts: hosts(t), Keyspace: keyspace, Timeout: 20 * time.Second}
+}
+
+// keyspace creates (once per package run) the shared test keyspace.
+func keyspace(t testing.TB) string {
+	t.Helper()
+	h := hosts(t)
+	ksOnce.Do(func() {
+		var b [4]byte
+		rand.Read(b[:])
+		ksName = "chatd_test_" + hex.EncodeToString(b[:])
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		t0 := time.Now()
+		ksErr = Migrate(ctx, Config{Hosts: h, Keyspace: ksName, Timeout: 30 * time.Second}, SimpleStrategy, 1)
+		if ksErr == nil {
+			fmt.Fprintf(os.Stderr, "scylla test: keyspace %s migrated in %v\n", ksName, time.Since(t0).Round(time.Millisecond))
+		}
+	})
+	if ksErr != nil {
+		t.Fatalf("Migrate: %v", ksErr)
+	}
+	return ksName
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if ksName != "" && ksErr == nil {
+		cl := gocql.NewCluster(envHosts...)
+		cl.Timeout = time.Minute
+		if sess, err := cl.CreateSession(); err == nil {
+			if err := sess.Query("DROP KEYSPACE IF EXISTS " + ksName).Exec(); err != nil {
+				fmt.Fprintf(os.Stderr, "drop keyspace %s: %v\n", ksName, err)
+			}
+			sess.Close()
+		}
+	}
+	os.Exit(code)
+}
+
+var tableRE = regexp.MustCompile(`CREATE TABLE IF NOT EXISTS (\w+)`)
+
+// tables lists the tables the migrations create.
+func tables(t testing.TB) []string {
+	var out []string
+	err := fs.WalkDir(Migrations(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(Migrations(), p)
+		for _, m := range tableRE.FindAllSubmatch(b, -1) {
+			out = append(out, string(m[1]))
+		}
+		return err
+	})
+	if err != nil || len(out) == 0 {
+		t.Fatalf("listing tables: %v %v", out, err)
+	}
+	return out
+}
+
+// openClean opens a Store on the shared keyspace after truncating every
+// table, so each caller starts empty. Callers run sequentially.
+func openClean(t testing.TB) *Store {
+	t.Helper()
+	ks := keyspace(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := Open(ctx, testConfig(t, ks))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	tbs := tables(t)
+	err = parallel(ctx, len(tbs), len(tbs), func(ctx context.Context, i int) error {
+		return s.sess.Session.Query("TRUNCATE " + tbs[i]).WithContext(ctx).Exec()
+	})
+	if err != nil {
+		s.Close()
+		t.Fatalf("truncate: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	hosts(t)
+	storetest.Run(t, func(t *testing.T) store.Store { return openClean(t) })
+}
+
+func BenchmarkStore(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) store.Store { return openClean(b) })
+}
+
+func TestMigrateIdempotent(t *testing.T) {
+	ks := keyspace(t)
+	ctx := context.Background()
+	// Applying again is a no-op; a different replication leaves the
+	// existing keyspace as it is.
+	if err := Migrate(ctx, Config{Hosts: hosts(t), Keyspace: ks, Timeout: 30 * time.Second}, NetworkTopologyStrategy, 3); err != nil {
+		t.Fatalf("second Migrate: %v", err)
+	}
+	s := openClean(t)
+	defer s.Close()
+	var class string
+	var repl map[string]string
+	err := s.sess.Session.Query(`SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?`, ks).Scan(&repl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	class = repl["class"]
+	if !strings.HasSuffix(class, "SimpleStrategy") || repl["replication_factor"] != "1" {
+		t.Fatalf("replication after second Migrate = %v", repl)
+	}
+	for _, bad := range []struct {
+		class string
+		rf    int
+		ks    string
+	}{{"EverywhereStrategy", 1, "x"}, {SimpleStrategy, 0, "x"}, {SimpleStrategy, 1, "bad-name"}, {SimpleStrategy, 1, "x; DROP"}} {
+		if err := Migrate(ctx, Config{Hosts: hosts(t), Keyspace: bad.ks}, bad.class, bad.rf); err == nil {
+			t.Errorf("Migrate(%q, %q, %d) succeeded", bad.ks, bad.class, bad.rf)
+		}
+	}
+}
+
+// realID builds a message_id the way the sequencer does.
+func realID(t time.Time, counter uint16) uint64 { return uint64(t.UnixMilli())<<16 | uint64(counter) }
+
+// TestHistoryAcrossBuckets: History pages over messages spread across
+// several 10-day partitions with empty months between them, in both
+// directions, and stops at the channel's first and last bucket.
+func TestHistoryAcrossBuckets(t *testing.T) {
+	s := openClean(t)
+	defer s.Close()
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_760_000_000_000).UTC()
+	var want []uint64
+	var msgs []*store.Message
+	for i, days := range []int{0, 0, 1, 9, 10, 11, 45, 46, 90, 200, 300, 400, 400} {
+		at := t0.Add(time.Duration(days) * 24 * time.Hour).Add(time.Duration(i) * time.Second)
+		id := realID(at, uint16(i))
+		want = append(want, id)
+		msgs = append(msgs, &store.Message{ChannelID: "g:spread", MessageID: id, SenderID: "alice", Text: fmt.Sprint(i), CreatedAt: at, Kind: store.KindText})
+	}
+	if err := s.AppendBatch(ctx, &store.Batch{Messages: msgs}); err != nil {
+		t.Fatal(err)
+	}
+	buckets := map[int64]bool{}
+	for _, id := range want {
+		buckets[messageBucket(id)] = true
+	}
+	if len(buckets) < 7 {
+		t.Fatalf("test bug: messages span only %d buckets", len(buckets))
+	}
+	for _, limit := range []int{1, 2, 3, 5, 100} {
+		// Backward from the newest.
+		var got []uint64
+		before := uint64(0)
+		for page := 0; ; page++ {
+			if page > len(want) {
+				t.Fatalf("limit %d: backward paging does not end", limit)
+			}
+			ms, more, err := s.History(ctx, "g:spread", before, 0, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ms) > limit {
+				t.Fatalf("limit %d: page of %d", limit, len(ms))
+			}
+			ids := make([]uint64, len(ms))
+			for i, m := range ms {
+				ids[i] = m.MessageID
+			}
+			got = append(ids, got...)
+			if !more {
+				break
+			}
+			before = ms[0].MessageID
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("limit %d: backward pages = %v, want %v", limit, got, want)
+		}
+		// Forward from the first.
+		got = []uint64{want[0]}
+		after := want[0]
+		for page := 0; ; page++ {
+			if page > len(want) {
+				t.Fatalf("limit %d: forward paging does not end", limit)
+			}
+			ms, more, err := s.History(ctx, "g:spread", 0, after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range ms {
+				got = append(got, m.MessageID)
+			}
+			if !more {
+				break
+			}
+			after = ms[len(ms)-1].MessageID
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("limit %d: forward pages = %v, want %v", limit, got, want)
+		}
+	}
+	// Before the first message and after the last: nothing, no more.
+	if ms, more, err := s.History(ctx, "g:spread", want[0], 0, 10); err != nil || len(ms) != 0 || more {
+		t.Fatalf("History(before first) = %d, %v, %v", len(ms), more, err)
+	}
+	if ms, more, err := s.History(ctx, "g:spread", 0, want[len(want)-1], 10); err != nil || len(ms) != 0 || more {
+		t.Fatalf("History(after last) = %d, %v, %v", len(ms), more, err)
+	}
+	if last, err := s.LastMessageID(ctx, "g:spread"); err != nil || last != want[len(want)-1] {
+		t.Fatalf("LastMessageID = %d, %v", last, err)
+	}
+}
+
+// TestInboxAcrossPartitions: an inbox spanning several 100000-seq
+// partitions reads across the boundaries, and LastInboxSeq finds the last
+// partition. The seqs have gaps but, as AppendBatch guarantees, the last
+// seq of a partition exists whenever the next partition holds entries.
+func TestInboxAcrossPartitions(t *testing.T) {
+	s := openClean(t)
+	defer s.Close()
+	ctx := context.Background()
+	seqs := []uint64{1, 2, 99_999, 100_000, 150_000, 199_999, 200_000, 299_999, 300_000, 300_001, 399_999, 420_000, 499_999, 500_000, 500_007}
+	b := &store.Batch{Messages: []*store.Message{{ChannelID: "c", MessageID: 1, SenderID: "a", Text: "x", CreatedAt: time.UnixMilli(1), Kind: store.KindText}}}
+	for _, q := range seqs {
+		b.Inbox = append(b.Inbox, store.InboxEntry{UserID: "bob", Seq: q, ChannelID: "c", MessageID: 1})
+	}
+	if err := s.AppendBatch(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	last, err := s.LastInboxSeq(ctx, "bob")
+	if err != nil || last != 500_007 {
+		t.Fatalf("LastInboxSeq = %d, %v; want 500007", last, err)
+	}
+	for _, limit := range []int{1, 2, 3, 7, 100} {
+		var got []uint64
+		after := uint64(0)
+		for page := 0; ; page++ {
+			if page > len(seqs) {
+				t.Fatalf("limit %d: paging does not end", limit)
+			}
+			ds, more, err := s.Inbox(ctx, "bob", after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range ds {
+				if d.Message == nil || d.Message.Text != "x" {
+					t.Fatalf("seq %d without its message", d.Seq)
+				}
+				got = append(got, d.Seq)
+			}
+			if !more {
+				break
+			}
+			after = ds[len(ds)-1].Seq
+		}
+		if !slices.Equal(got, seqs) {
+			t.Fatalf("limit %d: pages = %v, want %v", limit, got, seqs)
+		}
+	}
+	if ds, more, err := s.Inbox(ctx, "bob", 99_998, 2); err != nil || len(ds) != 2 || ds[1].Seq != 100_000 || !more {
+		t.Fatalf("Inbox(after 99998, 2) = %v, %v, %v", ds, more, err)
+	}
+}
+
+// TestDedupExpires: dedup records vanish after Config.DedupTTL.
+func TestDedupExpires(t *testing.T) {
+	s0 := openClean(t)
+	s0.Close()
+	cfg := testConfig(t, keyspace(t))
+	cfg.DedupTTL = time.Second
+	ctx := context.Background()
+	s, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	d := store.Dedup{SenderID: "a", ClientMessageID: "c1", ChannelID: "c", MessageID: 5, CreatedAt: time.UnixMilli(1_750_000_000_000)}
+	if err := s.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{d}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.LookupDedup(ctx, "a", "c1")
+	if err != nil || got.MessageID != 5 || !got.CreatedAt.Equal(d.CreatedAt) {
+		t.Fatalf("LookupDedup = %+v, %v", got, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := s.LookupDedup(ctx, "a", "c1")
+		if errors.Is(err, store.ErrNotFound) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("dedup record still there 30 s after its 1 s TTL")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// TestInvalidAndClosed: empty partition-key ids and seqs >= 2^63 are
+// rejected without writing; a closed store refuses work.
+func TestInvalidAndClosed(t *testing.T) {
+	s := openClean(t)
+	ctx := context.Background()
+	bad := []*store.Batch{
+		{Messages: []*store.Message{{ChannelID: "", MessageID: 1}}},
+		{Messages: []*store.Message{{ChannelID: "ok", MessageID: 1}}, Inbox: []store.InboxEntry{{UserID: "", Seq: 1, ChannelID: "ok", MessageID: 1}}},
+		{Messages: []*store.Message{{ChannelID: "ok", MessageID: 1}}, Inbox: []store.InboxEntry{{UserID: "u", Seq: 1 << 63, ChannelID: "ok", MessageID: 1}}},
+		{Dedup: []store.Dedup{{SenderID: "", ClientMessageID: "x"}}},
+	}
+	for i, b := range bad {
+		if err := s.AppendBatch(ctx, b); !errors.Is(err, ErrInvalidID) {
+			t.Errorf("batch %d: err = %v, want ErrInvalidID", i, err)
+		}
+	}
+	if last, err := s.LastMessageID(ctx, "ok"); err != nil || last != 0 {
+		t.Fatalf("a rejected batch wrote: LastMessageID = %d, %v", last, err)
+	}
+	if err := s.CreateUser(ctx, &store.User{ID: ""}); !errors.Is(err, ErrInvalidID) {
+		t.Errorf("CreateUser(empty) = %v", err)
+	}
+	if err := s.CreateChannel(ctx, &store.Channel{ID: "", Type: store.ChannelGroup}, nil); !errors.Is(err, ErrInvalidID) {
+		t.Errorf("CreateChannel(empty) = %v", err)
+	}
+	if err := s.PutDevice(ctx, &store.Device{UserID: "u", DeviceID: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AdvanceCursor(ctx, "u", "d", 1<<63); !errors.Is(err, ErrInvalidID) {
+		t.Errorf("AdvanceCursor(2^63) = %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); !errors.Is(err, ErrClosed) {
+		t.Errorf("second Close = %v", err)
+	}
+	if _, err := s.GetUser(ctx, "u"); !errors.Is(err, ErrClosed) {
+		t.Errorf("GetUser after Close = %v", err)
+	}
+	if err := s.AppendBatch(ctx, &store.Batch{Messages: []*store.Message{{ChannelID: "c", MessageID: 1}}}); !errors.Is(err, ErrClosed) {
+		t.Errorf("AppendBatch after Close = %v", err)
+	}
+}
+
+// ------------------------------------------------------------ unit tests (no server)
+
+func TestEncIDOrder(t *testing.T) {
+	ids := []uint64{0, 1, 255, 1 << 32, 1<<63 - 1, 1 << 63, 1<<63 + 5, 1<<64 - 1}
+	for i := range ids {
+		if decID(encID(ids[i])) != ids[i] {
+			t.Fatalf("decID(encID(%d)) = %d", ids[i], decID(encID(ids[i])))
+		}
+		if i > 0 && encID(ids[i-1]) >= encID(ids[i]) {
+			t.Fatalf("encID(%d) = %d >= encID(%d) = %d", ids[i-1], encID(ids[i-1]), ids[i], encID(ids[i]))
+		}
+	}
+}
+
+func TestBuckets(t *testing.T) {
+	t0 := time.UnixMilli(1_760_000_000_000)
+	a, b := realID(t0, 0), realID(t0.Add(10*24*time.Hour), 0)
+	if messageBucket(b)-messageBucket(a) != 1 {
+		t.Fatalf("10 days apart: buckets %d and %d", messageBucket(a), messageBucket(b))
+	}
+	if messageBucket(a) != messageBucket(realID(t0, 65535)) {
+		t.Fatal("the counter bits changed the bucket")
+	}
+	if messageBucket(1<<64-1) < 0 {
+		t.Fatal("bucket of the largest id overflows")
+	}
+	if inboxBucket(99_999) != 0 || inboxBucket(100_000) != 1 {
+		t.Fatal("inbox bucket boundary")
+	}
+}
+
+// TestChunkInboxOrder: a user's entries in its next partition go in the
+// second step; chunks hold one partition and at most maxBatchStmts rows.
+func TestChunkInboxOrder(t *testing.T) {
+	var es []store.InboxEntry
+	for q := uint64(99_990); q < 100_010; q++ {
+		es = append(es, store.InboxEntry{UserID: "a", Seq: q})
+	}
+	for q := uint64(1); q <= 70; q++ {
+		es = append(es, store.InboxEntry{UserID: "b", Seq: q})
+	}
+	first, later := chunkInbox(es)
+	count := func(cs []chunk) (n int) {
+		for _, c := range cs {
+			if len(c.idx) > maxBatchStmts {
+				t.Fatalf("chunk of %d rows", len(c.idx))
+			}
+			for _, i := range c.idx {
+				if (partKey{es[i].UserID, inboxBucket(es[i].Seq)}) != c.part {
+					t.Fatalf("chunk %v holds a row of another partition", c.part)
+				}
+			}
+			n += len(c.idx)
+		}
+		return n
+	}
+	if n1, n2 := count(first), count(later); n1 != 10+70 || n2 != 10 {
+		t.Fatalf("first step %d rows, second %d; want 80 and 10", n1, n2)
+	}
+	for _, c := range later {
+		if c.part != (partKey{"a", 1}) {
+			t.Fatalf("second step holds %v", c.part)
+		}
+	}
+}
+
+func TestChunkMessagesBounds(t *testing.T) {
+	var ms []*store.Message
+	big := strings.Repeat("x", 20<<10)
+	for i := range 10 {
+		ms = append(ms, &store.Message{ChannelID: "c", MessageID: uint64(i + 1), Text: big})
+	}
+	for i := range 40 {
+		ms = append(ms, &store.Message{ChannelID: "d", MessageID: uint64(i + 1), Text: "y"})
+	}
+	cs := chunkMessages(ms)
+	total := 0
+	for _, c := range cs {
+		size := 0
+		for _, i := range c.idx {
+			size += len(ms[i].Text)
+			if ms[i].ChannelID != c.part.id {
+				t.Fatal("mixed partitions")
+			}
+		}
+		if len(c.idx) > maxBatchStmts || (len(c.idx) > 1 && size > maxBatchBytes) {
+			t.Fatalf("chunk of %d rows, %d bytes", len(c.idx), size)
+		}
+		total += len(c.idx)
+	}
+	if total != len(ms) {
+		t.Fatalf("chunks hold %d rows, want %d", total, len(ms))
+	}
+}
