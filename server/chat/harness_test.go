@@ -50,7 +50,11 @@ type envConfig struct {
 	sendQueue  int
 	frameRate  float64
 	frameBurst int
-	now        func() time.Time
+	now        func() time.Time // the chat service's clock
+	authNow    func() time.Time // the authenticator's clock (token expiry)
+	// drop, if set, loses the routed events it returns true for (a
+	// lossy router between the local router and the hub).
+	drop func(router.Event) bool
 }
 
 func newEnv(t *testing.T, ec envConfig) *env {
@@ -61,12 +65,17 @@ func newEnv(t *testing.T, ec envConfig) *env {
 		t.Fatal(err)
 	}
 	e.st = st
-	e.auth, err = auth.New(auth.Config{Key: []byte("0123456789abcdef0123456789abcdef"), Devices: st, Now: ec.now})
+	e.auth, err = auth.New(auth.Config{Key: []byte("0123456789abcdef0123456789abcdef"), Devices: st, Now: ec.authNow})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var h *hub.Hub
-	e.router = local.New(func(ev router.Event) { h.Deliver(ev) })
+	e.router = local.New(func(ev router.Event) {
+		if ec.drop != nil && ec.drop(ev) {
+			return
+		}
+		h.Deliver(ev)
+	})
 	h = hub.New(e.router)
 	e.hub = h
 	var svc *Service
