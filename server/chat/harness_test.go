@@ -32,7 +32,7 @@ const wait = 15 * time.Second
 // local router, hub, chat service behind the real auth interceptors and
 // the chat codec.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	st     *pebble.Store
 	seq    *sequence.Sequencer
@@ -57,7 +57,7 @@ type envConfig struct {
 	drop func(router.Event) bool
 }
 
-func newEnv(t *testing.T, ec envConfig) *env {
+func newEnv(t testing.TB, ec envConfig) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir()}
 	st, err := pebble.Open(e.dir, pebble.WithLogger(nil))
@@ -149,7 +149,7 @@ func (e *env) ctx(user, device string) context.Context {
 
 // dev is one device's open Chat stream with a background reader.
 type dev struct {
-	t       *testing.T
+	t       testing.TB
 	user    string
 	device  string
 	stream  chatv1.ChatService_ChatClient
@@ -455,7 +455,7 @@ func statusCode(err error) codes.Code { return status.Code(err) }
 func statusNew(c codes.Code, msg string) *status.Status { return status.New(c, msg) }
 
 // waitFor polls cond until it holds, failing after wait.
-func waitFor(t *testing.T, cond func() bool) {
+func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(wait)
 	for !cond() {

@@ -47,6 +47,10 @@ type syncOp struct {
 	limit   int
 }
 
+// sendReply marks a SendAck or send FrameError: after writing it the
+// writer releases the send's in-flight slot.
+type sendReply struct{}
+
 // flushOp asks the writer to signal once everything queued before it is
 // sent.
 type flushOp struct{ done chan struct{} }
@@ -240,6 +244,10 @@ func (st *stream) handleItem(it hub.Item) error {
 	case flushOp:
 		close(op.done)
 		return nil
+	case sendReply:
+		err := st.send(it.Frame)
+		<-st.inflight
+		return err
 	default:
 		return nil
 	}
@@ -457,8 +465,10 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 	}
 	t0 := time.Now()
 	err = s.seq.SubmitContext(st.ctx, req, func(r sequence.Result) {
-		// On the sequencer goroutine: never block. The ack is queued before
-		// the in-flight slot is released, so finish() flushes it.
+		// On the sequencer goroutine: never block. The in-flight slot is
+		// released by the writer once the reply is on the wire, so a
+		// device that pipelines sends faster than it reads is slowed down
+		// (its reader waits) instead of overflowing its queue.
 		var f *chatv1.ServerFrame
 		if r.Err != nil {
 			s.metrics.FrameErrors.WithLabelValues(status.Code(r.Err).String()).Inc()
@@ -478,8 +488,9 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 				Duplicate:       r.Duplicate,
 			}}}
 		}
-		st.sess.TryEnqueue(hub.Item{Frame: f})
-		<-st.inflight
+		if !st.sess.TryEnqueue(hub.Item{Frame: f, Op: sendReply{}}) {
+			<-st.inflight // the stream is closing: nobody will write it
+		}
 	})
 	if err != nil {
 		<-st.inflight
