@@ -211,7 +211,7 @@ cassandra_lib() {
 		tmp=$lib.tmp.$$
 		rm -rf "$tmp"
 		mkdir -p "$tmp"
-		mvn -q -B -f "$CASS_SRC/pom.xml" dependency:copy-dependencies \
+		mvn -q -B -Dstyle.color=never -f "$CASS_SRC/pom.xml" dependency:copy-dependencies \
 			-DoutputDirectory="$tmp" >&2 || die "maven could not resolve cassandra-all $CASS_VERSION"
 		rm -rf "$lib"
 		mv "$tmp" "$lib"
