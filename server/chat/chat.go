@@ -34,6 +34,7 @@ import (
 	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/ratelimit"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
@@ -99,8 +100,9 @@ type Config struct {
 	// ResourceExhausted.
 	SendQueue int
 	// FrameRate and FrameBurst are the token bucket of client frames per
-	// stream (frames/s, burst); defaults 200 and 400. A frame beyond it
-	// gets FrameError ResourceExhausted and is dropped.
+	// device, shared by the device's streams (frames/s, burst); defaults
+	// 200 and 400. A frame beyond it gets FrameError ResourceExhausted and
+	// is dropped.
 	FrameRate  float64
 	FrameBurst int
 	// MaxInFlight bounds the sends of one stream that are submitted but
@@ -139,6 +141,8 @@ type Service struct {
 	log       *slog.Logger
 	metrics   *Metrics
 	publish   func([]sequence.Committed)
+	frames    *ratelimit.Limiter // client frames per device
+	typing    *ratelimit.Limiter // typing frames per device and channel
 }
 
 var _ chatv1.ChatServiceServer = (*Service)(nil)
@@ -191,6 +195,8 @@ func New(cfg Config) *Service {
 	}
 	s.metrics = newMetrics(cfg.Registerer, cfg.Sequencer, cfg.Hub, s.log)
 	s.publish = NewPublisher(cfg.Router, s.log)
+	s.frames = ratelimit.New(s.frameRate, s.burst)
+	s.typing = ratelimit.New(float64(time.Second)/float64(TypingMinInterval), 1)
 	return s
 }
 

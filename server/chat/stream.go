@@ -7,7 +7,6 @@ import (
 	"io"
 	"time"
 
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -23,9 +22,6 @@ import (
 // gapPage is the page size used to fill a gap in live delivery from the
 // store.
 const gapPage = 100
-
-// maxTypingChannels bounds the per-stream typing rate-limit table.
-const maxTypingChannels = 64
 
 var (
 	errNoPayload      = status.Error(codes.InvalidArgument, "frame has no payload")
@@ -64,9 +60,8 @@ type stream struct {
 	sess *hub.Session
 
 	// Reader state (reader goroutine only).
-	limiter  *rate.Limiter
+	key      string        // rate-limit key of the device: user 0x00 device
 	inflight chan struct{} // semaphore of unacknowledged sends
-	typing   map[string]time.Time
 
 	// Writer state (writer goroutine only).
 	cursor, head uint64
@@ -113,7 +108,7 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 
 	st := &stream{
 		s: s, gs: gs, ctx: ctx, p: p, sess: sess,
-		limiter:  rate.NewLimiter(rate.Limit(s.frameRate), s.burst),
+		key:      p.UserID + "\x00" + p.DeviceID,
 		inflight: make(chan struct{}, s.inFlight),
 		cursor:   dev.Cursor,
 		head:     head,
@@ -375,7 +370,7 @@ func (st *stream) handleFrame(f *chatv1.ClientFrame) error {
 		return err
 	}
 	id := f.GetFrameId()
-	if !st.limiter.Allow() {
+	if !s.frames.AllowAt(st.key, s.now()) {
 		s.metrics.Frames.WithLabelValues("rate_limited").Inc()
 		return st.replyErr(id, status.Errorf(codes.ResourceExhausted,
 			"frame rate exceeded: at most %g frames/s (burst %d); frame dropped", s.frameRate, s.burst))
@@ -608,13 +603,9 @@ func (st *stream) handleTyping(id uint64, t *chatv1.Typing) error {
 		return st.replyErr(id, err)
 	}
 	now := s.now()
-	if last, ok := st.typing[ch]; ok && now.Sub(last) < TypingMinInterval && now.Sub(last) >= 0 {
+	if !s.typing.AllowAt(st.key+"\x00"+ch, now) {
 		return nil // ephemeral: extra ones are dropped silently
 	}
-	if st.typing == nil || len(st.typing) >= maxTypingChannels {
-		st.typing = make(map[string]time.Time)
-	}
-	st.typing[ch] = now
 	ms, err := s.st.ListMembers(st.ctx, ch)
 	if err != nil {
 		return st.replyErr(id, s.storeErr(st.ctx, "Typing.ListMembers", err))
