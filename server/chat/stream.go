@@ -223,9 +223,20 @@ func (st *stream) writeLoop() error {
 		select {
 		case <-st.sess.Done():
 			return st.sess.Status().Err()
-		case it := <-st.sess.Queue():
-			if err := st.handleItem(it); err != nil {
-				return err
+		case <-st.sess.Ready():
+			for {
+				select {
+				case <-st.sess.Done():
+					return st.sess.Status().Err()
+				default:
+				}
+				it, ok := st.sess.Pop()
+				if !ok {
+					break
+				}
+				if err := st.handleItem(it); err != nil {
+					return err
+				}
 			}
 		}
 	}

@@ -111,15 +111,29 @@ func (h *Hub) shard(userID string) *shard {
 }
 
 // Session is one connected device (one Chat stream).
+//
+// Its send queue is a ring buffer bounded by the queue size but allocated
+// lazily (it grows by doubling and is released when it drains), so an idle
+// session costs a few hundred bytes however large its bound.
 type Session struct {
 	userID, deviceID string
 	hub              *Hub
-	queue            chan Item
 	done             chan struct{}
 	closeOnce        sync.Once
 	st               atomic.Pointer[status.Status]
 	removed          atomic.Bool
+
+	mu    sync.Mutex
+	buf   []Item        // ring; len(buf) is the current capacity
+	head  int           // index of the oldest item
+	n     int           // items queued
+	max   int           // bound
+	ready chan struct{} // cap 1: signalled when an item is pushed
+	space chan struct{} // cap 1: signalled when an item is popped
 }
+
+// initialQueue is the ring's first allocation, in items.
+const initialQueue = 8
 
 // UserID returns the session's user.
 func (s *Session) UserID() string { return s.userID }
@@ -127,8 +141,64 @@ func (s *Session) UserID() string { return s.userID }
 // DeviceID returns the session's device.
 func (s *Session) DeviceID() string { return s.deviceID }
 
-// Queue is the session's send queue, drained by the stream's writer.
-func (s *Session) Queue() <-chan Item { return s.queue }
+// Ready is signalled (capacity 1) whenever an item is queued; the writer
+// then calls Pop until it reports false.
+func (s *Session) Ready() <-chan struct{} { return s.ready }
+
+// Pop removes and returns the oldest queued item; false if the queue is
+// empty. Only the session's writer calls it.
+func (s *Session) Pop() (Item, bool) {
+	s.mu.Lock()
+	if s.n == 0 {
+		if len(s.buf) > 4*initialQueue {
+			s.buf, s.head = nil, 0 // release the memory of a burst
+		}
+		s.mu.Unlock()
+		return Item{}, false
+	}
+	it := s.buf[s.head]
+	s.buf[s.head] = Item{}
+	s.head = (s.head + 1) % len(s.buf)
+	s.n--
+	s.mu.Unlock()
+	select {
+	case s.space <- struct{}{}:
+	default:
+	}
+	return it, true
+}
+
+// Len returns the number of queued items.
+func (s *Session) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+// push appends it if there is room. Caller holds s.mu.
+func (s *Session) push(it Item) bool {
+	if s.n >= s.max {
+		return false
+	}
+	if s.n == len(s.buf) {
+		size := min(max(2*len(s.buf), initialQueue), s.max)
+		nb := make([]Item, size)
+		for i := range s.n {
+			nb[i] = s.buf[(s.head+i)%len(s.buf)]
+		}
+		s.buf, s.head = nb, 0
+	}
+	s.buf[(s.head+s.n)%len(s.buf)] = it
+	s.n++
+	return true
+}
+
+func (s *Session) signalReady() {
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
 
 // Done is closed when the session is closed.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -163,10 +233,12 @@ func (s *Session) TryEnqueue(it Item) bool {
 		return false
 	default:
 	}
-	select {
-	case s.queue <- it:
+	s.mu.Lock()
+	ok := s.push(it)
+	s.mu.Unlock()
+	if ok {
+		s.signalReady()
 		return true
-	default:
 	}
 	if s.Close(status.New(codes.ResourceExhausted, OverflowMessage)) {
 		s.hub.overflows.Add(1)
@@ -181,13 +253,33 @@ func (s *Session) TryEnqueue(it Item) bool {
 // full. It returns the session's status error if the session closes first,
 // or ctx's error (as a status) if ctx ends first.
 func (s *Session) Enqueue(ctx context.Context, it Item) error {
-	select {
-	case s.queue <- it:
-		return nil
-	case <-s.done:
-		return s.Status().Err()
-	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
+	for {
+		select {
+		case <-s.done:
+			return s.Status().Err()
+		default:
+		}
+		s.mu.Lock()
+		ok := s.push(it)
+		room := s.n < s.max
+		s.mu.Unlock()
+		if ok {
+			s.signalReady()
+			if room { // pass a wake-up on to another waiter
+				select {
+				case s.space <- struct{}{}:
+				default:
+				}
+			}
+			return nil
+		}
+		select {
+		case <-s.space:
+		case <-s.done:
+			return s.Status().Err()
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
 	}
 }
 
@@ -204,7 +296,8 @@ func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize i
 	if queueSize <= 0 {
 		queueSize = DefaultQueueSize
 	}
-	s := &Session{userID: userID, deviceID: deviceID, hub: h, queue: make(chan Item, queueSize), done: make(chan struct{})}
+	s := &Session{userID: userID, deviceID: deviceID, hub: h, max: queueSize,
+		done: make(chan struct{}), ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 	sh := h.shard(userID)
 	sh.mu.Lock()
 	e := sh.users[userID]

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,12 +40,11 @@ func frame(id uint64) *chatv1.ServerFrame { return &chatv1.ServerFrame{FrameId: 
 func drain(s *hub.Session) []uint64 {
 	var out []uint64
 	for {
-		select {
-		case it := <-s.Queue():
-			out = append(out, it.Frame.GetFrameId())
-		default:
+		it, ok := s.Pop()
+		if !ok {
 			return out
 		}
+		out = append(out, it.Frame.GetFrameId())
 	}
 }
 
@@ -231,4 +231,70 @@ func BenchmarkDeliver(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestQueueRing: the lazily grown ring keeps FIFO order across growth and
+// wrap-around, and a blocking Enqueue waits for room.
+func TestQueueRing(t *testing.T) {
+	h, _ := newHub(t)
+	s := register(t, h, "alice", "d", 20)
+	var want, got []uint64
+	id := uint64(0)
+	push := func(n int) {
+		for range n {
+			id++
+			if !s.TryEnqueue(hub.Item{Frame: frame(id)}) {
+				t.Fatalf("TryEnqueue %d failed (len %d)", id, s.Len())
+			}
+			want = append(want, id)
+		}
+	}
+	pop := func(n int) {
+		for range n {
+			it, ok := s.Pop()
+			if !ok {
+				t.Fatal("Pop on a non-empty queue failed")
+			}
+			got = append(got, it.Frame.GetFrameId())
+		}
+	}
+	push(15)
+	pop(10)
+	push(15) // wraps and grows to the bound
+	pop(3)
+	push(3)
+	if s.Len() != 20 {
+		t.Fatalf("len %d", s.Len())
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Enqueue(context.Background(), hub.Item{Frame: frame(id + 1)}) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Enqueue on a full queue returned %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	pop(1)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, id+1)
+	pop(20)
+	if _, ok := s.Pop(); ok {
+		t.Fatal("Pop on an empty queue")
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("order %v, want %v", got, want)
+	}
+	// Enqueue gives up with the context.
+	for range 20 {
+		s.TryEnqueue(hub.Item{Frame: frame(0)})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Enqueue(ctx, hub.Item{}); status.Code(err) != codes.Canceled {
+		t.Fatalf("Enqueue with cancelled ctx: %v", err)
+	}
+	if s.Status() != nil {
+		t.Fatal("a blocking Enqueue must not close the session")
+	}
 }
