@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -44,6 +45,8 @@ type env struct {
 	addr   string
 	cc     *grpc.ClientConn
 	client chatv1.ChatServiceClient
+
+	stopOnce sync.Once
 }
 
 type envConfig struct {
@@ -55,11 +58,16 @@ type envConfig struct {
 	// drop, if set, loses the routed events it returns true for (a
 	// lossy router between the local router and the hub).
 	drop func(router.Event) bool
+	// dir, if set, is the store directory (to restart on the same data).
+	dir string
 }
 
 func newEnv(t testing.TB, ec envConfig) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir()}
+	e := &env{t: t, dir: ec.dir}
+	if e.dir == "" {
+		e.dir = t.TempDir()
+	}
 	st, err := pebble.Open(e.dir, pebble.WithLogger(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +117,13 @@ func newEnv(t testing.TB, ec envConfig) *env {
 		t.Fatal(err)
 	}
 	e.client = chatv1.NewChatServiceClient(e.cc)
-	t.Cleanup(func() {
+	t.Cleanup(e.stop)
+	return e
+}
+
+// stop shuts the stack down in the app's order (idempotent).
+func (e *env) stop() {
+	e.stopOnce.Do(func() {
 		e.cc.Close()
 		e.hub.Shutdown(nil)
 		e.srv.Stop()
@@ -117,7 +131,6 @@ func newEnv(t testing.TB, ec envConfig) *env {
 		e.router.Close()
 		e.st.Close()
 	})
-	return e
 }
 
 // user creates users (ids as given; they must be canonical).

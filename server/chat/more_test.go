@@ -303,3 +303,37 @@ func TestChannelsAndHistory(t *testing.T) {
 		t.Errorf("GetHistory ghost: %v", err)
 	}
 }
+
+// TestRestart: after a restart on the same data, cursors, inbox seqs and
+// message ids continue where they were.
+func TestRestart(t *testing.T) {
+	dir := t.TempDir()
+	e := newEnv(t, envConfig{dir: dir})
+	e.users("alice", "bob")
+	a, b := e.open("alice", "a1"), e.open("bob", "b1")
+	var last uint64
+	for i := range 5 {
+		last = a.ackOf(a.sendTo("bob", fmt.Sprint(i), "before")).GetMessageId()
+	}
+	b.deliveries(5)
+	b.reply(b.ack(3))
+	e.stop()
+
+	e = newEnv(t, envConfig{dir: dir})
+	b = e.open("bob", "b1")
+	if b.welcome.GetCursor() != 3 || b.welcome.GetHeadSeq() != 5 {
+		t.Fatalf("welcome after restart %v", b.welcome)
+	}
+	a = e.open("alice", "a1")
+	if ack := a.ackOf(a.sendTo("bob", "0", "retry after restart")); !ack.GetDuplicate() {
+		t.Fatalf("retry after restart not deduplicated: %v", ack)
+	}
+	ack := a.ackOf(a.sendTo("bob", "new", "after"))
+	if ack.GetMessageId() <= last {
+		t.Fatalf("message id %d after restart, last before %d", ack.GetMessageId(), last)
+	}
+	all, _ := b.syncAll(3, 100)
+	if len(all) != 3 || all[2].GetInboxSeq() != 6 || all[2].GetMessage().GetText() != "after" {
+		t.Fatalf("sync after restart: %v", all)
+	}
+}

@@ -288,6 +288,11 @@ func (st *stream) deliver(f *chatv1.ServerFrame, q uint64) error {
 // sentUpTo up to at least target.
 func (st *stream) fillThrough(target uint64) error {
 	for st.sentUpTo < target {
+		select {
+		case <-st.sess.Done():
+			return st.sess.Status().Err()
+		default:
+		}
 		ds, _, err := st.s.st.Inbox(st.ctx, st.p.UserID, st.sentUpTo, gapPage)
 		if err != nil {
 			st.s.storeErr(st.ctx, "Chat.fill", err)
