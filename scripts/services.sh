@@ -170,13 +170,13 @@ redis_up() {
 	# No persistence: the router keeps only presence and routes, all of
 	# which are rebuilt by the servers.
 	redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
-		--daemonize yes --pidfile "$REDIS_DIR/redis.pid" \
-		--logfile "$REDIS_DIR/redis.log" --dir "$REDIS_DIR" \
+		--daemonize yes --pidfile "$REDIS_DIR/redis-$REDIS_PORT.pid" \
+		--logfile "$REDIS_DIR/redis-$REDIS_PORT.log" --dir "$REDIS_DIR" \
 		--save '' --appendonly no >/dev/null ||
-		die "redis-server failed to start; log: $REDIS_DIR/redis.log"
+		die "redis-server failed to start; log: $REDIS_DIR/redis-$REDIS_PORT.log"
 	until redis_ping 127.0.0.1 "$REDIS_PORT"; do
 		if (($(elapsed "$t0") > TIMEOUT)); then
-			tail -n 30 "$REDIS_DIR/redis.log" >&2 || true
+			tail -n 30 "$REDIS_DIR/redis-$REDIS_PORT.log" >&2 || true
 			die "redis did not answer PING on 127.0.0.1:$REDIS_PORT within ${TIMEOUT}s"
 		fi
 		sleep 0.2
@@ -185,14 +185,17 @@ redis_up() {
 }
 
 redis_down() {
-	local pid
-	if pid=$(pid_alive "$REDIS_DIR/redis.pid" redis-server); then
-		log "redis: stopping pid $pid"
-		stop_pid "$pid"
-	else
-		log "redis: not started by this script (no live pid file)"
-	fi
-	rm -f "$REDIS_DIR/redis.pid"
+	local f pid found=
+	for f in "$REDIS_DIR"/redis-*.pid; do
+		[[ -e $f ]] || continue
+		if pid=$(pid_alive "$f" redis-server); then
+			log "redis: stopping pid $pid ($(basename "$f" .pid))"
+			stop_pid "$pid"
+			found=1
+		fi
+		rm -f "$f"
+	done
+	[[ -n $found ]] || log "redis: not started by this script (no live pid file)"
 }
 
 # ----------------------------------------------------------- Cassandra
@@ -245,6 +248,10 @@ cassandra_up() {
 		return
 	fi
 	if pid=$(pid_alive "$CASS_DIR/cassandra.pid" CassandraDaemon); then
+		local port
+		port=$(cat "$CASS_DIR/cql_port" 2>/dev/null || echo unknown)
+		[[ $port == "$CQL_PORT" ]] ||
+			die "cassandra pid $pid (from $CASS_DIR) serves CQL port $port, not $CQL_PORT: run 'scripts/services.sh down' first, or set CQL_PORT=$port"
 		log "cassandra: pid $pid is starting; waiting for it"
 	else
 		tcp_open 127.0.0.1 "$CQL_PORT" &&
@@ -286,6 +293,7 @@ cassandra_up() {
 		) &
 		pid=$!
 		echo "$pid" >"$CASS_DIR/cassandra.pid"
+		echo "$CQL_PORT" >"$CASS_DIR/cql_port"
 		disown "$pid" 2>/dev/null || true
 	fi
 	until cql_ping 127.0.0.1 "$CQL_PORT"; do
@@ -335,7 +343,7 @@ status() {
 		host=127.0.0.1 port=$REDIS_PORT
 	fi
 	if redis_ping "$host" "$port"; then
-		pid=$(pid_alive "$REDIS_DIR/redis.pid" redis-server) && pid="ours, pid $pid" || pid="not ours"
+		pid=$(pid_alive "$REDIS_DIR/redis-$port.pid" redis-server) && pid="ours, pid $pid" || pid="not ours"
 		echo "redis:     up   $host:$port ($pid)"
 	else
 		echo "redis:     down $host:$port"
