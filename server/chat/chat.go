@@ -55,6 +55,10 @@ const (
 	// DefaultSyncLimit and MaxSyncLimit bound SyncRequest.limit.
 	DefaultSyncLimit = 100
 	MaxSyncLimit     = 1000
+	// MaxSyncPageBytes bounds the encoded size of one SyncPage so that it
+	// fits grpc-go's default 4 MiB client receive limit; a page holds at
+	// least one delivery and says more=true when it was cut short.
+	MaxSyncPageBytes = 3 << 20
 	// TypingTTL is how long a typing indicator is shown (TypingEvent.expires_at).
 	TypingTTL = 6 * time.Second
 	// TypingMinInterval: typing frames of one device for one channel closer

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 )
@@ -355,5 +356,39 @@ func TestKillDevice(t *testing.T) {
 	e.hub.Shutdown(statusNew(codes.Unavailable, "server shutting down, reconnect"))
 	if st := a2.ended(); st.Code() != codes.Unavailable {
 		t.Fatalf("a2 after shutdown: %v", st)
+	}
+}
+
+// A sync page is cut by encoded size (MaxSyncPageBytes) so that it fits a
+// client's default 4 MiB receive limit, however large the requested limit.
+func TestSyncPageBoundedByBytes(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	a := e.open("alice", "a1")
+	big := strings.Repeat("x", MaxTextBytes)
+	const n = 80 // 80 × 64 KiB = 5 MiB in all
+	for i := range n {
+		a.ackOf(a.sendTo("bob", fmt.Sprintf("big-%d", i), big))
+	}
+	b := e.open("bob", "b1")
+	ds, pages := b.syncAll(0, MaxSyncLimit)
+	if len(ds) != n {
+		t.Fatalf("synced %d deliveries, want %d", len(ds), n)
+	}
+	if len(pages) < 2 {
+		t.Fatalf("%d deliveries came in %d page(s), want a cut by size", n, len(pages))
+	}
+	for i, p := range pages {
+		if sz := proto.Size(p); sz > MaxSyncPageBytes+64<<10 {
+			t.Fatalf("page %d is %d bytes", i, sz)
+		}
+		if p.GetMore() != (i < len(pages)-1) {
+			t.Fatalf("page %d more=%v", i, p.GetMore())
+		}
+	}
+	for i, d := range ds {
+		if d.GetInboxSeq() != uint64(i+1) {
+			t.Fatalf("delivery %d has seq %d", i, d.GetInboxSeq())
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
@@ -326,9 +327,17 @@ func (st *stream) doSync(op syncOp) error {
 		return st.send(frameError(op.frameID, errSyncFailed))
 	}
 	page := &chatv1.SyncPage{Deliveries: make([]*chatv1.Delivery, 0, len(ds)), More: more, NextAfterSeq: op.after}
-	for _, d := range ds {
-		page.Deliveries = append(page.Deliveries, &chatv1.Delivery{InboxSeq: d.Seq, Message: messageProto(d.Message)})
+	size := 0
+	for i, d := range ds {
+		pd := &chatv1.Delivery{InboxSeq: d.Seq, Message: messageProto(d.Message)}
+		size += proto.Size(pd) + 8
+		if i > 0 && size > MaxSyncPageBytes {
+			ds, page.More = ds[:i], true // the rest comes with the next page
+			break
+		}
+		page.Deliveries = append(page.Deliveries, pd)
 	}
+	more = page.More
 	last := op.after
 	if len(ds) > 0 {
 		last = ds[len(ds)-1].Seq
