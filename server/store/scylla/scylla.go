@@ -203,7 +203,8 @@ var _ store.Store = (*Store)(nil)
 
 // Open connects to the cluster and returns a Store on cfg.Keyspace, whose
 // schema must exist (Migrate). It fails if no host answers within
-// cfg.ConnectTimeout or ctx ends first.
+// cfg.ConnectTimeout, if ctx ends first, or if the keyspace or its tables
+// are missing.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -212,6 +213,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	sess, err := connect(ctx, cfg.cluster(cfg.Keyspace))
 	if err != nil {
 		return nil, err
+	}
+	// Fail early and clearly on a keyspace without the schema.
+	var n int
+	err = sess.Session.Query(`SELECT count(*) FROM system_schema.tables WHERE keyspace_name = ? AND table_name IN ('messages', 'inbox', 'channel_members')`,
+		cfg.Keyspace).WithContext(ctx).Scan(&n)
+	if err == nil && n != 3 {
+		err = fmt.Errorf("keyspace %s lacks the chatd schema (run Migrate)", cfg.Keyspace)
+	}
+	if err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("scylla store: open: %w", err)
 	}
 	return &Store{cfg: cfg, sess: sess, ttl: int(cfg.DedupTTL / time.Second)}, nil
 }

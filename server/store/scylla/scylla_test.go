@@ -190,6 +190,10 @@ func TestMigrateIdempotent(t *testing.T) {
 	if !strings.HasSuffix(class, "SimpleStrategy") || repl["replication_factor"] != "1" {
 		t.Fatalf("replication after second Migrate = %v", repl)
 	}
+	// Open refuses a keyspace without the schema.
+	if _, err := Open(ctx, testConfig(t, "system_traces")); err == nil || !strings.Contains(err.Error(), "Migrate") {
+		t.Errorf("Open(keyspace without schema) = %v", err)
+	}
 	for _, bad := range []struct {
 		class string
 		rf    int
