@@ -39,13 +39,14 @@ fi
 if [ -x scripts/services.sh ]; then
   step "services: Redis and the CQL server"
   scripts/services.sh up
-  export REDIS_ADDR="${REDIS_ADDR:-127.0.0.1:6379}" CQL_HOSTS="${CQL_HOSTS:-127.0.0.1:9042}"
+  # REDIS_ADDR and CQL_HOSTS of the services that are up.
+  set -a; eval "$(scripts/services.sh env)"; set +a
 fi
 
 step "go test ./..."
 go test -count=1 -timeout 45m ./...
 
 step "go test -race (core packages)"
-go test -race -count=1 -timeout 20m ./server/hub/... ./server/sequence/... ./server/router/... ./server/ratelimit/...
+go test -race -count=1 -timeout 20m ./server/hub/... ./server/sequence/... ./server/router/... ./server/ratelimit/... ./server/store/...
 
 step "all tests passed"
