@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/server/app"
+	"github.com/gocql/gocql"
 )
 
 func main() {
@@ -28,21 +29,22 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		switch args[0] {
-		case "serve":
-			args = args[1:]
-		case "version":
-			fmt.Fprintln(stdout, "chatd", version)
-			return 0
-		case "help":
-			args = []string{"-h"}
-		default:
-			fmt.Fprintf(stderr, "chatd: unknown command %q (commands: serve, version, help)\n", args[0])
-			return 2
-		}
+		cmd, args = args[0], args[1:]
 	}
-	cfg, logLevel, logFormat, err := parseFlags(args, stderr)
+	switch cmd {
+	case "serve", "migrate":
+	case "version":
+		fmt.Fprintln(stdout, "chatd", version)
+		return 0
+	case "help":
+		cmd, args = "serve", []string{"-h"}
+	default:
+		fmt.Fprintf(stderr, "chatd: unknown command %q (commands: serve, migrate, version, help)\n", cmd)
+		return 2
+	}
+	o, err := parseFlags(cmd, args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -50,16 +52,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "chatd:", err)
 		return 2
 	}
-	cfg.Logger = newLogger(stderr, logLevel, logFormat)
+	cfg := o.cfg
+	cfg.Logger = newLogger(stderr, o.logLevel, o.logFormat)
 	slog.SetDefault(cfg.Logger)
 
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if cmd == "migrate" {
+		if err := app.Migrate(ctx, cfg, o.replicationClass, o.replicationFactor); err != nil {
+			cfg.Logger.Error("migrate failed", "err", err)
+			return 1
+		}
+		cfg.Logger.Info("schema is up to date", "keyspace", cfg.Scylla.Keyspace)
+		return 0
+	}
 	a, err := app.New(cfg)
 	if err != nil {
 		cfg.Logger.Error("start failed", "err", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	if err := a.Run(ctx); err != nil {
 		cfg.Logger.Error("chatd stopped with error", "err", err)
 		return 1
@@ -69,47 +80,100 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 var version = "dev"
 
-func parseFlags(args []string, stderr io.Writer) (app.Config, string, string, error) {
-	var c app.Config
-	fs := flag.NewFlagSet("chatd", flag.ContinueOnError)
+type options struct {
+	cfg                 app.Config
+	logLevel, logFormat string
+	replicationClass    string
+	replicationFactor   int
+}
+
+func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
+	var o options
+	c := &o.cfg
+	fs := flag.NewFlagSet("chatd "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address (Chat stream, all services, reflection, health)")
-	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address (REST gateway /v1/, /openapi.json, /healthz, /readyz, /metrics)")
-	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory of the embedded store and the token key")
-	fs.StringVar(&c.ServerID, "server-id", "", "name of this server (default: hostname:grpc-port)")
-	fs.StringVar(&c.AdvertiseGRPC, "advertise-grpc", "", "gRPC address handed to clients by Discovery (default: the bound address)")
-	fs.StringVar(&c.AdvertiseHTTP, "advertise-http", "", "HTTP address handed to clients by Discovery (default: the bound address)")
-	fs.StringVar(&c.TokenKeyFile, "token-key-file", "", "32-byte HMAC key for bearer tokens, created if missing; share it across a cluster (default: <data-dir>/token.key)")
-	fs.DurationVar(&c.TokenTTL, "token-ttl", 30*24*time.Hour, "lifetime of a device's bearer token")
-	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 25*time.Second, "heartbeat interval clients are told to use")
-	fs.IntVar(&c.SendQueue, "send-queue", 1024, "per-stream send queue in frames; a device that overflows it is disconnected (ResourceExhausted) and recovers by sync")
-	fs.Float64Var(&c.FrameRate, "frame-rate", 200, "frames per second a device may send on its Chat stream")
-	fs.IntVar(&c.FrameBurst, "frame-burst", 400, "burst of frames a device may send above frame-rate")
-	fs.Float64Var(&c.UnaryRate, "unary-rate", 50, "unary calls per second per user (per client IP before log-in)")
-	fs.IntVar(&c.UnaryBurst, "unary-burst", 100, "burst of unary calls above unary-rate")
-	fs.DurationVar(&c.UnaryTimeout, "unary-timeout", 15*time.Second, "deadline of unary calls")
-	maxStreams := fs.Uint("max-concurrent-streams", 64, "HTTP/2 streams per connection (rapid-reset mitigation)")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGTERM")
+
+	// Storage and cluster flags: shared by serve and migrate.
+	fs.StringVar(&c.Store, "store", "pebble", "pebble (embedded, single node, in --data-dir) or scylla (cluster mode: ScyllaDB/Cassandra + Redis)")
+	scyllaHosts := fs.String("scylla-hosts", "127.0.0.1:9042", "comma-separated ScyllaDB/Cassandra contact points, host[:port] (store scylla)")
+	fs.StringVar(&c.Scylla.Keyspace, "scylla-keyspace", "chatd", "keyspace of every table (store scylla)")
+	fs.StringVar(&c.Scylla.LocalDC, "scylla-local-dc", "", "prefer replicas in this datacenter (DC-aware, token-aware routing)")
+	consistency := fs.String("scylla-consistency", "LOCAL_QUORUM", "consistency level of reads and writes")
+	fs.DurationVar(&c.Scylla.Timeout, "scylla-timeout", 6*time.Second, "client-side timeout of one CQL request")
+	redisAddrs := fs.String("redis", "", "comma-separated Redis addresses (one node, or Redis Cluster seeds); required by store scylla")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+
+	var maxStreams *uint
+	if cmd == "migrate" {
+		fs.StringVar(&o.replicationClass, "replication-class", "SimpleStrategy", "keyspace replication: SimpleStrategy or NetworkTopologyStrategy (the factor then applies to every datacenter)")
+		fs.IntVar(&o.replicationFactor, "replication-factor", 3, "replicas of every row (1 for a single-node development cluster)")
+	} else {
+		fs.StringVar(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address (Chat stream, all services, reflection, health)")
+		fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address (REST gateway /v1/, /openapi.json, /healthz, /readyz, /metrics)")
+		fs.StringVar(&c.DataDir, "data-dir", "./data", "directory of the embedded store and the token key")
+		fs.StringVar(&c.ServerID, "server-id", "", "name of this server, unique in a cluster (default: hostname:grpc-port)")
+		fs.StringVar(&c.AdvertiseGRPC, "advertise-grpc", "", "gRPC address handed to clients by Discovery (default: the bound address)")
+		fs.StringVar(&c.AdvertiseHTTP, "advertise-http", "", "HTTP address handed to clients by Discovery (default: the bound address)")
+		fs.StringVar(&c.TokenKeyFile, "token-key-file", "", "32-byte HMAC key for bearer tokens, created if missing; every server of a cluster needs the same key (default: <data-dir>/token.key)")
+		fs.DurationVar(&c.TokenTTL, "token-ttl", 30*24*time.Hour, "lifetime of a device's bearer token")
+		fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 25*time.Second, "heartbeat interval clients are told to use")
+		fs.IntVar(&c.SendQueue, "send-queue", 1024, "per-stream send queue in frames; a device that overflows it is disconnected (ResourceExhausted) and recovers by sync")
+		fs.Float64Var(&c.FrameRate, "frame-rate", 200, "frames per second a device may send on its Chat stream")
+		fs.IntVar(&c.FrameBurst, "frame-burst", 400, "burst of frames a device may send above frame-rate")
+		fs.Float64Var(&c.UnaryRate, "unary-rate", 50, "unary calls per second per user (per client IP before log-in)")
+		fs.IntVar(&c.UnaryBurst, "unary-burst", 100, "burst of unary calls above unary-rate")
+		fs.DurationVar(&c.UnaryTimeout, "unary-timeout", 15*time.Second, "deadline of unary calls")
+		maxStreams = fs.Uint("max-concurrent-streams", 64, "HTTP/2 streams per connection (rapid-reset mitigation)")
+		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGTERM")
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: chatd [serve] [flags]\n       chatd version\n\n"+
-			"Runs a chat server. With no flags: a complete single-node server on the\n"+
-			"embedded store. Every flag may also be set by the environment variable\n"+
-			"CHATD_<FLAG> (upper case, '-' as '_'), e.g. CHATD_GRPC_ADDR=:9090.\n\nFlags:\n")
+		if cmd == "migrate" {
+			fmt.Fprintf(stderr, "Usage: chatd migrate --store scylla [flags]\n\n"+
+				"Creates or upgrades the cluster schema (keyspace and tables) with\n"+
+				"versioned migrations; safe to run again. Flags may also be set by\n"+
+				"CHATD_<FLAG> environment variables.\n\nFlags:\n")
+		} else {
+			fmt.Fprintf(stderr, "Usage: chatd [serve] [flags]\n       chatd migrate --store scylla [flags]\n       chatd version\n\n"+
+				"Runs a chat server. With no flags: a complete single-node server on the\n"+
+				"embedded store. Cluster mode: --store scylla --scylla-hosts H1,H2\n"+
+				"--scylla-keyspace chat --redis ADDR (run 'chatd migrate' with the same\n"+
+				"store flags first). Every flag may also be set by the environment\n"+
+				"variable CHATD_<FLAG> (upper case, '-' as '_'), e.g. CHATD_GRPC_ADDR=:9090.\n\nFlags:\n")
+		}
 		fs.PrintDefaults()
 	}
 	if err := applyEnv(fs, os.LookupEnv); err != nil {
-		return c, "", "", err
+		return o, err
 	}
 	if err := fs.Parse(args); err != nil {
-		return c, "", "", err
+		return o, err
 	}
 	if fs.NArg() > 0 {
-		return c, "", "", fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	c.MaxConcurrentStreams = uint32(*maxStreams)
-	return c, *logLevel, *logFormat, nil
+	if maxStreams != nil {
+		c.MaxConcurrentStreams = uint32(*maxStreams)
+	}
+	c.Scylla.Hosts = splitList(*scyllaHosts)
+	c.RedisAddrs = splitList(*redisAddrs)
+	cl, err := gocql.ParseConsistencyWrapper(*consistency)
+	if err != nil {
+		return o, fmt.Errorf("--scylla-consistency: %w", err)
+	}
+	c.Scylla.Consistency = cl
+	o.logLevel, o.logFormat = *logLevel, *logFormat
+	return o, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // applyEnv sets each flag from CHATD_<NAME> when that variable is set.

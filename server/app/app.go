@@ -32,6 +32,7 @@ import (
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
+	"github.com/chatd/chatd/server/store/scylla"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
@@ -107,9 +108,9 @@ func New(cfg Config) (*App, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	st, err := pebble.Open(filepath.Join(cfg.DataDir, "store"))
+	st, err := openStore(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+		return nil, err
 	}
 	a.store = st
 
@@ -372,6 +373,40 @@ func (a *App) closeResources() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// openStore opens the configured store.
+func openStore(cfg Config) (store.Store, error) {
+	switch cfg.Store {
+	case StoreScylla:
+		sc := cfg.Scylla
+		if sc.Logger == nil {
+			sc.Logger = cfg.Logger
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		st, err := scylla.Open(ctx, sc)
+		if err != nil {
+			return nil, fmt.Errorf("open scylla store (run 'chatd migrate' first?): %w", err)
+		}
+		return st, nil
+	default:
+		st, err := pebble.Open(filepath.Join(cfg.DataDir, "store"), pebble.WithLogger(cfg.Logger))
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return st, nil
+	}
+}
+
+// Migrate creates or upgrades the cluster schema (keyspace and tables) with
+// the given replication; idempotent. The embedded store needs none.
+func Migrate(ctx context.Context, cfg Config, replicationClass string, replicationFactor int) error {
+	cfg = cfg.Defaults()
+	if cfg.Store != StoreScylla {
+		return fmt.Errorf("store %q needs no migration", cfg.Store)
+	}
+	return scylla.Migrate(ctx, cfg.Scylla, replicationClass, replicationFactor)
 }
 
 // deadlineInterceptor gives every unary call a deadline of at most d.

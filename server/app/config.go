@@ -5,6 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/chatd/chatd/server/store/scylla"
+)
+
+// Store kinds.
+const (
+	StorePebble = "pebble"
+	StoreScylla = "scylla"
 )
 
 // Config is everything chatd needs to start. Zero values take the defaults
@@ -19,6 +27,17 @@ type Config struct {
 	// DataDir holds the embedded store and the token signing key.
 	// Default "./data".
 	DataDir string
+
+	// Store is "pebble" (the embedded single-node store in DataDir, the
+	// default) or "scylla" (ScyllaDB/Cassandra: cluster mode, which also
+	// needs RedisAddrs).
+	Store string
+	// Scylla configures the scylla store (Hosts, Keyspace, Consistency,
+	// ...); see scylla.Config for the defaults.
+	Scylla scylla.Config
+	// RedisAddrs are the Redis (or Redis Cluster) addresses used in
+	// cluster mode for routing, id allocation and presence.
+	RedisAddrs []string
 	// ServerID names this server in a cluster and in Welcome frames.
 	// Default: the host name and gRPC port.
 	ServerID string
@@ -72,6 +91,7 @@ func (c Config) Defaults() Config {
 	def(&c.GRPCAddr, ":9090")
 	def(&c.HTTPAddr, ":8080")
 	def(&c.DataDir, "./data")
+	def(&c.Store, StorePebble)
 	if c.TokenTTL == 0 {
 		c.TokenTTL = 30 * 24 * time.Hour
 	}
@@ -119,6 +139,18 @@ func (c Config) Validate() error {
 	}
 	if c.SendQueue < 16 {
 		errs = append(errs, fmt.Errorf("send queue %d is under 16 frames", c.SendQueue))
+	}
+	switch c.Store {
+	case StorePebble:
+	case StoreScylla:
+		if len(c.Scylla.Hosts) == 0 {
+			errs = append(errs, errors.New("store scylla needs at least one scylla host"))
+		}
+		if len(c.RedisAddrs) == 0 {
+			errs = append(errs, errors.New("store scylla (cluster mode) needs redis"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("unknown store %q (pebble or scylla)", c.Store))
 	}
 	if c.FrameRate <= 0 || c.FrameBurst < 1 || c.UnaryRate <= 0 || c.UnaryBurst < 1 {
 		errs = append(errs, errors.New("rate limits must be positive"))
