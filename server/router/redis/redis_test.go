@@ -1,0 +1,678 @@
+package redis_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/router"
+	redisrouter "github.com/chatd/chatd/server/router/redis"
+	"github.com/chatd/chatd/server/router/routertest"
+)
+
+// redisAddr returns the Redis the tests use (REDIS_ADDR, default
+// 127.0.0.1:6379). When it does not answer the test fails with CI=true
+// and is skipped otherwise.
+func redisAddr(t testing.TB) string {
+	t.Helper()
+	addr := os.Getenv("REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	c := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		msg := fmt.Sprintf("no Redis at %s (set REDIS_ADDR, or run scripts/services.sh up): %v", addr, err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return addr
+}
+
+func newClient(t testing.TB, addr string) *goredis.Client {
+	c := goredis.NewClient(&goredis.Options{Addr: addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// testPrefix returns a key prefix of its own for t, whose keys are deleted
+// when t ends (nothing else in the shared Redis is touched).
+func testPrefix(t testing.TB, addr string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	prefix := "test:router:" + hex.EncodeToString(b[:]) + ":"
+	t.Cleanup(func() { deletePrefix(t, goredis.NewClient(&goredis.Options{Addr: addr}), prefix, true) })
+	return prefix
+}
+
+// deletePrefix deletes every key starting with prefix (the tests' stand-in
+// for FLUSHALL, which a shared Redis does not allow).
+func deletePrefix(t testing.TB, c *goredis.Client, prefix string, closeClient bool) {
+	if closeClient {
+		defer c.Close()
+	}
+	ctx := context.Background()
+	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		t.Errorf("scan %s*: %v", prefix, err)
+	}
+	for _, k := range keys {
+		_ = c.Del(ctx, k).Err()
+	}
+}
+
+type nodeOpts struct {
+	classic             bool
+	routeTTL, serverTTL time.Duration
+}
+
+func newNode(t testing.TB, c goredis.UniversalClient, prefix string, id string, h router.Handler, o nodeOpts) *redisrouter.Router {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := redisrouter.New(ctx, redisrouter.Config{
+		Client: c, ServerID: id, Handler: h, Prefix: prefix,
+		RouteTTL: o.routeTTL, ServerTTL: o.serverTTL, Classic: o.classic,
+	})
+	if err != nil {
+		t.Fatalf("New(%s): %v", id, err)
+	}
+	return r
+}
+
+func factory(o nodeOpts) routertest.Factory {
+	return func(t *testing.T, n int, handlers []router.Handler) []router.Router {
+		addr := redisAddr(t)
+		prefix := testPrefix(t, addr)
+		out := make([]router.Router, n)
+		for i := range n {
+			r := newNode(t, newClient(t, addr), prefix, fmt.Sprint("node", i), handlers[i], o)
+			if r.Sharded() == o.classic {
+				t.Fatalf("Sharded() = %v with Classic %v on a Redis 7 server", r.Sharded(), o.classic)
+			}
+			out[i] = r
+		}
+		return out
+	}
+}
+
+func TestConformanceSharded(t *testing.T) { routertest.Run(t, factory(nodeOpts{})) }
+
+func TestConformanceClassic(t *testing.T) { routertest.Run(t, factory(nodeOpts{classic: true})) }
+
+// recorder is a Handler that records frame ids per user.
+type recorder struct {
+	mu  sync.Mutex
+	ids map[string][]uint64
+	n   atomic.Int64
+}
+
+func newRecorder() *recorder { return &recorder{ids: make(map[string][]uint64)} }
+
+func (r *recorder) handle(ev router.Event) {
+	r.mu.Lock()
+	r.ids[ev.UserID] = append(r.ids[ev.UserID], ev.Frame.GetFrameId())
+	r.mu.Unlock()
+	r.n.Add(1)
+}
+
+func (r *recorder) has(user string, id uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Contains(r.ids[user], id)
+}
+
+func ev(user string, id uint64) router.Event {
+	return router.Event{UserID: user, Frame: &chatv1.ServerFrame{FrameId: id}}
+}
+
+// eventually polls cond every 20ms for up to 10 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// spy subscribes to a node's channel from outside, to see what is
+// published to it after the node died.
+type spy struct {
+	t      *testing.T
+	c      *goredis.Client
+	ps     *goredis.PubSub
+	ch     string
+	marker int
+}
+
+func newSpy(t *testing.T, c *goredis.Client, channel string) *spy {
+	ps := c.SSubscribe(context.Background(), channel)
+	if _, err := ps.Receive(context.Background()); err != nil {
+		t.Fatalf("spy subscribe: %v", err)
+	}
+	t.Cleanup(func() { _ = ps.Close() })
+	return &spy{t: t, c: c, ps: ps, ch: channel}
+}
+
+// published reports whether anything but the spy's own marker reached the
+// channel before a marker published now (after whatever the caller
+// routed: Route returns once its publishes are done).
+func (s *spy) published() bool {
+	s.t.Helper()
+	s.marker++
+	mark := fmt.Sprint("marker-", s.marker)
+	if err := s.c.SPublish(context.Background(), s.ch, mark).Err(); err != nil {
+		s.t.Fatalf("spy publish: %v", err)
+	}
+	other := false
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		m, err := s.ps.ReceiveMessage(ctx)
+		cancel()
+		if err != nil {
+			s.t.Fatalf("spy receive: %v", err)
+		}
+		if m.Payload == mark {
+			return other
+		}
+		other = true
+	}
+}
+
+// A node that dies without Close is fenced once its alive key expires
+// (ServerTTL), long before its routes expire (RouteTTL): the other nodes
+// stop publishing to it.
+func TestDeadNodeIsFenced(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	o := nodeOpts{serverTTL: 300 * time.Millisecond, routeTTL: time.Minute}
+	recB := newRecorder()
+	a := newNode(t, newClient(t, addr), prefix, "a", newRecorder().handle, o)
+	defer a.Close()
+	b := newNode(t, newClient(t, addr), prefix, "b", recB.handle, o)
+	ctx := context.Background()
+	if err := b.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	test := newClient(t, addr)
+	s := newSpy(t, test, b.Channel())
+	if err := a.Route(ctx, []router.Event{ev("alice", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.published() {
+		t.Fatal("the spy saw nothing routed to a live node")
+	}
+	eventually(t, "live node receives", func() bool { return recB.has("alice", 1) })
+
+	b.Kill()
+	var id uint64 = 1
+	eventually(t, "dead node fenced", func() bool {
+		id++
+		if err := a.Route(ctx, []router.Event{ev("alice", id)}); err != nil {
+			t.Fatal(err)
+		}
+		return !s.published()
+	})
+	// Fenced, not expired: the route entry is still there.
+	zs, err := test.ZRange(ctx, b.RouteKey("alice"), 0, -1).Result()
+	if err != nil || !slices.Contains(zs, b.NodeID()) {
+		t.Fatalf("route set %v, %v: want the dead node's entry kept until RouteTTL", zs, err)
+	}
+	if recB.has("alice", id) {
+		t.Fatal("a killed node's handler was called")
+	}
+}
+
+// A dead node's route entries expire after RouteTTL: they are then
+// ignored and trimmed by the next lookup.
+func TestDeadNodeRoutesExpire(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	// ServerTTL long: only the route deadline can stop publishing.
+	o := nodeOpts{serverTTL: time.Minute, routeTTL: 600 * time.Millisecond}
+	a := newNode(t, newClient(t, addr), prefix, "a", newRecorder().handle, o)
+	defer a.Close()
+	b := newNode(t, newClient(t, addr), prefix, "b", newRecorder().handle, o)
+	ctx := context.Background()
+	if err := b.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	test := newClient(t, addr)
+	s := newSpy(t, test, b.Channel())
+	b.Kill()
+	if err := a.Route(ctx, []router.Event{ev("alice", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.published() {
+		t.Fatal("published nothing to a node whose route has not expired")
+	}
+	var id uint64 = 1
+	eventually(t, "expired route ignored", func() bool {
+		id++
+		if err := a.Route(ctx, []router.Event{ev("alice", id)}); err != nil {
+			t.Fatal(err)
+		}
+		return !s.published()
+	})
+	eventually(t, "expired route trimmed", func() bool {
+		n, err := test.Exists(ctx, b.RouteKey("alice")).Result()
+		return err == nil && n == 0
+	})
+	if a.Stats().Trimmed == 0 {
+		t.Fatal("Stats().Trimmed = 0")
+	}
+}
+
+// Losing every key (Redis restarted without persistence, or flushed; here
+// the prefix's keys are deleted) is noticed by the heartbeat, which makes
+// each node re-add all its routes at once.
+func TestRedisLossRecoveredByHeartbeat(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	o := nodeOpts{serverTTL: 300 * time.Millisecond, routeTTL: time.Minute}
+	recB := newRecorder()
+	a := newNode(t, newClient(t, addr), prefix, "a", newRecorder().handle, o)
+	defer a.Close()
+	b := newNode(t, newClient(t, addr), prefix, "b", recB.handle, o)
+	defer b.Close()
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob"} {
+		if err := b.Attach(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	test := newClient(t, addr)
+	deletePrefix(t, test, prefix, false)
+	if n, _ := test.Exists(ctx, b.RouteKey("alice")).Result(); n != 0 {
+		t.Fatal("route not deleted")
+	}
+	var id uint64
+	eventually(t, "routes re-established", func() bool {
+		id++
+		if err := a.Route(ctx, []router.Event{ev("alice", id), ev("bob", id)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+		return recB.has("alice", id) && recB.has("bob", id)
+	})
+	if b.Stats().Losses == 0 {
+		t.Fatal("Stats().Losses = 0 after the keys were lost")
+	}
+}
+
+// Route entries lost alone (a Redis Cluster shard restarted, the node's
+// alive key on another shard) come back with the periodic refresh.
+func TestLostRoutesRecoveredByRefresh(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	o := nodeOpts{serverTTL: time.Minute, routeTTL: 900 * time.Millisecond}
+	recB := newRecorder()
+	a := newNode(t, newClient(t, addr), prefix, "a", newRecorder().handle, o)
+	defer a.Close()
+	b := newNode(t, newClient(t, addr), prefix, "b", recB.handle, o)
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	test := newClient(t, addr)
+	if err := test.Del(ctx, b.RouteKey("alice")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var id uint64
+	eventually(t, "route refreshed", func() bool {
+		id++
+		if err := a.Route(ctx, []router.Event{ev("alice", id)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+		return recB.has("alice", id)
+	})
+	if b.Stats().Refreshed == 0 || b.Stats().Losses != 0 {
+		t.Fatalf("stats %+v: want refreshes and no loss", b.Stats())
+	}
+}
+
+// A stale route entry (a failed Detach, or a refresh racing with Detach)
+// costs a publish but never reaches the Handler: a node hands over only
+// events of users attached on it.
+func TestStaleRouteNotDelivered(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	recB := newRecorder()
+	a := newNode(t, newClient(t, addr), prefix, "a", newRecorder().handle, nodeOpts{})
+	defer a.Close()
+	b := newNode(t, newClient(t, addr), prefix, "b", recB.handle, nodeOpts{})
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Attach(ctx, "marker"); err != nil {
+		t.Fatal(err)
+	}
+	test := newClient(t, addr)
+	deadline := float64(time.Now().Add(time.Minute).UnixMilli())
+	if err := test.ZAdd(ctx, b.RouteKey("ghost"), goredis.Z{Score: deadline, Member: b.NodeID()}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Route(ctx, []router.Event{ev("ghost", 1), ev("marker", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "marker", func() bool { return recB.has("marker", 1) })
+	if recB.has("ghost", 1) {
+		t.Fatal("an event for a user not attached here reached the Handler")
+	}
+	if n := b.Stats().NotAttached; n != 1 {
+		t.Fatalf("Stats().NotAttached = %d, want 1", n)
+	}
+}
+
+// proxy is a TCP forwarder to Redis that the test can cut.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	refuse bool
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	t.Cleanup(func() { _ = ln.Close(); p.cut(false) })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			refuse := p.refuse
+			p.mu.Unlock()
+			if refuse {
+				_ = c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); _ = u.Close() }()
+			go func() { _, _ = io.Copy(c, u); _ = c.Close() }()
+		}
+	}()
+	return p
+}
+
+// cut closes every open connection; with refuse, new ones are closed at
+// once until cut(false).
+func (p *proxy) cut(refuse bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+	p.refuse = refuse
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+// A broken subscription is re-established by go-redis: routing to the
+// node works again afterwards.
+func TestSubscriberReconnects(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	p := newProxy(t, addr)
+	recB := newRecorder()
+	a := newNode(t, newClient(t, addr), prefix, "a", newRecorder().handle, nodeOpts{})
+	defer a.Close()
+	b := newNode(t, newClient(t, p.addr()), prefix, "b", recB.handle, nodeOpts{})
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	p.cut(false) // drops b's subscription and its pooled connections
+	var id uint64
+	eventually(t, "delivery after reconnect", func() bool {
+		id++
+		if err := a.Route(ctx, []router.Event{ev("alice", id)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+		return recB.has("alice", id)
+	})
+	if b.Stats().Resubscribes == 0 {
+		t.Fatal("Stats().Resubscribes = 0")
+	}
+}
+
+// Events of users attached here reach the Handler before Route returns,
+// even when Redis does not answer (Route then reports Unavailable).
+func TestLocalDeliveryWithoutRedis(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	p := newProxy(t, addr)
+	rec := newRecorder()
+	c := goredis.NewClient(&goredis.Options{Addr: p.addr(), MaxRetries: -1, DialTimeout: time.Second})
+	defer c.Close()
+	a := newNode(t, c, prefix, "a", rec.handle, nodeOpts{})
+	defer a.Close()
+	ctx := context.Background()
+	if err := a.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	p.cut(true)
+	err := a.Route(ctx, []router.Event{ev("alice", 1), ev("alice", 2)})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("Route with Redis cut: %v, want Unavailable", err)
+	}
+	if !rec.has("alice", 1) || !rec.has("alice", 2) {
+		t.Fatal("local events not delivered synchronously")
+	}
+	if st := a.Stats(); st.LocalEvents != 2 || st.LookupErrors == 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	// Attach fails cleanly without Redis: the user is not attached.
+	if err := a.Attach(ctx, "bob"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Attach with Redis cut: %v, want Unavailable", err)
+	}
+	p.cut(false)
+	if err := a.Route(ctx, []router.Event{ev("bob", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if rec.has("bob", 1) {
+		t.Fatal("a user whose Attach failed received an event")
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	rec := newRecorder()
+	a := newNode(t, newClient(t, addr), prefix, "a", rec.handle, nodeOpts{})
+	defer a.Close()
+	ctx := context.Background()
+	if err := a.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	for name, evs := range map[string][]router.Event{
+		"no user":  {ev("alice", 1), {Frame: &chatv1.ServerFrame{}}},
+		"no frame": {ev("alice", 1), {UserID: "alice"}},
+	} {
+		if err := a.Route(ctx, evs); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
+	}
+	if n := rec.n.Load(); n != 0 {
+		t.Fatalf("a rejected Route delivered %d events", n)
+	}
+	for _, u := range []string{"", string(make([]byte, 1025))} {
+		if err := a.Attach(ctx, u); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("Attach(%d bytes): %v, want InvalidArgument", len(u), err)
+		}
+		if err := a.Detach(ctx, u); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("Detach(%d bytes): %v, want InvalidArgument", len(u), err)
+		}
+	}
+	for _, cfg := range []redisrouter.Config{
+		{Client: newClient(t, addr), Handler: rec.handle},
+		{Client: newClient(t, addr), Handler: rec.handle, ServerID: "a{b}"},
+		{Client: newClient(t, addr), Handler: rec.handle, ServerID: "a/b"},
+		{Client: newClient(t, addr), ServerID: "a"},
+		{Handler: rec.handle, ServerID: "a"},
+		{Client: newClient(t, addr), Handler: rec.handle, ServerID: "a", Prefix: "x{"},
+		{Client: newClient(t, addr), Handler: rec.handle, ServerID: "a", RouteTTL: time.Millisecond},
+	} {
+		if r, err := redisrouter.New(ctx, cfg); err == nil {
+			r.Close()
+			t.Errorf("New(%+v) succeeded", cfg)
+		}
+	}
+	// Garbage published on a node's channel is dropped, and the node
+	// goes on.
+	test := newClient(t, addr)
+	for _, g := range []string{"", "\x01\x0a\x7f", "not a batch", "\x01\x0a\x03\x0a\x01a"} {
+		if err := test.SPublish(ctx, a.Channel(), g).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := newNode(t, newClient(t, addr), prefix, "b", newRecorder().handle, nodeOpts{})
+	defer b.Close()
+	if err := b.Route(ctx, []router.Event{ev("alice", 7)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "delivery after garbage", func() bool { return rec.has("alice", 7) })
+	if m := a.Stats().Malformed; m != 4 {
+		t.Fatalf("Stats().Malformed = %d, want 4", m)
+	}
+}
+
+// Close removes the node's routes and alive key, and later calls fail
+// with Unavailable.
+func TestCloseCleansUp(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	a := newNode(t, newClient(t, addr), prefix, "a", newRecorder().handle, nodeOpts{})
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob"} {
+		if err := a.Attach(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	test := newClient(t, addr)
+	if n, _ := test.Exists(ctx, a.RouteKey("alice"), a.RouteKey("bob"), a.AliveKey()).Result(); n != 3 {
+		t.Fatalf("%d of 3 keys exist before Close", n)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := test.Exists(ctx, a.RouteKey("alice"), a.RouteKey("bob"), a.AliveKey()).Result(); n != 0 {
+		t.Fatalf("%d keys left after Close", n)
+	}
+	if err := a.Route(ctx, []router.Event{ev("alice", 1)}); !errors.Is(err, redisrouter.ErrClosed) {
+		t.Fatalf("Route after Close: %v", err)
+	}
+	if err := a.Attach(ctx, "alice"); !errors.Is(err, redisrouter.ErrClosed) {
+		t.Fatalf("Attach after Close: %v", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// BenchmarkRoute measures events/s from one router to users attached on
+// another (both in this process, on the test Redis): Route calls of
+// `batch` events, from `par` goroutines.
+func BenchmarkRoute(b *testing.B) {
+	for _, bc := range []struct{ batch, par int }{{1, 1}, {1, 16}, {64, 1}, {64, 16}} {
+		b.Run(fmt.Sprintf("batch=%d/goroutines=%d", bc.batch, bc.par), func(b *testing.B) {
+			benchRoute(b, bc.batch, bc.par)
+		})
+	}
+}
+
+func benchRoute(b *testing.B, batch, par int) {
+	addr := redisAddr(b)
+	prefix := testPrefix(b, addr)
+	var got atomic.Int64
+	src := newNode(b, newClient(b, addr), prefix, "src", func(router.Event) {}, nodeOpts{})
+	defer src.Close()
+	dst := newNode(b, newClient(b, addr), prefix, "dst", func(router.Event) { got.Add(1) }, nodeOpts{})
+	defer dst.Close()
+	const users = 1000
+	ctx := context.Background()
+	for u := range users {
+		if err := dst.Attach(ctx, fmt.Sprint("u", u)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	frame := &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: &chatv1.Delivery{
+		InboxSeq: 42, Message: &chatv1.Message{ChannelId: "dm:u1:u2", MessageId: 1 << 40, SenderId: "u1", Text: "hello, how are you?"},
+	}}}
+	calls := max(b.N/batch, 1)
+	var next atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			evs := make([]router.Event, batch)
+			for {
+				i := next.Add(1)
+				if i > int64(calls) {
+					return
+				}
+				for j := range evs {
+					evs[j] = router.Event{UserID: fmt.Sprint("u", (int(i)*batch+j)%users), Frame: frame}
+				}
+				if err := src.Route(ctx, evs); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	want := int64(calls * batch)
+	deadline := time.Now().Add(30 * time.Second)
+	for got.Load() < want && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	el := time.Since(start)
+	b.ReportMetric(float64(got.Load())/el.Seconds(), "events/s")
+	b.ReportMetric(float64(want-got.Load()), "lost")
+}
