@@ -51,7 +51,8 @@ type Presence struct {
 	// the latest device connect (or disconnect of another device); once
 	// offline, the last heartbeat or frame of the last device to go, or the
 	// clean close / logout time. Heartbeats of an online user do not move
-	// it (they never leave the server). Zero if unknown.
+	// it (they never leave the server). Millisecond precision; zero if
+	// unknown.
 	LastActiveAt time.Time
 	// Hidden is the user's hide_presence flag: the user must be shown as
 	// offline, without LastActiveAt, to everyone.

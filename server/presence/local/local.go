@@ -94,7 +94,10 @@ func (e *Engine) publish(r *record, p presence.Presence) {
 	}
 }
 
+// touch moves lastActive to at (truncated to milliseconds, the precision
+// of every engine) if later.
 func (r *record) touch(at time.Time) {
+	at = time.UnixMilli(at.UnixMilli())
 	if at.After(r.lastActive) {
 		r.lastActive = at
 	}
