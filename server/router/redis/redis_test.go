@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -57,30 +59,48 @@ func newClient(t testing.TB, addr string) *goredis.Client {
 // testPrefix returns a key prefix of its own for t, whose keys are deleted
 // when t ends (nothing else in the shared Redis is touched).
 func testPrefix(t testing.TB, addr string) string {
+	return testPrefixOn(t, func() goredis.UniversalClient { return goredis.NewClient(&goredis.Options{Addr: addr}) })
+}
+
+func testPrefixOn(t testing.TB, dial func() goredis.UniversalClient) string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	prefix := "test:router:" + hex.EncodeToString(b[:]) + ":"
-	t.Cleanup(func() { deletePrefix(t, goredis.NewClient(&goredis.Options{Addr: addr}), prefix, true) })
+	t.Cleanup(func() {
+		c := dial()
+		defer c.Close()
+		deletePrefix(t, c, prefix)
+	})
 	return prefix
 }
 
 // deletePrefix deletes every key starting with prefix (the tests' stand-in
-// for FLUSHALL, which a shared Redis does not allow).
-func deletePrefix(t testing.TB, c *goredis.Client, prefix string, closeClient bool) {
-	if closeClient {
-		defer c.Close()
-	}
+// for FLUSHALL, which a shared Redis does not allow), on every master of a
+// cluster.
+func deletePrefix(t testing.TB, c goredis.UniversalClient, prefix string) {
 	ctx := context.Background()
-	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
+	del := func(ctx context.Context, c *goredis.Client) error {
+		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		var keys []string
+		for iter.Next(ctx) {
+			keys = append(keys, iter.Val())
+		}
+		for _, k := range keys {
+			_ = c.Del(ctx, k).Err()
+		}
+		return iter.Err()
 	}
-	if err := iter.Err(); err != nil {
-		t.Errorf("scan %s*: %v", prefix, err)
+	var err error
+	switch c := c.(type) {
+	case *goredis.ClusterClient:
+		err = c.ForEachMaster(ctx, del)
+	case *goredis.Client:
+		err = del(ctx, c)
+	default:
+		err = fmt.Errorf("unsupported client %T", c)
 	}
-	for _, k := range keys {
-		_ = c.Del(ctx, k).Err()
+	if err != nil {
+		t.Errorf("delete %s*: %v", prefix, err)
 	}
 }
 
@@ -96,6 +116,7 @@ func newNode(t testing.TB, c goredis.UniversalClient, prefix string, id string, 
 	r, err := redisrouter.New(ctx, redisrouter.Config{
 		Client: c, ServerID: id, Handler: h, Prefix: prefix,
 		RouteTTL: o.routeTTL, ServerTTL: o.serverTTL, Classic: o.classic,
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatalf("New(%s): %v", id, err)
@@ -122,6 +143,59 @@ func factory(o nodeOpts) routertest.Factory {
 func TestConformanceSharded(t *testing.T) { routertest.Run(t, factory(nodeOpts{})) }
 
 func TestConformanceClassic(t *testing.T) { routertest.Run(t, factory(nodeOpts{classic: true})) }
+
+// TestConformanceCluster runs the suite on a Redis Cluster named by
+// REDIS_CLUSTER_ADDRS (comma-separated seeds), with sharded and classic
+// pub/sub. Skipped when unset.
+func TestConformanceCluster(t *testing.T) {
+	env := os.Getenv("REDIS_CLUSTER_ADDRS")
+	if env == "" {
+		t.Skip("set REDIS_CLUSTER_ADDRS to run against a Redis Cluster")
+	}
+	addrs := strings.Split(env, ",")
+	dialCluster := func() *goredis.ClusterClient { return goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs}) }
+	dial := func() goredis.UniversalClient { return dialCluster() }
+	for _, classic := range []bool{false, true} {
+		t.Run(fmt.Sprint("classic=", classic), func(t *testing.T) {
+			routertest.Run(t, func(t *testing.T, n int, handlers []router.Handler) []router.Router {
+				prefix := testPrefixOn(t, dial)
+				out := make([]router.Router, n)
+				for i := range n {
+					c := dial()
+					t.Cleanup(func() { _ = c.Close() })
+					out[i] = newNode(t, c, prefix, fmt.Sprint("node", i), handlers[i], nodeOpts{classic: classic})
+				}
+				return out
+			})
+		})
+	}
+	// Keys of many users spread over the shards.
+	c := dialCluster()
+	defer c.Close()
+	prefix := testPrefixOn(t, dial)
+	r := newNode(t, c, prefix, "spread", newRecorder().handle, nodeOpts{})
+	defer r.Close()
+	ctx := context.Background()
+	for u := range 64 {
+		if err := r.Attach(ctx, fmt.Sprint("user", u)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	masters := 0
+	var mu sync.Mutex
+	_ = c.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error {
+		keys, _ := m.Keys(ctx, prefix+"route:*").Result()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(keys) > 0 {
+			masters++
+		}
+		return nil
+	})
+	if masters < 2 {
+		t.Fatalf("route keys on %d master(s), want them spread", masters)
+	}
+}
 
 // recorder is a Handler that records frame ids per user.
 type recorder struct {
@@ -308,7 +382,7 @@ func TestRedisLossRecoveredByHeartbeat(t *testing.T) {
 		}
 	}
 	test := newClient(t, addr)
-	deletePrefix(t, test, prefix, false)
+	deletePrefix(t, test, prefix)
 	if n, _ := test.Exists(ctx, b.RouteKey("alice")).Result(); n != 0 {
 		t.Fatal("route not deleted")
 	}
