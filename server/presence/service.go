@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -40,6 +41,11 @@ type Config struct {
 	// MaxUsers bounds the user_ids of one call, and the contacts an empty
 	// user_ids stands for. Default DefaultMaxUsers (1000).
 	MaxUsers int
+	// RecheckInterval: a Subscribe stream re-checks that a watched user
+	// still has the caller as a contact before sending a change, at most
+	// once per RecheckInterval per watched user (one IsContact read).
+	// Default 30 s; a removal takes effect within it.
+	RecheckInterval time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -58,6 +64,7 @@ type Service struct {
 	eng      Engine
 	st       Contacts
 	maxUsers int
+	recheck  time.Duration
 	log      *slog.Logger
 }
 
@@ -71,10 +78,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxUsers <= 0 {
 		cfg.MaxUsers = DefaultMaxUsers
 	}
+	if cfg.RecheckInterval <= 0 {
+		cfg.RecheckInterval = 30 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Service{eng: cfg.Engine, st: cfg.Store, maxUsers: cfg.MaxUsers, log: cfg.Logger}, nil
+	return &Service{eng: cfg.Engine, st: cfg.Store, maxUsers: cfg.MaxUsers, recheck: cfg.RecheckInterval, log: cfg.Logger}, nil
 }
 
 var (
@@ -198,7 +208,8 @@ func (s *Service) GetPresence(ctx context.Context, req *chatv1.GetPresenceReques
 // never holds up the fan-out to others (the per-subscriber state is
 // bounded by the users watched). If a watched user removes the caller
 // from their contacts, the caller gets that user OFFLINE (without
-// last_active_at) once and nothing more about them. The user list is
+// last_active_at) once, at their next change (within RecheckInterval), and
+// nothing more about them. The user list is
 // fixed when the stream opens: subscribe again to pick up new contacts.
 //
 // Errors: as GetPresence, before anything is sent; Canceled when the
@@ -213,7 +224,7 @@ func (s *Service) Subscribe(req *chatv1.SubscribeRequest, stream grpc.ServerStre
 	if err != nil {
 		return err
 	}
-	w := newWatch(len(ids))
+	w := newWatch(len(ids), time.Now())
 	cancel, err := s.eng.Subscribe(ctx, ids, w.push)
 	if err != nil {
 		return s.fail(ctx, "Subscribe", err, codes.Unavailable)
@@ -259,7 +270,7 @@ func (s *Service) visible(ctx context.Context, caller string, w *watch, x Presen
 	if !w.differs(x.UserID, msg) {
 		return nil, nil
 	}
-	if x.UserID != caller {
+	if x.UserID != caller && w.due(x.UserID, s.recheck) {
 		ok, err := s.st.IsContact(ctx, x.UserID, caller)
 		if err != nil {
 			return nil, s.fail(ctx, "IsContact", err, codes.Internal)
@@ -281,6 +292,8 @@ type watch struct {
 	pending map[string]Presence // accepted, not yet handled
 	shown   map[string]shown    // last sent per user
 	revoked map[string]bool
+	checked map[string]time.Time // last permission check, if after start
+	start   time.Time            // the permission check of Subscribe
 	sig     chan struct{}
 }
 
@@ -289,8 +302,10 @@ type shown struct {
 	last   int64 // Unix ms, 0 if none
 }
 
-func newWatch(n int) *watch {
+func newWatch(n int, start time.Time) *watch {
 	return &watch{
+		start:   start,
+		checked: make(map[string]time.Time),
 		known:   make(map[string]uint64, n),
 		pending: make(map[string]Presence),
 		shown:   make(map[string]shown, n),
@@ -360,6 +375,21 @@ func (w *watch) sent(user string, m *chatv1.Presence) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.shown[user] = toShown(m)
+}
+
+// due reports whether user's permission must be checked again, and if so
+// records the check as done now. Only the sending goroutine calls it.
+func (w *watch) due(user string, every time.Duration) bool {
+	now := time.Now()
+	last, ok := w.checked[user]
+	if !ok {
+		last = w.start
+	}
+	if now.Sub(last) < every {
+		return false
+	}
+	w.checked[user] = now
+	return true
 }
 
 func (w *watch) revoke(user string) {

@@ -38,6 +38,10 @@ type env struct {
 // not (a stranger to alice). alice has added bob, carol and zoe. zoe
 // hides her presence.
 func newEnv(t *testing.T, maxUsers int) *env {
+	return newEnvRecheck(t, maxUsers, 0)
+}
+
+func newEnvRecheck(t *testing.T, maxUsers int, recheck time.Duration) *env {
 	t.Helper()
 	st, err := pebble.Open(t.TempDir(), pebble.WithCacheSize(1<<20), pebble.WithMemTableSize(1<<20))
 	if err != nil {
@@ -83,7 +87,7 @@ func newEnv(t *testing.T, maxUsers int) *env {
 	}
 	t.Cleanup(func() { tr.Close() })
 	e.tr = tr
-	svc, err := presence.New(presence.Config{Engine: tr.Engine(), Store: st, MaxUsers: maxUsers})
+	svc, err := presence.New(presence.Config{Engine: tr.Engine(), Store: st, MaxUsers: maxUsers, RecheckInterval: recheck})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +333,7 @@ func TestHiddenUser(t *testing.T) {
 }
 
 func TestContactRemovedWhileSubscribed(t *testing.T) {
-	e := newEnv(t, 0)
+	e := newEnvRecheck(t, 0, time.Nanosecond)
 	s := subscribe(t, e, "alice", "bob", "zoe")
 	for range 2 {
 		recv(t, s)

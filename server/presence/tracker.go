@@ -71,12 +71,13 @@ type TrackerConfig struct {
 // reconnects within that time never goes down: no offline/online pair). A
 // clean Close or Logout takes it down at once.
 //
-// Cost: a Beat is one atomic store. Each device on this server has one
-// time.AfterFunc timer that fires about once per Grace (it is not reset by
-// heartbeats; when it fires it re-arms itself at the last heartbeat +
-// Grace); a connected device costs roughly 400 bytes here (entry, timer,
-// Conn), so a million devices cost about 400 MB and one timer firing per
-// device per minute (about 17k firings a second) with the default Grace.
+// Cost: a Beat is one clock read and one atomic store (no lock, no
+// allocation, no backend traffic). Each device on this server has one
+// time.AfterFunc timer that fires about once per Grace (heartbeats do not
+// reset it; when it fires it re-arms itself at the last heartbeat +
+// Grace). A connected device costs about 1.1 KB of heap here and in the
+// local engine (BenchmarkConnectedDevice), so a million devices cost about
+// 1.1 GB and, with the default Grace, about 17k timer firings a second.
 type Tracker struct {
 	eng      Engine
 	hidden   HiddenFunc
