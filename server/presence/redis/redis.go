@@ -141,10 +141,10 @@ type topic struct {
 	subs map[uint64]func(presence.Presence)
 }
 
-// New registers a new instance of cfg.ServerID (lease and registry entry),
-// loads the scripts, starts the renew, sweep and subscriber loops and
-// returns the Engine. Errors: InvalidArgument for a bad Config; Redis
-// errors.
+// New checks that Redis has sharded pub/sub (7.0+), loads the scripts,
+// registers a new instance of cfg.ServerID (lease and registry entry),
+// starts the renew, sweep and subscriber loops and returns the Engine.
+// Errors: InvalidArgument for a bad Config; Redis errors.
 func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.Client == nil {
 		return nil, status.Error(codes.InvalidArgument, "presence/redis: Config.Client is required")
@@ -194,6 +194,10 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	for i := range e.subs {
 		e.subs[i].topics = make(map[string]*topic)
+	}
+	// Sharded pub/sub (Redis 7.0+) is required; fail clearly without it.
+	if err := e.rdb.SPublish(ctx, e.prefix+"probe", "").Err(); err != nil {
+		return nil, fmt.Errorf("presence/redis: SPUBLISH failed (Redis 7.0 or later is required): %w", err)
 	}
 	for _, s := range scripts {
 		if err := s.Load(ctx, e.rdb).Err(); err != nil {
