@@ -1,6 +1,9 @@
 package redis
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Kill stops r as a crashed process would: no Handler calls, no further
 // Redis commands, nothing cleaned up (its routes and alive key stay).
@@ -17,3 +20,14 @@ func (r *Router) AliveKey() string { return r.aliveKey }
 
 // Heartbeat runs one heartbeat now.
 func (r *Router) Heartbeat(ctx context.Context) (bool, error) { return r.heartbeat(ctx) }
+
+// WaitPublished waits until the publisher is done with every event queued
+// so far (published, or failed).
+func (r *Router) WaitPublished() {
+	r.qmu.Lock()
+	target := r.queued
+	r.qmu.Unlock()
+	for r.handled.Load() < target {
+		time.Sleep(time.Millisecond)
+	}
+}

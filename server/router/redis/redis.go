@@ -20,12 +20,14 @@
 //     when the server has no sharded pub/sub or Config.Classic is set.
 //
 // Route delivers the events of users attached here to the Handler at once
-// (no Redis round trip), then looks up every event's user (one pipelined
-// ZRANGE per distinct user, no cache, so a route is visible to every node
-// as soon as Attach returns), groups the events by destination node and
-// publishes one message per node (pipelined) carrying all its events in
-// order. Route members of dead nodes are ignored (fenced); members past
-// their deadline are ignored and trimmed.
+// (no Redis round trip) and queues all events (bounded) for the node's
+// publisher goroutine, so it never waits on Redis. The publisher takes
+// everything queued, looks up every event's user (one pipelined ZRANGE per
+// distinct user, no cache, so a route is visible to every node as soon as
+// Attach returns), groups the events by destination node and publishes one
+// message per node (pipelined) carrying all its events in order. Route
+// members of dead nodes are ignored (fenced); members past their deadline
+// are ignored and trimmed.
 //
 // Pub/sub is at most once: an event published while a node is
 // reconnecting, or to a node that reads too slowly, is lost. That is
@@ -67,10 +69,15 @@ const (
 // destination's events beyond it go in further messages (in order).
 const MaxPayload = 1 << 20
 
+// DefaultQueueSize is the default bound of Config.QueueSize, in events.
+const DefaultQueueSize = 1 << 17
+
 const (
 	shardCount   = 64
 	refreshChunk = 512              // ZADDs per pipeline of the refresher
 	cleanupTime  = 10 * time.Second // bound of Close's best-effort cleanup
+	cycleTime    = 5 * time.Second  // bound of one publisher cycle's Redis calls
+	maxCycle     = 8192             // events per publisher cycle
 	maxUserID    = 1024
 )
 
@@ -80,6 +87,7 @@ var (
 	ErrClosed = status.Error(codes.Unavailable, "router closed")
 	errUser   = status.Error(codes.InvalidArgument, "router: user id must be 1-1024 bytes")
 	errEvent  = status.Error(codes.InvalidArgument, "router: every event needs a user id (1-1024 bytes) and a frame")
+	errFull   = status.Error(codes.ResourceExhausted, "router: publish queue full; events for other servers dropped (devices recover by sync)")
 )
 
 // Config configures New.
@@ -108,6 +116,10 @@ type Config struct {
 	// go every ServerTTL/3. Routes of a node dead for ServerTTL are
 	// ignored by the other nodes within one more heartbeat.
 	ServerTTL time.Duration
+	// QueueSize bounds the events waiting for the publisher (default
+	// DefaultQueueSize). When it is full, Route drops the events' remote
+	// part and returns ResourceExhausted.
+	QueueSize int
 	// Classic forces classic PUBLISH/SUBSCRIBE. By default sharded pub/sub
 	// is used, and classic only when the server lacks SSUBSCRIBE (Redis
 	// < 7). All servers sharing a Prefix must use the same kind.
@@ -119,6 +131,7 @@ type Config struct {
 // Stats are the router's counters since New.
 type Stats struct {
 	LocalEvents   uint64 // events handed to the Handler by Route (users attached here)
+	QueueDrops    uint64 // events not queued for other nodes because the queue was full
 	RemoteEvents  uint64 // event copies published to other nodes
 	Messages      uint64 // pub/sub messages published
 	Unheard       uint64 // messages no subscriber received (the node was gone)
@@ -135,7 +148,7 @@ type Stats struct {
 
 type counters struct {
 	local, remote, messages, unheard, pubErr, lookupErr, received, notAttached,
-	malformed, resubscribes, trimmed, refreshed, losses atomic.Uint64
+	malformed, resubscribes, trimmed, refreshed, losses, queueDrops atomic.Uint64
 }
 
 type shard struct {
@@ -167,7 +180,17 @@ type Router struct {
 	psMu sync.Mutex
 	ps   *goredis.PubSub
 
-	active    atomic.Int64 // Route calls delivering locally
+	qmu      sync.Mutex
+	pending  []router.Event // queued for the publisher, in Route order
+	queued   uint64         // events ever queued; guarded by qmu
+	handled  atomic.Uint64  // events the publisher is done with
+	maxQueue int
+	wake     chan struct{} // cap 1: pending is not empty
+	pubStop  chan struct{} // closed: drain (or not, see drain) and exit
+	pubDone  chan struct{}
+	drain    bool
+
+	active    atomic.Int64 // Route calls delivering locally or queueing
 	closed    atomic.Bool
 	stop      chan struct{}
 	refresh   chan struct{} // asks the refresher for a full pass
@@ -208,6 +231,9 @@ func New(ctx context.Context, cfg Config) (*Router, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
 	var inc [6]byte
 	_, _ = rand.Read(inc[:])
 	nodeID := cfg.ServerID + "/" + hex.EncodeToString(inc[:])
@@ -226,6 +252,10 @@ func New(ctx context.Context, cfg Config) (*Router, error) {
 		seed:      maphash.MakeSeed(),
 		stop:      make(chan struct{}),
 		refresh:   make(chan struct{}, 1),
+		maxQueue:  cfg.QueueSize,
+		wake:      make(chan struct{}, 1),
+		pubStop:   make(chan struct{}),
+		pubDone:   make(chan struct{}),
 	}
 	for i := range r.shards {
 		r.shards[i].users = make(map[string]struct{})
@@ -245,6 +275,7 @@ func New(ctx context.Context, cfg Config) (*Router, error) {
 	go r.receiveLoop()
 	go r.heartbeatLoop()
 	go r.refreshLoop()
+	go r.publishLoop()
 	r.log.Info("router/redis: node started", "node", nodeID, "sharded_pubsub", sharded)
 	return r, nil
 }
@@ -267,7 +298,7 @@ func (r *Router) Stats() Stats {
 		Unheard: n.unheard.Load(), PublishErrors: n.pubErr.Load(), LookupErrors: n.lookupErr.Load(),
 		Received: n.received.Load(), NotAttached: n.notAttached.Load(), Malformed: n.malformed.Load(),
 		Resubscribes: n.resubscribes.Load(), Trimmed: n.trimmed.Load(), Refreshed: n.refreshed.Load(),
-		Losses: n.losses.Load(),
+		Losses: n.losses.Load(), QueueDrops: n.queueDrops.Load(),
 	}
 }
 
@@ -367,16 +398,18 @@ func (r *Router) Detach(ctx context.Context, userID string) error {
 	return nil
 }
 
-// Route delivers events to every node where their user is attached: first
+// Route delivers events to every node where their user is attached:
 // synchronously to this node's Handler (users attached here, in order),
-// then through Redis to the other nodes (two pipelined round trips: the
-// lookups, then one publish per destination node). Events of one user
-// routed by one goroutine arrive in order on every node. Events of users
-// attached nowhere are dropped (not an error). Errors: InvalidArgument
-// (and nothing routed) when an event has no user id or no frame;
-// Unavailable after Close, or when Redis fails (the remote part of the
-// events may then be lost; devices recover by sync).
-func (r *Router) Route(ctx context.Context, events []router.Event) error {
+// and through Redis to the other nodes: the events are queued (bounded)
+// for this node's publisher goroutine, so Route never waits on Redis and
+// ctx is not used. Events of one user routed by one goroutine arrive in
+// order on every node. Events of users attached nowhere are dropped (not
+// an error); so are remote events when Redis fails (counted in Stats;
+// devices recover by sync). Errors: InvalidArgument (and nothing routed)
+// when an event has no user id or no frame; Unavailable after Close;
+// ResourceExhausted when the queue is full (the local part was delivered,
+// the remote part dropped).
+func (r *Router) Route(_ context.Context, events []router.Event) error {
 	for i := range events {
 		if !validUser(events[i].UserID) || events[i].Frame == nil {
 			return errEvent
@@ -397,9 +430,100 @@ func (r *Router) Route(ctx context.Context, events []router.Event) error {
 			local++
 		}
 	}
-	r.active.Add(-1)
 	r.n.local.Add(local)
-	return r.routeRemote(ctx, events)
+	queued := r.enqueue(events)
+	r.active.Add(-1)
+	if !queued {
+		r.n.queueDrops.Add(uint64(len(events)))
+		return errFull
+	}
+	return nil
+}
+
+// enqueue copies events to the publisher's queue unless it would exceed
+// maxQueue events.
+func (r *Router) enqueue(events []router.Event) bool {
+	r.qmu.Lock()
+	if len(r.pending)+len(events) > r.maxQueue {
+		r.qmu.Unlock()
+		return false
+	}
+	r.pending = append(r.pending, events...)
+	r.queued += uint64(len(events))
+	r.qmu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// publishLoop is the publisher: it takes everything queued (so many small
+// Route calls share one round trip) and routes it, maxCycle events at a
+// time, in queue order. When Close stops it, it routes what is left
+// (bounded by cleanupTime) and exits; when Kill stops it, it drops it.
+func (r *Router) publishLoop() {
+	defer close(r.pubDone)
+	var (
+		work     []router.Event
+		lastWarn time.Time
+		deadline time.Time // set once Close asked for the final drain
+	)
+	stopped := func() bool {
+		select {
+		case <-r.pubStop:
+			return true
+		default:
+			return false
+		}
+	}
+	for {
+		if !stopped() {
+			select {
+			case <-r.wake:
+			case <-r.pubStop:
+			}
+		}
+		if stopped() {
+			if !r.drain {
+				return
+			}
+			if deadline.IsZero() {
+				deadline = time.Now().Add(cleanupTime)
+			}
+		}
+		r.qmu.Lock()
+		work, r.pending = r.pending, work[:0]
+		r.qmu.Unlock()
+		if len(work) == 0 {
+			if stopped() {
+				return // drained
+			}
+			continue
+		}
+		for i := 0; i < len(work); i += maxCycle {
+			if stopped() && (!r.drain || time.Now().After(deadline)) {
+				break // killed, or the drain ran out of time: drop the rest
+			}
+			d := time.Now().Add(cycleTime)
+			if !deadline.IsZero() && deadline.Before(d) {
+				d = deadline
+			}
+			ctx, cancel := context.WithDeadline(context.Background(), d)
+			chunk := work[i:min(i+maxCycle, len(work))]
+			err := r.routeRemote(ctx, chunk)
+			cancel()
+			r.handled.Add(uint64(len(chunk)))
+			if err != nil && time.Since(lastWarn) > 10*time.Second {
+				lastWarn = time.Now()
+				r.log.Warn("router/redis: routing to other servers failed; their devices will sync", "node", r.nodeID, "err", err)
+			}
+		}
+		clear(work) // drop the frames
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return
+		}
+	}
 }
 
 // lookup is one distinct user of a Route call.
@@ -466,6 +590,7 @@ func (r *Router) routeRemote(ctx context.Context, events []router.Event) error {
 		batches []*batch
 		destIdx map[string]int
 		err     error
+		copies  uint64
 	)
 	for i := range events {
 		for _, d := range lookups[idx[events[i].UserID]].dests {
@@ -500,12 +625,13 @@ func (r *Router) routeRemote(ctx context.Context, events []router.Event) error {
 			if err = batches[bi].add(&events[i], MaxPayload); err != nil {
 				break
 			}
-			r.n.remote.Add(1)
+			copies++
 		}
 		if err != nil {
 			break
 		}
 	}
+	r.n.remote.Add(copies)
 	defer func() {
 		for _, b := range batches {
 			if cap(b.buf) <= 4*MaxPayload {
@@ -818,7 +944,8 @@ func (r *Router) refreshShard(i int, buf []string) []string {
 
 // Close stops the node: once it returns the Handler is never called again.
 // It stops the heartbeat and refresher, unsubscribes, waits for Route
-// calls delivering locally, then (best effort, bounded by 10 s) removes
+// calls delivering locally, publishes the events still queued, then (best
+// effort, each step bounded by 10 s) removes
 // this node's routes and alive key, so other nodes stop publishing to it
 // at once rather than after ServerTTL. Safe to call more than once; must
 // not be called from the Handler. Always returns nil.
@@ -844,6 +971,10 @@ func (r *Router) shutdown(cleanup bool) {
 			time.Sleep(100 * time.Microsecond)
 		}
 	}
+	// No Route queues any more: publish what is queued (unless killed).
+	r.drain = cleanup
+	close(r.pubStop)
+	<-r.pubDone
 	if !cleanup {
 		return
 	}

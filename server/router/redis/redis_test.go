@@ -256,7 +256,7 @@ func newSpy(t *testing.T, c *goredis.Client, channel string) *spy {
 
 // published reports whether anything but the spy's own marker reached the
 // channel before a marker published now (after whatever the caller
-// routed: Route returns once its publishes are done).
+// routed and waited for with WaitPublished).
 func (s *spy) published() bool {
 	s.t.Helper()
 	s.marker++
@@ -299,6 +299,7 @@ func TestDeadNodeIsFenced(t *testing.T) {
 	if err := a.Route(ctx, []router.Event{ev("alice", 1)}); err != nil {
 		t.Fatal(err)
 	}
+	a.WaitPublished()
 	if !s.published() {
 		t.Fatal("the spy saw nothing routed to a live node")
 	}
@@ -311,6 +312,7 @@ func TestDeadNodeIsFenced(t *testing.T) {
 		if err := a.Route(ctx, []router.Event{ev("alice", id)}); err != nil {
 			t.Fatal(err)
 		}
+		a.WaitPublished()
 		return !s.published()
 	})
 	// Fenced, not expired: the route entry is still there.
@@ -343,6 +345,7 @@ func TestDeadNodeRoutesExpire(t *testing.T) {
 	if err := a.Route(ctx, []router.Event{ev("alice", 1)}); err != nil {
 		t.Fatal(err)
 	}
+	a.WaitPublished()
 	if !s.published() {
 		t.Fatal("published nothing to a node whose route has not expired")
 	}
@@ -352,6 +355,7 @@ func TestDeadNodeRoutesExpire(t *testing.T) {
 		if err := a.Route(ctx, []router.Event{ev("alice", id)}); err != nil {
 			t.Fatal(err)
 		}
+		a.WaitPublished()
 		return !s.published()
 	})
 	eventually(t, "expired route trimmed", func() bool {
@@ -472,6 +476,8 @@ type proxy struct {
 	mu     sync.Mutex
 	conns  []net.Conn
 	refuse bool
+	hold   bool
+	delay  atomic.Int64 // ns added before forwarding each read towards Redis
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -488,10 +494,16 @@ func newProxy(t *testing.T, target string) *proxy {
 				return
 			}
 			p.mu.Lock()
-			refuse := p.refuse
+			refuse, hold := p.refuse, p.hold
+			if hold { // accept, never answer
+				p.conns = append(p.conns, c)
+			}
 			p.mu.Unlock()
 			if refuse {
 				_ = c.Close()
+				continue
+			}
+			if hold {
 				continue
 			}
 			u, err := net.Dial("tcp", target)
@@ -502,23 +514,46 @@ func newProxy(t *testing.T, target string) *proxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, u)
 			p.mu.Unlock()
-			go func() { _, _ = io.Copy(u, c); _ = u.Close() }()
+			go func() { p.forward(u, c); _ = u.Close() }()
 			go func() { _, _ = io.Copy(c, u); _ = c.Close() }()
 		}
 	}()
 	return p
 }
 
+// forward copies from src to dst, each read delayed by p.delay.
+func (p *proxy) forward(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if d := p.delay.Load(); d > 0 {
+				time.Sleep(time.Duration(d))
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 // cut closes every open connection; with refuse, new ones are closed at
-// once until cut(false).
-func (p *proxy) cut(refuse bool) {
+// once until the next cut.
+func (p *proxy) cut(refuse bool) { p.cutHold(refuse, false) }
+
+// cutHold is cut, with hold: new connections are accepted and never
+// answered (a hung Redis) until the next cut.
+func (p *proxy) cutHold(refuse, hold bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, c := range p.conns {
 		_ = c.Close()
 	}
 	p.conns = nil
-	p.refuse = refuse
+	p.refuse, p.hold = refuse, hold
 }
 
 func (p *proxy) addr() string { return p.ln.Addr().String() }
@@ -554,7 +589,8 @@ func TestSubscriberReconnects(t *testing.T) {
 }
 
 // Events of users attached here reach the Handler before Route returns,
-// even when Redis does not answer (Route then reports Unavailable).
+// even when Redis does not answer (the remote part fails later, in the
+// publisher, and is counted).
 func TestLocalDeliveryWithoutRedis(t *testing.T) {
 	addr := redisAddr(t)
 	prefix := testPrefix(t, addr)
@@ -569,16 +605,16 @@ func TestLocalDeliveryWithoutRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.cut(true)
-	err := a.Route(ctx, []router.Event{ev("alice", 1), ev("alice", 2)})
-	if status.Code(err) != codes.Unavailable {
-		t.Fatalf("Route with Redis cut: %v, want Unavailable", err)
+	if err := a.Route(ctx, []router.Event{ev("alice", 1), ev("alice", 2)}); err != nil {
+		t.Fatalf("Route with Redis cut: %v", err)
 	}
 	if !rec.has("alice", 1) || !rec.has("alice", 2) {
 		t.Fatal("local events not delivered synchronously")
 	}
-	if st := a.Stats(); st.LocalEvents != 2 || st.LookupErrors == 0 {
+	if st := a.Stats(); st.LocalEvents != 2 {
 		t.Fatalf("stats %+v", st)
 	}
+	eventually(t, "lookup error counted", func() bool { return a.Stats().LookupErrors > 0 })
 	// Attach fails cleanly without Redis: the user is not attached.
 	if err := a.Attach(ctx, "bob"); status.Code(err) != codes.Unavailable {
 		t.Fatalf("Attach with Redis cut: %v, want Unavailable", err)
@@ -590,6 +626,88 @@ func TestLocalDeliveryWithoutRedis(t *testing.T) {
 	if rec.has("bob", 1) {
 		t.Fatal("a user whose Attach failed received an event")
 	}
+}
+
+// A hung Redis never blocks Route: once the queue is full the remote part
+// is dropped with ResourceExhausted, and local delivery goes on.
+func TestHungRedisDoesNotBlockRoute(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	p := newProxy(t, addr)
+	rec := newRecorder()
+	c := goredis.NewClient(&goredis.Options{Addr: p.addr(), MaxRetries: -1})
+	defer c.Close()
+	ctx := context.Background()
+	a, err := redisrouter.New(ctx, redisrouter.Config{
+		Client: c, ServerID: "a", Handler: rec.handle, Prefix: prefix, QueueSize: 10,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	p.cutHold(false, true)
+	var full error
+	var id uint64
+	for range 20 {
+		evs := make([]router.Event, 5)
+		for j := range evs {
+			id++
+			evs[j] = ev("alice", id)
+		}
+		if err := a.Route(ctx, evs); err != nil {
+			full = err
+			break
+		}
+	}
+	if status.Code(full) != codes.ResourceExhausted {
+		t.Fatalf("Route with Redis hung: %v, want ResourceExhausted once the queue is full", full)
+	}
+	for i := uint64(1); i <= id; i++ {
+		if !rec.has("alice", i) {
+			t.Fatalf("local event %d not delivered", i)
+		}
+	}
+	if a.Stats().QueueDrops != 5 {
+		t.Fatalf("QueueDrops = %d, want 5", a.Stats().QueueDrops)
+	}
+	p.cut(false) // un-hang, so Close is quick
+	a.Close()
+}
+
+// Events still queued when Close is called are published before it
+// returns. A slow link to Redis keeps most of them queued until then.
+func TestCloseFlushesQueue(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	p := newProxy(t, addr)
+	recB := newRecorder()
+	a := newNode(t, newClient(t, p.addr()), prefix, "a", newRecorder().handle, nodeOpts{})
+	b := newNode(t, newClient(t, addr), prefix, "b", recB.handle, nodeOpts{})
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	p.delay.Store(int64(20 * time.Millisecond))
+	const n, per = 2000, 10
+	for i := uint64(1); i <= n; i += per {
+		evs := make([]router.Event, 0, per)
+		for j := i; j < i+per; j++ {
+			evs = append(evs, ev("alice", j))
+		}
+		if err := a.Route(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := recB.n.Load(); got == n {
+		t.Log("everything was published before Close: the test proves little this time")
+	}
+	a.Close()
+	p.delay.Store(0)
+	eventually(t, "all queued events delivered", func() bool { return recB.n.Load() == n })
 }
 
 func TestBadInput(t *testing.T) {
