@@ -2,33 +2,38 @@
 // place where messages get their ids and inbox positions and become
 // durable.
 //
-// One goroutine owns the id caches. It takes queued requests in submission
-// order (FIFO), up to Options.MaxBatch at a time, and for each one
+// One goroutine per server sequences. It takes queued requests in
+// submission order (FIFO), up to Options.MaxBatch at a time, and for each
+// one
 //
 //   - deduplicates it by (sender, client_message_id): earlier requests of
 //     the same batch, then an in-memory LRU of recent sends, then
 //     store.LookupDedup. A duplicate gets the original ack
 //     (Result.Duplicate) and stores nothing;
-//   - assigns message_id = max(last_message_id(channel)+1, unix_ms<<16) and
+//   - assigns a message_id (increasing per channel, >= unix_ms<<16) and
 //     created_at (server clock, ms);
-//   - assigns one inbox seq (last+1, dense) per recipient user.
+//   - assigns one inbox seq (increasing per user) per recipient user.
 //
-// The whole batch is then written with ONE store.AppendBatch (durable).
-// Only after it returns does the goroutine call publish (the fan-out) and
-// then each request's done callback, in submission order. Because a single
-// goroutine assigns and commits in order, no reader ever sees inbox seq N+1
-// before N is durable. If AppendBatch fails, every request of the batch
-// fails with Unavailable and the id caches are dropped (reloaded from the
-// store on next use), so nothing uncommitted is ever visible.
+// The ids of a batch come from an Allocator in one call. The whole batch
+// is then written with ONE store.AppendBatch (durable), confirmed to the
+// allocator (Commit), and only then does the goroutine call publish (the
+// fan-out) and each request's done callback, in submission order. If
+// AppendBatch fails, every request of the batch fails with Unavailable and
+// the allocation is aborted.
 //
-// The last message_id of a channel and the last inbox seq of a user are
-// recovered from the store (LastMessageID, LastInboxSeq) the first time they
-// are needed after start, so ids never go backwards across restarts.
+// Allocators: LocalAllocator (the default) is the single-node one: ids
+// from in-memory caches recovered from the store, dense seqs, and because
+// one goroutine assigns and commits in order no reader ever sees inbox seq
+// N+1 before N is durable. For several servers writing the same store,
+// sequence/redis allocates from Redis with durable reserved bounds; seqs
+// may then commit out of order and have holes, and readers stay at or below
+// Head (the allocator's horizon). See docs/sequencing.md.
 package sequence
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -56,17 +61,23 @@ type Options struct {
 	// MaxBatch is the largest number of requests written by one
 	// AppendBatch.
 	MaxBatch int
-	// CacheLimit bounds each id cache (channels' last message_id, users'
-	// last inbox seq), in entries. When a cache grows past it, it is
-	// dropped and reloaded lazily from the store.
+	// CacheLimit bounds each id cache of the default LocalAllocator
+	// (channels' last message_id, users' last inbox seq), in entries. When
+	// a cache grows past it, it is dropped and reloaded lazily from the
+	// store. Ignored when Allocator is set.
 	CacheLimit int
+	// Allocator hands out ids and seqs; default a LocalAllocator on the
+	// store (single node). In cluster mode use sequence/redis.
+	Allocator Allocator
 	// DedupCache is the number of recent (sender, client_message_id) pairs
 	// remembered in memory, in front of store.LookupDedup.
 	DedupCache int
 	// Now is the server clock; default time.Now.
 	Now func() time.Time
-	// StoreTimeout bounds each store call made by the sequencer goroutine;
-	// default 10 s.
+	// StoreTimeout bounds the work of one batch on the sequencer
+	// goroutine (dedup lookups, allocation, the store write, the commit
+	// and its retries); default 10 s. With sequence/redis keep it below
+	// the allocator's PendingTTL.
 	StoreTimeout time.Duration
 	// OnBatch, if set, is called on the sequencer goroutine after every
 	// successful commit with the number of requests in the batch, the
@@ -109,8 +120,11 @@ type Result struct {
 	// Message is the stored message (nil for a duplicate or an error).
 	Message *store.Message
 	// Err is nil on success, otherwise a gRPC status error: Unavailable
-	// (the store failed or the sequencer is closed) or InvalidArgument (a
-	// malformed request). Nothing of a failed request is visible.
+	// (the store or the allocator failed, or the sequencer is closed) or
+	// InvalidArgument (a malformed request). A failed request was not
+	// published; it may have been stored (a store write that failed half
+	// way, or a commit the allocator could not confirm), so a retry with
+	// the same client_message_id may return it as a duplicate.
 	Err error
 }
 
@@ -133,7 +147,10 @@ type Stats struct {
 // ErrClosed is the Result.Err of requests submitted after Close.
 var ErrClosed = status.Error(codes.Unavailable, "sequencer closed: server shutting down, retry")
 
-var errCommit = status.Error(codes.Unavailable, "message not stored: storage unavailable, retry with the same client_message_id")
+var (
+	errCommit      = status.Error(codes.Unavailable, "message not stored: storage unavailable, retry with the same client_message_id")
+	errUnconfirmed = status.Error(codes.Unavailable, "message not confirmed: sequencing unavailable, retry with the same client_message_id")
+)
 
 type item struct {
 	req  *Request
@@ -144,6 +161,7 @@ type item struct {
 // use.
 type Sequencer struct {
 	st      store.Messages
+	alloc   Allocator
 	publish func([]Committed)
 	opts    Options
 	log     *slog.Logger
@@ -155,10 +173,10 @@ type Sequencer struct {
 
 	batches, messages, duplicates, failed atomic.Uint64
 
-	// Owned by the sequencer goroutine.
-	lastMsg map[string]uint64
-	lastSeq map[string]uint64
-	dedup   *lru
+	// Owned by the sequencer goroutine (reused by every batch).
+	chCount, userCount map[string]int
+	nextID, nextSeq    map[string]uint64
+	dedup              *lru
 }
 
 // New starts a Sequencer writing to st. publish is called on the sequencer
@@ -187,16 +205,23 @@ func New(st store.Messages, publish func(batch []Committed), opts Options) *Sequ
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	alloc := opts.Allocator
+	if alloc == nil {
+		alloc = newLocal(st, opts.CacheLimit)
+	}
 	s := &Sequencer{
-		st:      st,
-		publish: publish,
-		opts:    opts,
-		log:     opts.Logger,
-		queue:   make(chan item, opts.QueueSize),
-		stopped: make(chan struct{}),
-		lastMsg: make(map[string]uint64),
-		lastSeq: make(map[string]uint64),
-		dedup:   newLRU(opts.DedupCache),
+		st:        st,
+		alloc:     alloc,
+		publish:   publish,
+		opts:      opts,
+		log:       opts.Logger,
+		queue:     make(chan item, opts.QueueSize),
+		stopped:   make(chan struct{}),
+		chCount:   make(map[string]int),
+		userCount: make(map[string]int),
+		nextID:    make(map[string]uint64),
+		nextSeq:   make(map[string]uint64),
+		dedup:     newLRU(opts.DedupCache),
 	}
 	go s.run()
 	return s
@@ -259,11 +284,14 @@ func (s *Sequencer) Do(ctx context.Context, req *Request) (Result, error) {
 	}
 }
 
-// Head returns the user's newest committed inbox seq (0 if the inbox is
-// empty). It reads the durable store, so every seq <= Head is readable by
-// store.Inbox. Errors: Unavailable if the store fails.
+// Head returns the user's inbox horizon (0 for an empty inbox): every seq
+// <= Head is either readable by store.Inbox or a hole that will never be
+// written, and Head never decreases. With the LocalAllocator it is the
+// newest committed seq (read from the store); in cluster mode entries
+// above it may exist and must not be read yet. Errors: Unavailable if the
+// allocator or the store fails; Canceled or DeadlineExceeded from ctx.
 func (s *Sequencer) Head(ctx context.Context, userID string) (uint64, error) {
-	h, err := s.st.LastInboxSeq(ctx, userID)
+	h, err := s.alloc.Horizon(ctx, userID)
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, status.FromContextError(ctx.Err()).Err()
@@ -327,9 +355,14 @@ func (s *Sequencer) run() {
 // pending is the per-request state of one batch.
 type pending struct {
 	res    Result
-	dupOf  int // index of the earlier request in the batch it duplicates, or -1
-	commit int // index into committed, or -1
+	dupOf  int  // index of the earlier request in the batch it duplicates, or -1
+	commit int  // index into committed, or -1
+	fresh  bool // a new message: gets ids in this batch
 }
+
+// maxReplace bounds how often one batch is placed again after stale
+// commits before it fails.
+const maxReplace = 3
 
 func (s *Sequencer) process(batch []item) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.StoreTimeout)
@@ -341,17 +374,18 @@ func (s *Sequencer) process(batch []item) {
 		committed []Committed
 		inBatch   map[dedupKey]int // dedup key -> index in batch
 		failErr   error
+		entries   int
 	)
-	b.Messages = make([]*store.Message, 0, len(batch))
-	committed = make([]Committed, 0, len(batch))
 	now := s.opts.Now()
 	nowMS := now.UnixMilli()
 	if nowMS < 0 {
 		nowMS = 0
 	}
 	createdAt := time.UnixMilli(nowMS).UTC()
-	floor := uint64(nowMS) << 16
+	clear(s.chCount)
+	clear(s.userCount)
 
+	// Validate, deduplicate and count the ids the new messages need.
 	for i := range batch {
 		req := batch[i].req
 		p := &ps[i]
@@ -365,7 +399,6 @@ func (s *Sequencer) process(batch []item) {
 			p.res.Err = status.Error(codes.InvalidArgument, "sequence: request without channel or sender")
 			continue
 		}
-		// Deduplicate.
 		if req.ClientMessageID != "" {
 			k := dedupKey{req.SenderID, req.ClientMessageID}
 			if j, ok := inBatch[k]; ok {
@@ -392,89 +425,111 @@ func (s *Sequencer) process(batch []item) {
 			}
 			inBatch[k] = i
 		}
-		// Assign the message id.
-		last, err := s.lastMessageID(ctx, req.ChannelID)
-		if err != nil {
-			failErr = err
-			continue
-		}
-		id := max(last+1, floor)
-		kind := req.Kind
-		if kind == 0 {
-			kind = store.KindText
-		}
-		m := &store.Message{
-			ChannelID:       req.ChannelID,
-			MessageID:       id,
-			SenderID:        req.SenderID,
-			SenderDeviceID:  req.SenderDeviceID,
-			ClientMessageID: req.ClientMessageID,
-			Text:            req.Text,
-			CreatedAt:       createdAt,
-			Kind:            kind,
-			RefMessageID:    req.RefMessageID,
-		}
-		// Assign inbox seqs.
-		start := len(b.Inbox)
+		p.fresh = true
+		s.chCount[req.ChannelID]++
 		for ri, u := range req.Recipients {
 			if u == "" || seen(req.Recipients[:ri], u) {
 				continue
 			}
-			seq, err := s.lastInboxSeq(ctx, u)
-			if err != nil {
-				failErr = err
-				break
-			}
-			seq++
-			s.lastSeq[u] = seq
-			b.Inbox = append(b.Inbox, store.InboxEntry{UserID: u, Seq: seq, ChannelID: req.ChannelID, MessageID: id})
+			s.userCount[u]++
+			entries++
 		}
-		if failErr != nil {
-			continue
-		}
-		s.lastMsg[req.ChannelID] = id
-		b.Messages = append(b.Messages, m)
-		if req.ClientMessageID != "" {
-			b.Dedup = append(b.Dedup, store.Dedup{
-				SenderID: req.SenderID, ClientMessageID: req.ClientMessageID,
-				ChannelID: req.ChannelID, MessageID: id, CreatedAt: createdAt,
-			})
-		}
-		p.commit = len(committed)
-		committed = append(committed, Committed{Message: m, Inbox: b.Inbox[start:len(b.Inbox):len(b.Inbox)]})
-		p.res = Result{ChannelID: req.ChannelID, MessageID: id, CreatedAt: createdAt, ClientMessageID: req.ClientMessageID, Message: m}
 	}
 
+	// Allocate the ids and assign them in submission order.
+	var a *Allocation
+	if failErr == nil && len(s.chCount) > 0 {
+		a, failErr = s.alloc.Allocate(ctx, now, s.chCount, s.userCount)
+		if failErr == nil {
+			if failErr = checkAllocation(a, s.chCount, s.userCount); failErr != nil {
+				s.abort(a)
+			}
+		}
+	}
+	if failErr == nil && a != nil {
+		clear(s.nextID)
+		clear(s.nextSeq)
+		for ch, r := range a.Channels {
+			s.nextID[ch] = r.First
+		}
+		for u, r := range a.Users {
+			s.nextSeq[u] = r.First
+		}
+		b.Messages = make([]*store.Message, 0, len(batch))
+		b.Inbox = make([]store.InboxEntry, 0, entries) // never reallocated: committed[].Inbox point into it
+		committed = make([]Committed, 0, len(batch))
+		for i := range batch {
+			p := &ps[i]
+			if !p.fresh {
+				continue
+			}
+			req := batch[i].req
+			id := s.nextID[req.ChannelID]
+			s.nextID[req.ChannelID] = id + 1
+			kind := req.Kind
+			if kind == 0 {
+				kind = store.KindText
+			}
+			m := &store.Message{
+				ChannelID:       req.ChannelID,
+				MessageID:       id,
+				SenderID:        req.SenderID,
+				SenderDeviceID:  req.SenderDeviceID,
+				ClientMessageID: req.ClientMessageID,
+				Text:            req.Text,
+				CreatedAt:       createdAt,
+				Kind:            kind,
+				RefMessageID:    req.RefMessageID,
+			}
+			start := len(b.Inbox)
+			for ri, u := range req.Recipients {
+				if u == "" || seen(req.Recipients[:ri], u) {
+					continue
+				}
+				seq := s.nextSeq[u]
+				s.nextSeq[u] = seq + 1
+				b.Inbox = append(b.Inbox, store.InboxEntry{UserID: u, Seq: seq, ChannelID: req.ChannelID, MessageID: id})
+			}
+			b.Messages = append(b.Messages, m)
+			if req.ClientMessageID != "" {
+				b.Dedup = append(b.Dedup, store.Dedup{
+					SenderID: req.SenderID, ClientMessageID: req.ClientMessageID,
+					ChannelID: req.ChannelID, MessageID: id, CreatedAt: createdAt,
+				})
+			}
+			p.commit = len(committed)
+			committed = append(committed, Committed{Message: m, Inbox: b.Inbox[start:len(b.Inbox):len(b.Inbox)]})
+			p.res = Result{ChannelID: req.ChannelID, MessageID: id, CreatedAt: createdAt, ClientMessageID: req.ClientMessageID, Message: m}
+		}
+	}
+
+	failure := errCommit
 	if failErr == nil && len(b.Messages) > 0 {
 		t0 := time.Now()
 		failErr = s.st.AppendBatch(ctx, &b)
-		if failErr == nil {
+		took := time.Since(t0)
+		if failErr != nil {
+			s.abort(a)
+		} else if failErr = s.commit(ctx, a, &b); failErr != nil {
+			failure = errUnconfirmed
+		} else {
 			s.batches.Add(1)
 			s.messages.Add(uint64(len(b.Messages)))
 			if s.opts.OnBatch != nil {
-				s.opts.OnBatch(len(batch), len(b.Messages), time.Since(t0))
+				s.opts.OnBatch(len(batch), len(b.Messages), took)
 			}
 		}
 	}
 	if failErr != nil {
 		s.log.Error("sequence: commit failed; failing batch", "requests", len(batch), "err", failErr)
-		// Nothing of this batch is visible: forget every id handed out.
-		s.lastMsg = make(map[string]uint64)
-		s.lastSeq = make(map[string]uint64)
 		s.failed.Add(uint64(len(batch)))
 		for i := range batch {
-			batch[i].done(Result{ChannelID: ps[i].res.ChannelID, ClientMessageID: ps[i].res.ClientMessageID, Err: errCommit})
+			batch[i].done(Result{ChannelID: ps[i].res.ChannelID, ClientMessageID: ps[i].res.ClientMessageID, Err: failure})
 		}
 		return
 	}
 	for _, d := range b.Dedup {
 		s.dedup.put(dedupKey{d.SenderID, d.ClientMessageID}, d)
-	}
-	if len(s.lastMsg) > s.opts.CacheLimit {
-		s.lastMsg = make(map[string]uint64)
-	}
-	if len(s.lastSeq) > s.opts.CacheLimit {
-		s.lastSeq = make(map[string]uint64)
 	}
 	if len(committed) > 0 && s.publish != nil {
 		s.publish(committed)
@@ -495,6 +550,136 @@ func (s *Sequencer) process(batch []item) {
 	}
 }
 
+// checkAllocation verifies that a holds exactly the ids asked for.
+func checkAllocation(a *Allocation, channels, users map[string]int) error {
+	if a == nil || len(a.Channels) != len(channels) || len(a.Users) != len(users) {
+		return errors.New("sequence: allocator returned a different set of channels or users")
+	}
+	for ch, n := range channels {
+		if r, ok := a.Channels[ch]; !ok || r.Last < r.First || r.Len() != uint64(n) {
+			return fmt.Errorf("sequence: allocator returned %+v for %d ids of channel %q", r, n, ch)
+		}
+	}
+	for u, n := range users {
+		if r, ok := a.Users[u]; !ok || r.Last < r.First || r.Len() != uint64(n) {
+			return fmt.Errorf("sequence: allocator returned %+v for %d seqs of user %q", r, n, u)
+		}
+	}
+	return nil
+}
+
+// abort gives up a (if any) with a context of its own: the batch's may
+// have ended.
+func (s *Sequencer) abort(a *Allocation) {
+	if a == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), abortTimeout)
+	defer cancel()
+	s.alloc.Abort(ctx, a)
+}
+
+const abortTimeout = 2 * time.Second
+
+// commit confirms the written batch b to the allocator. Users whose seqs
+// went stale get new seqs: their inbox rows are written again under them
+// (the old rows stay; see docs/sequencing.md) and committed, at most
+// maxReplace times. Other errors are retried with backoff until ctx ends.
+// It updates b.Inbox in place, so the Committed entries handed to publish
+// carry the final seqs.
+func (s *Sequencer) commit(ctx context.Context, a *Allocation, b *store.Batch) error {
+	backoff := 20 * time.Millisecond
+	for replaced := 0; ; {
+		err := s.alloc.Commit(ctx, a)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, ErrStale) {
+			var users []string
+			var se *StaleError
+			if errors.As(err, &se) {
+				users = se.Users
+			} else {
+				for u := range a.Users {
+					users = append(users, u)
+				}
+			}
+			if replaced >= maxReplace {
+				return err
+			}
+			replaced++
+			s.log.Warn("sequence: inbox seqs went stale before commit; placing the messages again", "users", len(users), "err", err)
+			a2, err := s.replace(ctx, users, b)
+			if err != nil {
+				return err
+			}
+			a = a2
+			continue
+		}
+		if ctx.Err() != nil {
+			s.abort(a)
+			return err
+		}
+		s.log.Warn("sequence: commit not confirmed; retrying", "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			s.abort(a)
+			return err
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// replace allocates new seqs for users' entries of b (keeping their
+// order), writes those inbox rows and returns the new allocation, not yet
+// committed.
+func (s *Sequencer) replace(ctx context.Context, users []string, b *store.Batch) (*Allocation, error) {
+	counts := make(map[string]int, len(users))
+	for _, u := range users {
+		counts[u] = 0
+	}
+	for _, e := range b.Inbox {
+		if _, ok := counts[e.UserID]; ok {
+			counts[e.UserID]++
+		}
+	}
+	for u, n := range counts {
+		if n == 0 {
+			delete(counts, u)
+		}
+	}
+	if len(counts) == 0 {
+		return nil, errors.New("sequence: allocator reported stale users that are not in the batch")
+	}
+	a, err := s.alloc.Allocate(ctx, s.opts.Now(), nil, counts)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkAllocation(a, nil, counts); err != nil {
+		s.abort(a)
+		return nil, err
+	}
+	next := make(map[string]uint64, len(a.Users))
+	for u, r := range a.Users {
+		next[u] = r.First
+	}
+	rows := make([]store.InboxEntry, 0, len(b.Inbox))
+	for i := range b.Inbox {
+		e := &b.Inbox[i]
+		if seq, ok := next[e.UserID]; ok {
+			e.Seq = seq
+			next[e.UserID] = seq + 1
+			rows = append(rows, *e)
+		}
+	}
+	if err := s.st.AppendBatch(ctx, &store.Batch{Inbox: rows}); err != nil {
+		s.abort(a)
+		return nil, err
+	}
+	return a, nil
+}
+
 func seen(list []string, u string) bool {
 	for _, v := range list {
 		if v == u {
@@ -506,28 +691,4 @@ func seen(list []string, u string) bool {
 
 func dupResult(d store.Dedup) Result {
 	return Result{ChannelID: d.ChannelID, MessageID: d.MessageID, CreatedAt: d.CreatedAt.UTC(), ClientMessageID: d.ClientMessageID, Duplicate: true}
-}
-
-func (s *Sequencer) lastMessageID(ctx context.Context, channelID string) (uint64, error) {
-	if v, ok := s.lastMsg[channelID]; ok {
-		return v, nil
-	}
-	v, err := s.st.LastMessageID(ctx, channelID)
-	if err != nil {
-		return 0, err
-	}
-	s.lastMsg[channelID] = v
-	return v, nil
-}
-
-func (s *Sequencer) lastInboxSeq(ctx context.Context, userID string) (uint64, error) {
-	if v, ok := s.lastSeq[userID]; ok {
-		return v, nil
-	}
-	v, err := s.st.LastInboxSeq(ctx, userID)
-	if err != nil {
-		return 0, err
-	}
-	s.lastSeq[userID] = v
-	return v, nil
 }

@@ -1,0 +1,185 @@
+package sequence
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/chatd/chatd/server/store"
+)
+
+// Range is an inclusive range of ids or seqs, [First, Last], First <= Last.
+type Range struct{ First, Last uint64 }
+
+// Len returns the number of values in r.
+func (r Range) Len() uint64 { return r.Last - r.First + 1 }
+
+// Allocation is the ids of one batch, as Allocator.Allocate returns them.
+type Allocation struct {
+	// Channels holds, per channel, as many consecutive message ids as
+	// were asked for, all >= unix_ms<<16 of the allocation time and above
+	// every id allocated before for the channel.
+	Channels map[string]Range
+	// Users holds, per user, as many consecutive inbox seqs as were asked
+	// for, above every seq allocated before for the user.
+	Users map[string]Range
+	// Token is the allocator's own state of this allocation (e.g. the
+	// epochs it was made in); the sequencer does not touch it.
+	Token any
+}
+
+// ErrStale is matched (errors.Is) by the error Allocator.Commit returns
+// when it lost the state of some users' seqs since Allocate (e.g. Redis
+// lost its data, or the seqs were given up because the commit came after
+// their deadline). The rows written under those seqs may be invisible to
+// devices that already read past them; the caller must place the messages
+// again under new seqs (Allocate, write the inbox rows again, Commit)
+// before acknowledging them.
+var ErrStale = errors.New("sequence: allocation is stale")
+
+// StaleError is the ErrStale of Allocator.Commit: Users are the users whose
+// seqs must be placed again. The seqs of every other user of the
+// allocation are committed.
+type StaleError struct{ Users []string }
+
+func (e *StaleError) Error() string {
+	return "sequence: allocation is stale for users " + strings.Join(e.Users, ", ")
+}
+
+// Is makes errors.Is(err, ErrStale) true.
+func (e *StaleError) Is(target error) bool { return target == ErrStale }
+
+// Allocator hands out message ids and inbox seqs to the sequencer and tells
+// readers how far an inbox may be read.
+//
+// The sequencer calls Allocate, Commit and Abort from its one goroutine;
+// Horizon is called by readers concurrently with them.
+//
+// Rules every implementation keeps:
+//   - a message id or inbox seq is never allocated twice, also across
+//     restarts of the server or of the allocator's backing service;
+//   - per channel, message ids increase in allocation order and are at
+//     least unix_ms<<16 of the now passed to Allocate;
+//   - per user, seqs increase in allocation order;
+//   - Horizon(u) = h means every seq <= h of u is either written to the
+//     store (its batch's AppendBatch returned before Commit) or abandoned
+//     forever (never written, or written by a batch that was never
+//     acknowledged); h never decreases.
+type Allocator interface {
+	// Allocate reserves the ids of one batch: channels[c] message ids for
+	// channel c and users[u] inbox seqs for user u (counts > 0). now is the
+	// server clock. Errors: the allocation failed and nothing of it is
+	// reserved (or what was is abandoned).
+	Allocate(ctx context.Context, now time.Time, channels, users map[string]int) (*Allocation, error)
+	// Commit marks the allocation's seqs as written; call it after the
+	// batch's AppendBatch returned nil. A *StaleError (errors.Is ErrStale)
+	// names users whose seqs must be placed again; other errors: nothing
+	// is known, Commit may be retried (users already committed are not
+	// committed twice).
+	Commit(ctx context.Context, a *Allocation) error
+	// Abort gives up an allocation whose write failed: its seqs become
+	// holes that readers skip; they are never allocated again.
+	Abort(ctx context.Context, a *Allocation)
+	// Horizon returns the user's visible inbox head (0 for an empty
+	// inbox): see the rules above. Readers never read past it.
+	Horizon(ctx context.Context, userID string) (uint64, error)
+}
+
+// LocalAllocator is the single-node Allocator: it keeps each channel's
+// last message id and each user's last inbox seq in memory, loaded from the
+// store (LastMessageID, LastInboxSeq) the first time they are needed. Seqs
+// are dense (1, 2, 3, ...; Abort drops the caches so that the seqs of a
+// failed batch are handed out again: nothing of it was written), and
+// Horizon is the store's last inbox seq.
+//
+// It relies on the sequencer's single goroutine committing batches in
+// allocation order, so only one sequencer may use the store: it is not
+// safe for several servers (use sequence/redis). Allocate, Commit and
+// Abort must be called from one goroutine at a time; Horizon is safe for
+// concurrent use.
+type LocalAllocator struct {
+	st      store.Messages
+	limit   int
+	lastMsg map[string]uint64
+	lastSeq map[string]uint64
+}
+
+var _ Allocator = (*LocalAllocator)(nil)
+
+// NewLocalAllocator returns the single-node allocator on st, with id
+// caches of DefaultCacheLimit entries each.
+func NewLocalAllocator(st store.Messages) *LocalAllocator {
+	return newLocal(st, DefaultCacheLimit)
+}
+
+func newLocal(st store.Messages, limit int) *LocalAllocator {
+	return &LocalAllocator{st: st, limit: limit, lastMsg: make(map[string]uint64), lastSeq: make(map[string]uint64)}
+}
+
+// Allocate implements Allocator: message ids max(last+1, unix_ms<<16) and
+// consecutive; seqs last+1 and consecutive. Errors are the store's (the
+// caches are then dropped).
+func (l *LocalAllocator) Allocate(ctx context.Context, now time.Time, channels, users map[string]int) (*Allocation, error) {
+	nowMS := now.UnixMilli()
+	if nowMS < 0 {
+		nowMS = 0
+	}
+	floor := uint64(nowMS) << 16
+	a := &Allocation{Channels: make(map[string]Range, len(channels)), Users: make(map[string]Range, len(users))}
+	for ch, n := range channels {
+		last, ok := l.lastMsg[ch]
+		if !ok {
+			v, err := l.st.LastMessageID(ctx, ch)
+			if err != nil {
+				l.reset()
+				return nil, err
+			}
+			last = v
+		}
+		first := max(last+1, floor)
+		r := Range{first, first + uint64(n) - 1}
+		l.lastMsg[ch] = r.Last
+		a.Channels[ch] = r
+	}
+	for u, n := range users {
+		last, ok := l.lastSeq[u]
+		if !ok {
+			v, err := l.st.LastInboxSeq(ctx, u)
+			if err != nil {
+				l.reset()
+				return nil, err
+			}
+			last = v
+		}
+		r := Range{last + 1, last + uint64(n)}
+		l.lastSeq[u] = r.Last
+		a.Users[u] = r
+	}
+	return a, nil
+}
+
+// Commit implements Allocator; it never fails. It bounds the caches.
+func (l *LocalAllocator) Commit(context.Context, *Allocation) error {
+	if len(l.lastMsg) > l.limit {
+		l.lastMsg = make(map[string]uint64)
+	}
+	if len(l.lastSeq) > l.limit {
+		l.lastSeq = make(map[string]uint64)
+	}
+	return nil
+}
+
+// Abort implements Allocator: it forgets every id handed out (the caches
+// are reloaded from the store), so the failed batch leaves no gap.
+func (l *LocalAllocator) Abort(context.Context, *Allocation) { l.reset() }
+
+func (l *LocalAllocator) reset() {
+	l.lastMsg = make(map[string]uint64)
+	l.lastSeq = make(map[string]uint64)
+}
+
+// Horizon implements Allocator: the store's last inbox seq of the user.
+func (l *LocalAllocator) Horizon(ctx context.Context, userID string) (uint64, error) {
+	return l.st.LastInboxSeq(ctx, userID)
+}
