@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
@@ -482,6 +483,9 @@ func raise(v *atomic.Uint64, x uint64) {
 // each live (catchUp). A device that fails to open is counted as an error
 // and left closed; openAll fails only if none opened or ctx ended.
 func (b *bench) openAll(ctx context.Context, devs []*device, catchUp bool) (opened int, err error) {
+	if err := b.checkFDs(len(devs)); err != nil {
+		return 0, err
+	}
 	start := time.Now()
 	var n, failed atomic.Int64
 	stop := b.ticker(ctx, func() string {
@@ -632,4 +636,20 @@ func (b *bench) background(devs []*device) (stop func()) {
 	}
 	var once sync.Once
 	return func() { once.Do(func() { close(done); wg.Wait() }) }
+}
+
+// checkFDs fails early when n connections cannot fit in this process's
+// open-file limit (Go raises the soft limit to the hard one at start), and
+// warns when they cannot fit in a --server-pid's.
+func (b *bench) checkFDs(n int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && uint64(n)+64 > lim.Cur {
+		return fmt.Errorf("%d connections need %d file descriptors but this process may open %d: raise the hard limit (ulimit -Hn; e.g. ulimit -n 200000 as root) or split the load over several chatbench processes", n, n+64, lim.Cur)
+	}
+	for _, pid := range b.cfg.serverPIDs {
+		if l, err := procFDLimit(pid); err == nil && uint64(n)+64 > l {
+			b.logf("warning: chatd pid %d may open %d files: %d more connections will be refused (raise its ulimit -n)", pid, l, n)
+		}
+	}
+	return nil
 }

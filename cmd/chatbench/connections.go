@@ -40,6 +40,7 @@ func runConnections(ctx context.Context, b *bench) (*Report, error) {
 	}
 	clientBefore := selfRSS()
 	start := time.Now()
+	cpu0 := cpuTime()
 	opened, err := b.openAll(ctx, devs, false)
 	defer closeAll(devs)
 	if err != nil && opened == 0 {
@@ -66,6 +67,7 @@ func runConnections(ctx context.Context, b *bench) (*Report, error) {
 	stopTick()
 	wall := time.Since(start)
 	rep.DurationSec = wall.Seconds()
+	rep.ClientCPUCores = clientCPU(cpu0, wall)
 	b.fill(rep, 0)
 	if aerr != nil && ctx.Err() == nil {
 		return rep, fmt.Errorf("metrics: %w", aerr)

@@ -77,6 +77,7 @@ func (b *bench) runLoad(ctx context.Context, rep *Report, lr loadRun) (*Report, 
 	sendCtx, cancel := context.WithTimeout(ctx, c.duration)
 	defer cancel()
 	start := time.Now()
+	cpu0 := cpuTime()
 	var wg sync.WaitGroup
 	if c.rate > 0 {
 		b.paced(sendCtx, &wg, senders, lr.pick, text)
@@ -124,6 +125,7 @@ func (b *bench) runLoad(ctx context.Context, rep *Report, lr loadRun) (*Report, 
 	after, aerr := b.scrape(context.WithoutCancel(ctx))
 	stopTick()
 	rep.DurationSec = wall.Seconds()
+	rep.ClientCPUCores = clientCPU(cpu0, wall)
 	b.fill(rep, sendSec)
 	if aerr == nil {
 		rep.Server = serverFigures(before, after, wall)
@@ -239,11 +241,13 @@ func runDirect(ctx context.Context, b *bench) (*Report, error) {
 	for i := range names {
 		names[i] = b.username(i)
 	}
+	peers := c.peers
+	if peers <= 0 || peers > c.users-1 {
+		peers = c.users - 1
+	}
+	rep.Workload["peers"] = peers
 	pick := func(d *device, r *rand.Rand) *chatv1.SendMessage {
-		to := r.IntN(c.users - 1)
-		if to >= d.user {
-			to++
-		}
+		to := (d.user + 1 + r.IntN(peers)) % c.users
 		return &chatv1.SendMessage{Target: &chatv1.SendMessage_ToUser{ToUser: names[to]}}
 	}
 	rep, err = b.runLoad(ctx, rep, loadRun{devs: devs, pick: pick})

@@ -158,6 +158,7 @@ type config struct {
 	size           int
 	drain          time.Duration
 	ackInterval    time.Duration
+	peers          int
 	groups         int
 	groupSize      int
 	backlog        int
@@ -198,7 +199,8 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		fs.IntVar(&c.samples, "samples", 5, "metric scrapes (1 s apart) whose median is taken before and after")
 	case "direct", "group":
 		if cmd == "direct" {
-			fs.IntVar(&c.users, "users", 100, "users; every message goes from a random device to another random user")
+			fs.IntVar(&c.users, "users", 100, "users; every message goes from a random device to one of its user's --peers")
+			fs.IntVar(&c.peers, "peers", 10, "each user n talks to users n+1..n+peers (mod users), as people talk to a few contacts; 0: to any user")
 		} else {
 			fs.IntVar(&c.groups, "groups", 10, "groups (disjoint member sets)")
 			fs.IntVar(&c.groupSize, "group-size", 10, "members per group, the creator included (chatd allows 100)")
@@ -262,6 +264,7 @@ func (c *config) validate() error {
 		check(c.samples >= 1, "--samples must be >= 1")
 	case "direct":
 		check(c.users >= 2, "--users must be >= 2")
+		check(c.peers >= 0, "--peers must be >= 0")
 	case "group":
 		check(c.groups >= 1, "--groups must be >= 1")
 		check(c.groupSize >= 2 && c.groupSize <= 100, "--group-size must be 2..100")

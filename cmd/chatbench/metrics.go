@@ -171,3 +171,20 @@ func selfRSS() float64 {
 	v, _ := procRSS(os.Getpid())
 	return v
 }
+
+// procFDLimit is the soft "Max open files" of pid, from /proc/<pid>/limits.
+func procFDLimit(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Max open files"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				return strconv.ParseUint(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no open-file limit in /proc/%d/limits", pid)
+}

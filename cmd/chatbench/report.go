@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 )
@@ -42,6 +43,10 @@ type Report struct {
 	Latency        Percentiles `json:"delivery_latency"`
 	AckLatency     Percentiles `json:"ack_latency"`
 	ConnectLatency Percentiles `json:"connect_latency"`
+
+	// ClientCPUCores is this process's CPU time over the measured phase /
+	// wall time: the load generator shares the machine with the server.
+	ClientCPUCores float64 `json:"client_cpu_cores"`
 
 	Errors      map[string]uint64 `json:"errors"`
 	Server      *ServerFigures    `json:"server,omitempty"`
@@ -246,6 +251,9 @@ func printTable(r *Report, w io.Writer) {
 			row("group commit", "%.1f messages per batch", s.MsgsPerBatch)
 		}
 	}
+	if r.ClientCPUCores > 0 {
+		row("chatbench CPU", "%.2f cores", r.ClientCPUCores)
+	}
 	if len(r.Errors) == 0 {
 		row("errors", "none")
 	} else {
@@ -261,4 +269,21 @@ func printTable(r *Report, w io.Writer) {
 		row("errors", "%s", strings.Join(es, " "))
 	}
 	tw.Flush()
+}
+
+// cpuTime is this process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// clientCPU returns the cores this process used since cpu0, over wall.
+func clientCPU(cpu0 time.Duration, wall time.Duration) float64 {
+	if wall <= 0 {
+		return 0
+	}
+	return (cpuTime() - cpu0).Seconds() / wall.Seconds()
 }

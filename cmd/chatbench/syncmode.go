@@ -113,6 +113,7 @@ func runSync(ctx context.Context, b *bench) (*Report, error) {
 		return fmt.Sprintf("%6.1fs synced %d of %d, pages %d, errors %d", (b.now() - b.seriesT0).Seconds(), b.synced.Load(), want, pages.Load(), b.errorCount())
 	})
 	start := time.Now()
+	cpu0 := cpuTime()
 	sem := make(chan struct{}, c.connectConc)
 	for _, d := range receivers {
 		wg.Add(1)
@@ -140,6 +141,7 @@ func runSync(ctx context.Context, b *bench) (*Report, error) {
 	stopTick()
 	b.fill(rep, fillSec)
 	rep.DurationSec = wall.Seconds()
+	rep.ClientCPUCores = clientCPU(cpu0, wall)
 	sf.DrainSec = wall.Seconds()
 	sf.SyncRate = float64(b.synced.Load()) / wall.Seconds()
 	sf.Pages = pages.Load()
