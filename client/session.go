@@ -127,6 +127,7 @@ type Session struct {
 	typingDropped atomic.Uint64
 
 	done      chan struct{}
+	halfClose chan struct{} // closed by Close: the writer flushes and half-closes
 	closed    atomic.Bool
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -220,6 +221,7 @@ func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, 
 		seen:       max(w.GetCursor(), o.resumeAfter),
 		ackKick:    make(chan struct{}, 1),
 		done:       make(chan struct{}),
+		halfClose:  make(chan struct{}),
 	}
 	s.cursor.Store(w.GetCursor())
 	s.ackWant.Store(w.GetCursor())
@@ -245,6 +247,7 @@ func newDetachedSession(w *chatv1.Welcome, o sessionOptions) *Session {
 		seen:       max(w.GetCursor(), o.resumeAfter),
 		ackKick:    make(chan struct{}, 1),
 		done:       make(chan struct{}),
+		halfClose:  make(chan struct{}),
 	}
 	s.cursor.Store(w.GetCursor())
 	s.ackWant.Store(w.GetCursor())
@@ -298,12 +301,29 @@ func (s *Session) Err() error {
 	return s.endErr
 }
 
+// closeGrace bounds how long Close waits for the server to end the stream
+// after the half-close.
+const closeGrace = 2 * time.Second
+
 // Close ends the stream and waits for the session's goroutines to exit. It
+// ends it cleanly: frames already queued are sent, the stream is
+// half-closed, and the server acknowledges in-flight sends and ends the
+// stream OK (so the device goes offline at once instead of after the
+// presence grace period). It waits at most 2 s for that, then cancels. It
 // does not flush pending AckAsync acks; call Flush first for that. Close is
 // idempotent and always returns nil.
 func (s *Session) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		if s.stream != nil {
+			close(s.halfClose)
+			t := time.NewTimer(closeGrace)
+			select {
+			case <-s.done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		s.cancel()
 	})
 	s.wg.Wait()
@@ -752,6 +772,18 @@ func (s *Session) writeLoop() {
 			if of.call != nil {
 				s.takeCall(of.frame.GetFrameId())
 				of.call.complete(nil, err)
+			}
+		case <-s.halfClose:
+			for {
+				select {
+				case of := <-s.out:
+					if err := s.stream.Send(of.frame); err != nil {
+						return
+					}
+				default:
+					_ = s.stream.CloseSend()
+					return
+				}
 			}
 		case <-s.ctx.Done():
 			return
