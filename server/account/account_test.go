@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 var testKey = bytes.Repeat([]byte{42}, 32)
@@ -406,6 +407,18 @@ func TestProfilesAndContacts(t *testing.T) {
 	wantStatus(t, err, codes.InvalidArgument, "display name")
 	if u, _ := e.st.GetUser(e.ctx, "alice"); u.DisplayName != "Alice L." {
 		t.Fatalf("rejected update changed the name to %q", u.DisplayName)
+	}
+	// hide_presence alone leaves the display name as it is.
+	up, err = e.c.UpdateProfile(ctx, &chatv1.UpdateProfileRequest{HidePresence: proto.Bool(true)})
+	if err != nil || !up.GetProfile().GetHidePresence() || up.GetProfile().GetDisplayName() != "Alice L." {
+		t.Fatalf("UpdateProfile(hide_presence): %v, %v", up, err)
+	}
+	if u, _ := e.st.GetUser(e.ctx, "alice"); !u.PresenceHidden {
+		t.Fatal("hide_presence not stored")
+	}
+	up, err = e.c.UpdateProfile(ctx, &chatv1.UpdateProfileRequest{HidePresence: proto.Bool(false), DisplayName: "Alice"})
+	if err != nil || up.GetProfile().GetHidePresence() || up.GetProfile().GetDisplayName() != "Alice" {
+		t.Fatalf("UpdateProfile(show, rename): %v, %v", up, err)
 	}
 
 	ac, err := e.c.AddContact(ctx, &chatv1.AddContactRequest{Username: "Bob"})

@@ -48,6 +48,10 @@ type Config struct {
 	// (log-out, or displaced by MaxDevices); it closes that device's open
 	// streams. It must not block for long.
 	OnLogout func(userID, deviceID string)
+	// OnPresenceHidden, if not nil, is called after the user hid (true) or
+	// showed (false) their presence, so that the presence tracker applies
+	// it at once. It must not block for long.
+	OnPresenceHidden func(userID string, hidden bool)
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
 	// MaxDevices bounds the live (not revoked) devices of one user; a
@@ -64,12 +68,13 @@ type Config struct {
 type Service struct {
 	chatv1.UnimplementedAccountServiceServer
 
-	st          store.Store
-	auth        *auth.Authenticator
-	onLogout    func(userID, deviceID string)
-	now         func() time.Time
-	maxDevices  int
-	maxContacts int
+	st               store.Store
+	auth             *auth.Authenticator
+	onLogout         func(userID, deviceID string)
+	onPresenceHidden func(userID string, hidden bool)
+	now              func() time.Time
+	maxDevices       int
+	maxContacts      int
 
 	dummyOnce sync.Once
 	dummyHash []byte
@@ -83,12 +88,13 @@ func New(cfg Config) *Service {
 		panic("account: Config.Store and Config.Auth are required")
 	}
 	s := &Service{
-		st:          cfg.Store,
-		auth:        cfg.Auth,
-		onLogout:    cfg.OnLogout,
-		now:         cfg.Now,
-		maxDevices:  cfg.MaxDevices,
-		maxContacts: cfg.MaxContacts,
+		st:               cfg.Store,
+		auth:             cfg.Auth,
+		onLogout:         cfg.OnLogout,
+		onPresenceHidden: cfg.OnPresenceHidden,
+		now:              cfg.Now,
+		maxDevices:       cfg.MaxDevices,
+		maxContacts:      cfg.MaxContacts,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -381,21 +387,42 @@ func (s *Service) UpdateProfile(ctx context.Context, req *chatv1.UpdateProfileRe
 	if err != nil {
 		return nil, err
 	}
-	name, err := cleanName(req.GetDisplayName(), "display name")
-	if err != nil {
-		return nil, err
-	}
-	if err := s.st.UpdateDisplayName(ctx, p.UserID, name); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, errNoUser
+	// An empty display name leaves it unchanged only when the request
+	// changes something else.
+	setName := req.GetDisplayName() != "" || req.HidePresence == nil
+	var name string
+	if setName {
+		if name, err = cleanName(req.GetDisplayName(), "display name"); err != nil {
+			return nil, err
 		}
-		return nil, internal(ctx, "UpdateProfile", err)
+	}
+	if setName {
+		if err := s.st.UpdateDisplayName(ctx, p.UserID, name); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, errNoUser
+			}
+			return nil, internal(ctx, "UpdateProfile", err)
+		}
+	}
+	if req.HidePresence != nil {
+		hidden := req.GetHidePresence()
+		if err := s.st.SetPresenceHidden(ctx, p.UserID, hidden); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, errNoUser
+			}
+			return nil, internal(ctx, "UpdateProfile", err)
+		}
+		if s.onPresenceHidden != nil {
+			s.onPresenceHidden(p.UserID, hidden)
+		}
 	}
 	u, err := s.getUser(ctx, "UpdateProfile", p.UserID)
 	if err != nil {
 		return nil, err
 	}
-	return &chatv1.UpdateProfileResponse{Profile: profile(u)}, nil
+	pr := profile(u)
+	pr.HidePresence = u.PresenceHidden
+	return &chatv1.UpdateProfileResponse{Profile: pr}, nil
 }
 
 // AddContact adds the named user to the caller's contacts (idempotent) and
