@@ -338,26 +338,81 @@ func TestGroupsContactsProfiles(t *testing.T) {
 	}
 }
 
-func TestPresenceReportsStatusOrError(t *testing.T) {
+// TestPresence: chatctl presence and watch show a contact going online and
+// offline; a user who has not added the caller is PermissionDenied; a user
+// who hides their presence shows as offline.
+func TestPresence(t *testing.T) {
 	a := startServer(t, "127.0.0.1:0", t.TempDir())
-	alice, bob := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	alice, bob, carol := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
 	signUpAndLogIn(alice, "alice")
 	signUpAndLogIn(bob, "bob")
-	alice.ok("contacts", "add", "bob")
-	out, errOut, code := alice.run("presence", "bob")
-	switch code {
-	case 0:
-		if !strings.Contains(out, "bob") || !strings.Contains(out, "offline") {
-			t.Fatalf("presence printed %q", out)
-		}
-	case 1:
-		// The server may not serve presence yet; the status must be clear.
-		if !strings.HasPrefix(errOut, "chatctl: Unimplemented: ") {
-			t.Fatalf("presence failed with %q", errOut)
-		}
-	default:
-		t.Fatalf("presence exit %d: %q", code, errOut)
+	signUpAndLogIn(carol, "carol")
+	bob.ok("contacts", "add", "alice") // bob lets alice see him
+
+	if out := alice.ok("presence", "bob"); !strings.Contains(out, "bob  offline") {
+		t.Fatalf("presence of bob before he connects: %q", out)
 	}
+	if errOut := carol.fails(1, "presence", "bob"); !strings.HasPrefix(errOut, "chatctl: PermissionDenied: ") {
+		t.Fatalf("carol (not bob's contact): %q", errOut)
+	}
+
+	// alice watches; bob connects (listen), then leaves cleanly (SIGINT).
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	watch := alice.command(ctx, "--json", "watch", "bob")
+	wout, err := watch.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan map[string]any, 16)
+	go func() {
+		sc := bufio.NewScanner(wout)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				events <- m
+			}
+		}
+		close(events)
+	}()
+	next := func(want string) map[string]any {
+		t.Helper()
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatalf("watch ended before %s", want)
+				}
+				if ev["userId"] == "bob" && ev["status"] == want {
+					return ev
+				}
+			case <-ctx.Done():
+				t.Fatalf("no %s event for bob", want)
+			}
+		}
+	}
+	next("PRESENCE_STATUS_OFFLINE") // the current state comes first
+	l := startListen(t, bob)
+	on := next("PRESENCE_STATUS_ONLINE")
+	if on["lastActiveAt"] == nil {
+		t.Fatalf("online event without last_active_at: %v", on)
+	}
+	if out := alice.ok("--json", "presence", "bob"); !strings.Contains(out, "PRESENCE_STATUS_ONLINE") {
+		t.Fatalf("presence --json while bob listens: %q", out)
+	}
+	l.interrupt(t)
+	next("PRESENCE_STATUS_OFFLINE") // a clean close is offline at once
+
+	bob.ok("profile", "set", "--hide-presence")
+	startListen(t, bob)
+	if out := alice.ok("presence", "bob"); !strings.Contains(out, "bob  offline") {
+		t.Fatalf("presence of hidden bob while he listens: %q", out)
+	}
+	_ = watch.Process.Signal(os.Interrupt)
+	_ = watch.Wait()
 }
 
 // listener is a background "chatctl --json listen".

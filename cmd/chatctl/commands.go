@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -109,7 +110,7 @@ is a Message object.`,
 		setup:  setupProfile,
 	},
 	{
-		name: "profile set", args: "--display-name N", summary: "change your display name",
+		name: "profile set", args: "[--display-name N] [--hide-presence|--show-presence]", summary: "change your display name or hide your online status",
 		setup: setupProfileSet,
 	},
 	{
@@ -425,13 +426,23 @@ func setupProfile(fs *flag.FlagSet) func(context.Context, *env, []string) error 
 }
 
 func setupProfileSet(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	display := fs.String("display-name", "", "new display `NAME`, 1..64 characters (required)")
+	display := fs.String("display-name", "", "new display `NAME`, 1..64 characters")
+	hide := fs.Bool("hide-presence", false, "show as offline to everyone")
+	show := fs.Bool("show-presence", false, "show your online status to your contacts again")
 	return func(ctx context.Context, e *env, args []string) error {
 		if err := wantArgs(args, 0, "no arguments"); err != nil {
 			return err
 		}
-		if *display == "" {
-			return usagef("--display-name is required")
+		req := &chatv1.UpdateProfileRequest{DisplayName: *display}
+		switch {
+		case *hide && *show:
+			return usagef("--hide-presence and --show-presence exclude each other")
+		case *hide:
+			req.HidePresence = proto.Bool(true)
+		case *show:
+			req.HidePresence = proto.Bool(false)
+		case *display == "":
+			return usagef("want --display-name, --hide-presence or --show-presence")
 		}
 		c, err := e.dial(true)
 		if err != nil {
@@ -439,7 +450,7 @@ func setupProfileSet(fs *flag.FlagSet) func(context.Context, *env, []string) err
 		}
 		uctx, cancel := e.unary(ctx)
 		defer cancel()
-		resp, err := c.Account().UpdateProfile(uctx, &chatv1.UpdateProfileRequest{DisplayName: *display})
+		resp, err := c.Account().UpdateProfile(uctx, req)
 		if err != nil {
 			return err
 		}

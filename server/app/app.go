@@ -26,6 +26,8 @@ import (
 	"github.com/chatd/chatd/server/chat"
 	"github.com/chatd/chatd/server/discovery"
 	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/presence"
+	presencelocal "github.com/chatd/chatd/server/presence/local"
 	"github.com/chatd/chatd/server/ratelimit"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/router/local"
@@ -74,6 +76,7 @@ type App struct {
 	seq      *sequence.Sequencer
 	router   router.Router
 	hub      *hub.Hub
+	presence *presence.Tracker
 	auth     *auth.Authenticator
 	chat     *chat.Service
 	health   *health.Server
@@ -149,21 +152,36 @@ func New(cfg Config) (*App, error) {
 	h = hub.New(a.router)
 	a.hub = h
 
+	a.presence, err = presence.NewTracker(presence.TrackerConfig{
+		Engine:            presencelocal.New(),
+		Hidden:            presence.StoreHidden(st),
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		Grace:             cfg.PresenceGrace,
+		Logger:            cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	presenceSvc, err := presence.New(presence.Config{Engine: a.presence.Engine(), Store: st, Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("presence service: %w", err)
+	}
+
 	var chatSvc *chat.Service
 	a.seq = sequence.New(st, func(b []sequence.Committed) { chatSvc.Publish(b) }, sequence.Options{})
 	chatSvc = chat.New(chat.Config{
-		Store:             st,
-		Sequencer:         a.seq,
-		Hub:               h,
-		Router:            a.router,
-		Sessions:          a.auth,
-		Canonical:         account.CanonicalUsername,
-		ServerID:          cfg.ServerID,
-		HeartbeatInterval: cfg.HeartbeatInterval,
-		SendQueue:         cfg.SendQueue,
-		FrameRate:         cfg.FrameRate,
-		FrameBurst:        cfg.FrameBurst,
-		Registerer:        a.registry,
+		Store:      st,
+		Sequencer:  a.seq,
+		Hub:        h,
+		Router:     a.router,
+		Sessions:   a.auth,
+		Canonical:  account.CanonicalUsername,
+		ServerID:   cfg.ServerID,
+		Presence:   a.presence,
+		SendQueue:  cfg.SendQueue,
+		FrameRate:  cfg.FrameRate,
+		FrameBurst: cfg.FrameBurst,
+		Registerer: a.registry,
 	})
 	a.chat = chatSvc
 
@@ -172,6 +190,14 @@ func New(cfg Config) (*App, error) {
 		Auth:  a.auth,
 		OnLogout: func(userID, deviceID string) {
 			h.KillDevice(userID, deviceID, status.New(codes.Unauthenticated, "device logged out"))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = a.presence.Logout(ctx, userID, deviceID)
+		},
+		OnPresenceHidden: func(userID string, hidden bool) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = a.presence.SetHidden(ctx, userID, hidden)
 		},
 	})
 
@@ -186,9 +212,7 @@ func New(cfg Config) (*App, error) {
 	chatv1.RegisterChatServiceServer(a.grpcServer, chatSvc)
 	chatv1.RegisterAccountServiceServer(a.grpcServer, accountSvc)
 	chatv1.RegisterDiscoveryServiceServer(a.grpcServer, disc)
-	// Presence is in the contract; until it is implemented its RPCs answer
-	// Unimplemented.
-	chatv1.RegisterPresenceServiceServer(a.grpcServer, chatv1.UnimplementedPresenceServiceServer{})
+	chatv1.RegisterPresenceServiceServer(a.grpcServer, presenceSvc)
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpcServer, a.health)
 	reflection.Register(a.grpcServer)
@@ -360,6 +384,9 @@ func (a *App) closeResources() error {
 	}
 	if a.seq != nil {
 		a.seq.Close()
+	}
+	if a.presence != nil {
+		errs = append(errs, a.presence.Close())
 	}
 	if a.router != nil {
 		errs = append(errs, a.router.Close())

@@ -56,6 +56,10 @@ type Config struct {
 	// HeartbeatInterval is what clients are told to send heartbeats at.
 	// Default 25s.
 	HeartbeatInterval time.Duration
+	// PresenceGrace is how long a device counts as online after its last
+	// heartbeat or frame; a stream silent that long is closed. Default 60s
+	// (Centrifugo's default expiry); must exceed HeartbeatInterval.
+	PresenceGrace time.Duration
 	// SendQueue is the per-stream bounded send queue, in frames.
 	// Default 1024. A device whose queue overflows is disconnected with
 	// ResourceExhausted and recovers by sync.
@@ -98,6 +102,9 @@ func (c Config) Defaults() Config {
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = 25 * time.Second
 	}
+	if c.PresenceGrace == 0 {
+		c.PresenceGrace = 60 * time.Second
+	}
 	if c.SendQueue == 0 {
 		c.SendQueue = 1024
 	}
@@ -136,6 +143,9 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatInterval < time.Second {
 		errs = append(errs, fmt.Errorf("heartbeat interval %s is under 1s", c.HeartbeatInterval))
+	}
+	if c.PresenceGrace <= c.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("presence grace %s must exceed the heartbeat interval %s", c.PresenceGrace, c.HeartbeatInterval))
 	}
 	if c.SendQueue < 16 {
 		errs = append(errs, fmt.Errorf("send queue %d is under 16 frames", c.SendQueue))

@@ -34,6 +34,7 @@ import (
 	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/ratelimit"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/sequence"
@@ -97,8 +98,13 @@ type Config struct {
 	Canonical func(string) (string, error)
 	// ServerID names this server in Welcome.
 	ServerID string
-	// HeartbeatInterval is sent in Welcome; default 25 s.
+	// HeartbeatInterval is sent in Welcome; default 25 s, or the
+	// Presence tracker's interval when Presence is set.
 	HeartbeatInterval time.Duration
+	// Presence, if not nil, tracks the device's presence: online while the
+	// stream is open and frames (heartbeats or any other) arrive; a stream
+	// silent for the tracker's grace period is ended with Unavailable.
+	Presence *presence.Tracker
 	// SendQueue is the bounded send queue of each stream, in frames;
 	// default 1024. A stream whose queue overflows is closed with
 	// ResourceExhausted.
@@ -133,6 +139,7 @@ type Service struct {
 	seq       *sequence.Sequencer
 	hub       *hub.Hub
 	router    router.Router
+	presence  *presence.Tracker
 	sessions  SessionValidator
 	canonical func(string) (string, error)
 	serverID  string
@@ -166,6 +173,7 @@ func New(cfg Config) *Service {
 		canonical: cfg.Canonical,
 		serverID:  cfg.ServerID,
 		heartbeat: cfg.HeartbeatInterval,
+		presence:  cfg.Presence,
 		sendQueue: cfg.SendQueue,
 		frameRate: cfg.FrameRate,
 		burst:     cfg.FrameBurst,
@@ -175,6 +183,9 @@ func New(cfg Config) *Service {
 	}
 	if s.canonical == nil {
 		s.canonical = account.CanonicalUsername
+	}
+	if s.presence != nil {
+		s.heartbeat = s.presence.HeartbeatInterval()
 	}
 	if s.heartbeat <= 0 {
 		s.heartbeat = DefaultHeartbeatInterval

@@ -15,6 +15,7 @@ import (
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
@@ -25,16 +26,17 @@ import (
 const gapPage = 100
 
 var (
-	errNoPayload      = status.Error(codes.InvalidArgument, "frame has no payload")
-	errAckBeyondHead  = status.Error(codes.FailedPrecondition, "ack beyond inbox head")
-	errSyncLimit      = status.Error(codes.InvalidArgument, fmt.Sprintf("sync limit must be 0 (default %d) or 1 to %d", DefaultSyncLimit, MaxSyncLimit))
-	errChannelMissing = status.Error(codes.NotFound, "channel not found")
-	errNotMember      = status.Error(codes.PermissionDenied, "not a member of the channel")
-	errSelfDirect     = status.Error(codes.InvalidArgument, "cannot send a direct message to yourself")
-	errUserMissing    = status.Error(codes.NotFound, "user not found")
-	errUnknownDevice  = status.Error(codes.Unauthenticated, "session revoked")
-	errSessionCheck   = status.Error(codes.Unavailable, "cannot verify session, retry")
-	errSyncFailed     = status.Error(codes.Unavailable, "sync failed, retry")
+	errNoPayload        = status.Error(codes.InvalidArgument, "frame has no payload")
+	errAckBeyondHead    = status.Error(codes.FailedPrecondition, "ack beyond inbox head")
+	errHeartbeatTimeout = status.Error(codes.Unavailable, "heartbeat timeout: no frame within the presence grace period; reconnect")
+	errSyncLimit        = status.Error(codes.InvalidArgument, fmt.Sprintf("sync limit must be 0 (default %d) or 1 to %d", DefaultSyncLimit, MaxSyncLimit))
+	errChannelMissing   = status.Error(codes.NotFound, "channel not found")
+	errNotMember        = status.Error(codes.PermissionDenied, "not a member of the channel")
+	errSelfDirect       = status.Error(codes.InvalidArgument, "cannot send a direct message to yourself")
+	errUserMissing      = status.Error(codes.NotFound, "user not found")
+	errUnknownDevice    = status.Error(codes.Unauthenticated, "session revoked")
+	errSessionCheck     = status.Error(codes.Unavailable, "cannot verify session, retry")
+	errSyncFailed       = status.Error(codes.Unavailable, "sync failed, retry")
 )
 
 // syncOp is a SyncRequest queued for the writer.
@@ -59,6 +61,9 @@ type stream struct {
 	ctx  context.Context
 	p    auth.Principal
 	sess *hub.Session
+
+	// pc is the device's presence connection (nil without presence).
+	pc *presence.Conn
 
 	// Reader state (reader goroutine only).
 	key      string        // rate-limit key of the device: user 0x00 device
@@ -104,6 +109,19 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		return err
 	}
 	defer s.hub.Unregister(sess)
+	// Presence: online from now on; a clean end (the client half-closed)
+	// takes the device offline at once, any other end leaves it online for
+	// the grace period so that a quick reconnect does not flap.
+	var pc *presence.Conn
+	var expired <-chan struct{}
+	clean := false
+	if s.presence != nil {
+		if pc, err = s.presence.Connect(ctx, p.UserID, p.DeviceID); err != nil {
+			return err
+		}
+		expired = pc.Expired()
+		defer func() { pc.Close(clean) }()
+	}
 	s.metrics.StreamsOpen.Inc()
 	defer s.metrics.StreamsOpen.Dec()
 
@@ -113,6 +131,7 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		inflight: make(chan struct{}, s.inFlight),
 		cursor:   dev.Cursor,
 		head:     head,
+		pc:       pc,
 	}
 	writerErr := make(chan error, 1)
 	readerErr := make(chan error, 1)
@@ -122,6 +141,8 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 	select {
 	case <-sess.Done():
 		return sess.Status().Err()
+	case <-expired:
+		return errHeartbeatTimeout
 	case err := <-writerErr:
 		return err
 	case err := <-readerErr:
@@ -131,7 +152,9 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 			}
 			return err
 		}
-		return st.finish(writerErr)
+		err = st.finish(writerErr)
+		clean = err == nil
+		return err
 	}
 }
 
@@ -370,6 +393,9 @@ func (st *stream) readLoop() error {
 		f, err := st.gs.Recv()
 		if err != nil {
 			return err
+		}
+		if st.pc != nil {
+			st.pc.Beat() // any frame shows the device is alive
 		}
 		if err := st.handleFrame(f); err != nil {
 			return err
