@@ -67,7 +67,7 @@ const (
 
 // MaxPayload is the largest pub/sub message Route publishes, in bytes: a
 // destination's events beyond it go in further messages (in order).
-const MaxPayload = 1 << 20
+const MaxPayload = 256 << 10
 
 // DefaultQueueSize is the default bound of Config.QueueSize, in events.
 const DefaultQueueSize = 1 << 17
@@ -634,7 +634,7 @@ func (r *Router) routeRemote(ctx context.Context, events []router.Event) error {
 	r.n.remote.Add(copies)
 	defer func() {
 		for _, b := range batches {
-			if cap(b.buf) <= 4*MaxPayload {
+			if cap(b.buf) <= 2*MaxPayload {
 				batchPool.Put(b)
 			}
 		}
