@@ -20,6 +20,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/router"
@@ -847,9 +848,17 @@ func benchRoute(b *testing.B, batch, par int) {
 	for u := range names {
 		names[u] = fmt.Sprint("u", u)
 	}
-	frame := &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: &chatv1.Delivery{
-		InboxSeq: 42, Message: &chatv1.Message{ChannelId: "dm:u1:u2", MessageId: 1 << 40, SenderId: "u1", Text: "hello, how are you?"},
-	}}}
+	// Distinct frames (as deliveries are: each carries its user's
+	// inbox_seq), so none is sent by reference.
+	frames := make([]*chatv1.ServerFrame, 4099)
+	for i := range frames {
+		frames[i] = &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: &chatv1.Delivery{
+			InboxSeq: uint64(1000 + i), Message: &chatv1.Message{
+				ChannelId: "dm:u1:u2", MessageId: 1<<40 + uint64(i), SenderId: "u1", SenderDeviceId: "d1",
+				Text: "hello, how are you? see you at eight", CreatedAt: timestamppb.Now(),
+			},
+		}}}
+	}
 	calls := max(b.N/batch, 1)
 	var next, full atomic.Int64
 	b.ResetTimer()
@@ -866,7 +875,8 @@ func benchRoute(b *testing.B, batch, par int) {
 					return
 				}
 				for j := range evs {
-					evs[j] = router.Event{UserID: names[(int(i)*batch+j)%users], Frame: frame}
+					k := int(i)*batch + j
+					evs[j] = router.Event{UserID: names[k%users], Frame: frames[k%len(frames)]}
 				}
 				for {
 					err := src.Route(ctx, evs)

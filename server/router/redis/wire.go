@@ -51,7 +51,11 @@ type batch struct {
 	payloads [][]byte
 }
 
+// reset empties b for reuse, keeping one payload buffer.
 func (b *batch) reset() {
+	if b.buf == nil && len(b.payloads) > 0 {
+		b.buf = b.payloads[0]
+	}
 	b.buf = b.buf[:0]
 	b.frames, b.last, b.lastIdx, b.events = 0, nil, 0, 0
 	clear(b.payloads)
