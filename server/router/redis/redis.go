@@ -92,9 +92,9 @@ var (
 
 // Config configures New.
 type Config struct {
-	// Client is the Redis connection (a *redis.Client, *redis.ClusterClient
-	// or *redis.Ring... any redis.UniversalClient; Ring is not supported as
-	// it has no sharded pub/sub). Required. Close does not close it.
+	// Client is the Redis connection: a *redis.Client (one server, or
+	// Sentinel failover) or a *redis.ClusterClient, as made by
+	// redis.NewUniversalClient. Required. Close does not close it.
 	Client goredis.UniversalClient
 	// ServerID names this server (e.g. host:port): 1-128 bytes without
 	// '{', '}' or '/'. Required.
@@ -727,7 +727,7 @@ func (r *Router) receiveLoop() {
 				}
 				// No answer to the ping: replace the connection.
 				r.log.Warn("router/redis: subscription silent; reconnecting", "node", r.nodeID)
-				r.resubscribe()
+				r.resubscribe() // on failure go-redis re-dials the old one
 				pinged = false
 				continue
 			}
@@ -746,10 +746,23 @@ func (r *Router) receiveLoop() {
 		pinged, backoff = false, 0
 		switch m := msg.(type) {
 		case *goredis.Subscription:
-			// The first confirmation was read by subscribe: this one
-			// follows a reconnect by go-redis.
-			if m.Kind == "subscribe" || m.Kind == "ssubscribe" {
+			switch m.Kind {
+			case "subscribe", "ssubscribe":
+				// The first confirmation was read by subscribe: this one
+				// follows a reconnect by go-redis.
 				r.n.resubscribes.Add(1)
+			case "sunsubscribe", "unsubscribe":
+				// Redis dropped the subscription (in a cluster, the
+				// channel's slot moved to another shard): subscribe again,
+				// which finds the new owner.
+				r.log.Warn("router/redis: unsubscribed by Redis (slot moved?); subscribing again", "node", r.nodeID)
+				for wait := 10 * time.Millisecond; !r.resubscribe(); wait = min(2*wait, time.Second) {
+					select {
+					case <-r.stop:
+						return
+					case <-time.After(wait):
+					}
+				}
 			}
 		case *goredis.Message:
 			scratch = r.deliver(m.Payload, scratch[:0])
@@ -781,10 +794,16 @@ func (r *Router) deliver(payload string, scratch []router.Event) []router.Event 
 	return evs
 }
 
-// resubscribe replaces the subscription (after a silent connection).
-func (r *Router) resubscribe() {
+// resubscribe replaces the subscription with a new one (on a cluster,
+// after reloading the slot map). It reports false when that failed (the
+// old subscription is kept) and true when it succeeded or the router is
+// closed.
+func (r *Router) resubscribe() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), r.serverTTL)
 	defer cancel()
+	if cc, ok := r.c.(*goredis.ClusterClient); ok {
+		cc.ReloadState(ctx)
+	}
 	ps, _, err := r.subscribe(ctx, r.sharded)
 	r.psMu.Lock()
 	defer r.psMu.Unlock()
@@ -792,15 +811,16 @@ func (r *Router) resubscribe() {
 		if ps != nil {
 			_ = ps.Close()
 		}
-		return
+		return true
 	}
 	if err != nil {
 		r.log.Warn("router/redis: resubscribe failed; retrying", "node", r.nodeID, "err", err)
-		return // keep the old one: go-redis re-dials it on the next read error
+		return false
 	}
 	_ = r.ps.Close()
 	r.ps = ps
 	r.n.resubscribes.Add(1)
+	return true
 }
 
 // heartbeat renews this node's alive key and registry entry and learns

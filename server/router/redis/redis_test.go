@@ -170,6 +170,7 @@ func TestConformanceCluster(t *testing.T) {
 			})
 		})
 	}
+	t.Run("SlotMigration", func(t *testing.T) { testSlotMigration(t, dialCluster) })
 	// Keys of many users spread over the shards.
 	c := dialCluster()
 	defer c.Close()
@@ -196,6 +197,89 @@ func TestConformanceCluster(t *testing.T) {
 	if masters < 2 {
 		t.Fatalf("route keys on %d master(s), want them spread", masters)
 	}
+}
+
+// testSlotMigration moves the slot of a node's channel (and alive key) to
+// another shard: Redis drops the node's sharded subscription, and the node
+// subscribes again on the new owner.
+func testSlotMigration(t *testing.T, dial func() *goredis.ClusterClient) {
+	ctx := context.Background()
+	c := dial()
+	defer c.Close()
+	prefix := testPrefixOn(t, func() goredis.UniversalClient { return dial() })
+	recB := newRecorder()
+	a := newNode(t, dial(), prefix, "a", newRecorder().handle, nodeOpts{})
+	defer a.Close()
+	cb := dial()
+	defer cb.Close()
+	b := newNode(t, cb, prefix, "b", recB.handle, nodeOpts{})
+	defer b.Close()
+	if err := b.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	slot, err := c.ClusterKeySlot(ctx, b.Channel()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Find the slot's owner and another master.
+	var src, dst *goredis.Client
+	var srcID, dstID string
+	var masters []*goredis.Client
+	slots, err := c.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sr := range slots {
+		if int64(sr.Start) <= slot && slot <= int64(sr.End) {
+			src = goredis.NewClient(&goredis.Options{Addr: sr.Nodes[0].Addr})
+			srcID = sr.Nodes[0].ID
+		}
+	}
+	for _, sr := range slots {
+		if sr.Nodes[0].ID != srcID && dst == nil {
+			dst = goredis.NewClient(&goredis.Options{Addr: sr.Nodes[0].Addr})
+			dstID = sr.Nodes[0].ID
+		}
+		masters = append(masters, goredis.NewClient(&goredis.Options{Addr: sr.Nodes[0].Addr}))
+	}
+	defer func() {
+		for _, m := range append(masters, src, dst) {
+			_ = m.Close()
+		}
+	}()
+	if src == nil || dst == nil {
+		t.Skip("need two masters")
+	}
+	host, port, _ := net.SplitHostPort(dst.Options().Addr)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err())
+	keys, err := src.ClusterGetKeysInSlot(ctx, int(slot), 1000).Result()
+	must(err)
+	if len(keys) > 0 {
+		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must(src.Do(ctx, args...).Err())
+	}
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	for _, m := range masters {
+		_ = m.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err()
+	}
+	var id uint64
+	eventually(t, "delivery after the slot moved", func() bool {
+		id++
+		_ = a.Route(ctx, []router.Event{ev("alice", id)})
+		time.Sleep(20 * time.Millisecond)
+		return recB.has("alice", id)
+	})
 }
 
 // recorder is a Handler that records frame ids per user.
