@@ -132,6 +132,7 @@ type Config struct {
 type Stats struct {
 	LocalEvents   uint64 // events handed to the Handler by Route (users attached here)
 	QueueDrops    uint64 // events not queued for other nodes because the queue was full
+	EncodeErrors  uint64 // event copies not sent because their frame could not be encoded
 	RemoteEvents  uint64 // event copies published to other nodes
 	Messages      uint64 // pub/sub messages published
 	Unheard       uint64 // messages no subscriber received (the node was gone)
@@ -148,7 +149,7 @@ type Stats struct {
 
 type counters struct {
 	local, remote, messages, unheard, pubErr, lookupErr, received, notAttached,
-	malformed, resubscribes, trimmed, refreshed, losses, queueDrops atomic.Uint64
+	malformed, resubscribes, trimmed, refreshed, losses, queueDrops, encodeErr atomic.Uint64
 }
 
 type shard struct {
@@ -299,6 +300,7 @@ func (r *Router) Stats() Stats {
 		Received: n.received.Load(), NotAttached: n.notAttached.Load(), Malformed: n.malformed.Load(),
 		Resubscribes: n.resubscribes.Load(), Trimmed: n.trimmed.Load(), Refreshed: n.refreshed.Load(),
 		Losses: n.losses.Load(), QueueDrops: n.queueDrops.Load(),
+		EncodeErrors: n.encodeErr.Load(),
 	}
 }
 
@@ -553,7 +555,7 @@ func (r *Router) routeRemote(ctx context.Context, events []router.Event) error {
 		return unavailable("lookup", err)
 	}
 
-	// 2. Choose destinations: skip this node (served above), dead nodes
+	// 2. Choose destinations: skip this node (Route served it), dead nodes
 	// (their members expire and are trimmed like any other) and expired
 	// members, which are trimmed.
 	now := float64(time.Now().UnixMilli())
@@ -586,30 +588,25 @@ func (r *Router) routeRemote(ctx context.Context, events []router.Event) error {
 
 	// 3. One batch per destination node, events in the order given.
 	var (
-		dests   []string
-		batches []*batch
-		destIdx map[string]int
-		err     error
-		copies  uint64
+		dests     []string
+		batches   []*batch
+		destIdx   map[string]int
+		encodeErr error
+		copies    uint64
 	)
 	for i := range events {
 		for _, d := range lookups[idx[events[i].UserID]].dests {
 			bi := -1
-			for j, dd := range dests { // few destinations: a linear scan
-				if dd == d {
-					bi = j
-					break
-				}
-			}
-			if bi < 0 && len(dests) > 16 {
-				if destIdx == nil {
-					destIdx = make(map[string]int)
-					for j, dd := range dests {
-						destIdx[dd] = j
-					}
-				}
+			if destIdx != nil {
 				if j, ok := destIdx[d]; ok {
 					bi = j
+				}
+			} else {
+				for j, dd := range dests { // few destinations: a linear scan
+					if dd == d {
+						bi = j
+						break
+					}
 				}
 			}
 			if bi < 0 {
@@ -618,17 +615,22 @@ func (r *Router) routeRemote(ctx context.Context, events []router.Event) error {
 				b := batchPool.Get().(*batch)
 				b.reset()
 				batches = append(batches, b)
-				if destIdx != nil {
+				switch {
+				case destIdx != nil:
 					destIdx[d] = bi
+				case len(dests) > 16: // many destinations: a map
+					destIdx = make(map[string]int, 2*len(dests))
+					for j, dd := range dests {
+						destIdx[dd] = j
+					}
 				}
 			}
-			if err = batches[bi].add(&events[i], MaxPayload); err != nil {
-				break
+			if err := batches[bi].add(&events[i], MaxPayload); err != nil {
+				encodeErr = err // this copy is skipped; the others go
+				r.n.encodeErr.Add(1)
+				continue
 			}
 			copies++
-		}
-		if err != nil {
-			break
 		}
 	}
 	r.n.remote.Add(copies)
@@ -639,9 +641,6 @@ func (r *Router) routeRemote(ctx context.Context, events []router.Event) error {
 			}
 		}
 	}()
-	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "router: encode frame: %v", err)
-	}
 
 	// 4. Publish (and trim) in one pipeline.
 	var pubs []*goredis.IntCmd
@@ -655,6 +654,9 @@ func (r *Router) routeRemote(ctx context.Context, events []router.Event) error {
 				pubs = append(pubs, pipe.Publish(ctx, ch, p))
 			}
 		}
+	}
+	if encodeErr != nil {
+		r.log.Warn("router/redis: a frame could not be encoded; not sent to other servers", "node", r.nodeID, "err", encodeErr)
 	}
 	if pipe.Len() == 0 {
 		if lookupErr != nil {

@@ -857,6 +857,67 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// One user attached on 20 nodes: every node gets every event, in order.
+func TestManyNodes(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	c := newClient(t, addr)
+	const nodes = 20
+	recs := make([]*recorder, nodes)
+	rs := make([]*redisrouter.Router, nodes)
+	ctx := context.Background()
+	for i := range nodes {
+		recs[i] = newRecorder()
+		rs[i] = newNode(t, c, prefix, fmt.Sprint("n", i), recs[i].handle, nodeOpts{})
+		defer rs[i].Close()
+		if err := rs[i].Attach(ctx, "alice"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var evs []router.Event
+	for id := uint64(1); id <= 50; id++ {
+		evs = append(evs, ev("alice", id), ev("bob", id))
+	}
+	if err := rs[0].Route(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	for i := range nodes {
+		eventually(t, fmt.Sprint("node ", i), func() bool { return recs[i].n.Load() == 50 })
+		recs[i].mu.Lock()
+		got := recs[i].ids["alice"]
+		recs[i].mu.Unlock()
+		for j, id := range got {
+			if id != uint64(j+1) {
+				t.Fatalf("node %d got %v", i, got)
+			}
+		}
+	}
+}
+
+// An event whose frame cannot be encoded (invalid UTF-8 in a string
+// field) is skipped; the other events of the same cycle still go.
+func TestUnencodableFrameSkipped(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	recB := newRecorder()
+	a := newNode(t, newClient(t, addr), prefix, "a", newRecorder().handle, nodeOpts{})
+	defer a.Close()
+	b := newNode(t, newClient(t, addr), prefix, "b", recB.handle, nodeOpts{})
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	bad := &chatv1.ServerFrame{FrameId: 2, Payload: &chatv1.ServerFrame_Typing{Typing: &chatv1.TypingEvent{ChannelId: "\xff"}}}
+	if err := a.Route(ctx, []router.Event{ev("alice", 1), {UserID: "alice", Frame: bad}, ev("alice", 3)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "good events", func() bool { return recB.has("alice", 1) && recB.has("alice", 3) })
+	if recB.has("alice", 2) || a.Stats().EncodeErrors != 1 {
+		t.Fatalf("bad frame delivered=%v, EncodeErrors=%d", recB.has("alice", 2), a.Stats().EncodeErrors)
+	}
+}
+
 // Close removes the node's routes and alive key, and later calls fail
 // with Unavailable.
 func TestCloseCleansUp(t *testing.T) {

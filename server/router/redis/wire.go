@@ -63,7 +63,9 @@ func (b *batch) reset() {
 }
 
 // add appends ev; when the payload would exceed max bytes it is cut first
-// (and started anew, so frame references never cross payloads).
+// (and started anew, so frame references never cross payloads). When the
+// frame cannot be encoded (e.g. a string field with invalid UTF-8) b is
+// left as it was and the error returned.
 func (b *batch) add(ev *router.Event, max int) error {
 	ref := ev.Frame == b.last && b.last != nil
 	var fsize int
@@ -86,6 +88,7 @@ func (b *batch) add(ev *router.Event, max int) error {
 	if len(b.buf) == 0 {
 		b.buf = append(b.buf, wireVersion)
 	}
+	entry := len(b.buf)
 	b.buf = protowire.AppendTag(b.buf, fieldEntry, protowire.BytesType)
 	b.buf = protowire.AppendVarint(b.buf, uint64(n))
 	b.buf = protowire.AppendTag(b.buf, fieldUser, protowire.BytesType)
@@ -103,9 +106,11 @@ func (b *batch) add(ev *router.Event, max int) error {
 		start := len(b.buf)
 		var err error
 		if b.buf, err = marshalCached.MarshalAppend(b.buf, ev.Frame); err != nil {
+			b.buf = b.buf[:entry]
 			return err
 		}
 		if len(b.buf)-start != fsize {
+			b.buf = b.buf[:entry]
 			return errors.New("frame changed while being routed")
 		}
 		b.last, b.lastIdx = ev.Frame, b.frames
