@@ -51,6 +51,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -126,6 +127,9 @@ type Config struct {
 	Classic bool
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// Registerer, if not nil, receives the Stats as chatd_router_*
+	// Prometheus metrics.
+	Registerer prometheus.Registerer
 }
 
 // Stats are the router's counters since New.
@@ -271,6 +275,9 @@ func New(ctx context.Context, cfg Config) (*Router, error) {
 	if _, err := r.heartbeat(ctx); err != nil {
 		_ = ps.Close()
 		return nil, fmt.Errorf("router/redis: register node: %w", err)
+	}
+	if cfg.Registerer != nil {
+		r.register(cfg.Registerer)
 	}
 	r.wg.Add(3)
 	go r.receiveLoop()

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -142,6 +143,41 @@ func factory(o nodeOpts) routertest.Factory {
 }
 
 func TestConformanceSharded(t *testing.T) { routertest.Run(t, factory(nodeOpts{})) }
+
+// The Stats are exported as Prometheus metrics.
+func TestMetrics(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	reg := prometheus.NewRegistry()
+	ctx := context.Background()
+	a, err := redisrouter.New(ctx, redisrouter.Config{
+		Client: newClient(t, addr), ServerID: "a", Handler: newRecorder().handle, Prefix: prefix,
+		Logger: slog.New(slog.DiscardHandler), Registerer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.Attach(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Route(ctx, []router.Event{ev("alice", 1), ev("alice", 2)}); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			got[mf.GetName()] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	if got["chatd_router_local_events_total"] != 2 || len(got) != 15 {
+		t.Fatalf("metrics %v", got)
+	}
+}
 
 func TestConformanceClassic(t *testing.T) { routertest.Run(t, factory(nodeOpts{classic: true})) }
 
