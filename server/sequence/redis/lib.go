@@ -1,0 +1,194 @@
+package redis
+
+// libName is the Redis function library; its version is part of the name
+// (and of every function name) so that servers of two versions can share
+// one Redis during a rolling upgrade. Change the code only together with
+// the version.
+const libName = "chatd_seq_v1"
+
+// Function names of the library.
+const (
+	fnUserAlloc   = "chatd_seq_v1_ualloc"
+	fnUserCommit  = "chatd_seq_v1_ucommit"
+	fnUserAbort   = "chatd_seq_v1_uabort"
+	fnUserHorizon = "chatd_seq_v1_uhorizon"
+	fnUserInit    = "chatd_seq_v1_uinit"
+	fnChanAlloc   = "chatd_seq_v1_calloc"
+	fnChanInit    = "chatd_seq_v1_cinit"
+)
+
+// library is the Lua code of the Redis functions (Redis 7 FUNCTION LOAD).
+//
+// Keys (all of one inbox or channel share a hash tag, so each function
+// touches one Redis Cluster slot):
+//
+//	<prefix>{u:<user>}    hash: c = last allocated seq, b = durably
+//	                      reserved bound (every allocated seq <= b),
+//	                      e = epoch, r = incarnation of the Redis process
+//	                      that wrote the hash
+//	<prefix>{u:<user>}:p  zset of pending allocations: member
+//	                      "<first>:<last>:<deadline_ms>", score first
+//	<prefix>{c:<channel>} hash: m, k = last allocated message id as
+//	                      (unix ms, counter) = m<<16 | k; b = durably
+//	                      reserved bound in ms (every allocated id has
+//	                      m <= b); r as above
+//
+// A hash whose r is not this process's run_id was written by another
+// Redis process (a restart from a stale RDB/AOF, or a replica promoted
+// with replication lag): its values may be behind what was allocated, so
+// it is treated like a missing hash and must be initialised again from the
+// durable bound (INIT). The run_id is cached per library load: it is
+// constant for the life of the process.
+//
+// Numbers: Lua numbers are doubles, exact up to 2^53; seqs and ms stay far
+// below. Message ids (ms<<16, about 2^57) never appear as one number: they
+// are split into (ms, counter). Numbers written to Redis are formatted
+// with %d.
+//
+// Time: deadlines use the Redis server clock (TIME), one clock for every
+// chat server; the channel id floor uses the chat server's clock passed
+// in (it is also the message's created_at).
+const library = `#!lua name=chatd_seq_v1
+
+local rid
+local function me()
+  if not rid then
+    rid = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  end
+  return rid
+end
+
+local function d(x) return string.format('%d', x) end
+
+local function nowms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function deadline(member)
+  return tonumber(string.match(member, ':(%d+)$'))
+end
+
+-- Drops expired entries at the low end of the pending set (their seqs
+-- become holes). Returns the lowest live entry's first seq, or nil.
+local function trim(z, now)
+  for _ = 1, 1000 do
+    local m = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+    if #m == 0 then return nil end
+    if deadline(m[1]) > now then return tonumber(m[2]) end
+    redis.call('ZREM', z, m[1])
+  end
+  local m = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if #m == 0 then return nil end
+  return tonumber(m[2])
+end
+
+-- KEYS: hash, pending. ARGV: n, ttl_ms, bound (raise the bound to it; 0:
+-- no change). -> {'OK', epoch, first, last} | {'INIT'} | {'RESERVE', needed}
+local function ualloc(keys, args)
+  local h = redis.call('HMGET', keys[1], 'c', 'b', 'e', 'r')
+  if h[4] ~= me() then return {'INIT'} end
+  local c, b = tonumber(h[1]), tonumber(h[2])
+  local n, nb = tonumber(args[1]), tonumber(args[3])
+  if nb > b then
+    b = nb
+    redis.call('HSET', keys[1], 'b', d(b))
+  end
+  if c + n > b then return {'RESERVE', c + n} end
+  local now = nowms()
+  trim(keys[2], now)
+  local first, last = c + 1, c + n
+  redis.call('HSET', keys[1], 'c', d(last))
+  redis.call('ZADD', keys[2], d(first), d(first) .. ':' .. d(last) .. ':' .. d(now + tonumber(args[2])))
+  return {'OK', h[3], first, last}
+end
+
+-- KEYS: hash, pending. ARGV: epoch, first. -> 'OK' | 'STALE'
+-- OK: the allocation was still pending (so no reader has passed it) and
+-- now counts as written. An entry past its deadline that is still there
+-- has not been passed either, so it commits too.
+local function ucommit(keys, args)
+  local h = redis.call('HMGET', keys[1], 'e', 'r')
+  if h[2] ~= me() or h[1] ~= args[1] then return 'STALE' end
+  local m = redis.call('ZRANGEBYSCORE', keys[2], args[2], args[2])
+  if #m == 0 then return 'STALE' end
+  redis.call('ZREM', keys[2], m[1])
+  return 'OK'
+end
+
+-- KEYS: hash, pending. ARGV: epoch, first. -> 'OK'
+local function uabort(keys, args)
+  local h = redis.call('HMGET', keys[1], 'e', 'r')
+  if h[2] == me() and h[1] == args[1] then
+    redis.call('ZREMRANGEBYSCORE', keys[2], args[2], args[2])
+  end
+  return 'OK'
+end
+
+-- KEYS: hash, pending. -> {'OK', horizon} | {'INIT'}
+local function uhorizon(keys, args)
+  local h = redis.call('HMGET', keys[1], 'c', 'r')
+  if h[2] ~= me() then return {'INIT'} end
+  local low = trim(keys[2], nowms())
+  if low then return {'OK', low - 1} end
+  return {'OK', tonumber(h[1])}
+end
+
+-- KEYS: hash, pending. ARGV: cur, bound, epoch. Sets up the hash unless
+-- it is valid already; never lowers cur. -> {'OK', epoch in force}
+local function uinit(keys, args)
+  local h = redis.call('HMGET', keys[1], 'c', 'e', 'r')
+  if h[3] == me() then return {'OK', h[2]} end
+  local c, b = tonumber(args[1]), tonumber(args[2])
+  if h[1] and tonumber(h[1]) > c then c = tonumber(h[1]) end
+  if c > b then b = c end
+  redis.call('DEL', keys[2])
+  redis.call('HSET', keys[1], 'c', d(c), 'b', d(b), 'e', args[3], 'r', me())
+  return {'OK', args[3]}
+end
+
+-- KEYS: hash. ARGV: n, now_ms, bound_ms (raise the bound to it; 0: no
+-- change). -> {'OK', first_ms, first_counter, last_ms, last_counter} |
+-- {'INIT'} | {'RESERVE', last_ms}
+local function calloc(keys, args)
+  local h = redis.call('HMGET', keys[1], 'm', 'k', 'b', 'r')
+  if h[4] ~= me() then return {'INIT'} end
+  local n, now = tonumber(args[1]), tonumber(args[2])
+  local b, nb = tonumber(h[3]), tonumber(args[3])
+  if nb > b then
+    b = nb
+    redis.call('HSET', keys[1], 'b', d(b))
+  end
+  local fm, fk = tonumber(h[1]), tonumber(h[2]) + 1
+  if fk >= 65536 then fm, fk = fm + 1, 0 end
+  if now > fm then fm, fk = now, 0 end
+  local t = fk + n - 1
+  local lm, lk = fm + math.floor(t / 65536), t % 65536
+  if lm > b then return {'RESERVE', lm} end
+  redis.call('HSET', keys[1], 'm', d(lm), 'k', d(lk))
+  return {'OK', fm, fk, lm, lk}
+end
+
+-- KEYS: hash. ARGV: ms, counter, bound_ms. Sets up the hash unless it is
+-- valid already; never lowers the last id. -> 'OK'
+local function cinit(keys, args)
+  local h = redis.call('HMGET', keys[1], 'm', 'k', 'r')
+  if h[3] == me() then return 'OK' end
+  local m, k, b = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  if h[1] then
+    local om, ok = tonumber(h[1]), tonumber(h[2])
+    if om > m or (om == m and ok > k) then m, k = om, ok end
+  end
+  if m > b then b = m end
+  redis.call('HSET', keys[1], 'm', d(m), 'k', d(k), 'b', d(b), 'r', me())
+  return 'OK'
+end
+
+redis.register_function('chatd_seq_v1_ualloc', ualloc)
+redis.register_function('chatd_seq_v1_ucommit', ucommit)
+redis.register_function('chatd_seq_v1_uabort', uabort)
+redis.register_function('chatd_seq_v1_uhorizon', uhorizon)
+redis.register_function('chatd_seq_v1_uinit', uinit)
+redis.register_function('chatd_seq_v1_calloc', calloc)
+redis.register_function('chatd_seq_v1_cinit', cinit)
+`

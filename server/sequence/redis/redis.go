@@ -1,0 +1,632 @@
+// Package redis is the cluster-mode sequence.Allocator: message ids and
+// inbox seqs for several chat servers writing the same channels and
+// inboxes, allocated in Redis and made safe against Redis losing its data
+// by durable reserved bounds (BoundStore, on CQL) and against out-of-order
+// commits by a per-inbox horizon.
+//
+// Per inbox (user) and per channel, Redis holds the last allocated value;
+// Redis functions (one Redis Cluster slot each) allocate atomically:
+//
+//   - Allocate: one pipelined round trip per batch (one function call per
+//     channel and per user). A user's seqs are recorded as pending with a
+//     deadline (Config.PendingTTL, Redis clock).
+//   - Commit: one pipelined round trip per batch; removes the pending
+//     entries. An entry that is gone (expired and trimmed, or Redis lost
+//     it) reports the user stale: the sequencer then places the messages
+//     again under new seqs before it acks.
+//   - Horizon(u) = lowest pending seq - 1, or the last allocated seq: the
+//     highest seq below which every seq is written or abandoned. Expired
+//     pending entries (a server died between allocation and commit) are
+//     dropped, so the horizon moves past them after PendingTTL.
+//
+// Durability: every allocated value is within a bound that is stored in
+// the BoundStore before use, reserved Config.Step seqs ahead (per user) or
+// Config.ChannelStep of message-id time ahead (per channel). When a Redis
+// hash is missing or was written by another Redis process (a restart,
+// FLUSHALL, a replica promoted with replication lag) it is set up again at
+// the durable bound with a new epoch (INIT), so values are never reused
+// and commits of the old epoch come back stale.
+//
+// See docs/sequencing.md for the rules, costs and failure cases.
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/chatd/chatd/server/sequence"
+	"github.com/chatd/chatd/server/store"
+)
+
+// Defaults of Config.
+const (
+	DefaultPrefix      = "chatd:seq:"
+	DefaultStep        = 10_000
+	DefaultChannelStep = time.Minute
+	DefaultPendingTTL  = 15 * time.Second
+
+	// MaxStep bounds Config.Step: after Redis loses a user's hash the
+	// user's seqs jump by up to Step, and the cluster store's inbox
+	// partitions hold 100,000 seqs each (store/scylla.InboxBucketSeqs);
+	// a jump must never skip a whole partition.
+	MaxStep = 50_000
+)
+
+// Config configures New.
+type Config struct {
+	// Client is the Redis (7 or later: Redis functions) of the cluster: a
+	// *goredis.Client, *goredis.ClusterClient or failover client. Required.
+	Client goredis.UniversalClient
+	// Bounds is the durable floor. Required; in chatd a CQLBounds on the
+	// cluster store's session.
+	Bounds BoundStore
+	// Floor, if set, is also consulted when a Redis hash is set up
+	// (LastInboxSeq, LastMessageID): allocation then also starts above
+	// what the store holds, which covers data written before the bounds
+	// existed (e.g. by a single-node sequencer on the same store).
+	Floor store.Messages
+	// Prefix starts every Redis key; default DefaultPrefix.
+	Prefix string
+	// Step is how many inbox seqs of a user are reserved at a time (one
+	// BoundStore.Reserve per Step seqs); default 10,000, at most MaxStep.
+	// After Redis loses a user's hash the user's seqs continue up to Step
+	// above the last one (a hole readers skip).
+	Step uint64
+	// ChannelStep is how far ahead of the clock a channel's message ids
+	// are reserved (one BoundStore.Reserve per ChannelStep of a busy
+	// channel, and one per message of a channel idle for longer); default
+	// 1 minute, at least 1 s. After Redis loses a channel's hash, a
+	// channel that was active within the last ChannelStep continues at its
+	// bound, so its next message ids may run up to ChannelStep ahead of
+	// their created_at.
+	ChannelStep time.Duration
+	// PendingTTL is how long an allocated seq may stay uncommitted before
+	// readers skip it (the allocating server is taken for dead); default
+	// 15 s, at least 100 ms. Keep it above the sequencer's StoreTimeout: a
+	// commit after the deadline re-places its messages (duplicates some
+	// devices see) instead of just confirming them.
+	PendingTTL time.Duration
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Stats are cumulative counters of an Allocator.
+type Stats struct {
+	Inits    uint64 // Redis hashes set up from the durable bound
+	Reserves uint64 // BoundStore.Reserve calls
+	Stale    uint64 // users reported stale by Commit
+}
+
+// Allocator is the Redis sequence.Allocator. It is safe for concurrent use.
+type Allocator struct {
+	rdb    goredis.UniversalClient
+	bounds BoundStore
+	floor  store.Messages
+	prefix string
+	step   uint64
+	cstep  int64 // ms
+	ttl    int64 // ms
+	log    *slog.Logger
+
+	inits, reserves, stale atomic.Uint64
+}
+
+var _ sequence.Allocator = (*Allocator)(nil)
+
+// New checks cfg and loads the Redis functions (on every master of a
+// cluster). Errors: invalid Config, Redis unreachable or older than 7.
+func New(ctx context.Context, cfg Config) (*Allocator, error) {
+	if cfg.Client == nil || cfg.Bounds == nil {
+		return nil, errors.New("sequence/redis: Config.Client and Config.Bounds are required")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.Step == 0 {
+		cfg.Step = DefaultStep
+	}
+	if cfg.Step > MaxStep {
+		return nil, fmt.Errorf("sequence/redis: Step %d above %d", cfg.Step, MaxStep)
+	}
+	if cfg.ChannelStep == 0 {
+		cfg.ChannelStep = DefaultChannelStep
+	}
+	if cfg.ChannelStep < time.Second {
+		return nil, fmt.Errorf("sequence/redis: ChannelStep %v below 1s", cfg.ChannelStep)
+	}
+	if cfg.PendingTTL == 0 {
+		cfg.PendingTTL = DefaultPendingTTL
+	}
+	if cfg.PendingTTL < 100*time.Millisecond {
+		return nil, fmt.Errorf("sequence/redis: PendingTTL %v below 100ms", cfg.PendingTTL)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	a := &Allocator{
+		rdb:    cfg.Client,
+		bounds: cfg.Bounds,
+		floor:  cfg.Floor,
+		prefix: cfg.Prefix,
+		step:   cfg.Step,
+		cstep:  cfg.ChannelStep.Milliseconds(),
+		ttl:    cfg.PendingTTL.Milliseconds(),
+		log:    cfg.Logger,
+	}
+	if err := a.load(ctx); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Stats returns the cumulative counters.
+func (a *Allocator) Stats() Stats {
+	return Stats{Inits: a.inits.Load(), Reserves: a.reserves.Load(), Stale: a.stale.Load()}
+}
+
+// load loads the function library on every master.
+func (a *Allocator) load(ctx context.Context) error {
+	fn := func(ctx context.Context, c *goredis.Client) error { return c.FunctionLoadReplace(ctx, library).Err() }
+	var err error
+	switch c := a.rdb.(type) {
+	case *goredis.ClusterClient:
+		err = c.ForEachMaster(ctx, fn)
+	case *goredis.Ring:
+		err = c.ForEachShard(ctx, fn)
+	default:
+		err = a.rdb.FunctionLoadReplace(ctx, library).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("sequence/redis: load functions: %w", err)
+	}
+	return nil
+}
+
+func isNoFunction(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "Function not found")
+}
+
+// ------------------------------------------------------------ keys
+
+func (a *Allocator) userKeys(u string) []string {
+	h := a.prefix + "{u:" + u + "}"
+	return []string{h, h + ":p"}
+}
+
+func (a *Allocator) chanKey(ch string) []string {
+	return []string{a.prefix + "{c:" + ch + "}"}
+}
+
+// BoundKeyUser and BoundKeyChannel are the BoundStore keys of a user's
+// inbox seqs and of a channel's message ids (a bound in unix ms).
+func BoundKeyUser(userID string) string       { return "u:" + userID }
+func BoundKeyChannel(channelID string) string { return "c:" + channelID }
+
+func newEpoch() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// msgID composes a message id from (unix ms, counter).
+func msgID(ms, k int64) uint64 { return uint64(ms)<<16 | uint64(k) }
+
+// ------------------------------------------------------------ allocate
+
+// token is the Allocation.Token: the epoch of each user's seqs and the
+// users whose commit is settled.
+type token struct {
+	epochs  map[string]string
+	settled map[string]bool
+	stale   []string
+}
+
+// userState is one user's work in Allocate.
+type userState struct {
+	n     int
+	bound uint64 // raise the Redis bound to it (0: no)
+	init  *initArgs
+}
+
+type initArgs struct {
+	cur, bound uint64
+	epoch      string
+}
+
+// chanState is one channel's work in Allocate.
+type chanState struct {
+	n     int
+	bound int64 // raise the Redis bound to it (ms; 0: no)
+	init  *chanInit
+}
+
+type chanInit struct {
+	ms, k, bound int64
+}
+
+// maxRounds bounds the Redis round trips of one Allocate (an INIT or
+// RESERVE answer costs one more).
+const maxRounds = 5
+
+// boundConcurrency bounds the BoundStore calls one Allocate runs at once.
+const boundConcurrency = 16
+
+// Allocate implements sequence.Allocator: one pipelined Redis round trip,
+// plus one (and BoundStore calls) when a hash must be set up or a bound
+// reserved. Errors: Redis or the BoundStore failed; what was allocated is
+// aborted.
+func (a *Allocator) Allocate(ctx context.Context, now time.Time, channels, users map[string]int) (*sequence.Allocation, error) {
+	nowMS := max(now.UnixMilli(), 0)
+	res := &sequence.Allocation{
+		Channels: make(map[string]sequence.Range, len(channels)),
+		Users:    make(map[string]sequence.Range, len(users)),
+	}
+	tok := &token{epochs: make(map[string]string, len(users))}
+	res.Token = tok
+	todoC := make(map[string]*chanState, len(channels))
+	for ch, n := range channels {
+		todoC[ch] = &chanState{n: n}
+	}
+	todoU := make(map[string]*userState, len(users))
+	for u, n := range users {
+		todoU[u] = &userState{n: n}
+	}
+	fail := func(err error) (*sequence.Allocation, error) {
+		a.Abort(context.WithoutCancel(ctx), res)
+		return nil, err
+	}
+	type call struct {
+		ch, u string
+		cmd   *goredis.Cmd
+	}
+	calls := make([]call, 0, len(todoC)+len(todoU))
+	reloaded := false
+	for round := 0; len(todoC)+len(todoU) > 0; round++ {
+		if round == maxRounds {
+			return fail(errors.New("sequence/redis: allocation did not settle (Redis reset repeatedly?)"))
+		}
+		calls = calls[:0]
+		pipe := a.rdb.Pipeline()
+		for ch, st := range todoC {
+			keys := a.chanKey(ch)
+			if st.init != nil {
+				pipe.FCall(ctx, fnChanInit, keys, st.init.ms, st.init.k, st.init.bound)
+				st.init = nil
+			}
+			calls = append(calls, call{ch: ch, cmd: pipe.FCall(ctx, fnChanAlloc, keys, st.n, nowMS, st.bound)})
+		}
+		for u, st := range todoU {
+			keys := a.userKeys(u)
+			if st.init != nil {
+				pipe.FCall(ctx, fnUserInit, keys, st.init.cur, st.init.bound, st.init.epoch)
+				st.init = nil
+			}
+			calls = append(calls, call{u: u, cmd: pipe.FCall(ctx, fnUserAlloc, keys, st.n, a.ttl, st.bound)})
+		}
+		if _, err := pipe.Exec(ctx); isNoFunction(err) && !reloaded {
+			// Redis restarted without its functions (or a new node):
+			// load them; the calls that failed are retried below.
+			reloaded = true
+			if err := a.load(ctx); err != nil {
+				return fail(err)
+			}
+		}
+		var (
+			firstErr error
+			initC    []string
+			initU    []string
+			reserveC []string
+			reserveU []string
+		)
+		for _, c := range calls {
+			v, err := c.cmd.Slice()
+			if err != nil {
+				if !isNoFunction(err) && firstErr == nil {
+					firstErr = err
+				}
+				continue
+			}
+			status, _ := v[0].(string)
+			switch {
+			case c.ch != "" && status == "OK" && len(v) == 5:
+				res.Channels[c.ch] = sequence.Range{First: msgID(toInt(v[1]), toInt(v[2])), Last: msgID(toInt(v[3]), toInt(v[4]))}
+				delete(todoC, c.ch)
+			case c.ch != "" && status == "RESERVE" && len(v) == 2:
+				todoC[c.ch].bound = max(toInt(v[1]), nowMS) + a.cstep
+				reserveC = append(reserveC, c.ch)
+			case c.ch != "" && status == "INIT":
+				initC = append(initC, c.ch)
+			case c.u != "" && status == "OK" && len(v) == 4:
+				ep, _ := v[1].(string)
+				res.Users[c.u] = sequence.Range{First: uint64(toInt(v[2])), Last: uint64(toInt(v[3]))}
+				tok.epochs[c.u] = ep
+				delete(todoU, c.u)
+			case c.u != "" && status == "RESERVE" && len(v) == 2:
+				todoU[c.u].bound = uint64(toInt(v[1])) + a.step
+				reserveU = append(reserveU, c.u)
+			case c.u != "" && status == "INIT":
+				initU = append(initU, c.u)
+			default:
+				if firstErr == nil {
+					firstErr = fmt.Errorf("unexpected reply %v", v)
+				}
+			}
+		}
+		if firstErr != nil {
+			return fail(fmt.Errorf("sequence/redis: allocate: %w", firstErr))
+		}
+		// Settle what Redis asked for (durably), then go round again.
+		nC, nU := len(initC)+len(reserveC), len(initU)+len(reserveU)
+		if nC+nU == 0 {
+			continue
+		}
+		err := parallel(ctx, nC+nU, boundConcurrency, func(ctx context.Context, i int) error {
+			switch {
+			case i < len(initC):
+				ch := initC[i]
+				st := todoC[ch]
+				in, err := a.channelInit(ctx, ch, st.n, nowMS)
+				if err != nil {
+					return err
+				}
+				st.init = in
+				return nil
+			case i < nC:
+				ch := reserveC[i-len(initC)]
+				return a.reserve(ctx, BoundKeyChannel(ch), uint64(todoC[ch].bound))
+			case i < nC+len(initU):
+				u := initU[i-nC]
+				st := todoU[u]
+				cur, err := a.durableSeq(ctx, u)
+				if err != nil {
+					return err
+				}
+				b := cur + uint64(st.n) + a.step
+				if err := a.reserve(ctx, BoundKeyUser(u), b); err != nil {
+					return err
+				}
+				st.init = &initArgs{cur: cur, bound: b, epoch: newEpoch()}
+				return nil
+			default:
+				u := reserveU[i-nC-len(initU)]
+				return a.reserve(ctx, BoundKeyUser(u), todoU[u].bound)
+			}
+		})
+		if err != nil {
+			return fail(fmt.Errorf("sequence/redis: reserve: %w", err))
+		}
+		a.inits.Add(uint64(len(initC) + len(initU)))
+	}
+	return res, nil
+}
+
+func (a *Allocator) reserve(ctx context.Context, key string, atLeast uint64) error {
+	a.reserves.Add(1)
+	return a.bounds.Reserve(ctx, key, atLeast)
+}
+
+// channelInit returns where a channel's hash is set up: after the last id
+// the durable bound allows (and after the store's last id if Config.Floor
+// is set), with a bound reserved for the n ids about to be allocated.
+func (a *Allocator) channelInit(ctx context.Context, ch string, n int, nowMS int64) (*chanInit, error) {
+	b, err := a.bounds.Get(ctx, BoundKeyChannel(ch))
+	if err != nil {
+		return nil, err
+	}
+	// Every id ever allocated is <= (b+1)<<16 - 1.
+	last := uint64(0)
+	if b > 0 {
+		last = (b+1)<<16 - 1
+	}
+	if a.floor != nil {
+		l, err := a.floor.LastMessageID(ctx, ch)
+		if err != nil {
+			return nil, err
+		}
+		last = max(last, l)
+	}
+	first := max(last+1, uint64(nowMS)<<16)
+	need := int64((first + uint64(n) - 1) >> 16)
+	bound := max(need, nowMS) + a.cstep
+	if err := a.reserve(ctx, BoundKeyChannel(ch), uint64(bound)); err != nil {
+		return nil, err
+	}
+	return &chanInit{ms: int64(last >> 16), k: int64(last & 0xffff), bound: bound}, nil
+}
+
+// durableSeq is where a user's seqs resume when the Redis hash is set up:
+// the durable bound (>= every seq ever allocated), and the store's last
+// seq if Config.Floor is set.
+func (a *Allocator) durableSeq(ctx context.Context, u string) (uint64, error) {
+	cur, err := a.bounds.Get(ctx, BoundKeyUser(u))
+	if err != nil {
+		return 0, err
+	}
+	if a.floor != nil {
+		last, err := a.floor.LastInboxSeq(ctx, u)
+		if err != nil {
+			return 0, err
+		}
+		cur = max(cur, last)
+	}
+	return cur, nil
+}
+
+func toInt(v any) int64 {
+	switch x := v.(type) {
+	case int64:
+		return x
+	case string:
+		var n int64
+		_, _ = fmt.Sscan(x, &n)
+		return n
+	}
+	return 0
+}
+
+// ------------------------------------------------------------ commit, abort
+
+// Commit implements sequence.Allocator: one pipelined round trip. Users
+// whose pending entry is gone are returned in a *sequence.StaleError;
+// other errors leave the unsettled users for a retry.
+func (a *Allocator) Commit(ctx context.Context, al *sequence.Allocation) error {
+	tok, ok := al.Token.(*token)
+	if !ok {
+		return errors.New("sequence/redis: Commit of an allocation not made by this allocator")
+	}
+	if tok.settled == nil {
+		tok.settled = make(map[string]bool, len(al.Users))
+	}
+	type call struct {
+		u   string
+		cmd *goredis.Cmd
+	}
+	var calls []call
+	pipe := a.rdb.Pipeline()
+	for u, r := range al.Users {
+		if tok.settled[u] {
+			continue
+		}
+		calls = append(calls, call{u, pipe.FCall(ctx, fnUserCommit, a.userKeys(u), tok.epochs[u], r.First)})
+	}
+	var firstErr error
+	if len(calls) > 0 {
+		if _, err := pipe.Exec(ctx); isNoFunction(err) {
+			_ = a.load(ctx) // the hashes were lost with the functions: STALE next time
+		}
+	}
+	for _, c := range calls {
+		v, err := c.cmd.Text()
+		switch {
+		case err != nil:
+			if firstErr == nil {
+				firstErr = err
+			}
+		case v == "OK":
+			tok.settled[c.u] = true
+		case v == "STALE":
+			tok.settled[c.u] = true
+			tok.stale = append(tok.stale, c.u)
+		default:
+			if firstErr == nil {
+				firstErr = fmt.Errorf("unexpected reply %q", v)
+			}
+		}
+	}
+	if firstErr != nil {
+		return fmt.Errorf("sequence/redis: commit: %w", firstErr)
+	}
+	if len(tok.stale) > 0 {
+		a.stale.Add(uint64(len(tok.stale)))
+		err := &sequence.StaleError{Users: tok.stale}
+		tok.stale = nil
+		return err
+	}
+	return nil
+}
+
+// Abort implements sequence.Allocator: the pending entries are removed, so
+// readers skip the seqs at once. Errors are logged; the entries then
+// expire after PendingTTL.
+func (a *Allocator) Abort(ctx context.Context, al *sequence.Allocation) {
+	tok, ok := al.Token.(*token)
+	if !ok || len(al.Users) == 0 {
+		return
+	}
+	pipe := a.rdb.Pipeline()
+	n := 0
+	for u, r := range al.Users {
+		if tok.settled[u] {
+			continue
+		}
+		pipe.FCall(ctx, fnUserAbort, a.userKeys(u), tok.epochs[u], r.First)
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		a.log.Warn("sequence/redis: abort failed; the seqs expire after PendingTTL", "users", n, "err", err)
+	}
+}
+
+// ------------------------------------------------------------ horizon
+
+// Horizon implements sequence.Allocator: one Redis round trip (plus a
+// BoundStore read when the user's hash must be set up).
+func (a *Allocator) Horizon(ctx context.Context, userID string) (uint64, error) {
+	keys := a.userKeys(userID)
+	for attempt := 0; attempt < 4; attempt++ {
+		v, err := a.rdb.FCall(ctx, fnUserHorizon, keys).Slice()
+		if isNoFunction(err) {
+			if err := a.load(ctx); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("sequence/redis: horizon: %w", err)
+		}
+		if s, _ := v[0].(string); s == "OK" && len(v) == 2 {
+			return uint64(toInt(v[1])), nil
+		}
+		// INIT: set the hash up at the durable bound (no reservation:
+		// the next allocation reserves).
+		cur, err := a.durableSeq(ctx, userID)
+		if err != nil {
+			return 0, fmt.Errorf("sequence/redis: horizon: %w", err)
+		}
+		if err := a.rdb.FCall(ctx, fnUserInit, keys, cur, cur, newEpoch()).Err(); err != nil && !isNoFunction(err) {
+			return 0, fmt.Errorf("sequence/redis: horizon: %w", err)
+		}
+		a.inits.Add(1)
+	}
+	return 0, errors.New("sequence/redis: horizon did not settle")
+}
+
+// ------------------------------------------------------------ helpers
+
+// parallel runs fn(ctx, i) for i in [0, n) on at most limit goroutines and
+// returns the first error.
+func parallel(ctx context.Context, n, limit int, fn func(ctx context.Context, i int) error) error {
+	if n == 1 {
+		return fn(ctx, 0)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next  atomic.Int64
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	workers := min(n, limit)
+	wg.Add(workers)
+	for range workers {
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := fn(ctx, i); err != nil {
+					once.Do(func() { first = err; cancel() })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
