@@ -60,6 +60,9 @@ type envConfig struct {
 	drop func(router.Event) bool
 	// dir, if set, is the store directory (to restart on the same data).
 	dir string
+	// alloc, if set, returns the sequencer's allocator (default: the
+	// single-node one).
+	alloc func(store.Messages) sequence.Allocator
 }
 
 func newEnv(t testing.TB, ec envConfig) *env {
@@ -87,7 +90,11 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	h = hub.New(e.router)
 	e.hub = h
 	var svc *Service
-	e.seq = sequence.New(st, func(b []sequence.Committed) { svc.Publish(b) }, sequence.Options{})
+	var alloc sequence.Allocator
+	if ec.alloc != nil {
+		alloc = ec.alloc(st)
+	}
+	e.seq = sequence.New(st, func(b []sequence.Committed) { svc.Publish(b) }, sequence.Options{Allocator: alloc})
 	svc = New(Config{
 		Store: st, Sequencer: e.seq, Hub: h, Router: e.router,
 		Sessions:   e.auth,

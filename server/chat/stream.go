@@ -1,10 +1,12 @@
 package chat
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -24,6 +26,15 @@ import (
 // gapPage is the page size used to fill a gap in live delivery from the
 // store.
 const gapPage = 100
+
+// maxParked bounds the live deliveries one stream holds while an earlier
+// inbox seq is still pending (cluster mode); beyond it they are dropped
+// and later read from the store.
+const maxParked = 64
+
+// recheckInterval is how often a stream waiting for pending inbox seqs
+// asks for the horizon again.
+const recheckInterval = 50 * time.Millisecond
 
 var (
 	errNoPayload        = status.Error(codes.InvalidArgument, "frame has no payload")
@@ -72,7 +83,25 @@ type stream struct {
 	// Writer state (writer goroutine only).
 	cursor, head uint64
 	live         bool
-	sentUpTo     uint64
+	// sentUpTo: every inbox entry <= sentUpTo has been sent (or does not
+	// exist: a hole below the horizon).
+	sentUpTo uint64
+	// Cluster mode: inbox seqs above the horizon (Sequencer.Head) may
+	// commit out of order. parked holds live deliveries (ascending seq)
+	// that cannot be sent yet because an earlier seq is still pending;
+	// want is the highest seq known to be written and not yet sent. While
+	// want > sentUpTo the writer asks for the horizon again every
+	// recheckInterval (recheckC is then armed).
+	parked   []parkedDelivery
+	want     uint64
+	recheck  *time.Timer
+	recheckC <-chan time.Time
+}
+
+// parkedDelivery is a live Delivery frame waiting for the horizon.
+type parkedDelivery struct {
+	seq   uint64
+	frame *chatv1.ServerFrame
 }
 
 // Chat serves one device's stream. See the proto for the protocol. The
@@ -228,25 +257,37 @@ func (st *stream) writeLoop() error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if st.recheck != nil {
+			st.recheck.Stop()
+		}
+	}()
 	if st.cursor >= st.head {
 		// Up to date: live from the head. Anything committed between the
 		// head read and the registration was published before this stream
-		// could receive it: read the head again and send what is missing.
+		// could receive it: read the head again and send what is missing,
+		// and look for entries written above it (cluster mode: committed
+		// while an earlier seq was pending, and published before this
+		// stream could receive them).
 		st.live, st.sentUpTo = true, st.head
 		h, err := s.seq.Head(st.ctx, st.p.UserID)
 		if err != nil {
 			return err
 		}
-		if h > st.sentUpTo {
-			if err := st.fillThrough(h); err != nil {
-				return err
-			}
+		if err := st.fillThrough(h, true); err != nil {
+			return err
 		}
+		st.settle()
 	}
 	for {
 		select {
 		case <-st.sess.Done():
 			return st.sess.Status().Err()
+		case <-st.recheckC:
+			st.recheckC = nil
+			if err := st.advance(); err != nil {
+				return err
+			}
 		case <-st.sess.Ready():
 			for {
 				select {
@@ -288,53 +329,167 @@ func (st *stream) handleItem(it hub.Item) error {
 }
 
 // deliver sends a live Delivery with inbox seq q exactly once and in order.
+// A delivery right after sentUpTo goes out at once. Before one further
+// ahead, everything up to q-1 must be final (q-1 <= the horizon): the
+// missing entries (a lost routed event) are then read from the store and
+// holes skipped. Otherwise an earlier seq is still pending (another
+// server has not committed it yet) and the delivery is parked until the
+// horizon passes it.
 func (st *stream) deliver(f *chatv1.ServerFrame, q uint64) error {
 	if !st.live || q <= st.sentUpTo {
 		return nil // behind (the device syncs) or already sent
 	}
-	if q > st.sentUpTo+1 {
-		// A gap: an earlier routed event was lost. The store has it.
-		if err := st.fillThrough(q - 1); err != nil {
+	if q == st.sentUpTo+1 {
+		if err := st.send(f); err != nil {
 			return err
 		}
-		if q <= st.sentUpTo {
-			return nil
+		st.sentUpTo = q
+		return st.drainParked()
+	}
+	st.park(f, q)
+	if st.recheckC != nil {
+		return nil // already waiting for the horizon: the timer rechecks
+	}
+	return st.advance()
+}
+
+// park remembers a live delivery that cannot be sent yet.
+func (st *stream) park(f *chatv1.ServerFrame, q uint64) {
+	st.want = max(st.want, q)
+	i, found := slices.BinarySearchFunc(st.parked, q, func(p parkedDelivery, q uint64) int { return cmp.Compare(p.seq, q) })
+	if found || i >= maxParked {
+		return // a duplicate, or beyond the buffer: read from the store later
+	}
+	if len(st.parked) == maxParked {
+		st.parked = st.parked[:maxParked-1] // drop the highest: the store has it
+	}
+	st.parked = slices.Insert(st.parked, i, parkedDelivery{q, f})
+}
+
+// drainParked sends the parked deliveries that follow sentUpTo without a
+// gap and drops those already sent; then waits for the rest.
+func (st *stream) drainParked() error {
+	for len(st.parked) > 0 && st.parked[0].seq <= st.sentUpTo+1 {
+		p := st.parked[0]
+		st.parked[0] = parkedDelivery{}
+		st.parked = st.parked[1:]
+		if p.seq <= st.sentUpTo {
+			continue
 		}
+		if err := st.send(p.frame); err != nil {
+			return err
+		}
+		st.sentUpTo = p.seq
 	}
-	if err := st.send(f); err != nil {
-		return err
-	}
-	st.sentUpTo = q
+	st.settle()
 	return nil
 }
 
+// advance reads the horizon and sends, in order, everything up to it
+// (parked deliveries, and the store's entries in between) and the parked
+// delivery right after it.
+func (st *stream) advance() error {
+	if !st.live || st.want <= st.sentUpTo {
+		st.settle()
+		return nil
+	}
+	h, err := st.s.seq.Head(st.ctx, st.p.UserID)
+	if err != nil {
+		st.s.log.Warn("chat: reading the inbox horizon failed", "user_id", st.p.UserID, "err", err)
+		return errSyncFailed
+	}
+	for len(st.parked) > 0 {
+		p := st.parked[0]
+		if p.seq <= st.sentUpTo {
+			st.parked = st.parked[1:]
+			continue
+		}
+		if p.seq-1 > h {
+			break
+		}
+		if err := st.fillThrough(p.seq-1, false); err != nil {
+			return err
+		}
+		if err := st.send(p.frame); err != nil {
+			return err
+		}
+		st.sentUpTo = p.seq
+		st.parked[0] = parkedDelivery{}
+		st.parked = st.parked[1:]
+	}
+	if err := st.fillThrough(h, false); err != nil {
+		return err
+	}
+	st.settle()
+	return nil
+}
+
+// settle drops parked deliveries already sent, and arms or stops the
+// recheck timer: armed while something written is not sent yet.
+func (st *stream) settle() {
+	for len(st.parked) > 0 && st.parked[0].seq <= st.sentUpTo {
+		st.parked[0] = parkedDelivery{}
+		st.parked = st.parked[1:]
+	}
+	if len(st.parked) == 0 {
+		st.parked = nil
+	}
+	if !st.live || st.want <= st.sentUpTo {
+		st.want = 0
+		if st.recheckC != nil {
+			st.recheck.Stop()
+			st.recheckC = nil
+		}
+		return
+	}
+	if st.recheckC == nil {
+		if st.recheck == nil {
+			st.recheck = time.NewTimer(recheckInterval)
+		} else {
+			st.recheck.Reset(recheckInterval)
+		}
+		st.recheckC = st.recheck.C
+	}
+}
+
 // fillThrough sends, from the store and in order, the deliveries after
-// sentUpTo up to at least target.
-func (st *stream) fillThrough(target uint64) error {
-	for st.sentUpTo < target {
+// sentUpTo up to target, which must be at most the horizon: every seq up
+// to it is written or a hole, so afterwards sentUpTo = target. Entries
+// found above target (written, maybe not final yet) raise want. With
+// probe it reads the store once even when nothing is missing below
+// target, to find such entries.
+func (st *stream) fillThrough(target uint64, probe bool) error {
+	for st.sentUpTo < target || probe {
+		probe = false
 		select {
 		case <-st.sess.Done():
 			return st.sess.Status().Err()
 		default:
 		}
-		ds, _, err := st.s.st.Inbox(st.ctx, st.p.UserID, st.sentUpTo, gapPage)
+		ds, more, err := st.s.st.Inbox(st.ctx, st.p.UserID, st.sentUpTo, gapPage)
 		if err != nil {
 			st.s.storeErr(st.ctx, "Chat.fill", err)
 			return errSyncFailed
 		}
-		if len(ds) == 0 {
-			return nil
-		}
 		for _, d := range ds {
 			if d.Seq <= st.sentUpTo {
 				continue
+			}
+			if d.Seq > target {
+				st.want = max(st.want, d.Seq)
+				more = false
+				break
 			}
 			if err := st.send(deliveryFrame(d)); err != nil {
 				return err
 			}
 			st.sentUpTo = d.Seq
 		}
+		if !more || len(ds) == 0 {
+			break
+		}
 	}
+	st.sentUpTo = max(st.sentUpTo, target)
 	return nil
 }
 
@@ -342,12 +497,33 @@ func (st *stream) fillThrough(target uint64) error {
 // delivery state: the device has (by its own claim) everything up to
 // after_seq, and now everything up to the page's last seq; a last page
 // (more == false) makes the stream live.
+//
+// The page never goes past the horizon H (Sequencer.Head, read before the
+// store): entries above it may still be joined by earlier, pending seqs
+// (cluster mode). more == true: the page was cut (limit or size) and the
+// store may hold further entries up to H; ask again from next_after_seq.
+// more == false: the device now has every entry up to H (next_after_seq
+// is H when after_seq < H, so trailing holes are skipped); later entries
+// come live on this stream.
 func (st *stream) doSync(op syncOp) error {
 	s := st.s
+	h, err := s.seq.Head(st.ctx, st.p.UserID)
+	if err != nil {
+		return st.send(frameError(op.frameID, errSyncFailed))
+	}
 	ds, more, err := s.st.Inbox(st.ctx, st.p.UserID, op.after, op.limit)
 	if err != nil {
 		s.storeErr(st.ctx, "Chat.Sync", err)
 		return st.send(frameError(op.frameID, errSyncFailed))
+	}
+	for i, d := range ds {
+		if d.Seq > h {
+			// Written but not final yet: it comes live (want makes the
+			// writer wait for the horizon to pass it).
+			st.want = max(st.want, d.Seq)
+			ds, more = ds[:i], false
+			break
+		}
 	}
 	page := &chatv1.SyncPage{Deliveries: make([]*chatv1.Delivery, 0, len(ds)), More: more, NextAfterSeq: op.after}
 	size := 0
@@ -365,14 +541,15 @@ func (st *stream) doSync(op syncOp) error {
 	if len(ds) > 0 {
 		last = ds[len(ds)-1].Seq
 		page.NextAfterSeq = last
-	} else if !more {
-		// Nothing after after_seq: clamp a cursor beyond the head so that
-		// future seqs are not taken as already sent.
-		h, err := s.seq.Head(st.ctx, st.p.UserID)
-		if err != nil {
-			return st.send(frameError(op.frameID, errSyncFailed))
+	}
+	if !more {
+		// The device has everything up to the horizon: the entries are in
+		// this page or holes. (A cursor beyond the head is clamped so that
+		// future seqs are not taken as already sent.)
+		last = h
+		if op.after < h {
+			page.NextAfterSeq = h
 		}
-		last = min(last, h)
 	}
 	if err := st.send(&chatv1.ServerFrame{FrameId: op.frameID, Payload: &chatv1.ServerFrame_SyncPage{SyncPage: page}}); err != nil {
 		return err
@@ -383,6 +560,7 @@ func (st *stream) doSync(op syncOp) error {
 	if !more {
 		st.live = true
 	}
+	st.settle()
 	return nil
 }
 
