@@ -141,8 +141,8 @@ func (c Config) Validate() error {
 	if c.TokenTTL < time.Minute {
 		errs = append(errs, fmt.Errorf("token TTL %s is under 1m", c.TokenTTL))
 	}
-	if c.HeartbeatInterval < time.Second {
-		errs = append(errs, fmt.Errorf("heartbeat interval %s is under 1s", c.HeartbeatInterval))
+	if c.HeartbeatInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("heartbeat interval %s is under 100ms", c.HeartbeatInterval))
 	}
 	if c.PresenceGrace <= c.HeartbeatInterval {
 		errs = append(errs, fmt.Errorf("presence grace %s must exceed the heartbeat interval %s", c.PresenceGrace, c.HeartbeatInterval))

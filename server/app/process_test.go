@@ -22,21 +22,20 @@ import (
 
 var (
 	buildOnce sync.Once
-	chatdBin  string
+	binDir    string
 	buildErr  error
 )
 
-// chatdBinary builds cmd/chatd once per test run.
-func chatdBinary(t *testing.T) string {
+// binary builds cmd/chatd and cmd/chatctl once per test run and returns the
+// path of the named one.
+func binary(t *testing.T, name string) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "chatd-bin-")
-		if err != nil {
-			buildErr = err
+		binDir, buildErr = os.MkdirTemp("", "chatd-bin-")
+		if buildErr != nil {
 			return
 		}
-		chatdBin = filepath.Join(dir, "chatd")
-		out, err := exec.Command("go", "build", "-o", chatdBin, "github.com/chatd/chatd/cmd/chatd").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binDir+"/", "github.com/chatd/chatd/cmd/chatd", "github.com/chatd/chatd/cmd/chatctl").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -44,8 +43,10 @@ func chatdBinary(t *testing.T) string {
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	return chatdBin
+	return filepath.Join(binDir, name)
 }
+
+func chatdBinary(t *testing.T) string { return binary(t, "chatd") }
 
 func freePort(t *testing.T) string {
 	t.Helper()
@@ -61,15 +62,16 @@ func freePort(t *testing.T) string {
 type proc struct {
 	cmd    *exec.Cmd
 	grpc   string
+	http   string
 	stderr *bytes.Buffer
 	done   chan error
 }
 
 // startChatd runs the chatd binary on dataDir and waits until it is SERVING.
-func startChatd(t *testing.T, dataDir string) *proc {
+func startChatd(t *testing.T, dataDir string, flags ...string) *proc {
 	t.Helper()
-	p := &proc{grpc: "127.0.0.1:" + freePort(t), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(chatdBinary(t), "--data-dir", dataDir, "--http-addr", "127.0.0.1:"+freePort(t))
+	p := &proc{grpc: "127.0.0.1:" + freePort(t), http: "127.0.0.1:" + freePort(t), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(chatdBinary(t), append([]string{"--data-dir", dataDir, "--http-addr", p.http}, flags...)...)
 	p.cmd.Env = append(os.Environ(), "CHATD_GRPC_ADDR="+p.grpc) // the environment sets flags too
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -91,6 +93,7 @@ func startChatd(t *testing.T, dataDir string) *proc {
 		}
 		select {
 		case err := <-p.done:
+			p.done <- err // for Cleanup
 			t.Fatalf("chatd exited early: %v\n%s", err, p.stderr)
 		default:
 		}
