@@ -27,10 +27,8 @@ import (
 	"github.com/chatd/chatd/server/discovery"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
-	presencelocal "github.com/chatd/chatd/server/presence/local"
 	"github.com/chatd/chatd/server/ratelimit"
 	"github.com/chatd/chatd/server/router"
-	"github.com/chatd/chatd/server/router/local"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
@@ -81,6 +79,8 @@ type App struct {
 	chat     *chat.Service
 	health   *health.Server
 	registry *prometheus.Registry
+
+	closers []func() error // cluster clients, closed after the router
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -148,12 +148,16 @@ func New(cfg Config) (*App, error) {
 
 	// Routing: the hub is the router's handler, the router is the hub's.
 	var h *hub.Hub
-	a.router = local.New(func(ev router.Event) { h.Deliver(ev) })
+	eng, err := a.newEngines(context.Background(), func(ev router.Event) { h.Deliver(ev) })
+	if err != nil {
+		return nil, err
+	}
+	a.router, a.closers = eng.router, eng.closers
 	h = hub.New(a.router)
 	a.hub = h
 
 	a.presence, err = presence.NewTracker(presence.TrackerConfig{
-		Engine:            presencelocal.New(),
+		Engine:            eng.presence,
 		Hidden:            presence.StoreHidden(st),
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		Grace:             cfg.PresenceGrace,
@@ -168,7 +172,7 @@ func New(cfg Config) (*App, error) {
 	}
 
 	var chatSvc *chat.Service
-	a.seq = sequence.New(st, func(b []sequence.Committed) { chatSvc.Publish(b) }, sequence.Options{})
+	a.seq = sequence.New(st, func(b []sequence.Committed) { chatSvc.Publish(b) }, sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger})
 	chatSvc = chat.New(chat.Config{
 		Store:      st,
 		Sequencer:  a.seq,
@@ -390,6 +394,9 @@ func (a *App) closeResources() error {
 	}
 	if a.router != nil {
 		errs = append(errs, a.router.Close())
+	}
+	for _, c := range a.closers {
+		errs = append(errs, c())
 	}
 	if a.store != nil {
 		errs = append(errs, a.store.Close())
