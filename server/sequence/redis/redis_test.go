@@ -723,34 +723,38 @@ func TestHorizonOfNewUser(t *testing.T) {
 }
 
 // BenchmarkAllocateCommit measures one batch's Redis work (Allocate and
-// Commit) against the shared Redis: 64 messages in 8 channels of 4
-// members (16 users): 24 keys per Allocate pipeline, 16 per Commit.
+// Commit, two pipelined round trips) against the shared Redis. dm: one
+// message of a 1:1 channel (3 keys). group: 64 messages in 8 channels of 4
+// members, 16 users (24 keys per Allocate pipeline, 16 per Commit).
 func BenchmarkAllocateCommit(b *testing.B) {
+	b.Run("dm", func(b *testing.B) { benchAllocate(b, 1, 1, 2, 2) })
+	b.Run("group", func(b *testing.B) { benchAllocate(b, 8, 8, 4, 16) })
+}
+
+func benchAllocate(b *testing.B, nChans, perChan, members, nUsers int) {
 	addr := redisAddr(b)
 	c := newClient(b, addr)
 	a := newAlloc(b, c, testPrefix(b, addr), seqredis.Config{})
 	ctx := context.Background()
 	channels, users := map[string]int{}, map[string]int{}
 	var us []string
-	for i := range 16 {
+	for i := range nUsers {
 		us = append(us, sequencetest.Unique(fmt.Sprintf("u%d", i)))
 	}
-	for i := range 8 {
-		channels[sequencetest.Unique(fmt.Sprintf("g%d", i))] = 8
-		for j := range 4 {
-			users[us[(i*2+j)%16]] += 8
+	for i := range nChans {
+		channels[sequencetest.Unique(fmt.Sprintf("g%d", i))] = perChan
+		for j := range members {
+			users[us[(i*2+j)%nUsers]] += perChan
 		}
 	}
-	msgs := 0
-	for _, n := range channels {
-		msgs += n
-	}
+	msgs := nChans * perChan
 	// Warm up: set the hashes up and reserve.
 	if al, err := a.Allocate(ctx, time.Now(), channels, users); err != nil {
 		b.Fatal(err)
 	} else if err := a.Commit(ctx, al); err != nil {
 		b.Fatal(err)
 	}
+	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
 		al, err := a.Allocate(ctx, time.Now(), channels, users)
@@ -762,4 +766,42 @@ func BenchmarkAllocateCommit(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(msgs)*float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkSequencer is the sequencer end to end with the Redis allocator
+// on a pebble store (fsync per batch): 16 concurrent senders in 8 group
+// channels of 3 members. Compare BenchmarkSubmitParallel in package
+// sequence (the single-node allocator).
+func BenchmarkSequencer(b *testing.B) {
+	addr := redisAddr(b)
+	c := newClient(b, addr)
+	a := newAlloc(b, c, testPrefix(b, addr), seqredis.Config{})
+	st := sequencetest.OpenPebble(b, b.TempDir())
+	defer st.Close()
+	seq := sequence.New(st, nil, sequence.Options{Allocator: a})
+	defer seq.Close()
+	var n atomic.Int64
+	bob, carol := sequencetest.Unique("bob"), sequencetest.Unique("carol")
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		id := n.Add(1)
+		sender := sequencetest.Unique(fmt.Sprint("u", id))
+		ch := fmt.Sprint("g:bench-", id%8)
+		recipients := []string{sender, bob, carol}
+		i := 0
+		for pb.Next() {
+			i++
+			_, err := seq.Do(context.Background(), &sequence.Request{ChannelID: ch, SenderID: sender, ClientMessageID: fmt.Sprint(i), Text: "hello world", Recipients: recipients})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	s := seq.Stats()
+	b.ReportMetric(float64(s.Messages)/float64(max(s.Batches, 1)), "msgs/batch")
+	b.ReportMetric(float64(s.Messages)/b.Elapsed().Seconds(), "msgs/s")
 }
