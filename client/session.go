@@ -116,6 +116,7 @@ type Session struct {
 	mu     sync.Mutex
 	calls  map[uint64]*call // frames awaiting a reply, by frame_id
 	seen   uint64           // highest inbox_seq handed to the application
+	recent recentMessages   // recently delivered (channel_id, message_id)
 	ended  bool
 	endErr error
 
@@ -494,12 +495,18 @@ func (s *Session) SyncAll(ctx context.Context, limit int32, fn func(*chatv1.Deli
 				continue
 			}
 			s.seen = seq
+			if s.recent.seen(d.GetMessage()) {
+				s.mu.Unlock()
+				s.dupDropped.Add(1)
+				continue // the same message under a second seq
+			}
 			s.mu.Unlock()
 			if err := fn(d); err != nil {
 				s.mu.Lock()
 				if s.seen == seq {
 					s.seen = prev
 				}
+				s.recent.forget(d.GetMessage())
 				s.mu.Unlock()
 				return s.LastSeq(), err
 			}
@@ -713,7 +720,10 @@ func (s *Session) deliver(d *chatv1.Delivery) {
 	seq := d.GetInboxSeq()
 	s.mu.Lock()
 	prev := s.seen
-	if seq <= prev {
+	if seq <= prev || s.recent.seen(d.GetMessage()) {
+		if seq > prev {
+			s.seen = seq // a repeat of a message under a new seq: skip it, but move on
+		}
 		s.mu.Unlock()
 		s.dupDropped.Add(1)
 		return
@@ -884,4 +894,50 @@ func DirectChannelID(a, b string) string {
 		a, b = b, a
 	}
 	return "dm:" + a + ":" + b
+}
+
+// recentMessages remembers the last recentCap delivered messages by
+// (channel_id, message_id). In a cluster a message can, in a rare race,
+// sit in the inbox under two seqs (docs/sequencing.md); the second is
+// dropped. Guarded by Session.mu.
+type recentMessages struct {
+	set  map[msgKey]struct{}
+	ring []msgKey
+	next int
+}
+
+type msgKey struct {
+	channel string
+	id      uint64
+}
+
+const recentCap = 4096
+
+// forget removes m (its delivery failed and will be offered again).
+func (r *recentMessages) forget(m *chatv1.Message) {
+	if m != nil && r.set != nil {
+		delete(r.set, msgKey{m.GetChannelId(), m.GetMessageId()})
+	}
+}
+
+// seen reports whether m was delivered recently, and remembers it if not.
+func (r *recentMessages) seen(m *chatv1.Message) bool {
+	if m.GetMessageId() == 0 {
+		return false // not a stored message: nothing to compare
+	}
+	k := msgKey{m.GetChannelId(), m.GetMessageId()}
+	if r.set == nil {
+		r.set = make(map[msgKey]struct{}, recentCap)
+		r.ring = make([]msgKey, recentCap)
+	}
+	if _, ok := r.set[k]; ok {
+		return true
+	}
+	if old := r.ring[r.next]; old != (msgKey{}) {
+		delete(r.set, old)
+	}
+	r.ring[r.next] = k
+	r.next = (r.next + 1) % recentCap
+	r.set[k] = struct{}{}
+	return false
 }

@@ -57,6 +57,27 @@ func TestDispatchDeduplicatesDeliveries(t *testing.T) {
 	}
 }
 
+// In a cluster a message can sit in the inbox under two seqs (a stale
+// commit re-placed it, docs/sequencing.md): it is delivered once.
+func TestDispatchDeduplicatesMessageUnderTwoSeqs(t *testing.T) {
+	s := newDetachedSession(&chatv1.Welcome{}, sessionOptions{deliveryBuffer: 16})
+	msg := func(seq, id uint64) *chatv1.ServerFrame {
+		return &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: &chatv1.Delivery{
+			InboxSeq: seq, Message: &chatv1.Message{ChannelId: "dm:a:b", MessageId: id, Text: "m"},
+		}}}
+	}
+	for _, f := range []*chatv1.ServerFrame{msg(1, 100), msg(2, 101), msg(5, 100), msg(6, 102)} {
+		s.dispatch(f)
+	}
+	got := drain(s.deliveries)
+	if len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 6 {
+		t.Fatalf("delivered seqs %v, want [1 2 6] (message 100 once)", got)
+	}
+	if s.LastSeq() != 6 || s.Stats().DuplicateDeliveries != 1 {
+		t.Fatalf("LastSeq %d, duplicates %d", s.LastSeq(), s.Stats().DuplicateDeliveries)
+	}
+}
+
 func TestResumeAfterRaisesDedupWatermark(t *testing.T) {
 	s := newDetachedSession(&chatv1.Welcome{Cursor: 2, HeadSeq: 9}, sessionOptions{deliveryBuffer: 16, resumeAfter: 7})
 	if s.LastSeq() != 7 {

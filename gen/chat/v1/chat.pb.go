@@ -304,8 +304,12 @@ func (x *Message) GetRefMessageId() uint64 {
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// inbox_seq is the message's position in the receiving user's inbox:
-	// dense (1, 2, 3, ...) and strictly increasing per user. It is the sync
-	// cursor: a device acks the highest inbox_seq it has stored.
+	// strictly increasing per user and never reused. A single node numbers
+	// 1, 2, 3, ...; a cluster may leave holes (seqs abandoned by a server
+	// that died), so do not assume density. It is the sync cursor: a device
+	// acks the highest inbox_seq it has stored. In a rare cluster race (Redis
+	// lost its data mid-commit) one message can appear under two seqs:
+	// clients deduplicate by (channel_id, message_id). See docs/sequencing.md.
 	InboxSeq      uint64   `protobuf:"varint,1,opt,name=inbox_seq,json=inboxSeq,proto3" json:"inbox_seq,omitempty"`
 	Message       *Message `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -979,8 +983,9 @@ type Welcome struct {
 	DeviceId string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// cursor is the device's stored cursor (highest acked inbox_seq).
 	Cursor uint64 `protobuf:"varint,3,opt,name=cursor,proto3" json:"cursor,omitempty"`
-	// head_seq is the user's newest inbox_seq when the stream opened. If it is
-	// above cursor, the device should sync.
+	// head_seq is the user's inbox horizon when the stream opened: every seq
+	// at or below it is written (or abandoned for good). If it is above
+	// cursor, the device should sync.
 	HeadSeq uint64 `protobuf:"varint,4,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
 	// heartbeat_interval_ms: how often the client should send a Heartbeat.
 	HeartbeatIntervalMs uint32 `protobuf:"varint,5,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
@@ -1145,7 +1150,9 @@ func (x *SendAck) GetDuplicate() bool {
 type SyncPage struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Deliveries []*Delivery            `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
-	// more is true when entries remain after the last one in this page.
+	// more is true when entries remain after the last one in this page, up
+	// to the inbox horizon; false means the device now has everything up to
+	// the horizon (and receives what follows live).
 	More bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
 	// next_after_seq is the cursor to ask for the next page with.
 	NextAfterSeq  uint64 `protobuf:"varint,3,opt,name=next_after_seq,json=nextAfterSeq,proto3" json:"next_after_seq,omitempty"`
