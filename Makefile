@@ -35,6 +35,12 @@ test: ## the whole suite: generated code up to date, lint, all Go tests (starts 
 test-short: ## unit and single-node tests only (no external services)
 	$(GO) test -short -count=1 ./...
 
+services-up: ## start Redis and a Cassandra CQL server for development (scripts/services.sh up)
+	scripts/services.sh up
+
+services-down: ## stop them (scripts/services.sh down)
+	scripts/services.sh down
+
 bench: ## Go micro-benchmarks of the hot path
 	$(GO) test -run '^$$' -bench . -benchmem ./server/...
 
