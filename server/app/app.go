@@ -25,6 +25,7 @@ import (
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/chat"
 	"github.com/chatd/chatd/server/discovery"
+	discoveryredis "github.com/chatd/chatd/server/discovery/redis"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/ratelimit"
@@ -80,7 +81,8 @@ type App struct {
 	health   *health.Server
 	registry *prometheus.Registry
 
-	closers []func() error // cluster clients, closed after the router
+	closers        []func() error // cluster clients, closed after the router
+	registryCloser func() error   // cluster: leaves the Discovery list
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -207,10 +209,19 @@ func New(cfg Config) (*App, error) {
 
 	advGRPC := firstNonEmpty(cfg.AdvertiseGRPC, a.grpcLis.Addr().String())
 	advHTTP := firstNonEmpty(cfg.AdvertiseHTTP, a.httpLis.Addr().String())
-	disc := discovery.New(discovery.Static{
-		Self:     &chatv1.Endpoint{ServerId: cfg.ServerID, GrpcAddress: advGRPC, HttpAddress: advHTTP},
-		LoadFunc: func() uint64 { return uint64(h.Count()) },
-	})
+	self := &chatv1.Endpoint{ServerId: cfg.ServerID, GrpcAddress: advGRPC, HttpAddress: advHTTP}
+	load := func() uint64 { return uint64(h.Count()) }
+	var reg discovery.Registry = discovery.Static{Self: self, LoadFunc: load}
+	if eng.redis != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: eng.redis, Self: self, Load: load, Logger: cfg.Logger})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("discovery: %w", err)
+		}
+		a.registryCloser, reg = dr.Close, dr
+	}
+	disc := discovery.New(reg)
 
 	a.grpcServer = a.newGRPCServer()
 	chatv1.RegisterChatServiceServer(a.grpcServer, chatSvc)
@@ -362,6 +373,9 @@ func (a *App) Store() store.Store { return a.store }
 // call more than once.
 func (a *App) Close() error {
 	a.closeOnce.Do(func() {
+		if a.registryCloser != nil {
+			_ = a.registryCloser() // clients stop being sent here first
+		}
 		a.health.Shutdown()
 		a.hub.Shutdown(status.New(codes.Unavailable, "server shutting down, reconnect"))
 		stopped := make(chan struct{})
@@ -383,6 +397,9 @@ func (a *App) Close() error {
 
 func (a *App) closeResources() error {
 	var errs []error
+	if a.registryCloser != nil {
+		errs = append(errs, a.registryCloser())
+	}
 	if a.gatewayConn != nil {
 		errs = append(errs, a.gatewayConn.Close())
 	}

@@ -24,6 +24,7 @@ type engines struct {
 	router    router.Router
 	allocator sequence.Allocator // nil: the sequencer's LocalAllocator
 	presence  presence.Engine
+	redis     goredis.UniversalClient // nil on a single node
 	// closers run after the router, in order (Redis clients last).
 	closers []func() error
 }
@@ -52,6 +53,7 @@ func (a *App) newEngines(ctx context.Context, handler router.Handler) (*engines,
 	// one slot).
 	rc := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: cfg.RedisAddrs})
 	e.closers = append(e.closers, rc.Close)
+	e.redis = rc
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := rc.Ping(pctx).Err(); err != nil {
