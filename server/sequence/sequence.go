@@ -100,6 +100,9 @@ type Request struct {
 	Text            string
 	Kind            store.MessageKind // 0 means store.KindText
 	RefMessageID    uint64
+	// ForUser is copied to store.Message.ForUser (a "delete for me" row;
+	// its Recipients are then that user only).
+	ForUser string
 	// Recipients are the users whose inboxes receive the message: every
 	// member of the channel, the sender included (so the sender's other
 	// devices, and the sending one, see it through the inbox). Duplicates
@@ -480,6 +483,7 @@ func (s *Sequencer) process(batch []item) {
 				CreatedAt:       createdAt,
 				Kind:            kind,
 				RefMessageID:    req.RefMessageID,
+				ForUser:         req.ForUser,
 			}
 			start := len(b.Inbox)
 			for ri, u := range req.Recipients {

@@ -68,6 +68,10 @@ type Message struct {
 	CreatedAt       time.Time // server clock, ms precision
 	Kind            MessageKind
 	RefMessageID    uint64 // for edits and deletes
+	// ForUser, on a KindDelete row, limits the delete to that user
+	// ("delete for me"): only that user's inbox gets the row and only their
+	// history shows it. Empty for every other row.
+	ForUser string
 }
 
 // InboxEntry places a message in one user's inbox. Seq is dense and strictly
@@ -102,7 +106,8 @@ type Batch struct {
 	Messages []*Message
 	Inbox    []InboxEntry
 	Dedup    []Dedup
-	// Channels whose last activity moves with this batch are derived from
+	// Channels whose last activity moves with this batch, and the
+	// Revision index rows of its EDIT and DELETE messages, are derived from
 	// Messages by the implementation.
 }
 
@@ -243,11 +248,78 @@ type Channels interface {
 	ListUserChannels(ctx context.Context, userID string, offset, limit int) ([]ChannelActivity, error)
 }
 
+// Marker kinds of a Receipt, each a monotonic register per (channel, user).
+const (
+	// MarkerDelivered: a device of the user has received every message of
+	// the channel up to this message_id.
+	MarkerDelivered = 1
+	// MarkerRead: the user has read up to this message_id (their own
+	// view: it drives their unread counts).
+	MarkerRead = 2
+	// MarkerReadShown: the read marker as other members see it; it stays
+	// behind MarkerRead while the user hides read receipts.
+	MarkerReadShown = 3
+)
+
+// Receipt is one user's markers in one channel: message_ids, 0 = none.
+// Every marker only moves forward.
+type Receipt struct {
+	ChannelID     string
+	UserID        string
+	DeliveredUpTo uint64
+	ReadUpTo      uint64
+	ReadShownUpTo uint64
+}
+
+// Revision is an EDIT or DELETE row indexed under the message it applies
+// to (RefMessageID), so that readers can fold a page of messages with one
+// range read. AppendBatch writes it, in the same durable write, for every
+// message of kind KindEdit or KindDelete with RefMessageID > 0; it is
+// immutable like the row it copies.
+type Revision struct {
+	ChannelID    string
+	RefMessageID uint64
+	MessageID    uint64 // the EDIT or DELETE row's own message_id
+	Kind         MessageKind
+	SenderID     string
+	ForUser      string
+	Text         string
+	CreatedAt    time.Time
+}
+
+// Conversations stores the per-user conversation state: receipts (delivery
+// and read markers), the revision index of edits and deletes, and the
+// read-receipt privacy setting.
+type Conversations interface {
+	// AdvanceReceipts raises, for every r, the markers of (r.ChannelID,
+	// r.UserID) to max(stored, given); a zero marker in r is left alone.
+	// Markers are max registers: concurrent and replayed calls commute, no
+	// marker ever moves backwards. Not atomic across receipts. Errors: an
+	// empty channel or user id (the implementation's invalid-id error).
+	AdvanceReceipts(ctx context.Context, rs []Receipt) error
+	// GetReceipt returns the user's markers in the channel (zero markers
+	// if none were ever written; never ErrNotFound).
+	GetReceipt(ctx context.Context, channelID, userID string) (Receipt, error)
+	// ListReceipts returns the markers of every user of the channel that
+	// has any, in ascending user id order.
+	ListReceipts(ctx context.Context, channelID string) ([]Receipt, error)
+	// Revisions returns the revisions of the channel whose RefMessageID
+	// lies in [from, to], ordered by (RefMessageID, MessageID) ascending.
+	// from > to returns none.
+	Revisions(ctx context.Context, channelID string, from, to uint64) ([]Revision, error)
+	// SetReadReceiptsHidden records whether the user hides their read
+	// receipts (idempotent; the user need not exist).
+	SetReadReceiptsHidden(ctx context.Context, userID string, hidden bool) error
+	// ReadReceiptsHidden reports the setting (false if never set).
+	ReadReceiptsHidden(ctx context.Context, userID string) (bool, error)
+}
+
 // Store is everything the server keeps durably.
 type Store interface {
 	Messages
 	Accounts
 	Channels
+	Conversations
 	// Close flushes and releases the store.
 	Close() error
 }

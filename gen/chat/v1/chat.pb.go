@@ -202,7 +202,21 @@ type Message struct {
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	Kind      MessageKind            `protobuf:"varint,8,opt,name=kind,proto3,enum=chat.v1.MessageKind" json:"kind,omitempty"`
 	// ref_message_id names the message an EDIT or DELETE applies to.
-	RefMessageId  uint64 `protobuf:"varint,9,opt,name=ref_message_id,json=refMessageId,proto3" json:"ref_message_id,omitempty"`
+	RefMessageId uint64 `protobuf:"varint,9,opt,name=ref_message_id,json=refMessageId,proto3" json:"ref_message_id,omitempty"`
+	// for_user is set on a DELETE row that deletes ref_message_id for that
+	// user only ("delete for me"): only that user's inbox receives it and
+	// only their history shows it.
+	ForUser string `protobuf:"bytes,10,opt,name=for_user,json=forUser,proto3" json:"for_user,omitempty"`
+	// The fields below are set only in folded views (GetHistory without
+	// raw, Channel.last_message), never on stored rows or deliveries.
+	//
+	// edited: text is that of the newest EDIT of this message.
+	Edited bool `protobuf:"varint,11,opt,name=edited,proto3" json:"edited,omitempty"`
+	// edited_at: created_at of that newest EDIT.
+	EditedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=edited_at,json=editedAt,proto3" json:"edited_at,omitempty"`
+	// deleted: the message was deleted for everyone; text is empty (a
+	// tombstone).
+	Deleted       bool `protobuf:"varint,13,opt,name=deleted,proto3" json:"deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -300,6 +314,34 @@ func (x *Message) GetRefMessageId() uint64 {
 	return 0
 }
 
+func (x *Message) GetForUser() string {
+	if x != nil {
+		return x.ForUser
+	}
+	return ""
+}
+
+func (x *Message) GetEdited() bool {
+	if x != nil {
+		return x.Edited
+	}
+	return false
+}
+
+func (x *Message) GetEditedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EditedAt
+	}
+	return nil
+}
+
+func (x *Message) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
 // Delivery is one entry of a user's inbox: a message and its position.
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -373,6 +415,9 @@ type ClientFrame struct {
 	//	*ClientFrame_Sync
 	//	*ClientFrame_Typing
 	//	*ClientFrame_Heartbeat
+	//	*ClientFrame_MarkRead
+	//	*ClientFrame_Edit
+	//	*ClientFrame_Delete
 	Payload       isClientFrame_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -467,6 +512,33 @@ func (x *ClientFrame) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *ClientFrame) GetMarkRead() *MarkRead {
+	if x != nil {
+		if x, ok := x.Payload.(*ClientFrame_MarkRead); ok {
+			return x.MarkRead
+		}
+	}
+	return nil
+}
+
+func (x *ClientFrame) GetEdit() *EditMessage {
+	if x != nil {
+		if x, ok := x.Payload.(*ClientFrame_Edit); ok {
+			return x.Edit
+		}
+	}
+	return nil
+}
+
+func (x *ClientFrame) GetDelete() *DeleteMessage {
+	if x != nil {
+		if x, ok := x.Payload.(*ClientFrame_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
 type isClientFrame_Payload interface {
 	isClientFrame_Payload()
 }
@@ -491,6 +563,20 @@ type ClientFrame_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,6,opt,name=heartbeat,proto3,oneof"`
 }
 
+type ClientFrame_MarkRead struct {
+	// mark_read: answered with an UnreadEvent (echoing frame_id).
+	MarkRead *MarkRead `protobuf:"bytes,7,opt,name=mark_read,json=markRead,proto3,oneof"`
+}
+
+type ClientFrame_Edit struct {
+	// edit and delete: answered with a SendAck naming the new row.
+	Edit *EditMessage `protobuf:"bytes,8,opt,name=edit,proto3,oneof"`
+}
+
+type ClientFrame_Delete struct {
+	Delete *DeleteMessage `protobuf:"bytes,9,opt,name=delete,proto3,oneof"`
+}
+
 func (*ClientFrame_Send) isClientFrame_Payload() {}
 
 func (*ClientFrame_Ack) isClientFrame_Payload() {}
@@ -500,6 +586,12 @@ func (*ClientFrame_Sync) isClientFrame_Payload() {}
 func (*ClientFrame_Typing) isClientFrame_Payload() {}
 
 func (*ClientFrame_Heartbeat) isClientFrame_Payload() {}
+
+func (*ClientFrame_MarkRead) isClientFrame_Payload() {}
+
+func (*ClientFrame_Edit) isClientFrame_Payload() {}
+
+func (*ClientFrame_Delete) isClientFrame_Payload() {}
 
 // SendMessage asks the server to store and deliver a text message.
 type SendMessage struct {
@@ -788,6 +880,205 @@ func (*Heartbeat) Descriptor() ([]byte, []int) {
 	return file_chat_v1_chat_proto_rawDescGZIP(), []int{7}
 }
 
+// MarkRead moves the user's read marker of a channel forward: the user has
+// read every message up to and including message_id (0: up to the
+// channel's newest message). It also counts as delivered.
+type MarkRead struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId     string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	MessageId     uint64                 `protobuf:"varint,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkRead) Reset() {
+	*x = MarkRead{}
+	mi := &file_chat_v1_chat_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkRead) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkRead) ProtoMessage() {}
+
+func (x *MarkRead) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkRead.ProtoReflect.Descriptor instead.
+func (*MarkRead) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *MarkRead) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *MarkRead) GetMessageId() uint64 {
+	if x != nil {
+		return x.MessageId
+	}
+	return 0
+}
+
+// EditMessage replaces the text of the sender's own text message
+// message_id (within the server's edit window, 48 h by default).
+type EditMessage struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	MessageId uint64                 `protobuf:"varint,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// client_message_id makes the edit idempotent, as for SendMessage.
+	ClientMessageId string `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
+	// text: the new text, validated as SendMessage.text.
+	Text          string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EditMessage) Reset() {
+	*x = EditMessage{}
+	mi := &file_chat_v1_chat_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EditMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EditMessage) ProtoMessage() {}
+
+func (x *EditMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EditMessage.ProtoReflect.Descriptor instead.
+func (*EditMessage) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EditMessage) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *EditMessage) GetMessageId() uint64 {
+	if x != nil {
+		return x.MessageId
+	}
+	return 0
+}
+
+func (x *EditMessage) GetClientMessageId() string {
+	if x != nil {
+		return x.ClientMessageId
+	}
+	return ""
+}
+
+func (x *EditMessage) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+// DeleteMessage deletes the text message message_id for everyone (its
+// author, or a group's owner or admin), or with for_me for the sender of
+// this frame only (any member).
+type DeleteMessage struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	MessageId uint64                 `protobuf:"varint,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// client_message_id makes the delete idempotent, as for SendMessage.
+	ClientMessageId string `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
+	ForMe           bool   `protobuf:"varint,4,opt,name=for_me,json=forMe,proto3" json:"for_me,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DeleteMessage) Reset() {
+	*x = DeleteMessage{}
+	mi := &file_chat_v1_chat_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMessage) ProtoMessage() {}
+
+func (x *DeleteMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMessage.ProtoReflect.Descriptor instead.
+func (*DeleteMessage) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DeleteMessage) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *DeleteMessage) GetMessageId() uint64 {
+	if x != nil {
+		return x.MessageId
+	}
+	return 0
+}
+
+func (x *DeleteMessage) GetClientMessageId() string {
+	if x != nil {
+		return x.ClientMessageId
+	}
+	return ""
+}
+
+func (x *DeleteMessage) GetForMe() bool {
+	if x != nil {
+		return x.ForMe
+	}
+	return false
+}
+
 // ServerFrame is one frame the server sends on a Chat stream.
 type ServerFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -803,6 +1094,8 @@ type ServerFrame struct {
 	//	*ServerFrame_Error
 	//	*ServerFrame_HeartbeatAck
 	//	*ServerFrame_AckResult
+	//	*ServerFrame_Receipt
+	//	*ServerFrame_Unread
 	Payload       isServerFrame_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -810,7 +1103,7 @@ type ServerFrame struct {
 
 func (x *ServerFrame) Reset() {
 	*x = ServerFrame{}
-	mi := &file_chat_v1_chat_proto_msgTypes[8]
+	mi := &file_chat_v1_chat_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +1115,7 @@ func (x *ServerFrame) String() string {
 func (*ServerFrame) ProtoMessage() {}
 
 func (x *ServerFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[8]
+	mi := &file_chat_v1_chat_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +1128,7 @@ func (x *ServerFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerFrame.ProtoReflect.Descriptor instead.
 func (*ServerFrame) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{8}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ServerFrame) GetFrameId() uint64 {
@@ -924,6 +1217,24 @@ func (x *ServerFrame) GetAckResult() *AckResult {
 	return nil
 }
 
+func (x *ServerFrame) GetReceipt() *ReceiptEvent {
+	if x != nil {
+		if x, ok := x.Payload.(*ServerFrame_Receipt); ok {
+			return x.Receipt
+		}
+	}
+	return nil
+}
+
+func (x *ServerFrame) GetUnread() *UnreadEvent {
+	if x != nil {
+		if x, ok := x.Payload.(*ServerFrame_Unread); ok {
+			return x.Unread
+		}
+	}
+	return nil
+}
+
 type isServerFrame_Payload interface {
 	isServerFrame_Payload()
 }
@@ -960,6 +1271,18 @@ type ServerFrame_AckResult struct {
 	AckResult *AckResult `protobuf:"bytes,9,opt,name=ack_result,json=ackResult,proto3,oneof"`
 }
 
+type ServerFrame_Receipt struct {
+	// receipt: a member's delivery or read marker of a channel moved.
+	Receipt *ReceiptEvent `protobuf:"bytes,10,opt,name=receipt,proto3,oneof"`
+}
+
+type ServerFrame_Unread struct {
+	// unread: the user's read marker of a channel moved (on any of the
+	// user's devices), with the resulting unread counts; also the reply to
+	// a MarkRead frame.
+	Unread *UnreadEvent `protobuf:"bytes,11,opt,name=unread,proto3,oneof"`
+}
+
 func (*ServerFrame_Welcome) isServerFrame_Payload() {}
 
 func (*ServerFrame_SendAck) isServerFrame_Payload() {}
@@ -975,6 +1298,10 @@ func (*ServerFrame_Error) isServerFrame_Payload() {}
 func (*ServerFrame_HeartbeatAck) isServerFrame_Payload() {}
 
 func (*ServerFrame_AckResult) isServerFrame_Payload() {}
+
+func (*ServerFrame_Receipt) isServerFrame_Payload() {}
+
+func (*ServerFrame_Unread) isServerFrame_Payload() {}
 
 // Welcome is the first frame of every stream.
 type Welcome struct {
@@ -997,7 +1324,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_chat_v1_chat_proto_msgTypes[9]
+	mi := &file_chat_v1_chat_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1336,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[9]
+	mi := &file_chat_v1_chat_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1349,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{9}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Welcome) GetUserId() string {
@@ -1083,7 +1410,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_chat_v1_chat_proto_msgTypes[10]
+	mi := &file_chat_v1_chat_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1422,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[10]
+	mi := &file_chat_v1_chat_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1435,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{10}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SendAck) GetChannelId() string {
@@ -1162,7 +1489,7 @@ type SyncPage struct {
 
 func (x *SyncPage) Reset() {
 	*x = SyncPage{}
-	mi := &file_chat_v1_chat_proto_msgTypes[11]
+	mi := &file_chat_v1_chat_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1501,7 @@ func (x *SyncPage) String() string {
 func (*SyncPage) ProtoMessage() {}
 
 func (x *SyncPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[11]
+	mi := &file_chat_v1_chat_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1514,7 @@ func (x *SyncPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncPage.ProtoReflect.Descriptor instead.
 func (*SyncPage) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{11}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyncPage) GetDeliveries() []*Delivery {
@@ -1221,7 +1548,7 @@ type AckResult struct {
 
 func (x *AckResult) Reset() {
 	*x = AckResult{}
-	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	mi := &file_chat_v1_chat_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1560,7 @@ func (x *AckResult) String() string {
 func (*AckResult) ProtoMessage() {}
 
 func (x *AckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	mi := &file_chat_v1_chat_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1573,7 @@ func (x *AckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResult.ProtoReflect.Descriptor instead.
 func (*AckResult) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{12}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AckResult) GetCursor() uint64 {
@@ -1268,7 +1595,7 @@ type TypingEvent struct {
 
 func (x *TypingEvent) Reset() {
 	*x = TypingEvent{}
-	mi := &file_chat_v1_chat_proto_msgTypes[13]
+	mi := &file_chat_v1_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1607,7 @@ func (x *TypingEvent) String() string {
 func (*TypingEvent) ProtoMessage() {}
 
 func (x *TypingEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[13]
+	mi := &file_chat_v1_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1620,7 @@ func (x *TypingEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypingEvent.ProtoReflect.Descriptor instead.
 func (*TypingEvent) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{13}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TypingEvent) GetChannelId() string {
@@ -1326,7 +1653,7 @@ type HeartbeatAck struct {
 
 func (x *HeartbeatAck) Reset() {
 	*x = HeartbeatAck{}
-	mi := &file_chat_v1_chat_proto_msgTypes[14]
+	mi := &file_chat_v1_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1665,7 @@ func (x *HeartbeatAck) String() string {
 func (*HeartbeatAck) ProtoMessage() {}
 
 func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[14]
+	mi := &file_chat_v1_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1678,7 @@ func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatAck.ProtoReflect.Descriptor instead.
 func (*HeartbeatAck) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{14}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HeartbeatAck) GetServerTime() *timestamppb.Timestamp {
@@ -1359,6 +1686,176 @@ func (x *HeartbeatAck) GetServerTime() *timestamppb.Timestamp {
 		return x.ServerTime
 	}
 	return nil
+}
+
+// ReceiptEvent is the state of one member's markers in a channel. Markers
+// are message_ids and only move forward; 0 means none yet. Apply them as
+// max(known, received): events may arrive out of order.
+type ReceiptEvent struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	UserId    string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// delivered_up_to: at least one device of user_id has received every
+	// message of the channel up to this message_id.
+	DeliveredUpTo uint64 `protobuf:"varint,3,opt,name=delivered_up_to,json=deliveredUpTo,proto3" json:"delivered_up_to,omitempty"`
+	// read_up_to: user_id has read every message up to this message_id. 0
+	// (or not moving) for a user who hides read receipts.
+	ReadUpTo      uint64 `protobuf:"varint,4,opt,name=read_up_to,json=readUpTo,proto3" json:"read_up_to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReceiptEvent) Reset() {
+	*x = ReceiptEvent{}
+	mi := &file_chat_v1_chat_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReceiptEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReceiptEvent) ProtoMessage() {}
+
+func (x *ReceiptEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReceiptEvent.ProtoReflect.Descriptor instead.
+func (*ReceiptEvent) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReceiptEvent) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *ReceiptEvent) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ReceiptEvent) GetDeliveredUpTo() uint64 {
+	if x != nil {
+		return x.DeliveredUpTo
+	}
+	return 0
+}
+
+func (x *ReceiptEvent) GetReadUpTo() uint64 {
+	if x != nil {
+		return x.ReadUpTo
+	}
+	return 0
+}
+
+// UnreadEvent is the user's read state of one channel and their total
+// unread count, identical on every device of the user.
+type UnreadEvent struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	// unread_count: messages of the channel after read_up_to that are not
+	// the user's own, not deleted (for everyone or for the user) and not
+	// edit, delete or system rows.
+	UnreadCount uint32 `protobuf:"varint,2,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
+	// read_up_to: the user's read marker (message_id) in the channel.
+	ReadUpTo uint64 `protobuf:"varint,3,opt,name=read_up_to,json=readUpTo,proto3" json:"read_up_to,omitempty"`
+	// total_unread: the sum of unread_count over the user's channels.
+	TotalUnread uint32 `protobuf:"varint,4,opt,name=total_unread,json=totalUnread,proto3" json:"total_unread,omitempty"`
+	// unread_capped: the server counted only the first 1000 messages after
+	// read_up_to; unread_count is the count among those (show "N+").
+	UnreadCapped bool `protobuf:"varint,5,opt,name=unread_capped,json=unreadCapped,proto3" json:"unread_capped,omitempty"`
+	// total_capped: total_unread includes a capped count, or covers only the
+	// user's 1000 most recently active channels.
+	TotalCapped   bool `protobuf:"varint,6,opt,name=total_capped,json=totalCapped,proto3" json:"total_capped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnreadEvent) Reset() {
+	*x = UnreadEvent{}
+	mi := &file_chat_v1_chat_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnreadEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnreadEvent) ProtoMessage() {}
+
+func (x *UnreadEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnreadEvent.ProtoReflect.Descriptor instead.
+func (*UnreadEvent) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *UnreadEvent) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *UnreadEvent) GetUnreadCount() uint32 {
+	if x != nil {
+		return x.UnreadCount
+	}
+	return 0
+}
+
+func (x *UnreadEvent) GetReadUpTo() uint64 {
+	if x != nil {
+		return x.ReadUpTo
+	}
+	return 0
+}
+
+func (x *UnreadEvent) GetTotalUnread() uint32 {
+	if x != nil {
+		return x.TotalUnread
+	}
+	return 0
+}
+
+func (x *UnreadEvent) GetUnreadCapped() bool {
+	if x != nil {
+		return x.UnreadCapped
+	}
+	return false
+}
+
+func (x *UnreadEvent) GetTotalCapped() bool {
+	if x != nil {
+		return x.TotalCapped
+	}
+	return false
 }
 
 // FrameError reports that one client frame failed; the stream stays open.
@@ -1373,7 +1870,7 @@ type FrameError struct {
 
 func (x *FrameError) Reset() {
 	*x = FrameError{}
-	mi := &file_chat_v1_chat_proto_msgTypes[15]
+	mi := &file_chat_v1_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1882,7 @@ func (x *FrameError) String() string {
 func (*FrameError) ProtoMessage() {}
 
 func (x *FrameError) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[15]
+	mi := &file_chat_v1_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1895,7 @@ func (x *FrameError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FrameError.ProtoReflect.Descriptor instead.
 func (*FrameError) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{15}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FrameError) GetCode() int32 {
@@ -1426,13 +1923,26 @@ type Channel struct {
 	// last_message_id is the newest message_id in the channel (0 if none).
 	LastMessageId  uint64                 `protobuf:"varint,6,opt,name=last_message_id,json=lastMessageId,proto3" json:"last_message_id,omitempty"`
 	LastActivityAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_activity_at,json=lastActivityAt,proto3" json:"last_activity_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The fields below are filled by ListChannels for the caller.
+	//
+	// last_message: the newest text message the caller can see, folded (see
+	// Message.edited and Message.deleted); absent if none.
+	LastMessage *Message `protobuf:"bytes,8,opt,name=last_message,json=lastMessage,proto3" json:"last_message,omitempty"`
+	// unread_count and unread_capped: as in UnreadEvent.
+	UnreadCount  uint32 `protobuf:"varint,9,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
+	UnreadCapped bool   `protobuf:"varint,10,opt,name=unread_capped,json=unreadCapped,proto3" json:"unread_capped,omitempty"`
+	// read_up_to: the caller's read marker (message_id).
+	ReadUpTo uint64 `protobuf:"varint,11,opt,name=read_up_to,json=readUpTo,proto3" json:"read_up_to,omitempty"`
+	// receipts: the markers of the other members that have any (read_up_to
+	// is 0 for members who hide read receipts).
+	Receipts      []*ReceiptEvent `protobuf:"bytes,12,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Channel) Reset() {
 	*x = Channel{}
-	mi := &file_chat_v1_chat_proto_msgTypes[16]
+	mi := &file_chat_v1_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1954,7 @@ func (x *Channel) String() string {
 func (*Channel) ProtoMessage() {}
 
 func (x *Channel) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[16]
+	mi := &file_chat_v1_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1967,7 @@ func (x *Channel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Channel.ProtoReflect.Descriptor instead.
 func (*Channel) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{16}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Channel) GetChannelId() string {
@@ -1509,6 +2019,41 @@ func (x *Channel) GetLastActivityAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Channel) GetLastMessage() *Message {
+	if x != nil {
+		return x.LastMessage
+	}
+	return nil
+}
+
+func (x *Channel) GetUnreadCount() uint32 {
+	if x != nil {
+		return x.UnreadCount
+	}
+	return 0
+}
+
+func (x *Channel) GetUnreadCapped() bool {
+	if x != nil {
+		return x.UnreadCapped
+	}
+	return false
+}
+
+func (x *Channel) GetReadUpTo() uint64 {
+	if x != nil {
+		return x.ReadUpTo
+	}
+	return 0
+}
+
+func (x *Channel) GetReceipts() []*ReceiptEvent {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
 type Member struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1519,7 +2064,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_v1_chat_proto_msgTypes[17]
+	mi := &file_chat_v1_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +2076,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[17]
+	mi := &file_chat_v1_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +2089,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{17}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Member) GetUserId() string {
@@ -1573,7 +2118,7 @@ type CreateGroupRequest struct {
 
 func (x *CreateGroupRequest) Reset() {
 	*x = CreateGroupRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[18]
+	mi := &file_chat_v1_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +2130,7 @@ func (x *CreateGroupRequest) String() string {
 func (*CreateGroupRequest) ProtoMessage() {}
 
 func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[18]
+	mi := &file_chat_v1_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +2143,7 @@ func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateGroupRequest) GetName() string {
@@ -1624,7 +2169,7 @@ type CreateGroupResponse struct {
 
 func (x *CreateGroupResponse) Reset() {
 	*x = CreateGroupResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[19]
+	mi := &file_chat_v1_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +2181,7 @@ func (x *CreateGroupResponse) String() string {
 func (*CreateGroupResponse) ProtoMessage() {}
 
 func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[19]
+	mi := &file_chat_v1_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +2194,7 @@ func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateGroupResponse) GetChannel() *Channel {
@@ -1671,7 +2216,7 @@ type AddMemberRequest struct {
 
 func (x *AddMemberRequest) Reset() {
 	*x = AddMemberRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[20]
+	mi := &file_chat_v1_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +2228,7 @@ func (x *AddMemberRequest) String() string {
 func (*AddMemberRequest) ProtoMessage() {}
 
 func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[20]
+	mi := &file_chat_v1_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +2241,7 @@ func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
 func (*AddMemberRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddMemberRequest) GetChannelId() string {
@@ -1729,7 +2274,7 @@ type AddMemberResponse struct {
 
 func (x *AddMemberResponse) Reset() {
 	*x = AddMemberResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[21]
+	mi := &file_chat_v1_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +2286,7 @@ func (x *AddMemberResponse) String() string {
 func (*AddMemberResponse) ProtoMessage() {}
 
 func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[21]
+	mi := &file_chat_v1_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +2299,7 @@ func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
 func (*AddMemberResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddMemberResponse) GetChannel() *Channel {
@@ -1774,7 +2319,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[22]
+	mi := &file_chat_v1_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +2331,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[22]
+	mi := &file_chat_v1_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +2344,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveMemberRequest) GetChannelId() string {
@@ -1824,7 +2369,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[23]
+	mi := &file_chat_v1_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2381,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[23]
+	mi := &file_chat_v1_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2394,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{28}
 }
 
 type ListChannelsRequest struct {
@@ -1864,7 +2409,7 @@ type ListChannelsRequest struct {
 
 func (x *ListChannelsRequest) Reset() {
 	*x = ListChannelsRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[24]
+	mi := &file_chat_v1_chat_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +2421,7 @@ func (x *ListChannelsRequest) String() string {
 func (*ListChannelsRequest) ProtoMessage() {}
 
 func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[24]
+	mi := &file_chat_v1_chat_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +2434,7 @@ func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChannelsRequest.ProtoReflect.Descriptor instead.
 func (*ListChannelsRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListChannelsRequest) GetPageSize() int32 {
@@ -1910,13 +2455,16 @@ type ListChannelsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Channels      []*Channel             `protobuf:"bytes,1,rep,name=channels,proto3" json:"channels,omitempty"`
 	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// total_unread and total_capped: as in UnreadEvent (set on every page).
+	TotalUnread   uint32 `protobuf:"varint,3,opt,name=total_unread,json=totalUnread,proto3" json:"total_unread,omitempty"`
+	TotalCapped   bool   `protobuf:"varint,4,opt,name=total_capped,json=totalCapped,proto3" json:"total_capped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListChannelsResponse) Reset() {
 	*x = ListChannelsResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[25]
+	mi := &file_chat_v1_chat_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2476,7 @@ func (x *ListChannelsResponse) String() string {
 func (*ListChannelsResponse) ProtoMessage() {}
 
 func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[25]
+	mi := &file_chat_v1_chat_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2489,7 @@ func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChannelsResponse.ProtoReflect.Descriptor instead.
 func (*ListChannelsResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListChannelsResponse) GetChannels() []*Channel {
@@ -1958,6 +2506,20 @@ func (x *ListChannelsResponse) GetNextPageToken() string {
 	return ""
 }
 
+func (x *ListChannelsResponse) GetTotalUnread() uint32 {
+	if x != nil {
+		return x.TotalUnread
+	}
+	return 0
+}
+
+func (x *ListChannelsResponse) GetTotalCapped() bool {
+	if x != nil {
+		return x.TotalCapped
+	}
+	return false
+}
+
 type GetChannelRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ChannelId     string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
@@ -1967,7 +2529,7 @@ type GetChannelRequest struct {
 
 func (x *GetChannelRequest) Reset() {
 	*x = GetChannelRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[26]
+	mi := &file_chat_v1_chat_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1979,7 +2541,7 @@ func (x *GetChannelRequest) String() string {
 func (*GetChannelRequest) ProtoMessage() {}
 
 func (x *GetChannelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[26]
+	mi := &file_chat_v1_chat_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1992,7 +2554,7 @@ func (x *GetChannelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChannelRequest.ProtoReflect.Descriptor instead.
 func (*GetChannelRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetChannelRequest) GetChannelId() string {
@@ -2011,7 +2573,7 @@ type GetChannelResponse struct {
 
 func (x *GetChannelResponse) Reset() {
 	*x = GetChannelResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[27]
+	mi := &file_chat_v1_chat_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2585,7 @@ func (x *GetChannelResponse) String() string {
 func (*GetChannelResponse) ProtoMessage() {}
 
 func (x *GetChannelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[27]
+	mi := &file_chat_v1_chat_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2598,7 @@ func (x *GetChannelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChannelResponse.ProtoReflect.Descriptor instead.
 func (*GetChannelResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetChannelResponse) GetChannel() *Channel {
@@ -2057,14 +2619,21 @@ type GetHistoryRequest struct {
 	// the page is read forward from it; otherwise backward from before.
 	AfterMessageId uint64 `protobuf:"varint,4,opt,name=after_message_id,json=afterMessageId,proto3" json:"after_message_id,omitempty"`
 	// page_size: 1..500; 0 means 50.
-	PageSize      int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// raw: return the stored rows as they are (EDIT and DELETE rows
+	// included, nothing folded). Otherwise the page shows the current state:
+	// EDIT and DELETE rows are applied to the messages they refer to and not
+	// returned, messages deleted for everyone are tombstones
+	// (Message.deleted), messages the caller deleted for themselves are left
+	// out. Either way, other users' "delete for me" rows are never returned.
+	Raw           bool `protobuf:"varint,6,opt,name=raw,proto3" json:"raw,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetHistoryRequest) Reset() {
 	*x = GetHistoryRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[28]
+	mi := &file_chat_v1_chat_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2645,7 @@ func (x *GetHistoryRequest) String() string {
 func (*GetHistoryRequest) ProtoMessage() {}
 
 func (x *GetHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[28]
+	mi := &file_chat_v1_chat_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2658,7 @@ func (x *GetHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetHistoryRequest) GetChannelId() string {
@@ -2127,19 +2696,30 @@ func (x *GetHistoryRequest) GetPageSize() int32 {
 	return 0
 }
 
+func (x *GetHistoryRequest) GetRaw() bool {
+	if x != nil {
+		return x.Raw
+	}
+	return false
+}
+
 type GetHistoryResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// messages in ascending message_id order.
 	Messages []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	// more: older (backward page) or newer (forward page) messages remain.
-	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	More bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	// next_message_id: when more is set, pass it as before_message_id
+	// (backward) or after_message_id (forward) to read the next page. A
+	// folded page may hold fewer than page_size messages, even none.
+	NextMessageId uint64 `protobuf:"varint,3,opt,name=next_message_id,json=nextMessageId,proto3" json:"next_message_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetHistoryResponse) Reset() {
 	*x = GetHistoryResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[29]
+	mi := &file_chat_v1_chat_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2151,7 +2731,7 @@ func (x *GetHistoryResponse) String() string {
 func (*GetHistoryResponse) ProtoMessage() {}
 
 func (x *GetHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[29]
+	mi := &file_chat_v1_chat_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2164,7 +2744,7 @@ func (x *GetHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{29}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetHistoryResponse) GetMessages() []*Message {
@@ -2181,11 +2761,518 @@ func (x *GetHistoryResponse) GetMore() bool {
 	return false
 }
 
+func (x *GetHistoryResponse) GetNextMessageId() uint64 {
+	if x != nil {
+		return x.NextMessageId
+	}
+	return 0
+}
+
+type MarkReadRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	// message_id: read up to and including it; 0 means the newest message.
+	MessageId     uint64 `protobuf:"varint,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkReadRequest) Reset() {
+	*x = MarkReadRequest{}
+	mi := &file_chat_v1_chat_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkReadRequest) ProtoMessage() {}
+
+func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkReadRequest.ProtoReflect.Descriptor instead.
+func (*MarkReadRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *MarkReadRequest) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *MarkReadRequest) GetMessageId() uint64 {
+	if x != nil {
+		return x.MessageId
+	}
+	return 0
+}
+
+type MarkReadResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Unread        *UnreadEvent           `protobuf:"bytes,1,opt,name=unread,proto3" json:"unread,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkReadResponse) Reset() {
+	*x = MarkReadResponse{}
+	mi := &file_chat_v1_chat_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkReadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkReadResponse) ProtoMessage() {}
+
+func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkReadResponse.ProtoReflect.Descriptor instead.
+func (*MarkReadResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *MarkReadResponse) GetUnread() *UnreadEvent {
+	if x != nil {
+		return x.Unread
+	}
+	return nil
+}
+
+type EditMessageRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId       string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	MessageId       uint64                 `protobuf:"varint,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	ClientMessageId string                 `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
+	Text            string                 `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EditMessageRequest) Reset() {
+	*x = EditMessageRequest{}
+	mi := &file_chat_v1_chat_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EditMessageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EditMessageRequest) ProtoMessage() {}
+
+func (x *EditMessageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EditMessageRequest.ProtoReflect.Descriptor instead.
+func (*EditMessageRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *EditMessageRequest) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *EditMessageRequest) GetMessageId() uint64 {
+	if x != nil {
+		return x.MessageId
+	}
+	return 0
+}
+
+func (x *EditMessageRequest) GetClientMessageId() string {
+	if x != nil {
+		return x.ClientMessageId
+	}
+	return ""
+}
+
+func (x *EditMessageRequest) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+type EditMessageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ack           *SendAck               `protobuf:"bytes,1,opt,name=ack,proto3" json:"ack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EditMessageResponse) Reset() {
+	*x = EditMessageResponse{}
+	mi := &file_chat_v1_chat_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EditMessageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EditMessageResponse) ProtoMessage() {}
+
+func (x *EditMessageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EditMessageResponse.ProtoReflect.Descriptor instead.
+func (*EditMessageResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *EditMessageResponse) GetAck() *SendAck {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
+type DeleteMessageRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId       string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	MessageId       uint64                 `protobuf:"varint,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	ClientMessageId string                 `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
+	ForMe           bool                   `protobuf:"varint,4,opt,name=for_me,json=forMe,proto3" json:"for_me,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DeleteMessageRequest) Reset() {
+	*x = DeleteMessageRequest{}
+	mi := &file_chat_v1_chat_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMessageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMessageRequest) ProtoMessage() {}
+
+func (x *DeleteMessageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMessageRequest.ProtoReflect.Descriptor instead.
+func (*DeleteMessageRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *DeleteMessageRequest) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *DeleteMessageRequest) GetMessageId() uint64 {
+	if x != nil {
+		return x.MessageId
+	}
+	return 0
+}
+
+func (x *DeleteMessageRequest) GetClientMessageId() string {
+	if x != nil {
+		return x.ClientMessageId
+	}
+	return ""
+}
+
+func (x *DeleteMessageRequest) GetForMe() bool {
+	if x != nil {
+		return x.ForMe
+	}
+	return false
+}
+
+type DeleteMessageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ack           *SendAck               `protobuf:"bytes,1,opt,name=ack,proto3" json:"ack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMessageResponse) Reset() {
+	*x = DeleteMessageResponse{}
+	mi := &file_chat_v1_chat_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMessageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMessageResponse) ProtoMessage() {}
+
+func (x *DeleteMessageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMessageResponse.ProtoReflect.Descriptor instead.
+func (*DeleteMessageResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *DeleteMessageResponse) GetAck() *SendAck {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
+type GetReceiptsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId     string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReceiptsRequest) Reset() {
+	*x = GetReceiptsRequest{}
+	mi := &file_chat_v1_chat_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReceiptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReceiptsRequest) ProtoMessage() {}
+
+func (x *GetReceiptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReceiptsRequest.ProtoReflect.Descriptor instead.
+func (*GetReceiptsRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetReceiptsRequest) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+type GetReceiptsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// receipts: one per member of the channel, in ascending user_id order.
+	Receipts      []*ReceiptEvent `protobuf:"bytes,1,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReceiptsResponse) Reset() {
+	*x = GetReceiptsResponse{}
+	mi := &file_chat_v1_chat_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReceiptsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReceiptsResponse) ProtoMessage() {}
+
+func (x *GetReceiptsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReceiptsResponse.ProtoReflect.Descriptor instead.
+func (*GetReceiptsResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GetReceiptsResponse) GetReceipts() []*ReceiptEvent {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
+type SetReadReceiptsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// hide_read_receipts: other members no longer see the caller's read
+	// marker move (markers already shown stay).
+	HideReadReceipts bool `protobuf:"varint,1,opt,name=hide_read_receipts,json=hideReadReceipts,proto3" json:"hide_read_receipts,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetReadReceiptsRequest) Reset() {
+	*x = SetReadReceiptsRequest{}
+	mi := &file_chat_v1_chat_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetReadReceiptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetReadReceiptsRequest) ProtoMessage() {}
+
+func (x *SetReadReceiptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetReadReceiptsRequest.ProtoReflect.Descriptor instead.
+func (*SetReadReceiptsRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SetReadReceiptsRequest) GetHideReadReceipts() bool {
+	if x != nil {
+		return x.HideReadReceipts
+	}
+	return false
+}
+
+type SetReadReceiptsResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	HideReadReceipts bool                   `protobuf:"varint,1,opt,name=hide_read_receipts,json=hideReadReceipts,proto3" json:"hide_read_receipts,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetReadReceiptsResponse) Reset() {
+	*x = SetReadReceiptsResponse{}
+	mi := &file_chat_v1_chat_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetReadReceiptsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetReadReceiptsResponse) ProtoMessage() {}
+
+func (x *SetReadReceiptsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetReadReceiptsResponse.ProtoReflect.Descriptor instead.
+func (*SetReadReceiptsResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *SetReadReceiptsResponse) GetHideReadReceipts() bool {
+	if x != nil {
+		return x.HideReadReceipts
+	}
+	return false
+}
+
 var File_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x02\n" +
+	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
@@ -2198,17 +3285,25 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12(\n" +
 	"\x04kind\x18\b \x01(\x0e2\x14.chat.v1.MessageKindR\x04kind\x12$\n" +
-	"\x0eref_message_id\x18\t \x01(\x04R\frefMessageId\"S\n" +
+	"\x0eref_message_id\x18\t \x01(\x04R\frefMessageId\x12\x19\n" +
+	"\bfor_user\x18\n" +
+	" \x01(\tR\aforUser\x12\x16\n" +
+	"\x06edited\x18\v \x01(\bR\x06edited\x127\n" +
+	"\tedited_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\beditedAt\x12\x18\n" +
+	"\adeleted\x18\r \x01(\bR\adeleted\"S\n" +
 	"\bDelivery\x12\x1b\n" +
 	"\tinbox_seq\x18\x01 \x01(\x04R\binboxSeq\x12*\n" +
-	"\amessage\x18\x02 \x01(\v2\x10.chat.v1.MessageR\amessage\"\x8c\x02\n" +
+	"\amessage\x18\x02 \x01(\v2\x10.chat.v1.MessageR\amessage\"\x9c\x03\n" +
 	"\vClientFrame\x12\x19\n" +
 	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12*\n" +
 	"\x04send\x18\x02 \x01(\v2\x14.chat.v1.SendMessageH\x00R\x04send\x12 \n" +
 	"\x03ack\x18\x03 \x01(\v2\f.chat.v1.AckH\x00R\x03ack\x12*\n" +
 	"\x04sync\x18\x04 \x01(\v2\x14.chat.v1.SyncRequestH\x00R\x04sync\x12)\n" +
 	"\x06typing\x18\x05 \x01(\v2\x0f.chat.v1.TypingH\x00R\x06typing\x122\n" +
-	"\theartbeat\x18\x06 \x01(\v2\x12.chat.v1.HeartbeatH\x00R\theartbeatB\t\n" +
+	"\theartbeat\x18\x06 \x01(\v2\x12.chat.v1.HeartbeatH\x00R\theartbeat\x120\n" +
+	"\tmark_read\x18\a \x01(\v2\x11.chat.v1.MarkReadH\x00R\bmarkRead\x12*\n" +
+	"\x04edit\x18\b \x01(\v2\x14.chat.v1.EditMessageH\x00R\x04edit\x120\n" +
+	"\x06delete\x18\t \x01(\v2\x16.chat.v1.DeleteMessageH\x00R\x06deleteB\t\n" +
 	"\apayload\"\x93\x01\n" +
 	"\vSendMessage\x12\x19\n" +
 	"\ato_user\x18\x01 \x01(\tH\x00R\x06toUser\x12\x1f\n" +
@@ -2225,7 +3320,26 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\x06Typing\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\"\v\n" +
-	"\tHeartbeat\"\xc3\x03\n" +
+	"\tHeartbeat\"H\n" +
+	"\bMarkRead\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\"\x8b\x01\n" +
+	"\vEditMessage\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\x12*\n" +
+	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\"\x90\x01\n" +
+	"\rDeleteMessage\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\x12*\n" +
+	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x15\n" +
+	"\x06for_me\x18\x04 \x01(\bR\x05forMe\"\xa6\x04\n" +
 	"\vServerFrame\x12\x19\n" +
 	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12,\n" +
 	"\awelcome\x18\x02 \x01(\v2\x10.chat.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -2236,7 +3350,10 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\x05error\x18\a \x01(\v2\x13.chat.v1.FrameErrorH\x00R\x05error\x12<\n" +
 	"\rheartbeat_ack\x18\b \x01(\v2\x15.chat.v1.HeartbeatAckH\x00R\fheartbeatAck\x123\n" +
 	"\n" +
-	"ack_result\x18\t \x01(\v2\x12.chat.v1.AckResultH\x00R\tackResultB\t\n" +
+	"ack_result\x18\t \x01(\v2\x12.chat.v1.AckResultH\x00R\tackResult\x121\n" +
+	"\areceipt\x18\n" +
+	" \x01(\v2\x15.chat.v1.ReceiptEventH\x00R\areceipt\x12.\n" +
+	"\x06unread\x18\v \x01(\v2\x14.chat.v1.UnreadEventH\x00R\x06unreadB\t\n" +
 	"\apayload\"\xc3\x01\n" +
 	"\aWelcome\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
@@ -2270,11 +3387,27 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"K\n" +
 	"\fHeartbeatAck\x12;\n" +
 	"\vserver_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime\":\n" +
+	"serverTime\"\x8c\x01\n" +
+	"\fReceiptEvent\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12&\n" +
+	"\x0fdelivered_up_to\x18\x03 \x01(\x04R\rdeliveredUpTo\x12\x1c\n" +
+	"\n" +
+	"read_up_to\x18\x04 \x01(\x04R\breadUpTo\"\xd8\x01\n" +
+	"\vUnreadEvent\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12!\n" +
+	"\funread_count\x18\x02 \x01(\rR\vunreadCount\x12\x1c\n" +
+	"\n" +
+	"read_up_to\x18\x03 \x01(\x04R\breadUpTo\x12!\n" +
+	"\ftotal_unread\x18\x04 \x01(\rR\vtotalUnread\x12#\n" +
+	"\runread_capped\x18\x05 \x01(\bR\funreadCapped\x12!\n" +
+	"\ftotal_capped\x18\x06 \x01(\bR\vtotalCapped\":\n" +
 	"\n" +
 	"FrameError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xba\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x88\x04\n" +
 	"\aChannel\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12(\n" +
@@ -2284,7 +3417,14 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12&\n" +
 	"\x0flast_message_id\x18\x06 \x01(\x04R\rlastMessageId\x12D\n" +
-	"\x10last_activity_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0elastActivityAt\"J\n" +
+	"\x10last_activity_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0elastActivityAt\x123\n" +
+	"\flast_message\x18\b \x01(\v2\x10.chat.v1.MessageR\vlastMessage\x12!\n" +
+	"\funread_count\x18\t \x01(\rR\vunreadCount\x12#\n" +
+	"\runread_capped\x18\n" +
+	" \x01(\bR\funreadCapped\x12\x1c\n" +
+	"\n" +
+	"read_up_to\x18\v \x01(\x04R\breadUpTo\x121\n" +
+	"\breceipts\x18\f \x03(\v2\x15.chat.v1.ReceiptEventR\breceipts\"J\n" +
 	"\x06Member\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.chat.v1.MemberRoleR\x04role\"G\n" +
@@ -2309,25 +3449,63 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\x13ListChannelsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"l\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xb2\x01\n" +
 	"\x14ListChannelsResponse\x12,\n" +
 	"\bchannels\x18\x01 \x03(\v2\x10.chat.v1.ChannelR\bchannels\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12!\n" +
+	"\ftotal_unread\x18\x03 \x01(\rR\vtotalUnread\x12!\n" +
+	"\ftotal_capped\x18\x04 \x01(\bR\vtotalCapped\"2\n" +
 	"\x11GetChannelRequest\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\"@\n" +
 	"\x12GetChannelResponse\x12*\n" +
-	"\achannel\x18\x01 \x01(\v2\x10.chat.v1.ChannelR\achannel\"\xbe\x01\n" +
+	"\achannel\x18\x01 \x01(\v2\x10.chat.v1.ChannelR\achannel\"\xd0\x01\n" +
 	"\x11GetHistoryRequest\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x17\n" +
 	"\ato_user\x18\x02 \x01(\tR\x06toUser\x12*\n" +
 	"\x11before_message_id\x18\x03 \x01(\x04R\x0fbeforeMessageId\x12(\n" +
 	"\x10after_message_id\x18\x04 \x01(\x04R\x0eafterMessageId\x12\x1b\n" +
-	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\"V\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x10\n" +
+	"\x03raw\x18\x06 \x01(\bR\x03raw\"~\n" +
 	"\x12GetHistoryResponse\x12,\n" +
 	"\bmessages\x18\x01 \x03(\v2\x10.chat.v1.MessageR\bmessages\x12\x12\n" +
-	"\x04more\x18\x02 \x01(\bR\x04more*\\\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\x12&\n" +
+	"\x0fnext_message_id\x18\x03 \x01(\x04R\rnextMessageId\"O\n" +
+	"\x0fMarkReadRequest\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\"@\n" +
+	"\x10MarkReadResponse\x12,\n" +
+	"\x06unread\x18\x01 \x01(\v2\x14.chat.v1.UnreadEventR\x06unread\"\x92\x01\n" +
+	"\x12EditMessageRequest\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\x12*\n" +
+	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\"9\n" +
+	"\x13EditMessageResponse\x12\"\n" +
+	"\x03ack\x18\x01 \x01(\v2\x10.chat.v1.SendAckR\x03ack\"\x97\x01\n" +
+	"\x14DeleteMessageRequest\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\x12*\n" +
+	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x15\n" +
+	"\x06for_me\x18\x04 \x01(\bR\x05forMe\";\n" +
+	"\x15DeleteMessageResponse\x12\"\n" +
+	"\x03ack\x18\x01 \x01(\v2\x10.chat.v1.SendAckR\x03ack\"3\n" +
+	"\x12GetReceiptsRequest\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\"H\n" +
+	"\x13GetReceiptsResponse\x121\n" +
+	"\breceipts\x18\x01 \x03(\v2\x15.chat.v1.ReceiptEventR\breceipts\"F\n" +
+	"\x16SetReadReceiptsRequest\x12,\n" +
+	"\x12hide_read_receipts\x18\x01 \x01(\bR\x10hideReadReceipts\"G\n" +
+	"\x17SetReadReceiptsResponse\x12,\n" +
+	"\x12hide_read_receipts\x18\x01 \x01(\bR\x10hideReadReceipts*\\\n" +
 	"\vChannelType\x12\x1c\n" +
 	"\x18CHANNEL_TYPE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13CHANNEL_TYPE_DIRECT\x10\x01\x12\x16\n" +
@@ -2343,7 +3521,7 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\x11MESSAGE_KIND_TEXT\x10\x01\x12\x15\n" +
 	"\x11MESSAGE_KIND_EDIT\x10\x02\x12\x17\n" +
 	"\x13MESSAGE_KIND_DELETE\x10\x03\x12\x17\n" +
-	"\x13MESSAGE_KIND_SYSTEM\x10\x042\xfb\x03\n" +
+	"\x13MESSAGE_KIND_SYSTEM\x10\x042\xf6\x06\n" +
 	"\vChatService\x126\n" +
 	"\x04Chat\x12\x14.chat.v1.ClientFrame\x1a\x14.chat.v1.ServerFrame(\x010\x01\x12H\n" +
 	"\vCreateGroup\x12\x1b.chat.v1.CreateGroupRequest\x1a\x1c.chat.v1.CreateGroupResponse\x12B\n" +
@@ -2353,7 +3531,12 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"GetChannel\x12\x1a.chat.v1.GetChannelRequest\x1a\x1b.chat.v1.GetChannelResponse\x12E\n" +
 	"\n" +
-	"GetHistory\x12\x1a.chat.v1.GetHistoryRequest\x1a\x1b.chat.v1.GetHistoryResponseB+Z)github.com/chatd/chatd/gen/chat/v1;chatv1b\x06proto3"
+	"GetHistory\x12\x1a.chat.v1.GetHistoryRequest\x1a\x1b.chat.v1.GetHistoryResponse\x12?\n" +
+	"\bMarkRead\x12\x18.chat.v1.MarkReadRequest\x1a\x19.chat.v1.MarkReadResponse\x12H\n" +
+	"\vEditMessage\x12\x1b.chat.v1.EditMessageRequest\x1a\x1c.chat.v1.EditMessageResponse\x12N\n" +
+	"\rDeleteMessage\x12\x1d.chat.v1.DeleteMessageRequest\x1a\x1e.chat.v1.DeleteMessageResponse\x12H\n" +
+	"\vGetReceipts\x12\x1b.chat.v1.GetReceiptsRequest\x1a\x1c.chat.v1.GetReceiptsResponse\x12T\n" +
+	"\x0fSetReadReceipts\x12\x1f.chat.v1.SetReadReceiptsRequest\x1a .chat.v1.SetReadReceiptsResponseB+Z)github.com/chatd/chatd/gen/chat/v1;chatv1b\x06proto3"
 
 var (
 	file_chat_v1_chat_proto_rawDescOnce sync.Once
@@ -2368,94 +3551,131 @@ func file_chat_v1_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_v1_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_chat_v1_chat_proto_goTypes = []any{
-	(ChannelType)(0),              // 0: chat.v1.ChannelType
-	(MemberRole)(0),               // 1: chat.v1.MemberRole
-	(MessageKind)(0),              // 2: chat.v1.MessageKind
-	(*Message)(nil),               // 3: chat.v1.Message
-	(*Delivery)(nil),              // 4: chat.v1.Delivery
-	(*ClientFrame)(nil),           // 5: chat.v1.ClientFrame
-	(*SendMessage)(nil),           // 6: chat.v1.SendMessage
-	(*Ack)(nil),                   // 7: chat.v1.Ack
-	(*SyncRequest)(nil),           // 8: chat.v1.SyncRequest
-	(*Typing)(nil),                // 9: chat.v1.Typing
-	(*Heartbeat)(nil),             // 10: chat.v1.Heartbeat
-	(*ServerFrame)(nil),           // 11: chat.v1.ServerFrame
-	(*Welcome)(nil),               // 12: chat.v1.Welcome
-	(*SendAck)(nil),               // 13: chat.v1.SendAck
-	(*SyncPage)(nil),              // 14: chat.v1.SyncPage
-	(*AckResult)(nil),             // 15: chat.v1.AckResult
-	(*TypingEvent)(nil),           // 16: chat.v1.TypingEvent
-	(*HeartbeatAck)(nil),          // 17: chat.v1.HeartbeatAck
-	(*FrameError)(nil),            // 18: chat.v1.FrameError
-	(*Channel)(nil),               // 19: chat.v1.Channel
-	(*Member)(nil),                // 20: chat.v1.Member
-	(*CreateGroupRequest)(nil),    // 21: chat.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil),   // 22: chat.v1.CreateGroupResponse
-	(*AddMemberRequest)(nil),      // 23: chat.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),     // 24: chat.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),   // 25: chat.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),  // 26: chat.v1.RemoveMemberResponse
-	(*ListChannelsRequest)(nil),   // 27: chat.v1.ListChannelsRequest
-	(*ListChannelsResponse)(nil),  // 28: chat.v1.ListChannelsResponse
-	(*GetChannelRequest)(nil),     // 29: chat.v1.GetChannelRequest
-	(*GetChannelResponse)(nil),    // 30: chat.v1.GetChannelResponse
-	(*GetHistoryRequest)(nil),     // 31: chat.v1.GetHistoryRequest
-	(*GetHistoryResponse)(nil),    // 32: chat.v1.GetHistoryResponse
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
+	(ChannelType)(0),                // 0: chat.v1.ChannelType
+	(MemberRole)(0),                 // 1: chat.v1.MemberRole
+	(MessageKind)(0),                // 2: chat.v1.MessageKind
+	(*Message)(nil),                 // 3: chat.v1.Message
+	(*Delivery)(nil),                // 4: chat.v1.Delivery
+	(*ClientFrame)(nil),             // 5: chat.v1.ClientFrame
+	(*SendMessage)(nil),             // 6: chat.v1.SendMessage
+	(*Ack)(nil),                     // 7: chat.v1.Ack
+	(*SyncRequest)(nil),             // 8: chat.v1.SyncRequest
+	(*Typing)(nil),                  // 9: chat.v1.Typing
+	(*Heartbeat)(nil),               // 10: chat.v1.Heartbeat
+	(*MarkRead)(nil),                // 11: chat.v1.MarkRead
+	(*EditMessage)(nil),             // 12: chat.v1.EditMessage
+	(*DeleteMessage)(nil),           // 13: chat.v1.DeleteMessage
+	(*ServerFrame)(nil),             // 14: chat.v1.ServerFrame
+	(*Welcome)(nil),                 // 15: chat.v1.Welcome
+	(*SendAck)(nil),                 // 16: chat.v1.SendAck
+	(*SyncPage)(nil),                // 17: chat.v1.SyncPage
+	(*AckResult)(nil),               // 18: chat.v1.AckResult
+	(*TypingEvent)(nil),             // 19: chat.v1.TypingEvent
+	(*HeartbeatAck)(nil),            // 20: chat.v1.HeartbeatAck
+	(*ReceiptEvent)(nil),            // 21: chat.v1.ReceiptEvent
+	(*UnreadEvent)(nil),             // 22: chat.v1.UnreadEvent
+	(*FrameError)(nil),              // 23: chat.v1.FrameError
+	(*Channel)(nil),                 // 24: chat.v1.Channel
+	(*Member)(nil),                  // 25: chat.v1.Member
+	(*CreateGroupRequest)(nil),      // 26: chat.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),     // 27: chat.v1.CreateGroupResponse
+	(*AddMemberRequest)(nil),        // 28: chat.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),       // 29: chat.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),     // 30: chat.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),    // 31: chat.v1.RemoveMemberResponse
+	(*ListChannelsRequest)(nil),     // 32: chat.v1.ListChannelsRequest
+	(*ListChannelsResponse)(nil),    // 33: chat.v1.ListChannelsResponse
+	(*GetChannelRequest)(nil),       // 34: chat.v1.GetChannelRequest
+	(*GetChannelResponse)(nil),      // 35: chat.v1.GetChannelResponse
+	(*GetHistoryRequest)(nil),       // 36: chat.v1.GetHistoryRequest
+	(*GetHistoryResponse)(nil),      // 37: chat.v1.GetHistoryResponse
+	(*MarkReadRequest)(nil),         // 38: chat.v1.MarkReadRequest
+	(*MarkReadResponse)(nil),        // 39: chat.v1.MarkReadResponse
+	(*EditMessageRequest)(nil),      // 40: chat.v1.EditMessageRequest
+	(*EditMessageResponse)(nil),     // 41: chat.v1.EditMessageResponse
+	(*DeleteMessageRequest)(nil),    // 42: chat.v1.DeleteMessageRequest
+	(*DeleteMessageResponse)(nil),   // 43: chat.v1.DeleteMessageResponse
+	(*GetReceiptsRequest)(nil),      // 44: chat.v1.GetReceiptsRequest
+	(*GetReceiptsResponse)(nil),     // 45: chat.v1.GetReceiptsResponse
+	(*SetReadReceiptsRequest)(nil),  // 46: chat.v1.SetReadReceiptsRequest
+	(*SetReadReceiptsResponse)(nil), // 47: chat.v1.SetReadReceiptsResponse
+	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
 }
 var file_chat_v1_chat_proto_depIdxs = []int32{
-	33, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
+	48, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 1: chat.v1.Message.kind:type_name -> chat.v1.MessageKind
-	3,  // 2: chat.v1.Delivery.message:type_name -> chat.v1.Message
-	6,  // 3: chat.v1.ClientFrame.send:type_name -> chat.v1.SendMessage
-	7,  // 4: chat.v1.ClientFrame.ack:type_name -> chat.v1.Ack
-	8,  // 5: chat.v1.ClientFrame.sync:type_name -> chat.v1.SyncRequest
-	9,  // 6: chat.v1.ClientFrame.typing:type_name -> chat.v1.Typing
-	10, // 7: chat.v1.ClientFrame.heartbeat:type_name -> chat.v1.Heartbeat
-	12, // 8: chat.v1.ServerFrame.welcome:type_name -> chat.v1.Welcome
-	13, // 9: chat.v1.ServerFrame.send_ack:type_name -> chat.v1.SendAck
-	4,  // 10: chat.v1.ServerFrame.delivery:type_name -> chat.v1.Delivery
-	14, // 11: chat.v1.ServerFrame.sync_page:type_name -> chat.v1.SyncPage
-	16, // 12: chat.v1.ServerFrame.typing:type_name -> chat.v1.TypingEvent
-	18, // 13: chat.v1.ServerFrame.error:type_name -> chat.v1.FrameError
-	17, // 14: chat.v1.ServerFrame.heartbeat_ack:type_name -> chat.v1.HeartbeatAck
-	15, // 15: chat.v1.ServerFrame.ack_result:type_name -> chat.v1.AckResult
-	33, // 16: chat.v1.SendAck.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 17: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
-	33, // 18: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
-	33, // 19: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	0,  // 20: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
-	20, // 21: chat.v1.Channel.members:type_name -> chat.v1.Member
-	33, // 22: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
-	33, // 23: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
-	1,  // 24: chat.v1.Member.role:type_name -> chat.v1.MemberRole
-	19, // 25: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
-	1,  // 26: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
-	19, // 27: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
-	19, // 28: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
-	19, // 29: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
-	3,  // 30: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
-	5,  // 31: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
-	21, // 32: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
-	23, // 33: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
-	25, // 34: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
-	27, // 35: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
-	29, // 36: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
-	31, // 37: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
-	11, // 38: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
-	22, // 39: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
-	24, // 40: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
-	26, // 41: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
-	28, // 42: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
-	30, // 43: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
-	32, // 44: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
-	38, // [38:45] is the sub-list for method output_type
-	31, // [31:38] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	48, // 2: chat.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
+	3,  // 3: chat.v1.Delivery.message:type_name -> chat.v1.Message
+	6,  // 4: chat.v1.ClientFrame.send:type_name -> chat.v1.SendMessage
+	7,  // 5: chat.v1.ClientFrame.ack:type_name -> chat.v1.Ack
+	8,  // 6: chat.v1.ClientFrame.sync:type_name -> chat.v1.SyncRequest
+	9,  // 7: chat.v1.ClientFrame.typing:type_name -> chat.v1.Typing
+	10, // 8: chat.v1.ClientFrame.heartbeat:type_name -> chat.v1.Heartbeat
+	11, // 9: chat.v1.ClientFrame.mark_read:type_name -> chat.v1.MarkRead
+	12, // 10: chat.v1.ClientFrame.edit:type_name -> chat.v1.EditMessage
+	13, // 11: chat.v1.ClientFrame.delete:type_name -> chat.v1.DeleteMessage
+	15, // 12: chat.v1.ServerFrame.welcome:type_name -> chat.v1.Welcome
+	16, // 13: chat.v1.ServerFrame.send_ack:type_name -> chat.v1.SendAck
+	4,  // 14: chat.v1.ServerFrame.delivery:type_name -> chat.v1.Delivery
+	17, // 15: chat.v1.ServerFrame.sync_page:type_name -> chat.v1.SyncPage
+	19, // 16: chat.v1.ServerFrame.typing:type_name -> chat.v1.TypingEvent
+	23, // 17: chat.v1.ServerFrame.error:type_name -> chat.v1.FrameError
+	20, // 18: chat.v1.ServerFrame.heartbeat_ack:type_name -> chat.v1.HeartbeatAck
+	18, // 19: chat.v1.ServerFrame.ack_result:type_name -> chat.v1.AckResult
+	21, // 20: chat.v1.ServerFrame.receipt:type_name -> chat.v1.ReceiptEvent
+	22, // 21: chat.v1.ServerFrame.unread:type_name -> chat.v1.UnreadEvent
+	48, // 22: chat.v1.SendAck.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 23: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
+	48, // 24: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
+	48, // 25: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	0,  // 26: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
+	25, // 27: chat.v1.Channel.members:type_name -> chat.v1.Member
+	48, // 28: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
+	48, // 29: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
+	3,  // 30: chat.v1.Channel.last_message:type_name -> chat.v1.Message
+	21, // 31: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
+	1,  // 32: chat.v1.Member.role:type_name -> chat.v1.MemberRole
+	24, // 33: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
+	1,  // 34: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
+	24, // 35: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
+	24, // 36: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
+	24, // 37: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
+	3,  // 38: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
+	22, // 39: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
+	16, // 40: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
+	16, // 41: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
+	21, // 42: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
+	5,  // 43: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
+	26, // 44: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
+	28, // 45: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
+	30, // 46: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
+	32, // 47: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
+	34, // 48: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
+	36, // 49: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
+	38, // 50: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
+	40, // 51: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
+	42, // 52: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
+	44, // 53: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
+	46, // 54: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
+	14, // 55: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
+	27, // 56: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
+	29, // 57: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
+	31, // 58: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
+	33, // 59: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
+	35, // 60: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
+	37, // 61: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
+	39, // 62: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
+	41, // 63: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
+	43, // 64: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
+	45, // 65: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
+	47, // 66: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
+	55, // [55:67] is the sub-list for method output_type
+	43, // [43:55] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_chat_v1_chat_proto_init() }
@@ -2469,12 +3689,15 @@ func file_chat_v1_chat_proto_init() {
 		(*ClientFrame_Sync)(nil),
 		(*ClientFrame_Typing)(nil),
 		(*ClientFrame_Heartbeat)(nil),
+		(*ClientFrame_MarkRead)(nil),
+		(*ClientFrame_Edit)(nil),
+		(*ClientFrame_Delete)(nil),
 	}
 	file_chat_v1_chat_proto_msgTypes[3].OneofWrappers = []any{
 		(*SendMessage_ToUser)(nil),
 		(*SendMessage_ChannelId)(nil),
 	}
-	file_chat_v1_chat_proto_msgTypes[8].OneofWrappers = []any{
+	file_chat_v1_chat_proto_msgTypes[11].OneofWrappers = []any{
 		(*ServerFrame_Welcome)(nil),
 		(*ServerFrame_SendAck)(nil),
 		(*ServerFrame_Delivery)(nil),
@@ -2483,6 +3706,8 @@ func file_chat_v1_chat_proto_init() {
 		(*ServerFrame_Error)(nil),
 		(*ServerFrame_HeartbeatAck)(nil),
 		(*ServerFrame_AckResult)(nil),
+		(*ServerFrame_Receipt)(nil),
+		(*ServerFrame_Unread)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2490,7 +3715,7 @@ func file_chat_v1_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_v1_chat_proto_rawDesc), len(file_chat_v1_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,13 +19,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ChatService_Chat_FullMethodName         = "/chat.v1.ChatService/Chat"
-	ChatService_CreateGroup_FullMethodName  = "/chat.v1.ChatService/CreateGroup"
-	ChatService_AddMember_FullMethodName    = "/chat.v1.ChatService/AddMember"
-	ChatService_RemoveMember_FullMethodName = "/chat.v1.ChatService/RemoveMember"
-	ChatService_ListChannels_FullMethodName = "/chat.v1.ChatService/ListChannels"
-	ChatService_GetChannel_FullMethodName   = "/chat.v1.ChatService/GetChannel"
-	ChatService_GetHistory_FullMethodName   = "/chat.v1.ChatService/GetHistory"
+	ChatService_Chat_FullMethodName            = "/chat.v1.ChatService/Chat"
+	ChatService_CreateGroup_FullMethodName     = "/chat.v1.ChatService/CreateGroup"
+	ChatService_AddMember_FullMethodName       = "/chat.v1.ChatService/AddMember"
+	ChatService_RemoveMember_FullMethodName    = "/chat.v1.ChatService/RemoveMember"
+	ChatService_ListChannels_FullMethodName    = "/chat.v1.ChatService/ListChannels"
+	ChatService_GetChannel_FullMethodName      = "/chat.v1.ChatService/GetChannel"
+	ChatService_GetHistory_FullMethodName      = "/chat.v1.ChatService/GetHistory"
+	ChatService_MarkRead_FullMethodName        = "/chat.v1.ChatService/MarkRead"
+	ChatService_EditMessage_FullMethodName     = "/chat.v1.ChatService/EditMessage"
+	ChatService_DeleteMessage_FullMethodName   = "/chat.v1.ChatService/DeleteMessage"
+	ChatService_GetReceipts_FullMethodName     = "/chat.v1.ChatService/GetReceipts"
+	ChatService_SetReadReceipts_FullMethodName = "/chat.v1.ChatService/SetReadReceipts"
 )
 
 // ChatServiceClient is the client API for ChatService service.
@@ -68,6 +73,38 @@ type ChatServiceClient interface {
 	// Errors: NotFound if the channel does not exist, PermissionDenied for
 	// non-members, InvalidArgument for a bad page size.
 	GetHistory(ctx context.Context, in *GetHistoryRequest, opts ...grpc.CallOption) (*GetHistoryResponse, error)
+	// MarkRead moves the caller's read marker of a channel forward to
+	// message_id (0: the channel's newest message); markers never move
+	// backwards. Every device of the caller gets an UnreadEvent; the other
+	// members get a ReceiptEvent (read_up_to stays hidden from them while the
+	// caller hides read receipts). Same as the Chat stream's MarkRead frame.
+	// Errors: InvalidArgument (channel_id), NotFound (no such channel),
+	// PermissionDenied (not a member), FailedPrecondition (message_id above
+	// the channel's newest message).
+	MarkRead(ctx context.Context, in *MarkReadRequest, opts ...grpc.CallOption) (*MarkReadResponse, error)
+	// EditMessage replaces the text of one of the caller's messages: a new
+	// EDIT row (kind EDIT, ref_message_id) sequenced like a message and
+	// delivered to every member. Same as the Chat stream's EditMessage frame.
+	// Errors: InvalidArgument (ids, text), NotFound (no such channel or
+	// message), PermissionDenied (not a member, or not the author),
+	// FailedPrecondition (outside the edit window, message deleted, not a
+	// text message, too many edits).
+	EditMessage(ctx context.Context, in *EditMessageRequest, opts ...grpc.CallOption) (*EditMessageResponse, error)
+	// DeleteMessage deletes a message for everyone (its author, or a group's
+	// owner or admin) or, with for_me, for the caller only (any member): a
+	// new DELETE row (kind DELETE, ref_message_id; for_user set for "for
+	// me", which only the caller's inbox and history ever show). Same as the
+	// Chat stream's DeleteMessage frame. Errors: InvalidArgument, NotFound,
+	// PermissionDenied, FailedPrecondition (already deleted, not a text
+	// message).
+	DeleteMessage(ctx context.Context, in *DeleteMessageRequest, opts ...grpc.CallOption) (*DeleteMessageResponse, error)
+	// GetReceipts returns the delivery and read markers of every member of a
+	// channel. Errors: InvalidArgument, NotFound, PermissionDenied.
+	GetReceipts(ctx context.Context, in *GetReceiptsRequest, opts ...grpc.CallOption) (*GetReceiptsResponse, error)
+	// SetReadReceipts turns the caller's read receipts off (hide) or on. A
+	// user who hides them still has a read marker (it drives their unread
+	// counts), but other members see no read_up_to moving for them.
+	SetReadReceipts(ctx context.Context, in *SetReadReceiptsRequest, opts ...grpc.CallOption) (*SetReadReceiptsResponse, error)
 }
 
 type chatServiceClient struct {
@@ -151,6 +188,56 @@ func (c *chatServiceClient) GetHistory(ctx context.Context, in *GetHistoryReques
 	return out, nil
 }
 
+func (c *chatServiceClient) MarkRead(ctx context.Context, in *MarkReadRequest, opts ...grpc.CallOption) (*MarkReadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MarkReadResponse)
+	err := c.cc.Invoke(ctx, ChatService_MarkRead_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *chatServiceClient) EditMessage(ctx context.Context, in *EditMessageRequest, opts ...grpc.CallOption) (*EditMessageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EditMessageResponse)
+	err := c.cc.Invoke(ctx, ChatService_EditMessage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *chatServiceClient) DeleteMessage(ctx context.Context, in *DeleteMessageRequest, opts ...grpc.CallOption) (*DeleteMessageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteMessageResponse)
+	err := c.cc.Invoke(ctx, ChatService_DeleteMessage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *chatServiceClient) GetReceipts(ctx context.Context, in *GetReceiptsRequest, opts ...grpc.CallOption) (*GetReceiptsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetReceiptsResponse)
+	err := c.cc.Invoke(ctx, ChatService_GetReceipts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *chatServiceClient) SetReadReceipts(ctx context.Context, in *SetReadReceiptsRequest, opts ...grpc.CallOption) (*SetReadReceiptsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetReadReceiptsResponse)
+	err := c.cc.Invoke(ctx, ChatService_SetReadReceipts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ChatServiceServer is the server API for ChatService service.
 // All implementations must embed UnimplementedChatServiceServer
 // for forward compatibility.
@@ -191,6 +278,38 @@ type ChatServiceServer interface {
 	// Errors: NotFound if the channel does not exist, PermissionDenied for
 	// non-members, InvalidArgument for a bad page size.
 	GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error)
+	// MarkRead moves the caller's read marker of a channel forward to
+	// message_id (0: the channel's newest message); markers never move
+	// backwards. Every device of the caller gets an UnreadEvent; the other
+	// members get a ReceiptEvent (read_up_to stays hidden from them while the
+	// caller hides read receipts). Same as the Chat stream's MarkRead frame.
+	// Errors: InvalidArgument (channel_id), NotFound (no such channel),
+	// PermissionDenied (not a member), FailedPrecondition (message_id above
+	// the channel's newest message).
+	MarkRead(context.Context, *MarkReadRequest) (*MarkReadResponse, error)
+	// EditMessage replaces the text of one of the caller's messages: a new
+	// EDIT row (kind EDIT, ref_message_id) sequenced like a message and
+	// delivered to every member. Same as the Chat stream's EditMessage frame.
+	// Errors: InvalidArgument (ids, text), NotFound (no such channel or
+	// message), PermissionDenied (not a member, or not the author),
+	// FailedPrecondition (outside the edit window, message deleted, not a
+	// text message, too many edits).
+	EditMessage(context.Context, *EditMessageRequest) (*EditMessageResponse, error)
+	// DeleteMessage deletes a message for everyone (its author, or a group's
+	// owner or admin) or, with for_me, for the caller only (any member): a
+	// new DELETE row (kind DELETE, ref_message_id; for_user set for "for
+	// me", which only the caller's inbox and history ever show). Same as the
+	// Chat stream's DeleteMessage frame. Errors: InvalidArgument, NotFound,
+	// PermissionDenied, FailedPrecondition (already deleted, not a text
+	// message).
+	DeleteMessage(context.Context, *DeleteMessageRequest) (*DeleteMessageResponse, error)
+	// GetReceipts returns the delivery and read markers of every member of a
+	// channel. Errors: InvalidArgument, NotFound, PermissionDenied.
+	GetReceipts(context.Context, *GetReceiptsRequest) (*GetReceiptsResponse, error)
+	// SetReadReceipts turns the caller's read receipts off (hide) or on. A
+	// user who hides them still has a read marker (it drives their unread
+	// counts), but other members see no read_up_to moving for them.
+	SetReadReceipts(context.Context, *SetReadReceiptsRequest) (*SetReadReceiptsResponse, error)
 	mustEmbedUnimplementedChatServiceServer()
 }
 
@@ -221,6 +340,21 @@ func (UnimplementedChatServiceServer) GetChannel(context.Context, *GetChannelReq
 }
 func (UnimplementedChatServiceServer) GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetHistory not implemented")
+}
+func (UnimplementedChatServiceServer) MarkRead(context.Context, *MarkReadRequest) (*MarkReadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MarkRead not implemented")
+}
+func (UnimplementedChatServiceServer) EditMessage(context.Context, *EditMessageRequest) (*EditMessageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EditMessage not implemented")
+}
+func (UnimplementedChatServiceServer) DeleteMessage(context.Context, *DeleteMessageRequest) (*DeleteMessageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteMessage not implemented")
+}
+func (UnimplementedChatServiceServer) GetReceipts(context.Context, *GetReceiptsRequest) (*GetReceiptsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetReceipts not implemented")
+}
+func (UnimplementedChatServiceServer) SetReadReceipts(context.Context, *SetReadReceiptsRequest) (*SetReadReceiptsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetReadReceipts not implemented")
 }
 func (UnimplementedChatServiceServer) mustEmbedUnimplementedChatServiceServer() {}
 func (UnimplementedChatServiceServer) testEmbeddedByValue()                     {}
@@ -358,6 +492,96 @@ func _ChatService_GetHistory_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ChatService_MarkRead_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MarkReadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).MarkRead(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_MarkRead_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).MarkRead(ctx, req.(*MarkReadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ChatService_EditMessage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EditMessageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).EditMessage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_EditMessage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).EditMessage(ctx, req.(*EditMessageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ChatService_DeleteMessage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteMessageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).DeleteMessage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_DeleteMessage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).DeleteMessage(ctx, req.(*DeleteMessageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ChatService_GetReceipts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetReceiptsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).GetReceipts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_GetReceipts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).GetReceipts(ctx, req.(*GetReceiptsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ChatService_SetReadReceipts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetReadReceiptsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).SetReadReceipts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_SetReadReceipts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).SetReadReceipts(ctx, req.(*SetReadReceiptsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ChatService_ServiceDesc is the grpc.ServiceDesc for ChatService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -388,6 +612,26 @@ var ChatService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetHistory",
 			Handler:    _ChatService_GetHistory_Handler,
+		},
+		{
+			MethodName: "MarkRead",
+			Handler:    _ChatService_MarkRead_Handler,
+		},
+		{
+			MethodName: "EditMessage",
+			Handler:    _ChatService_EditMessage_Handler,
+		},
+		{
+			MethodName: "DeleteMessage",
+			Handler:    _ChatService_DeleteMessage_Handler,
+		},
+		{
+			MethodName: "GetReceipts",
+			Handler:    _ChatService_GetReceipts_Handler,
+		},
+		{
+			MethodName: "SetReadReceipts",
+			Handler:    _ChatService_SetReadReceipts_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -27,6 +27,9 @@ const (
 	tMember      = 'g' // g channel 0x00 user                    -> member
 	tUserChannel = 'r' // r user 0x00 channel                    -> empty (reverse index of g)
 	tActivity    = 'a' // a channel                               -> (last message_id, last activity)
+	tReceipt     = 'k' // k channel 0x00 user 0x00 marker         -> be64(message_id)
+	tRevision    = 'x' // x channel 0x00 be64(ref) be64(id)      -> revision
+	tSetting     = 's' // s user                                  -> conversation settings
 )
 
 // ErrInvalidID is returned (wrapped) when an id contains the byte 0x00,
@@ -146,8 +149,8 @@ func walk(b []byte, fn func(num protowire.Number, v uint64, p []byte)) error {
 }
 
 // --- message: fields 1 sender, 2 sender device, 3 client message id, 4 text,
-// 5 created_at, 6 kind, 7 ref message id. channel_id and message_id live in
-// the key.
+// 5 created_at, 6 kind, 7 ref message id, 8 for user. channel_id and
+// message_id live in the key.
 
 func encodeMessage(b []byte, m *store.Message) []byte {
 	b = appendString(b, 1, m.SenderID)
@@ -157,6 +160,7 @@ func encodeMessage(b []byte, m *store.Message) []byte {
 	b = appendTime(b, 5, m.CreatedAt)
 	b = appendUint(b, 6, uint64(m.Kind))
 	b = appendUint(b, 7, m.RefMessageID)
+	b = appendString(b, 8, m.ForUser)
 	return b
 }
 
@@ -202,6 +206,8 @@ func decodeMessage(channelID string, messageID uint64, b []byte) (*store.Message
 				m.ClientMessageID = f
 			case 4:
 				m.Text = f
+			case 8:
+				m.ForUser = f
 			}
 		default:
 			n := protowire.ConsumeFieldValue(num, typ, b[i:])

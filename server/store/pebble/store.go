@@ -18,6 +18,9 @@
 //	g channel_id 0x00 user_id             -> member (role, joined_at)
 //	r user_id 0x00 channel_id             -> empty (reverse index of g)
 //	a channel_id                          -> activity: be64(last message_id), be64(unix ms)
+//	k channel_id 0x00 user_id 0x00 marker -> be64(message_id): receipts
+//	x channel_id 0x00 be64(ref) be64(id)  -> revision (kind, sender, for_user, text, created_at)
+//	s user_id                             -> conversation settings (hide read receipts)
 //
 // Values are protobuf wire format (protowire) without the fields already in
 // the key; times have millisecond precision and are returned in UTC. An
@@ -303,6 +306,13 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 			key = append(append(key[:0], tActivity), m.ChannelID...)
 			val = encodeActivity(val[:0], m.MessageID, m.CreatedAt)
 			if err := wb.Merge(key, val, nil); err != nil {
+				return err
+			}
+		}
+		if isRevision(m) {
+			key = appendRevisionKey(key[:0], m.ChannelID, m.RefMessageID, m.MessageID)
+			val = encodeRevision(val[:0], m)
+			if err := wb.Set(key, val, nil); err != nil {
 				return err
 			}
 		}

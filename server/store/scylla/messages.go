@@ -14,14 +14,14 @@ import (
 )
 
 const (
-	stmtInsertMessage = `INSERT INTO messages (channel_id, bucket, message_id, sender_id, sender_device_id, client_message_id, text, created_at, kind, ref_message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	stmtInsertMessage = `INSERT INTO messages (channel_id, bucket, message_id, sender_id, sender_device_id, client_message_id, text, created_at, kind, ref_message_id, for_user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	stmtInsertBucket  = `INSERT INTO channel_buckets (channel_id, bucket) VALUES (?, ?)`
 	stmtInsertAct     = `INSERT INTO channel_activity (channel_id, message_id, created_at) VALUES (?, ?, ?)`
 	stmtTrimAct       = `DELETE FROM channel_activity WHERE channel_id = ? AND message_id < ?`
 	stmtInsertInbox   = `INSERT INTO inbox (user_id, bucket, seq, channel_id, message_id) VALUES (?, ?, ?, ?, ?)`
 	stmtInsertDedup   = `INSERT INTO dedup (sender_id, client_message_id, channel_id, message_id, created_at) VALUES (?, ?, ?, ?, ?) USING TTL ?`
 
-	msgCols = `message_id, sender_id, sender_device_id, client_message_id, text, created_at, kind, ref_message_id`
+	msgCols = `message_id, sender_id, sender_device_id, client_message_id, text, created_at, kind, ref_message_id, for_user`
 
 	stmtGetMessage     = `SELECT ` + msgCols + ` FROM messages WHERE channel_id = ? AND bucket = ? AND message_id = ?`
 	stmtMessagesIn     = `SELECT ` + msgCols + ` FROM messages WHERE channel_id = ? AND bucket = ? AND message_id IN ?`
@@ -66,7 +66,8 @@ type chunk struct {
 // replicas) in three ordered steps, each a set of concurrent
 // single-partition writes (unlogged batches):
 //
-//  1. the messages, their channels' bucket index rows and activity rows;
+//  1. the messages, their channels' bucket index rows and activity rows,
+//     and the revision index rows of EDIT and DELETE messages;
 //  2. the inbox entries (a user's entries in its lower inbox partition
 //     before those in the next one, when a batch spans two);
 //  3. the dedup records (TTL cfg.DedupTTL).
@@ -140,9 +141,18 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 				acts = append(acts, act{m.ChannelID, m})
 			}
 		}
+		var revs []*store.Message
+		for _, m := range b.Messages {
+			if isRevision(m) {
+				revs = append(revs, m)
+			}
+		}
 		n1, n2 := len(msgChunks), len(msgChunks)+len(bucketRows)
-		err := parallel(ctx, n2+len(acts), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+		n3 := n2 + len(acts)
+		err := parallel(ctx, n3+len(revs), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
 			switch {
+			case i >= n3:
+				return s.exec(ctx, stmtInsertRevision, revisionArgs(revs[i-n3])...)
 			case i < n1:
 				return s.writeMessages(ctx, b.Messages, msgChunks[i].idx)
 			case i < n2:
@@ -198,7 +208,7 @@ func (s *Store) batch(ctx context.Context) *gocql.Batch {
 
 func messageArgs(m *store.Message) []any {
 	return []any{m.ChannelID, messageBucket(m.MessageID), encID(m.MessageID), m.SenderID, m.SenderDeviceID,
-		m.ClientMessageID, m.Text, ts(m.CreatedAt), int8(m.Kind), encID(m.RefMessageID)}
+		m.ClientMessageID, m.Text, ts(m.CreatedAt), int8(m.Kind), encID(m.RefMessageID), m.ForUser}
 }
 
 func (s *Store) writeMessages(ctx context.Context, msgs []*store.Message, idx []int) error {
@@ -361,14 +371,14 @@ func (s *Store) LastInboxSeq(ctx context.Context, userID string) (uint64, error)
 
 // scanMessage reads one row of msgCols.
 type msgRow struct {
-	id, ref                      int64
-	sender, device, client, text string
-	created                      time.Time
-	kind                         int8
+	id, ref                               int64
+	sender, device, client, text, forUser string
+	created                               time.Time
+	kind                                  int8
 }
 
 func (r *msgRow) dest() []any {
-	return []any{&r.id, &r.sender, &r.device, &r.client, &r.text, &r.created, &r.kind, &r.ref}
+	return []any{&r.id, &r.sender, &r.device, &r.client, &r.text, &r.created, &r.kind, &r.ref, &r.forUser}
 }
 
 func (r *msgRow) message(channelID string) *store.Message {
@@ -382,6 +392,7 @@ func (r *msgRow) message(channelID string) *store.Message {
 		CreatedAt:       utc(r.created),
 		Kind:            store.MessageKind(r.kind),
 		RefMessageID:    decID(r.ref),
+		ForUser:         r.forUser,
 	}
 }
 

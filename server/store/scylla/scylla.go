@@ -216,9 +216,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	// Fail early and clearly on a keyspace without the schema.
 	var n int
-	err = sess.Session.Query(`SELECT count(*) FROM system_schema.tables WHERE keyspace_name = ? AND table_name IN ('messages', 'inbox', 'channel_members')`,
+	err = sess.Session.Query(`SELECT count(*) FROM system_schema.tables WHERE keyspace_name = ? AND table_name IN ('messages', 'inbox', 'channel_members', 'receipts', 'message_revisions')`,
 		cfg.Keyspace).WithContext(ctx).Scan(&n)
-	if err == nil && n != 3 {
+	if err == nil && n != 5 {
 		err = fmt.Errorf("keyspace %s lacks the chatd schema (run Migrate)", cfg.Keyspace)
 	}
 	if err != nil {

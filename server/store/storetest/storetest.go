@@ -74,6 +74,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Channels/ListUserChannelsActivity", testListUserChannels},
 		{"Channels/ListUserChannelsPaging", testListUserChannelsPaging},
 	}
+	tests = append(tests, conversationTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := open(t)
@@ -128,7 +129,7 @@ func eqMsg(t testing.TB, got, want *store.Message) {
 		got.SenderID != want.SenderID || got.SenderDeviceID != want.SenderDeviceID ||
 		got.ClientMessageID != want.ClientMessageID || got.Text != want.Text ||
 		!got.CreatedAt.Equal(want.CreatedAt) || got.Kind != want.Kind ||
-		got.RefMessageID != want.RefMessageID {
+		got.RefMessageID != want.RefMessageID || got.ForUser != want.ForUser {
 		t.Fatalf("message mismatch:\n got  %+v\n want %+v", short(got), short(want))
 	}
 }
