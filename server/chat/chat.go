@@ -119,8 +119,12 @@ type Config struct {
 	// not yet acknowledged; the stream stops reading frames while it is
 	// reached. Default 256.
 	MaxInFlight int
-	// Now is the clock for typing expiry and heartbeat acks; default
-	// time.Now.
+	// EditWindow is how long after sending its author may edit a message;
+	// default DefaultEditWindow (48 h). Edits later fail with
+	// FailedPrecondition. Deletes have no window.
+	EditWindow time.Duration
+	// Now is the clock for typing expiry, heartbeat acks and the edit
+	// window; default time.Now.
 	Now func() time.Time
 	// Registerer, if not nil, receives the service's Prometheus metrics.
 	Registerer prometheus.Registerer
@@ -148,6 +152,7 @@ type Service struct {
 	frameRate float64
 	burst     int
 	inFlight  int
+	editWin   time.Duration
 	now       func() time.Time
 	log       *slog.Logger
 	metrics   *Metrics
@@ -178,6 +183,7 @@ func New(cfg Config) *Service {
 		frameRate: cfg.FrameRate,
 		burst:     cfg.FrameBurst,
 		inFlight:  cfg.MaxInFlight,
+		editWin:   cfg.EditWindow,
 		now:       cfg.Now,
 		log:       cfg.Logger,
 	}
@@ -201,6 +207,9 @@ func New(cfg Config) *Service {
 	}
 	if s.inFlight <= 0 {
 		s.inFlight = DefaultMaxInFlight
+	}
+	if s.editWin <= 0 {
+		s.editWin = DefaultEditWindow
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -269,6 +278,7 @@ func messageProto(m *store.Message) *chatv1.Message {
 		CreatedAt:       timestamppb.New(m.CreatedAt),
 		Kind:            chatv1.MessageKind(m.Kind),
 		RefMessageId:    m.RefMessageID,
+		ForUser:         m.ForUser,
 	}
 }
 

@@ -24,7 +24,7 @@ type Metrics struct {
 	// SyncPages counts SyncPage frames sent.
 	SyncPages prometheus.Counter
 	// Frames counts client frames by type: send, ack, sync, typing,
-	// heartbeat, empty, malformed, rate_limited.
+	// heartbeat, mark_read, edit, delete, empty, malformed, rate_limited.
 	Frames *prometheus.CounterVec
 	// FrameErrors counts FrameError replies by gRPC code name.
 	FrameErrors *prometheus.CounterVec

@@ -145,8 +145,9 @@ func (s *Service) AddMember(ctx context.Context, req *chatv1.AddMemberRequest) (
 		}
 		return nil, s.storeErr(ctx, "AddMember.GetUser", err)
 	}
-	change := true
+	change, joined := true, true
 	if cur, err := s.st.GetMember(ctx, ch.ID, uid); err == nil {
+		joined = false
 		// Already a member: keep the owner; change the role only if asked.
 		change = cur.Role != store.RoleOwner && req.GetRole() != chatv1.MemberRole_MEMBER_ROLE_UNSPECIFIED && cur.Role != role
 	} else if !errors.Is(err, store.ErrNotFound) {
@@ -162,6 +163,12 @@ func (s *Service) AddMember(ctx context.Context, req *chatv1.AddMemberRequest) (
 				return nil, errChannelMissing
 			}
 			return nil, s.storeErr(ctx, "AddMember", err)
+		}
+		if joined {
+			// The history from before joining is not unread.
+			if err := s.startMarkers(ctx, ch.ID, uid); err != nil {
+				return nil, s.storeErr(ctx, "AddMember.startMarkers", err)
+			}
 		}
 	}
 	c, err := s.loadChannel(ctx, ch, p.UserID)
@@ -241,9 +248,12 @@ func (s *Service) groupForChange(ctx context.Context, channelID string) (*store.
 }
 
 // ListChannels returns the caller's channels, most recently active first,
-// with members, last_message_id and last_activity_at. page_size: 0 means
-// 100, at most 500; page_token is the opaque next_page_token of the
-// previous page. Errors: InvalidArgument (page_size, page_token).
+// with members, last_message_id and last_activity_at, and the caller's
+// conversation state (see addState): last_message, unread_count, read_up_to
+// and the other members' receipts; every page carries total_unread.
+// page_size: 0 means 100, at most 500; page_token is the opaque
+// next_page_token of the previous page. Errors: InvalidArgument
+// (page_size, page_token).
 func (s *Service) ListChannels(ctx context.Context, req *chatv1.ListChannelsRequest) (*chatv1.ListChannelsResponse, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -286,6 +296,9 @@ func (s *Service) ListChannels(ctx context.Context, req *chatv1.ListChannelsRequ
 			return nil, s.storeErr(ctx, "ListChannels.ListMembers", err)
 		}
 		resp.Channels = append(resp.Channels, channelProto(ch, ms, a.LastMessageID, a.LastActivity, p.UserID))
+	}
+	if err := s.addState(ctx, p.UserID, resp); err != nil {
+		return nil, s.storeErr(ctx, "ListChannels.state", err)
 	}
 	return resp, nil
 }
@@ -343,7 +356,8 @@ func (s *Service) loadChannel(ctx context.Context, ch *store.Channel, viewer str
 
 // GetHistory returns a page of a channel's messages in ascending
 // message_id order: backward from before_message_id (exclusive; 0 = the
-// newest) or, when after_message_id is set, forward from it. The channel is
+// newest) or, when after_message_id is set, forward from it. The page is
+// folded (edits and deletes applied) unless raw is set; see historyPage. The channel is
 // channel_id, or the direct channel with to_user (empty if they never
 // talked). page_size: 0 means 50, at most 500. Errors: InvalidArgument
 // (target, page_size), NotFound (no such channel or user),
@@ -382,13 +396,9 @@ func (s *Service) GetHistory(ctx context.Context, req *chatv1.GetHistoryRequest)
 	if _, err := s.memberOf(ctx, channelID, p.UserID); err != nil {
 		return nil, err
 	}
-	msgs, more, err := s.st.History(ctx, channelID, req.GetBeforeMessageId(), req.GetAfterMessageId(), size)
+	resp, err := s.historyPage(ctx, channelID, p.UserID, req.GetBeforeMessageId(), req.GetAfterMessageId(), size, req.GetRaw())
 	if err != nil {
 		return nil, s.storeErr(ctx, "History", err)
-	}
-	resp := &chatv1.GetHistoryResponse{Messages: make([]*chatv1.Message, 0, len(msgs)), More: more}
-	for _, m := range msgs {
-		resp.Messages = append(resp.Messages, messageProto(m))
 	}
 	return resp, nil
 }

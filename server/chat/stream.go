@@ -79,6 +79,7 @@ type stream struct {
 	// Reader state (reader goroutine only).
 	key      string        // rate-limit key of the device: user 0x00 device
 	inflight chan struct{} // semaphore of unacknowledged sends
+	acked    uint64        // the device's cursor as of its last Ack (delivery markers)
 
 	// Writer state (writer goroutine only).
 	cursor, head uint64
@@ -158,6 +159,7 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		s: s, gs: gs, ctx: ctx, p: p, sess: sess,
 		key:      p.UserID + "\x00" + p.DeviceID,
 		inflight: make(chan struct{}, s.inFlight),
+		acked:    dev.Cursor,
 		cursor:   dev.Cursor,
 		head:     head,
 		pc:       pc,
@@ -633,6 +635,15 @@ func (st *stream) handleFrame(f *chatv1.ClientFrame) error {
 		return st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_HeartbeatAck{
 			HeartbeatAck: &chatv1.HeartbeatAck{ServerTime: timestamppb.New(s.now())},
 		}})
+	case *chatv1.ClientFrame_MarkRead:
+		s.metrics.Frames.WithLabelValues("mark_read").Inc()
+		return st.handleMarkRead(id, p.MarkRead)
+	case *chatv1.ClientFrame_Edit:
+		s.metrics.Frames.WithLabelValues("edit").Inc()
+		return st.handleEdit(id, p.Edit)
+	case *chatv1.ClientFrame_Delete:
+		s.metrics.Frames.WithLabelValues("delete").Inc()
+		return st.handleDelete(id, p.Delete)
 	default:
 		s.metrics.Frames.WithLabelValues("empty").Inc()
 		return st.replyErr(id, errNoPayload)
@@ -655,7 +666,15 @@ func (st *stream) handleAck(id uint64, a *chatv1.Ack) error {
 		}
 		return st.replyErr(id, s.storeErr(st.ctx, "Chat.AdvanceCursor", err))
 	}
-	return st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_AckResult{AckResult: &chatv1.AckResult{Cursor: cur}}})
+	if err := st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_AckResult{AckResult: &chatv1.AckResult{Cursor: cur}}}); err != nil {
+		return err
+	}
+	if cur > st.acked {
+		prev := st.acked
+		st.acked = cur
+		s.noteDelivered(st.ctx, st.p.UserID, prev, cur)
+	}
+	return nil
 }
 
 func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {

@@ -63,6 +63,7 @@ func (s *Store) Revisions(ctx context.Context, channelID string, from, to uint64
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID); err != nil {
 		return nil, err
 	}
@@ -127,6 +128,7 @@ func (s *Store) AdvanceReceipts(ctx context.Context, rs []store.Receipt) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	var ws []markerWrite
 	for i := range rs {
 		r := &rs[i]
@@ -211,6 +213,7 @@ func (s *Store) GetReceipt(ctx context.Context, channelID, userID string) (store
 	if err := s.check(ctx); err != nil {
 		return r, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID, userID); err != nil {
 		return r, err
 	}
@@ -244,6 +247,7 @@ func (s *Store) ListReceipts(ctx context.Context, channelID string) ([]store.Rec
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID); err != nil {
 		return nil, err
 	}
@@ -288,6 +292,7 @@ func (s *Store) SetReadReceiptsHidden(ctx context.Context, userID string, hidden
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if userID == "" {
 		return ErrInvalidID
 	}
@@ -306,6 +311,7 @@ func (s *Store) ReadReceiptsHidden(ctx context.Context, userID string) (bool, er
 	if err := s.check(ctx); err != nil {
 		return false, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID); err != nil {
 		return false, err
 	}

@@ -71,8 +71,12 @@ var ErrClosed = errors.New("pebble store: closed")
 type Store struct {
 	db     *pebble.DB
 	closed atomic.Bool
-	seed   maphash.Seed
-	locks  [256]sync.Mutex
+	// ops is read-locked by every call while it runs and write-locked by
+	// Close: a call racing with Close gets ErrClosed instead of touching a
+	// closed database (which panics in Pebble).
+	ops   sync.RWMutex
+	seed  maphash.Seed
+	locks [256]sync.Mutex
 }
 
 var _ store.Store = (*Store)(nil)
@@ -150,8 +154,11 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	return &Store{db: db, seed: maphash.MakeSeed()}, nil
 }
 
-// Close flushes and closes the database. Further calls return ErrClosed.
+// Close waits for the calls in progress, then flushes and closes the
+// database. Further calls return ErrClosed.
 func (s *Store) Close() error {
+	s.ops.Lock()
+	defer s.ops.Unlock()
 	if s.closed.Swap(true) {
 		return ErrClosed
 	}
@@ -178,11 +185,20 @@ func (g slogLogger) Fatalf(format string, args ...any) {
 	os.Exit(1)
 }
 
+// check starts a call: it fails with ErrClosed after Close, or with
+// ctx's error; on success the caller holds ops' read lock until it
+// returns (Close waits for it, so no call touches a closed database).
 func (s *Store) check(ctx context.Context) error {
+	s.ops.RLock()
 	if s.closed.Load() {
+		s.ops.RUnlock()
 		return ErrClosed
 	}
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		s.ops.RUnlock()
+		return err
+	}
+	return nil
 }
 
 // lock locks the stripe of key and returns its mutex for unlocking.
@@ -256,6 +272,7 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if b == nil {
 		return nil
 	}
@@ -356,6 +373,7 @@ func (s *Store) LastMessageID(ctx context.Context, channelID string) (uint64, er
 	if err := s.check(ctx); err != nil {
 		return 0, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID); err != nil {
 		return 0, err
 	}
@@ -367,6 +385,7 @@ func (s *Store) LastInboxSeq(ctx context.Context, userID string) (uint64, error)
 	if err := s.check(ctx); err != nil {
 		return 0, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID); err != nil {
 		return 0, err
 	}
@@ -378,6 +397,7 @@ func (s *Store) GetMessage(ctx context.Context, channelID string, messageID uint
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID); err != nil {
 		return nil, err
 	}
@@ -401,6 +421,7 @@ func (s *Store) History(ctx context.Context, channelID string, before, after uin
 	if err := s.check(ctx); err != nil {
 		return nil, false, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID); err != nil {
 		return nil, false, err
 	}
@@ -467,6 +488,7 @@ func (s *Store) Inbox(ctx context.Context, userID string, afterSeq uint64, limit
 	if err := s.check(ctx); err != nil {
 		return nil, false, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID); err != nil {
 		return nil, false, err
 	}
@@ -546,6 +568,7 @@ func (s *Store) LookupDedup(ctx context.Context, senderID, clientMessageID strin
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(senderID, clientMessageID); err != nil {
 		return nil, err
 	}
@@ -567,6 +590,7 @@ func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(u.ID); err != nil {
 		return err
 	}
@@ -587,6 +611,7 @@ func (s *Store) GetUser(ctx context.Context, userID string) (*store.User, error)
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID); err != nil {
 		return nil, err
 	}
@@ -617,6 +642,7 @@ func (s *Store) updateUser(ctx context.Context, userID string, change func(*stor
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID); err != nil {
 		return err
 	}
@@ -640,6 +666,7 @@ func (s *Store) PutDevice(ctx context.Context, d *store.Device) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(d.UserID, d.DeviceID); err != nil {
 		return err
 	}
@@ -662,6 +689,7 @@ func (s *Store) GetDevice(ctx context.Context, userID, deviceID string) (*store.
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID, deviceID); err != nil {
 		return nil, err
 	}
@@ -703,6 +731,7 @@ func (s *Store) ListDevices(ctx context.Context, userID string) ([]*store.Device
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID); err != nil {
 		return nil, err
 	}
@@ -725,6 +754,7 @@ func (s *Store) AdvanceCursor(ctx context.Context, userID, deviceID string, seq 
 	if err := s.check(ctx); err != nil {
 		return 0, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID, deviceID); err != nil {
 		return 0, err
 	}
@@ -753,6 +783,7 @@ func (s *Store) AddContact(ctx context.Context, userID, contactID string) error 
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID, contactID); err != nil {
 		return err
 	}
@@ -764,6 +795,7 @@ func (s *Store) RemoveContact(ctx context.Context, userID, contactID string) err
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID, contactID); err != nil {
 		return err
 	}
@@ -775,6 +807,7 @@ func (s *Store) ListContacts(ctx context.Context, userID string) ([]string, erro
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID); err != nil {
 		return nil, err
 	}
@@ -794,6 +827,7 @@ func (s *Store) IsContact(ctx context.Context, userID, contactID string) (bool, 
 	if err := s.check(ctx); err != nil {
 		return false, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID, contactID); err != nil {
 		return false, err
 	}
@@ -810,6 +844,7 @@ func (s *Store) CreateChannel(ctx context.Context, ch *store.Channel, members []
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(ch.ID); err != nil {
 		return err
 	}
@@ -862,6 +897,7 @@ func (s *Store) GetChannel(ctx context.Context, channelID string) (*store.Channe
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID); err != nil {
 		return nil, err
 	}
@@ -885,6 +921,7 @@ func (s *Store) AddMember(ctx context.Context, m store.Member, max int) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(m.ChannelID, m.UserID); err != nil {
 		return err
 	}
@@ -942,6 +979,7 @@ func (s *Store) RemoveMember(ctx context.Context, channelID, userID string) erro
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID, userID); err != nil {
 		return err
 	}
@@ -970,6 +1008,7 @@ func (s *Store) GetMember(ctx context.Context, channelID, userID string) (*store
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID, userID); err != nil {
 		return nil, err
 	}
@@ -990,6 +1029,7 @@ func (s *Store) ListMembers(ctx context.Context, channelID string) ([]store.Memb
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(channelID); err != nil {
 		return nil, err
 	}
@@ -1018,6 +1058,7 @@ func (s *Store) ListUserChannels(ctx context.Context, userID string, offset, lim
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	defer s.ops.RUnlock()
 	if err := checkIDs(userID); err != nil {
 		return nil, err
 	}
