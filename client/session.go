@@ -22,6 +22,9 @@ const (
 	DefaultDeliveryBuffer = 1024
 	// DefaultTypingBuffer is the capacity of Session.TypingEvents.
 	DefaultTypingBuffer = 64
+	// DefaultEventBuffer is the capacity of Session.Receipts and of
+	// Session.UnreadEvents.
+	DefaultEventBuffer = 256
 	// DefaultMaxInFlight bounds the frames awaiting a reply per session.
 	DefaultMaxInFlight = 1024
 	// defaultHeartbeat is used when the Welcome names no interval.
@@ -43,6 +46,7 @@ type SessionOption func(*sessionOptions)
 type sessionOptions struct {
 	deliveryBuffer int
 	typingBuffer   int
+	eventBuffer    int
 	maxInFlight    int
 	autoAck        bool
 	autoAckEvery   time.Duration
@@ -112,6 +116,8 @@ type Session struct {
 
 	deliveries chan *chatv1.Delivery
 	typing     chan *chatv1.TypingEvent
+	receipts   chan *chatv1.ReceiptEvent
+	unread     chan *chatv1.UnreadEvent
 
 	mu     sync.Mutex
 	calls  map[uint64]*call // frames awaiting a reply, by frame_id
@@ -124,8 +130,10 @@ type Session struct {
 	ackWant atomic.Uint64 // highest seq passed to AckAsync
 	ackKick chan struct{}
 
-	dupDropped    atomic.Uint64
-	typingDropped atomic.Uint64
+	dupDropped     atomic.Uint64
+	typingDropped  atomic.Uint64
+	receiptDropped atomic.Uint64
+	unreadDropped  atomic.Uint64
 
 	done      chan struct{}
 	halfClose chan struct{} // closed by Close: the writer flushes and half-closes
@@ -180,6 +188,7 @@ func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, 
 	o := sessionOptions{
 		deliveryBuffer: DefaultDeliveryBuffer,
 		typingBuffer:   DefaultTypingBuffer,
+		eventBuffer:    DefaultEventBuffer,
 		maxInFlight:    DefaultMaxInFlight,
 	}
 	for _, opt := range opts {
@@ -218,6 +227,8 @@ func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, 
 		inflight:   make(chan struct{}, o.maxInFlight),
 		deliveries: make(chan *chatv1.Delivery, o.deliveryBuffer),
 		typing:     make(chan *chatv1.TypingEvent, o.typingBuffer),
+		receipts:   make(chan *chatv1.ReceiptEvent, o.eventBuffer),
+		unread:     make(chan *chatv1.UnreadEvent, o.eventBuffer),
 		calls:      make(map[uint64]*call),
 		seen:       max(w.GetCursor(), o.resumeAfter),
 		ackKick:    make(chan struct{}, 1),
@@ -244,6 +255,8 @@ func newDetachedSession(w *chatv1.Welcome, o sessionOptions) *Session {
 		inflight:   make(chan struct{}, max(o.maxInFlight, 1)),
 		deliveries: make(chan *chatv1.Delivery, max(o.deliveryBuffer, 1)),
 		typing:     make(chan *chatv1.TypingEvent, max(o.typingBuffer, 1)),
+		receipts:   make(chan *chatv1.ReceiptEvent, max(o.eventBuffer, 1)),
+		unread:     make(chan *chatv1.UnreadEvent, max(o.eventBuffer, 1)),
 		calls:      make(map[uint64]*call),
 		seen:       max(w.GetCursor(), o.resumeAfter),
 		ackKick:    make(chan struct{}, 1),
@@ -349,6 +362,11 @@ type SessionStats struct {
 	DuplicateDeliveries uint64
 	// DroppedTypingEvents: typing events dropped because TypingEvents was full.
 	DroppedTypingEvents uint64
+	// DroppedReceipts and DroppedUnreadEvents: events dropped because
+	// Receipts or UnreadEvents was full (GetReceipts and ListChannels
+	// return the current state).
+	DroppedReceipts     uint64
+	DroppedUnreadEvents uint64
 }
 
 // Stats returns the session's drop counters.
@@ -356,6 +374,8 @@ func (s *Session) Stats() SessionStats {
 	return SessionStats{
 		DuplicateDeliveries: s.dupDropped.Load(),
 		DroppedTypingEvents: s.typingDropped.Load(),
+		DroppedReceipts:     s.receiptDropped.Load(),
+		DroppedUnreadEvents: s.unreadDropped.Load(),
 	}
 }
 
@@ -701,6 +721,23 @@ func (s *Session) dispatch(f *chatv1.ServerFrame) {
 			s.typingDropped.Add(1)
 		}
 		return
+	case *chatv1.ServerFrame_Receipt:
+		select {
+		case s.receipts <- p.Receipt:
+		default:
+			s.receiptDropped.Add(1)
+		}
+		return
+	case *chatv1.ServerFrame_Unread:
+		if f.GetFrameId() != 0 {
+			break // the reply to this session's MarkRead
+		}
+		select {
+		case s.unread <- p.Unread:
+		default:
+			s.unreadDropped.Add(1)
+		}
+		return
 	case *chatv1.ServerFrame_Welcome:
 		return // only the first frame is a Welcome; ignore repeats
 	case *chatv1.ServerFrame_AckResult:
@@ -761,6 +798,8 @@ func (s *Session) end(err error) {
 	}
 	close(s.deliveries)
 	close(s.typing)
+	close(s.receipts)
+	close(s.unread)
 	close(s.done)
 	s.cancel()
 }

@@ -57,11 +57,11 @@ newer messages. With --json each line is a Delivery object.`,
 	{
 		name: "listen", args: "[--limit N]", summary: "sync, then print live messages and typing events until interrupted",
 		detail: `Like sync, then keeps the Chat stream open and prints each new message as it
-arrives (and "... is typing" events), acking as it goes, until SIGINT or
-SIGTERM. Reconnects with exponential backoff (0.5s to 30s) when the server
-shuts down (Unavailable) or drops the stream because the client was too slow
-(ResourceExhausted). With --json each line is a ServerFrame object holding
-either "delivery" or "typing".`,
+arrives (and "... is typing", receipt and read-state events), acking as it
+goes, until SIGINT or SIGTERM. Reconnects with exponential backoff (0.5s to
+30s) when the server shuts down (Unavailable) or drops the stream because
+the client was too slow (ResourceExhausted). With --json each line is a
+ServerFrame object holding "delivery", "typing", "receipt" or "unread".`,
 		setup: setupListen,
 	},
 	{
@@ -82,7 +82,12 @@ either "delivery" or "typing".`,
 		setup: setupGroupShow,
 	},
 	{
-		name: "channels", summary: "list your channels, most recently active first",
+		name: "channels", summary: "list your channels, most recently active first, with unread counts",
+		detail: `One line per channel: id, type, name, unread count ("N+" when the server
+stopped counting at its cap), last activity; then your total unread count.
+With --json each line is a Channel object (unreadCount, readUpTo,
+lastMessage, receipts) and the last line is {"totalUnread": N,
+"totalCapped": bool}.`,
 		setup: setupChannels,
 	},
 	{
@@ -91,6 +96,37 @@ either "delivery" or "typing".`,
 Without --before/--after the newest page is printed. With --json each line
 is a Message object.`,
 		setup: setupHistory,
+	},
+	{
+		name: "read", args: "TARGET [--up-to ID]", summary: "mark a channel read (up to the newest message) on every device",
+		detail: `TARGET is a channel id or a username (the direct channel with that user).
+Moves your read marker forward (never back); your other devices get the new
+unread count at once and the other members see the read receipt. Prints
+the channel's unread count and your total. With --json: an UnreadEvent.`,
+		setup: setupRead,
+	},
+	{
+		name: "edit", args: "TARGET MESSAGE_ID TEXT... [--client-message-id KEY]", summary: "edit one of your messages (within the server's edit window)",
+		detail: `The remaining arguments are joined with spaces to form the new text. Prints
+the ack of the edit (a new row that every member's devices receive). With
+--json: a SendAck.`,
+		setup: setupEdit,
+	},
+	{
+		name: "delete", args: "TARGET MESSAGE_ID [--for-me] [--client-message-id KEY]", summary: "delete a message for everyone, or for you only",
+		detail: `Without --for-me the message is deleted for everyone (your own message, or
+any message of a group you own or administer). With --for-me it disappears
+from your own history and devices only. With --json: a SendAck.`,
+		setup: setupDelete,
+	},
+	{
+		name: "receipts", args: "TARGET", summary: "show each member's delivered and read markers of a channel",
+		setup: setupReceipts,
+	},
+	{
+		name: "receipts set", args: "--hide|--show", summary: "hide or show your read receipts",
+		detail: "While hidden, others see no read receipts from you; your own unread counts still follow your reads.",
+		setup:  setupReceiptsSet,
 	},
 	{
 		name: "contacts add", args: "USER", summary: "add a user to your contacts",
@@ -730,6 +766,7 @@ func (e *env) listenSession(ctx context.Context, s *client.Session, limit int32,
 	// acked are skipped by the sync (WithResumeAfter): ack them now.
 	s.AckAsync(last)
 	deliveries, typing := s.Deliveries(), s.TypingEvents()
+	receipts, unread := s.Receipts(), s.UnreadEvents()
 	for {
 		select {
 		case d, ok := <-deliveries:
@@ -751,6 +788,36 @@ func (e *env) listenSession(ctx context.Context, s *client.Session, limit int32,
 				continue
 			}
 			e.printf("... %s is typing in %s\n", clean(t.GetUserId()), clean(t.GetChannelId()))
+		case r, ok := <-receipts:
+			if !ok {
+				receipts = nil
+				continue
+			}
+			if e.json {
+				if err := e.emit(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Receipt{Receipt: r}}); err != nil {
+					return err
+				}
+				continue
+			}
+			switch {
+			case r.GetReadUpTo() > 0:
+				e.printf("... %s read %s up to %d\n", clean(r.GetUserId()), clean(r.GetChannelId()), r.GetReadUpTo())
+			case r.GetDeliveredUpTo() > 0:
+				e.printf("... %s received %s up to %d\n", clean(r.GetUserId()), clean(r.GetChannelId()), r.GetDeliveredUpTo())
+			}
+		case u, ok := <-unread:
+			if !ok {
+				unread = nil
+				continue
+			}
+			if e.json {
+				if err := e.emit(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Unread{Unread: u}}); err != nil {
+					return err
+				}
+				continue
+			}
+			e.printf("... %s read up to %d: unread %s, total %s\n", clean(u.GetChannelId()), u.GetReadUpTo(),
+				count(u.GetUnreadCount(), u.GetUnreadCapped()), count(u.GetTotalUnread(), u.GetTotalCapped()))
 		case <-ctx.Done():
 			return e.flush(s)
 		}
@@ -806,7 +873,11 @@ func setupHistory(fs *flag.FlagSet) func(context.Context, *env, []string) error 
 			e.printf("%s  (#%d)\n", formatMessage(m), m.GetMessageId())
 		}
 		if !e.json && resp.GetMore() {
-			e.printf("(more: use --before or --after with the first or last message_id)\n")
+			flag := "--before"
+			if *after > 0 {
+				flag = "--after"
+			}
+			e.printf("(more: use %s %d)\n", flag, resp.GetNextMessageId())
 		}
 		return nil
 	}
@@ -927,12 +998,17 @@ func setupChannels(fs *flag.FlagSet) func(context.Context, *env, []string) error
 			return err
 		}
 		token := ""
-		for {
+		var total uint32
+		var totalCapped bool
+		for first := true; ; first = false {
 			uctx, cancel := e.unary(ctx)
 			resp, err := c.Chat().ListChannels(uctx, &chatv1.ListChannelsRequest{PageSize: 500, PageToken: token})
 			cancel()
 			if err != nil {
 				return err
+			}
+			if first {
+				total, totalCapped = resp.GetTotalUnread(), resp.GetTotalCapped()
 			}
 			for _, ch := range resp.GetChannels() {
 				if e.json {
@@ -941,14 +1017,19 @@ func setupChannels(fs *flag.FlagSet) func(context.Context, *env, []string) error
 					}
 					continue
 				}
-				e.printf("%s  %s  %s  last activity %s\n", clean(ch.GetChannelId()), channelType(ch.GetType()),
-					clean(ch.GetName()), formatTime(ch.GetLastActivityAt()))
+				e.printf("%s  %s  %s  unread %s  last activity %s\n", clean(ch.GetChannelId()), channelType(ch.GetType()),
+					clean(ch.GetName()), count(ch.GetUnreadCount(), ch.GetUnreadCapped()), formatTime(ch.GetLastActivityAt()))
 			}
 			token = resp.GetNextPageToken()
 			if token == "" {
-				return nil
+				break
 			}
 		}
+		if e.json {
+			return e.emitValue(map[string]any{"totalUnread": total, "totalCapped": totalCapped})
+		}
+		e.printf("total unread %s\n", count(total, totalCapped))
+		return nil
 	}
 }
 

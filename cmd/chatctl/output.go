@@ -78,8 +78,17 @@ func formatMessage(m *chatv1.Message) string {
 		text = fmt.Sprintf("(edit of %d) %s", m.GetRefMessageId(), text)
 	case chatv1.MessageKind_MESSAGE_KIND_DELETE:
 		text = fmt.Sprintf("(deleted %d)", m.GetRefMessageId())
+		if m.GetForUser() != "" {
+			text = fmt.Sprintf("(deleted %d for you)", m.GetRefMessageId())
+		}
 	case chatv1.MessageKind_MESSAGE_KIND_SYSTEM:
 		text = "* " + text
+	}
+	switch {
+	case m.GetDeleted():
+		text = "(this message was deleted)"
+	case m.GetEdited():
+		text += " (edited)"
 	}
 	return fmt.Sprintf("%s  %s  %s: %s", formatTime(m.GetCreatedAt()), clean(m.GetChannelId()), clean(m.GetSenderId()), text)
 }
