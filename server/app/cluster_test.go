@@ -274,8 +274,8 @@ type waiter struct {
 // replyTimeout bounds the wait for any reply frame.
 const replyTimeout = 45 * time.Second
 
-// newDevice logs name in as a new device (through any server: the token
-// is valid on every server) and connects it to server.
+// newDevice connects the logged-in device u to server (its token is
+// valid on every server of the cluster).
 func newDevice(t *testing.T, c *cluster, u *user, server string) *device {
 	t.Helper()
 	d := &device{t: t, u: u, changed: make(chan struct{})}
@@ -728,7 +728,7 @@ func warmUp(t *testing.T, l *ledger, ss ...sender) int {
 
 // ------------------------------------------------------------ checks
 
-// hasAll reports how many messages of want are missing from the log.
+// hasAll returns the messages of want that are missing from the log.
 func hasAll(log []*chatv1.Delivery, want map[msgKey]sentMsg) (missing []msgKey) {
 	seen := make(map[msgKey]bool, len(log))
 	for _, dl := range log {
@@ -902,7 +902,8 @@ func checkHistory(t *testing.T, l *ledger, u *user, channel string) []*chatv1.Me
 
 // ------------------------------------------------------------ setup
 
-// signUp creates users through server cc.
+// signUpAll creates users through server cc and logs each in once (a
+// "setup" device, for unary calls).
 func signUpAll(t *testing.T, cc *grpc.ClientConn, names ...string) map[string]*user {
 	t.Helper()
 	out := map[string]*user{}
