@@ -115,12 +115,10 @@ func (b *bench) errorMap() map[string]uint64 {
 	return m
 }
 
-// ticker prints line() on stderr once a second until the returned stop is
-// called (a final line then), unless --quiet.
+// ticker calls line() once a second (which records the progress sample)
+// and prints what it returns on stderr unless --quiet, until the returned
+// stop is called.
 func (b *bench) ticker(ctx context.Context, line func() string) (stop func()) {
-	if b.cfg.quiet {
-		return func() {}
-	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -131,7 +129,9 @@ func (b *bench) ticker(ctx context.Context, line func() string) (stop func()) {
 		for {
 			select {
 			case <-t.C:
-				b.logf("%s", line())
+				if l := line(); !b.cfg.quiet {
+					b.logf("%s", l)
+				}
 			case <-done:
 				return
 			case <-ctx.Done():

@@ -131,6 +131,9 @@ func checkLoad(t *testing.T, r *Report, fanout uint64) {
 	if r.Expected != r.Accepted*fanout {
 		t.Errorf("expected deliveries %d, want accepted %d x fan-out %d", r.Expected, r.Accepted, fanout)
 	}
+	if r.Foreign != 0 {
+		t.Errorf("%d deliveries not sent by this run", r.Foreign)
+	}
 	if r.Delivered != r.Expected {
 		t.Errorf("delivered %d, expected %d", r.Delivered, r.Expected)
 	}

@@ -39,6 +39,7 @@ func runConnections(ctx context.Context, b *bench) (*Report, error) {
 		return rep, fmt.Errorf("metrics: %w", err)
 	}
 	clientBefore := selfRSS()
+	slabBefore := kernelSlab()
 	start := time.Now()
 	cpu0 := cpuTime()
 	opened, err := b.openAll(ctx, devs, false)
@@ -64,6 +65,7 @@ func runConnections(ctx context.Context, b *bench) (*Report, error) {
 	}
 	after, aerr := b.scrapeMedian(ctx, c.samples, time.Second)
 	clientAfter := selfRSS()
+	slabAfter := kernelSlab()
 	stopTick()
 	wall := time.Since(start)
 	rep.DurationSec = wall.Seconds()
@@ -75,6 +77,7 @@ func runConnections(ctx context.Context, b *bench) (*Report, error) {
 	cf := &ConnFigures{Opened: opened}
 	if n := float64(opened); n > 0 {
 		cf.ClientRSSPerConn = (clientAfter - clientBefore) / n
+		cf.KernelSlabPerSocket = (slabAfter - slabBefore) / (2 * n)
 		if before != nil && after != nil {
 			per := func(k string) float64 { return (after[k] - before[k]) / n }
 			cf.StreamsOpenDelta = after[mStreams] - before[mStreams]

@@ -36,6 +36,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -102,8 +103,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 1
 	}
+	load0, press0 := machineLoad()
 	rep, err := mode(ctx, b)
 	if rep != nil {
+		load1, press1 := machineLoad()
+		rep.Machine = MachineLoad{CPUs: runtime.NumCPU(), LoadAvg1Start: load0, LoadAvg1End: load1, CPUPressureStart: press0, CPUPressureEnd: press1}
 		rep.Command = cmd
 		rep.Args = args
 		rep.Interrupted = ctx.Err() != nil

@@ -188,3 +188,22 @@ func procFDLimit(pid int) (uint64, error) {
 	}
 	return 0, fmt.Errorf("no open-file limit in /proc/%d/limits", pid)
 }
+
+// kernelSlab is the kernel's slab memory (/proc/meminfo Slab) in bytes:
+// socket, inode and file structures live there.
+func kernelSlab() float64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Slab:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseFloat(f[0], 64)
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}

@@ -65,8 +65,12 @@ func latencyPlot(b *bench, r *Report) *plot.Plot {
 		ticks = append(ticks, plot.Tick{Value: nines(t.q), Label: t.lab})
 	}
 	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+	// Latencies span orders of magnitude: log scale.
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Legend.Top = true
 	p.Legend.Left = true
+	p.Legend.XOffs = vg.Centimeter
 	add := func(name string, h *hist, c color.Color) {
 		n := h.Count()
 		if n == 0 {
@@ -77,7 +81,7 @@ func latencyPlot(b *bench, r *Report) *plot.Plot {
 		var pts plotter.XYs
 		for x := 0.0; x <= maxN+1e-9; x += 0.02 {
 			q := 1 - math.Pow(10, -x)
-			pts = append(pts, plotter.XY{X: x, Y: ms(h.Quantile(q))})
+			pts = append(pts, plotter.XY{X: x, Y: max(ms(h.Quantile(q)), 0.001)})
 		}
 		l, err := plotter.NewLine(pts)
 		if err != nil {
@@ -90,7 +94,10 @@ func latencyPlot(b *bench, r *Report) *plot.Plot {
 	}
 	add("send -> delivery", &b.lat, colBlue)
 	add("send -> ack", &b.ackLat, colOrange)
-	add("open -> Welcome", &b.conLat, colGreen)
+	if b.lat.Count() == 0 && b.ackLat.Count() == 0 {
+		// A run without messages (connections): how long opens took.
+		add("open -> Welcome", &b.conLat, colGreen)
+	}
 	p.Add(plotter.NewGrid())
 	return p
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -32,6 +33,9 @@ type Report struct {
 	Expected   uint64 `json:"expected_deliveries"`
 	Echoes     uint64 `json:"echo_deliveries"`
 	Synced     uint64 `json:"synced"`
+	// Foreign counts deliveries of messages this run did not send (another
+	// chatbench on the same users, or leftovers): a clean run has none.
+	Foreign uint64 `json:"foreign_deliveries"`
 	// Rates per second over SendSec (the sending phase).
 	SendSec      float64 `json:"send_phase_s"`
 	SendRate     float64 `json:"sent_per_s"`
@@ -47,6 +51,11 @@ type Report struct {
 	// ClientCPUCores is this process's CPU time over the measured phase /
 	// wall time: the load generator shares the machine with the server.
 	ClientCPUCores float64 `json:"client_cpu_cores"`
+
+	// Machine is the load of the whole (shared) machine: /proc/loadavg and
+	// /proc/pressure/cpu ("some" avg10: % of time runnable tasks waited
+	// for a CPU) at the start and the end of the run.
+	Machine MachineLoad `json:"machine"`
 
 	Errors      map[string]uint64 `json:"errors"`
 	Server      *ServerFigures    `json:"server,omitempty"`
@@ -81,6 +90,10 @@ type ConnFigures struct {
 	GoroutinesPer    float64 `json:"goroutines_per_conn"`
 	FDsPerConn       float64 `json:"fds_per_conn"`
 	ClientRSSPerConn float64 `json:"client_rss_bytes_per_conn"`
+	// KernelSlabPerSocket is the machine's slab growth / (2 x opened): on
+	// loopback both ends of every connection are sockets of this machine.
+	// Other activity on the machine adds noise.
+	KernelSlabPerSocket float64 `json:"kernel_slab_bytes_per_socket"`
 }
 
 // SyncFigures is the sync run's result.
@@ -119,6 +132,7 @@ func (b *bench) newReport() *Report {
 func (b *bench) fill(r *Report, sendSec float64) {
 	r.Sent, r.Accepted, r.Duplicates = b.sent.Load(), b.accepted.Load(), b.duplicates.Load()
 	r.Delivered, r.Expected, r.Echoes, r.Synced = b.delivered.Load(), b.expected.Load(), b.echoes.Load(), b.synced.Load()
+	r.Foreign = b.foreign.Load()
 	r.SendSec = sendSec
 	if sendSec > 0 {
 		r.SendRate = float64(r.Sent) / sendSec
@@ -215,11 +229,13 @@ func printTable(r *Report, w io.Writer) {
 	}
 	row("workload", "%s", strings.Join(wl, " "))
 	row("client", "%s GOMAXPROCS=%d", runtime.Version(), runtime.GOMAXPROCS(0))
+	m := r.Machine
+	row("machine load", "%d CPUs; load average %.2f -> %.2f; CPU pressure %.0f%% -> %.0f%%", m.CPUs, m.LoadAvg1Start, m.LoadAvg1End, m.CPUPressureStart, m.CPUPressureEnd)
 	row("duration", "%.2fs", r.DurationSec)
 	if r.Sent > 0 || r.Delivered > 0 {
 		row("sent", "%d (%.0f/s over %.2fs)", r.Sent, r.SendRate, r.SendSec)
 		row("accepted", "%d (%.0f/s), %d duplicates", r.Accepted, r.AcceptRate, r.Duplicates)
-		row("delivered", "%d (%.0f/s) of %d expected, %d to the sending device", r.Delivered, r.DeliveryRate, r.Expected, r.Echoes)
+		row("delivered", "%d (%.0f/s) of %d expected, %d to the sending device, %d not sent by this run", r.Delivered, r.DeliveryRate, r.Expected, r.Echoes, r.Foreign)
 	}
 	pct := func(name string, p Percentiles) {
 		if p.Count == 0 {
@@ -242,6 +258,7 @@ func printTable(r *Report, w io.Writer) {
 			row("server VmRSS per conn", "%.0f B", c.ProcRSSPerConn)
 		}
 		row("client RSS per conn", "%.0f B", c.ClientRSSPerConn)
+		row("kernel slab per socket", "%.0f B (machine-wide, both ends counted)", c.KernelSlabPerSocket)
 	}
 	if s := r.Server; s != nil {
 		a := s.After
@@ -286,4 +303,36 @@ func clientCPU(cpu0 time.Duration, wall time.Duration) float64 {
 		return 0
 	}
 	return (cpuTime() - cpu0).Seconds() / wall.Seconds()
+}
+
+// MachineLoad is the shared machine's load around a run.
+type MachineLoad struct {
+	CPUs             int     `json:"cpus"`
+	LoadAvg1Start    float64 `json:"loadavg1_start"`
+	LoadAvg1End      float64 `json:"loadavg1_end"`
+	CPUPressureStart float64 `json:"cpu_pressure_some_avg10_start"`
+	CPUPressureEnd   float64 `json:"cpu_pressure_some_avg10_end"`
+}
+
+// machineLoad reads the 1-minute load average and the CPU pressure
+// (zeros where /proc lacks them).
+func machineLoad() (load1, pressure float64) {
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			load1, _ = strconv.ParseFloat(f[0], 64)
+		}
+	}
+	if b, err := os.ReadFile("/proc/pressure/cpu"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(line, "some ") {
+				continue
+			}
+			for _, kv := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(kv, "avg10="); ok {
+					pressure, _ = strconv.ParseFloat(v, 64)
+				}
+			}
+		}
+	}
+	return load1, pressure
 }
