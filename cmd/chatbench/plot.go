@@ -65,17 +65,16 @@ func latencyPlot(b *bench, r *Report) *plot.Plot {
 		ticks = append(ticks, plot.Tick{Value: nines(t.q), Label: t.lab})
 	}
 	p.X.Tick.Marker = plot.ConstantTicks(ticks)
-	// Latencies span orders of magnitude: log scale.
-	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Legend.XOffs = vg.Centimeter
+	lines := 0
 	add := func(name string, h *hist, c color.Color) {
 		n := h.Count()
 		if n == 0 {
 			return
 		}
+		lines++
 		// Up to the quantile that still has ~10 samples beyond it.
 		maxN := math.Min(nines(1-10/float64(n)), 5)
 		var pts plotter.XYs
@@ -97,6 +96,11 @@ func latencyPlot(b *bench, r *Report) *plot.Plot {
 	if b.lat.Count() == 0 && b.ackLat.Count() == 0 {
 		// A run without messages (connections): how long opens took.
 		add("open -> Welcome", &b.conLat, colGreen)
+	}
+	if lines > 0 {
+		// Latencies span orders of magnitude: log scale (which needs data).
+		p.Y.Scale = plot.LogScale{}
+		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
 	p.Add(plotter.NewGrid())
 	return p
