@@ -184,6 +184,7 @@ func New(cfg Config) (*App, error) {
 		Canonical:  account.CanonicalUsername,
 		ServerID:   cfg.ServerID,
 		Presence:   a.presence,
+		EditWindow: cfg.EditWindow,
 		SendQueue:  cfg.SendQueue,
 		FrameRate:  cfg.FrameRate,
 		FrameBurst: cfg.FrameBurst,

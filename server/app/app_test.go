@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -207,5 +209,67 @@ func TestHTTPEndpoints(t *testing.T) {
 		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
 			t.Errorf("GET %s: %d, body lacks %q", path, resp.StatusCode, want)
 		}
+	}
+}
+
+// TestRESTConversation: read markers, receipts, edits and deletes over the
+// REST gateway (channel ids contain ':' and travel in the path).
+func TestRESTConversation(t *testing.T) {
+	a := startApp(t, t.TempDir())
+	cc := dial(t, a.GRPCAddr())
+	alice := signUpLogIn(t, cc, "alice", "phone")
+	bob := signUpLogIn(t, cc, "bob", "phone")
+	as := openStream(t, alice)
+	var last *chatv1.SendAck
+	for i := range 3 {
+		last = as.send("bob", fmt.Sprintf("r%d", i), fmt.Sprintf("hello %d", i))
+	}
+	base, ch := a.HTTPAddr(), last.GetChannelId()
+
+	code, out := restCall(t, base, "GET", "/v1/channels", bob.token, nil)
+	chans, _ := out["channels"].([]any)
+	if code != 200 || len(chans) != 1 || chans[0].(map[string]any)["unreadCount"] != float64(3) {
+		t.Fatalf("bob's channels before reading: %d %v", code, out)
+	}
+	code, out = restCall(t, base, "POST", "/v1/channels/"+ch+"/read", bob.token, map[string]any{})
+	if code != 200 {
+		t.Fatalf("mark read: %d %v", code, out)
+	}
+	if u, _ := out["unread"].(map[string]any); u["unreadCount"] != nil && u["unreadCount"] != float64(0) {
+		t.Fatalf("unread after reading: %v", out)
+	}
+	code, out = restCall(t, base, "GET", "/v1/channels/"+ch+"/receipts", alice.token, nil)
+	bobRead := ""
+	recs, _ := out["receipts"].([]any)
+	for _, r := range recs {
+		if m := r.(map[string]any); m["userId"] == "bob" {
+			bobRead, _ = m["readUpTo"].(string) // uint64 is a JSON string in protojson
+		}
+	}
+	if code != 200 || bobRead != strconv.FormatUint(last.GetMessageId(), 10) {
+		t.Fatalf("receipts: %d %v; bob's read marker %q, want %d", code, out, bobRead, last.GetMessageId())
+	}
+
+	mid := strconv.FormatUint(last.GetMessageId(), 10)
+	code, out = restCall(t, base, "PATCH", "/v1/channels/"+ch+"/messages/"+mid, alice.token, map[string]string{"clientMessageId": "e1", "text": "hello 2 (edited)"})
+	if code != 200 {
+		t.Fatalf("edit: %d %v", code, out)
+	}
+	if code, out = restCall(t, base, "PATCH", "/v1/channels/"+ch+"/messages/"+mid, bob.token, map[string]string{"clientMessageId": "e2", "text": "not mine"}); code != http.StatusForbidden {
+		t.Fatalf("bob editing alice's message: %d %v, want 403", code, out)
+	}
+	if code, out = restCall(t, base, "DELETE", "/v1/channels/"+ch+"/messages/"+mid+"?clientMessageId=d1&forMe=true", bob.token, nil); code != 200 {
+		t.Fatalf("delete for me: %d %v", code, out)
+	}
+	_, out = restCall(t, base, "GET", "/v1/channels/"+ch+"/messages", alice.token, nil)
+	if !strings.Contains(fmt.Sprint(out), "hello 2 (edited)") {
+		t.Fatalf("alice's history lacks the edit: %v", out)
+	}
+	_, out = restCall(t, base, "GET", "/v1/channels/"+ch+"/messages", bob.token, nil)
+	if strings.Contains(fmt.Sprint(out), "hello 2") {
+		t.Fatalf("bob's history still shows the message he deleted for himself: %v", out)
+	}
+	if code, out = restCall(t, base, "PUT", "/v1/users/me/read-receipts", bob.token, map[string]bool{"hideReadReceipts": true}); code != 200 || out["hideReadReceipts"] != true {
+		t.Fatalf("hide read receipts: %d %v", code, out)
 	}
 }

@@ -60,6 +60,9 @@ type Config struct {
 	// heartbeat or frame; a stream silent that long is closed. Default 60s
 	// (Centrifugo's default expiry); must exceed HeartbeatInterval.
 	PresenceGrace time.Duration
+	// EditWindow is how long after sending its author may edit a message.
+	// Default 48h.
+	EditWindow time.Duration
 	// SendQueue is the per-stream bounded send queue, in frames.
 	// Default 1024. A device whose queue overflows is disconnected with
 	// ResourceExhausted and recovers by sync.
@@ -104,6 +107,9 @@ func (c Config) Defaults() Config {
 	}
 	if c.PresenceGrace == 0 {
 		c.PresenceGrace = 60 * time.Second
+	}
+	if c.EditWindow == 0 {
+		c.EditWindow = 48 * time.Hour
 	}
 	if c.SendQueue == 0 {
 		c.SendQueue = 1024
