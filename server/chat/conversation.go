@@ -2,7 +2,7 @@ package chat
 
 import (
 	"context"
-	"sync"
+	"golang.org/x/sync/errgroup"
 	"sync/atomic"
 	"time"
 
@@ -287,40 +287,20 @@ func (s *Service) lastVisible(ctx context.Context, channelID, viewer string) (*c
 
 // forEach runs fn(ctx, i) for i in [0, n) on at most conversationWorkers
 // goroutines and returns the first error (the other calls then see a
-// canceled ctx).
+// canceled ctx and no new ones start).
 func forEach(ctx context.Context, n int, fn func(ctx context.Context, i int) error) error {
-	if n == 0 {
-		return nil
-	}
 	if n == 1 {
 		return fn(ctx, 0)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		next  atomic.Int64
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	for range min(n, conversationWorkers) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					once.Do(func() { first = err; cancel() })
-					return
-				}
-			}
-		}()
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(conversationWorkers)
+	for i := range n {
+		if ctx.Err() != nil {
+			break // an earlier call failed: start no more
+		}
+		g.Go(func() error { return fn(ctx, i) })
 	}
-	wg.Wait()
-	return first
+	return g.Wait()
 }
 
 // maxFoldRounds bounds the store reads of one folded history page.

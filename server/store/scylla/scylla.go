@@ -30,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"log/slog"
 	"math/rand/v2"
 	"regexp"
@@ -356,43 +357,22 @@ func invalid(what, id string) error {
 
 // ------------------------------------------------------------ helpers
 
-// parallel runs fn(ctx, i) for i in [0, n) on at most limit goroutines and
-// returns the first error; after an error the remaining calls are skipped
-// and ctx passed to running ones is cancelled.
+// parallel runs fn(ctx, i) for i in [0, n) with at most limit calls at
+// once and returns the first error (the other calls then see a canceled
+// ctx and no new ones start).
 func parallel(ctx context.Context, n, limit int, fn func(ctx context.Context, i int) error) error {
-	switch n {
-	case 0:
-		return nil
-	case 1:
+	if n == 1 {
 		return fn(ctx, 0)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		next  atomic.Int64
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	workers := min(n, max(limit, 1))
-	wg.Add(workers)
-	for range workers {
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					once.Do(func() { first = err; cancel() })
-					return
-				}
-			}
-		}()
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(limit, 1))
+	for i := range n {
+		if ctx.Err() != nil {
+			break // an earlier call failed: start no more
+		}
+		g.Go(func() error { return fn(ctx, i) })
 	}
-	wg.Wait()
-	return first
+	return g.Wait()
 }
 
 // casOutcomeUnknown reports whether a lightweight transaction failed in a
