@@ -3,18 +3,21 @@ package redis
 // libName is the Redis function library; its version is part of the name
 // (and of every function name) so that servers of two versions can share
 // one Redis during a rolling upgrade. Change the code only together with
-// the version.
-const libName = "chatd_seq_v1"
+// the version. v2 added balloc (the whole batch in one atomic call) and
+// crelease (dedup claims); the keys and their meaning are those of v1.
+const libName = "chatd_seq_v2"
 
 // Function names of the library.
 const (
-	fnUserAlloc   = "chatd_seq_v1_ualloc"
-	fnUserCommit  = "chatd_seq_v1_ucommit"
-	fnUserAbort   = "chatd_seq_v1_uabort"
-	fnUserHorizon = "chatd_seq_v1_uhorizon"
-	fnUserInit    = "chatd_seq_v1_uinit"
-	fnChanAlloc   = "chatd_seq_v1_calloc"
-	fnChanInit    = "chatd_seq_v1_cinit"
+	fnUserAlloc    = "chatd_seq_v2_ualloc"
+	fnUserCommit   = "chatd_seq_v2_ucommit"
+	fnUserAbort    = "chatd_seq_v2_uabort"
+	fnUserHorizon  = "chatd_seq_v2_uhorizon"
+	fnUserInit     = "chatd_seq_v2_uinit"
+	fnChanAlloc    = "chatd_seq_v2_calloc"
+	fnChanInit     = "chatd_seq_v2_cinit"
+	fnBatchAlloc   = "chatd_seq_v2_balloc"
+	fnClaimRelease = "chatd_seq_v2_crelease"
 )
 
 // library is the Lua code of the Redis functions (Redis 7 FUNCTION LOAD).
@@ -32,6 +35,9 @@ const (
 //	                      (unix ms, counter) = m<<16 | k; b = durably
 //	                      reserved bound in ms (every allocated id has
 //	                      m <= b); r as above
+//	<prefix>{u:<user>}:d:<client_message_id>
+//	                      string: a dedup claim (Allocator.Claim), the
+//	                      claimer's value; it expires (PX)
 //
 // A hash whose r is not this process's run_id was written by another
 // Redis process (a restart from a stale RDB/AOF, or a replica promoted
@@ -48,7 +54,7 @@ const (
 // Time: deadlines use the Redis server clock (TIME), one clock for every
 // chat server; the channel id floor uses the chat server's clock passed
 // in (it is also the message's created_at).
-const library = `#!lua name=chatd_seq_v1
+const library = `#!lua name=chatd_seq_v2
 
 local rid
 local function me()
@@ -63,6 +69,12 @@ local function d(x) return string.format('%d', x) end
 local function nowms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Appends the values to the array t.
+local function push(t, ...)
+  local n = #t
+  for i = 1, select('#', ...) do t[n + i] = select(i, ...) end
 end
 
 local function deadline(member)
@@ -83,24 +95,40 @@ local function trim(z, now)
   return tonumber(m[2])
 end
 
+-- Plans the allocation of n seqs of a user without changing anything.
+-- nb raises the bound (0: no change). -> 'OK', plan | 'INIT' | 'RESERVE',
+-- needed
+local function ucheck(hash, n, nb)
+  local h = redis.call('HMGET', hash, 'c', 'b', 'e', 'r')
+  if h[4] ~= me() then return 'INIT' end
+  local c, b = tonumber(h[1]), tonumber(h[2])
+  local raise = nb > b
+  if raise then b = nb end
+  if c + n > b then return 'RESERVE', c + n end
+  return 'OK', {c = c, n = n, b = b, raise = raise, e = h[3]}
+end
+
+-- Applies a plan of ucheck. -> epoch, first, last
+local function uapply(hash, pending, p, ttl, now)
+  trim(pending, now)
+  local first, last = p.c + 1, p.c + p.n
+  if p.raise then
+    redis.call('HSET', hash, 'c', d(last), 'b', d(p.b))
+  else
+    redis.call('HSET', hash, 'c', d(last))
+  end
+  redis.call('ZADD', pending, d(first), d(first) .. ':' .. d(last) .. ':' .. d(now + ttl))
+  return p.e, first, last
+end
+
 -- KEYS: hash, pending. ARGV: n, ttl_ms, bound (raise the bound to it; 0:
 -- no change). -> {'OK', epoch, first, last} | {'INIT'} | {'RESERVE', needed}
 local function ualloc(keys, args)
-  local h = redis.call('HMGET', keys[1], 'c', 'b', 'e', 'r')
-  if h[4] ~= me() then return {'INIT'} end
-  local c, b = tonumber(h[1]), tonumber(h[2])
-  local n, nb = tonumber(args[1]), tonumber(args[3])
-  if nb > b then
-    b = nb
-    redis.call('HSET', keys[1], 'b', d(b))
-  end
-  if c + n > b then return {'RESERVE', c + n} end
-  local now = nowms()
-  trim(keys[2], now)
-  local first, last = c + 1, c + n
-  redis.call('HSET', keys[1], 'c', d(last))
-  redis.call('ZADD', keys[2], d(first), d(first) .. ':' .. d(last) .. ':' .. d(now + tonumber(args[2])))
-  return {'OK', h[3], first, last}
+  local s, p = ucheck(keys[1], tonumber(args[1]), tonumber(args[3]))
+  if s == 'INIT' then return {'INIT'} end
+  if s == 'RESERVE' then return {'RESERVE', p} end
+  local e, first, last = uapply(keys[1], keys[2], p, tonumber(args[2]), nowms())
+  return {'OK', e, first, last}
 end
 
 -- KEYS: hash, pending. ARGV: epoch, first. -> 'OK' | 'STALE'
@@ -147,26 +175,105 @@ local function uinit(keys, args)
   return {'OK', args[3]}
 end
 
--- KEYS: hash. ARGV: n, now_ms, bound_ms (raise the bound to it; 0: no
--- change). -> {'OK', first_ms, first_counter, last_ms, last_counter} |
--- {'INIT'} | {'RESERVE', last_ms}
-local function calloc(keys, args)
-  local h = redis.call('HMGET', keys[1], 'm', 'k', 'b', 'r')
-  if h[4] ~= me() then return {'INIT'} end
-  local n, now = tonumber(args[1]), tonumber(args[2])
-  local b, nb = tonumber(h[3]), tonumber(args[3])
-  if nb > b then
-    b = nb
-    redis.call('HSET', keys[1], 'b', d(b))
-  end
+-- Plans the allocation of n message ids of a channel at now_ms without
+-- changing anything. nb raises the bound (ms; 0: no change). -> 'OK', plan
+-- | 'INIT' | 'RESERVE', last_ms
+local function ccheck(hash, n, now, nb)
+  local h = redis.call('HMGET', hash, 'm', 'k', 'b', 'r')
+  if h[4] ~= me() then return 'INIT' end
+  local b = tonumber(h[3])
+  local raise = nb > b
+  if raise then b = nb end
   local fm, fk = tonumber(h[1]), tonumber(h[2]) + 1
   if fk >= 65536 then fm, fk = fm + 1, 0 end
   if now > fm then fm, fk = now, 0 end
   local t = fk + n - 1
   local lm, lk = fm + math.floor(t / 65536), t % 65536
-  if lm > b then return {'RESERVE', lm} end
-  redis.call('HSET', keys[1], 'm', d(lm), 'k', d(lk))
-  return {'OK', fm, fk, lm, lk}
+  if lm > b then return 'RESERVE', lm end
+  return 'OK', {fm = fm, fk = fk, lm = lm, lk = lk, b = b, raise = raise}
+end
+
+-- Applies a plan of ccheck.
+local function capply(hash, p)
+  if p.raise then
+    redis.call('HSET', hash, 'm', d(p.lm), 'k', d(p.lk), 'b', d(p.b))
+  else
+    redis.call('HSET', hash, 'm', d(p.lm), 'k', d(p.lk))
+  end
+end
+
+-- KEYS: hash. ARGV: n, now_ms, bound_ms (raise the bound to it; 0: no
+-- change). -> {'OK', first_ms, first_counter, last_ms, last_counter} |
+-- {'INIT'} | {'RESERVE', last_ms}
+local function calloc(keys, args)
+  local s, p = ccheck(keys[1], tonumber(args[1]), tonumber(args[2]), tonumber(args[3]))
+  if s == 'INIT' then return {'INIT'} end
+  if s == 'RESERVE' then return {'RESERVE', p} end
+  capply(keys[1], p)
+  return {'OK', p.fm, p.fk, p.lm, p.lk}
+end
+
+-- The whole allocation of one batch in one atomic call: every channel's
+-- message ids and every user's seqs, or nothing. No other allocation can
+-- land between the channels' and the users' parts, so for two messages of
+-- one channel every member's seq order is their message_id order. Only on
+-- one Redis (the keys span slots; Redis Cluster refuses the call).
+--
+-- KEYS: nc channel hashes, then per user its hash and pending set.
+-- ARGV: nc, nu, now_ms, ttl_ms, then per channel n, bound_ms, then per
+-- user n, bound (bounds: raise to it; 0: no change).
+-- -> {'OK', per channel first_ms, first_counter, last_ms, last_counter,
+--     then per user epoch, first, last}
+--  | {'NEED', per channel then per user: status, value}: status 'OK'
+--    (value 0), 'INIT' (0) or 'RESERVE' (as calloc and ualloc); nothing
+--    was changed.
+local function balloc(keys, args)
+  local nc, nu, now = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local ttl = tonumber(args[4])
+  local plans, need = {}, false
+  local st = {'NEED'}
+  for i = 1, nc do
+    local s, p = ccheck(keys[i], tonumber(args[3 + 2 * i]), now, tonumber(args[4 + 2 * i]))
+    if s == 'OK' then
+      plans[i] = p
+      push(st, 'OK', 0)
+    else
+      need = true
+      push(st, s, p or 0)
+    end
+  end
+  local base = 4 + 2 * nc
+  for j = 1, nu do
+    local s, p = ucheck(keys[nc + 2 * j - 1], tonumber(args[base + 2 * j - 1]), tonumber(args[base + 2 * j]))
+    if s == 'OK' then
+      plans[nc + j] = p
+      push(st, 'OK', 0)
+    else
+      need = true
+      push(st, s, p or 0)
+    end
+  end
+  if need then return st end
+  local out = {'OK'}
+  for i = 1, nc do
+    local p = plans[i]
+    capply(keys[i], p)
+    push(out, p.fm, p.fk, p.lm, p.lk)
+  end
+  local tnow = nowms()
+  for j = 1, nu do
+    push(out, uapply(keys[nc + 2 * j - 1], keys[nc + 2 * j], plans[nc + j], ttl, tnow))
+  end
+  return out
+end
+
+-- KEYS: claim. ARGV: value. Deletes the claim if it still holds value
+-- (it is this claimer's). -> 1 deleted | 0
+local function crelease(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    return redis.call('DEL', keys[1])
+  end
+  return 0
 end
 
 -- KEYS: hash. ARGV: ms, counter, bound_ms. Sets up the hash unless it is
@@ -184,11 +291,13 @@ local function cinit(keys, args)
   return 'OK'
 end
 
-redis.register_function('chatd_seq_v1_ualloc', ualloc)
-redis.register_function('chatd_seq_v1_ucommit', ucommit)
-redis.register_function('chatd_seq_v1_uabort', uabort)
-redis.register_function('chatd_seq_v1_uhorizon', uhorizon)
-redis.register_function('chatd_seq_v1_uinit', uinit)
-redis.register_function('chatd_seq_v1_calloc', calloc)
-redis.register_function('chatd_seq_v1_cinit', cinit)
+redis.register_function('chatd_seq_v2_ualloc', ualloc)
+redis.register_function('chatd_seq_v2_ucommit', ucommit)
+redis.register_function('chatd_seq_v2_uabort', uabort)
+redis.register_function('chatd_seq_v2_uhorizon', uhorizon)
+redis.register_function('chatd_seq_v2_uinit', uinit)
+redis.register_function('chatd_seq_v2_calloc', calloc)
+redis.register_function('chatd_seq_v2_cinit', cinit)
+redis.register_function('chatd_seq_v2_balloc', balloc)
+redis.register_function('chatd_seq_v2_crelease', crelease)
 `

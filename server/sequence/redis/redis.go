@@ -5,10 +5,14 @@
 // commits by a per-inbox horizon.
 //
 // Per inbox (user) and per channel, Redis holds the last allocated value;
-// Redis functions (one Redis Cluster slot each) allocate atomically:
+// Redis functions allocate atomically:
 //
-//   - Allocate: one pipelined round trip per batch (one function call per
-//     channel and per user). A user's seqs are recorded as pending with a
+//   - Allocate: one round trip per batch. On one Redis, one function call
+//     allocates the whole batch (all channels and users, or nothing), so
+//     that for two messages of one channel every member's inbox seq order
+//     is their message_id order whatever servers allocated them; on Redis
+//     Cluster one call per channel and per user (one slot each), without
+//     that guarantee. A user's seqs are recorded as pending with a
 //     deadline (Config.PendingTTL, Redis clock).
 //   - Commit: one pipelined round trip per batch; removes the pending
 //     entries. An entry that is gone (expired and trimmed, or Redis lost
@@ -117,6 +121,9 @@ type Allocator struct {
 	cstep  int64 // ms
 	ttl    int64 // ms
 	log    *slog.Logger
+	// perKey: allocate with one call per key (Redis Cluster, Ring), not
+	// one atomic call per batch.
+	perKey bool
 
 	inits, reserves, stale atomic.Uint64
 }
@@ -162,6 +169,10 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		cstep:  cfg.ChannelStep.Milliseconds(),
 		ttl:    cfg.PendingTTL.Milliseconds(),
 		log:    cfg.Logger,
+	}
+	switch cfg.Client.(type) {
+	case *goredis.ClusterClient, *goredis.Ring:
+		a.perKey = true
 	}
 	if err := a.load(ctx); err != nil {
 		return nil, err
@@ -261,10 +272,14 @@ const maxRounds = 5
 // boundConcurrency bounds the BoundStore calls one Allocate runs at once.
 const boundConcurrency = 16
 
-// Allocate implements sequence.Allocator: one pipelined Redis round trip,
-// plus one (and BoundStore calls) when a hash must be set up or a bound
-// reserved. Errors: Redis or the BoundStore failed; what was allocated is
-// aborted.
+// Allocate implements sequence.Allocator: one Redis round trip, plus one
+// (and BoundStore calls) when a hash must be set up or a bound reserved.
+// On one Redis (any client but a *goredis.ClusterClient or *goredis.Ring)
+// the whole batch is allocated by one atomic function call, so that for
+// two messages of one channel every member's seq order is their
+// message_id order, whichever servers allocated them; on Redis Cluster one
+// call per key (see docs/sequencing.md, "Channel order in an inbox").
+// Errors: Redis or the BoundStore failed; what was allocated is aborted.
 func (a *Allocator) Allocate(ctx context.Context, now time.Time, channels, users map[string]int) (*sequence.Allocation, error) {
 	nowMS := max(now.UnixMilli(), 0)
 	res := &sequence.Allocation{
@@ -281,19 +296,172 @@ func (a *Allocator) Allocate(ctx context.Context, now time.Time, channels, users
 	for u, n := range users {
 		todoU[u] = &userState{n: n}
 	}
-	fail := func(err error) (*sequence.Allocation, error) {
+	var err error
+	if a.perKey {
+		err = a.allocatePerKey(ctx, nowMS, todoC, todoU, res, tok)
+	} else {
+		err = a.allocateBatch(ctx, nowMS, todoC, todoU, res, tok)
+	}
+	if err != nil {
 		a.Abort(context.WithoutCancel(ctx), res)
 		return nil, err
 	}
+	return res, nil
+}
+
+// needs is what one round's answers asked to settle before the next.
+type needs struct {
+	initC, reserveC, initU, reserveU []string
+}
+
+func (n *needs) reset() {
+	n.initC, n.reserveC, n.initU, n.reserveU = n.initC[:0], n.reserveC[:0], n.initU[:0], n.reserveU[:0]
+}
+
+func (n *needs) empty() bool {
+	return len(n.initC)+len(n.reserveC)+len(n.initU)+len(n.reserveU) == 0
+}
+
+// note records one key's INIT or RESERVE answer (v: the needed value of a
+// RESERVE) and sets the bound to reserve. It reports false for another
+// status.
+func (a *Allocator) note(nd *needs, nowMS int64, ch, u, status string, v any, todoC map[string]*chanState, todoU map[string]*userState) bool {
+	switch {
+	case ch != "" && status == "RESERVE":
+		todoC[ch].bound = max(toInt(v), nowMS) + a.cstep
+		nd.reserveC = append(nd.reserveC, ch)
+	case ch != "" && status == "INIT":
+		nd.initC = append(nd.initC, ch)
+	case u != "" && status == "RESERVE":
+		todoU[u].bound = uint64(toInt(v)) + a.step
+		nd.reserveU = append(nd.reserveU, u)
+	case u != "" && status == "INIT":
+		nd.initU = append(nd.initU, u)
+	default:
+		return false
+	}
+	return true
+}
+
+// allocateBatch allocates the whole batch with one balloc call per round:
+// all of it or, when some key must be set up or its bound reserved,
+// nothing (those are settled, then the next round tries again with every
+// key). The uinit and cinit calls ride in the next round's pipeline.
+func (a *Allocator) allocateBatch(ctx context.Context, nowMS int64, todoC map[string]*chanState, todoU map[string]*userState, res *sequence.Allocation, tok *token) error {
+	chans := make([]string, 0, len(todoC))
+	for ch := range todoC {
+		chans = append(chans, ch)
+	}
+	users := make([]string, 0, len(todoU))
+	for u := range todoU {
+		users = append(users, u)
+	}
+	keys := make([]string, 0, len(chans)+2*len(users))
+	args := make([]any, 0, 4+2*len(chans)+2*len(users))
+	for _, ch := range chans {
+		keys = append(keys, a.chanKey(ch)...)
+	}
+	for _, u := range users {
+		keys = append(keys, a.userKeys(u)...)
+	}
+	var nd needs
+	reloaded := false
+	for round := 0; ; round++ {
+		if round == maxRounds {
+			return errors.New("sequence/redis: allocation did not settle (Redis reset repeatedly?)")
+		}
+		args = append(args[:0], len(chans), len(users), nowMS, a.ttl)
+		for _, ch := range chans {
+			args = append(args, todoC[ch].n, todoC[ch].bound)
+		}
+		for _, u := range users {
+			args = append(args, todoU[u].n, todoU[u].bound)
+		}
+		pipe := a.rdb.Pipeline()
+		for ch, st := range todoC {
+			if st.init != nil {
+				pipe.FCall(ctx, fnChanInit, a.chanKey(ch), st.init.ms, st.init.k, st.init.bound)
+				st.init = nil
+			}
+		}
+		for u, st := range todoU {
+			if st.init != nil {
+				pipe.FCall(ctx, fnUserInit, a.userKeys(u), st.init.cur, st.init.bound, st.init.epoch)
+				st.init = nil
+			}
+		}
+		cmd := pipe.FCall(ctx, fnBatchAlloc, keys, args...)
+		if _, err := pipe.Exec(ctx); isNoFunction(err) && !reloaded {
+			// Redis restarted without its functions: load them and go
+			// round again (the hashes were lost too: INIT next).
+			reloaded = true
+			if err := a.load(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		v, err := cmd.Slice()
+		if err != nil {
+			return fmt.Errorf("sequence/redis: allocate: %w", err)
+		}
+		status, _ := v[0].(string)
+		switch {
+		case status == "OK" && len(v) == 1+4*len(chans)+3*len(users):
+			for i, ch := range chans {
+				o := 1 + 4*i
+				res.Channels[ch] = sequence.Range{First: msgID(toInt(v[o]), toInt(v[o+1])), Last: msgID(toInt(v[o+2]), toInt(v[o+3]))}
+			}
+			for j, u := range users {
+				o := 1 + 4*len(chans) + 3*j
+				ep, _ := v[o].(string)
+				res.Users[u] = sequence.Range{First: uint64(toInt(v[o+1])), Last: uint64(toInt(v[o+2]))}
+				tok.epochs[u] = ep
+			}
+			return nil
+		case status == "NEED" && len(v) == 1+2*(len(chans)+len(users)):
+		default:
+			return fmt.Errorf("sequence/redis: allocate: unexpected reply %v", v)
+		}
+		nd.reset()
+		for i := range len(chans) + len(users) {
+			s, _ := v[1+2*i].(string)
+			if s == "OK" {
+				continue
+			}
+			var ch, u string
+			if i < len(chans) {
+				ch = chans[i]
+			} else {
+				u = users[i-len(chans)]
+			}
+			if !a.note(&nd, nowMS, ch, u, s, v[2+2*i], todoC, todoU) {
+				return fmt.Errorf("sequence/redis: allocate: unexpected reply %v", v)
+			}
+		}
+		if nd.empty() {
+			return fmt.Errorf("sequence/redis: allocate: unexpected reply %v", v)
+		}
+		if err := a.settle(ctx, nowMS, &nd, todoC, todoU); err != nil {
+			return err
+		}
+	}
+}
+
+// allocatePerKey pipelines one function call per channel and per user
+// (Redis Cluster: the keys live on different slots). Keys that answered
+// INIT or RESERVE are settled and go round again, so their values may be
+// allocated after another server's whole allocation: see Allocate.
+func (a *Allocator) allocatePerKey(ctx context.Context, nowMS int64, todoC map[string]*chanState, todoU map[string]*userState, res *sequence.Allocation, tok *token) error {
 	type call struct {
 		ch, u string
 		cmd   *goredis.Cmd
 	}
 	calls := make([]call, 0, len(todoC)+len(todoU))
+	var nd needs
 	reloaded := false
 	for round := 0; len(todoC)+len(todoU) > 0; round++ {
 		if round == maxRounds {
-			return fail(errors.New("sequence/redis: allocation did not settle (Redis reset repeatedly?)"))
+			return errors.New("sequence/redis: allocation did not settle (Redis reset repeatedly?)")
 		}
 		calls = calls[:0]
 		pipe := a.rdb.Pipeline()
@@ -318,16 +486,11 @@ func (a *Allocator) Allocate(ctx context.Context, now time.Time, channels, users
 			// load them; the calls that failed are retried below.
 			reloaded = true
 			if err := a.load(ctx); err != nil {
-				return fail(err)
+				return err
 			}
 		}
-		var (
-			firstErr error
-			initC    []string
-			initU    []string
-			reserveC []string
-			reserveU []string
-		)
+		var firstErr error
+		nd.reset()
 		for _, c := range calls {
 			v, err := c.cmd.Slice()
 			if err != nil {
@@ -341,21 +504,17 @@ func (a *Allocator) Allocate(ctx context.Context, now time.Time, channels, users
 			case c.ch != "" && status == "OK" && len(v) == 5:
 				res.Channels[c.ch] = sequence.Range{First: msgID(toInt(v[1]), toInt(v[2])), Last: msgID(toInt(v[3]), toInt(v[4]))}
 				delete(todoC, c.ch)
-			case c.ch != "" && status == "RESERVE" && len(v) == 2:
-				todoC[c.ch].bound = max(toInt(v[1]), nowMS) + a.cstep
-				reserveC = append(reserveC, c.ch)
-			case c.ch != "" && status == "INIT":
-				initC = append(initC, c.ch)
 			case c.u != "" && status == "OK" && len(v) == 4:
 				ep, _ := v[1].(string)
 				res.Users[c.u] = sequence.Range{First: uint64(toInt(v[2])), Last: uint64(toInt(v[3]))}
 				tok.epochs[c.u] = ep
 				delete(todoU, c.u)
-			case c.u != "" && status == "RESERVE" && len(v) == 2:
-				todoU[c.u].bound = uint64(toInt(v[1])) + a.step
-				reserveU = append(reserveU, c.u)
-			case c.u != "" && status == "INIT":
-				initU = append(initU, c.u)
+			case status == "RESERVE" && len(v) == 2 || status == "INIT":
+				var need any
+				if len(v) == 2 {
+					need = v[1]
+				}
+				a.note(&nd, nowMS, c.ch, c.u, status, need, todoC, todoU)
 			default:
 				if firstErr == nil {
 					firstErr = fmt.Errorf("unexpected reply %v", v)
@@ -363,51 +522,61 @@ func (a *Allocator) Allocate(ctx context.Context, now time.Time, channels, users
 			}
 		}
 		if firstErr != nil {
-			return fail(fmt.Errorf("sequence/redis: allocate: %w", firstErr))
+			return fmt.Errorf("sequence/redis: allocate: %w", firstErr)
 		}
-		// Settle what Redis asked for (durably), then go round again.
-		nC, nU := len(initC)+len(reserveC), len(initU)+len(reserveU)
-		if nC+nU == 0 {
-			continue
+		if err := a.settle(ctx, nowMS, &nd, todoC, todoU); err != nil {
+			return err
 		}
-		err := parallel(ctx, nC+nU, boundConcurrency, func(ctx context.Context, i int) error {
-			switch {
-			case i < len(initC):
-				ch := initC[i]
-				st := todoC[ch]
-				in, err := a.channelInit(ctx, ch, st.n, nowMS)
-				if err != nil {
-					return err
-				}
-				st.init = in
-				return nil
-			case i < nC:
-				ch := reserveC[i-len(initC)]
-				return a.reserve(ctx, BoundKeyChannel(ch), uint64(todoC[ch].bound))
-			case i < nC+len(initU):
-				u := initU[i-nC]
-				st := todoU[u]
-				cur, err := a.durableSeq(ctx, u)
-				if err != nil {
-					return err
-				}
-				b := cur + uint64(st.n) + a.step
-				if err := a.reserve(ctx, BoundKeyUser(u), b); err != nil {
-					return err
-				}
-				st.init = &initArgs{cur: cur, bound: b, epoch: newEpoch()}
-				return nil
-			default:
-				u := reserveU[i-nC-len(initU)]
-				return a.reserve(ctx, BoundKeyUser(u), todoU[u].bound)
-			}
-		})
-		if err != nil {
-			return fail(fmt.Errorf("sequence/redis: reserve: %w", err))
-		}
-		a.inits.Add(uint64(len(initC) + len(initU)))
 	}
-	return res, nil
+	return nil
+}
+
+// settle does, durably, what the last round's INIT and RESERVE answers
+// asked for (concurrently, up to boundConcurrency BoundStore calls at a
+// time): a reservation for each RESERVE, and the setup of each INIT key
+// (its init args then ride in the next round).
+func (a *Allocator) settle(ctx context.Context, nowMS int64, nd *needs, todoC map[string]*chanState, todoU map[string]*userState) error {
+	nC, nU := len(nd.initC)+len(nd.reserveC), len(nd.initU)+len(nd.reserveU)
+	if nC+nU == 0 {
+		return nil
+	}
+	err := parallel(ctx, nC+nU, boundConcurrency, func(ctx context.Context, i int) error {
+		switch {
+		case i < len(nd.initC):
+			ch := nd.initC[i]
+			st := todoC[ch]
+			in, err := a.channelInit(ctx, ch, st.n, nowMS)
+			if err != nil {
+				return err
+			}
+			st.init = in
+			return nil
+		case i < nC:
+			ch := nd.reserveC[i-len(nd.initC)]
+			return a.reserve(ctx, BoundKeyChannel(ch), uint64(todoC[ch].bound))
+		case i < nC+len(nd.initU):
+			u := nd.initU[i-nC]
+			st := todoU[u]
+			cur, err := a.durableSeq(ctx, u)
+			if err != nil {
+				return err
+			}
+			b := cur + uint64(st.n) + a.step
+			if err := a.reserve(ctx, BoundKeyUser(u), b); err != nil {
+				return err
+			}
+			st.init = &initArgs{cur: cur, bound: b, epoch: newEpoch()}
+			return nil
+		default:
+			u := nd.reserveU[i-nC-len(nd.initU)]
+			return a.reserve(ctx, BoundKeyUser(u), todoU[u].bound)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("sequence/redis: reserve: %w", err)
+	}
+	a.inits.Add(uint64(len(nd.initC) + len(nd.initU)))
+	return nil
 }
 
 func (a *Allocator) reserve(ctx context.Context, key string, atLeast uint64) error {
