@@ -50,11 +50,25 @@ func (e *StaleError) Error() string {
 // Is makes errors.Is(err, ErrStale) true.
 func (e *StaleError) Is(target error) bool { return target == ErrStale }
 
-// Allocator hands out message ids and inbox seqs to the sequencer and tells
-// readers how far an inbox may be read.
+// ClaimKey is the idempotency key of one send: (sender, client_message_id).
+type ClaimKey struct{ SenderID, ClientMessageID string }
+
+// Claims is the outcome of Allocator.Claim.
+type Claims struct {
+	// Lost holds the indexes, increasing, of the keys passed to Claim
+	// that another claimer holds: their sends are in progress elsewhere.
+	Lost []int
+	// Token is the allocator's state of the claims won (for Release); the
+	// sequencer does not touch it.
+	Token any
+}
+
+// Allocator hands out message ids and inbox seqs to the sequencer, tells
+// readers how far an inbox may be read, and (in a cluster) lets exactly one
+// server store a send that several servers receive at once.
 //
-// The sequencer calls Allocate, Commit and Abort from its one goroutine;
-// Horizon is called by readers concurrently with them.
+// The sequencer calls Claim, Release, Allocate, Commit and Abort from its
+// one goroutine; Horizon is called by readers concurrently with them.
 //
 // Rules every implementation keeps:
 //   - a message id or inbox seq is never allocated twice, also across
@@ -84,6 +98,20 @@ type Allocator interface {
 	// Horizon returns the user's visible inbox head (0 for an empty
 	// inbox): see the rules above. Readers never read past it.
 	Horizon(ctx context.Context, userID string) (uint64, error)
+	// Claim claims the keys of a batch's new sends before they are
+	// looked up in the store and allocated, so that when retries of one
+	// send reach several sequencers at the same time exactly one of them
+	// stores it: a key is held by one claimer at a time, for at least
+	// hold (the sequencer's StoreTimeout; implementations add a margin)
+	// unless released, and then expires, so the claims of a server that
+	// died do not outlive it for long. A nil *Claims means every key was
+	// won (a single node needs no claims: its one sequencer goroutine
+	// already serialises dedup). Errors: nothing is claimed.
+	Claim(ctx context.Context, keys []ClaimKey, hold time.Duration) (*Claims, error)
+	// Release gives back the claims c won, after their batch failed, so
+	// that a retry may store the message at once. Failures are logged; the
+	// claims then expire. c may be nil.
+	Release(ctx context.Context, c *Claims)
 }
 
 // LocalAllocator is the single-node Allocator: it keeps each channel's
@@ -178,6 +206,15 @@ func (l *LocalAllocator) reset() {
 	l.lastMsg = make(map[string]uint64)
 	l.lastSeq = make(map[string]uint64)
 }
+
+// Claim implements Allocator: one sequencer writes the store, so every key
+// is won (nil) and nothing is held.
+func (l *LocalAllocator) Claim(context.Context, []ClaimKey, time.Duration) (*Claims, error) {
+	return nil, nil
+}
+
+// Release implements Allocator: a no-op.
+func (l *LocalAllocator) Release(context.Context, *Claims) {}
 
 // Horizon implements Allocator: the store's last inbox seq of the user.
 func (l *LocalAllocator) Horizon(ctx context.Context, userID string) (uint64, error) {

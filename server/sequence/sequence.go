@@ -7,9 +7,13 @@
 // one
 //
 //   - deduplicates it by (sender, client_message_id): earlier requests of
-//     the same batch, then an in-memory LRU of recent sends, then
-//     store.LookupDedup. A duplicate gets the original ack
-//     (Result.Duplicate) and stores nothing;
+//     the same batch, then an in-memory LRU of recent sends, then the key
+//     is claimed (Allocator.Claim: across servers in cluster mode, a no-op
+//     on a single node) and looked up with store.LookupDedup. A duplicate
+//     gets the original ack (Result.Duplicate) and stores nothing; a send
+//     whose key another server holds stores nothing either: it is answered
+//     with that server's ack once its dedup row is in the store (or
+//     Unavailable, "in progress; retry", after StoreTimeout);
 //   - assigns a message_id (increasing per channel, >= unix_ms<<16) and
 //     created_at (server clock, ms);
 //   - assigns one inbox seq (increasing per user) per recipient user.
@@ -75,9 +79,11 @@ type Options struct {
 	// Now is the server clock; default time.Now.
 	Now func() time.Time
 	// StoreTimeout bounds the work of one batch on the sequencer
-	// goroutine (dedup lookups, allocation, the store write, the commit
-	// and its retries); default 10 s. With sequence/redis keep it below
-	// the allocator's PendingTTL.
+	// goroutine (dedup claims and lookups, allocation, the store write,
+	// the commit and its retries); default 10 s. It is also how long a
+	// dedup claim is held at least, and how long a send whose claim
+	// another server holds waits for that server's result. With
+	// sequence/redis keep it below the allocator's PendingTTL.
 	StoreTimeout time.Duration
 	// OnBatch, if set, is called on the sequencer goroutine after every
 	// successful commit with the number of requests in the batch, the
@@ -123,7 +129,9 @@ type Result struct {
 	// Message is the stored message (nil for a duplicate or an error).
 	Message *store.Message
 	// Err is nil on success, otherwise a gRPC status error: Unavailable
-	// (the store or the allocator failed, or the sequencer is closed) or
+	// (the store or the allocator failed, the sequencer is closed, or a
+	// send with the same client_message_id is in progress on another
+	// server and did not finish within StoreTimeout) or
 	// InvalidArgument (a malformed request). A failed request was not
 	// published; it may have been stored (a store write that failed half
 	// way, or a commit the allocator could not confirm), so a retry with
@@ -180,6 +188,14 @@ type Sequencer struct {
 	chCount, userCount map[string]int
 	nextID, nextSeq    map[string]uint64
 	dedup              *lru
+	claimKeys          []ClaimKey
+	claimIdx           []int // claimKeys[i] is the key of batch[claimIdx[i]]
+
+	// Waiters for sends claimed by another server (awaitOther).
+	waitSlots chan struct{} // bounds the waiters
+	waiters   sync.WaitGroup
+	quit      chan struct{} // closed by Close: waiters answer at once
+	quitOnce  sync.Once
 }
 
 // New starts a Sequencer writing to st. publish is called on the sequencer
@@ -225,15 +241,20 @@ func New(st store.Messages, publish func(batch []Committed), opts Options) *Sequ
 		nextID:    make(map[string]uint64),
 		nextSeq:   make(map[string]uint64),
 		dedup:     newLRU(opts.DedupCache),
+		waitSlots: make(chan struct{}, maxWaiters),
+		quit:      make(chan struct{}),
 	}
 	go s.run()
 	return s
 }
 
 // Submit queues req; done is called exactly once, on the sequencer
-// goroutine, after the request's batch is durable (or failed). done must
-// not block. Requests are sequenced in the order Submit is called (FIFO),
-// so one caller's consecutive submissions keep their order. Submit blocks
+// goroutine, after the request's batch is durable (or failed); for a send
+// whose (sender, client_message_id) another server is storing at the same
+// time (cluster mode) it is called later, on a goroutine of its own, with
+// that server's ack or Unavailable. done must not block. Requests are
+// sequenced in the order Submit is called (FIFO), so one caller's
+// consecutive submissions keep their order. Submit blocks
 // while the queue is full. After Close, done is called at once with
 // ErrClosed. req must not be modified after Submit.
 func (s *Sequencer) Submit(req *Request, done func(Result)) {
@@ -327,6 +348,8 @@ func (s *Sequencer) Close() {
 	}
 	s.closeMu.Unlock()
 	<-s.stopped
+	s.quitOnce.Do(func() { close(s.quit) })
+	s.waiters.Wait()
 }
 
 func (s *Sequencer) run() {
@@ -361,6 +384,7 @@ type pending struct {
 	dupOf  int  // index of the earlier request in the batch it duplicates, or -1
 	commit int  // index into committed, or -1
 	fresh  bool // a new message: gets ids in this batch
+	wait   bool // another server holds its claim: answered by awaitOther
 }
 
 // maxReplace bounds how often one batch is placed again after stale
@@ -378,6 +402,8 @@ func (s *Sequencer) process(batch []item) {
 		inBatch   map[dedupKey]int // dedup key -> index in batch
 		failErr   error
 		entries   int
+		claims    *Claims
+		waiting   bool // some request waits for another server's send
 	)
 	now := s.opts.Now()
 	nowMS := now.UnixMilli()
@@ -388,16 +414,15 @@ func (s *Sequencer) process(batch []item) {
 	clear(s.chCount)
 	clear(s.userCount)
 
-	// Validate, deduplicate and count the ids the new messages need.
+	// Validate and deduplicate: earlier requests of the batch, the LRU,
+	// then (after claiming the keys across servers) the store.
+	s.claimKeys, s.claimIdx = s.claimKeys[:0], s.claimIdx[:0]
 	for i := range batch {
 		req := batch[i].req
 		p := &ps[i]
 		p.dupOf, p.commit = -1, -1
 		p.res.ChannelID = req.ChannelID
 		p.res.ClientMessageID = req.ClientMessageID
-		if failErr != nil {
-			continue
-		}
 		if req.ChannelID == "" || req.SenderID == "" {
 			p.res.Err = status.Error(codes.InvalidArgument, "sequence: request without channel or sender")
 			continue
@@ -412,23 +437,62 @@ func (s *Sequencer) process(batch []item) {
 				p.res = dupResult(d)
 				continue
 			}
-			d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
-			switch {
-			case err == nil:
-				s.dedup.put(k, *d)
-				p.res = dupResult(*d)
-				continue
-			case errors.Is(err, store.ErrNotFound):
-			default:
-				failErr = err
-				continue
-			}
 			if inBatch == nil {
 				inBatch = make(map[dedupKey]int)
 			}
 			inBatch[k] = i
+			s.claimKeys = append(s.claimKeys, ClaimKey{req.SenderID, req.ClientMessageID})
+			s.claimIdx = append(s.claimIdx, i)
 		}
 		p.fresh = true
+	}
+	if len(s.claimKeys) > 0 {
+		claims, failErr = s.alloc.Claim(ctx, s.claimKeys, s.opts.StoreTimeout)
+		if failErr == nil && claims != nil {
+			// Sends in progress on another server: answered by a waiter
+			// once that server's dedup row is in the store.
+			for _, li := range claims.Lost {
+				if li < 0 || li >= len(s.claimIdx) {
+					failErr = fmt.Errorf("sequence: allocator lost claim %d of %d", li, len(s.claimIdx))
+					break
+				}
+				p := &ps[s.claimIdx[li]]
+				p.fresh, p.wait = false, true
+				waiting = true
+			}
+		}
+	}
+	for _, i := range s.claimIdx {
+		p := &ps[i]
+		if failErr != nil {
+			break
+		}
+		if !p.fresh {
+			continue
+		}
+		req := batch[i].req
+		d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
+		switch {
+		case err == nil:
+			s.dedup.put(dedupKey{req.SenderID, req.ClientMessageID}, *d)
+			p.res = dupResult(*d)
+			p.fresh = false
+		case errors.Is(err, store.ErrNotFound):
+		default:
+			failErr = err
+		}
+	}
+
+	// Count the ids the new messages need.
+	for i := range batch {
+		if failErr != nil {
+			break
+		}
+		p := &ps[i]
+		if !p.fresh {
+			continue
+		}
+		req := batch[i].req
 		s.chCount[req.ChannelID]++
 		for ri, u := range req.Recipients {
 			if u == "" || seen(req.Recipients[:ri], u) {
@@ -526,6 +590,7 @@ func (s *Sequencer) process(batch []item) {
 	}
 	if failErr != nil {
 		s.log.Error("sequence: commit failed; failing batch", "requests", len(batch), "err", failErr)
+		s.release(claims)
 		s.failed.Add(uint64(len(batch)))
 		for i := range batch {
 			batch[i].done(Result{ChannelID: ps[i].res.ChannelID, ClientMessageID: ps[i].res.ClientMessageID, Err: failure})
@@ -540,6 +605,10 @@ func (s *Sequencer) process(batch []item) {
 	}
 	for i := range batch {
 		p := &ps[i]
+		if waiting && (p.wait || p.dupOf >= 0 && ps[p.dupOf].wait) {
+			s.awaitOther(batch[i])
+			continue
+		}
 		if p.dupOf >= 0 {
 			o := ps[p.dupOf].res
 			p.res = Result{ChannelID: o.ChannelID, MessageID: o.MessageID, CreatedAt: o.CreatedAt, ClientMessageID: o.ClientMessageID, Duplicate: true}
@@ -584,6 +653,82 @@ func (s *Sequencer) abort(a *Allocation) {
 }
 
 const abortTimeout = 2 * time.Second
+
+// release gives back the claims of a failed batch (if any), with a
+// context of its own.
+func (s *Sequencer) release(c *Claims) {
+	if c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), abortTimeout)
+	defer cancel()
+	s.alloc.Release(ctx, c)
+}
+
+// maxWaiters bounds the requests waiting at once for a send of the same
+// (sender, client_message_id) in progress on another server; beyond it
+// they are answered errInProgress at once.
+const maxWaiters = 1024
+
+// Polling of the store by a waiter: first at once, then with a delay
+// that doubles from waitPollMin up to waitPollMax, for StoreTimeout.
+const (
+	waitPollMin = 5 * time.Millisecond
+	waitPollMax = 250 * time.Millisecond
+)
+
+var errInProgress = status.Error(codes.Unavailable, "a send with this client_message_id is in progress; retry")
+
+// awaitOther answers it, whose (sender, client_message_id) another
+// server has claimed, on a goroutine of its own (the sequencer goroutine
+// never waits): with the original ack (Duplicate) once that server's dedup
+// row is in the store, or errInProgress if it is not there within
+// StoreTimeout (that server failed or is slow; a retry stores the message
+// once its claim is released or expired). Close makes waiters look once
+// more and answer at once.
+func (s *Sequencer) awaitOther(it item) {
+	req := it.req
+	select {
+	case s.waitSlots <- struct{}{}:
+	default:
+		s.failed.Add(1)
+		it.done(Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: errInProgress})
+		return
+	}
+	s.waiters.Add(1)
+	go func() {
+		defer func() {
+			<-s.waitSlots
+			s.waiters.Done()
+		}()
+		deadline := time.Now().Add(s.opts.StoreTimeout)
+		delay := waitPollMin
+		for {
+			ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
+			d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
+			cancel()
+			if err == nil {
+				s.duplicates.Add(1)
+				it.done(dupResult(*d))
+				return
+			}
+			left := time.Until(deadline)
+			if left <= 0 {
+				break
+			}
+			t := time.NewTimer(min(delay, left))
+			select {
+			case <-t.C:
+			case <-s.quit:
+				t.Stop()
+				deadline = time.Now() // one more look, then answer
+			}
+			delay = min(2*delay, waitPollMax)
+		}
+		s.failed.Add(1)
+		it.done(Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: errInProgress})
+	}()
+}
 
 // commit confirms the written batch b to the allocator. Users whose seqs
 // went stale get new seqs: their inbox rows are written again under them

@@ -2,11 +2,17 @@ package redis_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/chatd/chatd/server/sequence"
 	seqredis "github.com/chatd/chatd/server/sequence/redis"
@@ -109,4 +115,156 @@ func TestChannelOrderAcrossServers(t *testing.T) {
 		t.Fatalf("only %d channel setups and %d reservations in %d rounds: the race was not exercised", st.Inits, st.Reserves, rounds)
 	}
 	t.Logf("%d rounds, %d hashes set up, %d reservations", rounds, st.Inits, st.Reserves)
+}
+
+// TestConcurrentRetrySameKey: the same send (sender, client_message_id)
+// reaches two servers at the same moment, again and again. Exactly one of
+// them stores it; both answer with its message_id (the other as a
+// duplicate), and the recipient's inbox holds every message once.
+func TestConcurrentRetrySameKey(t *testing.T) {
+	addr := redisAddr(t)
+	st := cluster(t)
+	prefix := testPrefix(t, addr)
+	var seqs []*sequence.Sequencer
+	for range 2 {
+		seq := sequence.New(st, nil, sequence.Options{Allocator: newAlloc(t, newClient(t, addr), prefix, seqredis.Config{})})
+		t.Cleanup(seq.Close)
+		seqs = append(seqs, seq)
+	}
+	alice, bob := sequencetest.Unique("alice"), sequencetest.Unique("bob")
+	ch := sequencetest.Unique("dm")
+	ctx := context.Background()
+	const n = 20
+	for i := range n {
+		req := &sequence.Request{ChannelID: ch, SenderID: alice, ClientMessageID: fmt.Sprint("race-", i), Text: "raced", Recipients: []string{alice, bob}}
+		res := make([]sequence.Result, 2)
+		var wg sync.WaitGroup
+		for j, seq := range seqs {
+			wg.Go(func() {
+				c, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				r, err := seq.Do(c, req)
+				if err != nil {
+					t.Errorf("%s on server %d: %v", req.ClientMessageID, j, err)
+				}
+				res[j] = r
+			})
+		}
+		wg.Wait()
+		if res[0].MessageID != res[1].MessageID || res[0].Duplicate == res[1].Duplicate {
+			t.Errorf("%s: answered %d (duplicate %v) and %d (duplicate %v); want one message, one duplicate",
+				req.ClientMessageID, res[0].MessageID, res[0].Duplicate, res[1].MessageID, res[1].Duplicate)
+		}
+	}
+	ds, _, err := st.Inbox(ctx, bob, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != n {
+		t.Fatalf("bob's inbox holds %d messages, want %d", len(ds), n)
+	}
+}
+
+// TestClaimOfDeadServerExpires: a server claimed a send and died. A retry
+// elsewhere stores nothing while the claim lives: it waits for the dead
+// server's dedup row without holding up other sends of its sequencer, and
+// answers Unavailable ("in progress"); once the claim expired a retry
+// stores the message.
+func TestClaimOfDeadServerExpires(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	pst := sequencetest.OpenPebble(t, t.TempDir())
+	defer pst.Close()
+	o := seqredis.Config{PendingTTL: 100 * time.Millisecond}
+	dead := newAlloc(t, newClient(t, addr), prefix, o)
+	ctx := context.Background()
+	alice, bob := sequencetest.Unique("alice"), sequencetest.Unique("bob")
+	req := &sequence.Request{ChannelID: sequencetest.Unique("dm"), SenderID: alice, ClientMessageID: "m1", Text: "hi", Recipients: []string{alice, bob}}
+	c, err := dead.Claim(ctx, []sequence.ClaimKey{{SenderID: alice, ClientMessageID: "m1"}}, 2*time.Second)
+	if err != nil || c == nil || len(c.Lost) != 0 {
+		t.Fatalf("claim: %+v, %v", c, err)
+	}
+
+	// Server 1 waits (up to its StoreTimeout, 30 s) for the dead server's
+	// row; meanwhile it sequences other sends; Close ends the wait.
+	s1 := sequence.New(pst, nil, sequence.Options{Allocator: newAlloc(t, newClient(t, addr), prefix, o), StoreTimeout: 30 * time.Second})
+	waited := make(chan sequence.Result, 1)
+	s1.Submit(req, func(r sequence.Result) { waited <- r })
+	other := &sequence.Request{ChannelID: sequencetest.Unique("g"), SenderID: alice, ClientMessageID: "other", Text: "meanwhile", Recipients: []string{alice}}
+	if _, err := s1.Do(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-waited:
+		t.Fatalf("answered while the claim is held and no row exists: %+v", r)
+	default:
+	}
+	s1.Close()
+	if r := <-waited; status.Code(r.Err) != codes.Unavailable || !strings.Contains(r.Err.Error(), "in progress") {
+		t.Fatalf("send while another server holds its claim: %+v, want Unavailable (in progress)", r)
+	}
+
+	// Server 2: retries until the claim expired (hold + PendingTTL).
+	s2 := sequence.New(pst, nil, sequence.Options{Allocator: newAlloc(t, newClient(t, addr), prefix, o), StoreTimeout: 200 * time.Millisecond})
+	defer s2.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, err := s2.Do(ctx, req)
+		if err == nil {
+			if r.Duplicate {
+				t.Fatal("stored by nobody, answered as a duplicate")
+			}
+			break
+		}
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			t.Fatalf("the dead server's claim did not expire: %v", err)
+		}
+	}
+	ds, _, err := pst.Inbox(ctx, bob, 0, 10)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("bob's inbox: %d entries, %v; want 1", len(ds), err)
+	}
+}
+
+// failOnce is a store whose next AppendBatch fails while armed.
+type failOnce struct {
+	store.Messages
+	armed atomic.Bool
+}
+
+func (f *failOnce) AppendBatch(ctx context.Context, b *store.Batch) error {
+	if f.armed.CompareAndSwap(true, false) {
+		return errors.New("disk on fire")
+	}
+	return f.Messages.AppendBatch(ctx, b)
+}
+
+// TestFailedBatchReleasesClaim: a send whose batch failed on one server is
+// retried on another at once: the failed batch gave its claim back, so
+// the retry stores the message (not "in progress").
+func TestFailedBatchReleasesClaim(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	pst := sequencetest.OpenPebble(t, t.TempDir())
+	defer pst.Close()
+	f := &failOnce{Messages: pst}
+	s1 := sequence.New(f, nil, sequence.Options{Allocator: newAlloc(t, newClient(t, addr), prefix, seqredis.Config{})})
+	defer s1.Close()
+	s2 := sequence.New(pst, nil, sequence.Options{Allocator: newAlloc(t, newClient(t, addr), prefix, seqredis.Config{}), StoreTimeout: time.Second})
+	defer s2.Close()
+	ctx := context.Background()
+	alice, bob := sequencetest.Unique("alice"), sequencetest.Unique("bob")
+	req := &sequence.Request{ChannelID: sequencetest.Unique("dm"), SenderID: alice, ClientMessageID: "m1", Text: "hi", Recipients: []string{alice, bob}}
+	f.armed.Store(true)
+	if _, err := s1.Do(ctx, req); status.Code(err) != codes.Unavailable {
+		t.Fatalf("send on the failing server: %v, want Unavailable", err)
+	}
+	r, err := s2.Do(ctx, req)
+	if err != nil || r.Duplicate {
+		t.Fatalf("retry on the other server: %+v, %v; want a new message", r, err)
+	}
+	r2, err := s1.Do(ctx, req)
+	if err != nil || !r2.Duplicate || r2.MessageID != r.MessageID {
+		t.Fatalf("retry on the first server: %+v, %v; want the duplicate of %d", r2, err, r.MessageID)
+	}
 }

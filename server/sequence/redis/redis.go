@@ -22,6 +22,9 @@
 //     highest seq below which every seq is written or abandoned. Expired
 //     pending entries (a server died between allocation and commit) are
 //     dropped, so the horizon moves past them after PendingTTL.
+//   - Claim: one pipelined round trip per batch with new sends (SET NX PX
+//     per (sender, client_message_id)): only one server at a time stores a
+//     send that reaches several at once.
 //
 // Durability: every allocated value is within a bound that is stored in
 // the BoundStore before use, reserved Config.Step seqs ahead (per user) or
@@ -41,6 +44,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,6 +128,10 @@ type Allocator struct {
 	// perKey: allocate with one call per key (Redis Cluster, Ring), not
 	// one atomic call per batch.
 	perKey bool
+	// owner prefixes the values of this allocator's dedup claims; claimN
+	// makes each value unique.
+	owner  string
+	claimN atomic.Uint64
 
 	inits, reserves, stale atomic.Uint64
 }
@@ -169,6 +177,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		cstep:  cfg.ChannelStep.Milliseconds(),
 		ttl:    cfg.PendingTTL.Milliseconds(),
 		log:    cfg.Logger,
+		owner:  newEpoch(),
 	}
 	switch cfg.Client.(type) {
 	case *goredis.ClusterClient, *goredis.Ring:
@@ -726,6 +735,84 @@ func (a *Allocator) Abort(ctx context.Context, al *sequence.Allocation) {
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		a.log.Warn("sequence/redis: abort failed; the seqs expire after PendingTTL", "users", n, "err", err)
+	}
+}
+
+// ------------------------------------------------------------ dedup claims
+
+// claimToken is the Claims.Token: the value of the claims won and their
+// keys.
+type claimToken struct {
+	value string
+	keys  []string
+}
+
+func (a *Allocator) claimKey(k sequence.ClaimKey) string {
+	return a.prefix + "{u:" + k.SenderID + "}:d:" + k.ClientMessageID
+}
+
+// Claim implements sequence.Allocator: one pipelined round trip of
+// SET <prefix>{u:<sender>}:d:<client_message_id> <value> NX PX <ttl>, one
+// command per key, with ttl = hold + Config.PendingTTL (25 s with the
+// defaults): the claim outlives the claimer's batch (at most hold) by the
+// time a stalled write may still land. The value is unique per call.
+// Errors: Redis failed; the keys won are released.
+func (a *Allocator) Claim(ctx context.Context, keys []sequence.ClaimKey, hold time.Duration) (*sequence.Claims, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	ttl := max(hold, 0) + time.Duration(a.ttl)*time.Millisecond
+	value := a.owner + ":" + strconv.FormatUint(a.claimN.Add(1), 36)
+	names := make([]string, len(keys))
+	cmds := make([]*goredis.BoolCmd, len(keys))
+	pipe := a.rdb.Pipeline()
+	for i, k := range keys {
+		names[i] = a.claimKey(k)
+		cmds[i] = pipe.SetNX(ctx, names[i], value, ttl)
+	}
+	_, _ = pipe.Exec(ctx)
+	c := &sequence.Claims{}
+	tok := &claimToken{value: value, keys: make([]string, 0, len(keys))}
+	c.Token = tok
+	var firstErr error
+	for i, cmd := range cmds {
+		won, err := cmd.Result()
+		switch {
+		case err != nil:
+			if firstErr == nil {
+				firstErr = err
+			}
+		case won:
+			tok.keys = append(tok.keys, names[i])
+		default:
+			c.Lost = append(c.Lost, i)
+		}
+	}
+	if firstErr != nil {
+		a.Release(context.WithoutCancel(ctx), c)
+		return nil, fmt.Errorf("sequence/redis: claim: %w", firstErr)
+	}
+	return c, nil
+}
+
+// Release implements sequence.Allocator: one pipelined round trip, a
+// compare-and-delete per claim won (a claim that expired and was taken by
+// another claimer is left alone).
+func (a *Allocator) Release(ctx context.Context, c *sequence.Claims) {
+	if c == nil {
+		return
+	}
+	tok, ok := c.Token.(*claimToken)
+	if !ok || len(tok.keys) == 0 {
+		return
+	}
+	pipe := a.rdb.Pipeline()
+	for _, k := range tok.keys {
+		pipe.FCall(ctx, fnClaimRelease, []string{k}, tok.value)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isNoFunction(err) {
+		// (Functions missing: Redis restarted, the claims are gone too.)
+		a.log.Warn("sequence/redis: releasing dedup claims failed; they expire", "claims", len(tok.keys), "err", err)
 	}
 }
 
