@@ -437,11 +437,21 @@ func (d *device) recvLoop() {
 			case kindSend:
 				d.release()
 			case kindSync:
-				d.replies <- f
+				d.reply(f)
 			}
 		case *chatv1.ServerFrame_SyncPage:
-			d.replies <- f
+			d.reply(f)
 		}
+	}
+}
+
+// reply hands a sync reply to the waiting sync call. At most one sync is
+// outstanding, so the buffer of one holds it; a reply nobody waits for any
+// more (its caller gave up) is dropped rather than blocking the reader.
+func (d *device) reply(f *chatv1.ServerFrame) {
+	select {
+	case d.replies <- f:
+	default:
 	}
 }
 
