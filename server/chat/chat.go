@@ -159,6 +159,8 @@ type Service struct {
 	publish   func([]sequence.Committed)
 	frames    *ratelimit.Limiter // client frames per device
 	typing    *ratelimit.Limiter // typing frames per device and channel
+	users     *knownSet          // user ids known to exist (see cache.go)
+	directs   *knownSet          // direct channel ids known to exist
 }
 
 var _ chatv1.ChatServiceServer = (*Service)(nil)
@@ -186,6 +188,8 @@ func New(cfg Config) *Service {
 		editWin:   cfg.EditWindow,
 		now:       cfg.Now,
 		log:       cfg.Logger,
+		users:     newKnownSet(knownUsersCap),
+		directs:   newKnownSet(knownDirectsCap),
 	}
 	if s.canonical == nil {
 		s.canonical = account.CanonicalUsername

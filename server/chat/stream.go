@@ -792,20 +792,30 @@ func (s *Service) peer(ctx context.Context, caller, username string) (string, er
 	if peer == caller {
 		return "", errSelfDirect
 	}
+	if s.users.has(peer) {
+		return peer, nil // users are never deleted
+	}
 	if _, err := s.st.GetUser(ctx, peer); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return "", errUserMissing
+			return "", errUserMissing // not cached: a sign-up is seen at once
 		}
 		return "", s.storeErr(ctx, "GetUser", err)
 	}
+	s.users.add(peer)
 	return peer, nil
 }
 
 // ensureDirect returns the id of the direct channel of a and b, creating
-// it (with both as members) if needed.
+// it (with both as members) if needed. A direct channel and its members
+// never change once created, so a channel seen once is remembered
+// (s.directs) and later sends to it read nothing from the store.
 func (s *Service) ensureDirect(ctx context.Context, a, b string) (string, error) {
 	id := directChannelID(a, b)
+	if s.directs.has(id) {
+		return id, nil
+	}
 	if _, err := s.st.GetChannel(ctx, id); err == nil {
+		s.directs.add(id)
 		return id, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return "", s.storeErr(ctx, "GetChannel", err)
@@ -819,6 +829,7 @@ func (s *Service) ensureDirect(ctx context.Context, a, b string) (string, error)
 	if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
 		return "", s.storeErr(ctx, "CreateChannel", err)
 	}
+	s.directs.add(id)
 	return id, nil
 }
 
