@@ -32,10 +32,14 @@
 //
 // Every write is one Pebble batch committed with pebble.Sync, so it is on
 // disk when the method returns; Pebble's commit pipeline coalesces the WAL
-// fsyncs of concurrent commits (group commit). AdvanceCursor also syncs:
-// losing an advance would only cause redelivery (clients dedup by inbox
-// seq), but acks are far rarer than sends and concurrent syncs coalesce, so
-// the simpler guarantee costs little.
+// fsyncs of concurrent commits (group commit). The one exception is
+// AdvanceCursor, committed with pebble.NoSync: it is in the WAL (and seen
+// by every reader) when the method returns, and on disk at the next synced
+// commit or at Close, but a crash before either may lose the last advances.
+// That only redelivers entries the device already received (clients dedup
+// by inbox seq); every message itself was fsync'd by AppendBatch before it
+// could be delivered and acked. Syncing every Ack put one fsync per ack in
+// the queue of the WAL that the group commits of sends wait on.
 //
 // Check-then-write operations (CreateUser, UpdateDisplayName, PutDevice,
 // AdvanceCursor, CreateChannel, AddMember, RemoveMember) hold one of 256
@@ -748,8 +752,10 @@ func (s *Store) ListDevices(ctx context.Context, userID string) ([]*store.Device
 	return ds, nil
 }
 
-// AdvanceCursor sets the device cursor to max(current, seq), durably, and
-// returns the result; store.ErrNotFound for an unknown device.
+// AdvanceCursor sets the device cursor to max(current, seq) and returns
+// the result; store.ErrNotFound for an unknown device. The write is not
+// fsync'd (pebble.NoSync): it survives Close, and a crash may roll the
+// cursor back to an earlier advance, which only causes redelivery.
 func (s *Store) AdvanceCursor(ctx context.Context, userID, deviceID string, seq uint64) (uint64, error) {
 	if err := s.check(ctx); err != nil {
 		return 0, err
@@ -772,7 +778,8 @@ func (s *Store) AdvanceCursor(ctx context.Context, userID, deviceID string, seq 
 		return d.Cursor, nil
 	}
 	d.Cursor = seq
-	if err := s.set(key, encodeDevice(d)); err != nil {
+	// NoSync: see "Durability and concurrency" in the package doc.
+	if err := s.db.Set(key, encodeDevice(d), pebble.NoSync); err != nil {
 		return 0, err
 	}
 	return seq, nil

@@ -143,3 +143,34 @@ func TestRejectsNUL(t *testing.T) {
 		t.Fatalf("rejected CreateChannel wrote the channel: %v", err)
 	}
 }
+
+// TestCursorSurvivesClose: AdvanceCursor is not fsync'd, but a clean Close
+// must still leave it on disk, also when it is the last write before the
+// Close (no synced commit after it).
+func TestCursorSurvivesClose(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openT(t, dir)
+	if err := s.CreateUser(ctx, &store.User{ID: "ann", DisplayName: "Ann", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutDevice(ctx, &store.Device{UserID: "ann", DeviceID: "d1", Name: "D", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, seq := range []uint64{3, 7, 5, 42} {
+		if _, err := s.AdvanceCursor(ctx, "ann", "d1", seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, err := s.GetDevice(ctx, "ann", "d1"); err != nil || d.Cursor != 42 {
+		t.Fatalf("GetDevice before Close = %+v, %v; want cursor 42", d, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, dir)
+	defer s.Close()
+	if d, err := s.GetDevice(ctx, "ann", "d1"); err != nil || d.Cursor != 42 {
+		t.Fatalf("GetDevice after reopen = %+v, %v; want cursor 42", d, err)
+	}
+}
