@@ -9,7 +9,9 @@
 //   - deduplicates it by (sender, client_message_id): earlier requests of
 //     the same batch, then an in-memory LRU of recent sends, then the key
 //     is claimed (Allocator.Claim: across servers in cluster mode, a no-op
-//     on a single node) and looked up with store.LookupDedup. A duplicate
+//     on a single node) and looked up with store.LookupDedup (on a single
+//     node that lookup is done before queueing instead, see "Dedup
+//     pre-check" below). A duplicate
 //     gets the original ack (Result.Duplicate) and stores nothing; a send
 //     whose key another server holds stores nothing either: it is answered
 //     with that server's ack once its dedup row is in the store (or
@@ -24,6 +26,22 @@
 // fan-out) and each request's done callback, in submission order. If
 // AppendBatch fails, every request of the batch fails with Unavailable and
 // the allocation is aborted.
+//
+// # Dedup pre-check
+//
+// With the LocalAllocator (one sequencer writes the store) the store
+// lookup of a send's dedup key is done by SubmitContext on the caller's
+// goroutine, concurrently with other callers, instead of serially on the
+// sequencer goroutine: a key found there is answered at once (done runs
+// before SubmitContext returns) and never queued. A key not found is queued
+// as pre-checked, and the sequencer then only checks the batch and its LRU,
+// which holds every key committed since the pre-check as long as fewer than
+// DedupCache/2 keys were put into it since (each commit or LRU hit puts
+// one; a request waits behind at most QueueSize+MaxBatch others, 8,704 with
+// the defaults, against 32,768); if more were (a Submit that blocked long
+// on a full queue), the sequencer looks the key up in the store as before.
+// In cluster mode there is no pre-check: another server may commit the key
+// after it, unseen by this LRU, so the lookup stays after the claim.
 //
 // Allocators: LocalAllocator (the default) is the single-node one: ids
 // from in-memory caches recovered from the store, dense seqs, and because
@@ -166,6 +184,10 @@ var (
 type item struct {
 	req  *Request
 	done func(Result)
+	// prechecked: the key was not in the store when dedupPuts was mark
+	// (see "Dedup pre-check").
+	prechecked bool
+	mark       uint64
 }
 
 // Sequencer is the group-commit sequencer. Methods are safe for concurrent
@@ -188,6 +210,8 @@ type Sequencer struct {
 	chCount, userCount map[string]int
 	nextID, nextSeq    map[string]uint64
 	dedup              *lru
+	dedupPuts          atomic.Uint64 // entries put into dedup (commits, hits), ever
+	precheck           bool          // single writer: dedup lookups before queueing
 	claimKeys          []ClaimKey
 	claimIdx           []int // claimKeys[i] is the key of batch[claimIdx[i]]
 
@@ -241,6 +265,7 @@ func New(st store.Messages, publish func(batch []Committed), opts Options) *Sequ
 		nextID:    make(map[string]uint64),
 		nextSeq:   make(map[string]uint64),
 		dedup:     newLRU(opts.DedupCache),
+		precheck:  isLocal(alloc),
 		waitSlots: make(chan struct{}, maxWaiters),
 		quit:      make(chan struct{}),
 	}
@@ -252,7 +277,9 @@ func New(st store.Messages, publish func(batch []Committed), opts Options) *Sequ
 // goroutine, after the request's batch is durable (or failed); for a send
 // whose (sender, client_message_id) another server is storing at the same
 // time (cluster mode) it is called later, on a goroutine of its own, with
-// that server's ack or Unavailable. done must not block. Requests are
+// that server's ack or Unavailable; for a send already in the store
+// (single node) it is called on the caller's goroutine, with the original
+// ack (Duplicate), before Submit returns. done must not block. Requests are
 // sequenced in the order Submit is called (FIFO), so one caller's
 // consecutive submissions keep their order. Submit blocks
 // while the queue is full. After Close, done is called at once with
@@ -269,6 +296,22 @@ func (s *Sequencer) SubmitContext(ctx context.Context, req *Request, done func(R
 	if done == nil {
 		done = func(Result) {}
 	}
+	it := item{req: req, done: done}
+	if s.precheck && req.ClientMessageID != "" && req.ChannelID != "" && req.SenderID != "" {
+		// Dedup pre-check (see the package doc): mark is read before the
+		// lookup, so a commit the lookup misses is put after mark.
+		mark := s.dedupPuts.Load()
+		d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
+		switch {
+		case err == nil:
+			s.duplicates.Add(1)
+			done(dupResult(*d))
+			return nil
+		case errors.Is(err, store.ErrNotFound):
+			it.prechecked, it.mark = true, mark
+		}
+		// Other errors: the sequencer looks it up again.
+	}
 	s.closeMu.RLock()
 	if s.closed {
 		s.closeMu.RUnlock()
@@ -277,13 +320,13 @@ func (s *Sequencer) SubmitContext(ctx context.Context, req *Request, done func(R
 		return nil
 	}
 	select {
-	case s.queue <- item{req, done}:
+	case s.queue <- it:
 		s.closeMu.RUnlock()
 		return nil
 	default:
 	}
 	select {
-	case s.queue <- item{req, done}:
+	case s.queue <- it:
 		s.closeMu.RUnlock()
 		return nil
 	case <-ctx.Done():
@@ -434,6 +477,7 @@ func (s *Sequencer) process(batch []item) {
 				continue
 			}
 			if d, ok := s.dedup.get(k); ok {
+				s.dedupPuts.Add(1) // a hit may move it to the new generation
 				p.res = dupResult(d)
 				continue
 			}
@@ -470,11 +514,15 @@ func (s *Sequencer) process(batch []item) {
 		if !p.fresh {
 			continue
 		}
+		if it := &batch[i]; it.prechecked && s.dedupPuts.Load()-it.mark <= uint64(s.dedup.half) {
+			continue // not in the store at the pre-check; the LRU has every commit since
+		}
 		req := batch[i].req
 		d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
 		switch {
 		case err == nil:
 			s.dedup.put(dedupKey{req.SenderID, req.ClientMessageID}, *d)
+			s.dedupPuts.Add(1)
 			p.res = dupResult(*d)
 			p.fresh = false
 		case errors.Is(err, store.ErrNotFound):
@@ -591,6 +639,9 @@ func (s *Sequencer) process(batch []item) {
 	if failErr != nil {
 		s.log.Error("sequence: commit failed; failing batch", "requests", len(batch), "err", failErr)
 		s.release(claims)
+		// The batch may be in the store without its keys in the LRU: make
+		// every pending pre-check stale, so those requests look again.
+		s.dedupPuts.Add(uint64(s.dedup.half) + 1)
 		s.failed.Add(uint64(len(batch)))
 		for i := range batch {
 			batch[i].done(Result{ChannelID: ps[i].res.ChannelID, ClientMessageID: ps[i].res.ClientMessageID, Err: failure})
@@ -600,6 +651,7 @@ func (s *Sequencer) process(batch []item) {
 	for _, d := range b.Dedup {
 		s.dedup.put(dedupKey{d.SenderID, d.ClientMessageID}, d)
 	}
+	s.dedupPuts.Add(uint64(len(b.Dedup)))
 	if len(committed) > 0 && s.publish != nil {
 		s.publish(committed)
 	}
@@ -827,6 +879,13 @@ func (s *Sequencer) replace(ctx context.Context, users []string, b *store.Batch)
 		return nil, err
 	}
 	return a, nil
+}
+
+// isLocal reports whether a is the single-node allocator, i.e. this
+// sequencer is the only writer of the store.
+func isLocal(a Allocator) bool {
+	_, ok := a.(*LocalAllocator)
+	return ok
 }
 
 func seen(list []string, u string) bool {

@@ -454,3 +454,77 @@ func BenchmarkSubmitParallel(b *testing.B) {
 	s := seq.Stats()
 	b.ReportMetric(float64(s.Messages)/float64(max(s.Batches, 1)), "msgs/batch")
 }
+
+// TestPrecheckAnswersStoredDuplicate: on a single node a retry of a send
+// already in the store is answered on the caller's goroutine, before
+// Submit returns, with the original ack, and stores nothing.
+func TestPrecheckAnswersStoredDuplicate(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	var rec recorder
+	seq := sequence.New(st, rec.publish, sequence.Options{})
+	defer seq.Close()
+	orig, err := seq.Do(context.Background(), req("g:1", "alice", "x", "hello", "alice", "bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got sequence.Result
+	called := false
+	seq.Submit(req("g:1", "alice", "x", "hello again", "alice", "bob"), func(r sequence.Result) { got, called = r, true })
+	if !called {
+		t.Fatal("a stored duplicate was queued instead of answered at once")
+	}
+	if !got.Duplicate || got.MessageID != orig.MessageID || !got.CreatedAt.Equal(orig.CreatedAt) || got.Err != nil {
+		t.Fatalf("duplicate result %+v, original %+v", got, orig)
+	}
+	if s := seq.Stats(); s.Messages != 1 || s.Duplicates != 1 {
+		t.Fatalf("stats %+v, want 1 message and 1 duplicate", s)
+	}
+}
+
+// TestPrecheckRace: retries whose pre-check ran before the original was
+// committed are still answered as duplicates, by the LRU (default size)
+// and, when more keys than the LRU holds were committed in between, by a
+// store lookup on the sequencer goroutine. Each case blocks the sequencer
+// in publish so that every request below is pre-checked before any of
+// them commits; MaxBatch 1 puts each in a batch of its own.
+func TestPrecheckRace(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		cache   int
+		fillers int
+	}{{"lru", 0, 3}, {"evicted", 2, 8}} {
+		t.Run(c.name, func(t *testing.T) {
+			st := openStore(t, t.TempDir())
+			defer st.Close()
+			gate := make(chan struct{})
+			var once sync.Once
+			var mu sync.Mutex
+			var msgs int
+			seq := sequence.New(st, func(b []sequence.Committed) {
+				once.Do(func() { <-gate })
+				mu.Lock()
+				msgs += len(b)
+				mu.Unlock()
+			}, sequence.Options{MaxBatch: 1, DedupCache: c.cache})
+			defer seq.Close()
+			results := make(chan sequence.Result, 2+c.fillers)
+			done := func(r sequence.Result) { results <- r }
+			seq.Submit(req("g:1", "alice", "blocker", "b", "alice"), func(sequence.Result) {})
+			seq.Submit(req("g:1", "alice", "x", "first", "alice"), done)
+			for i := range c.fillers {
+				seq.Submit(req("g:1", "alice", fmt.Sprint("f", i), "f", "alice"), func(sequence.Result) {})
+			}
+			seq.Submit(req("g:1", "alice", "x", "retry", "alice"), done)
+			close(gate)
+			first, retry := <-results, <-results
+			if first.Err != nil || first.Duplicate || retry.Err != nil || !retry.Duplicate || retry.MessageID != first.MessageID {
+				t.Fatalf("first %+v, retry %+v: want the retry to be a duplicate of the first", first, retry)
+			}
+			seq.Close()
+			if want := 2 + c.fillers; msgs != want {
+				t.Fatalf("%d messages stored, want %d", msgs, want)
+			}
+		})
+	}
+}
