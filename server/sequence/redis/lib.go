@@ -3,8 +3,9 @@ package redis
 // libName is the Redis function library; its version is part of the name
 // (and of every function name) so that servers of two versions can share
 // one Redis during a rolling upgrade. Change the code only together with
-// the version. v2 added balloc (the whole batch in one atomic call) and
-// crelease (dedup claims); the keys and their meaning are those of v1.
+// the version. v2 added balloc (the whole batch in one atomic call),
+// cclaim and crelease (dedup claims); the keys and their meaning are those
+// of v1.
 const libName = "chatd_seq_v2"
 
 // Function names of the library.
@@ -17,6 +18,7 @@ const (
 	fnChanAlloc    = "chatd_seq_v2_calloc"
 	fnChanInit     = "chatd_seq_v2_cinit"
 	fnBatchAlloc   = "chatd_seq_v2_balloc"
+	fnClaim        = "chatd_seq_v2_cclaim"
 	fnClaimRelease = "chatd_seq_v2_crelease"
 )
 
@@ -267,6 +269,20 @@ local function balloc(keys, args)
   return out
 end
 
+-- KEYS: claims. ARGV: value, ttl_ms. SET NX PX of every key (one call for
+-- a batch's claims on one Redis). -> per key 1 (won) | 0 (held by another)
+local function cclaim(keys, args)
+  local out = {}
+  for i = 1, #keys do
+    if redis.call('SET', keys[i], args[1], 'NX', 'PX', args[2]) then
+      out[i] = 1
+    else
+      out[i] = 0
+    end
+  end
+  return out
+end
+
 -- KEYS: claim. ARGV: value. Deletes the claim if it still holds value
 -- (it is this claimer's). -> 1 deleted | 0
 local function crelease(keys, args)
@@ -299,5 +315,6 @@ redis.register_function('chatd_seq_v2_uinit', uinit)
 redis.register_function('chatd_seq_v2_calloc', calloc)
 redis.register_function('chatd_seq_v2_cinit', cinit)
 redis.register_function('chatd_seq_v2_balloc', balloc)
+redis.register_function('chatd_seq_v2_cclaim', cclaim)
 redis.register_function('chatd_seq_v2_crelease', crelease)
 `

@@ -121,13 +121,23 @@ func TestChannelOrderAcrossServers(t *testing.T) {
 // reaches two servers at the same moment, again and again. Exactly one of
 // them stores it; both answer with its message_id (the other as a
 // duplicate), and the recipient's inbox holds every message once.
+// Also on the per-key path (Redis Cluster: one SET NX PX per key).
 func TestConcurrentRetrySameKey(t *testing.T) {
+	t.Run("one-redis", func(t *testing.T) { testConcurrentRetry(t, false) })
+	t.Run("per-key", func(t *testing.T) { testConcurrentRetry(t, true) })
+}
+
+func testConcurrentRetry(t *testing.T, perKey bool) {
 	addr := redisAddr(t)
 	st := cluster(t)
 	prefix := testPrefix(t, addr)
 	var seqs []*sequence.Sequencer
 	for range 2 {
-		seq := sequence.New(st, nil, sequence.Options{Allocator: newAlloc(t, newClient(t, addr), prefix, seqredis.Config{})})
+		a := newAlloc(t, newClient(t, addr), prefix, seqredis.Config{})
+		if perKey {
+			seqredis.ForcePerKey(a)
+		}
+		seq := sequence.New(st, nil, sequence.Options{Allocator: a})
 		t.Cleanup(seq.Close)
 		seqs = append(seqs, seq)
 	}

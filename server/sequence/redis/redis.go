@@ -751,11 +751,12 @@ func (a *Allocator) claimKey(k sequence.ClaimKey) string {
 	return a.prefix + "{u:" + k.SenderID + "}:d:" + k.ClientMessageID
 }
 
-// Claim implements sequence.Allocator: one pipelined round trip of
-// SET <prefix>{u:<sender>}:d:<client_message_id> <value> NX PX <ttl>, one
-// command per key, with ttl = hold + Config.PendingTTL (25 s with the
-// defaults): the claim outlives the claimer's batch (at most hold) by the
-// time a stalled write may still land. The value is unique per call.
+// Claim implements sequence.Allocator: one round trip. Each key is set
+// with SET <prefix>{u:<sender>}:d:<client_message_id> <value> NX PX <ttl>,
+// ttl = hold + Config.PendingTTL (25 s with the defaults): the claim
+// outlives the claimer's batch (at most hold) by the time a stalled write
+// may still land. On one Redis one cclaim call does all of them; on Redis
+// Cluster one SET per key is pipelined. The value is unique per call.
 // Errors: Redis failed; the keys won are released.
 func (a *Allocator) Claim(ctx context.Context, keys []sequence.ClaimKey, hold time.Duration) (*sequence.Claims, error) {
 	if len(keys) == 0 {
@@ -764,27 +765,50 @@ func (a *Allocator) Claim(ctx context.Context, keys []sequence.ClaimKey, hold ti
 	ttl := max(hold, 0) + time.Duration(a.ttl)*time.Millisecond
 	value := a.owner + ":" + strconv.FormatUint(a.claimN.Add(1), 36)
 	names := make([]string, len(keys))
-	cmds := make([]*goredis.BoolCmd, len(keys))
-	pipe := a.rdb.Pipeline()
 	for i, k := range keys {
 		names[i] = a.claimKey(k)
-		cmds[i] = pipe.SetNX(ctx, names[i], value, ttl)
 	}
-	_, _ = pipe.Exec(ctx)
+	won := make([]bool, len(keys))
+	var firstErr error
+	if a.perKey {
+		cmds := make([]*goredis.BoolCmd, len(keys))
+		pipe := a.rdb.Pipeline()
+		for i, n := range names {
+			cmds[i] = pipe.SetNX(ctx, n, value, ttl)
+		}
+		_, _ = pipe.Exec(ctx)
+		for i, cmd := range cmds {
+			ok, err := cmd.Result()
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			won[i] = err == nil && ok
+		}
+	} else {
+		v, err := a.rdb.FCall(ctx, fnClaim, names, value, ttl.Milliseconds()).Int64Slice()
+		if isNoFunction(err) {
+			if err = a.load(ctx); err == nil {
+				v, err = a.rdb.FCall(ctx, fnClaim, names, value, ttl.Milliseconds()).Int64Slice()
+			}
+		}
+		switch {
+		case err != nil:
+			firstErr = err
+		case len(v) != len(keys):
+			firstErr = fmt.Errorf("unexpected reply %v", v)
+		default:
+			for i, x := range v {
+				won[i] = x == 1
+			}
+		}
+	}
 	c := &sequence.Claims{}
 	tok := &claimToken{value: value, keys: make([]string, 0, len(keys))}
 	c.Token = tok
-	var firstErr error
-	for i, cmd := range cmds {
-		won, err := cmd.Result()
-		switch {
-		case err != nil:
-			if firstErr == nil {
-				firstErr = err
-			}
-		case won:
+	for i, w := range won {
+		if w {
 			tok.keys = append(tok.keys, names[i])
-		default:
+		} else {
 			c.Lost = append(c.Lost, i)
 		}
 	}

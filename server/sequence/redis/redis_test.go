@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -723,15 +724,19 @@ func TestHorizonOfNewUser(t *testing.T) {
 }
 
 // BenchmarkAllocateCommit measures one batch's Redis work (Allocate and
-// Commit, two pipelined round trips) against the shared Redis. dm: one
-// message of a 1:1 channel (3 keys). group: 64 messages in 8 channels of 4
-// members, 16 users (24 keys per Allocate pipeline, 16 per Commit).
+// Commit, two round trips) against the shared Redis. dm: one message of a
+// 1:1 channel (3 keys). group: 64 messages in 8 channels of 4 members, 16
+// users (24 keys in the Allocate call, 16 Commit calls). The +claim
+// variants also claim every message's client_message_id first (Claim, a
+// third round trip: one SET NX PX per message), as the sequencer does.
 func BenchmarkAllocateCommit(b *testing.B) {
-	b.Run("dm", func(b *testing.B) { benchAllocate(b, 1, 1, 2, 2) })
-	b.Run("group", func(b *testing.B) { benchAllocate(b, 8, 8, 4, 16) })
+	b.Run("dm", func(b *testing.B) { benchAllocate(b, 1, 1, 2, 2, false) })
+	b.Run("group", func(b *testing.B) { benchAllocate(b, 8, 8, 4, 16, false) })
+	b.Run("dm+claim", func(b *testing.B) { benchAllocate(b, 1, 1, 2, 2, true) })
+	b.Run("group+claim", func(b *testing.B) { benchAllocate(b, 8, 8, 4, 16, true) })
 }
 
-func benchAllocate(b *testing.B, nChans, perChan, members, nUsers int) {
+func benchAllocate(b *testing.B, nChans, perChan, members, nUsers int, claim bool) {
 	addr := redisAddr(b)
 	c := newClient(b, addr)
 	a := newAlloc(b, c, testPrefix(b, addr), seqredis.Config{})
@@ -754,9 +759,22 @@ func benchAllocate(b *testing.B, nChans, perChan, members, nUsers int) {
 	} else if err := a.Commit(ctx, al); err != nil {
 		b.Fatal(err)
 	}
+	sender := sequencetest.Unique("sender")
+	keys := make([]sequence.ClaimKey, msgs)
+	n := 0
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
+		if claim {
+			for i := range keys {
+				n++
+				keys[i] = sequence.ClaimKey{SenderID: sender, ClientMessageID: strconv.Itoa(n)}
+			}
+			c, err := a.Claim(ctx, keys, 10*time.Second)
+			if err != nil || c == nil || len(c.Lost) > 0 {
+				b.Fatalf("claim: %+v, %v", c, err)
+			}
+		}
 		al, err := a.Allocate(ctx, time.Now(), channels, users)
 		if err != nil {
 			b.Fatal(err)
