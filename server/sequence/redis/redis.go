@@ -22,9 +22,9 @@
 //     highest seq below which every seq is written or abandoned. Expired
 //     pending entries (a server died between allocation and commit) are
 //     dropped, so the horizon moves past them after PendingTTL.
-//   - Claim: one pipelined round trip per batch with new sends (SET NX PX
-//     per (sender, client_message_id)): only one server at a time stores a
-//     send that reaches several at once.
+//   - Claim: one round trip per batch with new sends (SET NX PX per
+//     (sender, client_message_id), in one cclaim call on one Redis): only
+//     one server at a time stores a send that reaches several at once.
 //
 // Durability: every allocated value is within a bound that is stored in
 // the BoundStore before use, reserved Config.Step seqs ahead (per user) or
