@@ -101,6 +101,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	consistency := fs.String("scylla-consistency", "LOCAL_QUORUM", "consistency level of reads and writes")
 	fs.DurationVar(&c.Scylla.Timeout, "scylla-timeout", 6*time.Second, "client-side timeout of one CQL request")
 	redisAddrs := fs.String("redis", "", "comma-separated Redis addresses (one node, or Redis Cluster seeds); required by store scylla")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "", "prefix of every Redis key of this deployment, so that deployments sharing a Redis stay apart (default \"chatd:<scylla-keyspace>:\")")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 

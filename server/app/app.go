@@ -215,7 +215,7 @@ func New(cfg Config) (*App, error) {
 	var reg discovery.Registry = discovery.Static{Self: self, LoadFunc: load}
 	if eng.redis != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: eng.redis, Self: self, Load: load, Logger: cfg.Logger})
+		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: eng.redis, Prefix: cfg.RedisPrefix, Self: self, Load: load, Logger: cfg.Logger})
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("discovery: %w", err)

@@ -61,6 +61,7 @@ func (a *App) newEngines(ctx context.Context, handler router.Handler) (*engines,
 	}
 	alloc, err := seqredis.New(pctx, seqredis.Config{
 		Client: rc,
+		Prefix: cfg.RedisPrefix + "seq:",
 		Bounds: seqredis.NewCQLBounds(sc.Session()),
 		Floor:  sc,
 		Logger: cfg.Logger,
@@ -71,6 +72,7 @@ func (a *App) newEngines(ctx context.Context, handler router.Handler) (*engines,
 	e.allocator = alloc
 	r, err := redisrouter.New(pctx, redisrouter.Config{
 		Client:     rc,
+		Prefix:     cfg.RedisPrefix,
 		ServerID:   cfg.ServerID,
 		Handler:    handler,
 		Logger:     cfg.Logger,
@@ -86,7 +88,7 @@ func (a *App) newEngines(ctx context.Context, handler router.Handler) (*engines,
 		_ = r.Close()
 		return fail(errors.New("presence on Redis Cluster is not supported yet: give --redis a single address"))
 	}
-	pe, err := presenceredis.New(pctx, presenceredis.Config{Client: single, ServerID: cfg.ServerID, Logger: cfg.Logger})
+	pe, err := presenceredis.New(pctx, presenceredis.Config{Client: single, Prefix: cfg.RedisPrefix + "presence:", ServerID: cfg.ServerID, Logger: cfg.Logger})
 	if err != nil {
 		_ = r.Close()
 		return fail(fmt.Errorf("presence engine: %w", err))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/chatd/chatd/server/store/scylla"
@@ -38,6 +39,10 @@ type Config struct {
 	// RedisAddrs are the Redis (or Redis Cluster) addresses used in
 	// cluster mode for routing, id allocation and presence.
 	RedisAddrs []string
+	// RedisPrefix starts every Redis key and channel of this deployment, so
+	// that deployments sharing a Redis never see each other's routes, ids
+	// or presence. Default "chatd:<keyspace>:".
+	RedisPrefix string
 	// ServerID names this server in a cluster and in Welcome frames.
 	// Default: the host name and gRPC port.
 	ServerID string
@@ -99,6 +104,13 @@ func (c Config) Defaults() Config {
 	def(&c.HTTPAddr, ":8080")
 	def(&c.DataDir, "./data")
 	def(&c.Store, StorePebble)
+	if c.RedisPrefix == "" {
+		ks := c.Scylla.Keyspace
+		if ks == "" {
+			ks = scylla.DefaultKeyspace
+		}
+		c.RedisPrefix = "chatd:" + ks + ":"
+	}
 	if c.TokenTTL == 0 {
 		c.TokenTTL = 30 * 24 * time.Hour
 	}
@@ -167,6 +179,9 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("unknown store %q (pebble or scylla)", c.Store))
+	}
+	if strings.ContainsAny(c.RedisPrefix, "{}") {
+		errs = append(errs, fmt.Errorf("redis prefix %q must not contain braces (they are Redis Cluster hash tags)", c.RedisPrefix))
 	}
 	if c.FrameRate <= 0 || c.FrameBurst < 1 || c.UnaryRate <= 0 || c.UnaryBurst < 1 {
 		errs = append(errs, errors.New("rate limits must be positive"))
