@@ -12,12 +12,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	chatd "github.com/chatd/chatd"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
@@ -39,6 +41,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -81,8 +84,9 @@ type App struct {
 	health   *health.Server
 	registry *prometheus.Registry
 
-	closers        []func() error // cluster clients, closed after the router
-	registryCloser func() error   // cluster: leaves the Discovery list
+	closers        []func() error          // cluster clients, closed after the router
+	redis          goredis.UniversalClient // cluster mode only
+	registryCloser func() error            // cluster: leaves the Discovery list
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -154,7 +158,7 @@ func New(cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.router, a.closers = eng.router, eng.closers
+	a.router, a.closers, a.redis = eng.router, eng.closers, eng.redis
 	h = hub.New(a.router)
 	a.hub = h
 
@@ -296,7 +300,7 @@ func (a *App) newHTTPServer() error {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", http.MaxBytesHandler(gw, maxRecvMsgBytes))
+	mux.Handle("/v1/", http.MaxBytesHandler(validUTF8(gw), maxRecvMsgBytes))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(chatd.OpenAPI)
@@ -309,6 +313,14 @@ func (a *App) newHTTPServer() error {
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			http.Error(w, "not serving", http.StatusServiceUnavailable)
 			return
+		}
+		if a.redis != nil { // cluster mode: sends need Redis (ids, routing)
+			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			defer cancel()
+			if err := a.redis.Ping(ctx).Err(); err != nil {
+				http.Error(w, "redis unavailable", http.StatusServiceUnavailable)
+				return
+			}
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
@@ -425,6 +437,32 @@ func (a *App) closeResources() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validUTF8 answers 400 (gRPC InvalidArgument) to a request whose decoded
+// path or query is not valid UTF-8: proto3 strings must be UTF-8, and the
+// gateway would otherwise fail while encoding the gRPC request (500).
+func validUTF8(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ok := utf8.ValidString(r.URL.Path)
+		if ok && r.URL.RawQuery != "" {
+			q, err := url.ParseQuery(r.URL.RawQuery)
+			ok = err == nil
+			for k, vs := range q {
+				ok = ok && utf8.ValidString(k)
+				for _, v := range vs {
+					ok = ok && utf8.ValidString(v)
+				}
+			}
+		}
+		if !ok {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"code":3,"message":"path or query is not valid UTF-8 (or not a valid query string)","details":[]}` + "\n"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // openStore opens the configured store.

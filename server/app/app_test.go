@@ -273,3 +273,20 @@ func TestRESTConversation(t *testing.T) {
 		t.Fatalf("hide read receipts: %d %v", code, out)
 	}
 }
+
+// Invalid UTF-8 in a REST path or query is a client error (400), like
+// invalid UTF-8 in a JSON body, not a server error.
+func TestRESTInvalidUTF8IsBadRequest(t *testing.T) {
+	a := startApp(t, t.TempDir())
+	cc := dial(t, a.GRPCAddr())
+	u := signUpLogIn(t, cc, "alice", "phone")
+	for _, path := range []string{"/v1/users/abc%ff", "/v1/channels/dm%ff/messages", "/v1/channels?pageToken=%ff", "/v1/presence?userIds=%ff"} {
+		code, out := restCall(t, a.HTTPAddr(), "GET", path, u.token, nil)
+		if code != http.StatusBadRequest || out["code"] != float64(3) {
+			t.Errorf("GET %s: %d %v, want 400 InvalidArgument", path, code, out)
+		}
+	}
+	if code, _ := restCall(t, a.HTTPAddr(), "GET", "/v1/users/alice", u.token, nil); code != 200 {
+		t.Fatalf("a valid path after the bad ones: %d", code)
+	}
+}

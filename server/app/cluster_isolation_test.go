@@ -1,6 +1,10 @@
 package app_test
 
 import (
+	"context"
+	"net/http"
+
+	goredis "github.com/redis/go-redis/v9"
 	"testing"
 	"time"
 
@@ -54,5 +58,29 @@ func TestCluster_DeploymentsSharingRedisStayApart(t *testing.T) {
 	}
 	if h := openStream(t, bobB).welcome.GetHeadSeq(); h != 0 {
 		t.Fatalf("deployment B's bob has an inbox head of %d", h)
+	}
+}
+
+// TestCluster_ReadyzFollowsRedis: in cluster mode a server without Redis
+// cannot sequence messages, so /readyz says 503 and a load balancer sends
+// clients elsewhere.
+func TestCluster_ReadyzFollowsRedis(t *testing.T) {
+	c := newCluster(t, []string{"s1"})
+	ready := func() int {
+		resp, err := http.Get("http://" + c.servers["s1"].http + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := ready(); code != http.StatusOK {
+		t.Fatalf("/readyz with Redis up: %d", code)
+	}
+	rc := goredis.NewClient(&goredis.Options{Addr: c.redis})
+	defer rc.Close()
+	_ = rc.ShutdownNoSave(context.Background()).Err() // the connection drops: an error is expected
+	if code := ready(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz with Redis down: %d, want 503", code)
 	}
 }
