@@ -70,7 +70,7 @@ ServerFrame object holding "delivery", "typing", "receipt" or "unread".`,
 		setup:  setupGroupCreate,
 	},
 	{
-		name: "group add", args: "GROUP USER [--admin]", summary: "add a user to a group (owners and admins)",
+		name: "group add", args: "GROUP USER [--admin|--member]", summary: "add a user to a group (owners and admins)",
 		setup: setupGroupAdd,
 	},
 	{
@@ -916,14 +916,21 @@ func setupGroupCreate(fs *flag.FlagSet) func(context.Context, *env, []string) er
 }
 
 func setupGroupAdd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	admin := fs.Bool("admin", false, "add the user as an admin")
+	admin := fs.Bool("admin", false, "add the user as an admin (or make a member an admin)")
+	member := fs.Bool("member", false, "make an admin a plain member again")
 	return func(ctx context.Context, e *env, args []string) error {
 		if err := wantArgs(args, 2, "GROUP USER"); err != nil {
 			return err
 		}
-		role := chatv1.MemberRole_MEMBER_ROLE_MEMBER
-		if *admin {
+		// Without a flag the role of an existing member is left as it is.
+		role := chatv1.MemberRole_MEMBER_ROLE_UNSPECIFIED
+		switch {
+		case *admin && *member:
+			return usagef("--admin and --member exclude each other")
+		case *admin:
 			role = chatv1.MemberRole_MEMBER_ROLE_ADMIN
+		case *member:
+			role = chatv1.MemberRole_MEMBER_ROLE_MEMBER
 		}
 		c, err := e.dial(true)
 		if err != nil {

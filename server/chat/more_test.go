@@ -1,8 +1,12 @@
 package chat
 
 import (
+	"errors"
+
 	"context"
 	"fmt"
+	"github.com/chatd/chatd/server/store"
+	"google.golang.org/grpc/status"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -335,5 +339,34 @@ func TestRestart(t *testing.T) {
 	all, _ := b.syncAll(3, 100)
 	if len(all) != 3 || all[2].GetInboxSeq() != 6 || all[2].GetMessage().GetText() != "after" {
 		t.Fatalf("sync after restart: %v", all)
+	}
+}
+
+// The owner cannot leave a group in which nobody else could then add or
+// remove members; once another member is an admin, the owner may leave.
+// Adding an existing admin again without a role keeps them an admin.
+func TestOwnerLeavesOnlyWithAnAdmin(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob", "carol")
+	g := e.group("alice", "bob", "carol")
+	leave := &chatv1.RemoveMemberRequest{ChannelId: g, UserId: "alice"}
+	if _, err := e.client.RemoveMember(e.ctx("alice", "setup"), leave); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("owner leaving without an admin: %v, want FailedPrecondition", err)
+	}
+	if _, err := e.client.AddMember(e.ctx("alice", "setup"), &chatv1.AddMemberRequest{ChannelId: g, UserId: "bob", Role: chatv1.MemberRole_MEMBER_ROLE_ADMIN}); err != nil {
+		t.Fatal(err)
+	}
+	// Re-adding bob without a role leaves him an admin.
+	if _, err := e.client.AddMember(e.ctx("alice", "setup"), &chatv1.AddMemberRequest{ChannelId: g, UserId: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := e.st.GetMember(context.Background(), g, "bob"); err != nil || m.Role != store.RoleAdmin {
+		t.Fatalf("bob after a role-less re-add: %+v %v", m, err)
+	}
+	if _, err := e.client.RemoveMember(e.ctx("alice", "setup"), leave); err != nil {
+		t.Fatalf("owner leaving with an admin: %v", err)
+	}
+	if _, err := e.st.GetMember(context.Background(), g, "alice"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("alice still a member: %v", err)
 	}
 }

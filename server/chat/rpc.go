@@ -31,6 +31,7 @@ var (
 	errDirectMembers = status.Error(codes.FailedPrecondition, "the members of a direct channel cannot change")
 	errNotAdmin      = status.Error(codes.PermissionDenied, "only the group's owner and admins may do this")
 	errRemoveOwner   = status.Error(codes.PermissionDenied, "only the owner may remove the owner")
+	errOwnerLeaves   = status.Error(codes.FailedPrecondition, "the owner cannot leave while no other member is an admin: make someone an admin first")
 	errMemberMissing = status.Error(codes.NotFound, "user is not a member of the channel")
 	errRole          = status.Error(codes.InvalidArgument, "role must be MEMBER or ADMIN")
 	errPageSize      = func(max int) error {
@@ -202,6 +203,26 @@ func (s *Service) RemoveMember(ctx context.Context, req *chatv1.RemoveMemberRequ
 	uid, err := s.canonical(req.GetUserId())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, "invalid user_id")
+	}
+	if uid == p.UserID && me.Role == store.RoleOwner {
+		// The owner may leave only if someone else can still run the group.
+		ms, err := s.st.ListMembers(ctx, ch.ID)
+		if err != nil {
+			return nil, s.storeErr(ctx, "RemoveMember.ListMembers", err)
+		}
+		others, admins := 0, 0
+		for _, m := range ms {
+			if m.UserID == uid {
+				continue
+			}
+			others++
+			if m.Role == store.RoleOwner || m.Role == store.RoleAdmin {
+				admins++
+			}
+		}
+		if others > 0 && admins == 0 {
+			return nil, errOwnerLeaves
+		}
 	}
 	if uid != p.UserID {
 		if me.Role != store.RoleOwner && me.Role != store.RoleAdmin {

@@ -2208,7 +2208,8 @@ type AddMemberRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	ChannelId string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
 	UserId    string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	// role: MEMBER (default) or ADMIN.
+	// role: MEMBER or ADMIN. Unset: MEMBER for a new member; an existing
+	// member keeps their role.
 	Role          MemberRole `protobuf:"varint,3,opt,name=role,proto3,enum=chat.v1.MemberRole" json:"role,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

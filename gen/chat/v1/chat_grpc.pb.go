@@ -62,7 +62,8 @@ type ChatServiceClient interface {
 	// Errors: PermissionDenied, NotFound, FailedPrecondition (group full).
 	AddMember(ctx context.Context, in *AddMemberRequest, opts ...grpc.CallOption) (*AddMemberResponse, error)
 	// RemoveMember removes a user from a group (admins; anyone may remove
-	// themselves). Errors: PermissionDenied, NotFound.
+	// themselves). Errors: PermissionDenied, NotFound, FailedPrecondition
+	// (the owner leaving while no other member is an admin).
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 	// ListChannels returns the caller's channels, most recently active first.
 	ListChannels(ctx context.Context, in *ListChannelsRequest, opts ...grpc.CallOption) (*ListChannelsResponse, error)
@@ -267,7 +268,8 @@ type ChatServiceServer interface {
 	// Errors: PermissionDenied, NotFound, FailedPrecondition (group full).
 	AddMember(context.Context, *AddMemberRequest) (*AddMemberResponse, error)
 	// RemoveMember removes a user from a group (admins; anyone may remove
-	// themselves). Errors: PermissionDenied, NotFound.
+	// themselves). Errors: PermissionDenied, NotFound, FailedPrecondition
+	// (the owner leaving while no other member is an admin).
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	// ListChannels returns the caller's channels, most recently active first.
 	ListChannels(context.Context, *ListChannelsRequest) (*ListChannelsResponse, error)
