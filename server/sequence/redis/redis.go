@@ -43,10 +43,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -877,36 +877,19 @@ func (a *Allocator) Horizon(ctx context.Context, userID string) (uint64, error) 
 // ------------------------------------------------------------ helpers
 
 // parallel runs fn(ctx, i) for i in [0, n) on at most limit goroutines and
-// returns the first error.
+// returns the first error (the other calls then see a canceled ctx and no
+// new ones start).
 func parallel(ctx context.Context, n, limit int, fn func(ctx context.Context, i int) error) error {
 	if n == 1 {
 		return fn(ctx, 0)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		next  atomic.Int64
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	workers := min(n, limit)
-	wg.Add(workers)
-	for range workers {
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					once.Do(func() { first = err; cancel() })
-					return
-				}
-			}
-		}()
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(limit, 1))
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return fn(ctx, i) })
 	}
-	wg.Wait()
-	return first
+	return g.Wait()
 }
