@@ -245,3 +245,12 @@ func TestCase_C005(t *testing.T) {
 		}
 	}
 }
+
+// TestMain removes the binaries built for the run.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
