@@ -2,6 +2,8 @@ package chat
 
 import (
 	"errors"
+	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/router/local"
 
 	"context"
 	"fmt"
@@ -368,5 +370,25 @@ func TestOwnerLeavesOnlyWithAnAdmin(t *testing.T) {
 	}
 	if _, err := e.st.GetMember(context.Background(), g, "alice"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("alice still a member: %v", err)
+	}
+}
+
+// A send queue that overflows while the device is being rate limited is
+// reported as the rate limit, not as a device that does not read.
+func TestOverflowWhileRateLimitedNamesTheRateLimit(t *testing.T) {
+	h := hub.New(local.New(func(router.Event) {}))
+	sess, err := h.Register(context.Background(), "alice", "a1", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &stream{s: &Service{frameRate: 200, burst: 400}, sess: sess}
+	sess.Close(status.New(codes.ResourceExhausted, hub.OverflowMessage))
+	if err := st.endStatus(); !strings.Contains(status.Convert(err).Message(), hub.OverflowMessage) {
+		t.Fatalf("overflow without rate limiting: %v", err)
+	}
+	st.lastLimited.Store(time.Now().UnixNano())
+	err = st.endStatus()
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "frame rate exceeded: at most 200 frames/s") {
+		t.Fatalf("overflow while rate limited: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -75,6 +76,9 @@ type stream struct {
 
 	// pc is the device's presence connection (nil without presence).
 	pc *presence.Conn
+	// lastLimited is when a frame of this stream was last rate limited
+	// (unix ns; 0: never).
+	lastLimited atomic.Int64
 
 	// Reader state (reader goroutine only).
 	key      string        // rate-limit key of the device: user 0x00 device
@@ -171,15 +175,15 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 
 	select {
 	case <-sess.Done():
-		return sess.Status().Err()
+		return st.endStatus()
 	case <-expired:
 		return errHeartbeatTimeout
 	case err := <-writerErr:
 		return err
 	case err := <-readerErr:
 		if err != io.EOF {
-			if sst := sess.Status(); sst != nil {
-				return sst.Err() // e.g. closed by overflow while the reader waited
+			if sess.Status() != nil {
+				return st.endStatus() // e.g. closed by overflow while the reader waited
 			}
 			return err
 		}
@@ -187,6 +191,22 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		clean = err == nil
 		return err
 	}
+}
+
+// endStatus is the error the stream ends with once its session is closed.
+// A send queue that overflowed while the device was being rate limited was
+// filled by the replies to its rejected frames: say so, rather than that
+// the device is not reading.
+func (st *stream) endStatus() error {
+	sst := st.sess.Status()
+	if sst.Code() == codes.ResourceExhausted && sst.Message() == hub.OverflowMessage {
+		if t := st.lastLimited.Load(); t != 0 && time.Since(time.Unix(0, t)) < 2*time.Second {
+			return status.Errorf(codes.ResourceExhausted,
+				"frame rate exceeded: at most %g frames/s (burst %d), and the replies to the rejected frames filled the send queue; slow down and reconnect",
+				st.s.frameRate, st.s.burst)
+		}
+	}
+	return sst.Err()
 }
 
 // finish runs after the client half-closed: it waits for in-flight sends
@@ -602,6 +622,7 @@ func (st *stream) handleFrame(f *chatv1.ClientFrame) error {
 	}
 	id := f.GetFrameId()
 	if !s.frames.AllowAt(st.key, s.now()) {
+		st.lastLimited.Store(time.Now().UnixNano())
 		s.metrics.Frames.WithLabelValues("rate_limited").Inc()
 		return st.replyErr(id, status.Errorf(codes.ResourceExhausted,
 			"frame rate exceeded: at most %g frames/s (burst %d); frame dropped", s.frameRate, s.burst))
