@@ -226,6 +226,20 @@ func (s *Store) get(key []byte, fn func(v []byte) error) error {
 	return fn(v)
 }
 
+// getAs reads key and decodes its value; store.ErrNotFound if absent.
+func getAs[T any](s *Store, key []byte, decode func(v []byte) (T, error)) (T, error) {
+	var out T
+	err := s.get(key, func(v []byte) (err error) {
+		out, err = decode(v)
+		return err
+	})
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return out, nil
+}
+
 func (s *Store) exists(key []byte) (bool, error) {
 	err := s.get(key, func([]byte) error { return nil })
 	if errors.Is(err, store.ErrNotFound) {
@@ -405,15 +419,7 @@ func (s *Store) GetMessage(ctx context.Context, channelID string, messageID uint
 	if err := checkIDs(channelID); err != nil {
 		return nil, err
 	}
-	var m *store.Message
-	err := s.get(keyN(tMessage, channelID, messageID), func(v []byte) (err error) {
-		m, err = decodeMessage(channelID, messageID, v)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return m, nil
+	return getAs(s, keyN(tMessage, channelID, messageID), func(v []byte) (*store.Message, error) { return decodeMessage(channelID, messageID, v) })
 }
 
 // History returns up to limit messages of the channel in ascending
@@ -576,15 +582,7 @@ func (s *Store) LookupDedup(ctx context.Context, senderID, clientMessageID strin
 	if err := checkIDs(senderID, clientMessageID); err != nil {
 		return nil, err
 	}
-	var d *store.Dedup
-	err := s.get(key2(tDedup, senderID, clientMessageID), func(v []byte) (err error) {
-		d, err = decodeDedup(senderID, clientMessageID, v)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return d, nil
+	return getAs(s, key2(tDedup, senderID, clientMessageID), func(v []byte) (*store.Dedup, error) { return decodeDedup(senderID, clientMessageID, v) })
 }
 
 // ---------------------------------------------------------------- Accounts
@@ -619,15 +617,7 @@ func (s *Store) GetUser(ctx context.Context, userID string) (*store.User, error)
 	if err := checkIDs(userID); err != nil {
 		return nil, err
 	}
-	var u *store.User
-	err := s.get(key1(tUser, userID), func(v []byte) (err error) {
-		u, err = decodeUser(userID, v)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return u, nil
+	return getAs(s, key1(tUser, userID), func(v []byte) (*store.User, error) { return decodeUser(userID, v) })
 }
 
 // UpdateDisplayName changes a user's display name; store.ErrNotFound.
@@ -697,15 +687,7 @@ func (s *Store) GetDevice(ctx context.Context, userID, deviceID string) (*store.
 	if err := checkIDs(userID, deviceID); err != nil {
 		return nil, err
 	}
-	var d *store.Device
-	err := s.get(key2(tDevice, userID, deviceID), func(v []byte) (err error) {
-		d, err = decodeDevice(userID, deviceID, v)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return d, nil
+	return getAs(s, key2(tDevice, userID, deviceID), func(v []byte) (*store.Device, error) { return decodeDevice(userID, deviceID, v) })
 }
 
 // scan calls fn with the suffix (after t a 0x00) and value of every key
@@ -908,15 +890,7 @@ func (s *Store) GetChannel(ctx context.Context, channelID string) (*store.Channe
 	if err := checkIDs(channelID); err != nil {
 		return nil, err
 	}
-	var c *store.Channel
-	err := s.get(key1(tChannel, channelID), func(v []byte) (err error) {
-		c, err = decodeChannel(channelID, v)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
+	return getAs(s, key1(tChannel, channelID), func(v []byte) (*store.Channel, error) { return decodeChannel(channelID, v) })
 }
 
 // AddMember adds m, or updates the role of an existing member (keeping its
@@ -1019,15 +993,7 @@ func (s *Store) GetMember(ctx context.Context, channelID, userID string) (*store
 	if err := checkIDs(channelID, userID); err != nil {
 		return nil, err
 	}
-	var m *store.Member
-	err := s.get(key2(tMember, channelID, userID), func(v []byte) (err error) {
-		m, err = decodeMember(channelID, userID, v)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return m, nil
+	return getAs(s, key2(tMember, channelID, userID), func(v []byte) (*store.Member, error) { return decodeMember(channelID, userID, v) })
 }
 
 // ListMembers returns all members in ascending user id (byte) order; empty
