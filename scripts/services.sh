@@ -298,6 +298,14 @@ cassandra_up() {
 	fi
 	until cql_ping 127.0.0.1 "$CQL_PORT"; do
 		if ! pid_alive "$CASS_DIR/cassandra.pid" CassandraDaemon >/dev/null; then
+			# setsid forks when it is already a process-group leader (a
+			# shell with job control, set -m): the JVM is then its child.
+			# Find it by its storage directory and record its pid.
+			if pid=$(pgrep -f -- "-Dcassandra.storagedir=$CASS_DIR " | head -n 1) && [[ -n $pid ]]; then
+				echo "$pid" >"$CASS_DIR/cassandra.pid"
+				sleep 1
+				continue
+			fi
 			tail -n 40 "$CASS_DIR/logs/system.log" >&2 || true
 			die "cassandra exited during startup; log: $CASS_DIR/logs/system.log"
 		fi
