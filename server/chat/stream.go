@@ -62,10 +62,6 @@ type syncOp struct {
 // writer releases the send's in-flight slot.
 type sendReply struct{}
 
-// flushOp asks the writer to signal once everything queued before it is
-// sent.
-type flushOp struct{ done chan struct{} }
-
 // stream is one device's Chat stream.
 type stream struct {
 	s    *Service
@@ -168,29 +164,15 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		head:     head,
 		pc:       pc,
 	}
-	writerErr := make(chan error, 1)
+	// Two goroutines per stream: the reader, and this handler goroutine,
+	// which writes. The reader blocks in Recv, which only returns (for
+	// good) once this handler has returned, so the writer must be the one
+	// that can end the stream.
 	readerErr := make(chan error, 1)
-	go func() { writerErr <- st.writeLoop() }()
 	go func() { readerErr <- st.readLoop() }()
-
-	select {
-	case <-sess.Done():
-		return st.endStatus()
-	case <-expired:
-		return errHeartbeatTimeout
-	case err := <-writerErr:
-		return err
-	case err := <-readerErr:
-		if err != io.EOF {
-			if sess.Status() != nil {
-				return st.endStatus() // e.g. closed by overflow while the reader waited
-			}
-			return err
-		}
-		err = st.finish(writerErr)
-		clean = err == nil
-		return err
-	}
+	err = st.writeLoop(readerErr, expired)
+	clean = err == nil
+	return err
 }
 
 // endStatus is the error the stream ends with once its session is closed.
@@ -207,35 +189,6 @@ func (st *stream) endStatus() error {
 		}
 	}
 	return sst.Err()
-}
-
-// finish runs after the client half-closed: it waits for in-flight sends
-// to be acknowledged and for the writer to send everything queued, then
-// ends the stream OK.
-func (st *stream) finish(writerErr <-chan error) error {
-	for range cap(st.inflight) {
-		select {
-		case st.inflight <- struct{}{}:
-		case <-st.sess.Done():
-			return st.sess.Status().Err()
-		case <-st.ctx.Done():
-			return status.FromContextError(st.ctx.Err()).Err()
-		case err := <-writerErr:
-			return err
-		}
-	}
-	done := make(chan struct{})
-	if err := st.sess.Enqueue(st.ctx, hub.Item{Op: flushOp{done}}); err != nil {
-		return err
-	}
-	select {
-	case <-done:
-		return nil
-	case <-st.sess.Done():
-		return st.sess.Status().Err()
-	case err := <-writerErr:
-		return err
-	}
 }
 
 // validate re-checks the principal; a failure ends the stream.
@@ -266,7 +219,12 @@ func (st *stream) send(f *chatv1.ServerFrame) error {
 	return nil
 }
 
-func (st *stream) writeLoop() error {
+// writeLoop sends the Welcome, catches the device up and then writes
+// every queued item until the stream ends: it returns the status the
+// stream ends with (nil when the client half-closed and everything in
+// flight was acknowledged and written). readerErr delivers the reader's
+// end; expired fires when the device missed its heartbeats.
+func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) error {
 	s := st.s
 	err := st.send(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Welcome{Welcome: &chatv1.Welcome{
 		UserId:              st.p.UserID,
@@ -301,30 +259,56 @@ func (st *stream) writeLoop() error {
 		}
 		st.settle()
 	}
+	// closing: the client half-closed. The stream ends OK once every send
+	// in flight has its reply written (the writer releases a send's slot
+	// after writing its reply) and what was queued by then is sent.
+	closing := false
 	for {
+		if closing && len(st.inflight) == 0 {
+			return st.drain()
+		}
 		select {
 		case <-st.sess.Done():
-			return st.sess.Status().Err()
+			return st.endStatus()
+		case <-expired:
+			return errHeartbeatTimeout
+		case err := <-readerErr:
+			if err != io.EOF {
+				if st.sess.Status() != nil {
+					return st.endStatus() // e.g. closed by overflow while the reader waited
+				}
+				return err
+			}
+			closing, readerErr = true, nil
+		case <-st.ctx.Done():
+			return status.FromContextError(st.ctx.Err()).Err()
 		case <-st.recheckC:
 			st.recheckC = nil
 			if err := st.advance(); err != nil {
 				return err
 			}
 		case <-st.sess.Ready():
-			for {
-				select {
-				case <-st.sess.Done():
-					return st.sess.Status().Err()
-				default:
-				}
-				it, ok := st.sess.Pop()
-				if !ok {
-					break
-				}
-				if err := st.handleItem(it); err != nil {
-					return err
-				}
+			if err := st.drain(); err != nil {
+				return err
 			}
+		}
+	}
+}
+
+// drain writes every item queued now, in order.
+func (st *stream) drain() error {
+	for {
+		select {
+		case <-st.sess.Done():
+			return st.endStatus()
+		default:
+		}
+		it, ok := st.sess.Pop()
+		if !ok {
+			return nil
+		}
+		if err := st.handleItem(it); err != nil {
+			return err
 		}
 	}
 }
@@ -334,9 +318,6 @@ func (st *stream) handleItem(it hub.Item) error {
 	case nil:
 	case syncOp:
 		return st.doSync(op)
-	case flushOp:
-		close(op.done)
-		return nil
 	case sendReply:
 		err := st.send(it.Frame)
 		<-st.inflight
