@@ -201,7 +201,8 @@ func dialOptions(local net.IP) []grpc.DialOption {
 
 // ------------------------------------------------------------------ devices
 
-// device is one simulated device: one connection, one Chat stream.
+// device is one simulated device: one Chat stream, on its own connection
+// or on one it shares (shareConn).
 type device struct {
 	b        *bench
 	idx      int // index in bench.devices
@@ -214,6 +215,7 @@ type device struct {
 	fanout   uint64 // deliveries expected per accepted send
 
 	cc      *grpc.ClientConn
+	shared  bool // cc belongs to another device (shareConn)
 	stream  grpc.BidiStreamingClient[chatv1.ClientFrame, chatv1.ServerFrame]
 	cancel  context.CancelFunc
 	welcome *chatv1.Welcome
@@ -460,14 +462,26 @@ func (d *device) close() {
 	if d.cc == nil {
 		return
 	}
-	if d.stream != nil {
-		d.closing.Store(true)
-		d.cancel()
-		<-d.done
-		d.stream = nil
+	d.closeStream()
+	if !d.shared {
+		_ = d.cc.Close()
 	}
-	_ = d.cc.Close()
 	d.cc = nil
+}
+
+// shareConn makes d open its stream on owner's connection (HTTP/2
+// multiplexing), to the same server and from the same source address.
+// The owner closes the connection.
+func (d *device) shareConn(owner *device) error {
+	if owner.cc == nil {
+		cc, err := grpc.NewClient("passthrough:///"+owner.server, dialOptions(owner.local)...)
+		if err != nil {
+			return err
+		}
+		owner.cc = cc
+	}
+	d.cc, d.shared, d.server, d.local = owner.cc, true, owner.server, owner.local
+	return nil
 }
 
 // closeStream ends the stream but keeps the connection for a later open.

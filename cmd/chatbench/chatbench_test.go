@@ -227,6 +227,29 @@ func TestConnections(t *testing.T) {
 	}
 }
 
+// TestConnectionsMultiplexed: 20 streams, 5 per TCP connection, all
+// open and heartbeating on 4 server-side connections.
+func TestConnectionsMultiplexed(t *testing.T) {
+	e := newEnv(t)
+	r, _, _ := e.run("connections", "--conns", "20", "--streams-per-conn", "5",
+		"--hold", "500ms", "--samples", "1", "--heartbeat", "100ms")
+	checkNoErrors(t, r)
+	c := r.Connections
+	if c == nil || c.Opened != 20 || c.StreamsOpenDelta != 20 {
+		t.Fatalf("connections: %+v", c)
+	}
+	// 4 connections for 20 streams: 0.2 descriptors per stream, where
+	// one connection per stream would be >= 1. The server opens a few
+	// files of its own meanwhile (the store's, the metrics scrape): 4–5
+	// here, hence the margin.
+	if c.FDsPerConn < 0.15 || c.FDsPerConn > 0.7 {
+		t.Errorf("server fds per stream %.2f, want ~0.2 (5 streams per connection)", c.FDsPerConn)
+	}
+	if got := r.Workload["tcp_conns"]; got != float64(4) && got != 4 {
+		t.Errorf("workload tcp_conns = %v, want 4", got)
+	}
+}
+
 func TestSetupAndUsage(t *testing.T) {
 	e := newEnv(t)
 	r, _, _ := e.run("setup", "--users", "3", "--devices", "2")

@@ -6,31 +6,38 @@ import (
 	"time"
 )
 
-// runConnections opens --conns idle Chat streams, each on its own TCP
-// connection (as many devices as needed: --conns / --streams-per-device,
-// --devices per user), keeps them heartbeating for --hold, and reports
-// the server's memory per connection: the difference of the medians of
-// --samples scrapes before opening and after holding, divided by the
-// number opened.
+// runConnections opens --conns idle Chat streams (as many devices as
+// needed: --conns / --streams-per-device, --devices per user), each on its
+// own TCP connection or --streams-per-conn of them multiplexed on one,
+// keeps them heartbeating for --hold, and reports the server's memory per
+// stream: the difference of the medians of --samples scrapes before
+// opening and after holding, divided by the number opened.
 func runConnections(ctx context.Context, b *bench) (*Report, error) {
 	c := b.cfg
 	rep := b.newReport()
 	ndev := (c.conns + c.streamsPerDev - 1) / c.streamsPerDev
 	nusers := (ndev + c.devices - 1) / c.devices
-	rep.Workload = map[string]any{"conns": c.conns, "devices_per_user": c.devices, "streams_per_device": c.streamsPerDev, "users": nusers, "hold": c.hold.String()}
+	ntcp := (c.conns + c.streamsPerConn - 1) / c.streamsPerConn
+	rep.Workload = map[string]any{"conns": c.conns, "devices_per_user": c.devices, "streams_per_device": c.streamsPerDev,
+		"streams_per_conn": c.streamsPerConn, "tcp_conns": ntcp, "users": nusers, "hold": c.hold.String()}
 	toks, err := b.ensureTokens(ctx, nusers, c.devices)
 	if err != nil {
 		return rep, err
 	}
-	ips, err := b.localAddrs(c.conns)
+	ips, err := b.localAddrs(ntcp)
 	if err != nil {
 		return rep, err
 	}
 	devs := make([]*device, c.conns)
 	for i := range devs {
-		di := i / c.streamsPerDev // device token index
-		var ip = ipAt(ips, i)
-		devs[i] = b.newDevice(i, di/c.devices, di%c.devices, toks[di], ip)
+		di := i / c.streamsPerDev  // device token index
+		ci := i / c.streamsPerConn // TCP connection index
+		devs[i] = b.newDevice(i, di/c.devices, di%c.devices, toks[di], ipAt(ips, ci))
+		if i%c.streamsPerConn != 0 {
+			if err := devs[i].shareConn(devs[i-i%c.streamsPerConn]); err != nil {
+				return rep, err
+			}
+		}
 	}
 	b.devices = devs
 

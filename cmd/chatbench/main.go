@@ -153,6 +153,7 @@ type config struct {
 	devices        int
 	conns          int
 	streamsPerDev  int
+	streamsPerConn int
 	hold           time.Duration
 	samples        int
 	duration       time.Duration
@@ -198,7 +199,8 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 	case "connections":
 		fs.IntVar(&c.conns, "conns", 1000, "connections (one Chat stream each) to open")
 		fs.IntVar(&c.devices, "devices", 1, "devices per user")
-		fs.IntVar(&c.streamsPerDev, "streams-per-device", 1, "streams (each on its own connection) per device token; >1 saves log-ins at large --conns")
+		fs.IntVar(&c.streamsPerDev, "streams-per-device", 1, "streams per device token; >1 saves log-ins at large --conns")
+		fs.IntVar(&c.streamsPerConn, "streams-per-conn", 1, "streams multiplexed on one TCP connection (HTTP/2); >1 measures more streams than the open-file limit allows connections (at most chatd's --max-concurrent-streams, 64)")
 		fs.DurationVar(&c.hold, "hold", 20*time.Second, "how long to hold the streams open (heartbeating) before measuring")
 		fs.IntVar(&c.samples, "samples", 5, "metric scrapes (1 s apart) whose median is taken before and after")
 	case "direct", "group":
@@ -265,6 +267,7 @@ func (c *config) validate() error {
 	case "connections":
 		check(c.conns >= 1, "--conns must be >= 1")
 		check(c.devices >= 1 && c.streamsPerDev >= 1, "--devices and --streams-per-device must be >= 1")
+		check(c.streamsPerConn >= 1 && c.streamsPerConn <= 64, "--streams-per-conn must be 1..64 (chatd's --max-concurrent-streams default)")
 		check(c.samples >= 1, "--samples must be >= 1")
 	case "direct":
 		check(c.users >= 2, "--users must be >= 2")
