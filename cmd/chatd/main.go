@@ -128,6 +128,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.IntVar(&c.UnaryBurst, "unary-burst", 100, "burst of unary calls above unary-rate")
 		fs.DurationVar(&c.UnaryTimeout, "unary-timeout", 15*time.Second, "deadline of unary calls")
 		maxStreams = fs.Uint("max-concurrent-streams", 64, "HTTP/2 streams per connection (rapid-reset mitigation)")
+		fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; a listener of its own, off by default: never expose it publicly")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGTERM")
 	}
 	fs.Usage = func() {

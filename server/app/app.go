@@ -91,6 +91,8 @@ type App struct {
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
 	httpServer       *http.Server
+	pprofLis         net.Listener // nil unless Config.PprofAddr
+	pprofServer      *http.Server
 	gatewayConn      *grpc.ClientConn
 
 	serveErr  chan error
@@ -141,6 +143,9 @@ func New(cfg Config) (*App, error) {
 	}
 	if a.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("listen HTTP %s: %w", cfg.HTTPAddr, err)
+	}
+	if err := a.listenPprof(); err != nil {
+		return nil, err
 	}
 	if cfg.ServerID == "" {
 		host, _ := os.Hostname()
@@ -347,6 +352,9 @@ func (a *App) Start() {
 		}
 		a.serveErr <- err
 	}()
+	if a.pprofServer != nil {
+		go func() { _ = a.pprofServer.Serve(a.pprofLis) }() // a profile listener failing does not stop the server
+	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
 }
@@ -402,6 +410,9 @@ func (a *App) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 		defer cancel()
 		_ = a.httpServer.Shutdown(ctx)
+		if a.pprofServer != nil {
+			_ = a.pprofServer.Close()
+		}
 		a.closeErr = a.closeResources()
 		a.log.Info("chatd stopped")
 	})
@@ -431,7 +442,7 @@ func (a *App) closeResources() error {
 	if a.store != nil {
 		errs = append(errs, a.store.Close())
 	}
-	for _, l := range []net.Listener{a.grpcLis, a.httpLis} {
+	for _, l := range []net.Listener{a.grpcLis, a.httpLis, a.pprofLis} {
 		if l != nil {
 			_ = l.Close()
 		}

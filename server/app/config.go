@@ -86,6 +86,9 @@ type Config struct {
 	// MaxConcurrentStreams per HTTP/2 connection (CVE-2023-44487 rapid reset
 	// mitigation). Default 64.
 	MaxConcurrentStreams uint32
+	// PprofAddr, if set, serves net/http/pprof's /debug/pprof/ on a
+	// listener of its own (host:port; bind it to loopback). Default off.
+	PprofAddr string
 	// ShutdownTimeout bounds the graceful stop. Default 10s.
 	ShutdownTimeout time.Duration
 
