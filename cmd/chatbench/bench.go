@@ -507,7 +507,13 @@ func raise(v *atomic.Uint64, x uint64) {
 // each live (catchUp). A device that fails to open is counted as an error
 // and left closed; openAll fails only if none opened or ctx ended.
 func (b *bench) openAll(ctx context.Context, devs []*device, catchUp bool) (opened int, err error) {
-	if err := b.checkFDs(len(devs)); err != nil {
+	conns := 0 // TCP connections: devices that share one (shareConn) count once
+	for _, d := range devs {
+		if !d.shared {
+			conns++
+		}
+	}
+	if err := b.checkFDs(conns); err != nil {
 		return 0, err
 	}
 	start := time.Now()
