@@ -298,3 +298,39 @@ func TestQueueRing(t *testing.T) {
 		t.Fatal("a blocking Enqueue must not close the session")
 	}
 }
+
+// BenchmarkFanout100: one group message fanned out to 100 members, one
+// device each, through the local router into the devices' send queues
+// (what the sequencer does after a group commit). One op = 100 deliveries.
+func BenchmarkFanout100(b *testing.B) {
+	var h *hub.Hub
+	r := local.New(func(ev router.Event) { h.Deliver(ev) })
+	h = hub.New(r)
+	defer r.Close()
+	const members = 100
+	sessions := make([]*hub.Session, members)
+	events := make([]router.Event, members)
+	f := frame(1)
+	for i := range members {
+		s, err := h.Register(context.Background(), fmt.Sprint("m", i), "d", 4096)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sessions[i] = s
+		events[i] = router.Event{UserID: s.UserID(), Frame: f}
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		if err := r.Route(ctx, events); err != nil {
+			b.Fatal(err)
+		}
+		if n++; n%1000 == 0 {
+			for _, s := range sessions {
+				drain(s)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n*members), "ns/delivery")
+}
