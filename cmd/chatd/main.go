@@ -121,6 +121,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 25*time.Second, "heartbeat interval clients are told to use")
 		fs.DurationVar(&c.PresenceGrace, "presence-grace", 60*time.Second, "a device counts as online this long after its last heartbeat or frame; a stream silent that long is closed (must exceed --heartbeat-interval)")
 		fs.DurationVar(&c.EditWindow, "edit-window", 48*time.Hour, "how long after sending its author may edit a message")
+		fs.IntVar(&c.MaxStreamsPerDevice, "max-streams-per-device", 4, "Chat streams one device may hold on this server; one more closes its oldest (ResourceExhausted)")
 		fs.IntVar(&c.SendQueue, "send-queue", 1024, "per-stream send queue in frames; a device that overflows it is disconnected (ResourceExhausted) and recovers by sync")
 		fs.Float64Var(&c.FrameRate, "frame-rate", 200, "frames per second a device may send on its Chat stream")
 		fs.IntVar(&c.FrameBurst, "frame-burst", 400, "burst of frames a device may send above frame-rate")

@@ -164,7 +164,7 @@ func New(cfg Config) (*App, error) {
 		return nil, err
 	}
 	a.router, a.closers, a.redis = eng.router, eng.closers, eng.redis
-	h = hub.New(a.router)
+	h = hub.New(a.router, hub.WithMaxStreamsPerDevice(cfg.MaxStreamsPerDevice), hub.WithLogger(cfg.Logger))
 	a.hub = h
 
 	a.presence, err = presence.NewTracker(presence.TrackerConfig{
@@ -356,7 +356,7 @@ func (a *App) Start() {
 		go func() { _ = a.pprofServer.Serve(a.pprofLis) }() // a profile listener failing does not stop the server
 	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
+	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "pprof", a.PprofAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
 }
 
 // Run starts the server and blocks until ctx is done (then shuts down

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/store/scylla"
 )
 
@@ -72,6 +73,9 @@ type Config struct {
 	// Default 1024. A device whose queue overflows is disconnected with
 	// ResourceExhausted and recovers by sync.
 	SendQueue int
+	// MaxStreamsPerDevice bounds the Chat streams one device holds on this
+	// server; one more closes its oldest (ResourceExhausted). Default 4.
+	MaxStreamsPerDevice int
 	// FrameRate and FrameBurst bound the frames per second a device may send
 	// on its stream. Defaults 200 and 400.
 	FrameRate  float64
@@ -126,6 +130,9 @@ func (c Config) Defaults() Config {
 	if c.EditWindow == 0 {
 		c.EditWindow = 48 * time.Hour
 	}
+	if c.MaxStreamsPerDevice == 0 {
+		c.MaxStreamsPerDevice = hub.DefaultMaxStreamsPerDevice
+	}
 	if c.SendQueue == 0 {
 		c.SendQueue = 1024
 	}
@@ -167,6 +174,9 @@ func (c Config) Validate() error {
 	}
 	if c.PresenceGrace <= c.HeartbeatInterval {
 		errs = append(errs, fmt.Errorf("presence grace %s must exceed the heartbeat interval %s", c.PresenceGrace, c.HeartbeatInterval))
+	}
+	if c.MaxStreamsPerDevice < 1 {
+		errs = append(errs, fmt.Errorf("max streams per device %d is under 1", c.MaxStreamsPerDevice))
 	}
 	if c.SendQueue < 16 {
 		errs = append(errs, fmt.Errorf("send queue %d is under 16 frames", c.SendQueue))

@@ -392,3 +392,31 @@ func TestOverflowWhileRateLimitedNamesTheRateLimit(t *testing.T) {
 		t.Fatalf("overflow while rate limited: %v", err)
 	}
 }
+
+// TestTooManyStreamsPerDevice: one device token opening stream after
+// stream does not pile them up: past hub.DefaultMaxStreamsPerDevice the
+// oldest ends with ResourceExhausted, the newest works and gets the
+// device's messages.
+func TestTooManyStreamsPerDevice(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	var ds []*dev
+	for range hub.DefaultMaxStreamsPerDevice {
+		ds = append(ds, e.open("alice", "a1"))
+	}
+	newest := e.open("alice", "a1")
+	st := ds[0].ended()
+	if st.Code() != codes.ResourceExhausted || st.Message() != hub.TooManyStreamsMessage {
+		t.Fatalf("oldest stream ended with %v, want ResourceExhausted %q", st, hub.TooManyStreamsMessage)
+	}
+	b := e.open("bob", "b1")
+	b.ackOf(b.sendTo("alice", "m1", "hi"))
+	if got := newest.deliveries(1); got[0].GetMessage().GetText() != "hi" {
+		t.Fatalf("newest stream got %v", got)
+	}
+	for _, d := range ds[1:] {
+		if got := d.deliveries(1); got[0].GetMessage().GetText() != "hi" {
+			t.Fatalf("a stream within the bound got %v", got)
+		}
+	}
+}

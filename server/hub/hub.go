@@ -59,6 +59,27 @@ func WithOnOverflow(f func(userID, deviceID string)) Option {
 	return func(h *Hub) { h.onOverflow = f }
 }
 
+// WithMaxStreamsPerDevice bounds the sessions one device may hold on this
+// server (default DefaultMaxStreamsPerDevice; n < 1 means the default).
+// Registering one more closes the device's oldest session with
+// ResourceExhausted (see TooManyStreamsMessage): a client that reconnects
+// before the server has noticed its old connection is gone keeps working,
+// and one device token cannot pile up streams (~33 KB each).
+func WithMaxStreamsPerDevice(n int) Option {
+	return func(h *Hub) {
+		if n >= 1 {
+			h.maxPerDevice = n
+		}
+	}
+}
+
+// DefaultMaxStreamsPerDevice is the default of WithMaxStreamsPerDevice.
+const DefaultMaxStreamsPerDevice = 4
+
+// TooManyStreamsMessage is the status message of a session closed because
+// its device opened more than the allowed number of streams.
+const TooManyStreamsMessage = "this device opened a newer stream and has too many: the oldest is closed (a device needs one stream)"
+
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option {
 	return func(h *Hub) {
@@ -78,6 +99,8 @@ type Hub struct {
 	shutdown   atomic.Pointer[status.Status]
 	onOverflow func(userID, deviceID string)
 	log        *slog.Logger
+	// maxPerDevice bounds the sessions of one device (WithMaxStreamsPerDevice).
+	maxPerDevice int
 }
 
 type shard struct {
@@ -96,7 +119,7 @@ type entry struct {
 // New returns an empty Hub that attaches users to r. The caller wires
 // h.Deliver as r's Handler.
 func New(r router.Router, opts ...Option) *Hub {
-	h := &Hub{r: r, seed: maphash.MakeSeed(), log: slog.Default()}
+	h := &Hub{r: r, seed: maphash.MakeSeed(), log: slog.Default(), maxPerDevice: DefaultMaxStreamsPerDevice}
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]*entry)
 	}
@@ -306,8 +329,28 @@ func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize i
 		sh.users[userID] = e
 	}
 	e.sessions = append(e.sessions[:len(e.sessions):len(e.sessions)], s)
+	// The device's oldest session beyond the bound (sessions are in
+	// registration order).
+	var evict *Session
+	same := 0
+	for _, o := range e.sessions {
+		if o.deviceID == deviceID && o.Status() == nil {
+			same++
+		}
+	}
+	if same > h.maxPerDevice {
+		for _, o := range e.sessions {
+			if o.deviceID == deviceID && o.Status() == nil {
+				evict = o
+				break
+			}
+		}
+	}
 	sh.mu.Unlock()
 	h.count.Add(1)
+	if evict != nil && evict != s {
+		evict.Close(status.New(codes.ResourceExhausted, TooManyStreamsMessage))
+	}
 
 	if err := h.reconcile(ctx, userID, sh, e); err != nil {
 		h.Unregister(s)

@@ -334,3 +334,58 @@ func BenchmarkFanout100(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n*members), "ns/delivery")
 }
+
+// TestMaxStreamsPerDevice: a device's sessions beyond the bound close
+// the oldest open one (ResourceExhausted); other devices of the user and
+// other users are untouched; a closed session no longer counts.
+func TestMaxStreamsPerDevice(t *testing.T) {
+	h, _ := newHub(t, hub.WithMaxStreamsPerDevice(2))
+	a1 := register(t, h, "alice", "phone", 8)
+	a2 := register(t, h, "alice", "phone", 8)
+	laptop := register(t, h, "alice", "laptop", 8)
+	bob := register(t, h, "bob", "phone", 8)
+	if a1.Status() != nil || a2.Status() != nil {
+		t.Fatal("closed within the bound")
+	}
+	a3 := register(t, h, "alice", "phone", 8)
+	st := a1.Status()
+	if st == nil || st.Code() != codes.ResourceExhausted || st.Message() != hub.TooManyStreamsMessage {
+		t.Fatalf("oldest session of the device: status %v, want ResourceExhausted %q", st, hub.TooManyStreamsMessage)
+	}
+	for name, s := range map[string]*hub.Session{"second": a2, "newest": a3, "other device": laptop, "other user": bob} {
+		if s.Status() != nil {
+			t.Errorf("%s session closed: %v", name, s.Status())
+		}
+	}
+	// a1 is closed but not yet unregistered: it must not count, so a
+	// fourth session evicts exactly one more (a2), not a3.
+	a4 := register(t, h, "alice", "phone", 8)
+	if a2.Status() == nil || a3.Status() != nil || a4.Status() != nil {
+		t.Fatalf("after a fourth: a2 %v, a3 %v, a4 %v; want only a2 closed", a2.Status(), a3.Status(), a4.Status())
+	}
+	// Deliveries still reach the open sessions of the device.
+	h.Deliver(router.Event{UserID: "alice", Frame: frame(7)})
+	for name, s := range map[string]*hub.Session{"a3": a3, "a4": a4, "laptop": laptop} {
+		if got := drain(s); len(got) != 1 || got[0] != 7 {
+			t.Errorf("%s got %v, want [7]", name, got)
+		}
+	}
+}
+
+// TestMaxStreamsPerDeviceDefault: without the option the bound is
+// DefaultMaxStreamsPerDevice.
+func TestMaxStreamsPerDeviceDefault(t *testing.T) {
+	h, _ := newHub(t)
+	var ss []*hub.Session
+	for range hub.DefaultMaxStreamsPerDevice + 1 {
+		ss = append(ss, register(t, h, "alice", "phone", 8))
+	}
+	if ss[0].Status() == nil {
+		t.Fatal("the oldest session survived one over the default bound")
+	}
+	for _, s := range ss[1:] {
+		if s.Status() != nil {
+			t.Fatalf("a session within the bound closed: %v", s.Status())
+		}
+	}
+}

@@ -48,7 +48,9 @@ type ChatServiceClient interface {
 	// Stream-level status codes: Unauthenticated (token missing, expired or
 	// revoked, also checked on every frame), ResourceExhausted (the device did
 	// not read fast enough and its bounded send queue overflowed: reconnect and
-	// sync), Unavailable (the server is shutting down: reconnect).
+	// sync; or the same device opened more streams than the server allows, 4
+	// by default, and this was its oldest: do not reconnect it), Unavailable
+	// (the server is shutting down: reconnect).
 	//
 	// Frames are named for what they are rather than ChatRequest/ChatResponse.
 	// buf:lint:ignore RPC_REQUEST_STANDARD_NAME
@@ -254,7 +256,9 @@ type ChatServiceServer interface {
 	// Stream-level status codes: Unauthenticated (token missing, expired or
 	// revoked, also checked on every frame), ResourceExhausted (the device did
 	// not read fast enough and its bounded send queue overflowed: reconnect and
-	// sync), Unavailable (the server is shutting down: reconnect).
+	// sync; or the same device opened more streams than the server allows, 4
+	// by default, and this was its oldest: do not reconnect it), Unavailable
+	// (the server is shutting down: reconnect).
 	//
 	// Frames are named for what they are rather than ChatRequest/ChatResponse.
 	// buf:lint:ignore RPC_REQUEST_STANDARD_NAME
