@@ -20,7 +20,7 @@ const malformedField protowire.Number = protowire.MaxValidNumber
 
 // Reasons recorded in the marker.
 const (
-	malformedUTF8  = "malformed frame: text is not valid UTF-8 (string fields must be UTF-8)"
+	malformedUTF8  = "malformed frame: a string field (text, to_user, channel_id, client_message_id, ...) is not valid UTF-8"
 	malformedOther = "malformed frame: cannot be parsed as a chat.v1.ClientFrame"
 )
 
