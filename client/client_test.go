@@ -524,3 +524,27 @@ func TestSlowConsumerIsDisconnectedAndRecoversBySync(t *testing.T) {
 		t.Fatalf("SyncAll after reconnect = %d, %v; want %d", last, err, n)
 	}
 }
+
+// TestSendInvalidUTF8: a field that is not valid UTF-8 is refused before
+// it reaches the stream (InvalidArgument naming the field), and the
+// session keeps working.
+func TestSendInvalidUTF8(t *testing.T) {
+	a := startServer(t, app.Config{})
+	ctx := testContext(t)
+	alice := newUser(t, ctx, a.GRPCAddr(), "alice")
+	newUser(t, ctx, a.GRPCAddr(), "bob")
+	as := connect(t, ctx, alice)
+	for _, p := range []client.SendParams{
+		{ToUser: "bob", Text: "bad\xffutf8"},
+		{ToUser: "b\xffob", Text: "hi"},
+		{ToUser: "bob", Text: "hi", ClientMessageID: "\xfe"},
+	} {
+		_, err := as.Send(ctx, p)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "not valid UTF-8") {
+			t.Fatalf("Send(%q) = %v, want InvalidArgument naming invalid UTF-8", p, err)
+		}
+	}
+	if _, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "still fine"}); err != nil {
+		t.Fatalf("send after the refused ones: %v", err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"google.golang.org/grpc"
@@ -436,8 +437,12 @@ func (p *PendingSend) Wait(ctx context.Context) (*chatv1.SendAck, error) {
 // so that many messages can be pipelined on the stream. ctx bounds only the
 // queuing (it blocks when WithMaxInFlight frames already await replies).
 // Errors: InvalidArgument when not exactly one of ToUser and ChannelID is
-// set, the session's end error, or ctx's error.
+// set or a field is not valid UTF-8 (protobuf strings must be; the frame
+// could not even be encoded), the session's end error, or ctx's error.
 func (s *Session) SendAsync(ctx context.Context, p SendParams) (*PendingSend, error) {
+	if err := checkUTF8("ToUser", p.ToUser, "ChannelID", p.ChannelID, "Text", p.Text, "ClientMessageID", p.ClientMessageID); err != nil {
+		return nil, err
+	}
 	msg := &chatv1.SendMessage{ClientMessageId: p.ClientMessageID, Text: p.Text}
 	switch {
 	case p.ToUser != "" && p.ChannelID != "":
@@ -979,4 +984,15 @@ func (r *recentMessages) seen(m *chatv1.Message) bool {
 	r.next = (r.next + 1) % recentCap
 	r.set[k] = struct{}{}
 	return false
+}
+
+// checkUTF8 takes (name, value) pairs and returns InvalidArgument naming the
+// first value that is not valid UTF-8.
+func checkUTF8(pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if !utf8.ValidString(pairs[i+1]) {
+			return status.Errorf(codes.InvalidArgument, "client: %s is not valid UTF-8", pairs[i])
+		}
+	}
+	return nil
 }
