@@ -26,6 +26,12 @@ lint: $(BUF) ## buf lint, gofmt check and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
+fmt: ## gofmt -w the Go sources (gen/ excluded)
+	gofmt -w $$(git ls-files '*.go' | grep -v '^gen/')
+
+vet: ## go vet ./...
+	$(GO) vet ./...
+
 breaking: $(BUF) ## buf breaking against main
 	$(BUF) breaking --against '.git#branch=main'
 
