@@ -197,7 +197,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		fs.IntVar(&c.users, "users", 100, "users to create")
 		fs.IntVar(&c.devices, "devices", 1, "devices (log-ins) per user")
 	case "connections":
-		fs.IntVar(&c.conns, "conns", 1000, "connections (one Chat stream each) to open")
+		fs.IntVar(&c.conns, "conns", 1000, "Chat streams to open, each on its own TCP connection unless --streams-per-conn")
 		fs.IntVar(&c.devices, "devices", 1, "devices per user")
 		fs.IntVar(&c.streamsPerDev, "streams-per-device", 1, "streams per device token; >1 saves log-ins at large --conns")
 		fs.IntVar(&c.streamsPerConn, "streams-per-conn", 1, "streams multiplexed on one TCP connection (HTTP/2); >1 measures more streams than the open-file limit allows connections (at most chatd's --max-concurrent-streams, 64)")

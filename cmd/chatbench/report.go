@@ -96,6 +96,10 @@ type ConnFigures struct {
 	KernelSlabPerSocket float64 `json:"kernel_slab_bytes_per_socket"`
 }
 
+// minConnsForMemory is the fewest streams whose memory per stream the
+// report presents without a warning.
+const minConnsForMemory = 1000
+
 // SyncFigures is the sync run's result.
 type SyncFigures struct {
 	Devices        int         `json:"devices"`
@@ -253,6 +257,9 @@ func printTable(r *Report, w io.Writer) {
 	}
 	if c := r.Connections; c != nil {
 		row("connections", "%d opened, server streams_open +%.0f", c.Opened, c.StreamsOpenDelta)
+		if c.Opened < minConnsForMemory {
+			row("note", "under %d streams the per-stream memory below is noise (the heap moves by more than they cost): use --conns 10000", minConnsForMemory)
+		}
 		row("server per conn", "heap %.0f B + stack %.0f B = %.0f B; RSS %.0f B; %.2f goroutines, %.2f fds", c.HeapPerConn, c.StackPerConn, c.HeapStackPerConn, c.RSSPerConn, c.GoroutinesPer, c.FDsPerConn)
 		if c.ProcRSSPerConn != 0 {
 			row("server VmRSS per conn", "%.0f B", c.ProcRSSPerConn)
