@@ -117,6 +117,7 @@ func Dial(addr string, opts ...Option) (*Client, error) {
 			Timeout: keepaliveTimeout,
 		}),
 		grpc.WithUserAgent("chatd-go-client"),
+		grpc.WithChainUnaryInterceptor(utf8UnaryInterceptor),
 	}
 	gopts = append(gopts, o.grpcOpts...)
 	conn, err := grpc.NewClient(addr, gopts...)

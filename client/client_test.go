@@ -544,7 +544,29 @@ func TestSendInvalidUTF8(t *testing.T) {
 			t.Fatalf("Send(%q) = %v, want InvalidArgument naming invalid UTF-8", p, err)
 		}
 	}
-	if _, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "still fine"}); err != nil {
+	ack, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "still fine"})
+	if err != nil {
 		t.Fatalf("send after the refused ones: %v", err)
+	}
+	// Every other frame and unary call: the field is named, the session
+	// stays up.
+	want := func(what, field string, err error) {
+		t.Helper()
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), field+" is not valid UTF-8") {
+			t.Fatalf("%s = %v, want InvalidArgument naming %s", what, err, field)
+		}
+	}
+	_, err = as.Edit(ctx, client.EditParams{ChannelID: ack.GetChannelId(), MessageID: ack.GetMessageId(), Text: "e\xff"})
+	want("Edit", "chat.v1.EditMessage.text", err)
+	_, err = as.MarkRead(ctx, "dm:\xff", 1)
+	want("MarkRead", "channel_id", err)
+	want("Typing", "chat.v1.Typing.channel_id", as.Typing(ctx, "dm:\xff"))
+	_, err = alice.Chat().CreateGroup(ctx, &chatv1.CreateGroupRequest{Name: "g\xff"})
+	want("CreateGroup", "chat.v1.CreateGroupRequest.name", err)
+	if as.Err() != nil {
+		t.Fatalf("session ended: %v", as.Err())
+	}
+	if _, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "and still fine"}); err != nil {
+		t.Fatalf("send after the refused frames: %v", err)
 	}
 }

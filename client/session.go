@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"google.golang.org/grpc"
@@ -308,7 +307,9 @@ func (s *Session) Done() <-chan struct{} { return s.done }
 // ended: ErrClosed after Close; io.EOF if the server ended the stream with
 // an OK status; otherwise the stream's gRPC status error, notably
 // Unauthenticated (token expired or revoked, or the device logged out: log
-// in again), ResourceExhausted (slow consumer: reconnect and sync) and
+// in again), ResourceExhausted (slow consumer: reconnect and sync; or,
+// with the message hub.TooManyStreamsMessage, the same device opened a
+// newer stream and this, its oldest, was closed: do not reconnect it) and
 // Unavailable (server shutting down or connection lost: reconnect).
 func (s *Session) Err() error {
 	s.mu.Lock()
@@ -440,9 +441,6 @@ func (p *PendingSend) Wait(ctx context.Context) (*chatv1.SendAck, error) {
 // set or a field is not valid UTF-8 (protobuf strings must be; the frame
 // could not even be encoded), the session's end error, or ctx's error.
 func (s *Session) SendAsync(ctx context.Context, p SendParams) (*PendingSend, error) {
-	if err := checkUTF8("ToUser", p.ToUser, "ChannelID", p.ChannelID, "Text", p.Text, "ClientMessageID", p.ClientMessageID); err != nil {
-		return nil, err
-	}
 	msg := &chatv1.SendMessage{ClientMessageId: p.ClientMessageID, Text: p.Text}
 	switch {
 	case p.ToUser != "" && p.ChannelID != "":
@@ -648,6 +646,11 @@ func (s *Session) roundTrip(ctx context.Context, f *chatv1.ClientFrame) (*chatv1
 // wantReply it registers a call that the reader completes with the reply.
 func (s *Session) enqueue(ctx context.Context, f *chatv1.ClientFrame, wantReply bool) (*call, error) {
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// A frame that cannot be encoded would end the whole stream when the
+	// writer sends it: refuse it here, alone.
+	if err := checkUTF8(f); err != nil {
 		return nil, err
 	}
 	select {
@@ -984,15 +987,4 @@ func (r *recentMessages) seen(m *chatv1.Message) bool {
 	r.next = (r.next + 1) % recentCap
 	r.set[k] = struct{}{}
 	return false
-}
-
-// checkUTF8 takes (name, value) pairs and returns InvalidArgument naming the
-// first value that is not valid UTF-8.
-func checkUTF8(pairs ...string) error {
-	for i := 0; i+1 < len(pairs); i += 2 {
-		if !utf8.ValidString(pairs[i+1]) {
-			return status.Errorf(codes.InvalidArgument, "client: %s is not valid UTF-8", pairs[i])
-		}
-	}
-	return nil
 }
