@@ -13,55 +13,22 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/chatd/chatd/server/sequence"
+	"github.com/chatd/chatd/server/sequence/sequencetest"
 	"github.com/chatd/chatd/server/store"
-	"github.com/chatd/chatd/server/store/pebble"
 )
 
-func openStore(t testing.TB, dir string) *pebble.Store {
-	t.Helper()
-	st, err := pebble.Open(dir, pebble.WithLogger(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
-// recorder collects published batches.
-type recorder struct {
-	mu      sync.Mutex
-	batches [][]sequence.Committed
-	msgs    int
-}
-
-func (r *recorder) publish(b []sequence.Committed) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.batches = append(r.batches, b)
-	r.msgs += len(b)
-}
-
-func (r *recorder) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.msgs
-}
-
-func req(ch, sender, cmid, text string, recipients ...string) *sequence.Request {
-	return &sequence.Request{ChannelID: ch, SenderID: sender, SenderDeviceID: sender + "-d1", ClientMessageID: cmid, Text: text, Recipients: recipients}
-}
-
 func TestIDsSeqsAndStore(t *testing.T) {
-	st := openStore(t, t.TempDir())
+	st := sequencetest.OpenPebble(t, t.TempDir())
 	defer st.Close()
-	var rec recorder
-	seq := sequence.New(st, rec.publish, sequence.Options{})
+	var rec sequencetest.Recorder
+	seq := sequence.New(st, rec.Publish, sequence.Options{})
 	defer seq.Close()
 	ctx := context.Background()
 
 	before := uint64(time.Now().UnixMilli()) << 16
 	var prev uint64
 	for i := range 20 {
-		r, err := seq.Do(ctx, req("g:1", "alice", fmt.Sprintf("c%d", i), fmt.Sprintf("hello %d", i), "alice", "bob", "carol", "bob"))
+		r, err := seq.Do(ctx, sequencetest.Req("g:1", "alice", fmt.Sprintf("c%d", i), fmt.Sprintf("hello %d", i), "alice", "bob", "carol", "bob"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,11 +58,11 @@ func TestIDsSeqsAndStore(t *testing.T) {
 	if h, _ := seq.Head(ctx, "dave"); h != 0 {
 		t.Fatalf("head of empty inbox = %d", h)
 	}
-	if rec.count() != 20 {
-		t.Fatalf("published %d messages, want 20", rec.count())
+	if rec.Count() != 20 {
+		t.Fatalf("published %d messages, want 20", rec.Count())
 	}
 	// Each committed message carries one inbox entry per distinct recipient.
-	for _, b := range rec.batches {
+	for _, b := range rec.Batches {
 		for _, c := range b {
 			if len(c.Inbox) != 3 {
 				t.Fatalf("committed message has %d inbox entries, want 3 (duplicate recipient ignored)", len(c.Inbox))
@@ -110,16 +77,16 @@ func TestIDsSeqsAndStore(t *testing.T) {
 // TestFIFOAndGroupCommit: many pipelined submissions from one goroutine are
 // committed in submission order, in fewer batches than requests.
 func TestFIFOAndGroupCommit(t *testing.T) {
-	st := openStore(t, t.TempDir())
+	st := sequencetest.OpenPebble(t, t.TempDir())
 	defer st.Close()
-	var rec recorder
-	seq := sequence.New(st, rec.publish, sequence.Options{})
+	var rec sequencetest.Recorder
+	seq := sequence.New(st, rec.Publish, sequence.Options{})
 	const n = 2000
 	results := make([]sequence.Result, n)
 	var wg sync.WaitGroup
 	wg.Add(n)
 	for i := range n {
-		seq.Submit(req("g:fifo", "alice", fmt.Sprintf("m%d", i), fmt.Sprint(i), "alice", "bob"), func(r sequence.Result) {
+		seq.Submit(sequencetest.Req("g:fifo", "alice", fmt.Sprintf("m%d", i), fmt.Sprint(i), "alice", "bob"), func(r sequence.Result) {
 			results[i] = r
 			wg.Done()
 		})
@@ -148,7 +115,7 @@ func TestFIFOAndGroupCommit(t *testing.T) {
 	}
 	// Published in commit order.
 	var last uint64
-	for _, b := range rec.batches {
+	for _, b := range rec.Batches {
 		for _, c := range b {
 			if c.Message.MessageID <= last {
 				t.Fatal("published out of order")
@@ -160,9 +127,9 @@ func TestFIFOAndGroupCommit(t *testing.T) {
 
 func TestDedup(t *testing.T) {
 	dir := t.TempDir()
-	st := openStore(t, dir)
-	var rec recorder
-	seq := sequence.New(st, rec.publish, sequence.Options{})
+	st := sequencetest.OpenPebble(t, dir)
+	var rec sequencetest.Recorder
+	seq := sequence.New(st, rec.Publish, sequence.Options{})
 	ctx := context.Background()
 
 	// Same key submitted several times back to back: the first one is
@@ -172,7 +139,7 @@ func TestDedup(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(n)
 	for i := range n {
-		seq.Submit(req("dm:alice:bob", "alice", "same", fmt.Sprint(i), "alice", "bob"), func(r sequence.Result) {
+		seq.Submit(sequencetest.Req("dm:alice:bob", "alice", "same", fmt.Sprint(i), "alice", "bob"), func(r sequence.Result) {
 			results[i] = r
 			wg.Done()
 		})
@@ -188,29 +155,29 @@ func TestDedup(t *testing.T) {
 		}
 	}
 	// Another sender may use the same client_message_id.
-	r, err := seq.Do(ctx, req("dm:alice:bob", "bob", "same", "from bob", "alice", "bob"))
+	r, err := seq.Do(ctx, sequencetest.Req("dm:alice:bob", "bob", "same", "from bob", "alice", "bob"))
 	if err != nil || r.Duplicate {
 		t.Fatalf("other sender: %+v %v", r, err)
 	}
-	if rec.count() != 2 {
-		t.Fatalf("published %d, want 2", rec.count())
+	if rec.Count() != 2 {
+		t.Fatalf("published %d, want 2", rec.Count())
 	}
 	seq.Close()
 	st.Close()
 
 	// After a restart the dedup comes from the store.
-	st = openStore(t, dir)
+	st = sequencetest.OpenPebble(t, dir)
 	defer st.Close()
-	rec = recorder{}
-	seq = sequence.New(st, rec.publish, sequence.Options{})
+	rec = sequencetest.Recorder{}
+	seq = sequence.New(st, rec.Publish, sequence.Options{})
 	defer seq.Close()
-	r, err = seq.Do(ctx, req("dm:alice:bob", "alice", "same", "again", "alice", "bob"))
+	r, err = seq.Do(ctx, sequencetest.Req("dm:alice:bob", "alice", "same", "again", "alice", "bob"))
 	if err != nil || !r.Duplicate || r.MessageID != results[0].MessageID || !r.CreatedAt.Equal(results[0].CreatedAt) {
 		t.Fatalf("after restart: %+v %v, want duplicate of %+v", r, err, results[0])
 	}
 	ds, _, _ := st.Inbox(ctx, "bob", 0, 100)
-	if len(ds) != 2 || rec.count() != 0 {
-		t.Fatalf("bob has %d entries (want 2), published %d (want 0)", len(ds), rec.count())
+	if len(ds) != 2 || rec.Count() != 0 {
+		t.Fatalf("bob has %d entries (want 2), published %d (want 0)", len(ds), rec.Count())
 	}
 }
 
@@ -220,11 +187,11 @@ func TestRestartNeverGoesBackwards(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
 	future := time.Now().Add(time.Hour)
-	st := openStore(t, dir)
+	st := sequencetest.OpenPebble(t, dir)
 	seq := sequence.New(st, nil, sequence.Options{Now: func() time.Time { return future }})
 	var last uint64
 	for i := range 5 {
-		r, err := seq.Do(ctx, req("g:r", "alice", fmt.Sprint("a", i), "x", "alice"))
+		r, err := seq.Do(ctx, sequencetest.Req("g:r", "alice", fmt.Sprint("a", i), "x", "alice"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,11 +200,11 @@ func TestRestartNeverGoesBackwards(t *testing.T) {
 	seq.Close()
 	st.Close()
 
-	st = openStore(t, dir)
+	st = sequencetest.OpenPebble(t, dir)
 	defer st.Close()
 	seq = sequence.New(st, nil, sequence.Options{}) // real clock: an hour behind
 	defer seq.Close()
-	r, err := seq.Do(ctx, req("g:r", "alice", "b0", "y", "alice"))
+	r, err := seq.Do(ctx, sequencetest.Req("g:r", "alice", "b0", "y", "alice"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,27 +231,27 @@ func (f *failing) AppendBatch(ctx context.Context, b *store.Batch) error {
 }
 
 func TestCommitFailureHidesEverything(t *testing.T) {
-	st := openStore(t, t.TempDir())
+	st := sequencetest.OpenPebble(t, t.TempDir())
 	defer st.Close()
 	f := &failing{Messages: st}
-	var rec recorder
-	seq := sequence.New(f, rec.publish, sequence.Options{})
+	var rec sequencetest.Recorder
+	seq := sequence.New(f, rec.Publish, sequence.Options{})
 	defer seq.Close()
 	ctx := context.Background()
 
-	ok1, err := seq.Do(ctx, req("g:f", "alice", "1", "one", "alice", "bob"))
+	ok1, err := seq.Do(ctx, sequencetest.Req("g:f", "alice", "1", "one", "alice", "bob"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.fail.Store(true)
 	for i := range 3 {
-		_, err := seq.Do(ctx, req("g:f", "alice", fmt.Sprint("bad", i), "lost", "alice", "bob"))
+		_, err := seq.Do(ctx, sequencetest.Req("g:f", "alice", fmt.Sprint("bad", i), "lost", "alice", "bob"))
 		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("failed commit: %v, want Unavailable", err)
 		}
 	}
 	f.fail.Store(false)
-	ok2, err := seq.Do(ctx, req("g:f", "alice", "bad0", "retried", "alice", "bob"))
+	ok2, err := seq.Do(ctx, sequencetest.Req("g:f", "alice", "bad0", "retried", "alice", "bob"))
 	if err != nil || ok2.Duplicate {
 		t.Fatalf("retry after failure: %+v %v (must not be a duplicate: nothing was stored)", ok2, err)
 	}
@@ -295,8 +262,8 @@ func TestCommitFailureHidesEverything(t *testing.T) {
 	if len(ds) != 2 || ds[0].Seq != 1 || ds[1].Seq != 2 || ds[1].Message.Text != "retried" {
 		t.Fatalf("bob's inbox after failure: %+v (want dense seqs 1,2)", ds)
 	}
-	if rec.count() != 2 {
-		t.Fatalf("published %d, want 2 (failed batches are never published)", rec.count())
+	if rec.Count() != 2 {
+		t.Fatalf("published %d, want 2 (failed batches are never published)", rec.Count())
 	}
 	if s := seq.Stats(); s.Failed != 3 {
 		t.Fatalf("stats %+v", s)
@@ -304,7 +271,7 @@ func TestCommitFailureHidesEverything(t *testing.T) {
 }
 
 func TestCloseDrainsAndRejects(t *testing.T) {
-	st := openStore(t, t.TempDir())
+	st := sequencetest.OpenPebble(t, t.TempDir())
 	defer st.Close()
 	seq := sequence.New(st, nil, sequence.Options{QueueSize: 16})
 	var okCount atomic.Int32
@@ -313,7 +280,7 @@ func TestCloseDrainsAndRejects(t *testing.T) {
 	wg.Add(n)
 	go func() {
 		for i := range n {
-			seq.Submit(req("g:c", "alice", fmt.Sprint(i), "x", "alice"), func(r sequence.Result) {
+			seq.Submit(sequencetest.Req("g:c", "alice", fmt.Sprint(i), "x", "alice"), func(r sequence.Result) {
 				if r.Err == nil {
 					okCount.Add(1)
 				} else if !errors.Is(r.Err, sequence.ErrClosed) {
@@ -330,7 +297,7 @@ func TestCloseDrainsAndRejects(t *testing.T) {
 	if err != nil || h != uint64(okCount.Load()) {
 		t.Fatalf("stored %d, acknowledged %d", h, okCount.Load())
 	}
-	_, err = seq.Do(context.Background(), req("g:c", "alice", "late", "x", "alice"))
+	_, err = seq.Do(context.Background(), sequencetest.Req("g:c", "alice", "late", "x", "alice"))
 	if !errors.Is(err, sequence.ErrClosed) {
 		t.Fatalf("after Close: %v", err)
 	}
@@ -338,14 +305,14 @@ func TestCloseDrainsAndRejects(t *testing.T) {
 }
 
 func TestDoContext(t *testing.T) {
-	st := openStore(t, t.TempDir())
+	st := sequencetest.OpenPebble(t, t.TempDir())
 	defer st.Close()
 	seq := sequence.New(st, nil, sequence.Options{})
 	defer seq.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	// A cancelled context fails either when queueing or waiting; never hangs.
-	_, err := seq.Do(ctx, req("g:x", "alice", "1", "x", "alice"))
+	_, err := seq.Do(ctx, sequencetest.Req("g:x", "alice", "1", "x", "alice"))
 	if err != nil && status.Code(err) != codes.Canceled {
 		t.Fatalf("Do with cancelled ctx: %v", err)
 	}
@@ -356,13 +323,13 @@ func TestDoContext(t *testing.T) {
 }
 
 func TestPublishBeforeDone(t *testing.T) {
-	st := openStore(t, t.TempDir())
+	st := sequencetest.OpenPebble(t, t.TempDir())
 	defer st.Close()
 	var published atomic.Int64
 	seq := sequence.New(st, func(b []sequence.Committed) { published.Add(int64(len(b))) }, sequence.Options{})
 	defer seq.Close()
 	for i := range 50 {
-		r, err := seq.Do(context.Background(), req("g:p", "alice", fmt.Sprint(i), "x", "alice"))
+		r, err := seq.Do(context.Background(), sequencetest.Req("g:p", "alice", fmt.Sprint(i), "x", "alice"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -376,7 +343,7 @@ func TestPublishBeforeDone(t *testing.T) {
 // TestCacheLimit: a tiny id cache is dropped and reloaded without breaking
 // monotonic ids or dense seqs.
 func TestCacheLimit(t *testing.T) {
-	st := openStore(t, t.TempDir())
+	st := sequencetest.OpenPebble(t, t.TempDir())
 	defer st.Close()
 	seq := sequence.New(st, nil, sequence.Options{CacheLimit: 2, DedupCache: 2})
 	defer seq.Close()
@@ -384,7 +351,7 @@ func TestCacheLimit(t *testing.T) {
 	last := map[string]uint64{}
 	for i := range 60 {
 		ch := fmt.Sprintf("g:%d", i%5)
-		r, err := seq.Do(ctx, req(ch, "alice", fmt.Sprint(i), "x", "alice", fmt.Sprint("u", i%7)))
+		r, err := seq.Do(ctx, sequencetest.Req(ch, "alice", fmt.Sprint(i), "x", "alice", fmt.Sprint("u", i%7)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -397,7 +364,7 @@ func TestCacheLimit(t *testing.T) {
 		t.Fatalf("alice head %d", h)
 	}
 	// Old dedup keys are still found (in the store).
-	r, err := seq.Do(ctx, req("g:0", "alice", "0", "x", "alice"))
+	r, err := seq.Do(ctx, sequencetest.Req("g:0", "alice", "0", "x", "alice"))
 	if err != nil || !r.Duplicate {
 		t.Fatalf("old key: %+v %v", r, err)
 	}
@@ -406,7 +373,7 @@ func TestCacheLimit(t *testing.T) {
 func BenchmarkAssign(b *testing.B) {
 	// Id assignment and commit of pipelined sends into one channel with 3
 	// recipients (one group commit per drained batch).
-	st := openStore(b, b.TempDir())
+	st := sequencetest.OpenPebble(b, b.TempDir())
 	defer st.Close()
 	seq := sequence.New(st, nil, sequence.Options{})
 	defer seq.Close()
@@ -427,7 +394,7 @@ func BenchmarkAssign(b *testing.B) {
 
 func BenchmarkSubmitParallel(b *testing.B) {
 	// Throughput with many concurrent senders in many channels.
-	st := openStore(b, b.TempDir())
+	st := sequencetest.OpenPebble(b, b.TempDir())
 	defer st.Close()
 	seq := sequence.New(st, nil, sequence.Options{})
 	defer seq.Close()
@@ -459,18 +426,18 @@ func BenchmarkSubmitParallel(b *testing.B) {
 // already in the store is answered on the caller's goroutine, before
 // Submit returns, with the original ack, and stores nothing.
 func TestPrecheckAnswersStoredDuplicate(t *testing.T) {
-	st := openStore(t, t.TempDir())
+	st := sequencetest.OpenPebble(t, t.TempDir())
 	defer st.Close()
-	var rec recorder
-	seq := sequence.New(st, rec.publish, sequence.Options{})
+	var rec sequencetest.Recorder
+	seq := sequence.New(st, rec.Publish, sequence.Options{})
 	defer seq.Close()
-	orig, err := seq.Do(context.Background(), req("g:1", "alice", "x", "hello", "alice", "bob"))
+	orig, err := seq.Do(context.Background(), sequencetest.Req("g:1", "alice", "x", "hello", "alice", "bob"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got sequence.Result
 	called := false
-	seq.Submit(req("g:1", "alice", "x", "hello again", "alice", "bob"), func(r sequence.Result) { got, called = r, true })
+	seq.Submit(sequencetest.Req("g:1", "alice", "x", "hello again", "alice", "bob"), func(r sequence.Result) { got, called = r, true })
 	if !called {
 		t.Fatal("a stored duplicate was queued instead of answered at once")
 	}
@@ -495,7 +462,7 @@ func TestPrecheckRace(t *testing.T) {
 		fillers int
 	}{{"lru", 0, 3}, {"evicted", 2, 8}} {
 		t.Run(c.name, func(t *testing.T) {
-			st := openStore(t, t.TempDir())
+			st := sequencetest.OpenPebble(t, t.TempDir())
 			defer st.Close()
 			gate := make(chan struct{})
 			var once sync.Once
@@ -510,12 +477,12 @@ func TestPrecheckRace(t *testing.T) {
 			defer seq.Close()
 			results := make(chan sequence.Result, 2+c.fillers)
 			done := func(r sequence.Result) { results <- r }
-			seq.Submit(req("g:1", "alice", "blocker", "b", "alice"), func(sequence.Result) {})
-			seq.Submit(req("g:1", "alice", "x", "first", "alice"), done)
+			seq.Submit(sequencetest.Req("g:1", "alice", "blocker", "b", "alice"), func(sequence.Result) {})
+			seq.Submit(sequencetest.Req("g:1", "alice", "x", "first", "alice"), done)
 			for i := range c.fillers {
-				seq.Submit(req("g:1", "alice", fmt.Sprint("f", i), "f", "alice"), func(sequence.Result) {})
+				seq.Submit(sequencetest.Req("g:1", "alice", fmt.Sprint("f", i), "f", "alice"), func(sequence.Result) {})
 			}
-			seq.Submit(req("g:1", "alice", "x", "retry", "alice"), done)
+			seq.Submit(sequencetest.Req("g:1", "alice", "x", "retry", "alice"), done)
 			close(gate)
 			first, retry := <-results, <-results
 			if first.Err != nil || first.Duplicate || retry.Err != nil || !retry.Duplicate || retry.MessageID != first.MessageID {

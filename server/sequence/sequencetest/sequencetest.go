@@ -85,7 +85,8 @@ func (r *Recorder) Count() int {
 	return r.msgs
 }
 
-func req(ch, sender, cmid, text string, recipients ...string) *sequence.Request {
+// Req is a send request from sender's first device ("<sender>-d1").
+func Req(ch, sender, cmid, text string, recipients ...string) *sequence.Request {
 	return &sequence.Request{ChannelID: ch, SenderID: sender, SenderDeviceID: sender + "-d1", ClientMessageID: cmid, Text: text, Recipients: recipients}
 }
 
@@ -145,7 +146,7 @@ func testIDsSeqsAndHead(t *testing.T, h Harness) {
 	before := uint64(time.Now().UnixMilli()) << 16
 	var prev uint64
 	for i := range 20 {
-		r, err := seq.Do(ctx, req(ch, alice, fmt.Sprintf("c%d", i), fmt.Sprintf("hello %d", i), alice, bob, carol, bob))
+		r, err := seq.Do(ctx, Req(ch, alice, fmt.Sprintf("c%d", i), fmt.Sprintf("hello %d", i), alice, bob, carol, bob))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +196,7 @@ func testFIFO(t *testing.T, h Harness) {
 	var wg sync.WaitGroup
 	wg.Add(n)
 	for i := range n {
-		seq.Submit(req(ch, alice, fmt.Sprintf("m%d", i), fmt.Sprint(i), alice, bob), func(r sequence.Result) {
+		seq.Submit(Req(ch, alice, fmt.Sprintf("m%d", i), fmt.Sprint(i), alice, bob), func(r sequence.Result) {
 			results[i] = r
 			wg.Done()
 		})
@@ -248,7 +249,7 @@ func testDedup(t *testing.T, h Harness) {
 	var wg sync.WaitGroup
 	wg.Add(n)
 	for i := range n {
-		seq.Submit(req(ch, alice, "same", fmt.Sprint(i), alice, bob), func(r sequence.Result) {
+		seq.Submit(Req(ch, alice, "same", fmt.Sprint(i), alice, bob), func(r sequence.Result) {
 			results[i] = r
 			wg.Done()
 		})
@@ -271,7 +272,7 @@ func testDedup(t *testing.T, h Harness) {
 	rec = Recorder{}
 	seq = newSeq(t, h, st, rec.Publish, sequence.Options{})
 	defer seq.Close()
-	r, err := seq.Do(ctx, req(ch, alice, "same", "again", alice, bob))
+	r, err := seq.Do(ctx, Req(ch, alice, "same", "again", alice, bob))
 	if err != nil || !r.Duplicate || r.MessageID != results[0].MessageID {
 		t.Fatalf("after restart: %+v %v, want duplicate of %+v", r, err, results[0])
 	}
@@ -291,7 +292,7 @@ func testRestart(t *testing.T, h Harness) {
 	seq := newSeq(t, h, st, nil, sequence.Options{Now: func() time.Time { return future }})
 	var last uint64
 	for i := range 5 {
-		r, err := seq.Do(ctx, req(ch, alice, fmt.Sprint("a", i), "x", alice))
+		r, err := seq.Do(ctx, Req(ch, alice, fmt.Sprint("a", i), "x", alice))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -305,7 +306,7 @@ func testRestart(t *testing.T, h Harness) {
 	defer st.Close()
 	seq = newSeq(t, h, st, nil, sequence.Options{}) // real clock: an hour behind
 	defer seq.Close()
-	r, err := seq.Do(ctx, req(ch, alice, "b0", "y", alice))
+	r, err := seq.Do(ctx, Req(ch, alice, "b0", "y", alice))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,13 +346,13 @@ func testCommitFailure(t *testing.T, h Harness) {
 	alice, bob := Unique("alice"), Unique("bob")
 	ch := Unique("g")
 
-	ok1, err := seq.Do(ctx, req(ch, alice, "1", "one", alice, bob))
+	ok1, err := seq.Do(ctx, Req(ch, alice, "1", "one", alice, bob))
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Fail.Store(true)
 	for i := range 3 {
-		_, err := seq.Do(ctx, req(ch, alice, fmt.Sprint("bad", i), "lost", alice, bob))
+		_, err := seq.Do(ctx, Req(ch, alice, fmt.Sprint("bad", i), "lost", alice, bob))
 		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("failed commit: %v, want Unavailable", err)
 		}
@@ -361,7 +362,7 @@ func testCommitFailure(t *testing.T, h Harness) {
 		t.Fatalf("head after failures %d, %v", hd, err)
 	}
 	f.Fail.Store(false)
-	ok2, err := seq.Do(ctx, req(ch, alice, "bad0", "retried", alice, bob))
+	ok2, err := seq.Do(ctx, Req(ch, alice, "bad0", "retried", alice, bob))
 	if err != nil || ok2.Duplicate {
 		t.Fatalf("retry after failure: %+v %v (must not be a duplicate: nothing was stored)", ok2, err)
 	}
@@ -395,7 +396,7 @@ func testClose(t *testing.T, h Harness) {
 	wg.Add(n)
 	go func() {
 		for i := range n {
-			seq.Submit(req(ch, alice, fmt.Sprint(i), "x", alice), func(r sequence.Result) {
+			seq.Submit(Req(ch, alice, fmt.Sprint(i), "x", alice), func(r sequence.Result) {
 				if r.Err == nil {
 					okCount.Add(1)
 				} else if !errors.Is(r.Err, sequence.ErrClosed) {
@@ -412,7 +413,7 @@ func testClose(t *testing.T, h Harness) {
 	if err != nil || len(ds) != int(okCount.Load()) {
 		t.Fatalf("stored %d, acknowledged %d (%v)", len(ds), okCount.Load(), err)
 	}
-	if _, err := seq.Do(context.Background(), req(ch, alice, "late", "x", alice)); !errors.Is(err, sequence.ErrClosed) {
+	if _, err := seq.Do(context.Background(), Req(ch, alice, "late", "x", alice)); !errors.Is(err, sequence.ErrClosed) {
 		t.Fatalf("after Close: %v", err)
 	}
 }
@@ -426,7 +427,7 @@ func testPublishBeforeDone(t *testing.T, h Harness) {
 	alice := Unique("alice")
 	ch := Unique("g")
 	for i := range 30 {
-		if _, err := seq.Do(context.Background(), req(ch, alice, fmt.Sprint(i), "x", alice)); err != nil {
+		if _, err := seq.Do(context.Background(), Req(ch, alice, fmt.Sprint(i), "x", alice)); err != nil {
 			t.Fatal(err)
 		}
 		if published.Load() < int64(i+1) {
