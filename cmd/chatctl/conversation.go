@@ -78,25 +78,32 @@ func count(n uint32, capped bool) string {
 	return s
 }
 
+// revisionTarget resolves what an edit or delete acts on: the channel of
+// target (a channel id or a username), the message id, and the
+// idempotency key (cmid, or a random one).
+func (e *env) revisionTarget(ctx context.Context, target, messageID, cmid string) (c *client.Client, channelID string, id uint64, key string, err error) {
+	if id, err = parseMessageID(messageID); err != nil {
+		return nil, "", 0, "", err
+	}
+	if key = cmid; key == "" {
+		key = client.NewClientMessageID()
+	}
+	if c, err = e.dial(true); err != nil {
+		return nil, "", 0, "", err
+	}
+	if channelID, err = e.resolveChannel(ctx, c, target); err != nil {
+		return nil, "", 0, "", err
+	}
+	return c, channelID, id, key, nil
+}
+
 func setupEdit(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	cmid := fs.String("client-message-id", "", "idempotency `KEY`, 1..64 bytes (default: random)")
 	return func(ctx context.Context, e *env, args []string) error {
 		if len(args) < 3 {
 			return usagef("want TARGET MESSAGE_ID TEXT, got %d argument(s)", len(args))
 		}
-		id, err := parseMessageID(args[1])
-		if err != nil {
-			return err
-		}
-		key := *cmid
-		if key == "" {
-			key = client.NewClientMessageID()
-		}
-		c, err := e.dial(true)
-		if err != nil {
-			return err
-		}
-		ch, err := e.resolveChannel(ctx, c, args[0])
+		c, ch, id, key, err := e.revisionTarget(ctx, args[0], args[1], *cmid)
 		if err != nil {
 			return err
 		}
@@ -118,19 +125,7 @@ func setupDelete(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		if err := wantArgs(args, 2, "TARGET MESSAGE_ID"); err != nil {
 			return err
 		}
-		id, err := parseMessageID(args[1])
-		if err != nil {
-			return err
-		}
-		key := *cmid
-		if key == "" {
-			key = client.NewClientMessageID()
-		}
-		c, err := e.dial(true)
-		if err != nil {
-			return err
-		}
-		ch, err := e.resolveChannel(ctx, c, args[0])
+		c, ch, id, key, err := e.revisionTarget(ctx, args[0], args[1], *cmid)
 		if err != nil {
 			return err
 		}
