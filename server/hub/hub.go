@@ -329,27 +329,21 @@ func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize i
 		sh.users[userID] = e
 	}
 	e.sessions = append(e.sessions[:len(e.sessions):len(e.sessions)], s)
-	// The device's oldest session beyond the bound (sessions are in
-	// registration order).
-	var evict *Session
-	same := 0
+	// Past the bound, the device's oldest open session goes (sessions are
+	// in registration order, so it is never s: the bound is at least 1).
+	var oldest *Session
+	open := 0
 	for _, o := range e.sessions {
 		if o.deviceID == deviceID && o.Status() == nil {
-			same++
-		}
-	}
-	if same > h.maxPerDevice {
-		for _, o := range e.sessions {
-			if o.deviceID == deviceID && o.Status() == nil {
-				evict = o
-				break
+			if open++; oldest == nil {
+				oldest = o
 			}
 		}
 	}
 	sh.mu.Unlock()
 	h.count.Add(1)
-	if evict != nil && evict != s {
-		evict.Close(status.New(codes.ResourceExhausted, TooManyStreamsMessage))
+	if open > h.maxPerDevice {
+		oldest.Close(status.New(codes.ResourceExhausted, TooManyStreamsMessage))
 	}
 
 	if err := h.reconcile(ctx, userID, sh, e); err != nil {
