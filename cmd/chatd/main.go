@@ -159,14 +159,14 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	}
 	if maxStreams != nil {
 		c.MaxConcurrentStreams = uint32(*maxStreams)
-		// Zero means "the default" in app.Config; on the command line it
-		// is a mistake, not a request for the default.
-		if c.MaxStreamsPerDevice < 1 {
-			return o, fmt.Errorf("--max-streams-per-device must be at least 1, got %d", c.MaxStreamsPerDevice)
-		}
-		if c.SendQueue < 16 {
-			return o, fmt.Errorf("--send-queue must be at least 16 frames, got %d", c.SendQueue)
-		}
+	}
+	// Zero means "the default" in app.Config; on the command line it is a
+	// mistake, not a request for the default.
+	if cmd != "migrate" && c.MaxStreamsPerDevice < 1 {
+		return o, fmt.Errorf("--max-streams-per-device must be at least 1, got %d", c.MaxStreamsPerDevice)
+	}
+	if cmd != "migrate" && c.SendQueue < 16 {
+		return o, fmt.Errorf("--send-queue must be at least 16 frames, got %d", c.SendQueue)
 	}
 	c.Scylla.Hosts = splitList(*scyllaHosts)
 	c.RedisAddrs = splitList(*redisAddrs)

@@ -110,9 +110,9 @@ type parkedDelivery struct {
 // revoked: checked on every frame), ResourceExhausted (the send queue
 // overflowed: the device is not reading; or the device opened more than
 // the hub's per-device bound of streams and this is its oldest),
-// Unavailable (server shutting
-// down, or storage failing) or the client's cancellation; when the client
-// half-closes, in-flight sends are acknowledged and the stream ends OK.
+// Unavailable (server shutting down, or storage failing) or the client's
+// cancellation; when the client half-closes, in-flight sends are
+// acknowledged and the stream ends OK.
 func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 	ctx := gs.Context()
 	p, err := principal(ctx)
