@@ -260,12 +260,8 @@ func (d *device) open(ctx context.Context) error {
 }
 
 func (d *device) openOnce(ctx context.Context) error {
-	if d.cc == nil {
-		cc, err := grpc.NewClient("passthrough:///"+d.server, dialOptions(d.local)...)
-		if err != nil {
-			return err
-		}
-		d.cc = cc
+	if err := d.dial(); err != nil {
+		return err
 	}
 	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+d.tok.Token))
 	tctx, tcancel := context.WithTimeout(ctx, d.b.cfg.connectTimeout)
@@ -473,14 +469,24 @@ func (d *device) close() {
 // multiplexing), to the same server and from the same source address.
 // The owner closes the connection.
 func (d *device) shareConn(owner *device) error {
-	if owner.cc == nil {
-		cc, err := grpc.NewClient("passthrough:///"+owner.server, dialOptions(owner.local)...)
-		if err != nil {
-			return err
-		}
-		owner.cc = cc
+	if err := owner.dial(); err != nil {
+		return err
 	}
 	d.cc, d.shared, d.server, d.local = owner.cc, true, owner.server, owner.local
+	return nil
+}
+
+// dial creates d's connection if it has none (grpc connects lazily, on
+// the first stream).
+func (d *device) dial() error {
+	if d.cc != nil {
+		return nil
+	}
+	cc, err := grpc.NewClient("passthrough:///"+d.server, dialOptions(d.local)...)
+	if err != nil {
+		return err
+	}
+	d.cc = cc
 	return nil
 }
 
