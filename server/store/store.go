@@ -97,11 +97,32 @@ type Dedup struct {
 	ChannelID       string
 	MessageID       uint64
 	CreatedAt       time.Time
+	// Inbox is where the message was placed: one entry per recipient
+	// user, in recipient order. A reader that finds the record can check
+	// that every placement's inbox row exists (InboxEntryAt) and place the
+	// missing ones again; see Batch for why a record may exist before its
+	// rows. Empty for records written before placements were recorded.
+	Inbox []Placement
+}
+
+// Placement is one inbox position of a message: (UserID, Seq).
+type Placement struct {
+	UserID string
+	Seq    uint64
 }
 
 // Batch is a group commit: messages with their inbox entries and dedup
-// records, written atomically and durably (fsync'd or quorum-acked) before
-// AppendBatch returns. Ids are assigned by the caller (the sequencer).
+// records, written durably (fsync'd or quorum-acked) before AppendBatch
+// returns. Ids are assigned by the caller (the sequencer).
+//
+// A store that cannot write a batch atomically (the cluster store) writes
+// it in this order: the dedup records, then the messages, then the inbox
+// entries. So after any partial write, an inbox entry (what makes a
+// message visible to devices) implies its message row, and a message row
+// of a send with a client_message_id implies its dedup record: a message
+// is never visible while its client_message_id is unknown, and a retry of
+// the send always finds the record (and, through Dedup.Inbox, what is
+// missing). See docs/sequencing.md, "One send, stored once".
 type Batch struct {
 	Messages []*Message
 	Inbox    []InboxEntry
@@ -137,8 +158,12 @@ type Messages interface {
 	// rows, only more.
 	Inbox(ctx context.Context, userID string, afterSeq uint64, limit int) (ds []Delivery, more bool, err error)
 	// LookupDedup returns the recorded send for (senderID, clientMessageID),
-	// or ErrNotFound.
+	// with its Inbox placements, or ErrNotFound.
 	LookupDedup(ctx context.Context, senderID, clientMessageID string) (*Dedup, error)
+	// InboxEntryAt returns the user's inbox entry at seq, or ErrNotFound.
+	// One point read, whatever the horizon: it is how a retried send
+	// checks that every placement of its message was written.
+	InboxEntryAt(ctx context.Context, userID string, seq uint64) (*InboxEntry, error)
 }
 
 // User is an account. ID is the canonical username.

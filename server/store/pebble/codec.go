@@ -246,12 +246,18 @@ func decodeRef(b []byte, prevCh string) (channelID string, messageID uint64, err
 	return channelID, messageID, err
 }
 
-// --- dedup: 1 channel_id, 2 message_id, 3 created_at.
+// --- dedup: 1 channel_id, 2 message_id, 3 created_at, then per placement
+// 4 user_id, 5 seq (records written before placements existed have none).
 
 func encodeDedup(b []byte, d *store.Dedup) []byte {
 	b = appendString(b, 1, d.ChannelID)
 	b = appendUint(b, 2, d.MessageID)
-	return appendTime(b, 3, d.CreatedAt)
+	b = appendTime(b, 3, d.CreatedAt)
+	for _, p := range d.Inbox {
+		b = appendString(b, 4, p.UserID)
+		b = appendUint(b, 5, p.Seq)
+	}
+	return b
 }
 
 func decodeDedup(senderID, clientMessageID string, b []byte) (*store.Dedup, error) {
@@ -264,6 +270,12 @@ func decodeDedup(senderID, clientMessageID string, b []byte) (*store.Dedup, erro
 			d.MessageID = v
 		case 3:
 			d.CreatedAt = decodeTime(v)
+		case 4:
+			d.Inbox = append(d.Inbox, store.Placement{UserID: string(p)})
+		case 5:
+			if n := len(d.Inbox); n > 0 {
+				d.Inbox[n-1].Seq = v
+			}
 		}
 	})
 	return d, err

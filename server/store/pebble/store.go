@@ -597,6 +597,24 @@ func (s *Store) LookupDedup(ctx context.Context, senderID, clientMessageID strin
 	return getAs(s, key2(tDedup, senderID, clientMessageID), func(v []byte) (*store.Dedup, error) { return decodeDedup(senderID, clientMessageID, v) })
 }
 
+// InboxEntryAt returns the user's inbox entry at seq or store.ErrNotFound.
+func (s *Store) InboxEntryAt(ctx context.Context, userID string, seq uint64) (*store.InboxEntry, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	defer s.ops.RUnlock()
+	if err := checkIDs(userID); err != nil {
+		return nil, err
+	}
+	return getAs(s, appendKeyN(nil, tInbox, userID, seq), func(v []byte) (*store.InboxEntry, error) {
+		ch, id, err := decodeRef(v, "")
+		if err != nil {
+			return nil, err
+		}
+		return &store.InboxEntry{UserID: userID, Seq: seq, ChannelID: ch, MessageID: id}, nil
+	})
+}
+
 // ---------------------------------------------------------------- Accounts
 
 // CreateUser inserts u; store.ErrAlreadyExists if u.ID is taken.

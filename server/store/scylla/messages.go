@@ -19,7 +19,7 @@ const (
 	stmtInsertAct     = `INSERT INTO channel_activity (channel_id, message_id, created_at) VALUES (?, ?, ?)`
 	stmtTrimAct       = `DELETE FROM channel_activity WHERE channel_id = ? AND message_id < ?`
 	stmtInsertInbox   = `INSERT INTO inbox (user_id, bucket, seq, channel_id, message_id) VALUES (?, ?, ?, ?, ?)`
-	stmtInsertDedup   = `INSERT INTO dedup (sender_id, client_message_id, channel_id, message_id, created_at) VALUES (?, ?, ?, ?, ?) USING TTL ?`
+	stmtInsertDedup   = `INSERT INTO dedup (sender_id, client_message_id, channel_id, message_id, created_at, inbox_users, inbox_seqs) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?`
 
 	msgCols = `message_id, sender_id, sender_device_id, client_message_id, text, created_at, kind, ref_message_id, for_user`
 
@@ -34,7 +34,8 @@ const (
 	stmtLastActivity   = `SELECT message_id FROM channel_activity WHERE channel_id = ? LIMIT 1`
 	stmtInboxLast      = `SELECT seq FROM inbox WHERE user_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1`
 	stmtInboxAfter     = `SELECT seq, channel_id, message_id FROM inbox WHERE user_id = ? AND bucket = ? AND seq > ? LIMIT ?`
-	stmtGetDedup       = `SELECT channel_id, message_id, created_at FROM dedup WHERE sender_id = ? AND client_message_id = ?`
+	stmtGetDedup       = `SELECT channel_id, message_id, created_at, inbox_users, inbox_seqs FROM dedup WHERE sender_id = ? AND client_message_id = ?`
+	stmtInboxAt        = `SELECT channel_id, message_id FROM inbox WHERE user_id = ? AND bucket = ? AND seq = ?`
 )
 
 // Limits of the unlogged batches AppendBatch sends: each holds rows of one
@@ -66,19 +67,22 @@ type chunk struct {
 // replicas) in three ordered steps, each a set of concurrent
 // single-partition writes (unlogged batches):
 //
-//  1. the messages, their channels' bucket index rows and activity rows,
+//  1. the dedup records, with their placements (TTL cfg.DedupTTL);
+//  2. the messages, their channels' bucket index rows and activity rows,
 //     and the revision index rows of EDIT and DELETE messages;
-//  2. the inbox entries (a user's entries in its lower inbox partition
-//     before those in the next one, when a batch spans two);
-//  3. the dedup records (TTL cfg.DedupTTL).
+//  3. the inbox entries (a user's entries in its lower inbox partition
+//     before those in the next one, when a batch spans two).
 //
-// It is atomic only per partition. If it returns an error, a prefix of the
-// steps (and part of the failing step) may be stored: a message without
-// inbox entries or dedup record, never an inbox entry without its message
-// nor a dedup record without all its inbox entries. The sequencer acks
-// nothing of a failed batch and recovers its ids from LastMessageID and
-// LastInboxSeq, and every row is keyed by its id, so writing the same
-// batch again (or the ids again with new content) converges.
+// It is atomic only per partition. If it returns an error (or the server
+// dies during it), a prefix of the steps (and part of the failing step)
+// may be stored: a dedup record without its message or inbox entries, a
+// message without inbox entries, never an inbox entry without its message
+// nor a message (of a send with a client_message_id) without its dedup
+// record. So a message never becomes visible to devices while its
+// client_message_id is unknown, and a retry finds the record and, from
+// its placements, what is missing (store.Batch). Every row is keyed by its
+// id, so writing the same batch again (or the ids again with new content)
+// converges.
 //
 // Errors: ErrInvalidID for an empty channel, user or sender id or an inbox
 // seq >= 2^63 (nothing written); a nil message; driver errors (timeouts,
@@ -113,7 +117,19 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 		}
 	}
 
-	// Step 1: messages, bucket index, activity.
+	// Step 1: dedup records, so that nothing of a send is visible before
+	// its client_message_id is known.
+	if len(b.Dedup) > 0 {
+		err := parallel(ctx, len(b.Dedup), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+			return s.exec(ctx, stmtInsertDedup, dedupArgs(&b.Dedup[i], s.ttl)...)
+		})
+		if err != nil {
+			return fmt.Errorf("scylla store: append dedup: %w", err)
+		}
+	}
+	s.afterStep(StepDedup, b)
+
+	// Step 2: messages, bucket index, activity.
 	if len(b.Messages) > 0 {
 		msgChunks := chunkMessages(b.Messages)
 		type act struct {
@@ -175,8 +191,9 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 			return fmt.Errorf("scylla store: append messages: %w", err)
 		}
 	}
+	s.afterStep(StepMessages, b)
 
-	// Step 2: inbox entries; a user's next inbox partition only after its
+	// Step 3: inbox entries; a user's next inbox partition only after its
 	// lower one, so that a partial failure never leaves a gap at a
 	// partition boundary (see Inbox and LastInboxSeq).
 	if len(b.Inbox) > 0 {
@@ -191,15 +208,28 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 		}
 	}
 
-	// Step 3: dedup records.
-	err := parallel(ctx, len(b.Dedup), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
-		d := &b.Dedup[i]
-		return s.exec(ctx, stmtInsertDedup, d.SenderID, d.ClientMessageID, d.ChannelID, encID(d.MessageID), ts(d.CreatedAt), s.ttl)
-	})
-	if err != nil {
-		return fmt.Errorf("scylla store: append dedup: %w", err)
-	}
+	s.afterStep(StepInbox, b)
 	return nil
+}
+
+// afterStep calls the fault-injection hook, if any.
+func (s *Store) afterStep(step WriteStep, b *store.Batch) {
+	if s.cfg.AfterWriteStep != nil {
+		s.cfg.AfterWriteStep(step, b)
+	}
+}
+
+func dedupArgs(d *store.Dedup, ttl int) []any {
+	var users []string
+	var seqs []int64
+	if len(d.Inbox) > 0 {
+		users = make([]string, len(d.Inbox))
+		seqs = make([]int64, len(d.Inbox))
+		for i, p := range d.Inbox {
+			users[i], seqs[i] = p.UserID, int64(p.Seq)
+		}
+	}
+	return []any{d.SenderID, d.ClientMessageID, d.ChannelID, encID(d.MessageID), ts(d.CreatedAt), users, seqs, ttl}
 }
 
 func (s *Store) batch(ctx context.Context) *gocql.Batch {
@@ -612,7 +642,9 @@ func (s *Store) LookupDedup(ctx context.Context, senderID, clientMessageID strin
 	d := &store.Dedup{SenderID: senderID, ClientMessageID: clientMessageID}
 	var id int64
 	var created time.Time
-	ok, err := s.scan1(ctx, stmtGetDedup, []any{senderID, clientMessageID}, &d.ChannelID, &id, &created)
+	var users []string
+	var seqs []int64
+	ok, err := s.scan1(ctx, stmtGetDedup, []any{senderID, clientMessageID}, &d.ChannelID, &id, &created, &users, &seqs)
 	if err != nil {
 		return nil, err
 	}
@@ -621,5 +653,33 @@ func (s *Store) LookupDedup(ctx context.Context, senderID, clientMessageID strin
 	}
 	d.MessageID = decID(id)
 	d.CreatedAt = utc(created)
+	if len(users) > 0 && len(users) == len(seqs) {
+		d.Inbox = make([]store.Placement, len(users))
+		for i := range users {
+			d.Inbox[i] = store.Placement{UserID: users[i], Seq: uint64(seqs[i])}
+		}
+	}
 	return d, nil
+}
+
+// InboxEntryAt returns the user's inbox entry at seq or store.ErrNotFound:
+// one single-row read.
+func (s *Store) InboxEntryAt(ctx context.Context, userID string, seq uint64) (*store.InboxEntry, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if userID == "" || seq > maxSeq {
+		return nil, store.ErrNotFound
+	}
+	e := &store.InboxEntry{UserID: userID, Seq: seq}
+	var id int64
+	ok, err := s.scan1(ctx, stmtInboxAt, []any{userID, inboxBucket(seq), int64(seq)}, &e.ChannelID, &id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, store.ErrNotFound
+	}
+	e.MessageID = decID(id)
+	return e, nil
 }

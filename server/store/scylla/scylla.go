@@ -103,6 +103,34 @@ type Config struct {
 	// Logger receives the driver's log and the store's warnings. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// AfterWriteStep, if set, is called by AppendBatch after each of its
+	// write steps completed (StepDedup, StepMessages, StepInbox) with the
+	// batch. For fault-injection tests only (a hook that stops the writer
+	// there simulates a server dying between two steps); nil in
+	// production.
+	AfterWriteStep func(step WriteStep, b *store.Batch)
+}
+
+// WriteStep names one ordered step of AppendBatch.
+type WriteStep int
+
+// The steps of AppendBatch, in the order they are written.
+const (
+	StepDedup    WriteStep = iota + 1 // dedup records (with placements)
+	StepMessages                      // messages, bucket index, activity, revisions
+	StepInbox                         // inbox entries
+)
+
+func (w WriteStep) String() string {
+	switch w {
+	case StepDedup:
+		return "dedup"
+	case StepMessages:
+		return "messages"
+	case StepInbox:
+		return "inbox"
+	}
+	return "step?"
 }
 
 // Defaults of Config.

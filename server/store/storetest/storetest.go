@@ -58,6 +58,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Inbox/JoinAcrossChannels", testInboxJoin},
 		{"Inbox/UserIsolation", testInboxIsolation},
 		{"Dedup/Lookup", testDedup},
+		{"Dedup/Placements", testDedupPlacements},
+		{"Inbox/EntryAt", testInboxEntryAt},
 		{"Users/CreateGetUpdate", testUsers},
 		{"Users/ConcurrentCreate", testUsersConcurrentCreate},
 		{"Devices/PutGetList", testDevices},
@@ -623,6 +625,62 @@ func testDedup(t *testing.T, s store.Store) {
 	for _, k := range [][2]string{{"zoë", "c:2"}, {"zo", "c:1"}, {"zoë", "c"}, {"alice", "c:1"}} {
 		_, err := s.LookupDedup(ctx, k[0], k[1])
 		wantErr(t, fmt.Sprintf("LookupDedup(%q, %q)", k[0], k[1]), err, store.ErrNotFound)
+	}
+}
+
+// testDedupPlacements: a record keeps where its message was placed, in
+// order, and writing it again with new placements (a send placed again)
+// replaces them.
+func testDedupPlacements(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	d := store.Dedup{SenderID: "alice", ClientMessageID: "k1", ChannelID: "g:1", MessageID: 9, CreatedAt: at(1),
+		Inbox: []store.Placement{{UserID: "carol", Seq: 7}, {UserID: "alice", Seq: 100_000}, {UserID: "bob", Seq: 1}}}
+	noErr(t, "AppendBatch", s.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{d}}))
+	got, err := s.LookupDedup(ctx, "alice", "k1")
+	noErr(t, "LookupDedup", err)
+	if fmt.Sprint(got.Inbox) != fmt.Sprint(d.Inbox) {
+		t.Fatalf("LookupDedup placements = %v, want %v", got.Inbox, d.Inbox)
+	}
+	d.Inbox = []store.Placement{{UserID: "carol", Seq: 7}, {UserID: "alice", Seq: 100_000}, {UserID: "bob", Seq: 12}}
+	noErr(t, "AppendBatch again", s.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{d}}))
+	got, err = s.LookupDedup(ctx, "alice", "k1")
+	noErr(t, "LookupDedup", err)
+	if fmt.Sprint(got.Inbox) != fmt.Sprint(d.Inbox) {
+		t.Fatalf("LookupDedup placements after rewrite = %v, want %v", got.Inbox, d.Inbox)
+	}
+	d2 := store.Dedup{SenderID: "alice", ClientMessageID: "k2", ChannelID: "g:1", MessageID: 10, CreatedAt: at(2)}
+	noErr(t, "AppendBatch", s.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{d2}}))
+	if got, err := s.LookupDedup(ctx, "alice", "k2"); err != nil || len(got.Inbox) != 0 {
+		t.Fatalf("LookupDedup without placements = %+v, %v", got, err)
+	}
+}
+
+// testInboxEntryAt: a point read of one inbox position, on both sides of
+// an inbox partition boundary of the cluster store.
+func testInboxEntryAt(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	appendMsgs(t, s, msg("c", 1, 1, "a"), msg("d", 2, 2, "b"))
+	noErr(t, "AppendBatch", s.AppendBatch(ctx, &store.Batch{Inbox: []store.InboxEntry{
+		{UserID: "bob", Seq: 3, ChannelID: "c", MessageID: 1},
+		{UserID: "bob", Seq: 100_001, ChannelID: "d", MessageID: 2},
+	}}))
+	for _, tc := range []struct {
+		seq uint64
+		ch  string
+		id  uint64
+	}{{3, "c", 1}, {100_001, "d", 2}} {
+		e, err := s.InboxEntryAt(ctx, "bob", tc.seq)
+		noErr(t, "InboxEntryAt", err)
+		if e.UserID != "bob" || e.Seq != tc.seq || e.ChannelID != tc.ch || e.MessageID != tc.id {
+			t.Fatalf("InboxEntryAt(bob, %d) = %+v", tc.seq, e)
+		}
+	}
+	for _, k := range []struct {
+		u   string
+		seq uint64
+	}{{"bob", 2}, {"bob", 4}, {"bob", 100_000}, {"alice", 3}, {"bo", 3}} {
+		_, err := s.InboxEntryAt(ctx, k.u, k.seq)
+		wantErr(t, fmt.Sprintf("InboxEntryAt(%q, %d)", k.u, k.seq), err, store.ErrNotFound)
 	}
 }
 
