@@ -70,6 +70,8 @@ func (a *App) newEngines(ctx context.Context, handler router.Handler) (*engines,
 		return fail(fmt.Errorf("id allocator: %w", err))
 	}
 	e.allocator = alloc
+	// Stop renewing the allocator's lease before the client closes.
+	e.closers = append([]func() error{alloc.Close}, e.closers...)
 	r, err := redisrouter.New(pctx, redisrouter.Config{
 		Client:     rc,
 		Prefix:     cfg.RedisPrefix,

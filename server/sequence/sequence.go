@@ -57,10 +57,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -428,6 +430,10 @@ type pending struct {
 	commit int  // index into committed, or -1
 	fresh  bool // a new message: gets ids in this batch
 	wait   bool // another server holds its claim: answered by awaitOther
+	// repair: the send is in the store but some of its rows are missing
+	// (a server died in the middle of its batch): they are written in
+	// this batch, the missing inbox placements under new seqs.
+	repair *incomplete
 }
 
 // maxReplace bounds how often one batch is placed again after stale
@@ -521,10 +527,25 @@ func (s *Sequencer) process(batch []item) {
 		d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
 		switch {
 		case err == nil:
+			p.fresh = false
+			if !s.precheck && len(d.Inbox) > 0 {
+				// Another server's batch may have died half way: every
+				// row of the send must be there before it counts as sent.
+				inc, err := s.findMissing(ctx, d)
+				if err != nil {
+					failErr = err
+					break
+				}
+				if inc != nil {
+					inc.req = req
+					p.repair = inc
+					p.res = dupResult(*d)
+					continue
+				}
+			}
 			s.dedup.put(dedupKey{req.SenderID, req.ClientMessageID}, *d)
 			s.dedupPuts.Add(1)
 			p.res = dupResult(*d)
-			p.fresh = false
 		case errors.Is(err, store.ErrNotFound):
 		default:
 			failErr = err
@@ -537,6 +558,13 @@ func (s *Sequencer) process(batch []item) {
 			break
 		}
 		p := &ps[i]
+		if p.repair != nil {
+			for _, k := range p.repair.missing {
+				s.userCount[p.repair.d.Inbox[k].UserID]++
+				entries++
+			}
+			continue
+		}
 		if !p.fresh {
 			continue
 		}
@@ -553,7 +581,7 @@ func (s *Sequencer) process(batch []item) {
 
 	// Allocate the ids and assign them in submission order.
 	var a *Allocation
-	if failErr == nil && len(s.chCount) > 0 {
+	if failErr == nil && (len(s.chCount) > 0 || len(s.userCount) > 0) {
 		a, failErr = s.alloc.Allocate(ctx, now, s.chCount, s.userCount)
 		if failErr == nil {
 			if failErr = checkAllocation(a, s.chCount, s.userCount); failErr != nil {
@@ -575,6 +603,10 @@ func (s *Sequencer) process(batch []item) {
 		committed = make([]Committed, 0, len(batch))
 		for i := range batch {
 			p := &ps[i]
+			if p.repair != nil {
+				committed = s.placeRepair(p, &b, committed)
+				continue
+			}
 			if !p.fresh {
 				continue
 			}
@@ -608,10 +640,16 @@ func (s *Sequencer) process(batch []item) {
 			}
 			b.Messages = append(b.Messages, m)
 			if req.ClientMessageID != "" {
-				b.Dedup = append(b.Dedup, store.Dedup{
+				d := store.Dedup{
 					SenderID: req.SenderID, ClientMessageID: req.ClientMessageID,
 					ChannelID: req.ChannelID, MessageID: id, CreatedAt: createdAt,
-				})
+				}
+				if !s.precheck {
+					// Cluster: the store's batch is not atomic; record
+					// where the message goes, so a retry can check it.
+					d.Inbox = placements(b.Inbox[start:])
+				}
+				b.Dedup = append(b.Dedup, d)
 			}
 			p.commit = len(committed)
 			committed = append(committed, Committed{Message: m, Inbox: b.Inbox[start:len(b.Inbox):len(b.Inbox)]})
@@ -620,7 +658,7 @@ func (s *Sequencer) process(batch []item) {
 	}
 
 	failure := errCommit
-	if failErr == nil && len(b.Messages) > 0 {
+	if failErr == nil && (len(b.Messages) > 0 || len(b.Inbox) > 0) {
 		t0 := time.Now()
 		failErr = s.st.AppendBatch(ctx, &b)
 		took := time.Since(t0)
@@ -733,11 +771,16 @@ var errInProgress = status.Error(codes.Unavailable, "a send with this client_mes
 
 // awaitOther answers it, whose (sender, client_message_id) another
 // server has claimed, on a goroutine of its own (the sequencer goroutine
-// never waits): with the original ack (Duplicate) once that server's dedup
-// row is in the store, or errInProgress if it is not there within
-// StoreTimeout (that server failed or is slow; a retry stores the message
-// once its claim is released or expired). Close makes waiters look once
-// more and answer at once.
+// never waits). It polls the store: once that server's send is complete
+// (its dedup record and, in a cluster, every row the record names) it
+// answers with the original ack (Duplicate). Between polls it tries to
+// claim the key again: if the claim is free (the other server's batch
+// failed and released it) or its holder is dead (Allocator.Claim takes
+// over a fenced server's claims), it gives the claim back and submits the
+// request again, so the send is stored, or completed, at once instead of
+// after the claim expires. If neither happens within StoreTimeout it
+// answers errInProgress. Close makes waiters look once more and answer at
+// once.
 func (s *Sequencer) awaitOther(it item) {
 	req := it.req
 	select {
@@ -755,15 +798,38 @@ func (s *Sequencer) awaitOther(it item) {
 		}()
 		deadline := time.Now().Add(s.opts.StoreTimeout)
 		delay := waitPollMin
+		var lastClaim time.Time
 		for {
 			ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
 			d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
-			cancel()
+			if err == nil && len(d.Inbox) > 0 {
+				// Answer only once every row of the send is there: a
+				// record alone may be the trace of a batch that died.
+				if inc, cerr := s.findMissing(ctx, d); cerr != nil || inc != nil {
+					err = store.ErrNotFound
+				}
+			}
 			if err == nil {
+				cancel()
 				s.duplicates.Add(1)
 				it.done(dupResult(*d))
 				return
 			}
+			if time.Since(lastClaim) >= claimRetry && !s.isClosed() {
+				lastClaim = time.Now()
+				c, cerr := s.alloc.Claim(ctx, []ClaimKey{{req.SenderID, req.ClientMessageID}}, s.opts.StoreTimeout)
+				if cerr == nil && (c == nil || len(c.Lost) == 0) {
+					// Ours now: let the sequencer store or complete it
+					// under a claim of its own.
+					s.alloc.Release(ctx, c)
+					cancel()
+					if s.SubmitContext(context.Background(), req, it.done) != nil {
+						it.done(Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: errInProgress})
+					}
+					return
+				}
+			}
+			cancel()
 			left := time.Until(deadline)
 			if left <= 0 {
 				break
@@ -780,6 +846,16 @@ func (s *Sequencer) awaitOther(it item) {
 		s.failed.Add(1)
 		it.done(Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: errInProgress})
 	}()
+}
+
+// claimRetry is how often a waiter tries to claim the key it waits for.
+const claimRetry = 200 * time.Millisecond
+
+// isClosed reports whether Close was called.
+func (s *Sequencer) isClosed() bool {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	return s.closed
 }
 
 // commit confirms the written batch b to the allocator. Users whose seqs
@@ -866,19 +942,155 @@ func (s *Sequencer) replace(ctx context.Context, users []string, b *store.Batch)
 		next[u] = r.First
 	}
 	rows := make([]store.InboxEntry, 0, len(b.Inbox))
+	type msgKey struct {
+		ch string
+		id uint64
+	}
+	var moved map[msgKey]bool
 	for i := range b.Inbox {
 		e := &b.Inbox[i]
 		if seq, ok := next[e.UserID]; ok {
 			e.Seq = seq
 			next[e.UserID] = seq + 1
 			rows = append(rows, *e)
+			if moved == nil {
+				moved = make(map[msgKey]bool)
+			}
+			moved[msgKey{e.ChannelID, e.MessageID}] = true
 		}
 	}
-	if err := s.st.AppendBatch(ctx, &store.Batch{Inbox: rows}); err != nil {
+	// The dedup records of the moved messages name their new placements
+	// (written before the rows, as in every batch).
+	var dedups []store.Dedup
+	for i := range b.Dedup {
+		d := &b.Dedup[i]
+		if len(d.Inbox) == 0 || !moved[msgKey{d.ChannelID, d.MessageID}] {
+			continue
+		}
+		d.Inbox = d.Inbox[:0]
+		for _, e := range b.Inbox {
+			if e.ChannelID == d.ChannelID && e.MessageID == d.MessageID {
+				d.Inbox = append(d.Inbox, store.Placement{UserID: e.UserID, Seq: e.Seq})
+			}
+		}
+		dedups = append(dedups, *d)
+	}
+	if err := s.st.AppendBatch(ctx, &store.Batch{Inbox: rows, Dedup: dedups}); err != nil {
 		s.abort(a)
 		return nil, err
 	}
 	return a, nil
+}
+
+// incomplete is a send found in the store whose batch did not finish (see
+// findMissing): what must still be written.
+type incomplete struct {
+	req     *Request
+	d       *store.Dedup
+	missing []int          // indexes into d.Inbox whose row is absent
+	msg     *store.Message // the stored message, nil if its row is absent
+}
+
+// maxCheckReads bounds the concurrent point reads of findMissing.
+const maxCheckReads = 16
+
+// findMissing checks that every row of the send recorded by d was written:
+// its message and the inbox row of each placement. It returns nil if so.
+// The cluster store writes dedup, then messages, then inbox rows, so a
+// server that died in the middle of a batch leaves a record whose rows are
+// partly missing; the rows that exist are visible to devices (their seqs
+// were abandoned and readers passed them), so only the missing ones are
+// placed again, under new seqs, and no device sees the message twice.
+// Errors: the store failed.
+func (s *Sequencer) findMissing(ctx context.Context, d *store.Dedup) (*incomplete, error) {
+	var msg *store.Message
+	absent := make([]bool, len(d.Inbox))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(maxCheckReads)
+	g.Go(func() error {
+		m, err := s.st.GetMessage(gctx, d.ChannelID, d.MessageID)
+		if err == nil {
+			msg = m
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		return nil
+	})
+	for k, pl := range d.Inbox {
+		g.Go(func() error {
+			e, err := s.st.InboxEntryAt(gctx, pl.UserID, pl.Seq)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				absent[k] = true
+			case err != nil:
+				return err
+			case e.ChannelID != d.ChannelID || e.MessageID != d.MessageID:
+				// Another message at that seq: the placement is not ours.
+				absent[k] = true
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	inc := &incomplete{d: d, msg: msg}
+	for k, a := range absent {
+		if a {
+			inc.missing = append(inc.missing, k)
+		}
+	}
+	if msg != nil && len(inc.missing) == 0 {
+		return nil, nil
+	}
+	return inc, nil
+}
+
+// placeRepair adds to b what p.repair lacks: the message row if absent,
+// the missing inbox placements under the seqs allocated for this batch,
+// and the dedup record with its new placements (written first). The
+// repaired placements are published like a new message's; the sender gets
+// the original ack (Duplicate).
+func (s *Sequencer) placeRepair(p *pending, b *store.Batch, committed []Committed) []Committed {
+	inc := p.repair
+	req, d := inc.req, *inc.d
+	m := inc.msg
+	if m == nil {
+		kind := req.Kind
+		if kind == 0 {
+			kind = store.KindText
+		}
+		m = &store.Message{
+			ChannelID: d.ChannelID, MessageID: d.MessageID, SenderID: req.SenderID,
+			SenderDeviceID: req.SenderDeviceID, ClientMessageID: req.ClientMessageID,
+			Text: req.Text, CreatedAt: d.CreatedAt.UTC(), Kind: kind,
+			RefMessageID: req.RefMessageID, ForUser: req.ForUser,
+		}
+		b.Messages = append(b.Messages, m)
+	}
+	d.Inbox = slices.Clone(d.Inbox)
+	start := len(b.Inbox)
+	for _, k := range inc.missing {
+		u := d.Inbox[k].UserID
+		seq := s.nextSeq[u]
+		s.nextSeq[u] = seq + 1
+		d.Inbox[k].Seq = seq
+		b.Inbox = append(b.Inbox, store.InboxEntry{UserID: u, Seq: seq, ChannelID: d.ChannelID, MessageID: d.MessageID})
+	}
+	b.Dedup = append(b.Dedup, d)
+	p.commit = len(committed)
+	s.log.Warn("sequence: completing a send whose batch did not finish (its server died or failed mid-write)",
+		"channel", d.ChannelID, "message_id", d.MessageID, "replaced_inbox_entries", len(inc.missing), "message_row_rewritten", inc.msg == nil)
+	return append(committed, Committed{Message: m, Inbox: b.Inbox[start:len(b.Inbox):len(b.Inbox)]})
+}
+
+// placements lists where entries place their message.
+func placements(entries []store.InboxEntry) []store.Placement {
+	out := make([]store.Placement, len(entries))
+	for i, e := range entries {
+		out[i] = store.Placement{UserID: e.UserID, Seq: e.Seq}
+	}
+	return out
 }
 
 // isLocal reports whether a is the single-node allocator, i.e. this

@@ -5,21 +5,27 @@ package redis
 // one Redis during a rolling upgrade. Change the code only together with
 // the version. v2 added balloc (the whole batch in one atomic call),
 // cclaim and crelease (dedup claims); the keys and their meaning are those
-// of v1.
-const libName = "chatd_seq_v2"
+// of v1. v3 records the allocating server instance in each pending entry
+// ("<first>:<last>:<instance>:<deadline_ms>"; v2 parses the deadline at
+// the end, so v2 servers read v3 entries right), lets uhorizon drop the
+// pending entries of instances the caller names as dead (fenced), lets
+// cclaim take over the claims of dead instances, and adds lrenew (the
+// instance leases).
+const libName = "chatd_seq_v3"
 
 // Function names of the library.
 const (
-	fnUserAlloc    = "chatd_seq_v2_ualloc"
-	fnUserCommit   = "chatd_seq_v2_ucommit"
-	fnUserAbort    = "chatd_seq_v2_uabort"
-	fnUserHorizon  = "chatd_seq_v2_uhorizon"
-	fnUserInit     = "chatd_seq_v2_uinit"
-	fnChanAlloc    = "chatd_seq_v2_calloc"
-	fnChanInit     = "chatd_seq_v2_cinit"
-	fnBatchAlloc   = "chatd_seq_v2_balloc"
-	fnClaim        = "chatd_seq_v2_cclaim"
-	fnClaimRelease = "chatd_seq_v2_crelease"
+	fnUserAlloc    = "chatd_seq_v3_ualloc"
+	fnUserCommit   = "chatd_seq_v3_ucommit"
+	fnUserAbort    = "chatd_seq_v3_uabort"
+	fnUserHorizon  = "chatd_seq_v3_uhorizon"
+	fnUserInit     = "chatd_seq_v3_uinit"
+	fnChanAlloc    = "chatd_seq_v3_calloc"
+	fnChanInit     = "chatd_seq_v3_cinit"
+	fnBatchAlloc   = "chatd_seq_v3_balloc"
+	fnClaim        = "chatd_seq_v3_cclaim"
+	fnClaimRelease = "chatd_seq_v3_crelease"
+	fnLeaseRenew   = "chatd_seq_v3_lrenew"
 )
 
 // library is the Lua code of the Redis functions (Redis 7 FUNCTION LOAD).
@@ -32,14 +38,17 @@ const (
 //	                      e = epoch, r = incarnation of the Redis process
 //	                      that wrote the hash
 //	<prefix>{u:<user>}:p  zset of pending allocations: member
-//	                      "<first>:<last>:<deadline_ms>", score first
+//	                      "<first>:<last>:<instance>:<deadline_ms>" (v2:
+//	                      "<first>:<last>:<deadline_ms>"), score first
 //	<prefix>{c:<channel>} hash: m, k = last allocated message id as
 //	                      (unix ms, counter) = m<<16 | k; b = durably
 //	                      reserved bound in ms (every allocated id has
 //	                      m <= b); r as above
 //	<prefix>{u:<user>}:d:<client_message_id>
 //	                      string: a dedup claim (Allocator.Claim), the
-//	                      claimer's value; it expires (PX)
+//	                      claimer's value "<instance>:<n>"; it expires (PX)
+//	<prefix>instances     zset: every allocator instance, score = the
+//	                      Redis time (ms) of its last lease renewal
 //
 // A hash whose r is not this process's run_id was written by another
 // Redis process (a restart from a stale RDB/AOF, or a replica promoted
@@ -56,7 +65,7 @@ const (
 // Time: deadlines use the Redis server clock (TIME), one clock for every
 // chat server; the channel id floor uses the chat server's clock passed
 // in (it is also the message's created_at).
-const library = `#!lua name=chatd_seq_v2
+const library = `#!lua name=chatd_seq_v3
 
 local rid
 local function me()
@@ -83,18 +92,38 @@ local function deadline(member)
   return tonumber(string.match(member, ':(%d+)$'))
 end
 
--- Drops expired entries at the low end of the pending set (their seqs
--- become holes). Returns the lowest live entry's first seq, or nil.
-local function trim(z, now)
+-- The instance of a v3 pending entry, nil for a v2 entry.
+local function owner(member)
+  return string.match(member, '^%d+:%d+:([^:]+):%d+$')
+end
+
+-- A set of the dead instances listed in args from index i on.
+local function deadset(args, i)
+  local set = nil
+  for j = i, #args do
+    set = set or {}
+    set[args[j]] = true
+  end
+  return set
+end
+
+-- Drops expired entries, and entries of dead instances, at the low end of
+-- the pending set (their seqs become holes). Returns the lowest live
+-- entry's first seq, or nil, and how many entries of dead instances were
+-- dropped.
+local function trim(z, now, dead)
+  local fenced = 0
   for _ = 1, 1000 do
     local m = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-    if #m == 0 then return nil end
-    if deadline(m[1]) > now then return tonumber(m[2]) end
+    if #m == 0 then return nil, fenced end
+    local gone = dead and dead[owner(m[1]) or '']
+    if not gone and deadline(m[1]) > now then return tonumber(m[2]), fenced end
+    if gone then fenced = fenced + 1 end
     redis.call('ZREM', z, m[1])
   end
   local m = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-  if #m == 0 then return nil end
-  return tonumber(m[2])
+  if #m == 0 then return nil, fenced end
+  return tonumber(m[2]), fenced
 end
 
 -- Plans the allocation of n seqs of a user without changing anything.
@@ -110,26 +139,27 @@ local function ucheck(hash, n, nb)
   return 'OK', {c = c, n = n, b = b, raise = raise, e = h[3]}
 end
 
--- Applies a plan of ucheck. -> epoch, first, last
-local function uapply(hash, pending, p, ttl, now)
-  trim(pending, now)
+-- Applies a plan of ucheck for instance inst. -> epoch, first, last
+local function uapply(hash, pending, p, ttl, now, inst)
+  trim(pending, now, nil)
   local first, last = p.c + 1, p.c + p.n
   if p.raise then
     redis.call('HSET', hash, 'c', d(last), 'b', d(p.b))
   else
     redis.call('HSET', hash, 'c', d(last))
   end
-  redis.call('ZADD', pending, d(first), d(first) .. ':' .. d(last) .. ':' .. d(now + ttl))
+  redis.call('ZADD', pending, d(first), d(first) .. ':' .. d(last) .. ':' .. inst .. ':' .. d(now + ttl))
   return p.e, first, last
 end
 
 -- KEYS: hash, pending. ARGV: n, ttl_ms, bound (raise the bound to it; 0:
--- no change). -> {'OK', epoch, first, last} | {'INIT'} | {'RESERVE', needed}
+-- no change), instance. -> {'OK', epoch, first, last} | {'INIT'} |
+-- {'RESERVE', needed}
 local function ualloc(keys, args)
   local s, p = ucheck(keys[1], tonumber(args[1]), tonumber(args[3]))
   if s == 'INIT' then return {'INIT'} end
   if s == 'RESERVE' then return {'RESERVE', p} end
-  local e, first, last = uapply(keys[1], keys[2], p, tonumber(args[2]), nowms())
+  local e, first, last = uapply(keys[1], keys[2], p, tonumber(args[2]), nowms(), args[4])
   return {'OK', e, first, last}
 end
 
@@ -155,13 +185,15 @@ local function uabort(keys, args)
   return 'OK'
 end
 
--- KEYS: hash, pending. -> {'OK', horizon} | {'INIT'}
+-- KEYS: hash, pending. ARGV: dead instances (their pending entries are
+-- dropped now, as if expired). -> {'OK', horizon, dropped entries of dead
+-- instances} | {'INIT'}
 local function uhorizon(keys, args)
   local h = redis.call('HMGET', keys[1], 'c', 'r')
   if h[2] ~= me() then return {'INIT'} end
-  local low = trim(keys[2], nowms())
-  if low then return {'OK', low - 1} end
-  return {'OK', tonumber(h[1])}
+  local low, fenced = trim(keys[2], nowms(), deadset(args, 1))
+  if low then return {'OK', low - 1, fenced} end
+  return {'OK', tonumber(h[1]), fenced}
 end
 
 -- KEYS: hash, pending. ARGV: cur, bound, epoch. Sets up the hash unless
@@ -222,8 +254,8 @@ end
 -- one Redis (the keys span slots; Redis Cluster refuses the call).
 --
 -- KEYS: nc channel hashes, then per user its hash and pending set.
--- ARGV: nc, nu, now_ms, ttl_ms, then per channel n, bound_ms, then per
--- user n, bound (bounds: raise to it; 0: no change).
+-- ARGV: nc, nu, now_ms, ttl_ms, instance, then per channel n, bound_ms,
+-- then per user n, bound (bounds: raise to it; 0: no change).
 -- -> {'OK', per channel first_ms, first_counter, last_ms, last_counter,
 --     then per user epoch, first, last}
 --  | {'NEED', per channel then per user: status, value}: status 'OK'
@@ -235,7 +267,7 @@ local function balloc(keys, args)
   local plans, need = {}, false
   local st = {'NEED'}
   for i = 1, nc do
-    local s, p = ccheck(keys[i], tonumber(args[3 + 2 * i]), now, tonumber(args[4 + 2 * i]))
+    local s, p = ccheck(keys[i], tonumber(args[4 + 2 * i]), now, tonumber(args[5 + 2 * i]))
     if s == 'OK' then
       plans[i] = p
       push(st, 'OK', 0)
@@ -244,7 +276,7 @@ local function balloc(keys, args)
       push(st, s, p or 0)
     end
   end
-  local base = 4 + 2 * nc
+  local base = 5 + 2 * nc
   for j = 1, nu do
     local s, p = ucheck(keys[nc + 2 * j - 1], tonumber(args[base + 2 * j - 1]), tonumber(args[base + 2 * j]))
     if s == 'OK' then
@@ -264,21 +296,51 @@ local function balloc(keys, args)
   end
   local tnow = nowms()
   for j = 1, nu do
-    push(out, uapply(keys[nc + 2 * j - 1], keys[nc + 2 * j], plans[nc + j], ttl, tnow))
+    push(out, uapply(keys[nc + 2 * j - 1], keys[nc + 2 * j], plans[nc + j], ttl, tnow, args[5]))
   end
   return out
 end
 
--- KEYS: claims. ARGV: value, ttl_ms. SET NX PX of every key (one call for
--- a batch's claims on one Redis). -> per key 1 (won) | 0 (held by another)
+-- KEYS: claims. ARGV: value, ttl_ms, then dead instances. SET NX PX of
+-- every key (one call for a batch's claims on one Redis); a key held by a
+-- dead instance (value "<instance>:<n>") is taken over. -> per key 1
+-- (won) | 2 (taken over from a dead instance) | 0 (held by another)
 local function cclaim(keys, args)
+  local dead = deadset(args, 3)
   local out = {}
   for i = 1, #keys do
     if redis.call('SET', keys[i], args[1], 'NX', 'PX', args[2]) then
       out[i] = 1
     else
       out[i] = 0
+      if dead then
+        local v = redis.call('GET', keys[i])
+        if v and dead[string.match(v, '^(.*):[^:]*$') or ''] then
+          redis.call('SET', keys[i], args[1], 'PX', args[2])
+          out[i] = 2
+        end
+      end
     end
+  end
+  return out
+end
+
+-- KEYS: instances. ARGV: instance, lease_ms, forget_ms. Renews the
+-- instance's lease (score = Redis time) and forgets instances silent for
+-- forget_ms. An instance silent for more than lease_ms is dead: the other
+-- servers drop its pending entries and take over its claims, so it must
+-- not renew under the same name. -> {'OK', dead instances...} |
+-- {'FENCED'} (this instance was silent too long: start a new one)
+local function lrenew(keys, args)
+  local now = nowms()
+  local lease = tonumber(args[2])
+  local last = redis.call('ZSCORE', keys[1], args[1])
+  if last and tonumber(last) < now - lease then return {'FENCED'} end
+  redis.call('ZADD', keys[1], d(now), args[1])
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', '(' .. d(now - tonumber(args[3])))
+  local out = {'OK'}
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', keys[1], '-inf', '(' .. d(now - lease))) do
+    out[#out + 1] = m
   end
   return out
 end
@@ -307,14 +369,15 @@ local function cinit(keys, args)
   return 'OK'
 end
 
-redis.register_function('chatd_seq_v2_ualloc', ualloc)
-redis.register_function('chatd_seq_v2_ucommit', ucommit)
-redis.register_function('chatd_seq_v2_uabort', uabort)
-redis.register_function('chatd_seq_v2_uhorizon', uhorizon)
-redis.register_function('chatd_seq_v2_uinit', uinit)
-redis.register_function('chatd_seq_v2_calloc', calloc)
-redis.register_function('chatd_seq_v2_cinit', cinit)
-redis.register_function('chatd_seq_v2_balloc', balloc)
-redis.register_function('chatd_seq_v2_cclaim', cclaim)
-redis.register_function('chatd_seq_v2_crelease', crelease)
+redis.register_function('chatd_seq_v3_ualloc', ualloc)
+redis.register_function('chatd_seq_v3_ucommit', ucommit)
+redis.register_function('chatd_seq_v3_uabort', uabort)
+redis.register_function('chatd_seq_v3_uhorizon', uhorizon)
+redis.register_function('chatd_seq_v3_uinit', uinit)
+redis.register_function('chatd_seq_v3_calloc', calloc)
+redis.register_function('chatd_seq_v3_cinit', cinit)
+redis.register_function('chatd_seq_v3_balloc', balloc)
+redis.register_function('chatd_seq_v3_cclaim', cclaim)
+redis.register_function('chatd_seq_v3_crelease', crelease)
+redis.register_function('chatd_seq_v3_lrenew', lrenew)
 `

@@ -47,6 +47,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -104,6 +105,15 @@ type Config struct {
 	// commit after the deadline re-places its messages (duplicates some
 	// devices see) instead of just confirming them.
 	PendingTTL time.Duration
+	// LeaseTTL is how long this server's allocator counts as alive after
+	// its last lease renewal (renewed every LeaseTTL/5); default
+	// DefaultLeaseTTL (1.5 s), at least 100 ms. When it lapses (the server
+	// died, hung or lost Redis), the other servers fence it: readers pass
+	// its pending seqs and its dedup claims can be taken over at once,
+	// instead of after PendingTTL and the claim TTL (see lease.go). A
+	// server stalled for longer is fenced while alive: its commits come
+	// back stale and it places those messages again.
+	LeaseTTL time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -113,6 +123,10 @@ type Stats struct {
 	Inits    uint64 // Redis hashes set up from the durable bound
 	Reserves uint64 // BoundStore.Reserve calls
 	Stale    uint64 // users reported stale by Commit
+	// FencedPending counts pending entries of dead instances that
+	// Horizon dropped; FencedClaims dedup claims of dead instances that
+	// Claim took over.
+	FencedPending, FencedClaims uint64
 }
 
 // Allocator is the Redis sequence.Allocator. It is safe for concurrent use.
@@ -128,12 +142,21 @@ type Allocator struct {
 	// perKey: allocate with one call per key (Redis Cluster, Ring), not
 	// one atomic call per batch.
 	perKey bool
-	// owner prefixes the values of this allocator's dedup claims; claimN
-	// makes each value unique.
-	owner  string
+	// inst is this allocator's instance id (lease.go): it marks its
+	// pending entries and prefixes the values of its dedup claims; claimN
+	// makes each claim value unique.
+	inst   atomic.Pointer[string]
 	claimN atomic.Uint64
+	// dead is the sorted list of dead (fenced) instances, from the last
+	// lease renewal.
+	dead      atomic.Pointer[[]string]
+	leaseTTL  time.Duration
+	stop      chan struct{}
+	leaseDone chan struct{}
+	closeOnce sync.Once
 
-	inits, reserves, stale atomic.Uint64
+	inits, reserves, stale      atomic.Uint64
+	fencedPending, fencedClaims atomic.Uint64
 }
 
 var _ sequence.Allocator = (*Allocator)(nil)
@@ -165,6 +188,12 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if cfg.PendingTTL < 100*time.Millisecond {
 		return nil, fmt.Errorf("sequence/redis: PendingTTL %v below 100ms", cfg.PendingTTL)
 	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.LeaseTTL < 100*time.Millisecond {
+		return nil, fmt.Errorf("sequence/redis: LeaseTTL %v below 100ms", cfg.LeaseTTL)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -177,8 +206,14 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		cstep:  cfg.ChannelStep.Milliseconds(),
 		ttl:    cfg.PendingTTL.Milliseconds(),
 		log:    cfg.Logger,
-		owner:  newEpoch(),
+
+		leaseTTL:  cfg.LeaseTTL,
+		stop:      make(chan struct{}),
+		leaseDone: make(chan struct{}),
 	}
+	inst := newEpoch()
+	a.inst.Store(&inst)
+	a.dead.Store(&[]string{})
 	switch cfg.Client.(type) {
 	case *goredis.ClusterClient, *goredis.Ring:
 		a.perKey = true
@@ -186,12 +221,17 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if err := a.load(ctx); err != nil {
 		return nil, err
 	}
+	if err := a.renewLease(ctx); err != nil {
+		return nil, fmt.Errorf("sequence/redis: lease: %w", err)
+	}
+	go a.leaseLoop()
 	return a, nil
 }
 
 // Stats returns the cumulative counters.
 func (a *Allocator) Stats() Stats {
-	return Stats{Inits: a.inits.Load(), Reserves: a.reserves.Load(), Stale: a.stale.Load()}
+	return Stats{Inits: a.inits.Load(), Reserves: a.reserves.Load(), Stale: a.stale.Load(),
+		FencedPending: a.fencedPending.Load(), FencedClaims: a.fencedClaims.Load()}
 }
 
 // load loads the function library on every master.
@@ -366,7 +406,7 @@ func (a *Allocator) allocateBatch(ctx context.Context, nowMS int64, todoC map[st
 		users = append(users, u)
 	}
 	keys := make([]string, 0, len(chans)+2*len(users))
-	args := make([]any, 0, 4+2*len(chans)+2*len(users))
+	args := make([]any, 0, 5+2*len(chans)+2*len(users))
 	for _, ch := range chans {
 		keys = append(keys, a.chanKey(ch)...)
 	}
@@ -379,7 +419,7 @@ func (a *Allocator) allocateBatch(ctx context.Context, nowMS int64, todoC map[st
 		if round == maxRounds {
 			return errors.New("sequence/redis: allocation did not settle (Redis reset repeatedly?)")
 		}
-		args = append(args[:0], len(chans), len(users), nowMS, a.ttl)
+		args = append(args[:0], len(chans), len(users), nowMS, a.ttl, a.instance())
 		for _, ch := range chans {
 			args = append(args, todoC[ch].n, todoC[ch].bound)
 		}
@@ -488,7 +528,7 @@ func (a *Allocator) allocatePerKey(ctx context.Context, nowMS int64, todoC map[s
 				pipe.FCall(ctx, fnUserInit, keys, st.init.cur, st.init.bound, st.init.epoch)
 				st.init = nil
 			}
-			calls = append(calls, call{u: u, cmd: pipe.FCall(ctx, fnUserAlloc, keys, st.n, a.ttl, st.bound)})
+			calls = append(calls, call{u: u, cmd: pipe.FCall(ctx, fnUserAlloc, keys, st.n, a.ttl, st.bound, a.instance())})
 		}
 		if _, err := pipe.Exec(ctx); isNoFunction(err) && !reloaded {
 			// Redis restarted without its functions (or a new node):
@@ -763,14 +803,16 @@ func (a *Allocator) Claim(ctx context.Context, keys []sequence.ClaimKey, hold ti
 		return nil, nil
 	}
 	ttl := max(hold, 0) + time.Duration(a.ttl)*time.Millisecond
-	value := a.owner + ":" + strconv.FormatUint(a.claimN.Add(1), 36)
+	value := a.instance() + ":" + strconv.FormatUint(a.claimN.Add(1), 36)
 	names := make([]string, len(keys))
 	for i, k := range keys {
 		names[i] = a.claimKey(k)
 	}
 	won := make([]bool, len(keys))
 	var firstErr error
-	if a.perKey {
+	args := a.deadArgs([]any{value, ttl.Milliseconds()})
+	fenced := len(args) > 2
+	if a.perKey && !fenced {
 		cmds := make([]*goredis.BoolCmd, len(keys))
 		pipe := a.rdb.Pipeline()
 		for i, n := range names {
@@ -785,12 +827,16 @@ func (a *Allocator) Claim(ctx context.Context, keys []sequence.ClaimKey, hold ti
 			won[i] = err == nil && ok
 		}
 	} else {
-		v, err := a.rdb.FCall(ctx, fnClaim, names, value, ttl.Milliseconds()).Int64Slice()
-		if isNoFunction(err) {
-			if err = a.load(ctx); err == nil {
-				v, err = a.rdb.FCall(ctx, fnClaim, names, value, ttl.Milliseconds()).Int64Slice()
+		// One cclaim for all keys on one Redis; on Redis Cluster (only
+		// while some instance is fenced) one per key, pipelined.
+		groups := [][]string{names}
+		if a.perKey {
+			groups = make([][]string, len(names))
+			for i := range names {
+				groups[i] = names[i : i+1]
 			}
 		}
+		v, err := a.claimCalls(ctx, groups, args)
 		switch {
 		case err != nil:
 			firstErr = err
@@ -798,7 +844,10 @@ func (a *Allocator) Claim(ctx context.Context, keys []sequence.ClaimKey, hold ti
 			firstErr = fmt.Errorf("unexpected reply %v", v)
 		default:
 			for i, x := range v {
-				won[i] = x == 1
+				won[i] = x != 0
+				if x == 2 {
+					a.fencedClaims.Add(1)
+				}
 			}
 		}
 	}
@@ -817,6 +866,34 @@ func (a *Allocator) Claim(ctx context.Context, keys []sequence.ClaimKey, hold ti
 		return nil, fmt.Errorf("sequence/redis: claim: %w", firstErr)
 	}
 	return c, nil
+}
+
+// claimCalls runs one cclaim per group of keys (pipelined) and returns
+// the per-key answers in order.
+func (a *Allocator) claimCalls(ctx context.Context, groups [][]string, args []any) ([]int64, error) {
+	for attempt := 0; ; attempt++ {
+		pipe := a.rdb.Pipeline()
+		cmds := make([]*goredis.Cmd, len(groups))
+		for i, g := range groups {
+			cmds[i] = pipe.FCall(ctx, fnClaim, g, args...)
+		}
+		_, _ = pipe.Exec(ctx)
+		var out []int64
+		var err error
+		for _, c := range cmds {
+			var v []int64
+			if v, err = c.Int64Slice(); err != nil {
+				break
+			}
+			out = append(out, v...)
+		}
+		if isNoFunction(err) && attempt == 0 {
+			if err = a.load(ctx); err == nil {
+				continue
+			}
+		}
+		return out, err
+	}
 }
 
 // Release implements sequence.Allocator: one pipelined round trip, a
@@ -847,7 +924,7 @@ func (a *Allocator) Release(ctx context.Context, c *sequence.Claims) {
 func (a *Allocator) Horizon(ctx context.Context, userID string) (uint64, error) {
 	keys := a.userKeys(userID)
 	for attempt := 0; attempt < 4; attempt++ {
-		v, err := a.rdb.FCall(ctx, fnUserHorizon, keys).Slice()
+		v, err := a.rdb.FCall(ctx, fnUserHorizon, keys, a.deadArgs(nil)...).Slice()
 		if isNoFunction(err) {
 			if err := a.load(ctx); err != nil {
 				return 0, err
@@ -857,7 +934,10 @@ func (a *Allocator) Horizon(ctx context.Context, userID string) (uint64, error) 
 		if err != nil {
 			return 0, fmt.Errorf("sequence/redis: horizon: %w", err)
 		}
-		if s, _ := v[0].(string); s == "OK" && len(v) == 2 {
+		if s, _ := v[0].(string); s == "OK" && len(v) == 3 {
+			if n := toInt(v[2]); n > 0 {
+				a.fencedPending.Add(uint64(n))
+			}
 			return uint64(toInt(v[1])), nil
 		}
 		// INIT: set the hash up at the durable bound (no reservation:
