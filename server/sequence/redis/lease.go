@@ -144,4 +144,3 @@ func (a *Allocator) Dead() []string { return slices.Clone(*a.dead.Load()) }
 // Instance returns this allocator's instance id (it changes when the
 // allocator finds that it was fenced).
 func (a *Allocator) Instance() string { return a.instance() }
-
