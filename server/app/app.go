@@ -484,6 +484,9 @@ func openStore(cfg Config) (store.Store, error) {
 		if sc.Logger == nil {
 			sc.Logger = cfg.Logger
 		}
+		if sc.AfterWriteStep == nil {
+			sc.AfterWriteStep = faultHook() // nil unless built with -tags chatd_faults
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		st, err := scylla.Open(ctx, sc)
