@@ -34,7 +34,7 @@ const (
 	stmtBucketsAtLeast = `SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket >= ? ORDER BY bucket ASC`
 	stmtLastActivity   = `SELECT message_id FROM channel_activity WHERE channel_id = ? LIMIT 1`
 	stmtInsertInboxIdx = `INSERT INTO inbox_buckets (user_id, bucket) VALUES (?, ?)`
-	stmtInboxIdxAfter  = `SELECT bucket FROM inbox_buckets WHERE user_id = ? AND bucket > ?`
+	stmtInboxIdxFrom   = `SELECT bucket FROM inbox_buckets WHERE user_id = ? AND bucket >= ?`
 	stmtInboxIdxDesc   = `SELECT bucket FROM inbox_buckets WHERE user_id = ? ORDER BY bucket DESC`
 	stmtInboxLast      = `SELECT seq FROM inbox WHERE user_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1`
 	stmtInboxAfter     = `SELECT seq, channel_id, message_id FROM inbox WHERE user_id = ? AND bucket = ? AND seq > ? LIMIT ?`
@@ -391,7 +391,53 @@ func (s *Store) LastInboxSeq(ctx context.Context, userID string) (uint64, error)
 			return v, nil
 		}
 	}
-	return 0, it.Close()
+	if err := it.Close(); err != nil {
+		return 0, err
+	}
+	// No indexed partition holds a row: a new user, or one whose entries
+	// were all written before the index existed (migration 004), when
+	// partitions were contiguous from 0.
+	return s.lastSeqContiguous(ctx, userID)
+}
+
+// lastSeqContiguous finds the last non-empty partition of an inbox whose
+// partitions are contiguous from bucket 0 by exponential then binary
+// search (two single-row reads below 100000 entries).
+func (s *Store) lastSeqContiguous(ctx context.Context, userID string) (uint64, error) {
+	best, ok, err := s.lastSeqIn(ctx, userID, 0)
+	if err != nil || !ok {
+		return 0, err
+	}
+	lo, hi := int64(0), int64(-1) // lo non-empty, hi empty (once found)
+	for step := int64(1); hi < 0; step *= 2 {
+		probe := lo + step
+		if probe > maxSeq/InboxBucketSeqs {
+			hi = maxSeq/InboxBucketSeqs + 1
+			break
+		}
+		v, ok, err := s.lastSeqIn(ctx, userID, probe)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			hi = probe
+			break
+		}
+		lo, best = probe, v
+	}
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		v, ok, err := s.lastSeqIn(ctx, userID, mid)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			lo, best = mid, v
+		} else {
+			hi = mid
+		}
+	}
+	return best, nil
 }
 
 // scanMessage reads one row of msgCols.
@@ -552,18 +598,43 @@ func (s *Store) Inbox(ctx context.Context, userID string, afterSeq uint64, limit
 		q.Release()
 		return err
 	}
-	b0 := inboxBucket(afterSeq + 1)
-	if err := readPart(b0); err != nil {
+	cur := inboxBucket(afterSeq + 1)
+	if err := readPart(cur); err != nil {
 		return nil, false, err
 	}
 	if len(refs) < need {
 		// The page goes on in the user's next partitions that exist
-		// (inbox_buckets), however far the seqs jumped.
-		q := s.q(ctx, stmtInboxIdxAfter, userID, b0).PageSize(16)
+		// (inbox_buckets), however far the seqs jumped. A partition with
+		// rows but no index row was written before the index existed
+		// (migration 004): such partitions are contiguous (the old
+		// AppendBatch filled them in order), so its successor is read
+		// directly, as the old Inbox did.
+		q := s.q(ctx, stmtInboxIdxFrom, userID, cur).PageSize(16)
 		it := q.Iter()
-		var b int64
-		for len(refs) < need && it.Scan(&b) {
-			if err := readPart(b); err != nil {
+		var ib int64
+		have := it.Scan(&ib) // ib: the next index row not yet passed
+		indexed := have && ib == cur
+		if indexed {
+			have = it.Scan(&ib)
+		}
+		for len(refs) < need {
+			n := len(refs)
+			switch {
+			case !indexed && n > 0 && refs[n-1].seq/InboxBucketSeqs == uint64(cur):
+				cur++ // an unindexed (older) partition with rows
+				indexed = have && ib == cur
+			case have:
+				cur, indexed = ib, true
+			default:
+				n = -1
+			}
+			if n < 0 {
+				break
+			}
+			if indexed {
+				have = it.Scan(&ib)
+			}
+			if err := readPart(cur); err != nil {
 				it.Close()
 				q.Release()
 				return nil, false, err
