@@ -64,10 +64,10 @@ const (
 	DefaultChannelStep = time.Minute
 	DefaultPendingTTL  = 15 * time.Second
 
-	// MaxStep bounds Config.Step: after Redis loses a user's hash the
-	// user's seqs jump by up to Step, and the cluster store's inbox
-	// partitions hold 100,000 seqs each (store/scylla.InboxBucketSeqs);
-	// a jump must never skip a whole partition.
+	// MaxStep bounds Config.Step, and so the hole each loss of Redis
+	// leaves in a user's seqs (at most Step + the user's seqs of one
+	// batch). No reader depends on it: stores read across holes of any
+	// size (the cluster store through its partition index).
 	MaxStep = 50_000
 )
 
@@ -88,8 +88,10 @@ type Config struct {
 	Prefix string
 	// Step is how many inbox seqs of a user are reserved at a time (one
 	// BoundStore.Reserve per Step seqs); default 10,000, at most MaxStep.
-	// After Redis loses a user's hash the user's seqs continue up to Step
-	// above the last one (a hole readers skip).
+	// After Redis loses a user's hash the user's seqs continue up to
+	// Step + n above the last one allocated (n: the user's seqs in the
+	// batch that reserved last), however many servers set the hash up at
+	// once: a hole readers skip. Repeated losses add their holes up.
 	Step uint64
 	// ChannelStep is how far ahead of the clock a channel's message ids
 	// are reserved (one BoundStore.Reserve per ChannelStep of a busy
@@ -97,7 +99,8 @@ type Config struct {
 	// 1 minute, at least 1 s. After Redis loses a channel's hash, a
 	// channel that was active within the last ChannelStep continues at its
 	// bound, so its next message ids may run up to ChannelStep ahead of
-	// their created_at.
+	// their created_at (one ChannelStep more per further loss within that
+	// time).
 	ChannelStep time.Duration
 	// PendingTTL is how long an allocated seq may stay uncommitted before
 	// readers skip it (the allocating server is taken for dead); default
@@ -583,7 +586,13 @@ func (a *Allocator) allocatePerKey(ctx context.Context, nowMS int64, todoC map[s
 // settle does, durably, what the last round's INIT and RESERVE answers
 // asked for (concurrently, up to boundConcurrency BoundStore calls at a
 // time): a reservation for each RESERVE, and the setup of each INIT key
-// (its init args then ride in the next round).
+// (its init args then ride in the next round). An INIT reads the durable
+// bound and reserves nothing; its key answers RESERVE in the next round.
+// So every reservation starts from a value the key's Redis hash holds
+// (the last allocated seq, or the last id's ms), and after a loss of
+// Redis the values resume at most Step + n seqs (ChannelStep + the
+// batch's ids) above the last ones allocated, however many servers set
+// the key up at once (see docs/sequencing.md, "Steps").
 func (a *Allocator) settle(ctx context.Context, nowMS int64, nd *needs, todoC map[string]*chanState, todoU map[string]*userState) error {
 	nC, nU := len(nd.initC)+len(nd.reserveC), len(nd.initU)+len(nd.reserveU)
 	if nC+nU == 0 {
@@ -594,7 +603,7 @@ func (a *Allocator) settle(ctx context.Context, nowMS int64, nd *needs, todoC ma
 		case i < len(nd.initC):
 			ch := nd.initC[i]
 			st := todoC[ch]
-			in, err := a.channelInit(ctx, ch, st.n, nowMS)
+			in, err := a.channelInit(ctx, ch)
 			if err != nil {
 				return err
 			}
@@ -604,17 +613,19 @@ func (a *Allocator) settle(ctx context.Context, nowMS int64, nd *needs, todoC ma
 			ch := nd.reserveC[i-len(nd.initC)]
 			return a.reserve(ctx, BoundKeyChannel(ch), uint64(todoC[ch].bound))
 		case i < nC+len(nd.initU):
+			// The hash is set up at the bound read, reserving nothing:
+			// the next round answers RESERVE, which reserves from the
+			// hash's own last seq. Reserving here (from the bound read)
+			// let a server that read a bound just raised by another
+			// server's INIT raise it a Step further, and a loser of the
+			// uinit race leave that raise behind for the next loss to
+			// jump to: holes of several Steps per loss.
 			u := nd.initU[i-nC]
-			st := todoU[u]
 			cur, err := a.durableSeq(ctx, u)
 			if err != nil {
 				return err
 			}
-			b := cur + uint64(st.n) + a.step
-			if err := a.reserve(ctx, BoundKeyUser(u), b); err != nil {
-				return err
-			}
-			st.init = &initArgs{cur: cur, bound: b, epoch: newEpoch()}
+			todoU[u].init = &initArgs{cur: cur, bound: cur, epoch: newEpoch()}
 			return nil
 		default:
 			u := nd.reserveU[i-nC-len(nd.initU)]
@@ -635,8 +646,10 @@ func (a *Allocator) reserve(ctx context.Context, key string, atLeast uint64) err
 
 // channelInit returns where a channel's hash is set up: after the last id
 // the durable bound allows (and after the store's last id if Config.Floor
-// is set), with a bound reserved for the n ids about to be allocated.
-func (a *Allocator) channelInit(ctx context.Context, ch string, n int, nowMS int64) (*chanInit, error) {
+// is set), with that bound and no reservation (the next round answers
+// RESERVE and reserves from the clock and the hash's last id; see
+// settle).
+func (a *Allocator) channelInit(ctx context.Context, ch string) (*chanInit, error) {
 	b, err := a.bounds.Get(ctx, BoundKeyChannel(ch))
 	if err != nil {
 		return nil, err
@@ -653,13 +666,7 @@ func (a *Allocator) channelInit(ctx context.Context, ch string, n int, nowMS int
 		}
 		last = max(last, l)
 	}
-	first := max(last+1, uint64(nowMS)<<16)
-	need := int64((first + uint64(n) - 1) >> 16)
-	bound := max(need, nowMS) + a.cstep
-	if err := a.reserve(ctx, BoundKeyChannel(ch), uint64(bound)); err != nil {
-		return nil, err
-	}
-	return &chanInit{ms: int64(last >> 16), k: int64(last & 0xffff), bound: bound}, nil
+	return &chanInit{ms: int64(last >> 16), k: int64(last & 0xffff), bound: int64(last >> 16)}, nil
 }
 
 // durableSeq is where a user's seqs resume when the Redis hash is set up:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/gocql/gocql"
@@ -32,6 +33,9 @@ const (
 	stmtBucketsAtMost  = `SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket <= ?`
 	stmtBucketsAtLeast = `SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket >= ? ORDER BY bucket ASC`
 	stmtLastActivity   = `SELECT message_id FROM channel_activity WHERE channel_id = ? LIMIT 1`
+	stmtInsertInboxIdx = `INSERT INTO inbox_buckets (user_id, bucket) VALUES (?, ?)`
+	stmtInboxIdxFrom   = `SELECT bucket FROM inbox_buckets WHERE user_id = ? AND bucket >= ?`
+	stmtInboxIdxDesc   = `SELECT bucket FROM inbox_buckets WHERE user_id = ? ORDER BY bucket DESC`
 	stmtInboxLast      = `SELECT seq FROM inbox WHERE user_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1`
 	stmtInboxAfter     = `SELECT seq, channel_id, message_id FROM inbox WHERE user_id = ? AND bucket = ? AND seq > ? LIMIT ?`
 	stmtGetDedup       = `SELECT channel_id, message_id, created_at, inbox_users, inbox_seqs FROM dedup WHERE sender_id = ? AND client_message_id = ?`
@@ -117,6 +121,12 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 		}
 	}
 
+	// The inbox partition index rows this process has not written yet go
+	// alongside steps 1 and 2 and are durable before step 3 writes an
+	// inbox row (see Inbox).
+	waitIdx := s.startInboxIndex(ctx, b.Inbox)
+	defer waitIdx()
+
 	// Step 1: dedup records, so that nothing of a send is visible before
 	// its client_message_id is known.
 	if len(b.Dedup) > 0 {
@@ -196,6 +206,9 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 	// Step 3: inbox entries; a user's next inbox partition only after its
 	// lower one, so that a partial failure never leaves a gap at a
 	// partition boundary (see Inbox and LastInboxSeq).
+	if err := waitIdx(); err != nil {
+		return fmt.Errorf("scylla store: append inbox index: %w", err)
+	}
 	if len(b.Inbox) > 0 {
 		first, later := chunkInbox(b.Inbox)
 		for _, cs := range [][]chunk{first, later} {
@@ -230,6 +243,34 @@ func dedupArgs(d *store.Dedup, ttl int) []any {
 		}
 	}
 	return []any{d.SenderID, d.ClientMessageID, d.ChannelID, encID(d.MessageID), ts(d.CreatedAt), users, seqs, ttl}
+}
+
+// startInboxIndex writes, concurrently with the caller, the
+// inbox_buckets rows of the batch's inbox partitions that this process
+// has not written before, and returns a function that waits for them (and
+// returns their error; it may be called more than once).
+func (s *Store) startInboxIndex(ctx context.Context, es []store.InboxEntry) func() error {
+	var parts []bucketKey
+	for i := range es {
+		k := bucketKey{es[i].UserID, inboxBucket(es[i].Seq)}
+		if !s.inboxParts.has(k) && !slices.Contains(parts, k) {
+			parts = append(parts, k)
+		}
+	}
+	if len(parts) == 0 {
+		return func() error { return nil }
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- parallel(ctx, len(parts), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+			if err := s.exec(ctx, stmtInsertInboxIdx, parts[i].channel, parts[i].bucket); err != nil {
+				return err
+			}
+			s.inboxParts.add(parts[i])
+			return nil
+		})
+	}()
+	return sync.OnceValue(func() error { return <-done })
 }
 
 func (s *Store) batch(ctx context.Context) *gocql.Batch {
@@ -352,10 +393,12 @@ func (s *Store) lastSeqIn(ctx context.Context, userID string, bucket int64) (uin
 
 // LastInboxSeq returns the highest inbox seq of the user, 0 if none.
 //
-// A user's inbox partitions are contiguous from bucket 0 (seqs are dense
-// from 1, and AppendBatch fills a lower partition before the next one), so
-// it finds the last non-empty partition by exponential then binary search:
-// two single-row reads for an inbox below 100000 entries.
+// It walks the user's partition index (inbox_buckets) from the highest
+// partition down and returns the last seq of the first one that holds a
+// row: two single-partition reads (an indexed partition without rows is
+// left by a batch that failed between its index and inbox writes; such a
+// partition costs one more read). Seqs may jump over any number of
+// partitions, so no search over partition numbers would do.
 func (s *Store) LastInboxSeq(ctx context.Context, userID string) (uint64, error) {
 	if err := s.check(ctx); err != nil {
 		return 0, err
@@ -363,6 +406,34 @@ func (s *Store) LastInboxSeq(ctx context.Context, userID string) (uint64, error)
 	if userID == "" {
 		return 0, nil
 	}
+	q := s.q(ctx, stmtInboxIdxDesc, userID).PageSize(16)
+	defer q.Release()
+	it := q.Iter()
+	var b int64
+	for it.Scan(&b) {
+		v, ok, err := s.lastSeqIn(ctx, userID, b)
+		if err != nil {
+			it.Close()
+			return 0, err
+		}
+		if ok {
+			it.Close()
+			return v, nil
+		}
+	}
+	if err := it.Close(); err != nil {
+		return 0, err
+	}
+	// No indexed partition holds a row: a new user, or one whose entries
+	// were all written before the index existed (migration 004), when
+	// partitions were contiguous from 0.
+	return s.lastSeqContiguous(ctx, userID)
+}
+
+// lastSeqContiguous finds the last non-empty partition of an inbox whose
+// partitions are contiguous from bucket 0 by exponential then binary
+// search (two single-row reads below 100000 entries).
+func (s *Store) lastSeqContiguous(ctx context.Context, userID string) (uint64, error) {
 	best, ok, err := s.lastSeqIn(ctx, userID, 0)
 	if err != nil || !ok {
 		return 0, err
@@ -528,9 +599,10 @@ type inboxRef struct {
 // ascending seq order, each joined with its message, and whether more
 // remain; limit <= 0 returns none and more tells whether any exist.
 //
-// It reads the entries partition by partition from the one of afterSeq+1
-// and stops at the first partition without entries past afterSeq
-// (partitions are contiguous, see LastInboxSeq); then it joins the
+// It reads the entries from the partition of afterSeq+1 and, if the page
+// is not full, from the user's later partitions listed in inbox_buckets
+// (a user's seqs may jump over whole partitions: holes of any size cost
+// one index read, never a read per empty partition); then it joins the
 // messages with one "IN" read per message partition, concurrently. An
 // entry whose message is missing (lost data: AppendBatch writes messages
 // first) is skipped with a warning rather than blocking the user's sync.
@@ -544,23 +616,64 @@ func (s *Store) Inbox(ctx context.Context, userID string, afterSeq uint64, limit
 	limit = max(limit, 0)
 	need := limit + 1
 	var refs []inboxRef
-	for b := inboxBucket(afterSeq + 1); len(refs) < need; b++ {
+	readPart := func(b int64) error {
 		q := s.q(ctx, stmtInboxAfter, userID, b, int64(afterSeq), need-len(refs))
 		it := q.Iter()
-		n := 0
 		var seq, id int64
 		var ch string
 		for it.Scan(&seq, &ch, &id) {
 			refs = append(refs, inboxRef{uint64(seq), ch, decID(id)})
-			n++
+		}
+		err := it.Close()
+		q.Release()
+		return err
+	}
+	cur := inboxBucket(afterSeq + 1)
+	if err := readPart(cur); err != nil {
+		return nil, false, err
+	}
+	if len(refs) < need {
+		// The page goes on in the user's next partitions that exist
+		// (inbox_buckets), however far the seqs jumped. A partition with
+		// rows but no index row was written before the index existed
+		// (migration 004): such partitions are contiguous (the old
+		// AppendBatch filled them in order), so its successor is read
+		// directly, as the old Inbox did.
+		q := s.q(ctx, stmtInboxIdxFrom, userID, cur).PageSize(16)
+		it := q.Iter()
+		var ib int64
+		have := it.Scan(&ib) // ib: the next index row not yet passed
+		indexed := have && ib == cur
+		if indexed {
+			have = it.Scan(&ib)
+		}
+		for len(refs) < need {
+			n := len(refs)
+			switch {
+			case !indexed && n > 0 && refs[n-1].seq/InboxBucketSeqs == uint64(cur):
+				cur++ // an unindexed (older) partition with rows
+				indexed = have && ib == cur
+			case have:
+				cur, indexed = ib, true
+			default:
+				n = -1
+			}
+			if n < 0 {
+				break
+			}
+			if indexed {
+				have = it.Scan(&ib)
+			}
+			if err := readPart(cur); err != nil {
+				it.Close()
+				q.Release()
+				return nil, false, err
+			}
 		}
 		err := it.Close()
 		q.Release()
 		if err != nil {
 			return nil, false, err
-		}
-		if n == 0 {
-			break
 		}
 	}
 	more := len(refs) > limit

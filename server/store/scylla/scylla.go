@@ -225,7 +225,10 @@ type Store struct {
 	sess    gocqlx.Session
 	closed  atomic.Bool
 	buckets bucketCache
-	ttl     int // dedup TTL in seconds
+	// inboxParts remembers the inbox_buckets rows (user, partition) this
+	// process has written (bucketKey.channel holds the user id).
+	inboxParts bucketCache
+	ttl        int // dedup TTL in seconds
 }
 
 var _ store.Store = (*Store)(nil)
@@ -245,9 +248,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	// Fail early and clearly on a keyspace without the schema.
 	var n int
-	err = sess.Session.Query(`SELECT count(*) FROM system_schema.tables WHERE keyspace_name = ? AND table_name IN ('messages', 'inbox', 'channel_members', 'receipts', 'message_revisions')`,
+	err = sess.Session.Query(`SELECT count(*) FROM system_schema.tables WHERE keyspace_name = ? AND table_name IN ('messages', 'inbox', 'inbox_buckets', 'channel_members', 'receipts', 'message_revisions')`,
 		cfg.Keyspace).WithContext(ctx).Scan(&n)
-	if err == nil && n != 5 {
+	if err == nil && n != 6 {
 		err = fmt.Errorf("keyspace %s lacks the chatd schema (run Migrate)", cfg.Keyspace)
 	}
 	if err != nil {

@@ -299,8 +299,8 @@ func TestHistoryAcrossBuckets(t *testing.T) {
 
 // TestInboxAcrossPartitions: an inbox spanning several 100000-seq
 // partitions reads across the boundaries, and LastInboxSeq finds the last
-// partition. The seqs have gaps but, as AppendBatch guarantees, the last
-// seq of a partition exists whenever the next partition holds entries.
+// partition (the conformance suite's Inbox cases cover holes over whole
+// partitions).
 func TestInboxAcrossPartitions(t *testing.T) {
 	s := openClean(t)
 	defer s.Close()
@@ -345,6 +345,63 @@ func TestInboxAcrossPartitions(t *testing.T) {
 	}
 	if ds, more, err := s.Inbox(ctx, "bob", 99_998, 2); err != nil || len(ds) != 2 || ds[1].Seq != 100_000 || !more {
 		t.Fatalf("Inbox(after 99998, 2) = %v, %v, %v", ds, more, err)
+	}
+}
+
+// TestInboxUnindexedPartitions: partitions written before the partition
+// index existed (rows without inbox_buckets rows, contiguous from 0) are
+// still read, up to the first indexed one and across the holes after it;
+// LastInboxSeq finds the last seq of such an inbox.
+func TestInboxUnindexedPartitions(t *testing.T) {
+	s := openClean(t)
+	defer s.Close()
+	ctx := context.Background()
+	m := &store.Message{ChannelID: "c", MessageID: 1, SenderID: "a", Text: "x", CreatedAt: time.UnixMilli(1), Kind: store.KindText}
+	if err := s.AppendBatch(ctx, &store.Batch{Messages: []*store.Message{m}}); err != nil {
+		t.Fatal(err)
+	}
+	old := []uint64{5, 99_999, 100_001, 199_999, 200_003} // partitions 0-2 as the old AppendBatch left them: the last seq of a partition exists when the next has entries
+	for _, u := range []string{"bob", "carol"} {
+		for _, q := range old {
+			if err := s.exec(ctx, stmtInsertInbox, inboxArgs(&store.InboxEntry{UserID: u, Seq: q, ChannelID: "c", MessageID: 1})...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if last, err := s.LastInboxSeq(ctx, "carol"); err != nil || last != 200_003 {
+		t.Fatalf("LastInboxSeq(carol) = %d, %v; want 200003", last, err)
+	}
+	// bob goes on with the new version: partition 2 gets its index row,
+	// then seqs jump over partitions 3 to 5.
+	newer := []uint64{200_004, 650_000}
+	for _, q := range newer {
+		if err := s.AppendBatch(ctx, &store.Batch{Inbox: []store.InboxEntry{{UserID: "bob", Seq: q, ChannelID: "c", MessageID: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := append(slices.Clone(old), newer...)
+	for _, limit := range []int{1, 2, 3, 100} {
+		var got []uint64
+		after := uint64(0)
+		for page := 0; page <= len(all); page++ {
+			ds, more, err := s.Inbox(ctx, "bob", after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range ds {
+				got = append(got, d.Seq)
+			}
+			if !more {
+				break
+			}
+			after = ds[len(ds)-1].Seq
+		}
+		if !slices.Equal(got, all) {
+			t.Fatalf("limit %d: %v, want %v", limit, got, all)
+		}
+	}
+	if last, err := s.LastInboxSeq(ctx, "bob"); err != nil || last != 650_000 {
+		t.Fatalf("LastInboxSeq(bob) = %d, %v; want 650000", last, err)
 	}
 }
 
