@@ -122,6 +122,10 @@ type cluster struct {
 	flags    []string
 	servers  map[string]*proc
 	conns    map[string]*grpc.ClientConn
+	// bin is the chatd binary (default the normal build); env[id] is
+	// added to server id's environment at its next start.
+	bin string
+	env map[string][]string
 }
 
 // newCluster creates a keyspace (chatd migrate), a private Redis and a
@@ -182,7 +186,11 @@ func (c *cluster) start(id string) *proc {
 		"--redis", c.redis, "--token-key-file", c.keyFile, "--server-id", id,
 		"--log-level", "warn",
 	}, c.flags...)
-	p := startChatd(c.t, c.t.TempDir(), args...)
+	bin := c.bin
+	if bin == "" {
+		bin = chatdBinary(c.t)
+	}
+	p := startChatdWith(c.t, bin, c.env[id], c.t.TempDir(), args...)
 	c.servers[id] = p
 	c.conns[id] = dial(c.t, p.grpc)
 	return p

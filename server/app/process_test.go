@@ -48,6 +48,29 @@ func binary(t *testing.T, name string) string {
 
 func chatdBinary(t *testing.T) string { return binary(t, "chatd") }
 
+var (
+	faultOnce sync.Once
+	faultErr  error
+)
+
+// faultBinary builds cmd/chatd with -tags chatd_faults once per test run
+// (CHATD_FAULT_KILL kills it between two write steps of a batch; see
+// server/app/faults_on.go) and returns its path.
+func faultBinary(t *testing.T) string {
+	t.Helper()
+	binary(t, "chatd") // makes binDir
+	faultOnce.Do(func() {
+		out, err := exec.Command("go", "build", "-tags", "chatd_faults", "-o", filepath.Join(binDir, "faults")+"/", "github.com/chatd/chatd/cmd/chatd").CombinedOutput()
+		if err != nil {
+			faultErr = fmt.Errorf("go build -tags chatd_faults: %v\n%s", err, out)
+		}
+	})
+	if faultErr != nil {
+		t.Fatal(faultErr)
+	}
+	return filepath.Join(binDir, "faults", "chatd")
+}
+
 func freePort(t *testing.T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -70,9 +93,16 @@ type proc struct {
 // startChatd runs the chatd binary on dataDir and waits until it is SERVING.
 func startChatd(t *testing.T, dataDir string, flags ...string) *proc {
 	t.Helper()
+	return startChatdWith(t, chatdBinary(t), nil, dataDir, flags...)
+}
+
+// startChatdWith runs the chatd binary bin with env added to the
+// environment, and waits until it is SERVING.
+func startChatdWith(t *testing.T, bin string, env []string, dataDir string, flags ...string) *proc {
+	t.Helper()
 	p := &proc{grpc: "127.0.0.1:" + freePort(t), http: "127.0.0.1:" + freePort(t), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(chatdBinary(t), append([]string{"--data-dir", dataDir, "--http-addr", p.http}, flags...)...)
-	p.cmd.Env = append(os.Environ(), "CHATD_GRPC_ADDR="+p.grpc) // the environment sets flags too
+	p.cmd = exec.Command(bin, append([]string{"--data-dir", dataDir, "--http-addr", p.http}, flags...)...)
+	p.cmd.Env = append(append(os.Environ(), env...), "CHATD_GRPC_ADDR="+p.grpc) // the environment sets flags too
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -829,6 +829,7 @@ func (r *Router) resubscribe() bool {
 	_ = r.ps.Close()
 	r.ps = ps
 	r.n.resubscribes.Add(1)
+	r.log.Info("router/redis: subscribed again (Redis reachable)", "node", r.nodeID)
 	return true
 }
 
@@ -876,6 +877,13 @@ func (r *Router) heartbeat(ctx context.Context) (lost bool, err error) {
 		}
 		if n == 0 {
 			dead[others[i]] = struct{}{}
+		}
+	}
+	if old := r.dead.Load(); old != nil {
+		for n := range dead {
+			if _, was := (*old)[n]; !was {
+				r.log.Info("router/redis: node fenced (its alive key expired): its routes are ignored", "node", r.nodeID, "dead_node", n)
+			}
 		}
 	}
 	r.dead.Store(&dead)
