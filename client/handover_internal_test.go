@@ -205,7 +205,7 @@ func TestResumeFromRemembersMessages(t *testing.T) {
 	}
 	pump(prev)
 	// The application processed seqs 1 and 2 only.
-	s := newDetachedSession(&chatv1.Welcome{}, sessionOptions{deliveryBuffer: 16, resumeFrom: prev, resumeAfter: 2})
+	s := newDetachedSession(&chatv1.Welcome{}, sessionOptions{deliveryBuffer: 16, resumeFrom: prev, resumeAfter: 2, resumeSet: true})
 	if s.LastSeq() != 2 {
 		t.Fatalf("LastSeq = %d, want 2", s.LastSeq())
 	}
@@ -218,6 +218,13 @@ func TestResumeFromRemembersMessages(t *testing.T) {
 	}
 	if s2 := newDetachedSession(&chatv1.Welcome{}, sessionOptions{resumeFrom: prev}); s2.LastSeq() != 3 {
 		t.Fatalf("LastSeq = %d, want prev's 3", s2.LastSeq())
+	}
+	// WithResumeAfter(0): the application processed nothing of prev's.
+	s3 := newDetachedSession(&chatv1.Welcome{}, sessionOptions{resumeFrom: prev, resumeSet: true, deliveryBuffer: 4})
+	s3.dispatch(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: msgDelivery(1, 100)}})
+	pump(s3)
+	if got := drain(s3.deliveries); s3.LastSeq() != 1 || len(got) != 1 {
+		t.Fatalf("after WithResumeAfter(0): delivered %v, LastSeq %d; want [1], 1", got, s3.LastSeq())
 	}
 }
 

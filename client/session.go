@@ -54,6 +54,7 @@ type sessionOptions struct {
 	autoAck        bool
 	autoAckEvery   time.Duration
 	resumeAfter    uint64
+	resumeSet      bool // WithResumeAfter was given
 	resumeFrom     *Session
 }
 
@@ -97,7 +98,7 @@ func WithAutoAck(interval time.Duration) SessionOption {
 // max(Welcome.cursor, seq) and deliveries up to seq are dropped as
 // duplicates.
 func WithResumeAfter(seq uint64) SessionOption {
-	return func(o *sessionOptions) { o.resumeAfter = seq }
+	return func(o *sessionOptions) { o.resumeAfter, o.resumeSet = seq, true }
 }
 
 // WithResumeFrom continues the hand-over of an earlier session of the same
@@ -300,7 +301,7 @@ func (o *sessionOptions) resume() recentMessages {
 	}
 	prev.mu.Lock()
 	defer prev.mu.Unlock()
-	if o.resumeAfter == 0 || prev.seen < o.resumeAfter {
+	if !o.resumeSet || prev.seen < o.resumeAfter {
 		o.resumeAfter = prev.seen
 	}
 	return prev.recent.clone(o.resumeAfter)
