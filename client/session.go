@@ -31,8 +31,10 @@ const (
 	defaultHeartbeat = 25 * time.Second
 	// outQueue is the capacity of the writer queue, in frames.
 	outQueue = 256
-	// handQueue is the capacity of the queue from the reader to the
-	// hand-over goroutine, in deliveries and SyncAll replies.
+	// handQueue is the least capacity of the queue from the reader to the
+	// hand-over goroutine, in deliveries and SyncAll replies; it is at least
+	// the Deliveries buffer, so that as many live deliveries can arrive
+	// while SyncAll's callback walks a page as could wait in Deliveries.
 	handQueue = 64
 	// autoAckTimeout bounds one background Ack round trip.
 	autoAckTimeout = 30 * time.Second
@@ -272,7 +274,7 @@ func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, 
 		typing:     make(chan *chatv1.TypingEvent, o.typingBuffer),
 		receipts:   make(chan *chatv1.ReceiptEvent, o.eventBuffer),
 		unread:     make(chan *chatv1.UnreadEvent, o.eventBuffer),
-		hand:       make(chan handItem, handQueue),
+		hand:       make(chan handItem, max(handQueue, o.deliveryBuffer)),
 		calls:      make(map[uint64]*call),
 		seen:       max(w.GetCursor(), o.resumeAfter),
 		recent:     recent,
