@@ -19,7 +19,17 @@
 //	last, err := s.SyncAll(ctx, 0, func(d *chatv1.Delivery) error { show(d); return nil })
 //	s.Ack(ctx, last)
 //	for d := range s.Deliveries() { show(d); s.AckAsync(d.GetInboxSeq()) }
-//	// The stream ended: s.Err() says why (see Session.Err).
+//	// The stream ended: s.Err() says why (see Session.Err). Reconnect with
+//	// c.Connect(ctx, client.WithResumeFrom(s)) and sync again.
+//
+// A session hands the device's inbox to the application as one sequence:
+// SyncAll's callback and then the Deliveries channel, in the order the
+// server sent the sync pages and live deliveries, each inbox entry once
+// (by inbox_seq, and by (channel_id, message_id) for a message that a
+// cluster placed under a second seq), never skipping one. Live deliveries
+// that arrive while SyncAll is still handing over its pages wait for it,
+// or are held back and handed over by the pages (see Session.Deliveries
+// and Session.SyncAll).
 //
 // Errors returned by the server keep their gRPC status, so callers inspect
 // them with status.Code(err). Errors for a single Chat frame (FrameError) are

@@ -31,6 +31,11 @@ const (
 	defaultHeartbeat = 25 * time.Second
 	// outQueue is the capacity of the writer queue, in frames.
 	outQueue = 256
+	// handQueue is the least capacity of the queue from the reader to the
+	// hand-over goroutine, in deliveries and SyncAll replies; it is at least
+	// the Deliveries buffer, so that as many live deliveries can arrive
+	// while SyncAll's callback walks a page as could wait in Deliveries.
+	handQueue = 64
 	// autoAckTimeout bounds one background Ack round trip.
 	autoAckTimeout = 30 * time.Second
 )
@@ -51,6 +56,8 @@ type sessionOptions struct {
 	autoAck        bool
 	autoAckEvery   time.Duration
 	resumeAfter    uint64
+	resumeSet      bool // WithResumeAfter was given
+	resumeFrom     *Session
 }
 
 // WithDeliveryBuffer sets the capacity of the Deliveries channel (default
@@ -93,7 +100,19 @@ func WithAutoAck(interval time.Duration) SessionOption {
 // max(Welcome.cursor, seq) and deliveries up to seq are dropped as
 // duplicates.
 func WithResumeAfter(seq uint64) SessionOption {
-	return func(o *sessionOptions) { o.resumeAfter = seq }
+	return func(o *sessionOptions) { o.resumeAfter, o.resumeSet = seq, true }
+}
+
+// WithResumeFrom continues the hand-over of an earlier session of the same
+// device (usually one that ended): like WithResumeAfter(prev.LastSeq()),
+// and the new session also remembers the messages prev handed over, so a
+// message that the server placed again under a new inbox_seq (cluster
+// mode, docs/sequencing.md "Duplicates") is not handed over a second time
+// after the reconnect. Use WithResumeAfter as well when the application has
+// processed less than prev.LastSeq() (deliveries left in prev's channel):
+// the lower of the two applies.
+func WithResumeFrom(prev *Session) SessionOption {
+	return func(o *sessionOptions) { o.resumeFrom = prev }
 }
 
 // Session is one open Chat stream of a device. It demultiplexes the
@@ -119,10 +138,20 @@ type Session struct {
 	receipts   chan *chatv1.ReceiptEvent
 	unread     chan *chatv1.UnreadEvent
 
+	// hand carries live deliveries and the replies to SyncAll's requests,
+	// in the order the reader received them, to the hand-over goroutine:
+	// the one place where deliveries are handed to the application.
+	hand   chan handItem
+	syncMu sync.Mutex // serialises SyncAll calls
+
 	mu     sync.Mutex
 	calls  map[uint64]*call // frames awaiting a reply, by frame_id
 	seen   uint64           // highest inbox_seq handed to the application
 	recent recentMessages   // recently delivered (channel_id, message_id)
+	// behind: a SyncAll is walking the inbox, or the last one stopped
+	// before its last page. Live deliveries are not handed over meanwhile:
+	// they are not contiguous with seen, and the sync pages bring them.
+	behind bool
 	ended  bool
 	endErr error
 
@@ -131,6 +160,7 @@ type Session struct {
 	ackKick chan struct{}
 
 	dupDropped     atomic.Uint64
+	heldBack       atomic.Uint64
 	typingDropped  atomic.Uint64
 	receiptDropped atomic.Uint64
 	unreadDropped  atomic.Uint64
@@ -154,6 +184,18 @@ type call struct {
 	err     error
 	once    sync.Once
 	release func()
+	// turn is set for SyncAll's requests: the reply takes its place in
+	// the hand-over sequence, which waits until SyncAll closes turn
+	// (it has handed the page over, or given up on it).
+	turn chan struct{}
+}
+
+// handItem is one entry of the hand-over sequence: a live delivery, or the
+// reply f to a SyncAll request c.
+type handItem struct {
+	d *chatv1.Delivery
+	f *chatv1.ServerFrame
+	c *call
 }
 
 func (c *call) complete(f *chatv1.ServerFrame, err error) {
@@ -183,7 +225,9 @@ func (c *call) wait(ctx context.Context) (*chatv1.ServerFrame, error) {
 //
 // If Welcome.head_seq is above the device's cursor (Behind reports true),
 // the server pushes no live deliveries until the device has synced to the
-// head: call SyncAll first.
+// head: call SyncAll first. To resume after a reconnect, pass
+// WithResumeFrom(previous session) (and WithResumeAfter with the last seq
+// the application processed, if lower).
 func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, error) {
 	o := sessionOptions{
 		deliveryBuffer: DefaultDeliveryBuffer,
@@ -197,6 +241,7 @@ func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, 
 	if c.Token() == "" {
 		return nil, ErrNoToken
 	}
+	recent := o.resume()
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, cancel)
 	stream, err := c.chat.Chat(sctx)
@@ -229,25 +274,46 @@ func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, 
 		typing:     make(chan *chatv1.TypingEvent, o.typingBuffer),
 		receipts:   make(chan *chatv1.ReceiptEvent, o.eventBuffer),
 		unread:     make(chan *chatv1.UnreadEvent, o.eventBuffer),
+		hand:       make(chan handItem, max(handQueue, o.deliveryBuffer)),
 		calls:      make(map[uint64]*call),
 		seen:       max(w.GetCursor(), o.resumeAfter),
+		recent:     recent,
 		ackKick:    make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		halfClose:  make(chan struct{}),
 	}
 	s.cursor.Store(w.GetCursor())
 	s.ackWant.Store(w.GetCursor())
-	s.wg.Add(4)
+	s.wg.Add(5)
 	go s.readLoop()
+	go s.handLoop()
 	go s.writeLoop()
 	go s.heartbeatLoop()
 	go s.ackLoop()
 	return s, nil
 }
 
-// newDetachedSession builds a Session without a stream, for tests of the
-// demultiplexing logic.
+// resume applies WithResumeFrom: it lowers resumeAfter to the previous
+// session's LastSeq (unless WithResumeAfter set it lower) and returns the
+// previous session's memory of messages handed over up to there.
+func (o *sessionOptions) resume() recentMessages {
+	prev := o.resumeFrom
+	if prev == nil {
+		return recentMessages{}
+	}
+	prev.mu.Lock()
+	defer prev.mu.Unlock()
+	if !o.resumeSet || prev.seen < o.resumeAfter {
+		o.resumeAfter = prev.seen
+	}
+	return prev.recent.clone(o.resumeAfter)
+}
+
+// newDetachedSession builds a Session without a stream and without
+// goroutines, for tests of the demultiplexing logic (they run handLoop or
+// handOver themselves).
 func newDetachedSession(w *chatv1.Welcome, o sessionOptions) *Session {
+	recent := o.resume()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Session{
 		ctx: ctx, cancel: cancel, welcome: w, opts: o,
@@ -257,8 +323,10 @@ func newDetachedSession(w *chatv1.Welcome, o sessionOptions) *Session {
 		typing:     make(chan *chatv1.TypingEvent, max(o.typingBuffer, 1)),
 		receipts:   make(chan *chatv1.ReceiptEvent, max(o.eventBuffer, 1)),
 		unread:     make(chan *chatv1.UnreadEvent, max(o.eventBuffer, 1)),
+		hand:       make(chan handItem, handQueue),
 		calls:      make(map[uint64]*call),
 		seen:       max(w.GetCursor(), o.resumeAfter),
+		recent:     recent,
 		ackKick:    make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		halfClose:  make(chan struct{}),
@@ -279,9 +347,20 @@ func (s *Session) Welcome() *chatv1.Welcome { return s.welcome }
 func (s *Session) Behind() bool { return s.welcome.GetHeadSeq() > s.welcome.GetCursor() }
 
 // Deliveries returns the live deliveries pushed by the server, in inbox_seq
-// order and deduplicated: the session remembers the highest inbox_seq handed
-// to the application (through this channel or SyncAll) and drops any
-// delivery at or below it. The channel is closed when the session ends.
+// order and deduplicated. The session hands deliveries to the application
+// in one ordered sequence, SyncAll's callback and this channel together, in
+// the order the server sent them: a live delivery that arrived after a sync
+// page is placed here only once SyncAll has handed that page over. The
+// session remembers the highest inbox_seq handed over (LastSeq) and drops
+// any delivery at or below it, and it drops a message it handed over
+// recently under another inbox_seq (same channel_id and message_id: in a
+// cluster a message can sit in the inbox twice, docs/sequencing.md). While
+// a SyncAll runs, and after one stopped before the end of the inbox (an
+// error), live deliveries are not placed here (Stats.HeldBackDeliveries):
+// they may lie beyond entries the sync has not handed over yet, and the
+// sync pages bring them; call SyncAll again after it failed. The channel is
+// closed when the session ends, after the deliveries received before the
+// end (as long as the channel has room for them).
 //
 // The channel is bounded (WithDeliveryBuffer). When it is full the reading
 // goroutine blocks, so replies to Send, Sync and Ack are not read either,
@@ -299,8 +378,8 @@ func (s *Session) TypingEvents() <-chan *chatv1.TypingEvent { return s.typing }
 
 // Done is closed when the session has ended; Err then says why. The session
 // notices the end of the stream when its reader receives it, so while the
-// reader is blocked on a full Deliveries channel, Done (like the closing of
-// Deliveries) waits until the application drains the channel.
+// reader is blocked behind a full Deliveries channel, Done (like the closing
+// of Deliveries) waits until the application drains the channel.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
 // Err returns nil while the session is open. Afterwards it returns why it
@@ -360,8 +439,13 @@ func (s *Session) LastSeq() uint64 {
 
 // SessionStats counts frames the session dropped.
 type SessionStats struct {
-	// DuplicateDeliveries: deliveries at or below LastSeq, dropped.
+	// DuplicateDeliveries: deliveries at or below LastSeq, or of a message
+	// handed over recently under another inbox_seq, dropped.
 	DuplicateDeliveries uint64
+	// HeldBackDeliveries: live deliveries not handed over because a
+	// SyncAll was running or had stopped before the end of the inbox; a
+	// SyncAll hands them over from its pages.
+	HeldBackDeliveries uint64
 	// DroppedTypingEvents: typing events dropped because TypingEvents was full.
 	DroppedTypingEvents uint64
 	// DroppedReceipts and DroppedUnreadEvents: events dropped because
@@ -375,6 +459,7 @@ type SessionStats struct {
 func (s *Session) Stats() SessionStats {
 	return SessionStats{
 		DuplicateDeliveries: s.dupDropped.Load(),
+		HeldBackDeliveries:  s.heldBack.Load(),
 		DroppedTypingEvents: s.typingDropped.Load(),
 		DroppedReceipts:     s.receiptDropped.Load(),
 		DroppedUnreadEvents: s.unreadDropped.Load(),
@@ -498,54 +583,101 @@ func (s *Session) Sync(ctx context.Context, afterSeq uint64, limit int32) (*chat
 // is what tells the server that the device has caught up and may receive
 // live deliveries.
 //
+// SyncAll's pages and the live deliveries take their turn in one ordered
+// hand-over, in the order the server sent them (see Deliveries): a live
+// delivery that follows the last page on the wire goes to Deliveries only
+// after fn has returned for every entry of that page. While SyncAll runs,
+// live deliveries are not handed over (the pages bring them), so fn sees
+// every entry up to the end of the inbox. fn runs on the caller's goroutine
+// and may call the session's other methods (Ack, Send); the reader goes on
+// reading replies meanwhile, and stops reading only if deliveries pile up
+// behind the page that fn is working through. Calls of SyncAll are
+// serialised.
+//
 // If fn returns an error, SyncAll stops and returns it; that delivery is not
-// counted as handed over, so a later SyncAll offers it again. SyncAll
-// returns LastSeq: the highest inbox_seq handed to the application, which is
-// what to Ack once the deliveries are durably processed.
+// counted as handed over, so a later SyncAll offers it again. After an
+// error (fn's, the session's or ctx's) live deliveries stay held back until
+// a SyncAll reaches the end of the inbox. SyncAll returns LastSeq: the
+// highest inbox_seq handed to the application, which is what to Ack once
+// the deliveries are durably processed.
 func (s *Session) SyncAll(ctx context.Context, limit int32, fn func(*chatv1.Delivery) error) (last uint64, err error) {
-	after := s.LastSeq()
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	s.mu.Lock()
+	s.behind = true // until a last page is handed over
+	after := s.seen
+	s.mu.Unlock()
 	for {
-		page, err := s.Sync(ctx, after, limit)
-		if err != nil {
+		more, next, err := s.syncStep(ctx, after, limit, fn)
+		if err != nil || !more {
 			return s.LastSeq(), err
 		}
-		for _, d := range page.GetDeliveries() {
-			seq := d.GetInboxSeq()
-			s.mu.Lock()
-			prev := s.seen
-			if seq <= prev {
-				s.mu.Unlock()
-				continue
-			}
-			s.seen = seq
-			if s.recent.seen(d.GetMessage()) {
-				s.mu.Unlock()
-				s.dupDropped.Add(1)
-				continue // the same message under a second seq
-			}
-			s.mu.Unlock()
-			if err := fn(d); err != nil {
-				s.mu.Lock()
-				if s.seen == seq {
-					s.seen = prev
-				}
-				s.recent.forget(d.GetMessage())
-				s.mu.Unlock()
-				return s.LastSeq(), err
-			}
-			if s.opts.autoAck {
-				s.AckAsync(seq)
-			}
-		}
-		if !page.GetMore() {
-			return s.LastSeq(), nil
-		}
-		next := page.GetNextAfterSeq()
 		if next <= after {
 			return s.LastSeq(), status.Errorf(codes.Internal, "client: sync page after %d did not advance (next_after_seq %d)", after, next)
 		}
 		after = next
 	}
+}
+
+// syncStep requests one page after afterSeq and, when the page's turn in
+// the hand-over sequence has come, hands its new entries to fn. A last
+// page (more == false) handed over completely ends the catch-up: live
+// deliveries are handed over again, starting with those right behind it.
+func (s *Session) syncStep(ctx context.Context, after uint64, limit int32, fn func(*chatv1.Delivery) error) (more bool, next uint64, err error) {
+	c := &call{done: make(chan struct{}), turn: make(chan struct{})}
+	if err := s.enqueueCall(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Sync{
+		Sync: &chatv1.SyncRequest{AfterSeq: after, Limit: limit},
+	}}, c); err != nil {
+		return false, 0, err
+	}
+	// Closing turn lets the hand-over go on past this reply: after the page
+	// is handed over, or at once if SyncAll gives up on it.
+	defer close(c.turn)
+	f, err := c.wait(ctx)
+	if err != nil {
+		return false, 0, err
+	}
+	if err := frameError(f); err != nil {
+		return false, 0, err
+	}
+	page := f.GetSyncPage()
+	if page == nil {
+		return false, 0, unexpectedReply(f, "SyncPage")
+	}
+	for _, d := range page.GetDeliveries() {
+		seq := d.GetInboxSeq()
+		s.mu.Lock()
+		prev := s.seen
+		if seq <= prev {
+			s.mu.Unlock()
+			continue
+		}
+		s.seen = seq
+		if s.recent.seen(d.GetMessage(), seq) {
+			s.mu.Unlock()
+			s.dupDropped.Add(1)
+			continue // the same message under a second seq
+		}
+		s.mu.Unlock()
+		if err := fn(d); err != nil {
+			s.mu.Lock()
+			if s.seen == seq {
+				s.seen = prev
+			}
+			s.recent.forget(d.GetMessage())
+			s.mu.Unlock()
+			return false, 0, err
+		}
+		if s.opts.autoAck {
+			s.AckAsync(seq)
+		}
+	}
+	if !page.GetMore() {
+		s.mu.Lock()
+		s.behind = false
+		s.mu.Unlock()
+	}
+	return page.GetMore(), page.GetNextAfterSeq(), nil
 }
 
 // Ack tells the server that the device has durably received every inbox
@@ -642,9 +774,25 @@ func (s *Session) roundTrip(ctx context.Context, f *chatv1.ClientFrame) (*chatv1
 	return reply, nil
 }
 
+// enqueueCall is enqueue with the caller's own call (SyncAll's, with a
+// turn).
+func (s *Session) enqueueCall(ctx context.Context, f *chatv1.ClientFrame, c *call) error {
+	_, err := s.enqueueWith(ctx, f, c)
+	return err
+}
+
 // enqueue assigns f a frame_id and queues it for the writer. With
 // wantReply it registers a call that the reader completes with the reply.
 func (s *Session) enqueue(ctx context.Context, f *chatv1.ClientFrame, wantReply bool) (*call, error) {
+	var c *call
+	if wantReply {
+		c = &call{done: make(chan struct{})}
+	}
+	return s.enqueueWith(ctx, f, c)
+}
+
+// enqueueWith queues f, registering c (if not nil) for its reply.
+func (s *Session) enqueueWith(ctx context.Context, f *chatv1.ClientFrame, c *call) (*call, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -658,8 +806,7 @@ func (s *Session) enqueue(ctx context.Context, f *chatv1.ClientFrame, wantReply 
 		return nil, s.Err()
 	default:
 	}
-	var c *call
-	if wantReply {
+	if c != nil {
 		select {
 		case s.inflight <- struct{}{}:
 		case <-ctx.Done():
@@ -667,7 +814,7 @@ func (s *Session) enqueue(ctx context.Context, f *chatv1.ClientFrame, wantReply 
 		case <-s.done:
 			return nil, s.Err()
 		}
-		c = &call{done: make(chan struct{}), release: func() { <-s.inflight }}
+		c.release = func() { <-s.inflight }
 	}
 	f.FrameId = s.nextID.Add(1)
 	if c != nil {
@@ -715,12 +862,13 @@ func (s *Session) readLoop() {
 	}
 }
 
-// dispatch routes one server frame. It blocks only when the Deliveries
-// channel is full, until there is room or the session ends.
+// dispatch routes one server frame. It blocks only when the hand-over
+// queue is full (the application does not drain Deliveries, or SyncAll's
+// callback is slow), until there is room or the session ends.
 func (s *Session) dispatch(f *chatv1.ServerFrame) {
 	switch p := f.GetPayload().(type) {
 	case *chatv1.ServerFrame_Delivery:
-		s.deliver(p.Delivery)
+		s.queueHand(handItem{d: p.Delivery})
 		return
 	case *chatv1.ServerFrame_Typing:
 		select {
@@ -755,17 +903,60 @@ func (s *Session) dispatch(f *chatv1.ServerFrame) {
 		return // an unsolicited reply or error has no caller
 	}
 	if c := s.takeCall(f.GetFrameId()); c != nil {
+		if c.turn != nil {
+			s.queueHand(handItem{f: f, c: c}) // SyncAll's reply: in order with deliveries
+			return
+		}
 		c.complete(f, nil)
 	}
 	// Replies to fire-and-forget frames (heartbeats, typing) are dropped.
 }
 
-// deliver hands a live delivery to the application unless it is a repeat.
-func (s *Session) deliver(d *chatv1.Delivery) {
+// queueHand appends it to the hand-over sequence. Only the reader calls
+// it. When the session is closed meanwhile, a SyncAll reply is failed.
+func (s *Session) queueHand(it handItem) {
+	select {
+	case s.hand <- it:
+	case <-s.ctx.Done():
+		if it.c != nil {
+			it.c.complete(nil, ErrClosed)
+		}
+	}
+}
+
+// handLoop is the hand-over goroutine: it takes the reader's deliveries and
+// SyncAll replies in the order they arrived and hands them over, until the
+// reader ends the session; then it closes Deliveries.
+func (s *Session) handLoop() {
+	defer s.wg.Done()
+	for it := range s.hand {
+		s.handOver(it)
+	}
+	close(s.deliveries)
+}
+
+// handOver hands one item of the sequence over. A SyncAll reply is given to
+// the waiting SyncAll, and nothing further is handed over until SyncAll has
+// walked the page (or given up on it, or the session ends).
+func (s *Session) handOver(it handItem) {
+	if it.c != nil {
+		it.c.complete(it.f, nil)
+		select {
+		case <-it.c.turn:
+		case <-s.ctx.Done():
+		}
+		return
+	}
+	d := it.d
 	seq := d.GetInboxSeq()
 	s.mu.Lock()
+	if s.behind {
+		s.mu.Unlock()
+		s.heldBack.Add(1)
+		return
+	}
 	prev := s.seen
-	if seq <= prev || s.recent.seen(d.GetMessage()) {
+	if seq <= prev || s.recent.seen(d.GetMessage(), seq) {
 		if seq > prev {
 			s.seen = seq // a repeat of a message under a new seq: skip it, but move on
 		}
@@ -775,17 +966,25 @@ func (s *Session) deliver(d *chatv1.Delivery) {
 	}
 	s.seen = seq
 	s.mu.Unlock()
+	// Deliveries received before the end of the session are placed while
+	// the channel has room, even when the session has ended.
 	select {
 	case s.deliveries <- d:
-		if s.opts.autoAck {
-			s.AckAsync(seq)
+	default:
+		select {
+		case s.deliveries <- d:
+		case <-s.ctx.Done():
+			s.mu.Lock()
+			if s.seen == seq {
+				s.seen = prev
+			}
+			s.recent.forget(d.GetMessage())
+			s.mu.Unlock()
+			return
 		}
-	case <-s.ctx.Done():
-		s.mu.Lock()
-		if s.seen == seq {
-			s.seen = prev
-		}
-		s.mu.Unlock()
+	}
+	if s.opts.autoAck {
+		s.AckAsync(seq)
 	}
 }
 
@@ -804,7 +1003,7 @@ func (s *Session) end(err error) {
 	for _, c := range calls {
 		c.complete(nil, err)
 	}
-	close(s.deliveries)
+	close(s.hand) // handLoop closes Deliveries once it has handed over what came before
 	close(s.typing)
 	close(s.receipts)
 	close(s.unread)
@@ -944,18 +1143,25 @@ func DirectChannelID(a, b string) string {
 }
 
 // recentMessages remembers the last recentCap delivered messages by
-// (channel_id, message_id). In a cluster a message can, in a rare race,
-// sit in the inbox under two seqs (docs/sequencing.md); the second is
-// dropped. Guarded by Session.mu.
+// (channel_id, message_id), with the inbox_seq each was handed over under.
+// In a cluster a message can sit in the inbox under two seqs (a stale
+// commit placed again, docs/sequencing.md "Duplicates"); the second is
+// dropped if the first was handed over at most recentCap deliveries
+// earlier. Memory is bounded: recentCap keys. Guarded by Session.mu.
 type recentMessages struct {
-	set  map[msgKey]struct{}
-	ring []msgKey
+	set  map[msgKey]int // key -> its slot in ring
+	ring []recentEntry
 	next int
 }
 
 type msgKey struct {
 	channel string
 	id      uint64
+}
+
+type recentEntry struct {
+	key msgKey
+	seq uint64
 }
 
 const recentCap = 4096
@@ -967,24 +1173,54 @@ func (r *recentMessages) forget(m *chatv1.Message) {
 	}
 }
 
-// seen reports whether m was delivered recently, and remembers it if not.
-func (r *recentMessages) seen(m *chatv1.Message) bool {
+// seen reports whether m was delivered recently, and remembers it, handed
+// over under seq, if not.
+func (r *recentMessages) seen(m *chatv1.Message, seq uint64) bool {
 	if m.GetMessageId() == 0 {
 		return false // not a stored message: nothing to compare
 	}
 	k := msgKey{m.GetChannelId(), m.GetMessageId()}
 	if r.set == nil {
-		r.set = make(map[msgKey]struct{}, recentCap)
-		r.ring = make([]msgKey, recentCap)
+		r.set = make(map[msgKey]int, recentCap)
+		r.ring = make([]recentEntry, recentCap)
 	}
 	if _, ok := r.set[k]; ok {
 		return true
 	}
-	if old := r.ring[r.next]; old != (msgKey{}) {
+	r.add(recentEntry{k, seq})
+	return false
+}
+
+func (r *recentMessages) add(e recentEntry) {
+	// The slot's old key leaves the set unless it was forgotten and
+	// remembered again in another slot since.
+	if old := r.ring[r.next].key; old != (msgKey{}) && r.set[old] == r.next {
 		delete(r.set, old)
 	}
-	r.ring[r.next] = k
+	r.ring[r.next] = e
+	r.set[e.key] = r.next
 	r.next = (r.next + 1) % recentCap
-	r.set[k] = struct{}{}
-	return false
+}
+
+// clone returns a copy holding the remembered messages handed over at or
+// below upTo, oldest first (for WithResumeFrom: messages above it are
+// handed over again by the new session).
+func (r *recentMessages) clone(upTo uint64) recentMessages {
+	var c recentMessages
+	if r.set == nil {
+		return c
+	}
+	c.set = make(map[msgKey]int, recentCap)
+	c.ring = make([]recentEntry, recentCap)
+	for i := range recentCap {
+		e := r.ring[(r.next+i)%recentCap]
+		if e.key == (msgKey{}) || e.seq > upTo {
+			continue
+		}
+		if slot, ok := r.set[e.key]; !ok || r.ring[slot] != e {
+			continue // forgotten
+		}
+		c.add(e)
+	}
+	return c
 }

@@ -22,6 +22,19 @@ func deliveryFrame(seq uint64) *chatv1.ServerFrame {
 	}}}
 }
 
+// pump hands over what the reader queued (a detached session has no
+// hand-over goroutine).
+func pump(s *Session) {
+	for {
+		select {
+		case it := <-s.hand:
+			s.handOver(it)
+		default:
+			return
+		}
+	}
+}
+
 func drain(ch <-chan *chatv1.Delivery) []uint64 {
 	var got []uint64
 	for {
@@ -39,6 +52,7 @@ func TestDispatchDeduplicatesDeliveries(t *testing.T) {
 	for _, seq := range []uint64{3, 5, 6, 6, 7, 4, 8} {
 		s.dispatch(deliveryFrame(seq))
 	}
+	pump(s)
 	got := drain(s.deliveries)
 	want := []uint64{6, 7, 8}
 	if len(got) != len(want) {
@@ -69,6 +83,7 @@ func TestDispatchDeduplicatesMessageUnderTwoSeqs(t *testing.T) {
 	for _, f := range []*chatv1.ServerFrame{msg(1, 100), msg(2, 101), msg(5, 100), msg(6, 102)} {
 		s.dispatch(f)
 	}
+	pump(s)
 	got := drain(s.deliveries)
 	if len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 6 {
 		t.Fatalf("delivered seqs %v, want [1 2 6] (message 100 once)", got)
@@ -86,6 +101,7 @@ func TestResumeAfterRaisesDedupWatermark(t *testing.T) {
 	for seq := uint64(3); seq <= 9; seq++ {
 		s.dispatch(deliveryFrame(seq))
 	}
+	pump(s)
 	if got := drain(s.deliveries); len(got) != 2 || got[0] != 8 || got[1] != 9 {
 		t.Fatalf("delivered %v, want [8 9]", got)
 	}
@@ -207,6 +223,8 @@ func TestEndFailsWaitersAndClosesChannels(t *testing.T) {
 	s.dispatch(deliveryFrame(1))
 	endErr := status.Error(codes.ResourceExhausted, "slow consumer")
 	s.end(endErr)
+	s.wg.Add(1)
+	s.handLoop() // hands over what came before the end, then closes Deliveries
 
 	if _, err := p.Wait(ctx); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("pending send error = %v, want ResourceExhausted", err)
@@ -234,10 +252,10 @@ func TestEndFailsWaitersAndClosesChannels(t *testing.T) {
 
 func TestFullDeliveryChannelBlocksUntilCanceled(t *testing.T) {
 	s := newDetachedSession(&chatv1.Welcome{}, sessionOptions{deliveryBuffer: 1})
-	s.dispatch(deliveryFrame(1))
+	s.handOver(handItem{d: deliveryFrame(1).GetDelivery()})
 	done := make(chan struct{})
 	go func() {
-		s.dispatch(deliveryFrame(2)) // blocks: the channel holds seq 1
+		s.handOver(handItem{d: deliveryFrame(2).GetDelivery()}) // blocks: the channel holds seq 1
 		close(done)
 	}()
 	s.cancel()

@@ -703,13 +703,19 @@ const (
 // listen runs sessions until ctx ends, reconnecting on retryable errors.
 func (e *env) listen(ctx context.Context, c *client.Client, limit int32) error {
 	backoff := minBackoff
-	var resume uint64 // highest inbox_seq printed so far
+	var resume uint64        // highest inbox_seq printed so far
+	var prev *client.Session // the last session: its memory of messages printed
 	for {
-		s, err := e.connect(ctx, c, client.WithResumeAfter(resume))
+		opts := []client.SessionOption{client.WithResumeAfter(resume)}
+		if prev != nil {
+			opts = append(opts, client.WithResumeFrom(prev))
+		}
+		s, err := e.connect(ctx, c, opts...)
 		if err == nil {
 			backoff = minBackoff
 			err = e.listenSession(ctx, s, limit, &resume)
 			s.Close()
+			prev = s
 		}
 		if ctx.Err() != nil {
 			return nil // interrupted
