@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd/chatd/client"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/gocql/gocql"
 )
@@ -74,6 +76,9 @@ func TestCluster_Chaos(t *testing.T) {
 			}
 		})
 	}
+	// carol's second device runs on the Go SDK and resumes again and
+	// again, on every server in turn, the whole time.
+	sdk := startSDKDevice(t, c, logIn(t, c.cc("s1"), "carol", "c-sdk"), stop, &bg)
 	senders := []sender{
 		{alice, "a1", []target{group, dm("bob", "alice"), dm("erin", "alice")}},
 		{bob, "b2", []target{group, dm("dave", "bob"), dm("carol", "bob")}},
@@ -213,6 +218,7 @@ func TestCluster_Chaos(t *testing.T) {
 		t.Logf("%s: %d deliveries, seqs %d..%d, %d holes (%d seqs never used), %d messages under two seqs, %d after later messages of their channel",
 			d.name(), len(log), seqs[0], seqs[len(seqs)-1], holes, skipped, dups, late)
 	}
+	sdk.finish(t, l.forUser("carol"))
 	checkHistory(t, l, setup["alice"], group.channel)
 	for _, p := range [][2]string{{"alice", "bob"}, {"alice", "erin"}, {"bob", "dave"}, {"bob", "carol"}} {
 		checkHistory(t, l, setup[p[0]], dmChannel(p[0], p[1]))
@@ -233,6 +239,135 @@ func TestCluster_Chaos(t *testing.T) {
 	if t.Failed() {
 		t.Logf("server logs:\n%s", c.stderr())
 	}
+}
+
+// sdkDevice is a device on the Go SDK that resumes again and again (on
+// s1, s2, s3 in turn, skipping a dead server) while traffic flows: each
+// session syncs (SyncAll), takes a few live deliveries and goes away
+// without acking everything, so the server's last sync page is followed
+// at once by live deliveries on the wire (issue 15, defect 1). It records
+// what the SDK handed to the application.
+type sdkDevice struct {
+	c      *cluster
+	u      *user
+	mu     sync.Mutex
+	last   uint64            // highest inbox_seq handed over
+	handed map[msgKey]uint64 // message -> seq it was handed under
+	perCh  map[string]uint64 // channel -> highest message_id handed
+	late   int               // handed after a later message of its channel
+	errs   []string
+	rounds int
+	prev   *client.Session
+}
+
+func startSDKDevice(t *testing.T, c *cluster, u *user, stop <-chan struct{}, wg *sync.WaitGroup) *sdkDevice {
+	d := &sdkDevice{c: c, u: u, handed: map[msgKey]uint64{}, perCh: map[string]uint64{}}
+	wg.Go(func() {
+		ids := []string{"s1", "s2", "s3"}
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			d.session(ids[i%len(ids)], false)
+		}
+	})
+	return d
+}
+
+// add records one hand-over: seqs strictly increase, every message once.
+func (d *sdkDevice) add(dl *chatv1.Delivery) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := keyOf(dl.GetMessage())
+	switch {
+	case dl.GetInboxSeq() <= d.last:
+		d.errs = append(d.errs, fmt.Sprintf("seq %d handed after %d", dl.GetInboxSeq(), d.last))
+	case d.handed[k] != 0:
+		d.errs = append(d.errs, fmt.Sprintf("message %s handed twice (seqs %d and %d)", k, d.handed[k], dl.GetInboxSeq()))
+	}
+	if k.id <= d.perCh[k.channel] {
+		d.late++ // a message placed again after later ones (docs/sequencing.md)
+	}
+	d.last = max(d.last, dl.GetInboxSeq())
+	d.handed[k] = dl.GetInboxSeq()
+	d.perCh[k.channel] = max(d.perCh[k.channel], k.id)
+	return nil
+}
+
+// session runs one session on server id; with final it syncs to the head
+// and returns.
+func (d *sdkDevice) session(id string, final bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl, err := client.Dial(d.c.addr(id), client.WithToken(d.u.token))
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	d.mu.Lock()
+	opts := []client.SessionOption{client.WithResumeAfter(d.last)}
+	if d.prev != nil {
+		opts = append(opts, client.WithResumeFrom(d.prev))
+	}
+	d.mu.Unlock()
+	s, err := cl.Connect(ctx, opts...)
+	if err != nil {
+		time.Sleep(50 * time.Millisecond) // a dead or restarting server
+		return
+	}
+	defer s.Close()
+	d.mu.Lock()
+	d.prev = s
+	d.rounds++
+	round := d.rounds
+	d.mu.Unlock()
+	if _, err := s.SyncAll(ctx, 0, d.add); err != nil {
+		return // the server died under it: resume elsewhere
+	}
+	if round%3 == 0 {
+		d.mu.Lock()
+		last := d.last
+		d.mu.Unlock()
+		_, _ = s.Ack(ctx, last)
+	}
+	if final {
+		return
+	}
+	for range 3 {
+		select {
+		case dl, ok := <-s.Deliveries():
+			if !ok {
+				return
+			}
+			_ = d.add(dl)
+		case <-time.After(300 * time.Millisecond):
+			return
+		}
+	}
+}
+
+// finish resumes once more (the traffic is over) and checks that every
+// acknowledged message of the device's user was handed over exactly once.
+func (d *sdkDevice) finish(t *testing.T, want map[msgKey]sentMsg) {
+	t.Helper()
+	d.session("s1", true)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range d.errs[:min(10, len(d.errs))] {
+		t.Errorf("SDK device: %s", e)
+	}
+	var missing []msgKey
+	for k := range want {
+		if d.handed[k] == 0 {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("SDK device: %d of %d acknowledged messages never handed to the application, e.g. %v", len(missing), len(want), missing[:min(5, len(missing))])
+	}
+	t.Logf("SDK device: %d sessions across the servers, %d messages handed over once each, %d after later messages of their channel (placed again)", d.rounds, len(d.handed), d.late)
 }
 
 // presetBounds stores a durable seq bound for each user's inbox before the

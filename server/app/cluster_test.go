@@ -126,6 +126,14 @@ type cluster struct {
 	// added to server id's environment at its next start.
 	bin string
 	env map[string][]string
+	mu  sync.Mutex // guards servers against addr's readers on other goroutines
+}
+
+// addr returns server id's gRPC address (safe on any goroutine).
+func (c *cluster) addr(id string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.servers[id].grpc
 }
 
 // newCluster creates a keyspace (chatd migrate), a private Redis and a
@@ -191,7 +199,9 @@ func (c *cluster) start(id string) *proc {
 		bin = chatdBinary(c.t)
 	}
 	p := startChatdWith(c.t, bin, c.env[id], c.t.TempDir(), args...)
+	c.mu.Lock()
 	c.servers[id] = p
+	c.mu.Unlock()
 	c.conns[id] = dial(c.t, p.grpc)
 	return p
 }
