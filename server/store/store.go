@@ -269,7 +269,8 @@ type Channels interface {
 	// ListUserChannels returns the channels userID belongs to, most recent
 	// activity first (a channel without messages counts its CreatedAt as its
 	// activity; ties: higher LastMessageID, then channel id ascending), at
-	// most limit (<= 0: none), skipping the first offset.
+	// most limit (<= 0: none), skipping the first offset. Implementations
+	// order and page with PageByActivity.
 	ListUserChannels(ctx context.Context, userID string, offset, limit int) ([]ChannelActivity, error)
 }
 

@@ -3,8 +3,6 @@ package pebble
 import (
 	"context"
 	"errors"
-	"slices"
-	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -206,13 +204,12 @@ func (s *Store) ListMembers(ctx context.Context, channelID string) ([]store.Memb
 	return ms, nil
 }
 
-// ListUserChannels returns the channels userID belongs to, most recent
-// activity first (the newest message's CreatedAt, or the channel's
-// CreatedAt while it has no message; ties by higher LastMessageID, then
-// ascending channel id), skipping the first offset and returning at most
-// limit (limit <= 0: none). It reads the user's reverse index and one
-// activity record per channel, then sorts: O(n log n) in the user's
-// channel count.
+// ListUserChannels returns the channels userID belongs to in the order of
+// store.PageByActivity (most recent activity first: the newest message's
+// CreatedAt, or the channel's CreatedAt while it has no message),
+// skipping the first offset and returning at most limit (limit <= 0:
+// none). It reads the user's reverse index and one activity record per
+// channel, then sorts: O(n log n) in the user's channel count.
 func (s *Store) ListUserChannels(ctx context.Context, userID string, offset, limit int) ([]store.ChannelActivity, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
@@ -247,21 +244,5 @@ func (s *Store) ListUserChannels(ctx context.Context, userID string, offset, lim
 		}
 		acts = append(acts, a)
 	}
-	slices.SortFunc(acts, func(a, b store.ChannelActivity) int {
-		if c := b.LastActivity.Compare(a.LastActivity); c != 0 {
-			return c
-		}
-		if a.LastMessageID != b.LastMessageID {
-			if a.LastMessageID > b.LastMessageID {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a.ChannelID, b.ChannelID)
-	})
-	acts = acts[offset:]
-	if len(acts) > limit {
-		acts = acts[:limit]
-	}
-	return slices.Clip(acts), nil
+	return store.PageByActivity(acts, offset, limit), nil
 }
