@@ -190,7 +190,6 @@ func New(cfg Config) (*App, error) {
 		Hub:        h,
 		Router:     a.router,
 		Sessions:   a.auth,
-		Canonical:  account.CanonicalUsername,
 		ServerID:   cfg.ServerID,
 		Presence:   a.presence,
 		EditWindow: cfg.EditWindow,

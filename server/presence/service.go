@@ -13,14 +13,13 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
-	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/store"
 )
 
 // DefaultMaxUsers bounds the users of one Subscribe or GetPresence call
-// (account.DefaultMaxContacts).
-const DefaultMaxUsers = account.DefaultMaxContacts
+// (store.DefaultMaxContacts).
+const DefaultMaxUsers = store.DefaultMaxContacts
 
 // Contacts is what the Service reads from the store.
 type Contacts interface {
@@ -137,9 +136,9 @@ func (s *Service) targets(ctx context.Context, caller string, ids []string) ([]s
 	out := make([]string, 0, len(ids))
 	seen := make(map[string]struct{}, len(ids))
 	for i, raw := range ids {
-		id, err := account.CanonicalUsername(raw)
+		id, err := store.CanonicalUsername(raw)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "user_ids[%d]: %s", i, status.Convert(err).Message())
+			return nil, status.Errorf(codes.InvalidArgument, "user_ids[%d]: %s", i, err.Error())
 		}
 		if _, dup := seen[id]; dup {
 			continue
