@@ -6,6 +6,13 @@
 // AlreadyExists, Unauthenticated, ResourceExhausted) and never leaks store
 // errors: those are logged with slog and returned as Internal "internal
 // error".
+//
+// It is a gRPC edge: it owns the account-only input rules (passwords,
+// display and device names) and maps the domain's errors to status codes;
+// the username rule and the contact limit are the domain's
+// (store.CanonicalUsername, store.DefaultMaxContacts). It must not import
+// a store implementation, an engine (sequence, hub, router, presence) or a
+// Redis or database driver: app wires them in through Config.
 package account
 
 import (

@@ -47,6 +47,16 @@
 // AppendBatch takes no lock at all: the channel activity record is written
 // with a Pebble merge operator that keeps the highest message_id, so
 // concurrent or replayed batches never move it backwards.
+//
+// # Files and imports
+//
+// One file per concern, as in store/scylla: store.go (Open, Close, the
+// key-value helpers), codec.go (keys and values), messages.go
+// (AppendBatch, History, ...), inbox.go, dedup.go, cursors.go,
+// accounts.go (users, devices, contacts), channels.go (channels,
+// members), conversation.go (receipts, revisions, settings). The package
+// speaks Pebble only: it must not import gRPC, CQL or Redis packages, nor
+// any chatd package but store.
 package pebble
 
 import (
