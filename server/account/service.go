@@ -6,6 +6,13 @@
 // AlreadyExists, Unauthenticated, ResourceExhausted) and never leaks store
 // errors: those are logged with slog and returned as Internal "internal
 // error".
+//
+// It is a gRPC edge: it owns the account-only input rules (passwords,
+// display and device names) and maps the domain's errors to status codes;
+// the username rule and the contact limit are the domain's
+// (store.CanonicalUsername, store.DefaultMaxContacts). It must not import
+// a store implementation, an engine (sequence, hub, router, presence) or a
+// Redis or database driver: app wires them in through Config.
 package account
 
 import (
@@ -25,10 +32,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// Defaults for Config fields left zero.
+// Defaults for Config fields left zero (MaxContacts: the domain's
+// store.DefaultMaxContacts).
 const (
-	DefaultMaxDevices  = 100
-	DefaultMaxContacts = 1000
+	DefaultMaxDevices = 100
 )
 
 // PublicMethods are the AccountService methods that need no bearer token;
@@ -57,7 +64,8 @@ type Config struct {
 	// MaxDevices bounds the live (not revoked) devices of one user; a
 	// log-in beyond it revokes the oldest live devices. Default 100.
 	MaxDevices int
-	// MaxContacts bounds one user's contact list. Default 1000.
+	// MaxContacts bounds one user's contact list. Default
+	// store.DefaultMaxContacts (1000).
 	MaxContacts int
 }
 
@@ -103,7 +111,7 @@ func New(cfg Config) *Service {
 		s.maxDevices = DefaultMaxDevices
 	}
 	if s.maxContacts <= 0 {
-		s.maxContacts = DefaultMaxContacts
+		s.maxContacts = store.DefaultMaxContacts
 	}
 	return s
 }
@@ -144,11 +152,11 @@ func profile(u *store.User) *chatv1.Profile {
 }
 
 // SignUp creates an account. The username's canonical form (see
-// CanonicalUsername) becomes the user id. Errors: InvalidArgument (username,
+// store.CanonicalUsername) becomes the user id. Errors: InvalidArgument (username,
 // password 8..1024 bytes, or display name 1..64 characters outside the
 // limits; nothing is stored), AlreadyExists "username is taken".
 func (s *Service) SignUp(ctx context.Context, req *chatv1.SignUpRequest) (*chatv1.SignUpResponse, error) {
-	uid, err := CanonicalUsername(req.GetUsername())
+	uid, err := canonicalUsername(req.GetUsername())
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +214,7 @@ func (s *Service) LogIn(ctx context.Context, req *chatv1.LogInRequest) (*chatv1.
 	if len(pw) > MaxPasswordBytes {
 		return nil, errPasswordTooLong
 	}
-	uid, err := CanonicalUsername(req.GetUsername())
+	uid, err := canonicalUsername(req.GetUsername())
 	if err != nil {
 		s.spendHash(pw)
 		return nil, errBadLogin
@@ -357,7 +365,7 @@ func (s *Service) GetProfile(ctx context.Context, req *chatv1.GetProfileRequest)
 	if _, err := caller(ctx); err != nil {
 		return nil, err
 	}
-	uid, err := CanonicalUsername(req.GetUsername())
+	uid, err := canonicalUsername(req.GetUsername())
 	if err != nil {
 		return nil, err
 	}
@@ -434,7 +442,7 @@ func (s *Service) AddContact(ctx context.Context, req *chatv1.AddContactRequest)
 	if err != nil {
 		return nil, err
 	}
-	cid, err := CanonicalUsername(req.GetUsername())
+	cid, err := canonicalUsername(req.GetUsername())
 	if err != nil {
 		return nil, err
 	}
@@ -473,7 +481,7 @@ func (s *Service) RemoveContact(ctx context.Context, req *chatv1.RemoveContactRe
 	if err != nil {
 		return nil, err
 	}
-	cid, err := CanonicalUsername(req.GetUsername())
+	cid, err := canonicalUsername(req.GetUsername())
 	if err != nil {
 		return nil, err
 	}

@@ -5,58 +5,37 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"golang.org/x/text/secure/precis"
 	"golang.org/x/text/unicode/norm"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/chatd/chatd/server/store"
 )
 
-// Input limits. Characters are Unicode code points after normalisation.
+// Input limits of the account service. Characters are Unicode code points
+// after normalisation. The username rule is the domain's
+// (store.CanonicalUsername, store.MinUsernameChars..MaxUsernameChars).
 const (
-	MinUsernameChars = 3
-	MaxUsernameChars = 32
 	MinPasswordBytes = 8
 	MaxPasswordBytes = 1024
 	MaxNameChars     = 64 // display names and device names
 )
 
 var (
-	errUsername = status.Error(codes.InvalidArgument,
-		"username must be 3 to 32 characters: letters, digits, '.', '_' or '-'")
 	errPassword = status.Error(codes.InvalidArgument,
 		"password must be 8 to 1024 bytes")
 	errPasswordTooLong = status.Error(codes.InvalidArgument,
 		"password must be at most 1024 bytes")
 )
 
-// CanonicalUsername returns the canonical form of a username, which is the
-// user id: the PRECIS UsernameCaseMapped profile of RFC 8265 (width-mapped,
-// case-folded, NFC), then 3..32 characters that are each a Unicode letter,
-// a decimal digit, '.', '_' or '-'. So "Alice", "alice" and "ALICE" (and NFC
-// or NFD spellings of "zoë") give the same id, and ids never contain ':',
-// '/', spaces or NUL. The error is a status error with code InvalidArgument
-// naming the rule.
-func CanonicalUsername(s string) (string, error) {
-	// Cheap bound before any Unicode work: 32 characters are at most 128
-	// bytes in UTF-8; allow slack for decomposed input that NFC shortens.
-	if len(s) == 0 || len(s) > 4*4*MaxUsernameChars || !utf8.ValidString(s) {
-		return "", errUsername
-	}
-	c, err := precis.UsernameCaseMapped.String(s)
+// canonicalUsername is store.CanonicalUsername with its error as the
+// client sees it: InvalidArgument naming the rule.
+func canonicalUsername(s string) (string, error) {
+	id, err := store.CanonicalUsername(s)
 	if err != nil {
-		return "", errUsername
+		return "", status.Error(codes.InvalidArgument, err.Error())
 	}
-	n := 0
-	for _, r := range c {
-		n++
-		if !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '.' || r == '_' || r == '-') {
-			return "", errUsername
-		}
-	}
-	if n < MinUsernameChars || n > MaxUsernameChars {
-		return "", errUsername
-	}
-	return c, nil
+	return id, nil
 }
 
 // checkPassword enforces the password length: 8..1024 bytes.

@@ -30,6 +30,7 @@ import (
 	discoveryredis "github.com/chatd/chatd/server/discovery/redis"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
+	"github.com/chatd/chatd/server/presence/presencesvc"
 	"github.com/chatd/chatd/server/ratelimit"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/sequence"
@@ -177,7 +178,7 @@ func New(cfg Config) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("presence: %w", err)
 	}
-	presenceSvc, err := presence.New(presence.Config{Engine: a.presence.Engine(), Store: st, Logger: cfg.Logger})
+	presenceSvc, err := presencesvc.New(presencesvc.Config{Engine: a.presence.Engine(), Store: st, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("presence service: %w", err)
 	}
@@ -190,7 +191,6 @@ func New(cfg Config) (*App, error) {
 		Hub:        h,
 		Router:     a.router,
 		Sessions:   a.auth,
-		Canonical:  account.CanonicalUsername,
 		ServerID:   cfg.ServerID,
 		Presence:   a.presence,
 		EditWindow: cfg.EditWindow,

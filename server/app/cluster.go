@@ -62,7 +62,7 @@ func (a *App) newEngines(ctx context.Context, handler router.Handler) (*engines,
 	alloc, err := seqredis.New(pctx, seqredis.Config{
 		Client: rc,
 		Prefix: cfg.RedisPrefix + "seq:",
-		Bounds: seqredis.NewCQLBounds(sc.Session()),
+		Bounds: sc.Bounds(),
 		Floor:  sc,
 		Logger: cfg.Logger,
 	})

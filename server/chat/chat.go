@@ -31,7 +31,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
-	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
@@ -94,7 +93,8 @@ type Config struct {
 	// stream opens).
 	Sessions SessionValidator
 	// Canonical maps a username to the user id; default
-	// account.CanonicalUsername. Errors must be InvalidArgument statuses.
+	// store.CanonicalUsername with its error as an InvalidArgument status.
+	// Errors must be InvalidArgument statuses.
 	Canonical func(string) (string, error)
 	// ServerID names this server in Welcome.
 	ServerID string
@@ -192,7 +192,7 @@ func New(cfg Config) *Service {
 		directs:   newKnownSet(knownDirectsCap),
 	}
 	if s.canonical == nil {
-		s.canonical = account.CanonicalUsername
+		s.canonical = canonicalUsername
 	}
 	if s.presence != nil {
 		s.heartbeat = s.presence.HeartbeatInterval()

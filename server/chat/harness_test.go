@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
-	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/router"
@@ -98,7 +97,6 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	svc = New(Config{
 		Store: st, Sequencer: e.seq, Hub: h, Router: e.router,
 		Sessions:   e.auth,
-		Canonical:  account.CanonicalUsername,
 		ServerID:   "test-1",
 		SendQueue:  ec.sendQueue,
 		FrameRate:  ec.frameRate,

@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/chatd/chatd/server/store"
 )
 
 // maxChannelIDBytes bounds a channel id: "dm:" + two usernames of at most
@@ -132,6 +134,16 @@ func checkGroupName(s string) error {
 		return bad
 	}
 	return nil
+}
+
+// canonicalUsername is store.CanonicalUsername with its error as the
+// client sees it: InvalidArgument naming the rule.
+func canonicalUsername(s string) (string, error) {
+	id, err := store.CanonicalUsername(s)
+	if err != nil {
+		return "", status.Error(codes.InvalidArgument, err.Error())
+	}
+	return id, nil
 }
 
 // directChannelID returns the id of the 1:1 channel of users a and b.

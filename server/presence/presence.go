@@ -1,7 +1,7 @@
 // Package presence tracks who is online: heartbeats of devices, last seen
 // times, and the fan-out of status changes to contacts, across servers.
 //
-// It has three parts:
+// It has two parts here, and a gRPC edge beside them:
 //
 //   - Engine is the backing system's half (one implementation per backing
 //     system: presence/local in-process for a single node, presence/redis
@@ -15,8 +15,14 @@
 //     heartbeat deadlines of the devices connected here (one timer per
 //     device, reset lazily), the grace period that damps flapping, and
 //     retries of failed Engine calls. A heartbeat costs one atomic store.
-//   - Service implements chat.v1.PresenceService (Subscribe, GetPresence)
-//     on an Engine with the contact and hide_presence rules.
+//   - presence/presencesvc implements chat.v1.PresenceService (Subscribe,
+//     GetPresence) on an Engine with the contact and hide_presence rules.
+//
+// This package owns the Engine interface, the Tracker and the presence
+// timing defaults. It must not import generated code (gen/), auth,
+// account or any gRPC service package, and no Redis or database driver
+// (those belong to the engines: presence/redis). Its gRPC status errors
+// (ErrClosed) are to be replaced by domain errors (issue 10 part 3).
 //
 // The state machine and the cost of one status change are described in
 // docs/presence.md.

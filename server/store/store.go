@@ -1,4 +1,8 @@
-// Package store defines the durable storage of the chat backend: messages
+// Package store is chatd's domain package: the domain types (messages,
+// inbox entries, users, devices, channels, members), the rules several
+// services share (CanonicalUsername, the username and group limits,
+// DefaultMaxContacts, the ListUserChannels order PageByActivity), the
+// sentinel errors, and the interfaces of the durable storage: messages
 // (rows keyed by channel_id and message_id), per-user inboxes (the sync
 // log), accounts, devices, channels, memberships and contacts.
 //
@@ -7,7 +11,10 @@
 // cluster) and every one passes the conformance suite in store/storetest.
 //
 // Methods return the sentinel errors below (wrapped or not); callers test
-// them with errors.Is and map them to gRPC status codes.
+// them with errors.Is and map them to gRPC status codes at the edge.
+//
+// It must not import gRPC, generated code, a database or Redis driver, or
+// any other chatd package: every other package may import it.
 package store
 
 import (
@@ -269,7 +276,8 @@ type Channels interface {
 	// ListUserChannels returns the channels userID belongs to, most recent
 	// activity first (a channel without messages counts its CreatedAt as its
 	// activity; ties: higher LastMessageID, then channel id ascending), at
-	// most limit (<= 0: none), skipping the first offset.
+	// most limit (<= 0: none), skipping the first offset. Implementations
+	// order and page with PageByActivity.
 	ListUserChannels(ctx context.Context, userID string, offset, limit int) ([]ChannelActivity, error)
 }
 

@@ -12,6 +12,7 @@ import (
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/presence"
+	"github.com/chatd/chatd/server/presence/presencesvc"
 	"github.com/chatd/chatd/server/presence/presencetest"
 	"github.com/chatd/chatd/server/store/pebble"
 )
@@ -49,7 +50,7 @@ func TestCase_C202_Service(t *testing.T) {
 	if err := st.AddContact(ctx, "bob", "alice"); err != nil {
 		t.Fatal(err)
 	}
-	svc, err := presence.New(presence.Config{Engine: b.T.Engine(), Store: st})
+	svc, err := presencesvc.New(presencesvc.Config{Engine: b.T.Engine(), Store: st})
 	if err != nil {
 		t.Fatal(err)
 	}

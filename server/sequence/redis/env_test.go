@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gocql/gocql"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/chatd/chatd/server/sequence"
@@ -28,8 +27,8 @@ import (
 // starts both. Without them the tests are skipped, or fail when CI=true.
 // Keys in the shared Redis carry a prefix of their own per test and are
 // deleted afterwards; tests that lose Redis data run a private
-// redis-server. One keyspace per package run holds the chatd schema and
-// seq_bounds; it is dropped at the end.
+// redis-server. One keyspace per package run holds the chatd schema (its
+// migrations create seq_bounds); it is dropped at the end.
 
 func need(t testing.TB, msg string) {
 	t.Helper()
@@ -189,8 +188,8 @@ func hosts(t testing.TB) []string {
 	return cqlHosts
 }
 
-// cluster returns the package's scylla store (the chatd schema and
-// seq_bounds in a keyspace of this run).
+// cluster returns the package's scylla store (the chatd schema, seq_bounds
+// included, in a keyspace of this run).
 func cluster(t testing.TB) *scylla.Store {
 	t.Helper()
 	h := hosts(t)
@@ -204,13 +203,7 @@ func cluster(t testing.TB) *scylla.Store {
 		if ksErr = scylla.Migrate(ctx, cfg, scylla.SimpleStrategy, 1); ksErr != nil {
 			return
 		}
-		if ksStore, ksErr = scylla.Open(ctx, cfg); ksErr != nil {
-			return
-		}
-		ksErr = ksStore.Session().Session.Query(seqredis.SchemaCQL).WithContext(ctx).Exec()
-		if ksErr == nil {
-			ksErr = ksStore.Session().AwaitSchemaAgreement(ctx)
-		}
+		ksStore, ksErr = scylla.Open(ctx, cfg)
 	})
 	if ksErr != nil {
 		t.Fatalf("test keyspace: %v", ksErr)
@@ -218,24 +211,22 @@ func cluster(t testing.TB) *scylla.Store {
 	return ksStore
 }
 
-func bounds(t testing.TB) *seqredis.CQLBounds {
-	return seqredis.NewCQLBounds(cluster(t).Session())
+// bounds returns the BoundStore chatd uses: the scylla store's seq_bounds
+// table (created by its migrations).
+func bounds(t testing.TB) seqredis.BoundStore {
+	return cluster(t).Bounds()
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if ksStore != nil {
-		ksStore.Close()
-	}
-	if ksName != "" {
-		cl := gocql.NewCluster(cqlHosts...)
-		cl.Timeout = time.Minute
-		if sess, err := cl.CreateSession(); err == nil {
-			if err := sess.Query("DROP KEYSPACE IF EXISTS " + ksName).Exec(); err != nil {
-				fmt.Fprintf(os.Stderr, "drop keyspace %s: %v\n", ksName, err)
-			}
-			sess.Close()
+		// Dropped on the store's own session: this package speaks no CQL.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := ksStore.Session().ContextQuery(ctx, "DROP KEYSPACE IF EXISTS "+ksName, nil).ExecRelease(); err != nil {
+			fmt.Fprintf(os.Stderr, "drop keyspace %s: %v\n", ksName, err)
 		}
+		cancel()
+		ksStore.Close()
 	}
 	os.Exit(code)
 }

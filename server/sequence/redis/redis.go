@@ -4,6 +4,11 @@
 // by durable reserved bounds (BoundStore, on CQL) and against out-of-order
 // commits by a per-inbox horizon.
 //
+// It owns the Redis half only: it imports go-redis and must not import a
+// database driver (gocql, pebble). The BoundStore interface is declared
+// here, by its user; its CQL implementation lives with the schema in
+// server/store/scylla (Store.Bounds).
+//
 // Per inbox (user) and per channel, Redis holds the last allocated value;
 // Redis functions allocate atomically:
 //
@@ -76,8 +81,8 @@ type Config struct {
 	// Client is the Redis (7 or later: Redis functions) of the cluster: a
 	// *goredis.Client, *goredis.ClusterClient or failover client. Required.
 	Client goredis.UniversalClient
-	// Bounds is the durable floor. Required; in chatd a CQLBounds on the
-	// cluster store's session.
+	// Bounds is the durable floor. Required; in chatd the scylla store's
+	// seq_bounds table (store/scylla.Store.Bounds).
 	Bounds BoundStore
 	// Floor, if set, is also consulted when a Redis hash is set up
 	// (LastInboxSeq, LastMessageID): allocation then also starts above

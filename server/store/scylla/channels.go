@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/gocql/gocql"
@@ -357,11 +356,11 @@ func (s *Store) ListMembers(ctx context.Context, channelID string) ([]store.Memb
 	return ms, nil
 }
 
-// ListUserChannels returns the channels userID belongs to, most recent
-// activity first (the newest message's CreatedAt, or the channel's
-// CreatedAt while it has no message; ties by higher LastMessageID, then
-// ascending channel id), skipping the first offset and returning at most
-// limit (limit <= 0: none).
+// ListUserChannels returns the channels userID belongs to in the order of
+// store.PageByActivity (most recent activity first: the newest message's
+// CreatedAt, or the channel's CreatedAt while it has no message),
+// skipping the first offset and returning at most limit (limit <= 0:
+// none).
 //
 // It reads the user's reverse index (user_channels) and one activity row
 // per channel, concurrently, then sorts: O(n) reads and O(n log n) work in
@@ -402,21 +401,5 @@ func (s *Store) ListUserChannels(ctx context.Context, userID string, offset, lim
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(acts, func(a, b store.ChannelActivity) int {
-		if c := b.LastActivity.Compare(a.LastActivity); c != 0 {
-			return c
-		}
-		if a.LastMessageID != b.LastMessageID {
-			if a.LastMessageID > b.LastMessageID {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a.ChannelID, b.ChannelID)
-	})
-	acts = acts[offset:]
-	if len(acts) > limit {
-		acts = acts[:limit]
-	}
-	return slices.Clip(acts), nil
+	return store.PageByActivity(acts, offset, limit), nil
 }

@@ -24,6 +24,11 @@
 //   - Check-and-insert operations use lightweight transactions (Paxos):
 //     CreateUser, UpdateDisplayName, CreateChannel, AddMember, RemoveMember.
 //     The hot path (AppendBatch, Inbox, History, AdvanceCursor) uses none.
+//
+// It owns the CQL schema (migrations/, Migrate) and every CQL statement of
+// chatd, including the seq_bounds table behind the cluster id allocator's
+// BoundStore (bounds.go, Store.Bounds). It speaks CQL only: it must not
+// import gRPC, Pebble or Redis packages, nor any chatd package but store.
 package scylla
 
 import (

@@ -1,4 +1,4 @@
-package presence_test
+package presencesvc_test
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/local"
+	"github.com/chatd/chatd/server/presence/presencesvc"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
 )
@@ -87,7 +88,7 @@ func newEnvRecheck(t *testing.T, maxUsers int, recheck time.Duration) *env {
 	}
 	t.Cleanup(func() { tr.Close() })
 	e.tr = tr
-	svc, err := presence.New(presence.Config{Engine: tr.Engine(), Store: st, MaxUsers: maxUsers, RecheckInterval: recheck})
+	svc, err := presencesvc.New(presencesvc.Config{Engine: tr.Engine(), Store: st, MaxUsers: maxUsers, RecheckInterval: recheck})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +401,7 @@ func TestSlowSubscriber(t *testing.T) {
 }
 
 func TestConfigErrors(t *testing.T) {
-	if _, err := presence.New(presence.Config{}); err == nil {
+	if _, err := presencesvc.New(presencesvc.Config{}); err == nil {
 		t.Fatal("New without engine and store succeeded")
 	}
 	if _, err := presence.NewTracker(presence.TrackerConfig{}); err == nil {

@@ -1,4 +1,15 @@
-package presence
+// Package presencesvc implements chat.v1.PresenceService (GetPresence,
+// Subscribe) on a presence.Engine, with the permission rules: a caller
+// sees user X only if X has the caller as a contact, and a user who hides
+// their presence is offline, without last_active_at, to everyone.
+//
+// It is the gRPC edge of presence, beside server/chat and server/account:
+// it owns the request validation, the per-stream coalescing of changes
+// and the mapping of errors to gRPC status codes. The engines and the
+// Tracker (server/presence and its sub-packages) know nothing of it; it
+// must not import an engine implementation, a store implementation or a
+// Redis or database driver.
+package presencesvc
 
 import (
 	"context"
@@ -13,14 +24,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
-	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/store"
 )
 
 // DefaultMaxUsers bounds the users of one Subscribe or GetPresence call
-// (account.DefaultMaxContacts).
-const DefaultMaxUsers = account.DefaultMaxContacts
+// (store.DefaultMaxContacts).
+const DefaultMaxUsers = store.DefaultMaxContacts
 
 // Contacts is what the Service reads from the store.
 type Contacts interface {
@@ -35,7 +46,7 @@ var _ Contacts = store.Accounts(nil)
 // Config configures a Service.
 type Config struct {
 	// Engine answers Get and Subscribe. Required (Tracker.Engine()).
-	Engine Engine
+	Engine presence.Engine
 	// Store holds the contact lists. Required.
 	Store Contacts
 	// MaxUsers bounds the user_ids of one call, and the contacts an empty
@@ -61,7 +72,7 @@ type Config struct {
 type Service struct {
 	chatv1.UnimplementedPresenceServiceServer
 
-	eng      Engine
+	eng      presence.Engine
 	st       Contacts
 	maxUsers int
 	recheck  time.Duration
@@ -137,9 +148,9 @@ func (s *Service) targets(ctx context.Context, caller string, ids []string) ([]s
 	out := make([]string, 0, len(ids))
 	seen := make(map[string]struct{}, len(ids))
 	for i, raw := range ids {
-		id, err := account.CanonicalUsername(raw)
+		id, err := store.CanonicalUsername(raw)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "user_ids[%d]: %s", i, status.Convert(err).Message())
+			return nil, status.Errorf(codes.InvalidArgument, "user_ids[%d]: %s", i, err.Error())
 		}
 		if _, dup := seen[id]; dup {
 			continue
@@ -161,7 +172,7 @@ func (s *Service) targets(ctx context.Context, caller string, ids []string) ([]s
 }
 
 // toProto is what a watcher sees of p.
-func toProto(p Presence) *chatv1.Presence {
+func toProto(p presence.Presence) *chatv1.Presence {
 	online, last := p.Visible()
 	out := &chatv1.Presence{UserId: p.UserID, Status: chatv1.PresenceStatus_PRESENCE_STATUS_OFFLINE}
 	if online {
@@ -240,7 +251,7 @@ func (s *Service) Subscribe(req *chatv1.SubscribeRequest, stream grpc.ServerStre
 			return err
 		}
 	}
-	var batch []Presence
+	var batch []presence.Presence
 	for {
 		select {
 		case <-ctx.Done():
@@ -265,7 +276,7 @@ func (s *Service) Subscribe(req *chatv1.SubscribeRequest, stream grpc.ServerStre
 
 // visible returns the message to send for report x, or nil if the watcher
 // already shows that. It re-checks the permission.
-func (s *Service) visible(ctx context.Context, caller string, w *watch, x Presence) (*chatv1.Presence, error) {
+func (s *Service) visible(ctx context.Context, caller string, w *watch, x presence.Presence) (*chatv1.Presence, error) {
 	msg := toProto(x)
 	if !w.differs(x.UserID, msg) {
 		return nil, nil
@@ -288,9 +299,9 @@ func (s *Service) visible(ctx context.Context, caller string, w *watch, x Presen
 // yet handled (coalesced), and what was sent.
 type watch struct {
 	mu      sync.Mutex
-	known   map[string]uint64   // newest version accepted per user
-	pending map[string]Presence // accepted, not yet handled
-	shown   map[string]shown    // last sent per user
+	known   map[string]uint64            // newest version accepted per user
+	pending map[string]presence.Presence // accepted, not yet handled
+	shown   map[string]shown             // last sent per user
 	revoked map[string]bool
 	checked map[string]time.Time // last permission check, if after start
 	start   time.Time            // the permission check of Subscribe
@@ -307,14 +318,14 @@ func newWatch(n int, start time.Time) *watch {
 		start:   start,
 		checked: make(map[string]time.Time),
 		known:   make(map[string]uint64, n),
-		pending: make(map[string]Presence),
+		pending: make(map[string]presence.Presence),
 		shown:   make(map[string]shown, n),
 		sig:     make(chan struct{}, 1),
 	}
 }
 
 // push is the engine callback: it never blocks.
-func (w *watch) push(p Presence) {
+func (w *watch) push(p presence.Presence) {
 	w.mu.Lock()
 	if v, ok := w.known[p.UserID]; (ok && p.Version <= v) || w.revoked[p.UserID] {
 		w.mu.Unlock()
@@ -330,7 +341,7 @@ func (w *watch) push(p Presence) {
 }
 
 // seed records a snapshot report (already sent).
-func (w *watch) seed(p Presence) {
+func (w *watch) seed(p presence.Presence) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if v, ok := w.known[p.UserID]; ok && p.Version <= v {
@@ -343,7 +354,7 @@ func (w *watch) seed(p Presence) {
 	delete(w.pending, p.UserID)
 }
 
-func (w *watch) take(buf []Presence) []Presence {
+func (w *watch) take(buf []presence.Presence) []presence.Presence {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for u, p := range w.pending {
