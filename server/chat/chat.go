@@ -28,11 +28,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/deliver"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/ratelimit"
@@ -82,7 +82,8 @@ type Config struct {
 	// Store is the durable store. Required.
 	Store store.Store
 	// Sequencer commits messages; its publish callback must call
-	// Service.Publish (or the function NewPublisher returns). Required.
+	// Service.Publish (or the function deliver.NewPublisher returns).
+	// Required.
 	Sequencer *sequence.Sequencer
 	// Hub holds this server's streams; it must be the Router's Handler.
 	// Required.
@@ -222,7 +223,7 @@ func New(cfg Config) *Service {
 		s.log = slog.Default()
 	}
 	s.metrics = newMetrics(cfg.Registerer, cfg.Sequencer, cfg.Hub, s.log)
-	s.publish = NewPublisher(cfg.Router, s.log)
+	s.publish = deliver.NewPublisher(cfg.Router, s.log)
 	s.frames = ratelimit.New(s.frameRate, s.burst)
 	s.typing = ratelimit.New(float64(time.Second)/float64(TypingMinInterval), 1)
 	return s
@@ -237,60 +238,6 @@ func (s *Service) Metrics() *Metrics { return s.metrics }
 // inbox_seq). It never blocks on a device; a routing error is logged (the
 // devices recover by sync).
 func (s *Service) Publish(batch []sequence.Committed) { s.publish(batch) }
-
-// NewPublisher returns a sequencer publish callback routing deliveries
-// through r, for wiring before the Service exists. logger may be nil.
-func NewPublisher(r router.Router, logger *slog.Logger) func([]sequence.Committed) {
-	if logger == nil {
-		logger = slog.Default()
-	}
-	return func(batch []sequence.Committed) {
-		n := 0
-		for i := range batch {
-			n += len(batch[i].Inbox)
-		}
-		if n == 0 {
-			return
-		}
-		events := make([]router.Event, 0, n)
-		for i := range batch {
-			msg := messageProto(batch[i].Message)
-			for _, e := range batch[i].Inbox {
-				events = append(events, router.Event{
-					UserID: e.UserID,
-					Frame: &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{
-						Delivery: &chatv1.Delivery{InboxSeq: e.Seq, Message: msg},
-					}},
-				})
-			}
-		}
-		if err := r.Route(context.Background(), events); err != nil {
-			logger.Warn("chat: routing deliveries failed; devices will sync", "events", len(events), "err", err)
-		}
-	}
-}
-
-// messageProto converts a stored message.
-func messageProto(m *store.Message) *chatv1.Message {
-	return &chatv1.Message{
-		ChannelId:       m.ChannelID,
-		MessageId:       m.MessageID,
-		SenderId:        m.SenderID,
-		SenderDeviceId:  m.SenderDeviceID,
-		ClientMessageId: m.ClientMessageID,
-		Text:            m.Text,
-		CreatedAt:       timestamppb.New(m.CreatedAt),
-		Kind:            chatv1.MessageKind(m.Kind),
-		RefMessageId:    m.RefMessageID,
-		ForUser:         m.ForUser,
-	}
-}
-
-func deliveryFrame(d store.Delivery) *chatv1.ServerFrame {
-	return &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{
-		Delivery: &chatv1.Delivery{InboxSeq: d.Seq, Message: messageProto(d.Message)},
-	}}
-}
 
 func frameError(frameID uint64, err error) *chatv1.ServerFrame {
 	st := status.Convert(err)

@@ -17,6 +17,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/deliver"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/router"
@@ -485,7 +486,7 @@ func (st *stream) fillThrough(target uint64, probe bool) error {
 				more = false
 				break
 			}
-			if err := st.send(deliveryFrame(d)); err != nil {
+			if err := st.send(deliver.DeliveryFrame(d)); err != nil {
 				return err
 			}
 			st.sentUpTo = d.Seq
@@ -533,7 +534,7 @@ func (st *stream) doSync(op syncOp) error {
 	page := &chatv1.SyncPage{Deliveries: make([]*chatv1.Delivery, 0, len(ds)), More: more, NextAfterSeq: op.after}
 	size := 0
 	for i, d := range ds {
-		pd := &chatv1.Delivery{InboxSeq: d.Seq, Message: messageProto(d.Message)}
+		pd := &chatv1.Delivery{InboxSeq: d.Seq, Message: deliver.MessageProto(d.Message)}
 		size += proto.Size(pd) + 8
 		if i > 0 && size > MaxSyncPageBytes {
 			ds, page.More = ds[:i], true // the rest comes with the next page
