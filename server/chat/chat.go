@@ -6,17 +6,16 @@
 // resolved, and it is submitted to the group-commit sequencer
 // (server/sequence) without waiting, so a device's pipelined sends are
 // committed together and in order. After the batch is durable the
-// sequencer calls Publish, which routes one Delivery frame per recipient
-// user (carrying that user's inbox_seq) through the router to the hubs
-// holding the users' devices, and then the sender gets its SendAck.
+// sequencer calls Publish (server/deliver's publisher), which routes one
+// Delivery frame per recipient user (carrying that user's inbox_seq)
+// through the router to the hubs holding the users' devices, and then the
+// sender gets its SendAck.
 //
-// Exactly-once, in-order delivery on the wire: each stream's writer
-// goroutine owns the stream's delivery state (live, sentUpTo). It sends a
-// Delivery only if its inbox_seq is sentUpTo+1, drops ones already sent,
-// and fills gaps (a lost routed event) from the store. Sync requests run in
-// the writer too, so they are ordered with live deliveries; a device whose
-// cursor is behind the head when it connects gets no live deliveries until
-// its sync reaches the head.
+// Delivery on the wire is server/deliver's: each stream's writer goroutine
+// owns a deliver.Stream and hands it the routed Delivery frames and the
+// device's sync requests, in queue order, so sync pages and live
+// deliveries carry each inbox entry once and in order. This package maps
+// the deliverer's errors to gRPC statuses and FrameErrors.
 package chat
 
 import (
@@ -59,7 +58,7 @@ const (
 	// MaxSyncPageBytes bounds the encoded size of one SyncPage so that it
 	// fits grpc-go's default 4 MiB client receive limit; a page holds at
 	// least one delivery and says more=true when it was cut short.
-	MaxSyncPageBytes = 3 << 20
+	MaxSyncPageBytes = deliver.MaxSyncPageBytes
 	// TypingTTL is how long a typing indicator is shown (TypingEvent.expires_at).
 	TypingTTL = 6 * time.Second
 	// TypingMinInterval: typing frames of one device for one channel closer
