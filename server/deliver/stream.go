@@ -61,6 +61,10 @@ type Stream struct {
 	// sentUpTo: every inbox entry <= sentUpTo has been sent (or does not
 	// exist: a hole below the horizon).
 	sentUpTo uint64
+	// liveFrom is sentUpTo when the stream went live: every entry in
+	// (liveFrom, sentUpTo] has been sent since, and a sync page does not
+	// carry it again.
+	liveFrom uint64
 	// Cluster mode: inbox seqs above the horizon may commit out of order.
 	// parked holds live deliveries (ascending seq) that cannot be sent yet
 	// because an earlier seq is still pending; want is the highest seq
@@ -125,7 +129,7 @@ func (s *Stream) Start(ctx context.Context, cursor, head uint64) error {
 	if cursor < head {
 		return nil
 	}
-	s.live, s.sentUpTo = true, head
+	s.live, s.sentUpTo, s.liveFrom = true, head, head
 	h, err := s.heads.Head(ctx, s.user)
 	if err != nil {
 		return &Error{ErrHorizon, err}
@@ -313,7 +317,7 @@ func (s *Stream) fillThrough(ctx context.Context, target uint64, probe bool) err
 // inbox after after, at most limit entries (the caller checks the limit),
 // and returns how many deliveries the page carried. The device has (by its
 // own claim) everything up to after, and now everything up to the page's
-// last seq; a last page (more == false) makes the stream live.
+// next_after_seq; a last page (more == false) makes the stream live.
 //
 // The page never goes past the horizon H (read before the inbox): entries
 // above it may still be joined by earlier, pending seqs (cluster mode).
@@ -323,6 +327,13 @@ func (s *Stream) fillThrough(ctx context.Context, target uint64, probe bool) err
 // is H when after < H, so trailing holes are skipped); later entries come
 // live on this stream.
 //
+// Each inbox entry once per stream: once the stream is live, a page does
+// not carry an entry the stream has sent since it went live (live, from a
+// gap fill, or in an earlier page), whatever after is; next_after_seq
+// moves past such entries. Before it is live, a sync is a read the device
+// asks for, and the same range asked again is answered again (the device
+// has not been sent anything unasked yet).
+//
 // Errors: ErrHorizon or ErrInbox (as *Error; nothing was sent: the edge
 // answers the request with an error and the stream goes on), or Send's
 // error.
@@ -331,7 +342,16 @@ func (s *Stream) Sync(ctx context.Context, frameID, after uint64, limit int) (in
 	if err != nil {
 		return 0, &Error{ErrHorizon, err}
 	}
-	ds, more, err := s.inbox.Inbox(ctx, s.user, after, limit)
+	// Entries in (skipLo, skipHi] were sent since the stream went live.
+	var skipLo, skipHi uint64
+	if s.live {
+		skipLo, skipHi = s.liveFrom, s.sentUpTo
+	}
+	from := after
+	if from >= skipLo && from < skipHi {
+		from = skipHi
+	}
+	ds, more, err := s.inbox.Inbox(ctx, s.user, from, limit)
 	if err != nil {
 		return 0, &Error{ErrInbox, err}
 	}
@@ -344,23 +364,29 @@ func (s *Stream) Sync(ctx context.Context, frameID, after uint64, limit int) (in
 			break
 		}
 	}
-	page := &chatv1.SyncPage{Deliveries: make([]*chatv1.Delivery, 0, len(ds)), More: more, NextAfterSeq: after}
+	page := &chatv1.SyncPage{Deliveries: make([]*chatv1.Delivery, 0, len(ds)), More: more}
 	size := 0
-	for i, d := range ds {
+	// last: the device has every entry up to it once the page is sent.
+	last := from
+	for _, d := range ds {
+		if d.Seq > skipLo && d.Seq <= skipHi {
+			last = d.Seq // sent already
+			continue
+		}
 		pd := &chatv1.Delivery{InboxSeq: d.Seq, Message: MessageProto(d.Message)}
 		size += proto.Size(pd) + 8
-		if i > 0 && size > MaxSyncPageBytes {
-			ds, page.More = ds[:i], true // the rest comes with the next page
+		if len(page.Deliveries) > 0 && size > MaxSyncPageBytes {
+			page.More = true // the rest comes with the next page
 			break
 		}
 		page.Deliveries = append(page.Deliveries, pd)
+		last = d.Seq
 	}
 	more = page.More
-	last := after
-	if len(ds) > 0 {
-		last = ds[len(ds)-1].Seq
-		page.NextAfterSeq = last
+	if more && last > skipLo && last < skipHi {
+		last = skipHi // the rest of the range was sent already
 	}
+	page.NextAfterSeq = last
 	if !more {
 		// The device has everything up to the horizon: the entries are in
 		// this page or holes. (A cursor beyond the head is clamped so that
@@ -374,9 +400,9 @@ func (s *Stream) Sync(ctx context.Context, frameID, after uint64, limit int) (in
 		return 0, err
 	}
 	s.sentUpTo = max(s.sentUpTo, last)
-	if !more {
-		s.live = true
+	if !more && !s.live {
+		s.live, s.liveFrom = true, s.sentUpTo
 	}
 	s.settle()
-	return len(ds), nil
+	return len(page.Deliveries), nil
 }
