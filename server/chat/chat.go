@@ -6,17 +6,16 @@
 // resolved, and it is submitted to the group-commit sequencer
 // (server/sequence) without waiting, so a device's pipelined sends are
 // committed together and in order. After the batch is durable the
-// sequencer calls Publish, which routes one Delivery frame per recipient
-// user (carrying that user's inbox_seq) through the router to the hubs
-// holding the users' devices, and then the sender gets its SendAck.
+// sequencer calls Publish (server/deliver's publisher), which routes one
+// Delivery frame per recipient user (carrying that user's inbox_seq)
+// through the router to the hubs holding the users' devices, and then the
+// sender gets its SendAck.
 //
-// Exactly-once, in-order delivery on the wire: each stream's writer
-// goroutine owns the stream's delivery state (live, sentUpTo). It sends a
-// Delivery only if its inbox_seq is sentUpTo+1, drops ones already sent,
-// and fills gaps (a lost routed event) from the store. Sync requests run in
-// the writer too, so they are ordered with live deliveries; a device whose
-// cursor is behind the head when it connects gets no live deliveries until
-// its sync reaches the head.
+// Delivery on the wire is server/deliver's: each stream's writer goroutine
+// owns a deliver.Stream and hands it the routed Delivery frames and the
+// device's sync requests, in queue order, so sync pages and live
+// deliveries carry each inbox entry once and in order. This package maps
+// the deliverer's errors to gRPC statuses and FrameErrors.
 package chat
 
 import (
@@ -28,10 +27,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/deliver"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/ratelimit"
@@ -58,7 +57,7 @@ const (
 	// MaxSyncPageBytes bounds the encoded size of one SyncPage so that it
 	// fits grpc-go's default 4 MiB client receive limit; a page holds at
 	// least one delivery and says more=true when it was cut short.
-	MaxSyncPageBytes = 3 << 20
+	MaxSyncPageBytes = deliver.MaxSyncPageBytes
 	// TypingTTL is how long a typing indicator is shown (TypingEvent.expires_at).
 	TypingTTL = 6 * time.Second
 	// TypingMinInterval: typing frames of one device for one channel closer
@@ -81,7 +80,8 @@ type Config struct {
 	// Store is the durable store. Required.
 	Store store.Store
 	// Sequencer commits messages; its publish callback must call
-	// Service.Publish (or the function NewPublisher returns). Required.
+	// Service.Publish (or the function deliver.NewPublisher returns).
+	// Required.
 	Sequencer *sequence.Sequencer
 	// Hub holds this server's streams; it must be the Router's Handler.
 	// Required.
@@ -222,7 +222,7 @@ func New(cfg Config) *Service {
 		s.log = slog.Default()
 	}
 	s.metrics = newMetrics(cfg.Registerer, cfg.Sequencer, cfg.Hub, s.log)
-	s.publish = NewPublisher(cfg.Router, s.log)
+	s.publish = deliver.NewPublisher(cfg.Router, s.log)
 	s.frames = ratelimit.New(s.frameRate, s.burst)
 	s.typing = ratelimit.New(float64(time.Second)/float64(TypingMinInterval), 1)
 	return s
@@ -237,60 +237,6 @@ func (s *Service) Metrics() *Metrics { return s.metrics }
 // inbox_seq). It never blocks on a device; a routing error is logged (the
 // devices recover by sync).
 func (s *Service) Publish(batch []sequence.Committed) { s.publish(batch) }
-
-// NewPublisher returns a sequencer publish callback routing deliveries
-// through r, for wiring before the Service exists. logger may be nil.
-func NewPublisher(r router.Router, logger *slog.Logger) func([]sequence.Committed) {
-	if logger == nil {
-		logger = slog.Default()
-	}
-	return func(batch []sequence.Committed) {
-		n := 0
-		for i := range batch {
-			n += len(batch[i].Inbox)
-		}
-		if n == 0 {
-			return
-		}
-		events := make([]router.Event, 0, n)
-		for i := range batch {
-			msg := messageProto(batch[i].Message)
-			for _, e := range batch[i].Inbox {
-				events = append(events, router.Event{
-					UserID: e.UserID,
-					Frame: &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{
-						Delivery: &chatv1.Delivery{InboxSeq: e.Seq, Message: msg},
-					}},
-				})
-			}
-		}
-		if err := r.Route(context.Background(), events); err != nil {
-			logger.Warn("chat: routing deliveries failed; devices will sync", "events", len(events), "err", err)
-		}
-	}
-}
-
-// messageProto converts a stored message.
-func messageProto(m *store.Message) *chatv1.Message {
-	return &chatv1.Message{
-		ChannelId:       m.ChannelID,
-		MessageId:       m.MessageID,
-		SenderId:        m.SenderID,
-		SenderDeviceId:  m.SenderDeviceID,
-		ClientMessageId: m.ClientMessageID,
-		Text:            m.Text,
-		CreatedAt:       timestamppb.New(m.CreatedAt),
-		Kind:            chatv1.MessageKind(m.Kind),
-		RefMessageId:    m.RefMessageID,
-		ForUser:         m.ForUser,
-	}
-}
-
-func deliveryFrame(d store.Delivery) *chatv1.ServerFrame {
-	return &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{
-		Delivery: &chatv1.Delivery{InboxSeq: d.Seq, Message: messageProto(d.Message)},
-	}}
-}
 
 func frameError(frameID uint64, err error) *chatv1.ServerFrame {
 	st := status.Convert(err)

@@ -392,3 +392,32 @@ func TestSyncPageBoundedByBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncAfterLiveDoesNotRepeat (issue 11 item 1): a device that got seq
+// N live and then asks to sync from N-1 does not get N again on the same
+// stream; a new stream (a reconnect) syncs from its cursor as before.
+func TestSyncAfterLiveDoesNotRepeat(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	a, b := e.open("alice", "a1"), e.open("bob", "b1")
+	for i := range 3 {
+		a.ackOf(a.sendTo("bob", fmt.Sprint("m", i), fmt.Sprint("msg ", i)))
+	}
+	if ds := b.deliveries(3); ds[2].GetInboxSeq() != 3 {
+		t.Fatalf("live: %v", ds)
+	}
+	p := b.reply(b.sync(2, 10)).GetSyncPage()
+	if len(p.GetDeliveries()) != 0 || p.GetMore() || p.GetNextAfterSeq() != 3 {
+		t.Fatalf("sync after 2 on a live stream: %v; want no delivery, more false, next 3", p)
+	}
+	ds, _ := b.syncAll(0, 10)
+	if len(ds) != 0 {
+		t.Fatalf("sync from 0 on a stream that got 1..3 live repeated %v", ds)
+	}
+	b.quiet()
+
+	b2 := e.open("bob", "b1")
+	if ds, _ := b2.syncAll(b2.welcome.GetCursor(), 10); len(ds) != 3 {
+		t.Fatalf("a new stream synced %d deliveries, want the 3 un-acked ones", len(ds))
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/deliver"
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -232,7 +233,7 @@ func (s *Service) fold(ctx context.Context, channelID, viewer string, rows []*st
 		if m.ForUser != "" || m.Kind == store.KindEdit || m.Kind == store.KindDelete {
 			continue
 		}
-		pm := messageProto(m)
+		pm := deliver.MessageProto(m)
 		if st := states[m.MessageID]; st != nil && m.Kind == store.KindText {
 			switch {
 			case st.hidden:
@@ -255,7 +256,7 @@ func visibleRaw(rows []*store.Message, viewer string) []*chatv1.Message {
 		if m.ForUser != "" && m.ForUser != viewer {
 			continue
 		}
-		out = append(out, messageProto(m))
+		out = append(out, deliver.MessageProto(m))
 	}
 	return out
 }

@@ -1,41 +1,26 @@
 package chat
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/deliver"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
 )
-
-// gapPage is the page size used to fill a gap in live delivery from the
-// store.
-const gapPage = 100
-
-// maxParked bounds the live deliveries one stream holds while an earlier
-// inbox seq is still pending (cluster mode); beyond it they are dropped
-// and later read from the store.
-const maxParked = 64
-
-// recheckInterval is how often a stream waiting for pending inbox seqs
-// asks for the horizon again.
-const recheckInterval = 50 * time.Millisecond
 
 var (
 	errNoPayload        = status.Error(codes.InvalidArgument, "frame has no payload")
@@ -83,26 +68,9 @@ type stream struct {
 
 	// Writer state (writer goroutine only).
 	cursor, head uint64
-	live         bool
-	// sentUpTo: every inbox entry <= sentUpTo has been sent (or does not
-	// exist: a hole below the horizon).
-	sentUpTo uint64
-	// Cluster mode: inbox seqs above the horizon (Sequencer.Head) may
-	// commit out of order. parked holds live deliveries (ascending seq)
-	// that cannot be sent yet because an earlier seq is still pending;
-	// want is the highest seq known to be written and not yet sent. While
-	// want > sentUpTo the writer asks for the horizon again every
-	// recheckInterval (recheckC is then armed).
-	parked   []parkedDelivery
-	want     uint64
-	recheck  *time.Timer
-	recheckC <-chan time.Time
-}
-
-// parkedDelivery is a live Delivery frame waiting for the horizon.
-type parkedDelivery struct {
-	seq   uint64
-	frame *chatv1.ServerFrame
+	// d is the stream's delivery state: what has been sent, what is held
+	// back (server/deliver owns the ordering rules).
+	d *deliver.Stream
 }
 
 // Chat serves one device's stream. See the proto for the protocol. The
@@ -166,6 +134,9 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		head:     head,
 		pc:       pc,
 	}
+	st.d = deliver.NewStream(deliver.Config{
+		UserID: p.UserID, Send: st.send, Inbox: s.st, Heads: s.seq, Done: sess.Done(),
+	})
 	// Two goroutines per stream: the reader, and this handler goroutine,
 	// which writes. The reader blocks in Recv, which only returns (for
 	// good) once this handler has returned, so the writer must be the one
@@ -239,27 +210,12 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if st.recheck != nil {
-			st.recheck.Stop()
-		}
-	}()
-	if st.cursor >= st.head {
-		// Up to date: live from the head. Anything committed between the
-		// head read and the registration was published before this stream
-		// could receive it: read the head again and send what is missing,
-		// and look for entries written above it (cluster mode: committed
-		// while an earlier seq was pending, and published before this
-		// stream could receive them).
-		st.live, st.sentUpTo = true, st.head
-		h, err := s.seq.Head(st.ctx, st.p.UserID)
-		if err != nil {
-			return err
-		}
-		if err := st.fillThrough(h, true); err != nil {
-			return err
-		}
-		st.settle()
+	defer st.d.Stop()
+	// Up to date: live from the head (the deliverer sends what was
+	// committed between the head read and the registration). Behind: the
+	// device syncs first.
+	if err := st.d.Start(st.ctx, st.cursor, st.head); err != nil {
+		return st.deliverErr(err, true)
 	}
 	// closing: the client half-closed. The stream ends OK once every send
 	// in flight has its reply written (the writer releases a send's slot
@@ -284,10 +240,9 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 			closing, readerErr = true, nil
 		case <-st.ctx.Done():
 			return status.FromContextError(st.ctx.Err()).Err()
-		case <-st.recheckC:
-			st.recheckC = nil
-			if err := st.advance(); err != nil {
-				return err
+		case <-st.d.Recheck():
+			if err := st.d.Advance(st.ctx); err != nil {
+				return st.deliverErr(err, false)
 			}
 		case <-st.sess.Ready():
 			if err := st.drain(); err != nil {
@@ -327,246 +282,55 @@ func (st *stream) handleItem(it hub.Item) error {
 	default:
 		return nil
 	}
-	if d := it.Frame.GetDelivery(); d != nil {
-		return st.deliver(it.Frame, d.GetInboxSeq())
+	if it.Frame.GetDelivery() != nil {
+		if err := st.d.Deliver(st.ctx, it.Frame); err != nil {
+			return st.deliverErr(err, false)
+		}
+		return nil
 	}
 	return st.send(it.Frame)
 }
 
-// deliver sends a live Delivery with inbox seq q exactly once and in order.
-// A delivery right after sentUpTo goes out at once. Before one further
-// ahead, everything up to q-1 must be final (q-1 <= the horizon): the
-// missing entries (a lost routed event) are then read from the store and
-// holes skipped. Otherwise an earlier seq is still pending (another
-// server has not committed it yet) and the delivery is parked until the
-// horizon passes it.
-func (st *stream) deliver(f *chatv1.ServerFrame, q uint64) error {
-	if !st.live || q <= st.sentUpTo {
-		return nil // behind (the device syncs) or already sent
-	}
-	if q == st.sentUpTo+1 {
-		if err := st.send(f); err != nil {
-			return err
-		}
-		st.sentUpTo = q
-		return st.drainParked()
-	}
-	st.park(f, q)
-	if st.recheckC != nil {
-		return nil // already waiting for the horizon: the timer rechecks
-	}
-	return st.advance()
-}
-
-// park remembers a live delivery that cannot be sent yet.
-func (st *stream) park(f *chatv1.ServerFrame, q uint64) {
-	st.want = max(st.want, q)
-	i, found := slices.BinarySearchFunc(st.parked, q, func(p parkedDelivery, q uint64) int { return cmp.Compare(p.seq, q) })
-	if found || i >= maxParked {
-		return // a duplicate, or beyond the buffer: read from the store later
-	}
-	if len(st.parked) == maxParked {
-		st.parked = st.parked[:maxParked-1] // drop the highest: the store has it
-	}
-	st.parked = slices.Insert(st.parked, i, parkedDelivery{q, f})
-}
-
-// drainParked sends the parked deliveries that follow sentUpTo without a
-// gap and drops those already sent; then waits for the rest.
-func (st *stream) drainParked() error {
-	for len(st.parked) > 0 && st.parked[0].seq <= st.sentUpTo+1 {
-		p := st.parked[0]
-		st.parked[0] = parkedDelivery{}
-		st.parked = st.parked[1:]
-		if p.seq <= st.sentUpTo {
-			continue
-		}
-		if err := st.send(p.frame); err != nil {
-			return err
-		}
-		st.sentUpTo = p.seq
-	}
-	st.settle()
-	return nil
-}
-
-// advance reads the horizon and sends, in order, everything up to it
-// (parked deliveries, and the store's entries in between) and the parked
-// delivery right after it.
-func (st *stream) advance() error {
-	if !st.live || st.want <= st.sentUpTo {
-		st.settle()
-		return nil
-	}
-	h, err := st.s.seq.Head(st.ctx, st.p.UserID)
-	if err != nil {
-		st.s.log.Warn("chat: reading the inbox horizon failed", "user_id", st.p.UserID, "err", err)
-		return errSyncFailed
-	}
-	for len(st.parked) > 0 {
-		p := st.parked[0]
-		if p.seq <= st.sentUpTo {
-			st.parked = st.parked[1:]
-			continue
-		}
-		if p.seq-1 > h {
-			break
-		}
-		if err := st.fillThrough(p.seq-1, false); err != nil {
-			return err
-		}
-		if err := st.send(p.frame); err != nil {
-			return err
-		}
-		st.sentUpTo = p.seq
-		st.parked[0] = parkedDelivery{}
-		st.parked = st.parked[1:]
-	}
-	if err := st.fillThrough(h, false); err != nil {
-		return err
-	}
-	st.settle()
-	return nil
-}
-
-// settle drops parked deliveries already sent, and arms or stops the
-// recheck timer: armed while something written is not sent yet.
-func (st *stream) settle() {
-	for len(st.parked) > 0 && st.parked[0].seq <= st.sentUpTo {
-		st.parked[0] = parkedDelivery{}
-		st.parked = st.parked[1:]
-	}
-	if len(st.parked) == 0 {
-		st.parked = nil
-	}
-	if !st.live || st.want <= st.sentUpTo {
-		st.want = 0
-		if st.recheckC != nil {
-			st.recheck.Stop()
-			st.recheckC = nil
-		}
-		return
-	}
-	if st.recheckC == nil {
-		if st.recheck == nil {
-			st.recheck = time.NewTimer(recheckInterval)
-		} else {
-			st.recheck.Reset(recheckInterval)
-		}
-		st.recheckC = st.recheck.C
-	}
-}
-
-// fillThrough sends, from the store and in order, the deliveries after
-// sentUpTo up to target, which must be at most the horizon: every seq up
-// to it is written or a hole, so afterwards sentUpTo = target. Entries
-// found above target (written, maybe not final yet) raise want. With
-// probe it reads the store once even when nothing is missing below
-// target, to find such entries.
-func (st *stream) fillThrough(target uint64, probe bool) error {
-	for st.sentUpTo < target || probe {
-		probe = false
-		select {
-		case <-st.sess.Done():
-			return st.sess.Status().Err()
-		default:
-		}
-		ds, more, err := st.s.st.Inbox(st.ctx, st.p.UserID, st.sentUpTo, gapPage)
-		if err != nil {
-			st.s.storeErr(st.ctx, "Chat.fill", err)
-			return errSyncFailed
-		}
-		for _, d := range ds {
-			if d.Seq <= st.sentUpTo {
-				continue
-			}
-			if d.Seq > target {
-				st.want = max(st.want, d.Seq)
-				more = false
-				break
-			}
-			if err := st.send(deliveryFrame(d)); err != nil {
-				return err
-			}
-			st.sentUpTo = d.Seq
-		}
-		if !more || len(ds) == 0 {
-			break
-		}
-	}
-	st.sentUpTo = max(st.sentUpTo, target)
-	return nil
-}
-
-// doSync answers a SyncRequest with one page of the inbox and updates the
-// delivery state: the device has (by its own claim) everything up to
-// after_seq, and now everything up to the page's last seq; a last page
-// (more == false) makes the stream live.
-//
-// The page never goes past the horizon H (Sequencer.Head, read before the
-// store): entries above it may still be joined by earlier, pending seqs
-// (cluster mode). more == true: the page was cut (limit or size) and the
-// store may hold further entries up to H; ask again from next_after_seq.
-// more == false: the device now has every entry up to H (next_after_seq
-// is H when after_seq < H, so trailing holes are skipped); later entries
-// come live on this stream.
+// doSync answers a SyncRequest with one page of the inbox (see
+// deliver.Stream.Sync). A failure to read the horizon or the inbox is
+// answered with FrameError Unavailable and the stream goes on.
 func (st *stream) doSync(op syncOp) error {
 	s := st.s
-	h, err := s.seq.Head(st.ctx, st.p.UserID)
-	if err != nil {
+	n, err := st.d.Sync(st.ctx, op.frameID, op.after, op.limit)
+	var de *deliver.Error
+	if errors.As(err, &de) {
+		if de.Kind == deliver.ErrInbox {
+			s.storeErr(st.ctx, "Chat.Sync", de.Err)
+		}
 		return st.send(frameError(op.frameID, errSyncFailed))
 	}
-	ds, more, err := s.st.Inbox(st.ctx, st.p.UserID, op.after, op.limit)
 	if err != nil {
-		s.storeErr(st.ctx, "Chat.Sync", err)
-		return st.send(frameError(op.frameID, errSyncFailed))
-	}
-	for i, d := range ds {
-		if d.Seq > h {
-			// Written but not final yet: it comes live (want makes the
-			// writer wait for the horizon to pass it).
-			st.want = max(st.want, d.Seq)
-			ds, more = ds[:i], false
-			break
-		}
-	}
-	page := &chatv1.SyncPage{Deliveries: make([]*chatv1.Delivery, 0, len(ds)), More: more, NextAfterSeq: op.after}
-	size := 0
-	for i, d := range ds {
-		pd := &chatv1.Delivery{InboxSeq: d.Seq, Message: messageProto(d.Message)}
-		size += proto.Size(pd) + 8
-		if i > 0 && size > MaxSyncPageBytes {
-			ds, page.More = ds[:i], true // the rest comes with the next page
-			break
-		}
-		page.Deliveries = append(page.Deliveries, pd)
-	}
-	more = page.More
-	last := op.after
-	if len(ds) > 0 {
-		last = ds[len(ds)-1].Seq
-		page.NextAfterSeq = last
-	}
-	if !more {
-		// The device has everything up to the horizon: the entries are in
-		// this page or holes. (A cursor beyond the head is clamped so that
-		// future seqs are not taken as already sent.)
-		last = h
-		if op.after < h {
-			page.NextAfterSeq = h
-		}
-	}
-	if err := st.send(&chatv1.ServerFrame{FrameId: op.frameID, Payload: &chatv1.ServerFrame_SyncPage{SyncPage: page}}); err != nil {
 		return err
 	}
 	s.metrics.SyncPages.Inc()
-	s.metrics.DeliveriesSynced.Add(float64(len(ds)))
-	st.sentUpTo = max(st.sentUpTo, last)
-	if !more {
-		st.live = true
-	}
-	st.settle()
+	s.metrics.DeliveriesSynced.Add(float64(n))
 	return nil
+}
+
+// deliverErr maps an error of the deliverer to the status the stream ends
+// with. starting: the error came from the catch-up when the stream opened,
+// where a failed horizon read ends the stream with the sequencer's status.
+func (st *stream) deliverErr(err error, starting bool) error {
+	var de *deliver.Error
+	switch {
+	case errors.Is(err, deliver.ErrClosed):
+		return st.sess.Status().Err()
+	case errors.As(err, &de) && de.Kind == deliver.ErrHorizon:
+		if starting {
+			return de.Err
+		}
+		st.s.log.Warn("chat: reading the inbox horizon failed", "user_id", st.p.UserID, "err", de.Err)
+		return errSyncFailed
+	case errors.As(err, &de) && de.Kind == deliver.ErrInbox:
+		st.s.storeErr(st.ctx, "Chat.fill", de.Err)
+		return errSyncFailed
+	}
+	return err // the stream's own send error
 }
 
 // ------------------------------------------------------------------ reader
