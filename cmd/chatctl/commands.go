@@ -631,18 +631,26 @@ func (e *env) groupShowCmd() *cobra.Command {
 }
 
 func (e *env) channelsCmd() *cobra.Command {
-	cmd := e.command("channels", "list your channels, most recently active first, with unread counts", exactly(),
+	var summary bool
+	cmd := e.command("channels [--summary]", "list your channels, most recently active first, with unread counts", exactly(),
 		func(ctx context.Context, c *client.Client, _ []string) error {
+			if summary {
+				resp, err := rpc(ctx, e, c.Chat().ListChannels, &chatv1.ListChannelsRequest{PageSize: 1})
+				if err != nil {
+					return err
+				}
+				total, capped := resp.GetTotalUnread(), resp.GetTotalCapped()
+				return e.report(map[string]any{"totalUnread": total, "totalCapped": capped}, "total unread %s\n", count(total, capped))
+			}
 			token := ""
-			var total uint32
-			var totalCapped bool
-			for first := true; ; first = false {
+			var total string
+			for {
 				resp, err := rpc(ctx, e, c.Chat().ListChannels, &chatv1.ListChannelsRequest{PageSize: 500, PageToken: token})
 				if err != nil {
 					return err
 				}
-				if first {
-					total, totalCapped = resp.GetTotalUnread(), resp.GetTotalCapped()
+				if token == "" {
+					total = count(resp.GetTotalUnread(), resp.GetTotalCapped())
 				}
 				if err := showAll(e, resp.GetChannels(), func(ch *chatv1.Channel) {
 					e.printf("%s  %s  %s  unread %s  last activity %s\n", clean(ch.GetChannelId()), channelType(ch.GetType()),
@@ -654,13 +662,19 @@ func (e *env) channelsCmd() *cobra.Command {
 					break
 				}
 			}
-			return e.report(map[string]any{"totalUnread": total, "totalCapped": totalCapped}, "total unread %s\n", count(total, totalCapped))
+			if !e.json {
+				e.printf("total unread %s\n", total)
+			}
+			return nil
 		})
 	cmd.Long = `One line per channel: id, type, name, unread count ("N+" when the server
 stopped counting at its cap), last activity; then your total unread count.
 With --json each line is a Channel object (unreadCount, readUpTo,
-lastMessage, receipts) and the last line is {"totalUnread": N,
-"totalCapped": bool}.`
+lastMessage, receipts), and nothing else.
+
+With --summary only the total: "total unread N", or with --json one
+object {"totalUnread": N, "totalCapped": bool}.`
+	cmd.Flags().BoolVar(&summary, "summary", false, "print only your total unread count")
 	return cmd
 }
 
