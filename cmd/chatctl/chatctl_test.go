@@ -623,3 +623,46 @@ func TestGlobalFlagsAnywhere(t *testing.T) {
 	runEnv(2, "--config-dir", dir, "group")
 	runEnv(2, "--config-dir", dir, "help", "profile", "alice")
 }
+
+// TestWatchContacts: watch without USER says whom it watches (your
+// contacts who added you back) and shows their current state first; with
+// no contacts it fails instead of printing nothing.
+func TestWatchContacts(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice, bob := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+	signUpAndLogIn(bob, "bob")
+	if errOut := alice.fails(1, "watch"); !strings.HasPrefix(errOut, "chatctl: FailedPrecondition: you have no contacts") {
+		t.Fatalf("watch without contacts: %q", errOut)
+	}
+	bob.ok("contacts", "add", "alice")
+	alice.ok("contacts", "add", "bob")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	watch := alice.command(ctx, "watch", "--json")
+	var stderr bytes.Buffer
+	watch.Stderr = &stderr
+	out, err := watch.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() {
+		t.Fatalf("watch printed nothing; stderr: %s", &stderr)
+	}
+	first := jsonLines(t, sc.Text())
+	if first[0]["userId"] != "bob" || first[0]["status"] != "PRESENCE_STATUS_OFFLINE" {
+		t.Fatalf("first line of watch: %v", first)
+	}
+	_ = watch.Process.Signal(os.Interrupt)
+	if err := watch.Wait(); err != nil {
+		t.Fatalf("watch: %v; stderr: %s", err, &stderr)
+	}
+	if !strings.Contains(stderr.String(), "watching your contacts who have added you back (of bob)") {
+		t.Fatalf("watch stderr: %q", &stderr)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -225,8 +226,13 @@ func (e *env) flush(s *client.Session) error {
 }
 
 func (e *env) watchCmd() *cobra.Command {
-	cmd := e.command("watch [USER...]", "stream presence changes of contacts until interrupted", cobra.ArbitraryArgs,
+	cmd := e.command("watch [USER...]", "print users' presence, then each change, until interrupted (default: your contacts)", cobra.ArbitraryArgs,
 		func(ctx context.Context, c *client.Client, args []string) error {
+			if len(args) == 0 {
+				if err := e.announceContacts(ctx, c); err != nil {
+					return err
+				}
+			}
 			ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			stream, err := c.Presence().Subscribe(ctx, &chatv1.SubscribeRequest{UserIds: args})
@@ -246,6 +252,29 @@ func (e *env) watchCmd() *cobra.Command {
 				}
 			}
 		})
-	cmd.Long = "Without USER, watches all contacts."
+	cmd.Long = `Prints the current presence of each USER first, then every change. You
+may watch a user who has added you as a contact (or yourself).
+
+Without USER, watches your contacts who have added you back; it says so on
+stderr first, and fails if you have no contacts.`
 	return cmd
+}
+
+// announceContacts tells (on stderr) whom a watch without USER watches,
+// or fails if there is no one.
+func (e *env) announceContacts(ctx context.Context, c *client.Client) error {
+	resp, err := rpc(ctx, e, c.Account().ListContacts, &chatv1.ListContactsRequest{})
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, p := range resp.GetContacts() {
+		names = append(names, clean(p.GetUserId()))
+	}
+	if len(names) == 0 {
+		return status.Error(codes.FailedPrecondition, "you have no contacts to watch: name users (chatctl watch USER...) "+
+			"or add contacts (chatctl contacts add USER); each must have added you too")
+	}
+	e.stderrf("watching your contacts who have added you back (of %s); Ctrl-C to stop\n", strings.Join(names, ", "))
+	return nil
 }
