@@ -319,6 +319,15 @@ func TestGroupsContactsProfiles(t *testing.T) {
 	signUpAndLogIn(bob, "bob")
 	signUpAndLogIn(carol, "carol")
 
+	// A new group has no last activity to show; a contact is not shown
+	// with the other account's creation date as "since".
+	if out := alice.ok("group", "create", "empty"); !strings.Contains(out, "no messages yet") || strings.Contains(out, "last activity") {
+		t.Fatalf("group create: %q", out)
+	}
+	if out := alice.ok("contacts", "add", "carol"); out != "added contact carol  \"CAROL\"\n" {
+		t.Fatalf("contacts add: %q", out)
+	}
+	alice.ok("contacts", "remove", "carol")
 	created := jsonLines(t, alice.ok("--json", "group", "create", "team", "--members", "bob"))
 	gid, _ := created[0]["channelId"].(string)
 	if !strings.HasPrefix(gid, "g:") || created[0]["name"] != "team" {

@@ -454,8 +454,7 @@ func (e *env) contactsAddCmd() *cobra.Command {
 				return err
 			}
 			return show(e, resp.GetContact(), func(p *chatv1.Profile) {
-				e.printf("added contact ")
-				e.printProfile(p)
+				e.printf("added contact %s  %q\n", clean(p.GetUserId()), p.GetDisplayName())
 			})
 		})
 }
