@@ -93,7 +93,12 @@ func (c *cli) run(args ...string) (string, string, int) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := c.command(ctx, args...)
+	return runCmd(c.t, c.command(ctx, args...))
+}
+
+// runCmd runs cmd and returns stdout, stderr and the exit status.
+func runCmd(t *testing.T, cmd *exec.Cmd) (string, string, int) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -101,7 +106,7 @@ func (c *cli) run(args ...string) (string, string, int) {
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
-		c.t.Fatalf("chatctl %q: %v", args, err)
+		t.Fatalf("chatctl %q: %v", cmd.Args[1:], err)
 	}
 	return stdout.String(), stderr.String(), code
 }
@@ -584,19 +589,11 @@ func TestGlobalFlagsAnywhere(t *testing.T) {
 		defer cancel()
 		cmd := exec.CommandContext(ctx, chatctlBin, args...)
 		cmd.Env = append(environWithout("CHATCTL_"), bobEnv...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
+		stdout, stderr, code := runCmd(t, cmd)
 		if code != want {
-			t.Fatalf("chatctl %q: exit %d, want %d\nstdout: %s\nstderr: %s", args, code, want, &stdout, &stderr)
+			t.Fatalf("chatctl %q: exit %d, want %d\nstdout: %s\nstderr: %s", args, code, want, stdout, stderr)
 		}
-		return stdout.String()
+		return stdout
 	}
 	runEnv(0, "signup", "bob")
 	runEnv(0, "login", "bob", "--device", "env")

@@ -509,11 +509,8 @@ func (e *env) sendCmd() *cobra.Command {
 				return err
 			}
 			return show(e, ack, func(ack *chatv1.SendAck) {
-				dup := ""
-				if ack.GetDuplicate() {
-					dup = "  (duplicate: already sent)"
-				}
-				e.printf("sent  %s  message_id %d  at %s%s\n", clean(ack.GetChannelId()), ack.GetMessageId(), formatTime(ack.GetCreatedAt()), dup)
+				e.printf("sent  %s  message_id %d  at %s%s\n", clean(ack.GetChannelId()), ack.GetMessageId(),
+					formatTime(ack.GetCreatedAt()), duplicateNote(ack, "sent"))
 			})
 		})
 	cmd.Long = `TARGET is a channel id (starting with "g:" or "dm:") or a username (the

@@ -97,11 +97,8 @@ func (e *env) revision(ctx context.Context, c *client.Client, args []string, cmi
 		return err
 	}
 	return show(e, ack, func(ack *chatv1.SendAck) {
-		dup := ""
-		if ack.GetDuplicate() {
-			dup = "  (duplicate: already done)"
-		}
-		e.printf("%s  %s  message_id %d  (row %d at %s)%s\n", what, clean(ack.GetChannelId()), id, ack.GetMessageId(), formatTime(ack.GetCreatedAt()), dup)
+		e.printf("%s  %s  message_id %d  (row %d at %s)%s\n", what, clean(ack.GetChannelId()), id, ack.GetMessageId(),
+			formatTime(ack.GetCreatedAt()), duplicateNote(ack, "done"))
 	})
 }
 

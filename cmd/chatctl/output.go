@@ -145,6 +145,15 @@ func (e *env) printProfile(p *chatv1.Profile) {
 	e.printf("%s  %q  account created %s\n", clean(p.GetUserId()), p.GetDisplayName(), formatTime(p.GetCreatedAt()))
 }
 
+// duplicateNote is the suffix of an ack line: "  (duplicate: already
+// done)" when the server had stored the request before, else "".
+func duplicateNote(ack *chatv1.SendAck, done string) string {
+	if ack.GetDuplicate() {
+		return "  (duplicate: already " + done + ")"
+	}
+	return ""
+}
+
 func formatDuration(d time.Duration) string {
 	return d.Round(time.Millisecond).String()
 }
