@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/server/app"
+	"github.com/spf13/cobra"
 )
 
 // The tests build the chatctl binary once and drive it, as separate
@@ -72,14 +73,19 @@ func newCLI(t *testing.T, server string) *cli {
 func (c *cli) command(ctx context.Context, args ...string) *exec.Cmd {
 	full := append([]string{"--server", c.server, "--config-dir", c.dir, "--timeout", "10s"}, args...)
 	cmd := exec.CommandContext(ctx, chatctlBin, full...)
+	cmd.Env = environWithout("CHATCTL_")
+	return cmd
+}
+
+// environWithout is the test's environment less the variables with prefix.
+func environWithout(prefix string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CHATCTL_") {
+		if !strings.HasPrefix(kv, prefix) {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = env
-	return cmd
+	return env
 }
 
 // run returns stdout, stderr and the exit status.
@@ -87,7 +93,12 @@ func (c *cli) run(args ...string) (string, string, int) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := c.command(ctx, args...)
+	return runCmd(c.t, c.command(ctx, args...))
+}
+
+// runCmd runs cmd and returns stdout, stderr and the exit status.
+func runCmd(t *testing.T, cmd *exec.Cmd) (string, string, int) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -95,7 +106,7 @@ func (c *cli) run(args ...string) (string, string, int) {
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
-		c.t.Fatalf("chatctl %q: %v", args, err)
+		t.Fatalf("chatctl %q: %v", cmd.Args[1:], err)
 	}
 	return stdout.String(), stderr.String(), code
 }
@@ -257,13 +268,19 @@ func TestErrorsAndUsage(t *testing.T) {
 func TestHelpDocumentsEveryCommand(t *testing.T) {
 	c := &cli{t: t, server: "127.0.0.1:1", dir: t.TempDir()}
 	out := c.ok("--help")
-	for _, cmd := range commands {
-		if !strings.Contains(out, "  "+cmd.name+" ") {
-			t.Errorf("--help does not list %q", cmd.name)
+	names := commandNames(t)
+	if len(names) < 25 {
+		t.Fatalf("only %d commands: %q", len(names), names)
+	}
+	for _, name := range names {
+		if !strings.Contains(out, "  "+name+" ") {
+			t.Errorf("--help does not list %q", name)
 		}
-		help := c.ok(append([]string{"help"}, strings.Fields(cmd.name)...)...)
-		if !strings.Contains(help, "Usage: chatctl [global flags] "+cmd.name) {
-			t.Errorf("help %s printed %q", cmd.name, help)
+		for _, args := range [][]string{append([]string{"help"}, strings.Fields(name)...), append(strings.Fields(name), "--help")} {
+			help := c.ok(args...)
+			if !strings.Contains(help, "Usage: chatctl [global flags] "+name) {
+				t.Errorf("%q printed %q", args, help)
+			}
 		}
 	}
 	for _, flag := range []string{"--server", "--config-dir", "--json", "--timeout"} {
@@ -280,6 +297,26 @@ func TestHelpDocumentsEveryCommand(t *testing.T) {
 	c.fails(2, "help", "nope")
 }
 
+// commandNames is the name of every command that runs ("group add"),
+// walked from the command tree.
+func commandNames(t *testing.T) []string {
+	var names []string
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if !sub.IsAvailableCommand() || sub.Name() == "completion" {
+				continue
+			}
+			if sub.Annotations[listingKey] != listGroup {
+				names = append(names, commandName(sub))
+			}
+			walk(sub)
+		}
+	}
+	walk((&env{}).rootCommand())
+	return names
+}
+
 func TestGroupsContactsProfiles(t *testing.T) {
 	a := startServer(t, "127.0.0.1:0", t.TempDir())
 	alice, bob, carol := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
@@ -287,6 +324,15 @@ func TestGroupsContactsProfiles(t *testing.T) {
 	signUpAndLogIn(bob, "bob")
 	signUpAndLogIn(carol, "carol")
 
+	// A new group has no last activity to show; a contact is not shown
+	// with the other account's creation date as "since".
+	if out := alice.ok("group", "create", "empty"); !strings.Contains(out, "no messages yet") || strings.Contains(out, "last activity") {
+		t.Fatalf("group create: %q", out)
+	}
+	if out := alice.ok("contacts", "add", "carol"); out != "added contact carol  \"CAROL\"\n" {
+		t.Fatalf("contacts add: %q", out)
+	}
+	alice.ok("contacts", "remove", "carol")
 	created := jsonLines(t, alice.ok("--json", "group", "create", "team", "--members", "bob"))
 	gid, _ := created[0]["channelId"].(string)
 	if !strings.HasPrefix(gid, "g:") || created[0]["name"] != "team" {
@@ -523,5 +569,106 @@ func TestListenReconnectsAfterServerRestart(t *testing.T) {
 	l.interrupt(t)
 	if !strings.Contains(l.stderr.String(), "chatctl: Unavailable: ") || !strings.Contains(l.stderr.String(), "reconnecting") {
 		t.Fatalf("listen stderr %q does not report the reconnect", l.stderr)
+	}
+}
+
+// TestGlobalFlagsAnywhere: the global flags work before and after the
+// command and its arguments, in the single-dash spelling of Go's flag
+// package too, and CHATCTL_SERVER, CHATCTL_CONFIG_DIR and CHATCTL_PASSWORD
+// stand for --server, --config-dir and --password.
+func TestGlobalFlagsAnywhere(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice, bob := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+
+	// bob only through the environment: no --server, no --config-dir.
+	bobEnv := []string{"CHATCTL_SERVER=" + a.GRPCAddr(), "CHATCTL_CONFIG_DIR=" + bob.dir, "CHATCTL_PASSWORD=password-of-bob"}
+	runEnv := func(want int, args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, chatctlBin, args...)
+		cmd.Env = append(environWithout("CHATCTL_"), bobEnv...)
+		stdout, stderr, code := runCmd(t, cmd)
+		if code != want {
+			t.Fatalf("chatctl %q: exit %d, want %d\nstdout: %s\nstderr: %s", args, code, want, stdout, stderr)
+		}
+		return stdout
+	}
+	runEnv(0, "signup", "bob")
+	runEnv(0, "login", "bob", "--device", "env")
+	if out := runEnv(0, "whoami"); !strings.Contains(out, "server  "+a.GRPCAddr()) {
+		t.Fatalf("whoami from the environment: %q", out)
+	}
+
+	alice.ok("send", "bob", "one")
+	alice.ok("send", "bob", "two")
+	// --json after the command, and after its flags.
+	lines := jsonLines(t, runEnv(0, "sync", "--limit", "1", "--json"))
+	if len(lines) != 2 || field(lines[1], "message", "text") != "two" {
+		t.Fatalf("sync --json: %v", lines)
+	}
+	// The single-dash spelling, and --server/--config-dir after the command.
+	dir := t.TempDir()
+	bobEnv = nil // only flags now
+	runEnv(0, "login", "bob", "-password", "password-of-bob", "-server", a.GRPCAddr(), "-config-dir="+dir)
+	who := jsonLines(t, runEnv(0, "whoami", "--config-dir", dir, "-json"))
+	if len(who) != 1 || who[0]["userId"] != "bob" || who[0]["server"] != a.GRPCAddr() {
+		t.Fatalf("whoami -json: %v", who)
+	}
+	// A flag value that looks like a flag is left alone.
+	if out := runEnv(0, "--config-dir", dir, "send", "alice", "--client-message-id", "-json", "hi"); !strings.Contains(out, "sent  dm:alice:bob") {
+		t.Fatalf("send with the key -json: %q", out)
+	}
+	// The server stored at login is used when neither flag nor environment names one.
+	if out := runEnv(0, "profile", "alice", "--config-dir", dir); !strings.Contains(out, "alice") {
+		t.Fatalf("profile with the stored server: %q", out)
+	}
+	runEnv(2, "--config-dir", dir, "group", "add", "g:x", "carol", "--admin", "--member")
+	runEnv(2, "--config-dir", dir, "profile", "set")
+	runEnv(2, "--config-dir", dir, "group")
+	runEnv(2, "--config-dir", dir, "help", "profile", "alice")
+}
+
+// TestWatchContacts: watch without USER says whom it watches (your
+// contacts who added you back) and shows their current state first; with
+// no contacts it fails instead of printing nothing.
+func TestWatchContacts(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice, bob := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+	signUpAndLogIn(bob, "bob")
+	if errOut := alice.fails(1, "watch"); !strings.HasPrefix(errOut, "chatctl: FailedPrecondition: you have no contacts") {
+		t.Fatalf("watch without contacts: %q", errOut)
+	}
+	bob.ok("contacts", "add", "alice")
+	alice.ok("contacts", "add", "bob")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	watch := alice.command(ctx, "watch", "--json")
+	var stderr bytes.Buffer
+	watch.Stderr = &stderr
+	out, err := watch.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() {
+		t.Fatalf("watch printed nothing; stderr: %s", &stderr)
+	}
+	first := jsonLines(t, sc.Text())
+	if first[0]["userId"] != "bob" || first[0]["status"] != "PRESENCE_STATUS_OFFLINE" {
+		t.Fatalf("first line of watch: %v", first)
+	}
+	_ = watch.Process.Signal(os.Interrupt)
+	if err := watch.Wait(); err != nil {
+		t.Fatalf("watch: %v; stderr: %s", err, &stderr)
+	}
+	if !strings.Contains(stderr.String(), "watching your contacts who have added you back (of bob)") {
+		t.Fatalf("watch stderr: %q", &stderr)
 	}
 }

@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"flag"
 	"strconv"
 	"strings"
 
 	"github.com/chatd/chatd/client"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -39,34 +39,29 @@ func parseMessageID(s string) (uint64, error) {
 	return id, nil
 }
 
-func setupRead(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	upTo := fs.Uint64("up-to", 0, "mark read up to message_id `ID` (default: the newest message)")
-	return func(ctx context.Context, e *env, args []string) error {
-		if err := wantArgs(args, 1, "TARGET"); err != nil {
-			return err
-		}
-		c, err := e.dial(true)
-		if err != nil {
-			return err
-		}
-		ch, err := e.resolveChannel(ctx, c, args[0])
-		if err != nil {
-			return err
-		}
-		uctx, cancel := e.unary(ctx)
-		defer cancel()
-		resp, err := c.Chat().MarkRead(uctx, &chatv1.MarkReadRequest{ChannelId: ch, MessageId: *upTo})
-		if err != nil {
-			return err
-		}
-		ev := resp.GetUnread()
-		if e.json {
-			return e.emit(ev)
-		}
-		e.printf("read  %s  up to %d  unread %s  total unread %s\n", clean(ch), ev.GetReadUpTo(),
-			count(ev.GetUnreadCount(), ev.GetUnreadCapped()), count(ev.GetTotalUnread(), ev.GetTotalCapped()))
-		return nil
-	}
+func (e *env) readCmd() *cobra.Command {
+	var upTo uint64
+	cmd := e.command("read TARGET [--up-to ID]", "mark a channel read (up to the newest message) on every device", exactly("TARGET"),
+		func(ctx context.Context, c *client.Client, args []string) error {
+			ch, err := e.resolveChannel(ctx, c, args[0])
+			if err != nil {
+				return err
+			}
+			resp, err := rpc(ctx, e, c.Chat().MarkRead, &chatv1.MarkReadRequest{ChannelId: ch, MessageId: upTo})
+			if err != nil {
+				return err
+			}
+			return show(e, resp.GetUnread(), func(ev *chatv1.UnreadEvent) {
+				e.printf("read  %s  up to %d  unread %s  total unread %s\n", clean(ch), ev.GetReadUpTo(),
+					count(ev.GetUnreadCount(), ev.GetUnreadCapped()), count(ev.GetTotalUnread(), ev.GetTotalCapped()))
+			})
+		})
+	cmd.Long = `TARGET is a channel id or a username (the direct channel with that user).
+Moves your read marker forward (never back); your other devices get the new
+unread count at once and the other members see the read receipt. Prints
+the channel's unread count and your total. With --json: an UnreadEvent.`
+	cmd.Flags().Uint64Var(&upTo, "up-to", 0, "mark read up to message_id `ID` (default: the newest message)")
+	return cmd
 }
 
 // count prints an unread count, "N+" when capped.
@@ -78,144 +73,118 @@ func count(n uint32, capped bool) string {
 	return s
 }
 
-// revisionTarget resolves what an edit or delete acts on: the channel of
-// target (a channel id or a username), the message id, and the
-// idempotency key (cmid, or a random one).
-func (e *env) revisionTarget(ctx context.Context, target, messageID, cmid string) (c *client.Client, channelID string, id uint64, key string, err error) {
-	if id, err = parseMessageID(messageID); err != nil {
-		return nil, "", 0, "", err
+// revision resolves what an edit or delete acts on (the channel of TARGET,
+// a channel id or a username, and MESSAGE_ID), calls do with it and the
+// idempotency key (cmid, or a random one), and prints the ack.
+func (e *env) revision(ctx context.Context, c *client.Client, args []string, cmid, what string,
+	do func(ctx context.Context, channelID string, id uint64, key string) (*chatv1.SendAck, error)) error {
+	id, err := parseMessageID(args[1])
+	if err != nil {
+		return err
 	}
-	if key = cmid; key == "" {
+	key := cmid
+	if key == "" {
 		key = client.NewClientMessageID()
 	}
-	if c, err = e.dial(true); err != nil {
-		return nil, "", 0, "", err
+	ch, err := e.resolveChannel(ctx, c, args[0])
+	if err != nil {
+		return err
 	}
-	if channelID, err = e.resolveChannel(ctx, c, target); err != nil {
-		return nil, "", 0, "", err
+	uctx, cancel := e.unary(ctx)
+	defer cancel()
+	ack, err := do(uctx, ch, id, key)
+	if err != nil {
+		return err
 	}
-	return c, channelID, id, key, nil
+	return show(e, ack, func(ack *chatv1.SendAck) {
+		e.printf("%s  %s  message_id %d  (row %d at %s)%s\n", what, clean(ack.GetChannelId()), id, ack.GetMessageId(),
+			formatTime(ack.GetCreatedAt()), duplicateNote(ack, "done"))
+	})
 }
 
-func setupEdit(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	cmid := fs.String("client-message-id", "", "idempotency `KEY`, 1..64 bytes (default: random)")
-	return func(ctx context.Context, e *env, args []string) error {
-		if len(args) < 3 {
-			return usagef("want TARGET MESSAGE_ID TEXT, got %d argument(s)", len(args))
-		}
-		c, ch, id, key, err := e.revisionTarget(ctx, args[0], args[1], *cmid)
-		if err != nil {
-			return err
-		}
-		uctx, cancel := e.unary(ctx)
-		defer cancel()
-		resp, err := c.Chat().EditMessage(uctx, &chatv1.EditMessageRequest{ChannelId: ch, MessageId: id,
-			ClientMessageId: key, Text: strings.Join(args[2:], " ")})
-		if err != nil {
-			return err
-		}
-		return e.printRevision("edited", id, resp.GetAck())
-	}
+func cmidFlag(cmd *cobra.Command) *string {
+	return cmd.Flags().String("client-message-id", "", "idempotency `KEY`, 1..64 bytes (default: random)")
 }
 
-func setupDelete(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	forMe := fs.Bool("for-me", false, "delete the message for you only")
-	cmid := fs.String("client-message-id", "", "idempotency `KEY`, 1..64 bytes (default: random)")
-	return func(ctx context.Context, e *env, args []string) error {
-		if err := wantArgs(args, 2, "TARGET MESSAGE_ID"); err != nil {
-			return err
-		}
-		c, ch, id, key, err := e.revisionTarget(ctx, args[0], args[1], *cmid)
-		if err != nil {
-			return err
-		}
-		uctx, cancel := e.unary(ctx)
-		defer cancel()
-		resp, err := c.Chat().DeleteMessage(uctx, &chatv1.DeleteMessageRequest{ChannelId: ch, MessageId: id,
-			ClientMessageId: key, ForMe: *forMe})
-		if err != nil {
-			return err
-		}
-		what := "deleted"
-		if *forMe {
-			what = "deleted for you"
-		}
-		return e.printRevision(what, id, resp.GetAck())
-	}
+func (e *env) editCmd() *cobra.Command {
+	var cmid *string
+	cmd := e.command("edit TARGET MESSAGE_ID TEXT... [--client-message-id KEY]", "edit one of your messages (within the server's edit window)",
+		atLeast(3, "TARGET MESSAGE_ID TEXT"),
+		func(ctx context.Context, c *client.Client, args []string) error {
+			return e.revision(ctx, c, args, *cmid, "edited", func(ctx context.Context, ch string, id uint64, key string) (*chatv1.SendAck, error) {
+				resp, err := c.Chat().EditMessage(ctx, &chatv1.EditMessageRequest{ChannelId: ch, MessageId: id,
+					ClientMessageId: key, Text: strings.Join(args[2:], " ")})
+				return resp.GetAck(), err
+			})
+		})
+	cmd.Long = `The remaining arguments are joined with spaces to form the new text. Prints
+the ack of the edit (a new row that every member's devices receive). With
+--json: a SendAck.`
+	cmid = cmidFlag(cmd)
+	return cmd
 }
 
-func (e *env) printRevision(what string, id uint64, ack *chatv1.SendAck) error {
-	if e.json {
-		return e.emit(ack)
-	}
-	dup := ""
-	if ack.GetDuplicate() {
-		dup = "  (duplicate: already done)"
-	}
-	e.printf("%s  %s  message_id %d  (row %d at %s)%s\n", what, clean(ack.GetChannelId()), id, ack.GetMessageId(), formatTime(ack.GetCreatedAt()), dup)
-	return nil
-}
-
-func setupReceipts(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	return func(ctx context.Context, e *env, args []string) error {
-		if err := wantArgs(args, 1, "TARGET"); err != nil {
-			return err
-		}
-		c, err := e.dial(true)
-		if err != nil {
-			return err
-		}
-		ch, err := e.resolveChannel(ctx, c, args[0])
-		if err != nil {
-			return err
-		}
-		uctx, cancel := e.unary(ctx)
-		defer cancel()
-		resp, err := c.Chat().GetReceipts(uctx, &chatv1.GetReceiptsRequest{ChannelId: ch})
-		if err != nil {
-			return err
-		}
-		for _, r := range resp.GetReceipts() {
-			if e.json {
-				if err := e.emit(r); err != nil {
-					return err
-				}
-				continue
+func (e *env) deleteCmd() *cobra.Command {
+	var forMe bool
+	var cmid *string
+	cmd := e.command("delete TARGET MESSAGE_ID [--for-me] [--client-message-id KEY]", "delete a message for everyone, or for you only",
+		exactly("TARGET", "MESSAGE_ID"),
+		func(ctx context.Context, c *client.Client, args []string) error {
+			what := "deleted"
+			if forMe {
+				what = "deleted for you"
 			}
-			e.printf("%s  delivered up to %d  read up to %d\n", clean(r.GetUserId()), r.GetDeliveredUpTo(), r.GetReadUpTo())
-		}
-		return nil
-	}
+			return e.revision(ctx, c, args, *cmid, what, func(ctx context.Context, ch string, id uint64, key string) (*chatv1.SendAck, error) {
+				resp, err := c.Chat().DeleteMessage(ctx, &chatv1.DeleteMessageRequest{ChannelId: ch, MessageId: id,
+					ClientMessageId: key, ForMe: forMe})
+				return resp.GetAck(), err
+			})
+		})
+	cmd.Long = `Without --for-me the message is deleted for everyone (your own message, or
+any message of a group you own or administer). With --for-me it disappears
+from your own history and devices only. With --json: a SendAck.`
+	cmd.Flags().BoolVar(&forMe, "for-me", false, "delete the message for you only")
+	cmid = cmidFlag(cmd)
+	return cmd
 }
 
-func setupReceiptsSet(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	hide := fs.Bool("hide", false, "hide your read receipts from other members")
-	show := fs.Bool("show", false, "show your read receipts again")
-	return func(ctx context.Context, e *env, args []string) error {
-		if err := wantArgs(args, 0, "no arguments"); err != nil {
-			return err
-		}
-		if *hide == *show {
-			return usagef("give exactly one of --hide and --show")
-		}
-		c, err := e.dial(true)
-		if err != nil {
-			return err
-		}
-		uctx, cancel := e.unary(ctx)
-		defer cancel()
-		resp, err := c.Chat().SetReadReceipts(uctx, &chatv1.SetReadReceiptsRequest{HideReadReceipts: *hide})
-		if err != nil {
-			return err
-		}
-		if e.json {
-			return e.emit(resp)
-		}
-		if resp.GetHideReadReceipts() {
-			e.printf("read receipts hidden\n")
-		} else {
-			e.printf("read receipts shown\n")
-		}
-		return nil
-	}
+func (e *env) receiptsCmd() *cobra.Command {
+	return e.command("receipts TARGET", "show each member's delivered and read markers of a channel", exactly("TARGET"),
+		func(ctx context.Context, c *client.Client, args []string) error {
+			ch, err := e.resolveChannel(ctx, c, args[0])
+			if err != nil {
+				return err
+			}
+			resp, err := rpc(ctx, e, c.Chat().GetReceipts, &chatv1.GetReceiptsRequest{ChannelId: ch})
+			if err != nil {
+				return err
+			}
+			return showAll(e, resp.GetReceipts(), func(r *chatv1.ReceiptEvent) {
+				e.printf("%s  delivered up to %d  read up to %d\n", clean(r.GetUserId()), r.GetDeliveredUpTo(), r.GetReadUpTo())
+			})
+		})
+}
+
+func (e *env) receiptsSetCmd() *cobra.Command {
+	var hide, unhide bool
+	cmd := e.command("set --hide|--show", "hide or show your read receipts", exactly(),
+		func(ctx context.Context, c *client.Client, _ []string) error {
+			resp, err := rpc(ctx, e, c.Chat().SetReadReceipts, &chatv1.SetReadReceiptsRequest{HideReadReceipts: hide})
+			if err != nil {
+				return err
+			}
+			return show(e, resp, func(resp *chatv1.SetReadReceiptsResponse) {
+				if resp.GetHideReadReceipts() {
+					e.printf("read receipts hidden\n")
+				} else {
+					e.printf("read receipts shown\n")
+				}
+			})
+		})
+	cmd.Long = "While hidden, others see no read receipts from you; your own unread counts still follow your reads."
+	cmd.Flags().BoolVar(&hide, "hide", false, "hide your read receipts from other members")
+	cmd.Flags().BoolVar(&unhide, "show", false, "show your read receipts again")
+	cmd.MarkFlagsOneRequired("hide", "show")
+	cmd.MarkFlagsMutuallyExclusive("hide", "show")
+	return cmd
 }

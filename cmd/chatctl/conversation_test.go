@@ -23,9 +23,17 @@ func TestReadEditDelete(t *testing.T) {
 	if out := phone.ok("channels"); !strings.Contains(out, "dm:alice:bob  direct  alice  unread 3") || !strings.Contains(out, "total unread 3\n") {
 		t.Fatalf("bob's channels: %q", out)
 	}
+	// --json channels is Channel objects only; the total is --summary's.
 	lines := jsonLines(t, phone.ok("--json", "channels"))
-	if len(lines) != 2 || lines[0]["unreadCount"] != float64(3) || field(lines[0], "lastMessage", "text") != "msg 2" || lines[1]["totalUnread"] != float64(3) {
+	if len(lines) != 1 || lines[0]["unreadCount"] != float64(3) || field(lines[0], "lastMessage", "text") != "msg 2" || lines[0]["totalUnread"] != nil {
 		t.Fatalf("bob's json channels: %v", lines)
+	}
+	sum := jsonLines(t, phone.ok("channels", "--summary", "--json"))
+	if len(sum) != 1 || sum[0]["totalUnread"] != float64(3) || sum[0]["totalCapped"] != false || sum[0]["channelId"] != nil {
+		t.Fatalf("bob's json channels --summary: %v", sum)
+	}
+	if out := phone.ok("channels", "--summary"); out != "total unread 3\n" {
+		t.Fatalf("bob's channels --summary: %q", out)
 	}
 
 	// Reading on the laptop clears the phone's count.

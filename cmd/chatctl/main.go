@@ -5,9 +5,11 @@
 //	chatctl [global flags] COMMAND [ARGS] [FLAGS]
 //
 // Run "chatctl help" for the list of commands and "chatctl help COMMAND" for
-// one command's arguments and flags. The logged-in device session is stored
-// in the config dir (--config-dir), so two users can be driven from one shell
-// with two config dirs:
+// one command's arguments and flags. The commands are spf13/cobra commands
+// (commands.go); the global flags (--server, --config-dir, --json,
+// --timeout) may come before or after COMMAND. The logged-in device session
+// is stored in the config dir (--config-dir), so two users can be driven
+// from one shell with two config dirs:
 //
 //	chatctl --config-dir /tmp/alice login alice --password secret-a --device laptop
 //	chatctl --config-dir /tmp/bob   login bob   --password secret-b --device phone
@@ -21,16 +23,16 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/chatd/chatd/client"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -50,6 +52,16 @@ func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
+// errReported is a usage error whose message is already printed.
+var errReported = &usageError{}
+
+// callError is a failure of a command that got to run (exit status 1).
+// Every other error of a run is cobra's (an unknown command or flag, a bad
+// argument count, conflicting flags) or a usageError: exit status 2.
+type callError struct{ err error }
+
+func (e *callError) Error() string { return e.err.Error() }
+
 // env is the state shared by the commands of one invocation.
 type env struct {
 	server         string
@@ -63,94 +75,98 @@ type env struct {
 	client *client.Client
 }
 
-// command is one chatctl subcommand. setup defines the command's flags on
-// fs and returns the function that runs it with the positional arguments.
-type command struct {
-	name    string // "send", or "group create"
-	args    string // positional arguments synopsis
-	summary string
-	detail  string
-	setup   func(fs *flag.FlagSet) func(ctx context.Context, e *env, args []string) error
-}
-
 func run(args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr}
-	global := flag.NewFlagSet("chatctl", flag.ContinueOnError)
-	global.SetOutput(io.Discard)
-	serverDefault := os.Getenv("CHATCTL_SERVER")
-	global.StringVar(&e.server, "server", serverDefault, "chat server `HOST:PORT` (default $CHATCTL_SERVER, else the server stored at login, else "+defaultServer+")")
-	global.StringVar(&e.configDir, "config-dir", os.Getenv("CHATCTL_CONFIG_DIR"), "`DIR` holding the logged-in credentials (default $CHATCTL_CONFIG_DIR, else "+defaultConfigDirDoc()+")")
-	global.BoolVar(&e.json, "json", false, "print JSON Lines (one protojson object per line) instead of text")
-	global.DurationVar(&e.timeout, "timeout", 10*time.Second, "timeout of each unary call and of connecting the Chat stream")
-	help := global.Bool("help", false, "show help")
-	global.BoolVar(help, "h", false, "show help")
-
-	if err := global.Parse(args); err != nil {
-		fmt.Fprintf(stderr, "chatctl: %v\n", err)
-		fmt.Fprintln(stderr, "Run 'chatctl help' for usage.")
-		return 2
+	root := e.rootCommand()
+	root.SetArgs(append([]string{}, singleDashLongFlags(root, args)...))
+	cmd, err := root.ExecuteContextC(context.Background())
+	if e.client != nil {
+		e.client.Close()
 	}
-	e.serverExplicit = serverDefault != ""
-	global.Visit(func(f *flag.Flag) {
-		if f.Name == "server" {
-			e.serverExplicit = true
-		}
-	})
-	rest := global.Args()
-	if *help {
-		printUsage(stdout, global)
+	var ce *callError
+	switch {
+	case err == nil:
 		return 0
-	}
-	if len(rest) == 0 {
-		printUsage(stderr, global)
+	case err == errReported:
+		return 2
+	case errors.As(err, &ce):
+		st := toStatus(ce.err)
+		fmt.Fprintf(stderr, "chatctl: %s: %s\n", st.Code(), st.Message())
+		return 1
+	case cmd == nil || cmd == root:
+		fmt.Fprintf(stderr, "chatctl: %v\nRun 'chatctl help' for usage.\n", err)
 		return 2
 	}
-	if rest[0] == "help" {
-		return runHelp(stdout, stderr, global, rest[1:])
+	name, help := commandName(cmd), "help "+commandName(cmd)
+	if cmd.Name() == "help" {
+		help = "help"
 	}
-	cmd, cmdArgs := lookup(rest)
-	if cmd == nil {
-		fmt.Fprintf(stderr, "chatctl: unknown command %q\nRun 'chatctl help' for usage.\n", strings.Join(rest[:min(2, len(rest))], " "))
-		return 2
+	fmt.Fprintf(stderr, "chatctl %s: %v\nRun 'chatctl %s' for usage.\n", name, err, help)
+	return 2
+}
+
+// rootCommand is chatctl with its global flags and every command.
+func (e *env) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "chatctl",
+		Short: "chatctl is a command-line client for chatd.",
+		// With no command: the usage on stderr, status 2. A first word that
+		// is no command lands here too.
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				printUsage(e.stderr, cmd)
+				return errReported
+			}
+			return usagef("unknown command %q", strings.Join(args[:min(2, len(args))], " "))
+		},
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
+	root.SetHelpFunc(func(cmd *cobra.Command, _ []string) { printHelp(cmd.OutOrStdout(), cmd) })
+	root.SetHelpCommand(helpCommand())
+
+	fs := root.PersistentFlags()
+	fs.StringVar(&e.server, "server", "", "chat server `HOST:PORT` (default $CHATCTL_SERVER, else the server stored at login, else "+defaultServer+")")
+	fs.StringVar(&e.configDir, "config-dir", "", "`DIR` holding the logged-in credentials (default $CHATCTL_CONFIG_DIR, else "+defaultConfigDirDoc()+")")
+	fs.BoolVar(&e.json, "json", false, "print JSON Lines (one protojson object per line) instead of text")
+	fs.DurationVar(&e.timeout, "timeout", 10*time.Second, "timeout of each unary call and of connecting the Chat stream")
+
+	cobra.EnableCommandSorting = false // help lists the commands in definition order
+	root.AddCommand(e.commands()...)
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Use = "completion SHELL"
+			c.Short = "print the shell completion script (bash, zsh, fish or powershell)"
+			c.Annotations = map[string]string{listingKey: listSingle}
+		}
+	}
+	return root
+}
+
+// resolve fills in the defaults of the global flags that come from the
+// environment, after the command line is parsed.
+func (e *env) resolve(cmd *cobra.Command) error {
+	fs := cmd.Flags()
+	if !fs.Changed("server") {
+		e.server = os.Getenv("CHATCTL_SERVER")
+	}
+	e.serverExplicit = e.server != ""
+	if !fs.Changed("config-dir") {
+		e.configDir = os.Getenv("CHATCTL_CONFIG_DIR")
 	}
 	if e.configDir == "" {
 		dir, err := os.UserConfigDir()
 		if err != nil {
-			fmt.Fprintf(stderr, "chatctl: no config dir: %v (use --config-dir)\n", err)
-			return 2
+			return usagef("no config dir: %v (use --config-dir)", err)
 		}
 		e.configDir = filepath.Join(dir, "chatctl")
 	}
-
-	fs := flag.NewFlagSet("chatctl "+cmd.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	runFn := cmd.setup(fs)
-	pos, err := parseInterspersed(fs, cmdArgs)
-	if errors.Is(err, flag.ErrHelp) {
-		printCommandHelp(stdout, cmd)
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "chatctl %s: %v\nRun 'chatctl help %s' for usage.\n", cmd.name, err, cmd.name)
-		return 2
-	}
-
-	ctx := context.Background()
-	err = runFn(ctx, e, pos)
-	if e.client != nil {
-		e.client.Close()
-	}
-	if err == nil {
-		return 0
-	}
-	var ue *usageError
-	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "chatctl %s: %s\nRun 'chatctl help %s' for usage.\n", cmd.name, ue.msg, cmd.name)
-		return 2
-	}
-	st := toStatus(err)
-	fmt.Fprintf(stderr, "chatctl: %s: %s\n", st.Code(), st.Message())
-	return 1
+	return nil
 }
 
 // toStatus converts any error to a gRPC status, mapping context errors to
@@ -172,128 +188,44 @@ func defaultConfigDirDoc() string {
 	return "$XDG_CONFIG_HOME/chatctl"
 }
 
-// lookup finds the command named by the first one or two words of args.
-func lookup(args []string) (*command, []string) {
-	if len(args) >= 2 {
-		if c := findCommand(args[0] + " " + args[1]); c != nil {
-			return c, args[2:]
+// singleDashLongFlags rewrites "-json" as "--json" (and "-server=X" as
+// "--server=X") for every long flag chatctl defines: the Go flag package
+// that chatctl used before cobra accepted both spellings. Arguments after
+// "--" and the values of flags are left alone.
+func singleDashLongFlags(root *cobra.Command, args []string) []string {
+	takesValue := map[string]bool{}
+	var collect func(*cobra.Command)
+	collect = func(c *cobra.Command) {
+		add := func(f *pflag.Flag) { takesValue[f.Name] = f.NoOptDefVal == "" }
+		c.LocalFlags().VisitAll(add)
+		c.PersistentFlags().VisitAll(add)
+		for _, sub := range c.Commands() {
+			collect(sub)
 		}
 	}
-	if c := findCommand(args[0]); c != nil {
-		return c, args[1:]
-	}
-	return nil, nil
-}
-
-func findCommand(name string) *command {
-	for i := range commands {
-		if commands[i].name == name {
-			return &commands[i]
+	collect(root)
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(out, args[i:]...)
 		}
-	}
-	return nil
-}
-
-// parseInterspersed parses flags that may appear before, between or after
-// positional arguments ("send bob hi", "signup alice --password x"). An
-// argument "--" ends flag parsing: everything after it is positional.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
+		if strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && len(a) > 2 {
+			name, _, hasValue := strings.Cut(a[1:], "=")
+			if value, ok := takesValue[name]; ok {
+				a = "-" + a
+				if value && !hasValue && i+1 < len(args) {
+					out = append(out, a)
+					i++
+					a = args[i]
+				}
+			}
+		} else if name, ok := strings.CutPrefix(a, "--"); ok && !strings.Contains(name, "=") && takesValue[name] && i+1 < len(args) {
+			out = append(out, a)
+			i++
+			a = args[i]
 		}
-		rest := fs.Args()
-		consumed := len(args) - len(rest)
-		if consumed > 0 && args[consumed-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
+		out = append(out, a)
 	}
-}
-
-func printUsage(w io.Writer, global *flag.FlagSet) {
-	fmt.Fprint(w, `chatctl is a command-line client for chatd.
-
-Usage:
-  chatctl [global flags] COMMAND [ARGS] [FLAGS]
-
-Global flags (before COMMAND):
-`)
-	printFlags(w, global)
-	fmt.Fprint(w, "\nCommands:\n")
-	width := 0
-	for _, c := range commands {
-		width = max(width, len(c.name)+1+len(c.args))
-	}
-	for _, c := range commands {
-		fmt.Fprintf(w, "  %-*s  %s\n", width, strings.TrimSpace(c.name+" "+c.args), c.summary)
-	}
-	fmt.Fprint(w, `
-Run 'chatctl help COMMAND' (or 'chatctl COMMAND --help') for a command's flags.
-Flags of a command may come before or after its arguments; '--' ends flags.
-
-Environment: CHATCTL_SERVER, CHATCTL_CONFIG_DIR (defaults of --server and
---config-dir), CHATCTL_PASSWORD (default of --password).
-
-Errors are printed as "chatctl: <gRPC code>: <message>" with exit status 1;
-usage errors exit with status 2.
-`)
-}
-
-func printFlags(w io.Writer, fs *flag.FlagSet) {
-	var lines []string
-	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name == "h" || f.Name == "help" {
-			return
-		}
-		name, usage := flag.UnquoteUsage(f)
-		s := "  --" + f.Name
-		if name != "" {
-			s += " " + name
-		}
-		s += "\n      " + usage
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && !strings.Contains(usage, "(default") {
-			s += fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		lines = append(lines, s)
-	})
-	sort.Strings(lines)
-	for _, l := range lines {
-		fmt.Fprintln(w, l)
-	}
-}
-
-func printCommandHelp(w io.Writer, c *command) {
-	fmt.Fprintf(w, "Usage: chatctl [global flags] %s\n\n%s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
-	if c.detail != "" {
-		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.detail))
-	}
-	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-	c.setup(fs)
-	n := 0
-	fs.VisitAll(func(*flag.Flag) { n++ })
-	if n > 0 {
-		fmt.Fprint(w, "\nFlags:\n")
-		printFlags(w, fs)
-	}
-	fmt.Fprint(w, "\nRun 'chatctl help' for the global flags.\n")
-}
-
-func runHelp(stdout, stderr io.Writer, global *flag.FlagSet, args []string) int {
-	if len(args) == 0 {
-		printUsage(stdout, global)
-		return 0
-	}
-	c, rest := lookup(args)
-	if c == nil || len(rest) > 0 {
-		fmt.Fprintf(stderr, "chatctl help: unknown command %q\n", strings.Join(args, " "))
-		return 2
-	}
-	printCommandHelp(stdout, c)
-	return 0
+	return out
 }

@@ -128,15 +128,30 @@ func presenceStatus(s chatv1.PresenceStatus) string {
 // printChannel prints a channel with its members.
 func (e *env) printChannel(ch *chatv1.Channel) {
 	e.printf("%s  %s  %s\n", clean(ch.GetChannelId()), channelType(ch.GetType()), clean(ch.GetName()))
-	e.printf("  created %s, last activity %s, last message_id %d\n",
-		formatTime(ch.GetCreatedAt()), formatTime(ch.GetLastActivityAt()), ch.GetLastMessageId())
+	if ch.GetLastActivityAt() == nil || ch.GetLastMessageId() == 0 {
+		e.printf("  created %s, no messages yet\n", formatTime(ch.GetCreatedAt()))
+	} else {
+		e.printf("  created %s, last activity %s, last message_id %d\n",
+			formatTime(ch.GetCreatedAt()), formatTime(ch.GetLastActivityAt()), ch.GetLastMessageId())
+	}
 	for _, m := range ch.GetMembers() {
 		e.printf("  %s (%s)\n", clean(m.GetUserId()), roleName(m.GetRole()))
 	}
 }
 
+// printProfile prints a user: id, display name and when the account was
+// created (not when it became a contact).
 func (e *env) printProfile(p *chatv1.Profile) {
-	e.printf("%s  %q  since %s\n", clean(p.GetUserId()), p.GetDisplayName(), formatTime(p.GetCreatedAt()))
+	e.printf("%s  %q  account created %s\n", clean(p.GetUserId()), p.GetDisplayName(), formatTime(p.GetCreatedAt()))
+}
+
+// duplicateNote is the suffix of an ack line: "  (duplicate: already
+// done)" when the server had stored the request before, else "".
+func duplicateNote(ack *chatv1.SendAck, done string) string {
+	if ack.GetDuplicate() {
+		return "  (duplicate: already " + done + ")"
+	}
+	return ""
 }
 
 func formatDuration(d time.Duration) string {

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/chatd/chatd/client"
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The commands that read the Chat stream (sync, listen) or the presence
+// stream (watch).
+
+func (e *env) printDelivery(d *chatv1.Delivery) {
+	e.printf("%s\n", formatMessage(d.GetMessage()))
+}
+
+func (e *env) syncCmd() *cobra.Command {
+	var limit *int
+	cmd := e.command("sync [--limit N]", "print every message since this device's cursor, then ack them", exactly(),
+		func(ctx context.Context, c *client.Client, _ []string) error {
+			s, err := e.connect(ctx, c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			start := s.Welcome().GetCursor()
+			last, err := s.SyncAll(ctx, int32(*limit), func(d *chatv1.Delivery) error { return show(e, d, e.printDelivery) })
+			if err != nil {
+				return err
+			}
+			if last > start {
+				uctx, cancel := e.unary(ctx)
+				defer cancel()
+				if _, err := s.Ack(uctx, last); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	cmd.Long = `Prints one line per message in inbox order (time, channel, sender, text),
+then advances this device's cursor past them, so the next sync prints only
+newer messages. With --json each line is a Delivery object.`
+	limit = syncLimitFlag(cmd)
+	return cmd
+}
+
+func syncLimitFlag(cmd *cobra.Command) *int {
+	return limitFlag(cmd, 1000, "sync page size `N`, 1..1000 (default: the server's, 100)")
+}
+
+func (e *env) listenCmd() *cobra.Command {
+	var limit *int
+	cmd := e.command("listen [--limit N]", "sync, then print live messages and typing events until interrupted", exactly(),
+		func(ctx context.Context, c *client.Client, _ []string) error {
+			ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return e.listen(ctx, c, int32(*limit))
+		})
+	cmd.Long = `Like sync, then keeps the Chat stream open and prints each new message as it
+arrives (and "... is typing", receipt and read-state events), acking as it
+goes, until SIGINT or SIGTERM. Reconnects with exponential backoff (0.5s to
+30s) when the server shuts down (Unavailable) or drops the stream because
+the client was too slow (ResourceExhausted). With --json each line is a
+ServerFrame object holding "delivery", "typing", "receipt" or "unread".`
+	limit = syncLimitFlag(cmd)
+	return cmd
+}
+
+// retryable reports whether a stream error calls for a reconnect.
+func retryable(err error) bool {
+	if errors.Is(err, io.EOF) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.ResourceExhausted:
+		return true
+	}
+	return false
+}
+
+const (
+	minBackoff = 500 * time.Millisecond
+	maxBackoff = 30 * time.Second
+)
+
+// listen runs sessions until ctx ends, reconnecting on retryable errors.
+func (e *env) listen(ctx context.Context, c *client.Client, limit int32) error {
+	backoff := minBackoff
+	var resume uint64        // highest inbox_seq printed so far
+	var prev *client.Session // the last session: its memory of messages printed
+	for {
+		opts := []client.SessionOption{client.WithResumeAfter(resume)}
+		if prev != nil {
+			opts = append(opts, client.WithResumeFrom(prev))
+		}
+		s, err := e.connect(ctx, c, opts...)
+		if err == nil {
+			backoff = minBackoff
+			err = e.listenSession(ctx, s, limit, &resume)
+			s.Close()
+			prev = s
+		}
+		if ctx.Err() != nil {
+			return nil // interrupted
+		}
+		if !retryable(err) {
+			return err
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, maxBackoff)
+		st := toStatus(err)
+		if errors.Is(err, io.EOF) {
+			st = status.New(codes.Unavailable, "stream ended")
+		}
+		e.stderrf("chatctl: %s: %s (reconnecting in %s)\n", st.Code(), st.Message(), formatDuration(wait))
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+func (e *env) stderrf(format string, args ...any) {
+	fmt.Fprintf(e.stderr, format, args...)
+}
+
+// listenSession syncs, then prints live deliveries and typing events until
+// the session ends (its error) or ctx ends (nil, after flushing acks).
+func (e *env) listenSession(ctx context.Context, s *client.Session, limit int32, resume *uint64) error {
+	handle := func(d *chatv1.Delivery) error {
+		if err := e.frame(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: d}}, func() { e.printDelivery(d) }); err != nil {
+			return err
+		}
+		*resume = d.GetInboxSeq()
+		s.AckAsync(d.GetInboxSeq())
+		return nil
+	}
+	last, err := s.SyncAll(ctx, limit, handle)
+	if err != nil {
+		if ctx.Err() != nil {
+			return e.flush(s)
+		}
+		return err
+	}
+	// After a reconnect, entries printed by the previous session but not yet
+	// acked are skipped by the sync (WithResumeAfter): ack them now.
+	s.AckAsync(last)
+	deliveries, typing := s.Deliveries(), s.TypingEvents()
+	receipts, unread := s.Receipts(), s.UnreadEvents()
+	for {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return s.Err()
+			}
+			if err := handle(d); err != nil {
+				return err
+			}
+		case t, ok := <-typing:
+			if !ok {
+				typing = nil
+				continue
+			}
+			if err := e.frame(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Typing{Typing: t}}, func() {
+				e.printf("... %s is typing in %s\n", clean(t.GetUserId()), clean(t.GetChannelId()))
+			}); err != nil {
+				return err
+			}
+		case r, ok := <-receipts:
+			if !ok {
+				receipts = nil
+				continue
+			}
+			if err := e.frame(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Receipt{Receipt: r}}, func() {
+				switch {
+				case r.GetReadUpTo() > 0:
+					e.printf("... %s read %s up to %d\n", clean(r.GetUserId()), clean(r.GetChannelId()), r.GetReadUpTo())
+				case r.GetDeliveredUpTo() > 0:
+					e.printf("... %s received %s up to %d\n", clean(r.GetUserId()), clean(r.GetChannelId()), r.GetDeliveredUpTo())
+				}
+			}); err != nil {
+				return err
+			}
+		case u, ok := <-unread:
+			if !ok {
+				unread = nil
+				continue
+			}
+			if err := e.frame(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Unread{Unread: u}}, func() {
+				e.printf("... %s read up to %d: unread %s, total %s\n", clean(u.GetChannelId()), u.GetReadUpTo(),
+					count(u.GetUnreadCount(), u.GetUnreadCapped()), count(u.GetTotalUnread(), u.GetTotalCapped()))
+			}); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return e.flush(s)
+		}
+	}
+}
+
+// frame prints one event of the stream: with --json a ServerFrame holding
+// it, else text.
+func (e *env) frame(f *chatv1.ServerFrame, text func()) error {
+	return show(e, f, func(*chatv1.ServerFrame) { text() })
+}
+
+// flush waits (bounded by --timeout) for the pending acks; errors are
+// reported but do not fail an interrupted listen.
+func (e *env) flush(s *client.Session) error {
+	fctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	defer cancel()
+	if err := s.Flush(fctx); err != nil {
+		st := toStatus(err)
+		e.stderrf("chatctl: %s: %s (acking on exit)\n", st.Code(), st.Message())
+	}
+	return nil
+}
+
+func (e *env) watchCmd() *cobra.Command {
+	cmd := e.command("watch [USER...]", "print users' presence, then each change, until interrupted (default: your contacts)", cobra.ArbitraryArgs,
+		func(ctx context.Context, c *client.Client, args []string) error {
+			if len(args) == 0 {
+				if err := e.announceContacts(ctx, c); err != nil {
+					return err
+				}
+			}
+			ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			stream, err := c.Presence().Subscribe(ctx, &chatv1.SubscribeRequest{UserIds: args})
+			if err != nil {
+				return err
+			}
+			for {
+				resp, err := stream.Recv()
+				if err != nil {
+					if ctx.Err() != nil || errors.Is(err, io.EOF) {
+						return nil
+					}
+					return err
+				}
+				if err := show(e, resp.GetPresence(), e.printPresence); err != nil {
+					return err
+				}
+			}
+		})
+	cmd.Long = `Prints the current presence of each USER first, then every change. You
+may watch a user who has added you as a contact (or yourself).
+
+Without USER, watches your contacts who have added you back; it says so on
+stderr first, and fails if you have no contacts.`
+	return cmd
+}
+
+// announceContacts tells (on stderr) whom a watch without USER watches,
+// or fails if there is no one.
+func (e *env) announceContacts(ctx context.Context, c *client.Client) error {
+	resp, err := rpc(ctx, e, c.Account().ListContacts, &chatv1.ListContactsRequest{})
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, p := range resp.GetContacts() {
+		names = append(names, clean(p.GetUserId()))
+	}
+	if len(names) == 0 {
+		return status.Error(codes.FailedPrecondition, "you have no contacts to watch: name users (chatctl watch USER...) "+
+			"or add contacts (chatctl contacts add USER); each must have added you too")
+	}
+	e.stderrf("watching your contacts who have added you back (of %s); Ctrl-C to stop\n", strings.Join(names, ", "))
+	return nil
+}
