@@ -36,6 +36,13 @@ if git rev-parse --verify -q main >/dev/null && git cat-file -e main:proto 2>/de
   $BUF breaking --against '.git#branch=main'
 fi
 
+if ! command -v jq >/dev/null; then
+  step "tools: jq from Debian (the README's chatctl steps, run by a test, use it)"
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q jq >/dev/null 2>&1 || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q jq >/dev/null; }
+fi
+
 if [ -x scripts/services.sh ]; then
   step "services: Redis and the CQL server"
   scripts/services.sh up
