@@ -48,7 +48,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"golang.org/x/sync/errgroup"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -58,6 +57,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
 )
@@ -603,7 +603,7 @@ func (a *Allocator) settle(ctx context.Context, nowMS int64, nd *needs, todoC ma
 	if nC+nU == 0 {
 		return nil
 	}
-	err := parallel(ctx, nC+nU, boundConcurrency, func(ctx context.Context, i int) error {
+	err := parallel.Do(ctx, nC+nU, boundConcurrency, func(ctx context.Context, i int) error {
 		switch {
 		case i < len(nd.initC):
 			ch := nd.initC[i]
@@ -967,21 +967,3 @@ func (a *Allocator) Horizon(ctx context.Context, userID string) (uint64, error) 
 }
 
 // ------------------------------------------------------------ helpers
-
-// parallel runs fn(ctx, i) for i in [0, n) on at most limit goroutines and
-// returns the first error (the other calls then see a canceled ctx and no
-// new ones start).
-func parallel(ctx context.Context, n, limit int, fn func(ctx context.Context, i int) error) error {
-	if n == 1 {
-		return fn(ctx, 0)
-	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(limit, 1))
-	for i := range n {
-		if ctx.Err() != nil {
-			break
-		}
-		g.Go(func() error { return fn(ctx, i) })
-	}
-	return g.Wait()
-}

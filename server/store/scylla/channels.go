@@ -8,6 +8,7 @@ import (
 
 	"github.com/gocql/gocql"
 
+	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -105,7 +106,7 @@ func (s *Store) CreateChannel(ctx context.Context, ch *store.Channel, members []
 	if !created {
 		return fmt.Errorf("%w: create channel %q", ErrContention, ch.ID)
 	}
-	err := parallel(ctx, len(ms)+1, s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+	err := parallel.Do(ctx, len(ms)+1, s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
 		if i == len(ms) {
 			return s.exec(ctx, stmtInsertAct, ch.ID, encID(0), ts(ch.CreatedAt))
 		}
@@ -386,7 +387,7 @@ func (s *Store) ListUserChannels(ctx context.Context, userID string, offset, lim
 		return nil, err
 	}
 	acts := make([]store.ChannelActivity, len(ids))
-	err = parallel(ctx, len(ids), 16, func(ctx context.Context, i int) error {
+	err = parallel.Do(ctx, len(ids), 16, func(ctx context.Context, i int) error {
 		acts[i].ChannelID = ids[i]
 		var mid int64
 		var at time.Time

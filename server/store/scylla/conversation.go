@@ -8,6 +8,7 @@ import (
 
 	"github.com/gocql/gocql"
 
+	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -126,7 +127,7 @@ func (s *Store) AdvanceReceipts(ctx context.Context, rs []store.Receipt) error {
 				gocql.BatchEntry{Stmt: stmtTrimMarker, Args: []any{r.ChannelID, r.UserID, m.kind, encID(m.v)}, Idempotent: true})
 		}
 	}
-	return parallel(ctx, len(order), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+	return parallel.Do(ctx, len(order), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
 		entries := byChannel[order[i]]
 		for len(entries) > 0 {
 			n := min(len(entries), maxBatchStmts)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gocql/gocql"
 
+	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -130,7 +131,7 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 	// Step 1: dedup records, so that nothing of a send is visible before
 	// its client_message_id is known.
 	if len(b.Dedup) > 0 {
-		err := parallel(ctx, len(b.Dedup), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+		err := parallel.Do(ctx, len(b.Dedup), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
 			return s.exec(ctx, stmtInsertDedup, dedupArgs(&b.Dedup[i], s.ttl)...)
 		})
 		if err != nil {
@@ -175,7 +176,7 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 		}
 		n1, n2 := len(msgChunks), len(msgChunks)+len(bucketRows)
 		n3 := n2 + len(acts)
-		err := parallel(ctx, n3+len(revs), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+		err := parallel.Do(ctx, n3+len(revs), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
 			switch {
 			case i >= n3:
 				return s.exec(ctx, stmtInsertRevision, revisionArgs(revs[i-n3])...)
@@ -212,7 +213,7 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 	if len(b.Inbox) > 0 {
 		first, later := chunkInbox(b.Inbox)
 		for _, cs := range [][]chunk{first, later} {
-			err := parallel(ctx, len(cs), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+			err := parallel.Do(ctx, len(cs), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
 				return s.writeInbox(ctx, b.Inbox, cs[i].idx)
 			})
 			if err != nil {
@@ -262,7 +263,7 @@ func (s *Store) startInboxIndex(ctx context.Context, es []store.InboxEntry) func
 	}
 	done := make(chan error, 1)
 	go func() {
-		done <- parallel(ctx, len(parts), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+		done <- parallel.Do(ctx, len(parts), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
 			if err := s.exec(ctx, stmtInsertInboxIdx, parts[i].channel, parts[i].bucket); err != nil {
 				return err
 			}
@@ -712,7 +713,7 @@ func (s *Store) Inbox(ctx context.Context, userID string, afterSeq uint64, limit
 		id uint64
 	}
 	found := make([][]*store.Message, len(groups))
-	err := parallel(ctx, len(groups), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+	err := parallel.Do(ctx, len(groups), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
 		g := groups[i]
 		q := s.q(ctx, stmtMessagesIn, g.p.id, g.p.bucket, g.ids)
 		it := q.Iter()

@@ -35,7 +35,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"golang.org/x/sync/errgroup"
 	"log/slog"
 	"math/rand/v2"
 	"regexp"
@@ -392,24 +391,6 @@ func invalid(what, id string) error {
 }
 
 // ------------------------------------------------------------ helpers
-
-// parallel runs fn(ctx, i) for i in [0, n) with at most limit calls at
-// once and returns the first error (the other calls then see a canceled
-// ctx and no new ones start).
-func parallel(ctx context.Context, n, limit int, fn func(ctx context.Context, i int) error) error {
-	if n == 1 {
-		return fn(ctx, 0)
-	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(limit, 1))
-	for i := range n {
-		if ctx.Err() != nil {
-			break // an earlier call failed: start no more
-		}
-		g.Go(func() error { return fn(ctx, i) })
-	}
-	return g.Wait()
-}
 
 // casOutcomeUnknown reports whether a lightweight transaction failed in a
 // way that leaves its outcome unknown (it may or may not have applied).

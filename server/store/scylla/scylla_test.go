@@ -18,6 +18,7 @@ import (
 
 	"github.com/gocql/gocql"
 
+	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/storetest"
 )
@@ -151,7 +152,7 @@ func openClean(t testing.TB) *Store {
 		t.Fatalf("Open: %v", err)
 	}
 	tbs := tables(t)
-	err = parallel(ctx, len(tbs), len(tbs), func(ctx context.Context, i int) error {
+	err = parallel.Do(ctx, len(tbs), len(tbs), func(ctx context.Context, i int) error {
 		return s.sess.Session.Query("TRUNCATE " + tbs[i]).WithContext(ctx).Exec()
 	})
 	if err != nil {
