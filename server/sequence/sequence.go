@@ -62,10 +62,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -1005,33 +1005,30 @@ const maxCheckReads = 16
 func (s *Sequencer) findMissing(ctx context.Context, d *store.Dedup) (*incomplete, error) {
 	var msg *store.Message
 	absent := make([]bool, len(d.Inbox))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(maxCheckReads)
-	g.Go(func() error {
-		m, err := s.st.GetMessage(gctx, d.ChannelID, d.MessageID)
-		if err == nil {
-			msg = m
-		} else if !errors.Is(err, store.ErrNotFound) {
+	err := parallel.Do(ctx, len(d.Inbox)+1, maxCheckReads, func(ctx context.Context, i int) error {
+		if i == len(d.Inbox) {
+			m, err := s.st.GetMessage(ctx, d.ChannelID, d.MessageID)
+			if err == nil {
+				msg = m
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			return nil
+		}
+		pl := d.Inbox[i]
+		e, err := s.st.InboxEntryAt(ctx, pl.UserID, pl.Seq)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			absent[i] = true
+		case err != nil:
 			return err
+		case e.ChannelID != d.ChannelID || e.MessageID != d.MessageID:
+			// Another message at that seq: the placement is not ours.
+			absent[i] = true
 		}
 		return nil
 	})
-	for k, pl := range d.Inbox {
-		g.Go(func() error {
-			e, err := s.st.InboxEntryAt(gctx, pl.UserID, pl.Seq)
-			switch {
-			case errors.Is(err, store.ErrNotFound):
-				absent[k] = true
-			case err != nil:
-				return err
-			case e.ChannelID != d.ChannelID || e.MessageID != d.MessageID:
-				// Another message at that seq: the placement is not ours.
-				absent[k] = true
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	inc := &incomplete{d: d, msg: msg}
