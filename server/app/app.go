@@ -28,6 +28,7 @@ import (
 	"github.com/chatd/chatd/server/chat"
 	"github.com/chatd/chatd/server/discovery"
 	discoveryredis "github.com/chatd/chatd/server/discovery/redis"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/presencesvc"
@@ -266,12 +267,14 @@ func (a *App) newGRPCServer() *grpc.Server {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 60 * time.Second, Timeout: 20 * time.Second}),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.ChainUnaryInterceptor(
+			grpcerr.UnaryServerInterceptor(), // domain errors → statuses, for every interceptor below too
 			recovery.UnaryServerInterceptor(rec),
 			deadlineInterceptor(a.cfg.UnaryTimeout),
 			a.auth.UnaryInterceptor(),
 			ratelimit.UnaryInterceptor(lim, nil), // per user, or per client IP before log-in
 		),
 		grpc.ChainStreamInterceptor(
+			grpcerr.StreamServerInterceptor(),
 			recovery.StreamServerInterceptor(rec),
 			a.auth.StreamInterceptor(),
 			ratelimit.StreamInterceptor(lim, nil), // stream opens, not frames

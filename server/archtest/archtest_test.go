@@ -22,6 +22,7 @@ var grpcEdge = []string{
 	"server/app",
 	"server/chat",
 	"server/discovery", // discovery.Service is the DiscoveryService
+	"server/grpcerr",   // the one table from store.Code to gRPC codes
 	"server/presence/presencesvc",
 }
 

@@ -17,6 +17,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/router/local"
@@ -107,8 +108,8 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	e.srv = grpc.NewServer(
 		grpc.ForceServerCodecV2(Codec()),
 		grpc.MaxRecvMsgSize(256<<10),
-		grpc.ChainUnaryInterceptor(e.auth.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(e.auth.StreamInterceptor()),
+		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), e.auth.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), e.auth.StreamInterceptor()),
 	)
 	chatv1.RegisterChatServiceServer(e.srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,6 +15,7 @@ import (
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/deliver"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/router"
@@ -173,7 +174,7 @@ func (s *Service) validate(ctx context.Context, p auth.Principal) error {
 	if err == nil {
 		return nil
 	}
-	switch status.Code(err) {
+	switch grpcerr.Code(err) {
 	case codes.Unauthenticated, codes.Canceled, codes.DeadlineExceeded:
 		return err
 	}
@@ -356,7 +357,7 @@ func (st *stream) reply(f *chatv1.ServerFrame) error {
 }
 
 func (st *stream) replyErr(frameID uint64, err error) error {
-	st.s.metrics.FrameErrors.WithLabelValues(status.Code(err).String()).Inc()
+	st.s.metrics.FrameErrors.WithLabelValues(grpcerr.Code(err).String()).Inc()
 	return st.reply(frameError(frameID, err))
 }
 
@@ -482,7 +483,7 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 		// (its reader waits) instead of overflowing its queue.
 		var f *chatv1.ServerFrame
 		if r.Err != nil {
-			s.metrics.FrameErrors.WithLabelValues(status.Code(r.Err).String()).Inc()
+			s.metrics.FrameErrors.WithLabelValues(grpcerr.Code(r.Err).String()).Inc()
 			f = frameError(id, r.Err)
 		} else {
 			if r.Duplicate {
@@ -552,7 +553,7 @@ func (s *Service) resolveTarget(ctx context.Context, sender string, m *chatv1.Se
 func (s *Service) peer(ctx context.Context, caller, username string) (string, error) {
 	peer, err := s.canonical(username)
 	if err != nil {
-		if status.Code(err) == codes.InvalidArgument {
+		if grpcerr.Code(err) == codes.InvalidArgument {
 			return "", err
 		}
 		return "", status.Error(codes.InvalidArgument, "invalid username")
