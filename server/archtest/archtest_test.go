@@ -41,8 +41,6 @@ var grpcAllowed = []string{
 	"server/ratelimit",
 	"server/router/local",
 	"server/router/redis",
-	"server/sequence",
-	"server/sequence/sequencetest",
 }
 
 var grpcStatus = []string{"google.golang.org/grpc/status", "google.golang.org/grpc/codes"}
