@@ -39,8 +39,6 @@ var grpcAllowed = []string{
 	"server/presence",
 	"server/presence/redis",
 	"server/ratelimit",
-	"server/router/local",
-	"server/router/redis",
 }
 
 var grpcStatus = []string{"google.golang.org/grpc/status", "google.golang.org/grpc/codes"}
