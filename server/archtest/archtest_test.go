@@ -36,8 +36,6 @@ var grpcEdge = []string{
 var grpcAllowed = []string{
 	"server/auth",
 	"server/hub",
-	"server/presence",
-	"server/presence/redis",
 	"server/ratelimit",
 }
 
