@@ -206,7 +206,7 @@ func New(cfg Config) (*App, error) {
 		Store: st,
 		Auth:  a.auth,
 		OnLogout: func(userID, deviceID string) {
-			h.KillDevice(userID, deviceID, status.New(codes.Unauthenticated, "device logged out"))
+			h.KillDevice(userID, deviceID, store.Errorf(store.CodeUnauthenticated, "device logged out"))
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			_ = a.presence.Logout(ctx, userID, deviceID)
@@ -401,7 +401,7 @@ func (a *App) Close() error {
 			_ = a.registryCloser() // clients stop being sent here first
 		}
 		a.health.Shutdown()
-		a.hub.Shutdown(status.New(codes.Unavailable, "server shutting down, reconnect"))
+		a.hub.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect"))
 		stopped := make(chan struct{})
 		go func() { a.grpcServer.GracefulStop(); close(stopped) }()
 		select {

@@ -35,7 +35,6 @@ var grpcEdge = []string{
 // decides whether they move to the edge list or map domain errors too.
 var grpcAllowed = []string{
 	"server/auth",
-	"server/hub",
 	"server/ratelimit",
 }
 

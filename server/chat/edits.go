@@ -235,7 +235,7 @@ func (st *stream) handleRevision(id uint64, r revision) error {
 	select {
 	case st.inflight <- struct{}{}:
 	case <-st.sess.Done():
-		return st.sess.Status().Err()
+		return st.sess.Err()
 	case <-st.ctx.Done():
 		return status.FromContextError(st.ctx.Err()).Err()
 	}

@@ -471,7 +471,16 @@ func (e *env) openAll(names []string, device string) []*dev {
 
 func statusCode(err error) codes.Code { return status.Code(err) }
 
-func statusNew(c codes.Code, msg string) *status.Status { return status.New(c, msg) }
+// statusNew is the domain error whose status has code c and message msg
+// (what a stream closed with it ends with).
+func statusNew(c codes.Code, msg string) error {
+	for _, dc := range []store.Code{store.CodeUnauthenticated, store.CodeUnavailable, store.CodeResourceExhausted} {
+		if grpcerr.CodeOf(dc) == c {
+			return store.Errorf(dc, "%s", msg)
+		}
+	}
+	panic("statusNew: no domain code for " + c.String())
+}
 
 // waitFor polls cond until it holds, failing after wait.
 func waitFor(t testing.TB, cond func() bool) {

@@ -154,15 +154,15 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 // filled by the replies to its rejected frames: say so, rather than that
 // the device is not reading.
 func (st *stream) endStatus() error {
-	sst := st.sess.Status()
-	if sst.Code() == codes.ResourceExhausted && sst.Message() == hub.OverflowMessage {
+	err := st.sess.Err()
+	if errors.Is(err, hub.ErrOverflow) {
 		if t := st.lastLimited.Load(); t != 0 && time.Since(time.Unix(0, t)) < 2*time.Second {
 			return status.Errorf(codes.ResourceExhausted,
 				"frame rate exceeded: at most %g frames/s (burst %d), and the replies to the rejected frames filled the send queue; slow down and reconnect",
 				st.s.frameRate, st.s.burst)
 		}
 	}
-	return sst.Err()
+	return err
 }
 
 // validate re-checks the principal; a failure ends the stream.
@@ -233,7 +233,7 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 			return errHeartbeatTimeout
 		case err := <-readerErr:
 			if err != io.EOF {
-				if st.sess.Status() != nil {
+				if st.sess.Err() != nil {
 					return st.endStatus() // e.g. closed by overflow while the reader waited
 				}
 				return err
@@ -320,7 +320,7 @@ func (st *stream) deliverErr(err error, starting bool) error {
 	var de *deliver.Error
 	switch {
 	case errors.Is(err, deliver.ErrClosed):
-		return st.sess.Status().Err()
+		return st.sess.Err()
 	case errors.As(err, &de) && de.Kind == deliver.ErrHorizon:
 		if starting {
 			return de.Err
@@ -462,7 +462,7 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 	select {
 	case st.inflight <- struct{}{}:
 	case <-st.sess.Done():
-		return st.sess.Status().Err()
+		return st.sess.Err()
 	case <-st.ctx.Done():
 		return status.FromContextError(st.ctx.Err()).Err()
 	}
