@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/chatd/chatd/server/store"
 	"slices"
 	"sync"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/router/local"
+	"github.com/chatd/chatd/server/store"
 )
 
 func newHub(t *testing.T, opts ...hub.Option) (*hub.Hub, *local.Router) {

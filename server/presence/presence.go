@@ -31,8 +31,9 @@ package presence
 
 import (
 	"context"
-	"github.com/chatd/chatd/server/store"
 	"time"
+
+	"github.com/chatd/chatd/server/store"
 )
 
 // Defaults of the timing knobs (Centrifugo's: refresh 25 s, expire 60 s).

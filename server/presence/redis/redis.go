@@ -33,7 +33,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/chatd/chatd/server/store"
 	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
@@ -46,6 +45,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/chatd/chatd/server/presence"
+	"github.com/chatd/chatd/server/store"
 )
 
 // Defaults of Config.

@@ -5,7 +5,6 @@ package local
 
 import (
 	"context"
-	"github.com/chatd/chatd/server/store"
 	"hash/maphash"
 	"runtime"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/store"
 )
 
 const shards = 64

@@ -41,7 +41,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/chatd/chatd/server/store"
 	"hash/maphash"
 	"log/slog"
 	"net"
@@ -56,6 +55,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/store"
 )
 
 // Defaults of Config.

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/chatd/chatd/server/store"
 	"io"
 	"log/slog"
 	"net"
@@ -26,6 +25,7 @@ import (
 	"github.com/chatd/chatd/server/router"
 	redisrouter "github.com/chatd/chatd/server/router/redis"
 	"github.com/chatd/chatd/server/router/routertest"
+	"github.com/chatd/chatd/server/store"
 )
 
 // redisAddr returns the Redis the tests use (REDIS_ADDR, default
