@@ -15,7 +15,8 @@
 // owns a deliver.Stream and hands it the routed Delivery frames and the
 // device's sync requests, in queue order, so sync pages and live
 // deliveries carry each inbox entry once and in order. This package maps
-// the deliverer's errors to gRPC statuses and FrameErrors.
+// the deliverer's errors to gRPC statuses and FrameErrors, and the domain
+// errors of the engines (*store.Error) through server/grpcerr's table.
 package chat
 
 import (
@@ -260,8 +261,9 @@ func principal(ctx context.Context) (auth.Principal, error) {
 }
 
 // storeErr turns an unexpected store error into the status the client
-// sees (never the internal text): the context's status if it ended, else
-// Internal. The cause is logged.
+// sees (never the internal text): a domain error or status as it is
+// (grpcerr.Known), else the context's status if it ended, else Internal.
+// The cause is logged.
 func (s *Service) storeErr(ctx context.Context, op string, err error) error {
 	if grpcerr.Known(err) {
 		return err
