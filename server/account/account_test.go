@@ -14,6 +14,7 @@ import (
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
 	"google.golang.org/grpc"
@@ -94,7 +95,9 @@ func newEnv(t *testing.T, o opts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(a.UnaryInterceptor()), grpc.ChainStreamInterceptor(a.StreamInterceptor()))
+	srv := grpc.NewServer( // interceptors as server/app installs them
+		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), a.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), a.StreamInterceptor()))
 	chatv1.RegisterAccountServiceServer(srv, e.svc)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)

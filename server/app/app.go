@@ -28,6 +28,7 @@ import (
 	"github.com/chatd/chatd/server/chat"
 	"github.com/chatd/chatd/server/discovery"
 	discoveryredis "github.com/chatd/chatd/server/discovery/redis"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/presencesvc"
@@ -205,7 +206,7 @@ func New(cfg Config) (*App, error) {
 		Store: st,
 		Auth:  a.auth,
 		OnLogout: func(userID, deviceID string) {
-			h.KillDevice(userID, deviceID, status.New(codes.Unauthenticated, "device logged out"))
+			h.KillDevice(userID, deviceID, store.Errorf(store.CodeUnauthenticated, "device logged out"))
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			_ = a.presence.Logout(ctx, userID, deviceID)
@@ -266,12 +267,14 @@ func (a *App) newGRPCServer() *grpc.Server {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 60 * time.Second, Timeout: 20 * time.Second}),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.ChainUnaryInterceptor(
+			grpcerr.UnaryServerInterceptor(), // domain errors → statuses, for every interceptor below too
 			recovery.UnaryServerInterceptor(rec),
 			deadlineInterceptor(a.cfg.UnaryTimeout),
 			a.auth.UnaryInterceptor(),
 			ratelimit.UnaryInterceptor(lim, nil), // per user, or per client IP before log-in
 		),
 		grpc.ChainStreamInterceptor(
+			grpcerr.StreamServerInterceptor(),
 			recovery.StreamServerInterceptor(rec),
 			a.auth.StreamInterceptor(),
 			ratelimit.StreamInterceptor(lim, nil), // stream opens, not frames
@@ -398,7 +401,7 @@ func (a *App) Close() error {
 			_ = a.registryCloser() // clients stop being sent here first
 		}
 		a.health.Shutdown()
-		a.hub.Shutdown(status.New(codes.Unavailable, "server shutting down, reconnect"))
+		a.hub.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect"))
 		stopped := make(chan struct{})
 		go func() { a.grpcServer.GracefulStop(); close(stopped) }()
 		select {

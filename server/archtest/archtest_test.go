@@ -15,33 +15,18 @@ import (
 const module = "github.com/chatd/chatd"
 
 // grpcEdge are the packages that may import grpc/status and grpc/codes:
-// the gRPC services, which map domain errors to status codes, and app,
-// which wires the servers and their interceptors.
+// the gRPC services, which choose the statuses they answer, grpcerr, the
+// one table from domain codes (store.Code) to gRPC codes, and app, which
+// wires the servers and their interceptors. Every other package under
+// server/ returns domain errors (*store.Error, the store sentinels,
+// context errors), in its tests too.
 var grpcEdge = []string{
 	"server/account",
 	"server/app",
 	"server/chat",
 	"server/discovery", // discovery.Service is the DiscoveryService
+	"server/grpcerr",   // the one table from store.Code to gRPC codes
 	"server/presence/presencesvc",
-}
-
-// grpcAllowed are the packages below the edge that still import
-// grpc/status or grpc/codes today. To be removed by issue 10 part 3 (a
-// domain error vocabulary, mapped to codes at the edge): delete an entry
-// once its package no longer imports them (the test fails on a stale
-// entry), and never add one. auth and ratelimit are the interceptors
-// (they answer Unauthenticated and ResourceExhausted themselves): part 3
-// decides whether they move to the edge list or map domain errors too.
-var grpcAllowed = []string{
-	"server/auth",
-	"server/hub",
-	"server/presence",
-	"server/presence/redis",
-	"server/ratelimit",
-	"server/router/local",
-	"server/router/redis",
-	"server/sequence",
-	"server/sequence/sequencetest",
 }
 
 var grpcStatus = []string{"google.golang.org/grpc/status", "google.golang.org/grpc/codes"}
@@ -58,15 +43,18 @@ var technologies = []struct{ prefix, tech string }{
 }
 
 type pkg struct {
-	ImportPath string
-	Imports    []string
-	Error      *struct{ Err string }
+	ImportPath   string
+	Imports      []string
+	TestImports  []string
+	XTestImports []string
+	Error        *struct{ Err string }
 }
 
-// packages lists every package of the module with its (non-test) imports.
-func packages(t *testing.T) map[string][]string {
+// packages lists every package of the module with its (non-test) imports,
+// or, with tests, with the imports of its test files as well.
+func packages(t *testing.T, tests bool) map[string][]string {
 	t.Helper()
-	cmd := exec.Command("go", "list", "-e", "-json=ImportPath,Imports,Error", module+"/...")
+	cmd := exec.Command("go", "list", "-e", "-json=ImportPath,Imports,TestImports,XTestImports,Error", module+"/...")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -85,7 +73,11 @@ func packages(t *testing.T) map[string][]string {
 		if p.Error != nil {
 			t.Fatalf("go list: %s: %s", p.ImportPath, p.Error.Err)
 		}
-		pkgs[strings.TrimPrefix(p.ImportPath, module+"/")] = p.Imports
+		imps := p.Imports
+		if tests {
+			imps = slices.Concat(p.Imports, p.TestImports, p.XTestImports)
+		}
+		pkgs[strings.TrimPrefix(p.ImportPath, module+"/")] = imps
 	}
 	if len(pkgs) < 20 || pkgs["server/store"] == nil {
 		t.Fatalf("go list found only %d packages: %v", len(pkgs), keys(pkgs))
@@ -102,10 +94,11 @@ func keys(m map[string][]string) []string {
 	return out
 }
 
-// TestGRPCStatusAtTheEdge: below the gRPC services, no package imports
-// grpc/status or grpc/codes, except the shrinking allow-list.
+// TestGRPCStatusAtTheEdge: below the gRPC edge, no package imports
+// grpc/status or grpc/codes, not even in its tests (which assert domain
+// codes with store.ErrorCode, or a wire status through grpcerr).
 func TestGRPCStatusAtTheEdge(t *testing.T) {
-	pkgs := packages(t)
+	pkgs := packages(t, true)
 	for _, p := range keys(pkgs) {
 		if !strings.HasPrefix(p, "server/") || slices.Contains(grpcEdge, p) {
 			continue
@@ -116,17 +109,13 @@ func TestGRPCStatusAtTheEdge(t *testing.T) {
 				bad = append(bad, imp)
 			}
 		}
-		allowed := slices.Contains(grpcAllowed, p)
-		switch {
-		case len(bad) > 0 && !allowed:
-			t.Errorf("%s imports %s: only the gRPC services and server/app may; return a domain error and map it to a code at the edge", p, strings.Join(bad, ", "))
-		case len(bad) == 0 && allowed:
-			t.Errorf("%s no longer imports grpc/status or grpc/codes: remove it from grpcAllowed", p)
+		if len(bad) > 0 {
+			t.Errorf("%s imports %s (or its tests do): only the gRPC services, grpcerr and server/app may; return a *store.Error and let grpcerr map it at the edge", p, strings.Join(bad, ", "))
 		}
 	}
-	for _, p := range append(slices.Clone(grpcEdge), grpcAllowed...) {
+	for _, p := range grpcEdge {
 		if _, ok := pkgs[p]; !ok {
-			t.Errorf("%s is listed in grpcEdge or grpcAllowed but is not a package of the module", p)
+			t.Errorf("%s is listed in grpcEdge but is not a package of the module", p)
 		}
 	}
 }
@@ -136,7 +125,7 @@ func TestGRPCStatusAtTheEdge(t *testing.T) {
 // package (store/pebble, store/scylla, the redis sub-packages); interfaces
 // stay with their users.
 func TestOneTechnologyPerPackage(t *testing.T) {
-	pkgs := packages(t)
+	pkgs := packages(t, false)
 	for _, p := range keys(pkgs) {
 		uses := map[string][]string{}
 		for _, imp := range pkgs[p] {

@@ -9,11 +9,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/chatd/chatd/server/store"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
+
+	"github.com/chatd/chatd/server/store"
 )
 
 // Defaults for Config fields left zero.
@@ -151,21 +150,21 @@ func (s *cacheShard) put(k deviceKey, e cacheEntry, now time.Time, ttl time.Dura
 }
 
 var (
-	errRevoked         = status.Error(codes.Unauthenticated, "session revoked")
-	errSessionCheck    = status.Error(codes.Unavailable, "cannot verify session, retry")
-	errMissingToken    = status.Error(codes.Unauthenticated, "missing bearer token")
-	errNotBearerScheme = status.Error(codes.Unauthenticated, "authorization must be \"Bearer <token>\"")
+	errRevoked         = store.Errorf(store.CodeUnauthenticated, "session revoked")
+	errSessionCheck    = store.Errorf(store.CodeUnavailable, "cannot verify session, retry")
+	errMissingToken    = store.Errorf(store.CodeUnauthenticated, "missing bearer token")
+	errNotBearerScheme = store.Errorf(store.CodeUnauthenticated, "authorization must be \"Bearer <token>\"")
 )
 
 // Validate re-checks an already parsed Principal; it is cheap enough to call
 // on every frame of a long-lived stream (grpc-go checks per-RPC credentials
 // only when a stream opens). It returns nil if the token has not expired
-// and the device is neither revoked nor unknown; otherwise a status error
-// with code Unauthenticated ("token expired" or "session revoked").
+// and the device is neither revoked nor unknown; otherwise a *store.Error
+// with CodeUnauthenticated ("token expired" or "session revoked").
 // Device lookups are cached for RevocationCacheTTL; while one lookup of a
 // device is in flight, concurrent callers use the previous answer. If the
-// store fails and no answer is cached it returns Unavailable (or the
-// context's Canceled / DeadlineExceeded).
+// store fails and no answer is cached it returns CodeUnavailable (or the
+// context's error).
 func (a *Authenticator) Validate(ctx context.Context, p Principal) error {
 	if !a.now().Before(p.ExpiresAt) {
 		return errExpired
@@ -203,7 +202,7 @@ func (a *Authenticator) Validate(ctx context.Context, p Principal) error {
 		}
 		s.mu.Unlock()
 		if ctx.Err() != nil {
-			return status.FromContextError(ctx.Err()).Err()
+			return ctx.Err()
 		}
 		slog.Error("auth: device lookup failed", "user_id", p.UserID, "device_id", p.DeviceID, "err", err)
 		return errSessionCheck
@@ -247,7 +246,7 @@ func (a *Authenticator) IsPublic(fullMethod string) bool {
 
 // Authenticate reads the "authorization: Bearer <token>" metadata of an
 // incoming gRPC context, parses and validates the token and returns its
-// Principal. Errors as Parse and Validate, plus Unauthenticated "missing
+// Principal. Errors as Parse and Validate, plus CodeUnauthenticated "missing
 // bearer token" when there is no authorization metadata.
 func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -273,7 +272,9 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 // UnaryInterceptor authenticates every unary call except public methods
 // (see IsPublic) and passes the handler a context carrying the Principal
 // (FromContext). A missing, malformed, forged, expired or revoked token
-// fails the call with Unauthenticated before the handler runs.
+// fails the call with CodeUnauthenticated before the handler runs (a
+// *store.Error: grpcerr's interceptor, installed before this one, turns it
+// into the Unauthenticated status).
 func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if a.IsPublic(info.FullMethod) {

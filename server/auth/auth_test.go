@@ -16,16 +16,15 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
 	"golang.org/x/crypto/argon2"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 )
 
 var testKey = bytes.Repeat([]byte{7}, 32)
@@ -52,11 +51,22 @@ func newAuth(t testing.TB, cfg auth.Config) *auth.Authenticator {
 	return a
 }
 
-func wantStatus(t *testing.T, err error, code codes.Code, msg string) {
+// wantCode: err, returned by auth, has the domain code and (if msg is set)
+// that message.
+func wantCode(t *testing.T, err error, code store.Code, msg string) {
 	t.Helper()
-	st := status.Convert(err)
-	if st.Code() != code || (msg != "" && st.Message() != msg) {
-		t.Fatalf("got %v, want %v %q", err, code, msg)
+	if store.ErrorCode(err) != code || (msg != "" && store.ErrorMessage(err) != msg) {
+		t.Fatalf("got %v (%s), want %s %q", err, store.ErrorCode(err), code, msg)
+	}
+}
+
+// wantWire: err, received over gRPC, has the status the edge maps the
+// domain code to and (if msg is set) that message.
+func wantWire(t *testing.T, err error, code store.Code, msg string) {
+	t.Helper()
+	st := grpcerr.Convert(err)
+	if st.Code() != grpcerr.CodeOf(code) || (msg != "" && st.Message() != msg) {
+		t.Fatalf("got %v, want %v (%s) %q", err, grpcerr.CodeOf(code), code, msg)
 	}
 }
 
@@ -147,25 +157,25 @@ func TestIssueParse(t *testing.T) {
 		t.Fatalf("principal %+v", p)
 	}
 	_, err = a.Parse(tok, now.Add(time.Hour))
-	wantStatus(t, err, codes.Unauthenticated, "token expired")
+	wantCode(t, err, store.CodeUnauthenticated, "token expired")
 
 	other := newAuth(t, auth.Config{Key: bytes.Repeat([]byte{8}, 32), Devices: openStore(t)})
 	_, err = other.Parse(tok, now)
-	wantStatus(t, err, codes.Unauthenticated, "bad signature")
+	wantCode(t, err, store.CodeUnauthenticated, "bad signature")
 
 	// Tampering with any byte of the payload breaks the signature.
 	dot := strings.LastIndexByte(tok, '.')
 	for i := len("v1."); i < dot; i++ {
 		b := []byte(tok)
 		b[i] = map[bool]byte{true: 'A', false: 'B'}[b[i] != 'A']
-		if _, err := a.Parse(string(b), now); status.Code(err) != codes.Unauthenticated {
+		if _, err := a.Parse(string(b), now); store.ErrorCode(err) != store.CodeUnauthenticated {
 			t.Fatalf("tampered byte %d accepted: %v", i, err)
 		}
 	}
 	// A forged payload naming another user, with the original MAC.
 	forged := "v1." + base64.RawURLEncoding.EncodeToString([]byte("\x03bob\x04dev1\x00\x00")) + tok[dot:]
 	_, err = a.Parse(forged, now)
-	wantStatus(t, err, codes.Unauthenticated, "bad signature")
+	wantCode(t, err, store.CodeUnauthenticated, "bad signature")
 }
 
 func TestParseMalformed(t *testing.T) {
@@ -184,7 +194,7 @@ func TestParseMalformed(t *testing.T) {
 		"two dots":    "v1..",
 	} {
 		_, err := a.Parse(s, now)
-		if st := status.Convert(err); st.Code() != codes.Unauthenticated || st.Message() != "malformed token" {
+		if store.ErrorCode(err) != store.CodeUnauthenticated || store.ErrorMessage(err) != "malformed token" {
 			t.Errorf("%s: got %v, want Unauthenticated \"malformed token\"", name, err)
 		}
 	}
@@ -204,7 +214,7 @@ func FuzzParse(f *testing.F) {
 		if err == nil && (p.UserID == "" || p.DeviceID == "") {
 			t.Fatalf("accepted %q with empty ids", s)
 		}
-		if err != nil && status.Code(err) != codes.Unauthenticated {
+		if err != nil && store.ErrorCode(err) != store.CodeUnauthenticated {
 			t.Fatalf("non-Unauthenticated error %v", err)
 		}
 	})
@@ -235,18 +245,18 @@ func TestValidate(t *testing.T) {
 	if err := a.Validate(ctx, auth.Principal{UserID: "alice", DeviceID: "d1", ExpiresAt: future}); err != nil {
 		t.Fatalf("live device: %v", err)
 	}
-	wantStatus(t, a.Validate(ctx, auth.Principal{UserID: "alice", DeviceID: "d1", ExpiresAt: time.Now().Add(-time.Second)}),
-		codes.Unauthenticated, "token expired")
-	wantStatus(t, a.Validate(ctx, auth.Principal{UserID: "alice", DeviceID: "nope", ExpiresAt: future}),
-		codes.Unauthenticated, "session revoked")
-	wantStatus(t, a.Validate(ctx, auth.Principal{UserID: "bob", DeviceID: "d1", ExpiresAt: future}),
-		codes.Unauthenticated, "session revoked")
+	wantCode(t, a.Validate(ctx, auth.Principal{UserID: "alice", DeviceID: "d1", ExpiresAt: time.Now().Add(-time.Second)}),
+		store.CodeUnauthenticated, "token expired")
+	wantCode(t, a.Validate(ctx, auth.Principal{UserID: "alice", DeviceID: "nope", ExpiresAt: future}),
+		store.CodeUnauthenticated, "session revoked")
+	wantCode(t, a.Validate(ctx, auth.Principal{UserID: "bob", DeviceID: "d1", ExpiresAt: future}),
+		store.CodeUnauthenticated, "session revoked")
 
 	// Revoked in the store by another node: seen once the cache entry is
 	// stale (here: at once).
 	putDevice(t, st, "alice", "d1", true)
-	wantStatus(t, a.Validate(ctx, auth.Principal{UserID: "alice", DeviceID: "d1", ExpiresAt: future}),
-		codes.Unauthenticated, "session revoked")
+	wantCode(t, a.Validate(ctx, auth.Principal{UserID: "alice", DeviceID: "d1", ExpiresAt: future}),
+		store.CodeUnauthenticated, "session revoked")
 }
 
 func TestRevokeIsImmediateDespiteCache(t *testing.T) {
@@ -261,13 +271,13 @@ func TestRevokeIsImmediateDespiteCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Revoke("alice", "d1")
-	wantStatus(t, a.Validate(ctx, p1), codes.Unauthenticated, "session revoked")
+	wantCode(t, a.Validate(ctx, p1), store.CodeUnauthenticated, "session revoked")
 	if err := a.Validate(ctx, p2); err != nil {
 		t.Fatalf("revoking d1 affected d2: %v", err)
 	}
 	// The store still says live, the 1h cache entry says revoked: revoked
 	// is sticky.
-	if err := a.Validate(ctx, p1); status.Code(err) != codes.Unauthenticated {
+	if err := a.Validate(ctx, p1); store.ErrorCode(err) != store.CodeUnauthenticated {
 		t.Fatalf("revocation forgotten: %v", err)
 	}
 }
@@ -377,7 +387,7 @@ type probe struct {
 func (p probe) GetChannel(ctx context.Context, _ *chatv1.GetChannelRequest) (*chatv1.GetChannelResponse, error) {
 	pr, ok := auth.FromContext(ctx)
 	if !ok {
-		return nil, status.Error(codes.Internal, "no principal")
+		return nil, store.Errorf(store.CodeInternal, "no principal")
 	}
 	return &chatv1.GetChannelResponse{Channel: &chatv1.Channel{ChannelId: pr.UserID + "/" + pr.DeviceID}}, nil
 }
@@ -385,7 +395,7 @@ func (p probe) GetChannel(ctx context.Context, _ *chatv1.GetChannelRequest) (*ch
 func (p probe) Chat(stream chatv1.ChatService_ChatServer) error {
 	pr, ok := auth.FromContext(stream.Context())
 	if !ok {
-		return status.Error(codes.Internal, "no principal")
+		return store.Errorf(store.CodeInternal, "no principal")
 	}
 	if err := stream.Send(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Welcome{Welcome: &chatv1.Welcome{UserId: pr.UserID, DeviceId: pr.DeviceID}}}); err != nil {
 		return err
@@ -410,7 +420,9 @@ func serve(t *testing.T, a *auth.Authenticator) *grpc.ClientConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(a.UnaryInterceptor()), grpc.ChainStreamInterceptor(a.StreamInterceptor()))
+	srv := grpc.NewServer( // as server/app installs them: grpcerr first
+		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), a.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), a.StreamInterceptor()))
 	chatv1.RegisterChatServiceServer(srv, probe{a: a})
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go srv.Serve(lis)
@@ -452,22 +464,24 @@ func TestInterceptors(t *testing.T) {
 		t.Fatalf("lower-case scheme: %v", err)
 	}
 	_, err = c.GetChannel(ctx, &chatv1.GetChannelRequest{})
-	wantStatus(t, err, codes.Unauthenticated, "missing bearer token")
+	wantWire(t, err, store.CodeUnauthenticated, "missing bearer token")
 	basic := metadata.AppendToOutgoingContext(ctx, "authorization", "Basic YWxpY2U6cHc=")
 	_, err = c.GetChannel(basic, &chatv1.GetChannelRequest{})
-	wantStatus(t, err, codes.Unauthenticated, "")
+	wantWire(t, err, store.CodeUnauthenticated, "")
 	_, err = c.GetChannel(bearer(ctx, tok[:len(tok)-3]+"AAA"), &chatv1.GetChannelRequest{})
-	wantStatus(t, err, codes.Unauthenticated, "bad signature")
+	wantWire(t, err, store.CodeUnauthenticated, "bad signature")
 	_, err = c.GetChannel(bearer(ctx, "garbage"), &chatv1.GetChannelRequest{})
-	wantStatus(t, err, codes.Unauthenticated, "malformed token")
+	wantWire(t, err, store.CodeUnauthenticated, "malformed token")
 	expired, _, _ := a.Issue("alice", "d1", time.Now().Add(-31*24*time.Hour))
 	_, err = c.GetChannel(bearer(ctx, expired), &chatv1.GetChannelRequest{})
-	wantStatus(t, err, codes.Unauthenticated, "token expired")
+	wantWire(t, err, store.CodeUnauthenticated, "token expired")
 
 	// Public methods and health pass without a token (the probe answers
 	// Unimplemented for ListChannels: the call reached the handler).
 	_, err = c.ListChannels(ctx, &chatv1.ListChannelsRequest{})
-	wantStatus(t, err, codes.Unimplemented, "")
+	if c := grpcerr.Code(err).String(); c != "Unimplemented" {
+		t.Fatalf("public ListChannels: %v, want Unimplemented", err)
+	}
 	if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("health without token: %v", err)
 	}
@@ -477,7 +491,7 @@ func TestInterceptors(t *testing.T) {
 	if err == nil {
 		_, err = s.Recv()
 	}
-	wantStatus(t, err, codes.Unauthenticated, "missing bearer token")
+	wantWire(t, err, store.CodeUnauthenticated, "missing bearer token")
 
 	s, err = c.Chat(bearer(ctx, tok))
 	if err != nil {
@@ -499,9 +513,9 @@ func TestInterceptors(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = s.Recv()
-	wantStatus(t, err, codes.Unauthenticated, "session revoked")
+	wantWire(t, err, store.CodeUnauthenticated, "session revoked")
 	_, err = c.GetChannel(bearer(ctx, tok), &chatv1.GetChannelRequest{})
-	wantStatus(t, err, codes.Unauthenticated, "session revoked")
+	wantWire(t, err, store.CodeUnauthenticated, "session revoked")
 }
 
 func BenchmarkValidateCached(b *testing.B) {

@@ -1,6 +1,9 @@
 // Package auth authenticates devices: password hashing (argon2id), signed
 // expiring bearer tokens bound to a device, revocation per device, and the
 // gRPC interceptors that put the caller's Principal into the context.
+// Its errors are *store.Error values (CodeUnauthenticated, or
+// CodeUnavailable when a session cannot be checked); it does not import
+// gRPC status or codes: grpcerr maps them at the edge.
 package auth
 
 import (

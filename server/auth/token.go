@@ -12,8 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"github.com/chatd/chatd/server/store"
 )
 
 // Token format (version 1)
@@ -40,9 +39,9 @@ const (
 var b64url = base64.RawURLEncoding
 
 var (
-	errMalformed    = status.Error(codes.Unauthenticated, "malformed token")
-	errBadSignature = status.Error(codes.Unauthenticated, "bad signature")
-	errExpired      = status.Error(codes.Unauthenticated, "token expired")
+	errMalformed    = store.Errorf(store.CodeUnauthenticated, "malformed token")
+	errBadSignature = store.Errorf(store.CodeUnauthenticated, "bad signature")
+	errExpired      = store.Errorf(store.CodeUnauthenticated, "token expired")
 )
 
 // Issue returns a signed bearer token for the device deviceID of userID,
@@ -90,8 +89,8 @@ func (a *Authenticator) mac(dst []byte, signed string) []byte {
 }
 
 // Parse verifies token's signature and expiry against now and returns the
-// Principal it names. Errors are gRPC status errors with code
-// Unauthenticated and message "malformed token" (wrong shape, version,
+// Principal it names. Errors are *store.Error values with
+// CodeUnauthenticated and message "malformed token" (wrong shape, version,
 // encoding or length > MaxTokenLen), "bad signature" (not signed with this
 // Authenticator's key, or altered) or "token expired" (now >= expires_at).
 // Parse does not consult revocation; see Validate.

@@ -15,7 +15,8 @@
 // owns a deliver.Stream and hands it the routed Delivery frames and the
 // device's sync requests, in queue order, so sync pages and live
 // deliveries carry each inbox entry once and in order. This package maps
-// the deliverer's errors to gRPC statuses and FrameErrors.
+// the deliverer's errors to gRPC statuses and FrameErrors, and the domain
+// errors of the engines (*store.Error) through server/grpcerr's table.
 package chat
 
 import (
@@ -31,6 +32,7 @@ import (
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/deliver"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/ratelimit"
@@ -239,7 +241,7 @@ func (s *Service) Metrics() *Metrics { return s.metrics }
 func (s *Service) Publish(batch []sequence.Committed) { s.publish(batch) }
 
 func frameError(frameID uint64, err error) *chatv1.ServerFrame {
-	st := status.Convert(err)
+	st := grpcerr.Convert(err)
 	return &chatv1.ServerFrame{FrameId: frameID, Payload: &chatv1.ServerFrame_Error{
 		Error: &chatv1.FrameError{Code: int32(st.Code()), Message: st.Message()},
 	}}
@@ -259,10 +261,11 @@ func principal(ctx context.Context) (auth.Principal, error) {
 }
 
 // storeErr turns an unexpected store error into the status the client
-// sees (never the internal text): the context's status if it ended, else
-// Internal. The cause is logged.
+// sees (never the internal text): a domain error or status as it is
+// (grpcerr.Known), else the context's status if it ended, else Internal.
+// The cause is logged.
 func (s *Service) storeErr(ctx context.Context, op string, err error) error {
-	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
+	if grpcerr.Known(err) {
 		return err
 	}
 	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {

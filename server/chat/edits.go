@@ -12,6 +12,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
@@ -234,7 +235,7 @@ func (st *stream) handleRevision(id uint64, r revision) error {
 	select {
 	case st.inflight <- struct{}{}:
 	case <-st.sess.Done():
-		return st.sess.Status().Err()
+		return st.sess.Err()
 	case <-st.ctx.Done():
 		return status.FromContextError(st.ctx.Err()).Err()
 	}
@@ -242,7 +243,7 @@ func (st *stream) handleRevision(id uint64, r revision) error {
 	err = s.seq.SubmitContext(st.ctx, req, func(res sequence.Result) {
 		var f *chatv1.ServerFrame
 		if res.Err != nil {
-			s.metrics.FrameErrors.WithLabelValues(status.Code(res.Err).String()).Inc()
+			s.metrics.FrameErrors.WithLabelValues(grpcerr.Code(res.Err).String()).Inc()
 			f = frameError(id, res.Err)
 		} else {
 			if res.Duplicate {

@@ -17,6 +17,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/router/local"
@@ -107,8 +108,8 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	e.srv = grpc.NewServer(
 		grpc.ForceServerCodecV2(Codec()),
 		grpc.MaxRecvMsgSize(256<<10),
-		grpc.ChainUnaryInterceptor(e.auth.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(e.auth.StreamInterceptor()),
+		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), e.auth.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), e.auth.StreamInterceptor()),
 	)
 	chatv1.RegisterChatServiceServer(e.srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -470,7 +471,16 @@ func (e *env) openAll(names []string, device string) []*dev {
 
 func statusCode(err error) codes.Code { return status.Code(err) }
 
-func statusNew(c codes.Code, msg string) *status.Status { return status.New(c, msg) }
+// statusNew is the domain error whose status has code c and message msg
+// (what a stream closed with it ends with).
+func statusNew(c codes.Code, msg string) error {
+	for _, dc := range []store.Code{store.CodeUnauthenticated, store.CodeUnavailable, store.CodeResourceExhausted} {
+		if grpcerr.CodeOf(dc) == c {
+			return store.Errorf(dc, "%s", msg)
+		}
+	}
+	panic("statusNew: no domain code for " + c.String())
+}
 
 // waitFor polls cond until it holds, failing after wait.
 func waitFor(t testing.TB, cond func() bool) {

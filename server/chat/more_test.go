@@ -382,7 +382,7 @@ func TestOverflowWhileRateLimitedNamesTheRateLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := &stream{s: &Service{frameRate: 200, burst: 400}, sess: sess}
-	sess.Close(status.New(codes.ResourceExhausted, hub.OverflowMessage))
+	sess.Close(hub.ErrOverflow)
 	if err := st.endStatus(); !strings.Contains(status.Convert(err).Message(), hub.OverflowMessage) {
 		t.Fatalf("overflow without rate limiting: %v", err)
 	}

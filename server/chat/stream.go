@@ -15,6 +15,7 @@ import (
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/deliver"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/router"
@@ -153,15 +154,15 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 // filled by the replies to its rejected frames: say so, rather than that
 // the device is not reading.
 func (st *stream) endStatus() error {
-	sst := st.sess.Status()
-	if sst.Code() == codes.ResourceExhausted && sst.Message() == hub.OverflowMessage {
+	err := st.sess.Err()
+	if errors.Is(err, hub.ErrOverflow) {
 		if t := st.lastLimited.Load(); t != 0 && time.Since(time.Unix(0, t)) < 2*time.Second {
 			return status.Errorf(codes.ResourceExhausted,
 				"frame rate exceeded: at most %g frames/s (burst %d), and the replies to the rejected frames filled the send queue; slow down and reconnect",
 				st.s.frameRate, st.s.burst)
 		}
 	}
-	return sst.Err()
+	return err
 }
 
 // validate re-checks the principal; a failure ends the stream.
@@ -173,7 +174,7 @@ func (s *Service) validate(ctx context.Context, p auth.Principal) error {
 	if err == nil {
 		return nil
 	}
-	switch status.Code(err) {
+	switch grpcerr.Code(err) {
 	case codes.Unauthenticated, codes.Canceled, codes.DeadlineExceeded:
 		return err
 	}
@@ -232,7 +233,7 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 			return errHeartbeatTimeout
 		case err := <-readerErr:
 			if err != io.EOF {
-				if st.sess.Status() != nil {
+				if st.sess.Err() != nil {
 					return st.endStatus() // e.g. closed by overflow while the reader waited
 				}
 				return err
@@ -319,7 +320,7 @@ func (st *stream) deliverErr(err error, starting bool) error {
 	var de *deliver.Error
 	switch {
 	case errors.Is(err, deliver.ErrClosed):
-		return st.sess.Status().Err()
+		return st.sess.Err()
 	case errors.As(err, &de) && de.Kind == deliver.ErrHorizon:
 		if starting {
 			return de.Err
@@ -356,7 +357,7 @@ func (st *stream) reply(f *chatv1.ServerFrame) error {
 }
 
 func (st *stream) replyErr(frameID uint64, err error) error {
-	st.s.metrics.FrameErrors.WithLabelValues(status.Code(err).String()).Inc()
+	st.s.metrics.FrameErrors.WithLabelValues(grpcerr.Code(err).String()).Inc()
 	return st.reply(frameError(frameID, err))
 }
 
@@ -461,7 +462,7 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 	select {
 	case st.inflight <- struct{}{}:
 	case <-st.sess.Done():
-		return st.sess.Status().Err()
+		return st.sess.Err()
 	case <-st.ctx.Done():
 		return status.FromContextError(st.ctx.Err()).Err()
 	}
@@ -482,7 +483,7 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 		// (its reader waits) instead of overflowing its queue.
 		var f *chatv1.ServerFrame
 		if r.Err != nil {
-			s.metrics.FrameErrors.WithLabelValues(status.Code(r.Err).String()).Inc()
+			s.metrics.FrameErrors.WithLabelValues(grpcerr.Code(r.Err).String()).Inc()
 			f = frameError(id, r.Err)
 		} else {
 			if r.Duplicate {
@@ -552,7 +553,7 @@ func (s *Service) resolveTarget(ctx context.Context, sender string, m *chatv1.Se
 func (s *Service) peer(ctx context.Context, caller, username string) (string, error) {
 	peer, err := s.canonical(username)
 	if err != nil {
-		if status.Code(err) == codes.InvalidArgument {
+		if grpcerr.Code(err) == codes.InvalidArgument {
 			return "", err
 		}
 		return "", status.Error(codes.InvalidArgument, "invalid username")

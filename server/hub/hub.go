@@ -7,9 +7,12 @@
 //
 // Every session has a bounded send queue drained by its stream's writer.
 // Deliver (the router.Handler) never blocks: when a session's queue is
-// full, that session is closed with ResourceExhausted ("send queue
-// overflow: the device is not reading; reconnect and sync") and the others
-// go on; the device recovers what it missed by sync.
+// full, that session is closed with ErrOverflow (CodeResourceExhausted,
+// "send queue overflow: the device is not reading; reconnect and sync")
+// and the others go on; the device recovers what it missed by sync.
+//
+// Its errors are *store.Error values; it must not import gRPC status or
+// codes (the stream's edge, server/chat, maps them).
 package hub
 
 import (
@@ -19,11 +22,9 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/store"
 )
 
 // DefaultQueueSize is the send queue length of a session, in frames, when
@@ -32,14 +33,25 @@ const DefaultQueueSize = 1024
 
 const shardCount = 256
 
-// OverflowMessage is the status message a session is closed with when its
-// send queue overflows (code ResourceExhausted).
+// OverflowMessage is the message of ErrOverflow.
 const OverflowMessage = "send queue overflow: the device is not reading; reconnect and sync"
 
 var (
-	errShutdown = status.Error(codes.Unavailable, "server shutting down, reconnect")
-	errAttach   = status.Error(codes.Unavailable, "cannot attach the session, retry")
+	// ErrOverflow (CodeResourceExhausted) closes a session whose send
+	// queue overflowed.
+	ErrOverflow = store.Errorf(store.CodeResourceExhausted, OverflowMessage)
+	// ErrTooManyStreams (CodeResourceExhausted) closes the oldest session
+	// of a device that opened more than the allowed number of streams.
+	ErrTooManyStreams = store.Errorf(store.CodeResourceExhausted, TooManyStreamsMessage)
+
+	errShutdown = store.Errorf(store.CodeUnavailable, "server shutting down, reconnect")
+	errAttach   = store.Errorf(store.CodeUnavailable, "cannot attach the session, retry")
+	errClosed   = store.Errorf(store.CodeUnavailable, "session closed")
+	errEnded    = store.Errorf(store.CodeCanceled, "stream ended")
 )
+
+// closeErr holds why a session (or the hub) was closed.
+type closeErr struct{ err error }
 
 // Item is one entry of a session's send queue: a frame to send, or an
 // operation that the session's writer executes in queue order (opaque to
@@ -76,8 +88,7 @@ func WithMaxStreamsPerDevice(n int) Option {
 // DefaultMaxStreamsPerDevice is the default of WithMaxStreamsPerDevice.
 const DefaultMaxStreamsPerDevice = 4
 
-// TooManyStreamsMessage is the status message of a session closed because
-// its device opened more than the allowed number of streams.
+// TooManyStreamsMessage is the message of ErrTooManyStreams.
 const TooManyStreamsMessage = "this device opened a newer stream and has too many: the oldest is closed (a device needs one stream)"
 
 // WithLogger sets the logger (default slog.Default()).
@@ -96,7 +107,7 @@ type Hub struct {
 	shards     [shardCount]shard
 	count      atomic.Int64
 	overflows  atomic.Uint64
-	shutdown   atomic.Pointer[status.Status]
+	shutdown   atomic.Pointer[closeErr]
 	onOverflow func(userID, deviceID string)
 	log        *slog.Logger
 	// maxPerDevice bounds the sessions of one device (WithMaxStreamsPerDevice).
@@ -143,7 +154,7 @@ type Session struct {
 	hub              *Hub
 	done             chan struct{}
 	closeOnce        sync.Once
-	st               atomic.Pointer[status.Status]
+	closed           atomic.Pointer[closeErr]
 	removed          atomic.Bool
 
 	mu    sync.Mutex
@@ -226,20 +237,27 @@ func (s *Session) signalReady() {
 // Done is closed when the session is closed.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
-// Status returns why the session was closed, nil while it is open.
-func (s *Session) Status() *status.Status { return s.st.Load() }
+// Err returns why the session was closed (the error its stream ends
+// with), nil while it is open.
+func (s *Session) Err() error {
+	if c := s.closed.Load(); c != nil {
+		return c.err
+	}
+	return nil
+}
 
-// Close closes the session with st (the status its stream ends with). The
-// first Close wins; it returns whether this call closed the session. It
-// does not remove the session from the hub: the stream does that with
-// Unregister when it ends.
-func (s *Session) Close(st *status.Status) bool {
+// Close closes the session with err (the error its stream ends with; nil
+// means CodeUnavailable "session closed"). The first Close wins; it
+// returns whether this call closed the session. It does not remove the
+// session from the hub: the stream does that with Unregister when it
+// ends.
+func (s *Session) Close(err error) bool {
 	closed := false
 	s.closeOnce.Do(func() {
-		if st == nil {
-			st = status.New(codes.Unavailable, "session closed")
+		if err == nil {
+			err = errClosed
 		}
-		s.st.Store(st)
+		s.closed.Store(&closeErr{err})
 		close(s.done)
 		closed = true
 	})
@@ -247,7 +265,7 @@ func (s *Session) Close(st *status.Status) bool {
 }
 
 // TryEnqueue adds it to the send queue without blocking. If the queue is
-// full the session is closed with ResourceExhausted (OverflowMessage) and
+// full the session is closed with ErrOverflow and
 // TryEnqueue returns false; it also returns false if the session is
 // closed.
 func (s *Session) TryEnqueue(it Item) bool {
@@ -263,7 +281,7 @@ func (s *Session) TryEnqueue(it Item) bool {
 		s.signalReady()
 		return true
 	}
-	if s.Close(status.New(codes.ResourceExhausted, OverflowMessage)) {
+	if s.Close(ErrOverflow) {
 		s.hub.overflows.Add(1)
 		if s.hub.onOverflow != nil {
 			s.hub.onOverflow(s.userID, s.deviceID)
@@ -273,13 +291,13 @@ func (s *Session) TryEnqueue(it Item) bool {
 }
 
 // Enqueue adds it to the send queue, waiting for room while the queue is
-// full. It returns the session's status error if the session closes first,
-// or ctx's error (as a status) if ctx ends first.
+// full. It returns the session's Err if the session closes first, or
+// ctx's error if ctx ends first.
 func (s *Session) Enqueue(ctx context.Context, it Item) error {
 	for {
 		select {
 		case <-s.done:
-			return s.Status().Err()
+			return s.Err()
 		default:
 		}
 		s.mu.Lock()
@@ -299,22 +317,22 @@ func (s *Session) Enqueue(ctx context.Context, it Item) error {
 		select {
 		case <-s.space:
 		case <-s.done:
-			return s.Status().Err()
+			return s.Err()
 		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
+			return ctx.Err()
 		}
 	}
 }
 
 // Register adds a session for (userID, deviceID) with a send queue of
 // queueSize frames (0 = DefaultQueueSize) and, for the user's first
-// session here, attaches the user to the router. Errors: Unavailable when
-// the hub is shut down or the router cannot attach. Several sessions of the
-// same device may coexist (each receives every event). The caller must
-// call Unregister when the stream ends.
+// session here, attaches the user to the router. Errors: the Shutdown
+// error once the hub is shut down; CodeUnavailable when the router cannot
+// attach. Several sessions of the same device may coexist (each receives
+// every event). The caller must call Unregister when the stream ends.
 func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize int) (*Session, error) {
-	if st := h.shutdown.Load(); st != nil {
-		return nil, st.Err()
+	if c := h.shutdown.Load(); c != nil {
+		return nil, c.err
 	}
 	if queueSize <= 0 {
 		queueSize = DefaultQueueSize
@@ -334,7 +352,7 @@ func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize i
 	var oldest *Session
 	open := 0
 	for _, o := range e.sessions {
-		if o.deviceID == deviceID && o.Status() == nil {
+		if o.deviceID == deviceID && o.Err() == nil {
 			if open++; oldest == nil {
 				oldest = o
 			}
@@ -343,7 +361,7 @@ func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize i
 	sh.mu.Unlock()
 	h.count.Add(1)
 	if open > h.maxPerDevice {
-		oldest.Close(status.New(codes.ResourceExhausted, TooManyStreamsMessage))
+		oldest.Close(ErrTooManyStreams)
 	}
 
 	if err := h.reconcile(ctx, userID, sh, e); err != nil {
@@ -351,8 +369,8 @@ func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize i
 		return nil, err
 	}
 	// A Shutdown racing with this Register must not miss the session.
-	if st := h.shutdown.Load(); st != nil {
-		s.Close(st)
+	if c := h.shutdown.Load(); c != nil {
+		s.Close(c.err)
 	}
 	return s, nil
 }
@@ -361,7 +379,7 @@ func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize i
 // user's last session here, detaches the user from the router. It also
 // closes s if it is still open.
 func (h *Hub) Unregister(s *Session) {
-	s.Close(status.New(codes.Canceled, "stream ended"))
+	s.Close(errEnded)
 	if !s.removed.CompareAndSwap(false, true) {
 		return
 	}
@@ -445,39 +463,39 @@ func (h *Hub) Deliver(ev router.Event) {
 	}
 }
 
-// KillDevice closes every session of (userID, deviceID) with st (e.g.
-// Unauthenticated "device logged out") and returns how many it closed.
-func (h *Hub) KillDevice(userID, deviceID string, st *status.Status) int {
+// KillDevice closes every session of (userID, deviceID) with err (e.g.
+// CodeUnauthenticated "device logged out") and returns how many it closed.
+func (h *Hub) KillDevice(userID, deviceID string, err error) int {
 	n := 0
 	for _, s := range h.sessionsOf(userID) {
-		if s.deviceID == deviceID && s.Close(st) {
+		if s.deviceID == deviceID && s.Close(err) {
 			n++
 		}
 	}
 	return n
 }
 
-// KillUser closes every session of userID with st and returns how many it
+// KillUser closes every session of userID with err and returns how many it
 // closed.
-func (h *Hub) KillUser(userID string, st *status.Status) int {
+func (h *Hub) KillUser(userID string, err error) int {
 	n := 0
 	for _, s := range h.sessionsOf(userID) {
-		if s.Close(st) {
+		if s.Close(err) {
 			n++
 		}
 	}
 	return n
 }
 
-// Shutdown closes every session with st (e.g. Unavailable "server shutting
-// down, reconnect"; nil means that) and makes later Register calls fail
-// with it. Safe to call more than once (the first status stays).
-func (h *Hub) Shutdown(st *status.Status) {
-	if st == nil {
-		st = status.Convert(errShutdown)
+// Shutdown closes every session with err (nil means CodeUnavailable
+// "server shutting down, reconnect") and makes later Register calls fail
+// with it. Safe to call more than once (the first error stays).
+func (h *Hub) Shutdown(err error) {
+	if err == nil {
+		err = errShutdown
 	}
-	h.shutdown.CompareAndSwap(nil, st)
-	st = h.shutdown.Load()
+	h.shutdown.CompareAndSwap(nil, &closeErr{err})
+	err = h.shutdown.Load().err
 	for i := range h.shards {
 		sh := &h.shards[i]
 		sh.mu.RLock()
@@ -487,7 +505,7 @@ func (h *Hub) Shutdown(st *status.Status) {
 		}
 		sh.mu.RUnlock()
 		for _, s := range all {
-			s.Close(st)
+			s.Close(err)
 		}
 	}
 }

@@ -2,19 +2,18 @@ package hub_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/router/local"
+	"github.com/chatd/chatd/server/store"
 )
 
 func newHub(t *testing.T, opts ...hub.Option) (*hub.Hub, *local.Router) {
@@ -123,12 +122,12 @@ func TestOverflowClosesOnlySlowSession(t *testing.T) {
 	default:
 		t.Fatal("slow session not closed")
 	}
-	st := slow.Status()
-	if st.Code() != codes.ResourceExhausted || st.Message() != hub.OverflowMessage {
-		t.Fatalf("slow session status %v", st)
+	st := slow.Err()
+	if store.ErrorCode(st) != store.CodeResourceExhausted || st.Error() != hub.OverflowMessage || !errors.Is(st, hub.ErrOverflow) {
+		t.Fatalf("slow session error %v", st)
 	}
-	if fast.Status() != nil {
-		t.Fatalf("fast session closed: %v", fast.Status())
+	if fast.Err() != nil {
+		t.Fatalf("fast session closed: %v", fast.Err())
 	}
 	if h.Overflows() != 1 || len(overflowed) != 1 || overflowed[0] != "alice/slow" {
 		t.Fatalf("overflows %d hook %v", h.Overflows(), overflowed)
@@ -138,8 +137,8 @@ func TestOverflowClosesOnlySlowSession(t *testing.T) {
 	if !r.Attached("alice") {
 		t.Fatal("alice detached")
 	}
-	// Enqueue on a closed session reports its status.
-	if err := slow.Enqueue(context.Background(), hub.Item{Frame: frame(1)}); status.Code(err) != codes.ResourceExhausted {
+	// Enqueue on a closed session reports its error.
+	if err := slow.Enqueue(context.Background(), hub.Item{Frame: frame(1)}); store.ErrorCode(err) != store.CodeResourceExhausted {
 		t.Fatalf("Enqueue on closed session: %v", err)
 	}
 }
@@ -149,19 +148,19 @@ func TestKillDeviceAndShutdown(t *testing.T) {
 	a1 := register(t, h, "alice", "d1", 0)
 	a2 := register(t, h, "alice", "d2", 0)
 	b1 := register(t, h, "bob", "d1", 0)
-	if n := h.KillDevice("alice", "d1", status.New(codes.Unauthenticated, "device logged out")); n != 1 {
+	if n := h.KillDevice("alice", "d1", store.Errorf(store.CodeUnauthenticated, "device logged out")); n != 1 {
 		t.Fatalf("KillDevice closed %d", n)
 	}
-	if a1.Status().Code() != codes.Unauthenticated || a2.Status() != nil || b1.Status() != nil {
-		t.Fatalf("after KillDevice: %v %v %v", a1.Status(), a2.Status(), b1.Status())
+	if store.ErrorCode(a1.Err()) != store.CodeUnauthenticated || a2.Err() != nil || b1.Err() != nil {
+		t.Fatalf("after KillDevice: %v %v %v", a1.Err(), a2.Err(), b1.Err())
 	}
-	h.Shutdown(status.New(codes.Unavailable, "server shutting down, reconnect"))
+	h.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect"))
 	for _, s := range []*hub.Session{a2, b1} {
-		if st := s.Status(); st.Code() != codes.Unavailable {
+		if st := s.Err(); store.ErrorCode(st) != store.CodeUnavailable {
 			t.Fatalf("after Shutdown: %v", st)
 		}
 	}
-	if _, err := h.Register(context.Background(), "carol", "d1", 0); status.Code(err) != codes.Unavailable {
+	if _, err := h.Register(context.Background(), "carol", "d1", 0); store.ErrorCode(err) != store.CodeUnavailable {
 		t.Fatalf("Register after Shutdown: %v", err)
 	}
 }
@@ -291,10 +290,10 @@ func TestQueueRing(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := s.Enqueue(ctx, hub.Item{}); status.Code(err) != codes.Canceled {
+	if err := s.Enqueue(ctx, hub.Item{}); store.ErrorCode(err) != store.CodeCanceled {
 		t.Fatalf("Enqueue with cancelled ctx: %v", err)
 	}
-	if s.Status() != nil {
+	if s.Err() != nil {
 		t.Fatal("a blocking Enqueue must not close the session")
 	}
 }
@@ -344,24 +343,24 @@ func TestMaxStreamsPerDevice(t *testing.T) {
 	a2 := register(t, h, "alice", "phone", 8)
 	laptop := register(t, h, "alice", "laptop", 8)
 	bob := register(t, h, "bob", "phone", 8)
-	if a1.Status() != nil || a2.Status() != nil {
+	if a1.Err() != nil || a2.Err() != nil {
 		t.Fatal("closed within the bound")
 	}
 	a3 := register(t, h, "alice", "phone", 8)
-	st := a1.Status()
-	if st == nil || st.Code() != codes.ResourceExhausted || st.Message() != hub.TooManyStreamsMessage {
+	st := a1.Err()
+	if st == nil || store.ErrorCode(st) != store.CodeResourceExhausted || st.Error() != hub.TooManyStreamsMessage {
 		t.Fatalf("oldest session of the device: status %v, want ResourceExhausted %q", st, hub.TooManyStreamsMessage)
 	}
 	for name, s := range map[string]*hub.Session{"second": a2, "newest": a3, "other device": laptop, "other user": bob} {
-		if s.Status() != nil {
-			t.Errorf("%s session closed: %v", name, s.Status())
+		if s.Err() != nil {
+			t.Errorf("%s session closed: %v", name, s.Err())
 		}
 	}
 	// a1 is closed but not yet unregistered: it must not count, so a
 	// fourth session evicts exactly one more (a2), not a3.
 	a4 := register(t, h, "alice", "phone", 8)
-	if a2.Status() == nil || a3.Status() != nil || a4.Status() != nil {
-		t.Fatalf("after a fourth: a2 %v, a3 %v, a4 %v; want only a2 closed", a2.Status(), a3.Status(), a4.Status())
+	if a2.Err() == nil || a3.Err() != nil || a4.Err() != nil {
+		t.Fatalf("after a fourth: a2 %v, a3 %v, a4 %v; want only a2 closed", a2.Err(), a3.Err(), a4.Err())
 	}
 	// Deliveries still reach the open sessions of the device.
 	h.Deliver(router.Event{UserID: "alice", Frame: frame(7)})
@@ -380,12 +379,12 @@ func TestMaxStreamsPerDeviceDefault(t *testing.T) {
 	for range hub.DefaultMaxStreamsPerDevice + 1 {
 		ss = append(ss, register(t, h, "alice", "phone", 8))
 	}
-	if ss[0].Status() == nil {
+	if ss[0].Err() == nil {
 		t.Fatal("the oldest session survived one over the default bound")
 	}
 	for _, s := range ss[1:] {
-		if s.Status() != nil {
-			t.Fatalf("a session within the bound closed: %v", s.Status())
+		if s.Err() != nil {
+			t.Fatalf("a session within the bound closed: %v", s.Err())
 		}
 	}
 }

@@ -21,8 +21,9 @@
 // This package owns the Engine interface, the Tracker and the presence
 // timing defaults. It must not import generated code (gen/), auth,
 // account or any gRPC service package, and no Redis or database driver
-// (those belong to the engines: presence/redis). Its gRPC status errors
-// (ErrClosed) are to be replaced by domain errors (issue 10 part 3).
+// (those belong to the engines: presence/redis), nor gRPC status or
+// codes: its errors are *store.Error values (ErrClosed: CodeUnavailable;
+// bad ids and configs: CodeInvalid), mapped to statuses at the edge.
 //
 // The state machine and the cost of one status change are described in
 // docs/presence.md.
@@ -32,8 +33,7 @@ import (
 	"context"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"github.com/chatd/chatd/server/store"
 )
 
 // Defaults of the timing knobs (Centrifugo's: refresh 25 s, expire 60 s).
@@ -129,8 +129,8 @@ type Engine interface {
 	Close() error
 }
 
-// ErrClosed is returned after Close (code Unavailable).
-var ErrClosed = status.Error(codes.Unavailable, "presence: closed")
+// ErrClosed is returned after Close (code store.CodeUnavailable).
+var ErrClosed = store.Errorf(store.CodeUnavailable, "presence: closed")
 
 // NextVersion returns the version that follows prev at time now: the
 // larger of prev+1 and now in Unix microseconds. Engines use it so that

@@ -10,9 +10,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -146,8 +143,8 @@ type Conn struct {
 }
 
 var (
-	errNoUser   = status.Error(codes.InvalidArgument, "presence: user id must be 1 to 256 bytes of UTF-8")
-	errNoDevice = status.Error(codes.InvalidArgument, "presence: device id must be 1 to 256 bytes of UTF-8")
+	errNoUser   = store.Errorf(store.CodeInvalid, "presence: user id must be 1 to 256 bytes of UTF-8")
+	errNoDevice = store.Errorf(store.CodeInvalid, "presence: device id must be 1 to 256 bytes of UTF-8")
 )
 
 func validID(s string) bool { return s != "" && len(s) <= MaxIDBytes && utf8.ValidString(s) }
@@ -157,7 +154,7 @@ func validID(s string) bool { return s != "" && len(s) <= MaxIDBytes && utf8.Val
 // 10 ms.
 func NewTracker(cfg TrackerConfig) (*Tracker, error) {
 	if cfg.Engine == nil {
-		return nil, status.Error(codes.InvalidArgument, "presence: TrackerConfig.Engine is required")
+		return nil, store.Errorf(store.CodeInvalid, "presence: TrackerConfig.Engine is required")
 	}
 	if cfg.HeartbeatInterval == 0 {
 		cfg.HeartbeatInterval = DefaultHeartbeatInterval
@@ -175,10 +172,10 @@ func NewTracker(cfg TrackerConfig) (*Tracker, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.HeartbeatInterval < 10*time.Millisecond {
-		return nil, status.Errorf(codes.InvalidArgument, "presence: heartbeat interval %s is under 10ms", cfg.HeartbeatInterval)
+		return nil, store.Errorf(store.CodeInvalid, "presence: heartbeat interval %s is under 10ms", cfg.HeartbeatInterval)
 	}
 	if cfg.Grace <= cfg.HeartbeatInterval {
-		return nil, status.Errorf(codes.InvalidArgument, "presence: grace %s must exceed the heartbeat interval %s", cfg.Grace, cfg.HeartbeatInterval)
+		return nil, store.Errorf(store.CodeInvalid, "presence: grace %s must exceed the heartbeat interval %s", cfg.Grace, cfg.HeartbeatInterval)
 	}
 	t := &Tracker{
 		eng:      cfg.Engine,

@@ -1,6 +1,7 @@
 // Package ratelimit limits request rates per key (a user id or a client IP)
 // with token buckets held in a sharded map of bounded size, and provides a
-// gRPC interceptor that applies it.
+// gRPC interceptor that applies it. Its error is a *store.Error; it does
+// not import gRPC status or codes.
 package ratelimit
 
 import (
@@ -13,12 +14,11 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/store"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 )
 
 const (
@@ -123,11 +123,13 @@ func (l *Limiter) Len() int {
 // KeyFunc returns the rate-limit key of a call; "" exempts the call.
 type KeyFunc func(ctx context.Context, fullMethod string) string
 
-var errLimited = status.Error(codes.ResourceExhausted, "rate limit exceeded")
+var errLimited = store.Errorf(store.CodeResourceExhausted, "rate limit exceeded")
 
 // UnaryInterceptor rejects calls whose key has no token left with
-// ResourceExhausted "rate limit exceeded". keyFn nil means DefaultKey. Put
-// it after the auth interceptor so that the Principal is in the context.
+// CodeResourceExhausted "rate limit exceeded" (a *store.Error: grpcerr's
+// interceptor, installed before this one, turns it into the
+// ResourceExhausted status). keyFn nil means DefaultKey. Put it after the
+// auth interceptor so that the Principal is in the context.
 func UnaryInterceptor(l *Limiter, keyFn func(ctx context.Context, fullMethod string) string) grpc.UnaryServerInterceptor {
 	if keyFn == nil {
 		keyFn = DefaultKey

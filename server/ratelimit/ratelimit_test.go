@@ -10,14 +10,14 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/grpcerr"
+	"github.com/chatd/chatd/server/store"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 )
 
 func TestAllowBurstAndRefill(t *testing.T) {
@@ -120,7 +120,7 @@ func TestUnaryInterceptor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(UnaryInterceptor(l, keyFn)))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), UnaryInterceptor(l, keyFn))) // as server/app
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
@@ -139,7 +139,7 @@ func TestUnaryInterceptor(t *testing.T) {
 		}
 	}
 	_, err = hc.Check(ctx, &healthpb.HealthCheckRequest{})
-	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || st.Message() != "rate limit exceeded" {
+	if st := grpcerr.Convert(err); st.Code() != grpcerr.CodeOf(store.CodeResourceExhausted) || st.Message() != "rate limit exceeded" {
 		t.Fatalf("3rd call: got %v, want ResourceExhausted \"rate limit exceeded\"", err)
 	}
 	if got := l.Len(); got != 1 {

@@ -62,9 +62,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/store"
 )
@@ -148,11 +145,11 @@ type Result struct {
 	Duplicate bool
 	// Message is the stored message (nil for a duplicate or an error).
 	Message *store.Message
-	// Err is nil on success, otherwise a gRPC status error: Unavailable
+	// Err is nil on success, otherwise a *store.Error: CodeUnavailable
 	// (the store or the allocator failed, the sequencer is closed, or a
 	// send with the same client_message_id is in progress on another
 	// server and did not finish within StoreTimeout) or
-	// InvalidArgument (a malformed request). A failed request was not
+	// CodeInvalid (a malformed request). A failed request was not
 	// published; it may have been stored (a store write that failed half
 	// way, or a commit the allocator could not confirm), so a retry with
 	// the same client_message_id may return it as a duplicate.
@@ -176,11 +173,11 @@ type Stats struct {
 }
 
 // ErrClosed is the Result.Err of requests submitted after Close.
-var ErrClosed = status.Error(codes.Unavailable, "sequencer closed: server shutting down, retry")
+var ErrClosed = store.Errorf(store.CodeUnavailable, "sequencer closed: server shutting down, retry")
 
 var (
-	errCommit      = status.Error(codes.Unavailable, "message not stored: storage unavailable, retry with the same client_message_id")
-	errUnconfirmed = status.Error(codes.Unavailable, "message not confirmed: sequencing unavailable, retry with the same client_message_id")
+	errCommit      = store.Errorf(store.CodeUnavailable, "message not stored: storage unavailable, retry with the same client_message_id")
+	errUnconfirmed = store.Errorf(store.CodeUnavailable, "message not confirmed: sequencing unavailable, retry with the same client_message_id")
 )
 
 type item struct {
@@ -291,7 +288,7 @@ func (s *Sequencer) Submit(req *Request, done func(Result)) {
 }
 
 // SubmitContext is Submit that stops waiting for queue space when ctx ends:
-// it then returns ctx's error as a status (Canceled or DeadlineExceeded)
+// it then returns ctx's error (context.Canceled or DeadlineExceeded)
 // and done is never called. On a nil return done will be called exactly
 // once.
 func (s *Sequencer) SubmitContext(ctx context.Context, req *Request, done func(Result)) error {
@@ -333,12 +330,12 @@ func (s *Sequencer) SubmitContext(ctx context.Context, req *Request, done func(R
 		return nil
 	case <-ctx.Done():
 		s.closeMu.RUnlock()
-		return status.FromContextError(ctx.Err()).Err()
+		return ctx.Err()
 	}
 }
 
 // Do submits req and waits for its Result. If ctx ends first it returns
-// ctx's error as a status (the request may still be committed later).
+// ctx's error (the request may still be committed later).
 // Otherwise it returns the Result and Result.Err.
 func (s *Sequencer) Do(ctx context.Context, req *Request) (Result, error) {
 	ch := make(chan Result, 1)
@@ -349,7 +346,7 @@ func (s *Sequencer) Do(ctx context.Context, req *Request) (Result, error) {
 	case r := <-ch:
 		return r, r.Err
 	case <-ctx.Done():
-		return Result{}, status.FromContextError(ctx.Err()).Err()
+		return Result{}, ctx.Err()
 	}
 }
 
@@ -357,15 +354,15 @@ func (s *Sequencer) Do(ctx context.Context, req *Request) (Result, error) {
 // <= Head is either readable by store.Inbox or a hole that will never be
 // written, and Head never decreases. With the LocalAllocator it is the
 // newest committed seq (read from the store); in cluster mode entries
-// above it may exist and must not be read yet. Errors: Unavailable if the
-// allocator or the store fails; Canceled or DeadlineExceeded from ctx.
+// above it may exist and must not be read yet. Errors: CodeUnavailable if
+// the allocator or the store fails; ctx's error if it ended.
 func (s *Sequencer) Head(ctx context.Context, userID string) (uint64, error) {
 	h, err := s.alloc.Horizon(ctx, userID)
 	if err != nil {
 		if ctx.Err() != nil {
-			return 0, status.FromContextError(ctx.Err()).Err()
+			return 0, ctx.Err()
 		}
-		return 0, status.Error(codes.Unavailable, "inbox head unavailable, retry")
+		return 0, store.Errorf(store.CodeUnavailable, "inbox head unavailable, retry")
 	}
 	return h, nil
 }
@@ -473,7 +470,7 @@ func (s *Sequencer) process(batch []item) {
 		p.res.ChannelID = req.ChannelID
 		p.res.ClientMessageID = req.ClientMessageID
 		if req.ChannelID == "" || req.SenderID == "" {
-			p.res.Err = status.Error(codes.InvalidArgument, "sequence: request without channel or sender")
+			p.res.Err = store.Errorf(store.CodeInvalid, "sequence: request without channel or sender")
 			continue
 		}
 		if req.ClientMessageID != "" {
@@ -767,7 +764,7 @@ const (
 	waitPollMax = 250 * time.Millisecond
 )
 
-var errInProgress = status.Error(codes.Unavailable, "a send with this client_message_id is in progress; retry")
+var errInProgress = store.Errorf(store.CodeUnavailable, "a send with this client_message_id is in progress; retry")
 
 // awaitOther answers it, whose (sender, client_message_id) another
 // server has claimed, on a goroutine of its own (the sequencer goroutine

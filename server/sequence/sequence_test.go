@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/sequence/sequencetest"
 	"github.com/chatd/chatd/server/store"
@@ -246,7 +243,7 @@ func TestCommitFailureHidesEverything(t *testing.T) {
 	f.fail.Store(true)
 	for i := range 3 {
 		_, err := seq.Do(ctx, sequencetest.Req("g:f", "alice", fmt.Sprint("bad", i), "lost", "alice", "bob"))
-		if status.Code(err) != codes.Unavailable {
+		if store.ErrorCode(err) != store.CodeUnavailable {
 			t.Fatalf("failed commit: %v, want Unavailable", err)
 		}
 	}
@@ -313,11 +310,11 @@ func TestDoContext(t *testing.T) {
 	cancel()
 	// A cancelled context fails either when queueing or waiting; never hangs.
 	_, err := seq.Do(ctx, sequencetest.Req("g:x", "alice", "1", "x", "alice"))
-	if err != nil && status.Code(err) != codes.Canceled {
+	if err != nil && store.ErrorCode(err) != store.CodeCanceled {
 		t.Fatalf("Do with cancelled ctx: %v", err)
 	}
 	_, err = seq.Do(context.Background(), &sequence.Request{SenderID: "alice"})
-	if status.Code(err) != codes.InvalidArgument {
+	if store.ErrorCode(err) != store.CodeInvalid {
 		t.Fatalf("request without channel: %v", err)
 	}
 }

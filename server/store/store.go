@@ -11,7 +11,9 @@
 // cluster) and every one passes the conformance suite in store/storetest.
 //
 // Methods return the sentinel errors below (wrapped or not); callers test
-// them with errors.Is and map them to gRPC status codes at the edge.
+// them with errors.Is. errors.go is the core's error vocabulary (Code,
+// *Error, ErrorCode): the engines return *Error values and the gRPC edge
+// (server/grpcerr) maps their codes to statuses in one table.
 //
 // It must not import gRPC, generated code, a database or Redis driver, or
 // any other chatd package: every other package may import it.

@@ -17,6 +17,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/local"
 	"github.com/chatd/chatd/server/presence/presencesvc"
@@ -96,7 +97,9 @@ func newEnvRecheck(t *testing.T, maxUsers int, recheck time.Duration) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(a.UnaryInterceptor()), grpc.ChainStreamInterceptor(a.StreamInterceptor()))
+	srv := grpc.NewServer( // interceptors as server/app installs them
+		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), a.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), a.StreamInterceptor()))
 	chatv1.RegisterPresenceServiceServer(srv, svc)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)

@@ -43,10 +43,9 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/chatd/chatd/server/presence"
+	"github.com/chatd/chatd/server/store"
 )
 
 // Defaults of Config.
@@ -147,10 +146,10 @@ type topic struct {
 // Errors: InvalidArgument for a bad Config; Redis errors.
 func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.Client == nil {
-		return nil, status.Error(codes.InvalidArgument, "presence/redis: Config.Client is required")
+		return nil, store.Errorf(store.CodeInvalid, "presence/redis: Config.Client is required")
 	}
 	if cfg.ServerID == "" || strings.Contains(cfg.ServerID, "|") {
-		return nil, status.Error(codes.InvalidArgument, "presence/redis: Config.ServerID must be non-empty and without '|'")
+		return nil, store.Errorf(store.CodeInvalid, "presence/redis: Config.ServerID must be non-empty and without '|'")
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
@@ -159,13 +158,13 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
 	if cfg.LeaseTTL < 10*time.Millisecond {
-		return nil, status.Error(codes.InvalidArgument, "presence/redis: LeaseTTL must be at least 10ms")
+		return nil, store.Errorf(store.CodeInvalid, "presence/redis: LeaseTTL must be at least 10ms")
 	}
 	if cfg.RenewInterval <= 0 {
 		cfg.RenewInterval = cfg.LeaseTTL / 3
 	}
 	if cfg.RenewInterval >= cfg.LeaseTTL {
-		return nil, status.Error(codes.InvalidArgument, "presence/redis: RenewInterval must be under LeaseTTL")
+		return nil, store.Errorf(store.CodeInvalid, "presence/redis: RenewInterval must be under LeaseTTL")
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = cfg.LeaseTTL / 3

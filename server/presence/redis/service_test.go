@@ -11,6 +11,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/presencesvc"
 	"github.com/chatd/chatd/server/presence/presencetest"
@@ -58,7 +59,7 @@ func TestCase_C202_Service(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.ChainStreamInterceptor(asUser("alice")))
+	srv := grpc.NewServer(grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), asUser("alice")))
 	chatv1.RegisterPresenceServiceServer(srv, svc)
 	go srv.Serve(lis)
 	defer srv.Stop()

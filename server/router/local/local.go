@@ -11,10 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/store"
 )
 
 const shards = 64
@@ -37,7 +35,7 @@ type Router struct {
 var _ router.Router = (*Router)(nil)
 
 // ErrClosed is returned by Attach and Route after Close (code Unavailable).
-var ErrClosed = status.Error(codes.Unavailable, "router closed")
+var ErrClosed = store.Errorf(store.CodeUnavailable, "router closed")
 
 // New returns a Router that calls h for events of attached users. h must
 // not block and must not call back into the Router synchronously.

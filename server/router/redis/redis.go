@@ -53,10 +53,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/chatd/chatd/server/router"
+	"github.com/chatd/chatd/server/store"
 )
 
 // Defaults of Config.
@@ -85,10 +84,10 @@ const (
 var (
 	// ErrClosed is returned by Attach and Route after Close (code
 	// Unavailable).
-	ErrClosed = status.Error(codes.Unavailable, "router closed")
-	errUser   = status.Error(codes.InvalidArgument, "router: user id must be 1-1024 bytes")
-	errEvent  = status.Error(codes.InvalidArgument, "router: every event needs a user id (1-1024 bytes) and a frame")
-	errFull   = status.Error(codes.ResourceExhausted, "router: publish queue full; events for other servers dropped (devices recover by sync)")
+	ErrClosed = store.Errorf(store.CodeUnavailable, "router closed")
+	errUser   = store.Errorf(store.CodeInvalid, "router: user id must be 1-1024 bytes")
+	errEvent  = store.Errorf(store.CodeInvalid, "router: every event needs a user id (1-1024 bytes) and a frame")
+	errFull   = store.Errorf(store.CodeResourceExhausted, "router: publish queue full; events for other servers dropped (devices recover by sync)")
 )
 
 // Config configures New.
@@ -351,7 +350,9 @@ func (r *Router) attached(user string) bool {
 }
 
 func unavailable(op string, err error) error {
-	return status.Errorf(codes.Unavailable, "router: redis %s: %v", op, err)
+	// The message names the cause already (and always has: it is what a
+	// client sees), so the cause is not kept a second time as Err.
+	return store.Errorf(store.CodeUnavailable, "router: redis %s: %v", op, err)
 }
 
 func validUser(u string) bool { return u != "" && len(u) <= maxUserID }

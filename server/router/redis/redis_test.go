@@ -19,14 +19,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/router"
 	redisrouter "github.com/chatd/chatd/server/router/redis"
 	"github.com/chatd/chatd/server/router/routertest"
+	"github.com/chatd/chatd/server/store"
 )
 
 // redisAddr returns the Redis the tests use (REDIS_ADDR, default
@@ -737,7 +736,7 @@ func TestLocalDeliveryWithoutRedis(t *testing.T) {
 	}
 	eventually(t, "lookup error counted", func() bool { return a.Stats().LookupErrors > 0 })
 	// Attach fails cleanly without Redis: the user is not attached.
-	if err := a.Attach(ctx, "bob"); status.Code(err) != codes.Unavailable {
+	if err := a.Attach(ctx, "bob"); store.ErrorCode(err) != store.CodeUnavailable {
 		t.Fatalf("Attach with Redis cut: %v, want Unavailable", err)
 	}
 	p.cut(false)
@@ -783,7 +782,7 @@ func TestHungRedisDoesNotBlockRoute(t *testing.T) {
 			break
 		}
 	}
-	if status.Code(full) != codes.ResourceExhausted {
+	if store.ErrorCode(full) != store.CodeResourceExhausted {
 		t.Fatalf("Route with Redis hung: %v, want ResourceExhausted once the queue is full", full)
 	}
 	for i := uint64(1); i <= id; i++ {
@@ -845,7 +844,7 @@ func TestBadInput(t *testing.T) {
 		"no user":  {ev("alice", 1), {Frame: &chatv1.ServerFrame{}}},
 		"no frame": {ev("alice", 1), {UserID: "alice"}},
 	} {
-		if err := a.Route(ctx, evs); status.Code(err) != codes.InvalidArgument {
+		if err := a.Route(ctx, evs); store.ErrorCode(err) != store.CodeInvalid {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
 		}
 	}
@@ -853,10 +852,10 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("a rejected Route delivered %d events", n)
 	}
 	for _, u := range []string{"", string(make([]byte, 1025))} {
-		if err := a.Attach(ctx, u); status.Code(err) != codes.InvalidArgument {
+		if err := a.Attach(ctx, u); store.ErrorCode(err) != store.CodeInvalid {
 			t.Errorf("Attach(%d bytes): %v, want InvalidArgument", len(u), err)
 		}
-		if err := a.Detach(ctx, u); status.Code(err) != codes.InvalidArgument {
+		if err := a.Detach(ctx, u); store.ErrorCode(err) != store.CodeInvalid {
 			t.Errorf("Detach(%d bytes): %v, want InvalidArgument", len(u), err)
 		}
 	}
@@ -1061,7 +1060,7 @@ func benchRoute(b *testing.B, batch, par int) {
 				}
 				for {
 					err := src.Route(ctx, evs)
-					if status.Code(err) == codes.ResourceExhausted {
+					if store.ErrorCode(err) == store.CodeResourceExhausted {
 						full.Add(1) // queue full: back off, as a sustained load would
 						time.Sleep(100 * time.Microsecond)
 						continue

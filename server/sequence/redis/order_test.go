@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/chatd/chatd/server/sequence"
 	seqredis "github.com/chatd/chatd/server/sequence/redis"
 	"github.com/chatd/chatd/server/sequence/sequencetest"
@@ -210,7 +207,7 @@ func TestClaimOfDeadServerExpires(t *testing.T) {
 	default:
 	}
 	s1.Close()
-	if r := <-waited; status.Code(r.Err) != codes.Unavailable || !strings.Contains(r.Err.Error(), "in progress") {
+	if r := <-waited; store.ErrorCode(r.Err) != store.CodeUnavailable || !strings.Contains(r.Err.Error(), "in progress") {
 		t.Fatalf("send while another server holds its claim: %+v, want Unavailable (in progress)", r)
 	}
 
@@ -226,7 +223,7 @@ func TestClaimOfDeadServerExpires(t *testing.T) {
 			}
 			break
 		}
-		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+		if store.ErrorCode(err) != store.CodeUnavailable || time.Now().After(deadline) {
 			t.Fatalf("the dead server's claim did not expire: %v", err)
 		}
 	}
@@ -266,7 +263,7 @@ func TestFailedBatchReleasesClaim(t *testing.T) {
 	alice, bob := sequencetest.Unique("alice"), sequencetest.Unique("bob")
 	req := &sequence.Request{ChannelID: sequencetest.Unique("dm"), SenderID: alice, ClientMessageID: "m1", Text: "hi", Recipients: []string{alice, bob}}
 	f.armed.Store(true)
-	if _, err := s1.Do(ctx, req); status.Code(err) != codes.Unavailable {
+	if _, err := s1.Do(ctx, req); store.ErrorCode(err) != store.CodeUnavailable {
 		t.Fatalf("send on the failing server: %v, want Unavailable", err)
 	}
 	r, err := s2.Do(ctx, req)

@@ -16,9 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
@@ -353,7 +350,7 @@ func testCommitFailure(t *testing.T, h Harness) {
 	f.Fail.Store(true)
 	for i := range 3 {
 		_, err := seq.Do(ctx, Req(ch, alice, fmt.Sprint("bad", i), "lost", alice, bob))
-		if status.Code(err) != codes.Unavailable {
+		if store.ErrorCode(err) != store.CodeUnavailable {
 			t.Fatalf("failed commit: %v, want Unavailable", err)
 		}
 	}

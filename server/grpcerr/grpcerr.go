@@ -1,0 +1,113 @@
+// Package grpcerr is the gRPC edge's one table from domain error codes
+// (store.Code) to gRPC status codes, and the server interceptors that
+// apply it to every handler's error.
+//
+// Engines and services below the edge return *store.Error values (and
+// the store sentinels and context errors); the gRPC services, their
+// interceptors and server/app turn them into statuses here, so the code
+// and message a client sees are chosen in one place.
+//
+// It imports only server/store and gRPC; every gRPC service and app may
+// import it, nothing below the edge may.
+package grpcerr
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/chatd/chatd/server/store"
+)
+
+// codeOf is the mapping table: every store.Code and its gRPC code.
+var codeOf = map[store.Code]codes.Code{
+	store.CodeInvalid:            codes.InvalidArgument,
+	store.CodeUnauthenticated:    codes.Unauthenticated,
+	store.CodePermissionDenied:   codes.PermissionDenied,
+	store.CodeNotFound:           codes.NotFound,
+	store.CodeAlreadyExists:      codes.AlreadyExists,
+	store.CodeFailedPrecondition: codes.FailedPrecondition,
+	store.CodeResourceExhausted:  codes.ResourceExhausted,
+	store.CodeUnavailable:        codes.Unavailable,
+	store.CodeCanceled:           codes.Canceled,
+	store.CodeDeadlineExceeded:   codes.DeadlineExceeded,
+	store.CodeInternal:           codes.Internal,
+}
+
+// CodeOf returns the gRPC code of a domain code (Unknown for a code not in
+// the table).
+func CodeOf(c store.Code) codes.Code {
+	if gc, ok := codeOf[c]; ok {
+		return gc
+	}
+	return codes.Unknown
+}
+
+// Status returns err as a gRPC status error:
+//   - nil for nil;
+//   - for an *store.Error in err's chain, its Code's gRPC code with its
+//     Message (the cause is not sent);
+//   - a gRPC status error unchanged;
+//   - for context.Canceled / DeadlineExceeded, Canceled / DeadlineExceeded
+//     (as status.FromContextError, and as gRPC does for a handler's
+//     context error);
+//   - any other error unchanged: gRPC reports it as Unknown with its text,
+//     as it always has. Services map the store sentinels themselves, with
+//     the message they choose.
+func Status(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *store.Error
+	if errors.As(err, &e) {
+		return status.Error(CodeOf(e.Code), e.Message)
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return status.FromContextError(err).Err()
+	}
+	return err
+}
+
+// Convert is Status as a *status.Status (OK for nil).
+func Convert(err error) *status.Status { return status.Convert(Status(err)) }
+
+// Code returns the gRPC code a client sees for err: OK for nil, Unknown
+// for an error Status leaves unchanged.
+func Code(err error) codes.Code { return status.Code(Status(err)) }
+
+// Known reports whether err carries a code and message meant for the
+// client: an *store.Error, or a gRPC status other than Unknown. Other
+// errors (store sentinels, driver errors) are the service's to log and
+// map.
+func Known(err error) bool {
+	var e *store.Error
+	if errors.As(err, &e) {
+		return true
+	}
+	_, ok := status.FromError(err)
+	return ok && status.Code(err) != codes.Unknown
+}
+
+// UnaryServerInterceptor maps the error of every unary call (of the
+// handler and of the interceptors after this one) with Status. Install it
+// first in the chain.
+func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		return resp, Status(err)
+	}
+}
+
+// StreamServerInterceptor is UnaryServerInterceptor for streams: the error
+// a stream ends with.
+func StreamServerInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return Status(handler(srv, ss))
+	}
+}

@@ -1,0 +1,91 @@
+package grpcerr_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/chatd/chatd/server/grpcerr"
+	"github.com/chatd/chatd/server/store"
+)
+
+// TestTable: every domain code maps to its gRPC counterpart, with the
+// message unchanged and the cause not sent.
+func TestTable(t *testing.T) {
+	for c, want := range map[store.Code]codes.Code{
+		store.CodeInvalid:            codes.InvalidArgument,
+		store.CodeUnauthenticated:    codes.Unauthenticated,
+		store.CodePermissionDenied:   codes.PermissionDenied,
+		store.CodeNotFound:           codes.NotFound,
+		store.CodeAlreadyExists:      codes.AlreadyExists,
+		store.CodeFailedPrecondition: codes.FailedPrecondition,
+		store.CodeResourceExhausted:  codes.ResourceExhausted,
+		store.CodeUnavailable:        codes.Unavailable,
+		store.CodeCanceled:           codes.Canceled,
+		store.CodeDeadlineExceeded:   codes.DeadlineExceeded,
+		store.CodeInternal:           codes.Internal,
+		"no such code":               codes.Unknown,
+	} {
+		err := &store.Error{Code: c, Message: "msg " + string(c), Err: errors.New("secret cause")}
+		st := status.Convert(grpcerr.Status(fmt.Errorf("wrapped: %w", err)))
+		if st.Code() != want || st.Message() != "msg "+string(c) {
+			t.Errorf("%q: got %v %q, want %v %q", c, st.Code(), st.Message(), want, "msg "+string(c))
+		}
+		if grpcerr.Code(err) != want || grpcerr.CodeOf(c) != want {
+			t.Errorf("%q: Code %v, CodeOf %v, want %v", c, grpcerr.Code(err), grpcerr.CodeOf(c), want)
+		}
+	}
+}
+
+// TestPassThrough: what is not a domain error keeps the meaning gRPC gave
+// it before the table existed.
+func TestPassThrough(t *testing.T) {
+	if grpcerr.Status(nil) != nil || grpcerr.Code(nil) != codes.OK {
+		t.Error("nil is not OK")
+	}
+	st := status.Error(codes.NotFound, "no such user")
+	if grpcerr.Status(st) != st {
+		t.Error("a status error was changed")
+	}
+	plain := errors.New("boom")
+	if grpcerr.Status(plain) != plain || grpcerr.Code(plain) != codes.Unknown {
+		t.Error("a plain error is not left to gRPC (Unknown)")
+	}
+	if grpcerr.Code(store.ErrNotFound) != codes.Unknown || grpcerr.Known(store.ErrNotFound) {
+		t.Error("a bare sentinel is mapped: its text is not a client message")
+	}
+	for _, ce := range []error{context.Canceled, context.DeadlineExceeded} {
+		want := status.FromContextError(ce)
+		got := grpcerr.Convert(fmt.Errorf("x: %w", ce))
+		if got.Code() != want.Code() {
+			t.Errorf("%v: got %v, want %v", ce, got.Code(), want.Code())
+		}
+	}
+	if !grpcerr.Known(store.Errorf(store.CodeUnavailable, "retry")) || !grpcerr.Known(st) || grpcerr.Known(status.Error(codes.Unknown, "x")) {
+		t.Error("Known")
+	}
+}
+
+func TestInterceptors(t *testing.T) {
+	derr := store.Errorf(store.CodeResourceExhausted, "rate limit exceeded")
+	_, err := grpcerr.UnaryServerInterceptor()(context.Background(), nil, &grpc.UnaryServerInfo{},
+		func(context.Context, any) (any, error) { return nil, derr })
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || st.Message() != "rate limit exceeded" {
+		t.Errorf("unary: %v", err)
+	}
+	resp, err := grpcerr.UnaryServerInterceptor()(context.Background(), nil, &grpc.UnaryServerInfo{},
+		func(context.Context, any) (any, error) { return "ok", nil })
+	if resp != "ok" || err != nil {
+		t.Errorf("unary success: %v %v", resp, err)
+	}
+	err = grpcerr.StreamServerInterceptor()(nil, nil, &grpc.StreamServerInfo{},
+		func(any, grpc.ServerStream) error { return store.Errorf(store.CodeUnauthenticated, "session revoked") })
+	if st := status.Convert(err); st.Code() != codes.Unauthenticated || st.Message() != "session revoked" {
+		t.Errorf("stream: %v", err)
+	}
+}
