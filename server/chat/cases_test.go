@@ -327,7 +327,8 @@ func rawSend(frameID uint64, toUser, cmid string, text []byte) []byte {
 }
 
 // TestCase_C102: a hand-built frame with invalid UTF-8 in text, and a text
-// of only white space and zero-width characters, get InvalidArgument; the
+// of only white space, zero-width or other invisible characters (U+200E
+// alone), get InvalidArgument; the
 // stream stays usable and nothing is stored.
 func TestCase_C102(t *testing.T) {
 	e := newEnv(t, envConfig{})
@@ -379,6 +380,18 @@ func TestCase_C102(t *testing.T) {
 	}
 	if f := recv(); f.GetFrameId() != 9 || codes.Code(f.GetError().GetCode()) != codes.InvalidArgument {
 		t.Fatalf("reply to blank text: %v", f)
+	}
+	// Only invisible format characters: left-to-right marks (issue 11
+	// item 6), isolates, a variation selector, a Hangul filler.
+	for i, text := range []string{"\u200e", "\u200e\u200f\u2066\u2069", "\ufe0f", "\u3164"} {
+		id := uint64(90 + i)
+		if err := cs.SendMsg(rawSend(id, "bob", fmt.Sprintf("invisible-%d", i), []byte(text))); err != nil {
+			t.Fatal(err)
+		}
+		if f := recv(); f.GetFrameId() != id || codes.Code(f.GetError().GetCode()) != codes.InvalidArgument ||
+			!strings.Contains(f.GetError().GetMessage(), "no visible character") {
+			t.Fatalf("reply to invisible text %+q: %v", text, f)
+		}
 	}
 	// A client-sent "malformed" marker in a valid frame is ignored.
 	hb, _ := proto.Marshal(&chatv1.ClientFrame{FrameId: 10, Payload: &chatv1.ClientFrame_Heartbeat{Heartbeat: &chatv1.Heartbeat{}}})

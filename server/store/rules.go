@@ -57,3 +57,34 @@ func CanonicalUsername(s string) (string, error) {
 	}
 	return c, nil
 }
+
+// Invisible reports whether r renders as nothing on its own: white space
+// (White_Space), a control character (Cc), a format character (Cf: the
+// bidirectional marks and isolates, joiners, soft hyphen, tags, ...), a
+// variation selector, another Default_Ignorable_Code_Point (Hangul
+// fillers, U+034F COMBINING GRAPHEME JOINER, the unassigned ranges
+// reserved as ignorable) or a noncharacter. The sets are Go's tables of
+// those Unicode properties, not a hand list; Default_Ignorable_Code_Point
+// is derived in Unicode as Other_Default_Ignorable_Code_Point + Cf +
+// Variation_Selector minus a few visible exceptions, and those exceptions
+// (White_Space, the prepended concatenation marks) are counted as
+// invisible here too: alone they show nothing.
+func Invisible(r rune) bool {
+	if r < utf8.RuneSelf {
+		return r <= ' ' || r == 0x7F
+	}
+	return unicode.In(r, unicode.White_Space, unicode.Cc, unicode.Cf,
+		unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector,
+		unicode.Noncharacter_Code_Point)
+}
+
+// HasVisible reports whether s has at least one character that is not
+// Invisible. Services refuse texts and names without one.
+func HasVisible(s string) bool {
+	for _, r := range s {
+		if !Invisible(r) {
+			return true
+		}
+	}
+	return false
+}
