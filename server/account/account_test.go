@@ -291,6 +291,13 @@ func TestCase_C105(t *testing.T) {
 		_, err := e.c.SignUp(e.ctx, &chatv1.SignUpRequest{Username: dup, Password: pw, DisplayName: "X"})
 		wantStatus(t, err, codes.AlreadyExists, "username is taken")
 	}
+	// Look-alikes (UTS #39 confusable skeleton): whole-script Cyrillic,
+	// digits for letters, "rn" for "m".
+	e.signUp(t, "mary", pw, "Mary")
+	for _, alike := range []string{"\u0430\u04cf\u0456\u0441\u0435" /* Cyrillic аӏісе */, "a1ice", "A1ICE", "rnary", "RNARY"} {
+		_, err := e.c.SignUp(e.ctx, &chatv1.SignUpRequest{Username: alike, Password: pw, DisplayName: "X"})
+		wantStatus(t, err, codes.AlreadyExists, "looks like an existing username")
+	}
 
 	rejected := []struct {
 		name string
@@ -331,6 +338,12 @@ func TestCase_C105(t *testing.T) {
 			"letters, digits, '.', '_' or '-'"},
 		{"empty username", &chatv1.SignUpRequest{Username: "", Password: pw, DisplayName: "Carol"},
 			"username must be 3 to 32 characters"},
+		{"mixed-script username", &chatv1.SignUpRequest{Username: "c\u0430rol", Password: pw, DisplayName: "Carol"},
+			"mixes the scripts Cyrillic, Latin"},
+		{"option-like username", &chatv1.SignUpRequest{Username: "-rf", Password: pw, DisplayName: "Carol"},
+			"must not begin with '-'"},
+		{"punctuation-only username", &chatv1.SignUpRequest{Username: "...", Password: pw, DisplayName: "Carol"},
+			"letter or a digit"},
 	}
 	for _, tc := range rejected {
 		_, err := e.c.SignUp(e.ctx, tc.req)

@@ -38,6 +38,17 @@ func canonicalUsername(s string) (string, error) {
 	return id, nil
 }
 
+// newUsername is store.NewUsername (the canonical form plus the identifier
+// profile a username must meet to be created) with its error as the
+// client sees it: InvalidArgument naming the rule.
+func newUsername(s string) (string, error) {
+	id, err := store.NewUsername(s)
+	if err != nil {
+		return "", status.Error(codes.InvalidArgument, err.Error())
+	}
+	return id, nil
+}
+
 // checkPassword enforces the password length: 8..1024 bytes.
 func checkPassword(p string) error {
 	if len(p) < MinPasswordBytes || len(p) > MaxPasswordBytes {
