@@ -294,6 +294,13 @@ func TestCase_C105(t *testing.T) {
 		_, err := e.c.SignUp(e.ctx, &chatv1.SignUpRequest{Username: dup, Password: pw, DisplayName: "X"})
 		wantStatus(t, err, codes.AlreadyExists, "username is taken")
 	}
+	// Look-alikes (UTS #39 confusable skeleton): whole-script Cyrillic,
+	// digits for letters, "rn" for "m".
+	e.signUp(t, "mary", pw, "Mary")
+	for _, alike := range []string{"\u0430\u04cf\u0456\u0441\u0435" /* Cyrillic аӏісе */, "a1ice", "A1ICE", "rnary", "RNARY"} {
+		_, err := e.c.SignUp(e.ctx, &chatv1.SignUpRequest{Username: alike, Password: pw, DisplayName: "X"})
+		wantStatus(t, err, codes.AlreadyExists, "looks like an existing username")
+	}
 
 	rejected := []struct {
 		name string
@@ -303,6 +310,10 @@ func TestCase_C105(t *testing.T) {
 		{"empty display name", &chatv1.SignUpRequest{Username: "carol1", Password: pw, DisplayName: ""},
 			"display name must be 1 to 64 characters"},
 		{"blank display name", &chatv1.SignUpRequest{Username: "carol2", Password: pw, DisplayName: " \t\u3000 "},
+			"display name must be 1 to 64 characters"},
+		{"joiner-only display name", &chatv1.SignUpRequest{Username: "carol10", Password: pw, DisplayName: "\u200d"},
+			"display name must be 1 to 64 characters"},
+		{"filler-only display name", &chatv1.SignUpRequest{Username: "carol11", Password: pw, DisplayName: "\u3164\u115f"},
 			"display name must be 1 to 64 characters"},
 		{"1000-char display name", &chatv1.SignUpRequest{Username: "carol3", Password: pw, DisplayName: strings.Repeat("é", 1000)},
 			"display name must be 1 to 64 characters"},
@@ -330,6 +341,12 @@ func TestCase_C105(t *testing.T) {
 			"letters, digits, '.', '_' or '-'"},
 		{"empty username", &chatv1.SignUpRequest{Username: "", Password: pw, DisplayName: "Carol"},
 			"username must be 3 to 32 characters"},
+		{"mixed-script username", &chatv1.SignUpRequest{Username: "c\u0430rol", Password: pw, DisplayName: "Carol"},
+			"mixes the scripts Cyrillic, Latin"},
+		{"option-like username", &chatv1.SignUpRequest{Username: "-rf", Password: pw, DisplayName: "Carol"},
+			"must not begin with '-'"},
+		{"punctuation-only username", &chatv1.SignUpRequest{Username: "...", Password: pw, DisplayName: "Carol"},
+			"letter or a digit"},
 	}
 	for _, tc := range rejected {
 		_, err := e.c.SignUp(e.ctx, tc.req)

@@ -120,9 +120,12 @@ var (
 	errNoPrincipal = status.Error(codes.Unauthenticated, "missing bearer token")
 	errBadLogin    = status.Error(codes.Unauthenticated, "invalid username or password")
 	errUserExists  = status.Error(codes.AlreadyExists, "username is taken")
-	errNoUser      = status.Error(codes.NotFound, "user not found")
-	errSelfContact = status.Error(codes.InvalidArgument, "cannot add yourself as a contact")
-	errInternal    = status.Error(codes.Internal, "internal error")
+	// errUserLookAlike: the name's confusable skeleton is an existing
+	// user's (store.ErrUsernameLookAlike).
+	errUserLookAlike = status.Error(codes.AlreadyExists, "username is taken: it looks like an existing username")
+	errNoUser        = status.Error(codes.NotFound, "user not found")
+	errSelfContact   = status.Error(codes.InvalidArgument, "cannot add yourself as a contact")
+	errInternal      = status.Error(codes.Internal, "internal error")
 )
 
 func caller(ctx context.Context) (auth.Principal, error) {
@@ -152,11 +155,15 @@ func profile(u *store.User) *chatv1.Profile {
 }
 
 // SignUp creates an account. The username's canonical form (see
-// store.CanonicalUsername) becomes the user id. Errors: InvalidArgument (username,
-// password 8..1024 bytes, or display name 1..64 characters outside the
-// limits; nothing is stored), AlreadyExists "username is taken".
+// store.CanonicalUsername) becomes the user id; a new username must also
+// meet the Unicode identifier profile of store.NewUsername (one script or
+// an allowed CJK mix with Latin, one digit system, a letter or digit, no
+// leading '-'). Errors: InvalidArgument (username, password 8..1024
+// bytes, or display name 1..64 characters outside the limits; nothing is
+// stored), AlreadyExists "username is taken", AlreadyExists "username
+// looks like an existing username" (same confusable skeleton, UTS #39).
 func (s *Service) SignUp(ctx context.Context, req *chatv1.SignUpRequest) (*chatv1.SignUpResponse, error) {
-	uid, err := canonicalUsername(req.GetUsername())
+	uid, err := newUsername(req.GetUsername())
 	if err != nil {
 		return nil, err
 	}
@@ -179,6 +186,9 @@ func (s *Service) SignUp(ctx context.Context, req *chatv1.SignUpRequest) (*chatv
 	}
 	u := &store.User{ID: uid, DisplayName: name, PasswordHash: hash, CreatedAt: s.now().UTC()}
 	if err := s.st.CreateUser(ctx, u); err != nil {
+		if errors.Is(err, store.ErrUsernameLookAlike) {
+			return nil, errUserLookAlike
+		}
 		if errors.Is(err, store.ErrAlreadyExists) {
 			return nil, errUserExists
 		}

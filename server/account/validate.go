@@ -38,6 +38,17 @@ func canonicalUsername(s string) (string, error) {
 	return id, nil
 }
 
+// newUsername is store.NewUsername (the canonical form plus the identifier
+// profile a username must meet to be created) with its error as the
+// client sees it: InvalidArgument naming the rule.
+func newUsername(s string) (string, error) {
+	id, err := store.NewUsername(s)
+	if err != nil {
+		return "", status.Error(codes.InvalidArgument, err.Error())
+	}
+	return id, nil
+}
+
 // checkPassword enforces the password length: 8..1024 bytes.
 func checkPassword(p string) error {
 	if len(p) < MinPasswordBytes || len(p) > MaxPasswordBytes {
@@ -50,7 +61,9 @@ func checkPassword(p string) error {
 // trims surrounding white space, applies NFC and requires 1..64 characters
 // with no control characters (Cc), format characters (Cf; except U+200D
 // ZERO WIDTH JOINER, which emoji sequences need), line or paragraph
-// separators, or invalid UTF-8. what names the field in the error.
+// separators, or invalid UTF-8, and at least one visible character
+// (store.HasVisible: not only a joiner, a Hangul filler or white space).
+// what names the field in the error.
 func cleanName(s, what string) (string, error) {
 	if len(s) > 4*4*MaxNameChars { // cheap bound before Unicode work
 		return "", nameErr(what)
@@ -71,7 +84,7 @@ func cleanName(s, what string) (string, error) {
 				"%s must not contain control or format characters (found U+%04X)", what, r)
 		}
 	}
-	if n < 1 || n > MaxNameChars {
+	if n < 1 || n > MaxNameChars || !store.HasVisible(s) {
 		return "", nameErr(what)
 	}
 	return s, nil
@@ -79,5 +92,5 @@ func cleanName(s, what string) (string, error) {
 
 func nameErr(what string) error {
 	return status.Errorf(codes.InvalidArgument,
-		"%s must be 1 to 64 characters and not only white space", what)
+		"%s must be 1 to 64 characters with at least one visible character", what)
 }

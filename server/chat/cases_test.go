@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -327,7 +328,8 @@ func rawSend(frameID uint64, toUser, cmid string, text []byte) []byte {
 }
 
 // TestCase_C102: a hand-built frame with invalid UTF-8 in text, and a text
-// of only white space and zero-width characters, get InvalidArgument; the
+// of only white space, zero-width or other invisible characters (U+200E
+// alone), get InvalidArgument; the
 // stream stays usable and nothing is stored.
 func TestCase_C102(t *testing.T) {
 	e := newEnv(t, envConfig{})
@@ -379,6 +381,18 @@ func TestCase_C102(t *testing.T) {
 	}
 	if f := recv(); f.GetFrameId() != 9 || codes.Code(f.GetError().GetCode()) != codes.InvalidArgument {
 		t.Fatalf("reply to blank text: %v", f)
+	}
+	// Only invisible format characters: left-to-right marks (issue 11
+	// item 6), isolates, a variation selector, a Hangul filler.
+	for i, text := range []string{"\u200e", "\u200e\u200f\u2066\u2069", "\ufe0f", "\u3164"} {
+		id := uint64(90 + i)
+		if err := cs.SendMsg(rawSend(id, "bob", fmt.Sprintf("invisible-%d", i), []byte(text))); err != nil {
+			t.Fatal(err)
+		}
+		if f := recv(); f.GetFrameId() != id || codes.Code(f.GetError().GetCode()) != codes.InvalidArgument ||
+			!strings.Contains(f.GetError().GetMessage(), "no visible character") {
+			t.Fatalf("reply to invisible text %+q: %v", text, f)
+		}
 	}
 	// A client-sent "malformed" marker in a valid frame is ignored.
 	hb, _ := proto.Marshal(&chatv1.ClientFrame{FrameId: 10, Payload: &chatv1.ClientFrame_Heartbeat{Heartbeat: &chatv1.Heartbeat{}}})
@@ -582,4 +596,73 @@ func TestCase_C106(t *testing.T) {
 		t.Fatalf("mallory's inbox head %d", h)
 	}
 	m.quiet()
+}
+
+// TestGroupMembersCountedDistinct (issue 11 item 4): member lists are
+// counted after canonicalising and de-duplicating, in CreateGroup and in
+// AddMember alike; only the raw request size has a cap of its own, and
+// refusing it says so rather than blaming the member limit.
+func TestGroupMembersCountedDistinct(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	names := make([]string, 102)
+	for i := range names {
+		names[i] = fmt.Sprintf("user%03d", i)
+	}
+	e.users(names...)
+	ctx := e.ctx(names[0], "d1")
+	fullwidth := func(s string) string {
+		var b strings.Builder
+		for _, r := range s {
+			b.WriteRune(r - 0x21 + 0xFF01)
+		}
+		return b.String()
+	}
+
+	// 5,000 copies of one name: too big a request, not too many members.
+	_, err := e.client.CreateGroup(ctx, &chatv1.CreateGroupRequest{Name: "copies", MemberIds: slices.Repeat([]string{"user001"}, 5000)})
+	if statusCode(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "member_ids") ||
+		strings.Contains(err.Error(), "at most 100 members") {
+		t.Fatalf("5,000 copies of one name: %v", err)
+	}
+
+	// 99 distinct others, each three times in three spellings, and the
+	// caller twice: 100 members.
+	var raw []string
+	for _, n := range names[1:100] {
+		raw = append(raw, n, strings.ToUpper(n), fullwidth(n))
+	}
+	raw = append(raw, strings.ToUpper(names[0]), names[0])
+	resp, err := e.client.CreateGroup(ctx, &chatv1.CreateGroupRequest{Name: "full", MemberIds: raw})
+	if err != nil {
+		t.Fatalf("%d entries naming 100 members: %v", len(raw), err)
+	}
+	g := resp.GetChannel().GetChannelId()
+	if n := len(resp.GetChannel().GetMembers()); n != store.MaxGroupMembers {
+		t.Fatalf("created with %d members, want %d", n, store.MaxGroupMembers)
+	}
+
+	// One more distinct name among the duplicates: 101 members.
+	_, err = e.client.CreateGroup(ctx, &chatv1.CreateGroupRequest{Name: "101", MemberIds: append(raw, fullwidth(names[100]))})
+	if statusCode(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "at most 100 members") {
+		t.Fatalf("101 distinct members among duplicates: %v", err)
+	}
+
+	// AddMember on the full group: an existing member under another
+	// spelling (a role change) and the owner are not new members.
+	if _, err := e.client.AddMember(ctx, &chatv1.AddMemberRequest{ChannelId: g, UserId: fullwidth(strings.ToUpper(names[5])), Role: chatv1.MemberRole_MEMBER_ROLE_ADMIN}); err != nil {
+		t.Fatalf("role change of an existing member in a full group: %v", err)
+	}
+	if _, err := e.client.AddMember(ctx, &chatv1.AddMemberRequest{ChannelId: g, UserId: strings.ToUpper(names[0])}); err != nil {
+		t.Fatalf("re-adding the owner to a full group: %v", err)
+	}
+	if m, err := e.st.GetMember(context.Background(), g, names[5]); err != nil || m.Role != store.RoleAdmin {
+		t.Fatalf("member %s: %+v %v", names[5], m, err)
+	}
+	_, err = e.client.AddMember(ctx, &chatv1.AddMemberRequest{ChannelId: g, UserId: strings.ToUpper(names[101])})
+	if statusCode(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "at most 100 members") {
+		t.Fatalf("a new member in a full group: %v", err)
+	}
+	if ms, _ := e.st.ListMembers(context.Background(), g); len(ms) != store.MaxGroupMembers {
+		t.Fatalf("%d members", len(ms))
+	}
 }

@@ -45,9 +45,11 @@ var (
 // CreateGroup creates a group channel owned by the caller with the given
 // members. The name is 1..100 characters without control characters;
 // member_ids are canonicalised, de-duplicated and the caller is dropped
-// from them. Errors: InvalidArgument (name, malformed member id),
-// NotFound (a member does not exist; the message names it),
-// FailedPrecondition (more than 100 members in total).
+// from them before they are counted (groupMemberIDs). Errors:
+// InvalidArgument (name, malformed member id, more than
+// MaxMemberIDsPerRequest entries), NotFound (a member does not exist; the
+// message names it), FailedPrecondition (more than 100 distinct members in
+// total, the caller included).
 func (s *Service) CreateGroup(ctx context.Context, req *chatv1.CreateGroupRequest) (*chatv1.CreateGroupResponse, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -56,24 +58,9 @@ func (s *Service) CreateGroup(ctx context.Context, req *chatv1.CreateGroupReques
 	if err := checkGroupName(req.GetName()); err != nil {
 		return nil, err
 	}
-	if len(req.GetMemberIds()) > 4*store.MaxGroupMembers {
-		return nil, errGroupFull // cheap bound before any lookup
-	}
-	seen := map[string]bool{p.UserID: true}
-	others := make([]string, 0, len(req.GetMemberIds()))
-	for _, raw := range req.GetMemberIds() {
-		id, err := s.canonical(raw)
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "invalid member id %q", truncate(raw, 64))
-		}
-		if seen[id] {
-			continue
-		}
-		seen[id] = true
-		others = append(others, id)
-	}
-	if len(others)+1 > store.MaxGroupMembers {
-		return nil, errGroupFull
+	others, err := s.groupMemberIDs(p.UserID, req.GetMemberIds())
+	if err != nil {
+		return nil, err
 	}
 	for _, id := range others {
 		if _, err := s.st.GetUser(ctx, id); err != nil {
@@ -103,9 +90,49 @@ func (s *Service) CreateGroup(ctx context.Context, req *chatv1.CreateGroupReques
 	return &chatv1.CreateGroupResponse{Channel: channelProto(ch, members, 0, time.Time{}, p.UserID)}, nil
 }
 
+// MaxMemberIDsPerRequest bounds the raw member_ids list of one CreateGroup
+// request, duplicates included: a cap on the request's size before any
+// Unicode work or lookup, well above what MaxGroupMembers distinct members
+// spelt a few ways need. It is not the member limit, which counts
+// distinct canonical ids.
+const MaxMemberIDsPerRequest = 10 * store.MaxGroupMembers
+
+// groupMemberIDs canonicalises the raw member ids of a new group owned by
+// owner, drops duplicates and the owner, and checks the member limit on
+// what remains (the owner included): the rule every membership change
+// shares, so that "Bob", "BOB" and a fullwidth "ｂｏｂ" are one member and
+// count once. Errors: InvalidArgument (a request naming more than
+// MaxMemberIDsPerRequest ids, a malformed id), FailedPrecondition (more
+// than store.MaxGroupMembers distinct members).
+func (s *Service) groupMemberIDs(owner string, raw []string) ([]string, error) {
+	if len(raw) > MaxMemberIDsPerRequest {
+		return nil, status.Errorf(codes.InvalidArgument,
+			"member_ids lists %d entries: a request may list at most %d (duplicates included)", len(raw), MaxMemberIDsPerRequest)
+	}
+	seen := map[string]bool{owner: true}
+	others := make([]string, 0, min(len(raw), store.MaxGroupMembers))
+	for _, r := range raw {
+		id, err := s.canonical(r)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid member id %q", truncate(r, 64))
+		}
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		others = append(others, id)
+		if len(others)+1 > store.MaxGroupMembers {
+			return nil, errGroupFull
+		}
+	}
+	return others, nil
+}
+
 // AddMember adds user_id to a group with role MEMBER (default) or ADMIN;
 // adding an existing member changes its role if one is given (never the
-// owner's). Only the group's owner and admins may add. Errors:
+// owner's). user_id is canonicalised first, so an existing member under
+// another spelling is a role change, never a new member counted against
+// the limit. Only the group's owner and admins may add. Errors:
 // InvalidArgument (ids, role), NotFound (no such channel or user),
 // PermissionDenied (caller not a member, or not owner/admin),
 // FailedPrecondition (the group holds 100 members; a direct channel).

@@ -16,7 +16,7 @@ import (
 const maxChannelIDBytes = 3 + 2*4*32 + 1
 
 var (
-	errTextEmpty   = status.Error(codes.InvalidArgument, "text is empty or only white space")
+	errTextEmpty   = status.Error(codes.InvalidArgument, "text is empty or has no visible character (only white space, marks or joiners)")
 	errTextUTF8    = status.Error(codes.InvalidArgument, "text is not valid UTF-8")
 	errTextControl = status.Error(codes.InvalidArgument, "text contains control characters (only tab, line feed and carriage return are allowed)")
 	errTextLong    = status.Error(codes.InvalidArgument, fmt.Sprintf("text exceeds %d bytes", MaxTextBytes))
@@ -25,15 +25,10 @@ var (
 	errNoTarget    = status.Error(codes.InvalidArgument, "send needs to_user or channel_id")
 )
 
-// isInvisible reports whether r renders as nothing: white space or one of
-// the zero-width characters U+200B..U+200D, U+2060, U+FEFF.
-func isInvisible(r rune) bool {
-	switch r {
-	case 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF:
-		return true
-	}
-	return unicode.IsSpace(r)
-}
+// isInvisible reports whether r renders as nothing on its own (white
+// space, control and format characters, variation selectors and the other
+// default-ignorable code points): store.Invisible.
+func isInvisible(r rune) bool { return store.Invisible(r) }
 
 // isControl reports whether r is a C0 or C1 control character (or DEL)
 // other than tab, line feed and carriage return.
@@ -46,8 +41,10 @@ func isControl(r rune) bool {
 }
 
 // checkText validates a message text: valid UTF-8, at most MaxTextBytes
-// bytes, no control characters except \t \n \r, and not only white space
-// or zero-width characters. Errors are InvalidArgument.
+// bytes, no control characters except \t \n \r, and at least one visible
+// character (not only white space, format characters such as U+200E or
+// U+200D, variation selectors or other default-ignorable code points; see
+// store.Invisible). Errors are InvalidArgument.
 func checkText(s string) error {
 	if len(s) > MaxTextBytes {
 		return errTextLong

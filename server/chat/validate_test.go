@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"unicode"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -24,6 +25,79 @@ func TestCheckText(t *testing.T) {
 	for _, s := range bad {
 		if err := checkText(s); err == nil {
 			t.Errorf("checkText(%q) accepted", truncate(s, 20))
+		}
+	}
+}
+
+// TestCheckTextInvisible: a text made only of characters that render as
+// nothing is refused, whichever such character it is. It walks every range
+// of the Unicode properties that define "renders as nothing"
+// (White_Space, the format characters Cf, Default_Ignorable_Code_Point's
+// other members, the variation selectors, the noncharacters) rather than a
+// list of examples: one character alone, a run of them, and each beside a
+// visible letter (then accepted, unless it is a control character).
+func TestCheckTextInvisible(t *testing.T) {
+	tables := map[string]*unicode.RangeTable{
+		"White_Space":                        unicode.White_Space,
+		"Cf":                                 unicode.Cf,
+		"Other_Default_Ignorable_Code_Point": unicode.Other_Default_Ignorable_Code_Point,
+		"Variation_Selector":                 unicode.Variation_Selector,
+		"Noncharacter_Code_Point":            unicode.Noncharacter_Code_Point,
+	}
+	for name, tab := range tables {
+		n := 0
+		var all strings.Builder
+		forEachRune(tab, func(r rune) {
+			n++
+			s := string(r)
+			all.WriteString(s)
+			if err := checkText(s); err == nil {
+				t.Errorf("%s: a text of only U+%04X accepted", name, r)
+			}
+			if err := checkText(s + s + " " + s); err == nil {
+				t.Errorf("%s: a text of only U+%04X and spaces accepted", name, r)
+			}
+			if isControl(r) {
+				return // refused as a control character whatever surrounds it
+			}
+			if err := checkText("a" + s); err != nil {
+				t.Errorf("%s: \"a\" + U+%04X refused: %v", name, r, err)
+			}
+		})
+		if n == 0 {
+			t.Fatalf("%s: empty table", name)
+		}
+		if err := checkText(all.String()); err == nil {
+			t.Errorf("%s: a text of all %d characters accepted", name, n)
+		}
+	}
+	// The two characters of the report, and their neighbours.
+	for _, s := range []string{"\u200e", "\u200f", "\u200d", "\u200e\u200f\u200e", "\u2066\u2069", "\ufe0f", "\U000E0020", "\u3164", "\u115f\u1160", "\u180e", "\u034f", "\u00ad"} {
+		if err := checkText(s); err != errTextEmpty {
+			t.Errorf("checkText(%+q) = %v, want %v", s, err, errTextEmpty)
+		}
+	}
+	// Visible text keeps its marks and joiners.
+	for _, s := range []string{"\u200eshalom\u200f", "👍🏽", "❤\ufe0f", "क्\u200dष", "🏳\ufe0f\u200d🌈", "\u0301"} {
+		if err := checkText(s); err != nil {
+			t.Errorf("checkText(%+q): %v", s, err)
+		}
+	}
+}
+
+// forEachRune calls f for every code point of tab except surrogates
+// (which valid UTF-8 cannot carry).
+func forEachRune(tab *unicode.RangeTable, f func(rune)) {
+	for _, r16 := range tab.R16 {
+		for r := rune(r16.Lo); r <= rune(r16.Hi); r += rune(r16.Stride) {
+			if r < 0xD800 || r > 0xDFFF {
+				f(r)
+			}
+		}
+	}
+	for _, r32 := range tab.R32 {
+		for r := rune(r32.Lo); r <= rune(r32.Hi); r += rune(r32.Stride) {
+			f(r)
 		}
 	}
 }

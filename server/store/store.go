@@ -198,7 +198,13 @@ type Device struct {
 
 // Accounts stores users, devices and contacts.
 type Accounts interface {
-	// CreateUser inserts u; ErrAlreadyExists if u.ID is taken.
+	// CreateUser inserts u; ErrAlreadyExists if u.ID is taken, and
+	// ErrUsernameLookAlike (which errors.Is ErrAlreadyExists) if another
+	// user has u.ID's UsernameSkeleton. The skeleton check and the insert
+	// are atomic: of concurrent look-alike creations at most one succeeds.
+	// Users created before skeletons were recorded have none recorded
+	// unless the implementation backfills them (see docs/architecture.md,
+	// "Usernames").
 	CreateUser(ctx context.Context, u *User) error
 	// GetUser returns the user or ErrNotFound.
 	GetUser(ctx context.Context, userID string) (*User, error)

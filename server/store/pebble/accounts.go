@@ -10,7 +10,11 @@ import (
 	"github.com/chatd/chatd/server/store"
 )
 
-// CreateUser inserts u; store.ErrAlreadyExists if u.ID is taken.
+// CreateUser inserts u; store.ErrAlreadyExists if u.ID is taken,
+// store.ErrUsernameLookAlike if another user has u.ID's
+// store.UsernameSkeleton. The user and its skeleton record (key tSkeleton
+// skeleton -> user id) are written in one synced batch, and creations are
+// serialised (createMu), so the check and the insert are atomic.
 func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 	if err := s.check(ctx); err != nil {
 		return err
@@ -19,6 +23,9 @@ func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 	if err := checkIDs(u.ID); err != nil {
 		return err
 	}
+	skel := key1(tSkeleton, store.UsernameSkeleton(u.ID))
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
 	key := key1(tUser, u.ID)
 	defer s.lock(key).Unlock()
 	ok, err := s.exists(key)
@@ -28,7 +35,26 @@ func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 	if ok {
 		return store.ErrAlreadyExists
 	}
-	return s.set(key, encodeUser(u))
+	owner := ""
+	err = s.get(skel, func(v []byte) error {
+		owner = string(v)
+		return nil
+	})
+	switch {
+	case err == nil && owner != u.ID:
+		return store.ErrUsernameLookAlike
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return err
+	}
+	wb := s.db.NewBatch()
+	defer wb.Close()
+	if err := wb.Set(key, encodeUser(u), nil); err != nil {
+		return err
+	}
+	if err := wb.Set(skel, []byte(u.ID), nil); err != nil {
+		return err
+	}
+	return wb.Commit(pebble.Sync)
 }
 
 // GetUser returns the user or store.ErrNotFound.

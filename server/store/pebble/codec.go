@@ -30,6 +30,7 @@ const (
 	tReceipt     = 'k' // k channel 0x00 user 0x00 marker         -> be64(message_id)
 	tRevision    = 'x' // x channel 0x00 be64(ref) be64(id)      -> revision
 	tSetting     = 's' // s user                                  -> conversation settings
+	tSkeleton    = 'n' // n store.UsernameSkeleton(user)          -> user
 )
 
 // ErrInvalidID is returned (wrapped) when an id contains the byte 0x00,

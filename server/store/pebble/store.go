@@ -89,6 +89,9 @@ type Store struct {
 	ops   sync.RWMutex
 	seed  maphash.Seed
 	locks [256]sync.Mutex
+	// createMu serialises CreateUser: a user and its skeleton record are
+	// two keys that no stripe of locks covers together.
+	createMu sync.Mutex
 }
 
 var _ store.Store = (*Store)(nil)

@@ -3,6 +3,7 @@ package scylla
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -25,13 +26,32 @@ const (
 	stmtRemoveContact = `DELETE FROM contacts WHERE user_id = ? AND contact_id = ?`
 	stmtListContacts  = `SELECT contact_id FROM contacts WHERE user_id = ?`
 	stmtIsContact     = `SELECT contact_id FROM contacts WHERE user_id = ? AND contact_id = ?`
+
+	stmtReserveSkel  = `INSERT INTO username_skeletons (skeleton, user_id, reserved_at) VALUES (?, ?, ?) IF NOT EXISTS`
+	stmtTakeOverSkel = `UPDATE username_skeletons SET user_id = ?, reserved_at = ? WHERE skeleton = ? IF user_id = ?`
+	stmtReleaseSkel  = `DELETE FROM username_skeletons WHERE skeleton = ? IF user_id = ?`
 )
 
-// CreateUser inserts u with an INSERT ... IF NOT EXISTS lightweight
-// transaction; store.ErrAlreadyExists if u.ID is taken. If the outcome of
-// the transaction is unknown (timeout), it is retried: finding a row equal
-// to u then means the earlier attempt applied. ErrInvalidID for an empty
-// id; ErrContention after too many unknown outcomes.
+// staleReservation is how old a skeleton reservation whose user does not
+// exist must be before another creation may take it over: far longer than
+// one CreateUser between its two writes.
+const staleReservation = time.Minute
+
+// CreateUser inserts u; store.ErrAlreadyExists if u.ID is taken,
+// store.ErrUsernameLookAlike if another user holds u.ID's
+// store.UsernameSkeleton. It first reserves the skeleton in
+// username_skeletons with a lightweight transaction (INSERT ... IF NOT
+// EXISTS), then inserts the user row with another (INSERT ... IF NOT
+// EXISTS on users): of concurrent look-alike creations only the one that
+// reserved the skeleton goes on. If the user row cannot be written and no
+// user of that id exists, the reservation is released (DELETE ... IF
+// user_id = u.ID); if a user of that id does exist (the same id created
+// concurrently, or an account from before skeletons were recorded), the
+// reservation is kept: it names that user, whose skeleton it is. A
+// reservation whose user does not exist after staleReservation (a creation
+// that died between the two writes) is taken over. An unknown outcome
+// (timeout) is retried; ErrInvalidID for an empty id; ErrContention after
+// too many unknown outcomes.
 func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 	if err := s.check(ctx); err != nil {
 		return err
@@ -39,6 +59,78 @@ func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 	if u.ID == "" {
 		return invalid("user id", "")
 	}
+	skel := store.UsernameSkeleton(u.ID)
+	if err := s.reserveSkeleton(ctx, skel, u.ID); err != nil {
+		return err
+	}
+	err := s.insertUser(ctx, u)
+	if err == nil || errors.Is(err, store.ErrAlreadyExists) {
+		return err
+	}
+	// The user row was not written (or its outcome is unknown): release the
+	// reservation unless the user exists after all. Best effort, on a
+	// context of its own: ctx may be what ended.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+	defer cancel()
+	if _, gerr := s.GetUser(rctx, u.ID); errors.Is(gerr, store.ErrNotFound) {
+		q := s.lwt(rctx, stmtReleaseSkel, skel, u.ID)
+		_, _ = q.MapScanCAS(map[string]any{})
+		q.Release()
+	}
+	return err
+}
+
+// reserveSkeleton makes skel's row in username_skeletons name userID, or
+// returns store.ErrUsernameLookAlike if it names another user that exists
+// (or whose creation may still be under way).
+func (s *Store) reserveSkeleton(ctx context.Context, skel, userID string) error {
+	for attempt := 1; attempt <= maxCASAttempts; attempt++ {
+		now := time.Now().UTC()
+		q := s.lwt(ctx, stmtReserveSkel, skel, userID, ts(now))
+		row := map[string]any{}
+		applied, err := q.MapScanCAS(row)
+		q.Release()
+		switch {
+		case err == nil && applied:
+			return nil
+		case err == nil:
+			owner, _ := row["user_id"].(string)
+			if owner == userID {
+				return nil // ours (an earlier attempt), or the same id's
+			}
+			if _, gerr := s.GetUser(ctx, owner); gerr == nil {
+				return store.ErrUsernameLookAlike
+			} else if !errors.Is(gerr, store.ErrNotFound) {
+				return gerr
+			}
+			reserved, _ := row["reserved_at"].(time.Time)
+			if now.Sub(reserved) < staleReservation {
+				return store.ErrUsernameLookAlike // a creation under way
+			}
+			// A reservation left by a creation that died: take it over
+			// (only if it still names owner), then look again.
+			q := s.lwt(ctx, stmtTakeOverSkel, userID, ts(now), skel, owner)
+			_, err := q.MapScanCAS(map[string]any{})
+			q.Release()
+			if err != nil && !casOutcomeUnknown(err) {
+				return fmt.Errorf("scylla store: create user: take over skeleton: %w", err)
+			}
+		case casOutcomeUnknown(err):
+			if err := casBackoff(ctx, attempt); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("scylla store: create user: reserve skeleton: %w", err)
+		}
+	}
+	return fmt.Errorf("%w: reserve the skeleton of user %q", ErrContention, userID)
+}
+
+// insertUser inserts u with an INSERT ... IF NOT EXISTS lightweight
+// transaction; store.ErrAlreadyExists if u.ID is taken. If the outcome of
+// the transaction is unknown (timeout), it is retried: finding a row equal
+// to u then means the earlier attempt applied.
+func (s *Store) insertUser(ctx context.Context, u *store.User) error {
 	hash := u.PasswordHash
 	if hash == nil {
 		hash = []byte{}

@@ -252,9 +252,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	// Fail early and clearly on a keyspace without the schema.
 	var n int
-	err = sess.Session.Query(`SELECT count(*) FROM system_schema.tables WHERE keyspace_name = ? AND table_name IN ('messages', 'inbox', 'inbox_buckets', 'channel_members', 'receipts', 'message_revisions')`,
+	err = sess.Session.Query(`SELECT count(*) FROM system_schema.tables WHERE keyspace_name = ? AND table_name IN ('messages', 'inbox', 'inbox_buckets', 'channel_members', 'receipts', 'message_revisions', 'username_skeletons')`,
 		cfg.Keyspace).WithContext(ctx).Scan(&n)
-	if err == nil && n != 6 {
+	if err == nil && n != 7 {
 		err = fmt.Errorf("keyspace %s lacks the chatd schema (run Migrate)", cfg.Keyspace)
 	}
 	if err != nil {

@@ -66,6 +66,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Inbox/EntryAt", testInboxEntryAt},
 		{"Users/CreateGetUpdate", testUsers},
 		{"Users/ConcurrentCreate", testUsersConcurrentCreate},
+		{"Users/LookAlikeRefused", testUsersLookAlike},
+		{"Users/LookAlikeConcurrentCreate", testUsersLookAlikeConcurrent},
 		{"Devices/PutGetList", testDevices},
 		{"Devices/PutKeepsCursor", testPutDeviceKeepsCursor},
 		{"Devices/AdvanceCursor", testAdvanceCursor},
@@ -776,6 +778,83 @@ func testUsersConcurrentCreate(t *testing.T, s store.Store) {
 	noErr(t, "GetUser", err)
 	if u.DisplayName != fmt.Sprint(winner) {
 		t.Fatalf("stored user %q, but the winner was %d", u.DisplayName, winner)
+	}
+}
+
+// testUsersLookAlike: CreateUser refuses a user whose UsernameSkeleton is
+// an existing user's (store.ErrUsernameLookAlike, which is
+// ErrAlreadyExists) and stores nothing of it; a different skeleton, and the
+// same id again (ErrAlreadyExists, not the look-alike error), behave as
+// before.
+func testUsersLookAlike(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	for _, id := range []string{"alice", "mary", "bob", "ape"} {
+		noErr(t, "CreateUser "+id, s.CreateUser(ctx, &store.User{ID: id, DisplayName: id, CreatedAt: at(1)}))
+	}
+	for _, id := range []string{"\u0430lice", "rnary", "b0b", "\u0430\u0440\u0435", "a1ice"} {
+		err := s.CreateUser(ctx, &store.User{ID: id, DisplayName: "impostor", CreatedAt: at(2)})
+		wantErr(t, "CreateUser(look-alike "+id+")", err, store.ErrUsernameLookAlike)
+		wantErr(t, "CreateUser(look-alike "+id+")", err, store.ErrAlreadyExists)
+		_, err = s.GetUser(ctx, id)
+		wantErr(t, "GetUser(refused look-alike "+id+")", err, store.ErrNotFound)
+	}
+	err := s.CreateUser(ctx, &store.User{ID: "alice", DisplayName: "again", CreatedAt: at(3)})
+	wantErr(t, "CreateUser(same id)", err, store.ErrAlreadyExists)
+	if errors.Is(err, store.ErrUsernameLookAlike) {
+		t.Fatalf("CreateUser(same id) = %v, want plain ErrAlreadyExists", err)
+	}
+	for _, id := range []string{"alicia", "marry", "bab"} {
+		noErr(t, "CreateUser "+id, s.CreateUser(ctx, &store.User{ID: id, DisplayName: id, CreatedAt: at(4)}))
+	}
+	if u, err := s.GetUser(ctx, "alice"); err != nil || u.DisplayName != "alice" {
+		t.Fatalf("GetUser(alice) = %+v, %v", u, err)
+	}
+}
+
+// testUsersLookAlikeConcurrent: look-alike ids created at once; exactly one
+// succeeds, the others get ErrAlreadyExists (look-alike or same id).
+func testUsersLookAlikeConcurrent(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	ids := []string{"paypal", "p\u0430ypal", "payp\u0430l", "p\u0430yp\u0430l", "paypal", "pay\u0440al"}
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.CreateUser(ctx, &store.User{ID: id, DisplayName: fmt.Sprint(i), CreatedAt: at(i)})
+		}()
+	}
+	wg.Wait()
+	winners := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			winners++
+			if u, gerr := s.GetUser(ctx, ids[i]); gerr != nil || u.DisplayName != fmt.Sprint(i) {
+				t.Fatalf("winner %q: GetUser = %+v, %v", ids[i], u, gerr)
+			}
+		case !errors.Is(err, store.ErrAlreadyExists):
+			t.Fatalf("CreateUser(%q): %v", ids[i], err)
+		}
+	}
+	if winners != 1 {
+		t.Fatalf("%d of %d look-alike CreateUser calls succeeded, want 1 (%v)", winners, len(ids), errs)
+	}
+	n := 0
+	for _, id := range ids[1:] {
+		if id == ids[0] {
+			continue
+		}
+		if _, err := s.GetUser(ctx, id); err == nil {
+			n++
+		}
+	}
+	if _, err := s.GetUser(ctx, ids[0]); err == nil {
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("%d look-alike users stored, want 1", n)
 	}
 }
 
