@@ -4,6 +4,9 @@
 // Sessions are kept in 256 shards keyed by user id, each with its own
 // RWMutex: there is no global lock. The first session of a user on this
 // server Attaches the user to the router, the last one to go Detaches it.
+// The router is built after the hub (its Handler is the hub's Deliver) and
+// registered with SetRouter before the first session; Config holds the
+// other knobs, zero meaning the default.
 //
 // Every session has a bounded send queue drained by its stream's writer.
 // Deliver (the router.Handler) never blocks: when a session's queue is
