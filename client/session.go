@@ -27,7 +27,11 @@ const (
 	DefaultEventBuffer = 256
 	// DefaultMaxInFlight bounds the frames awaiting a reply per session.
 	DefaultMaxInFlight = 1024
-	// defaultHeartbeat is used when the Welcome names no interval.
+	// defaultHeartbeat is used only when the Welcome names no interval:
+	// the server tells the interval it wants in every Welcome
+	// (heartbeat_interval_ms, chatd's --heartbeat-interval). It is the
+	// server's default (presence.DefaultHeartbeatInterval, which a test
+	// checks) but kept here: the SDK does not import server packages.
 	defaultHeartbeat = 25 * time.Second
 	// outQueue is the capacity of the writer queue, in frames.
 	outQueue = 256

@@ -18,9 +18,9 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/chatd/chatd/server/app"
+	"github.com/chatd/chatd/server/store/scylla"
 	"github.com/gocql/gocql"
 )
 
@@ -90,16 +90,19 @@ type options struct {
 func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	var o options
 	c := &o.cfg
+	// Every default is the one app.Config (and the component it configures)
+	// has for a zero field: d.
+	d := app.Config{}.Defaults()
 	fs := flag.NewFlagSet("chatd "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 
 	// Storage and cluster flags: shared by serve and migrate.
-	fs.StringVar(&c.Store, "store", "pebble", "pebble (embedded, single node, in --data-dir) or scylla (cluster mode: ScyllaDB/Cassandra + Redis)")
+	fs.StringVar(&c.Store, "store", d.Store, "pebble (embedded, single node, in --data-dir) or scylla (cluster mode: ScyllaDB/Cassandra + Redis)")
 	scyllaHosts := fs.String("scylla-hosts", "127.0.0.1:9042", "comma-separated ScyllaDB/Cassandra contact points, host[:port] (store scylla)")
-	fs.StringVar(&c.Scylla.Keyspace, "scylla-keyspace", "chatd", "keyspace of every table (store scylla)")
+	fs.StringVar(&c.Scylla.Keyspace, "scylla-keyspace", scylla.DefaultKeyspace, "keyspace of every table (store scylla)")
 	fs.StringVar(&c.Scylla.LocalDC, "scylla-local-dc", "", "prefer replicas in this datacenter (DC-aware, token-aware routing)")
-	consistency := fs.String("scylla-consistency", "LOCAL_QUORUM", "consistency level of reads and writes")
-	fs.DurationVar(&c.Scylla.Timeout, "scylla-timeout", 6*time.Second, "client-side timeout of one CQL request")
+	consistency := fs.String("scylla-consistency", scylla.DefaultConsistency.String(), "consistency level of reads and writes")
+	fs.DurationVar(&c.Scylla.Timeout, "scylla-timeout", scylla.DefaultTimeout, "client-side timeout of one CQL request")
 	redisAddrs := fs.String("redis", "", "comma-separated Redis addresses (one node, or Redis Cluster seeds); required by store scylla")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "", "prefix of every Redis key of this deployment, so that deployments sharing a Redis stay apart (default \"chatd:<scylla-keyspace>:\")")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -110,27 +113,27 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.StringVar(&o.replicationClass, "replication-class", "SimpleStrategy", "keyspace replication: SimpleStrategy or NetworkTopologyStrategy (the factor then applies to every datacenter)")
 		fs.IntVar(&o.replicationFactor, "replication-factor", 3, "replicas of every row (1 for a single-node development cluster)")
 	} else {
-		fs.StringVar(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address (Chat stream, all services, reflection, health)")
-		fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address (REST gateway /v1/, /openapi.json, /healthz, /readyz, /metrics)")
-		fs.StringVar(&c.DataDir, "data-dir", "./data", "directory of the embedded store and the token key")
+		fs.StringVar(&c.GRPCAddr, "grpc-addr", d.GRPCAddr, "gRPC listen address (Chat stream, all services, reflection, health)")
+		fs.StringVar(&c.HTTPAddr, "http-addr", d.HTTPAddr, "HTTP listen address (REST gateway /v1/, /openapi.json, /healthz, /readyz, /metrics)")
+		fs.StringVar(&c.DataDir, "data-dir", d.DataDir, "directory of the embedded store and the token key")
 		fs.StringVar(&c.ServerID, "server-id", "", "name of this server, unique in a cluster (default: hostname:grpc-port)")
 		fs.StringVar(&c.AdvertiseGRPC, "advertise-grpc", "", "gRPC address handed to clients by Discovery (default: the bound address)")
 		fs.StringVar(&c.AdvertiseHTTP, "advertise-http", "", "HTTP address handed to clients by Discovery (default: the bound address)")
 		fs.StringVar(&c.TokenKeyFile, "token-key-file", "", "32-byte HMAC key for bearer tokens, created if missing; every server of a cluster needs the same key (default: <data-dir>/token.key)")
-		fs.DurationVar(&c.TokenTTL, "token-ttl", 30*24*time.Hour, "lifetime of a device's bearer token")
-		fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 25*time.Second, "heartbeat interval clients are told to use")
-		fs.DurationVar(&c.PresenceGrace, "presence-grace", 60*time.Second, "a device counts as online this long after its last heartbeat or frame; a stream silent that long is closed (must exceed --heartbeat-interval)")
-		fs.DurationVar(&c.EditWindow, "edit-window", 48*time.Hour, "how long after sending its author may edit a message")
-		fs.IntVar(&c.MaxStreamsPerDevice, "max-streams-per-device", 4, "Chat streams one device may hold on this server; one more closes its oldest (ResourceExhausted)")
-		fs.IntVar(&c.SendQueue, "send-queue", 1024, "per-stream send queue in frames; a device that overflows it is disconnected (ResourceExhausted) and recovers by sync")
-		fs.Float64Var(&c.FrameRate, "frame-rate", 200, "frames per second a device may send on its Chat stream")
-		fs.IntVar(&c.FrameBurst, "frame-burst", 400, "burst of frames a device may send above frame-rate")
-		fs.Float64Var(&c.UnaryRate, "unary-rate", 50, "unary calls per second per user (per client IP before log-in)")
-		fs.IntVar(&c.UnaryBurst, "unary-burst", 100, "burst of unary calls above unary-rate")
-		fs.DurationVar(&c.UnaryTimeout, "unary-timeout", 15*time.Second, "deadline of unary calls")
-		maxStreams = fs.Uint("max-concurrent-streams", 64, "HTTP/2 streams per connection (rapid-reset mitigation)")
+		fs.DurationVar(&c.TokenTTL, "token-ttl", d.TokenTTL, "lifetime of a device's bearer token")
+		fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", d.HeartbeatInterval, "heartbeat interval clients are told (in the stream's Welcome) to use")
+		fs.DurationVar(&c.PresenceGrace, "presence-grace", d.PresenceGrace, "a device counts as online this long after its last heartbeat or frame; a stream silent that long is closed (must exceed --heartbeat-interval)")
+		fs.DurationVar(&c.EditWindow, "edit-window", d.EditWindow, "how long after sending its author may edit a message")
+		fs.IntVar(&c.MaxStreamsPerDevice, "max-streams-per-device", d.MaxStreamsPerDevice, "Chat streams one device may hold on this server; one more closes its oldest (ResourceExhausted)")
+		fs.IntVar(&c.SendQueue, "send-queue", d.SendQueue, fmt.Sprintf("per-stream send queue in frames (at least %d);", app.MinSendQueue)+" a device that overflows it is disconnected (ResourceExhausted) and recovers by sync")
+		fs.Float64Var(&c.FrameRate, "frame-rate", d.FrameRate, "frames per second a device may send on its Chat stream")
+		fs.IntVar(&c.FrameBurst, "frame-burst", d.FrameBurst, "burst of frames a device may send above frame-rate")
+		fs.Float64Var(&c.UnaryRate, "unary-rate", d.UnaryRate, "unary calls per second per user (per client IP before log-in)")
+		fs.IntVar(&c.UnaryBurst, "unary-burst", d.UnaryBurst, "burst of unary calls above unary-rate")
+		fs.DurationVar(&c.UnaryTimeout, "unary-timeout", d.UnaryTimeout, "deadline of unary calls")
+		maxStreams = fs.Uint("max-concurrent-streams", uint(d.MaxConcurrentStreams), "HTTP/2 streams per connection (rapid-reset mitigation)")
 		fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; a listener of its own, off by default: never expose it publicly")
-		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the graceful stop after SIGTERM")
+		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "bound on the graceful stop after SIGTERM")
 	}
 	fs.Usage = func() {
 		if cmd == "migrate" {
@@ -165,8 +168,8 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	if cmd != "migrate" && c.MaxStreamsPerDevice < 1 {
 		return o, fmt.Errorf("--max-streams-per-device must be at least 1, got %d", c.MaxStreamsPerDevice)
 	}
-	if cmd != "migrate" && c.SendQueue < 16 {
-		return o, fmt.Errorf("--send-queue must be at least 16 frames, got %d", c.SendQueue)
+	if cmd != "migrate" && c.SendQueue < app.MinSendQueue {
+		return o, fmt.Errorf("--send-queue must be at least %d frames, got %d", app.MinSendQueue, c.SendQueue)
 	}
 	c.Scylla.Hosts = splitList(*scyllaHosts)
 	c.RedisAddrs = splitList(*redisAddrs)

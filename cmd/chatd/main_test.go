@@ -2,8 +2,12 @@ package main
 
 import (
 	"io"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/chatd/chatd/server/app"
+	"github.com/chatd/chatd/server/store/scylla"
 )
 
 // TestParseFlagsRejectsZeroLimits: 0 means "the default" inside
@@ -30,5 +34,25 @@ func TestParseFlagsRejectsZeroLimits(t *testing.T) {
 	o, err := parseFlags("serve", nil, io.Discard)
 	if err != nil || o.cfg.MaxStreamsPerDevice != 8 {
 		t.Errorf("CHATD_MAX_STREAMS_PER_DEVICE=8: %+v %v", o.cfg.MaxStreamsPerDevice, err)
+	}
+}
+
+// TestFlagDefaultsAreConfigDefaults: chatd with no flags runs the server
+// an empty app.Config describes (the flags read their defaults from it).
+func TestFlagDefaultsAreConfigDefaults(t *testing.T) {
+	o, err := parseFlags("serve", nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, want := o.cfg.Defaults(), app.Config{}.Defaults()
+	// The flags also name the scylla store's defaults, which Config leaves
+	// to scylla.Config (zero there).
+	if got.Scylla.Keyspace != scylla.DefaultKeyspace || got.Scylla.Timeout != scylla.DefaultTimeout || got.Scylla.Consistency != scylla.DefaultConsistency {
+		t.Errorf("scylla flags: %+v", got.Scylla)
+	}
+	got.Scylla, want.Scylla = scylla.Config{}, scylla.Config{}
+	got.Logger, want.Logger = nil, nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("flag defaults differ from app.Config{}.Defaults():\n got %+v\nwant %+v", got, want)
 	}
 }

@@ -1,8 +1,18 @@
-// Package app assembles a chat server: it opens the store, builds the
-// sequencer, router, hub and services, and serves gRPC (with reflection and
-// the standard health service) and HTTP (REST gateway, OpenAPI, health,
-// Prometheus metrics). cmd/chatd is a thin flag layer over it, and tests
-// start whole servers with it.
+// Package app assembles a chat server, in New's order: it opens the store,
+// binds the listeners, builds the engines (hub, router, sequencer,
+// presence tracker; in-process on a single node, on Redis in a cluster),
+// builds the services (auth, chat, account, presence, discovery) and the
+// gRPC and HTTP servers, which Start serves: gRPC with reflection and the
+// standard health service, HTTP with the REST gateway, OpenAPI, health and
+// Prometheus metrics. cmd/chatd is a thin flag layer over Config, and
+// tests start whole servers with it.
+//
+// Config holds every knob with zero meaning the default; the defaults of
+// a component's knobs are constants of that component (presence, hub,
+// chat, auth, store/scylla), the server-wide ones are this package's.
+//
+// app is the only package that knows every other one; nothing imports it
+// but cmd/chatd and tests.
 package app
 
 import (
@@ -26,6 +36,7 @@ import (
 	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/chat"
+	"github.com/chatd/chatd/server/deliver"
 	"github.com/chatd/chatd/server/discovery"
 	discoveryredis "github.com/chatd/chatd/server/discovery/redis"
 	"github.com/chatd/chatd/server/grpcerr"
@@ -102,94 +113,122 @@ type App struct {
 	closeErr  error
 }
 
-// New opens the store in cfg.DataDir, builds every component and binds both
+// New builds a server in four steps (open the store, bind the listeners,
+// build the engines, build the services and their servers) and binds both
 // listeners (so GRPCAddr and HTTPAddr are known), but serves nothing until
-// Start.
+// Start. Each step only uses what the steps before it built.
 func New(cfg Config) (*App, error) {
 	cfg = cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	a := &App{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 2)}
-	ok := false
-	defer func() {
-		if !ok {
+	a.registry = prometheus.NewRegistry()
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, step := range []func() error{
+		a.openStore,     // the store in DataDir, or the cluster store
+		a.listen,        // gRPC, HTTP and pprof listeners; the server id
+		a.buildEngines,  // hub, router, sequencer, presence tracker
+		a.buildServices, // auth and the gRPC services on the gRPC server
+		a.newHTTPServer, // REST gateway, OpenAPI, health, metrics
+	} {
+		if err := step(); err != nil {
 			a.closeResources()
+			return nil, err
 		}
-	}()
-
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	st, err := openStore(cfg)
+	return a, nil
+}
+
+// openStore creates the data directory and opens the configured store.
+func (a *App) openStore() error {
+	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	st, err := openStore(a.cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.store = st
+	return nil
+}
 
+// listen binds the listeners; the server id defaults to the host name and
+// the bound gRPC port.
+func (a *App) listen() error {
+	var err error
+	if a.grpcLis, err = net.Listen("tcp", a.cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("listen gRPC %s: %w", a.cfg.GRPCAddr, err)
+	}
+	if a.httpLis, err = net.Listen("tcp", a.cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("listen HTTP %s: %w", a.cfg.HTTPAddr, err)
+	}
+	if err := a.listenPprof(); err != nil {
+		return err
+	}
+	if a.cfg.ServerID == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(a.grpcLis.Addr().String())
+		a.cfg.ServerID = host + ":" + port
+	}
+	return nil
+}
+
+// buildEngines builds the message path below the services, each piece
+// after what it needs: the hub; the router, whose Handler is the hub's
+// Deliver, registered with the hub (SetRouter); the sequencer, publishing
+// through the router with deliver's publisher; the presence tracker.
+// newEngines (cluster.go) picks the in-process engines or, for the scylla
+// store, the cluster engines on Redis.
+func (a *App) buildEngines() error {
+	cfg := a.cfg
+	a.hub = hub.New(hub.Config{MaxStreamsPerDevice: cfg.MaxStreamsPerDevice, Logger: cfg.Logger})
+	eng, err := a.newEngines(context.Background(), a.hub.Deliver)
+	if err != nil {
+		return err
+	}
+	a.router, a.closers, a.redis = eng.router, eng.closers, eng.redis
+	a.hub.SetRouter(a.router)
+	a.seq = sequence.New(a.store, deliver.NewPublisher(a.router, cfg.Logger), sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger})
+	a.presence, err = presence.NewTracker(presence.TrackerConfig{
+		Engine:            eng.presence,
+		Hidden:            presence.StoreHidden(a.store),
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		Grace:             cfg.PresenceGrace,
+		Logger:            cfg.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("presence: %w", err)
+	}
+	return nil
+}
+
+// presenceHookTimeout bounds the presence update that follows a log-out or
+// a hide_presence change.
+const presenceHookTimeout = 5 * time.Second
+
+// buildServices builds the authenticator and the gRPC services on the
+// engines, and registers them (with health and reflection) on the gRPC
+// server.
+func (a *App) buildServices() error {
+	cfg := a.cfg
 	keyFile := cfg.TokenKeyFile
 	if keyFile == "" {
 		keyFile = filepath.Join(cfg.DataDir, "token.key")
 	}
 	key, err := auth.LoadOrCreateKey(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("token key: %w", err)
+		return fmt.Errorf("token key: %w", err)
 	}
-	a.auth, err = auth.New(auth.Config{Key: key, TokenTTL: cfg.TokenTTL, Devices: st, Public: publicMethods})
+	a.auth, err = auth.New(auth.Config{Key: key, TokenTTL: cfg.TokenTTL, Devices: a.store, Public: publicMethods})
 	if err != nil {
-		return nil, fmt.Errorf("auth: %w", err)
+		return fmt.Errorf("auth: %w", err)
 	}
 
-	if a.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
-		return nil, fmt.Errorf("listen gRPC %s: %w", cfg.GRPCAddr, err)
-	}
-	if a.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("listen HTTP %s: %w", cfg.HTTPAddr, err)
-	}
-	if err := a.listenPprof(); err != nil {
-		return nil, err
-	}
-	if cfg.ServerID == "" {
-		host, _ := os.Hostname()
-		_, port, _ := net.SplitHostPort(a.grpcLis.Addr().String())
-		cfg.ServerID = host + ":" + port
-		a.cfg.ServerID = cfg.ServerID
-	}
-
-	a.registry = prometheus.NewRegistry()
-	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	// Routing: the hub is the router's handler, the router is the hub's.
-	var h *hub.Hub
-	eng, err := a.newEngines(context.Background(), func(ev router.Event) { h.Deliver(ev) })
-	if err != nil {
-		return nil, err
-	}
-	a.router, a.closers, a.redis = eng.router, eng.closers, eng.redis
-	h = hub.New(a.router, hub.WithMaxStreamsPerDevice(cfg.MaxStreamsPerDevice), hub.WithLogger(cfg.Logger))
-	a.hub = h
-
-	a.presence, err = presence.NewTracker(presence.TrackerConfig{
-		Engine:            eng.presence,
-		Hidden:            presence.StoreHidden(st),
-		HeartbeatInterval: cfg.HeartbeatInterval,
-		Grace:             cfg.PresenceGrace,
-		Logger:            cfg.Logger,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("presence: %w", err)
-	}
-	presenceSvc, err := presencesvc.New(presencesvc.Config{Engine: a.presence.Engine(), Store: st, Logger: cfg.Logger})
-	if err != nil {
-		return nil, fmt.Errorf("presence service: %w", err)
-	}
-
-	var chatSvc *chat.Service
-	a.seq = sequence.New(st, func(b []sequence.Committed) { chatSvc.Publish(b) }, sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger})
-	chatSvc = chat.New(chat.Config{
-		Store:      st,
+	a.chat = chat.New(chat.Config{
+		Store:      a.store,
 		Sequencer:  a.seq,
-		Hub:        h,
+		Hub:        a.hub,
 		Router:     a.router,
 		Sessions:   a.auth,
 		ServerID:   cfg.ServerID,
@@ -200,54 +239,62 @@ func New(cfg Config) (*App, error) {
 		FrameBurst: cfg.FrameBurst,
 		Registerer: a.registry,
 	})
-	a.chat = chatSvc
-
 	accountSvc := account.New(account.Config{
-		Store: st,
+		Store: a.store,
 		Auth:  a.auth,
 		OnLogout: func(userID, deviceID string) {
-			h.KillDevice(userID, deviceID, store.Errorf(store.CodeUnauthenticated, "device logged out"))
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			a.hub.KillDevice(userID, deviceID, store.Errorf(store.CodeUnauthenticated, "device logged out"))
+			ctx, cancel := context.WithTimeout(context.Background(), presenceHookTimeout)
 			defer cancel()
 			_ = a.presence.Logout(ctx, userID, deviceID)
 		},
 		OnPresenceHidden: func(userID string, hidden bool) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), presenceHookTimeout)
 			defer cancel()
 			_ = a.presence.SetHidden(ctx, userID, hidden)
 		},
 	})
-
-	advGRPC := firstNonEmpty(cfg.AdvertiseGRPC, a.grpcLis.Addr().String())
-	advHTTP := firstNonEmpty(cfg.AdvertiseHTTP, a.httpLis.Addr().String())
-	self := &chatv1.Endpoint{ServerId: cfg.ServerID, GrpcAddress: advGRPC, HttpAddress: advHTTP}
-	load := func() uint64 { return uint64(h.Count()) }
-	var reg discovery.Registry = discovery.Static{Self: self, LoadFunc: load}
-	if eng.redis != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: eng.redis, Prefix: cfg.RedisPrefix, Self: self, Load: load, Logger: cfg.Logger})
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("discovery: %w", err)
-		}
-		a.registryCloser, reg = dr.Close, dr
+	presenceSvc, err := presencesvc.New(presencesvc.Config{Engine: a.presence.Engine(), Store: a.store, Logger: cfg.Logger})
+	if err != nil {
+		return fmt.Errorf("presence service: %w", err)
 	}
-	disc := discovery.New(reg)
+	disc, err := a.newDiscovery()
+	if err != nil {
+		return err
+	}
 
 	a.grpcServer = a.newGRPCServer()
-	chatv1.RegisterChatServiceServer(a.grpcServer, chatSvc)
+	chatv1.RegisterChatServiceServer(a.grpcServer, a.chat)
 	chatv1.RegisterAccountServiceServer(a.grpcServer, accountSvc)
 	chatv1.RegisterDiscoveryServiceServer(a.grpcServer, disc)
 	chatv1.RegisterPresenceServiceServer(a.grpcServer, presenceSvc)
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpcServer, a.health)
 	reflection.Register(a.grpcServer)
+	return nil
+}
 
-	if err := a.newHTTPServer(); err != nil {
-		return nil, err
+// newDiscovery returns the Discovery service: this server alone, or (in
+// cluster mode) the servers registered in Redis, this one included.
+func (a *App) newDiscovery() (*discovery.Service, error) {
+	cfg := a.cfg
+	self := &chatv1.Endpoint{
+		ServerId:    cfg.ServerID,
+		GrpcAddress: firstNonEmpty(cfg.AdvertiseGRPC, a.grpcLis.Addr().String()),
+		HttpAddress: firstNonEmpty(cfg.AdvertiseHTTP, a.httpLis.Addr().String()),
 	}
-	ok = true
-	return a, nil
+	load := func() uint64 { return uint64(a.hub.Count()) }
+	var reg discovery.Registry = discovery.Static{Self: self, LoadFunc: load}
+	if a.redis != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: a.redis, Prefix: cfg.RedisPrefix, Self: self, Load: load, Logger: cfg.Logger})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("discovery: %w", err)
+		}
+		a.registryCloser, reg = dr.Close, dr
+	}
+	return discovery.New(reg), nil
 }
 
 func (a *App) newGRPCServer() *grpc.Server {

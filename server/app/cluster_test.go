@@ -11,11 +11,8 @@ package app_test
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"maps"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +26,7 @@ import (
 	"time"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
-	"github.com/gocql/gocql"
+	"github.com/chatd/chatd/server/internal/testenv"
 	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -38,78 +35,15 @@ import (
 
 // ------------------------------------------------------------ services
 
-// need skips t, or fails it when CI=true (a missing service is then an
-// error, never a skip).
-func need(t *testing.T, msg string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-// cqlHosts returns the CQL contact points (CQL_HOSTS) once one of them
-// accepts connections.
+// cqlHosts returns the CQL contact points as a --scylla-hosts value
+// (testenv.CQLHosts: skipped, or a failure with CI=true, without a CQL
+// server; skipped with -short).
 func cqlHosts(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("-short: skipping cluster tests (they need a CQL server)")
 	}
-	hosts := os.Getenv("CQL_HOSTS")
-	if hosts == "" {
-		hosts = "127.0.0.1:9042"
-	}
-	var errs []string
-	for _, h := range strings.Split(hosts, ",") {
-		addr := strings.TrimSpace(h)
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			addr = net.JoinHostPort(addr, "9042")
-		}
-		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-		if err == nil {
-			c.Close()
-			return hosts
-		}
-		errs = append(errs, err.Error())
-	}
-	need(t, fmt.Sprintf("CQL server required: run scripts/services.sh up (or set CQL_HOSTS): %s", strings.Join(errs, "; ")))
-	return ""
-}
-
-// startRedis runs a private redis-server (no persistence) on a free port
-// and returns its address; it is killed when t ends.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		need(t, "redis-server not installed (scripts/services.sh installs it)")
-	}
-	port := freePort(t)
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := "127.0.0.1:" + port
-	c := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("private redis-server on %s did not start: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return strings.Join(testenv.CQLHosts(t), ",")
 }
 
 // cluster is one keyspace, one Redis and the chatd servers on them.
@@ -146,10 +80,8 @@ func newCluster(t *testing.T, ids []string, flags ...string) *cluster {
 		t: t, hosts: hosts, flags: flags,
 		servers: map[string]*proc{}, conns: map[string]*grpc.ClientConn{},
 	}
-	c.redis = startRedis(t)
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	c.keyspace = "chatd_cluster_" + hex.EncodeToString(b[:])
+	c.redis = testenv.StartRedis(t).Addr()
+	c.keyspace = testenv.KeyspaceName("chatd_cluster_")
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	c.keyFile = filepath.Join(t.TempDir(), "token.key")
@@ -172,17 +104,8 @@ func newCluster(t *testing.T, ids []string, flags ...string) *cluster {
 }
 
 func (c *cluster) dropKeyspace() {
-	cl := gocql.NewCluster(strings.Split(c.hosts, ",")...)
-	cl.Timeout = time.Minute
-	cl.ConnectTimeout = 10 * time.Second
-	sess, err := cl.CreateSession()
-	if err != nil {
-		c.t.Logf("drop keyspace %s: %v", c.keyspace, err)
-		return
-	}
-	defer sess.Close()
-	if err := sess.Query("DROP KEYSPACE IF EXISTS " + c.keyspace).Exec(); err != nil {
-		c.t.Logf("drop keyspace %s: %v", c.keyspace, err)
+	if err := testenv.DropKeyspace(strings.Split(c.hosts, ","), c.keyspace); err != nil {
+		c.t.Log(err)
 	}
 }
 

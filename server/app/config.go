@@ -7,7 +7,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/chat"
 	"github.com/chatd/chatd/server/hub"
+	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/store/scylla"
 )
 
@@ -17,100 +20,122 @@ const (
 	StoreScylla = "scylla"
 )
 
-// Config is everything chatd needs to start. Zero values take the defaults
-// documented on each field (see Defaults).
+// Defaults of the Config fields that configure the server as a whole (its
+// listeners and gRPC server). The defaults of a component's knobs live
+// with the component (presence, hub, chat, auth, store/scylla); Defaults
+// reads them from there, and cmd/chatd's flags read Defaults.
+const (
+	DefaultGRPCAddr             = ":9090"
+	DefaultHTTPAddr             = ":8080"
+	DefaultDataDir              = "./data"
+	DefaultUnaryRate            = 50 // unary calls per second per user or client IP
+	DefaultUnaryBurst           = 100
+	DefaultUnaryTimeout         = 15 * time.Second
+	DefaultMaxConcurrentStreams = 64 // HTTP/2 streams per connection
+	DefaultShutdownTimeout      = 10 * time.Second
+)
+
+// MinSendQueue is the smallest SendQueue Validate accepts, in frames.
+const MinSendQueue = 16
+
+// Config is everything chatd needs to start. A zero field means its
+// default, named in the field's doc (Defaults fills them in); cmd/chatd's
+// flags start from the same values.
 type Config struct {
-	// GRPCAddr is the gRPC listener (Chat stream and all services),
-	// default ":9090". Use "127.0.0.1:0" in tests.
+	// GRPCAddr is the gRPC listener (Chat stream and all services); zero
+	// means DefaultGRPCAddr. Use "127.0.0.1:0" in tests.
 	GRPCAddr string
 	// HTTPAddr is the HTTP listener: REST gateway under /v1/,
-	// /openapi.json, /healthz, /readyz and /metrics. Default ":8080".
+	// /openapi.json, /healthz, /readyz and /metrics. Zero means
+	// DefaultHTTPAddr.
 	HTTPAddr string
-	// DataDir holds the embedded store and the token signing key.
-	// Default "./data".
+	// DataDir holds the embedded store and the token signing key. Zero
+	// means DefaultDataDir.
 	DataDir string
 
-	// Store is "pebble" (the embedded single-node store in DataDir, the
-	// default) or "scylla" (ScyllaDB/Cassandra: cluster mode, which also
-	// needs RedisAddrs).
+	// Store is StorePebble (the embedded single-node store in DataDir,
+	// and the zero value's meaning) or StoreScylla (ScyllaDB/Cassandra:
+	// cluster mode, which also needs RedisAddrs).
 	Store string
 	// Scylla configures the scylla store (Hosts, Keyspace, Consistency,
-	// ...); see scylla.Config for the defaults.
+	// ...); its zero fields take scylla.Config's defaults.
 	Scylla scylla.Config
 	// RedisAddrs are the Redis (or Redis Cluster) addresses used in
 	// cluster mode for routing, id allocation and presence.
 	RedisAddrs []string
 	// RedisPrefix starts every Redis key and channel of this deployment, so
 	// that deployments sharing a Redis never see each other's routes, ids
-	// or presence. Default "chatd:<keyspace>:".
+	// or presence. Zero means "chatd:<keyspace>:".
 	RedisPrefix string
-	// ServerID names this server in a cluster and in Welcome frames.
-	// Default: the host name and gRPC port.
+	// ServerID names this server in a cluster and in Welcome frames. Zero
+	// means the host name and the bound gRPC port.
 	ServerID string
 	// AdvertiseGRPC and AdvertiseHTTP are the addresses the Discovery
-	// service hands to clients. Default: the bound listener addresses.
+	// service hands to clients. Zero means the bound listener addresses.
 	AdvertiseGRPC string
 	AdvertiseHTTP string
 
-	// TokenTTL is the lifetime of a device's bearer token. Default 720h.
+	// TokenTTL is the lifetime of a device's bearer token. Zero means
+	// auth.DefaultTokenTTL.
 	TokenTTL time.Duration
 	// TokenKeyFile is the HMAC key used to sign tokens (32 random bytes,
-	// created if missing). Default DataDir/token.key. Every server of a
+	// created if missing). Zero means DataDir/token.key. Every server of a
 	// cluster must share it.
 	TokenKeyFile string
 
-	// HeartbeatInterval is what clients are told to send heartbeats at.
-	// Default 25s.
+	// HeartbeatInterval is what clients are told (in Welcome) to send
+	// heartbeats at. Zero means presence.DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
 	// PresenceGrace is how long a device counts as online after its last
-	// heartbeat or frame; a stream silent that long is closed. Default 60s
-	// (Centrifugo's default expiry); must exceed HeartbeatInterval.
+	// heartbeat or frame; a stream silent that long is closed. Zero means
+	// presence.DefaultGrace; it must exceed HeartbeatInterval.
 	PresenceGrace time.Duration
 	// EditWindow is how long after sending its author may edit a message.
-	// Default 48h.
+	// Zero means chat.DefaultEditWindow.
 	EditWindow time.Duration
-	// SendQueue is the per-stream bounded send queue, in frames.
-	// Default 1024. A device whose queue overflows is disconnected with
-	// ResourceExhausted and recovers by sync.
+	// SendQueue is the per-stream bounded send queue, in frames, at least
+	// MinSendQueue. Zero means hub.DefaultQueueSize. A device whose queue
+	// overflows is disconnected with ResourceExhausted and recovers by
+	// sync.
 	SendQueue int
 	// MaxStreamsPerDevice bounds the Chat streams one device holds on this
-	// server; one more closes its oldest (ResourceExhausted). Default 4.
+	// server; one more closes its oldest (ResourceExhausted). Zero means
+	// hub.DefaultMaxStreamsPerDevice.
 	MaxStreamsPerDevice int
 	// FrameRate and FrameBurst bound the frames per second a device may send
-	// on its stream. Defaults 200 and 400.
+	// on its stream. Zero means chat.DefaultFrameRate and
+	// chat.DefaultFrameBurst.
 	FrameRate  float64
 	FrameBurst int
 	// UnaryRate and UnaryBurst bound unary calls per second per user (or per
-	// client IP before log-in). Defaults 50 and 100.
+	// client IP before log-in). Zero means DefaultUnaryRate and
+	// DefaultUnaryBurst.
 	UnaryRate  float64
 	UnaryBurst int
 	// UnaryTimeout is the deadline given to unary calls that arrive without
-	// one (and the cap for those that ask for more). Default 15s.
+	// one (and the cap for those that ask for more). Zero means
+	// DefaultUnaryTimeout.
 	UnaryTimeout time.Duration
 	// MaxConcurrentStreams per HTTP/2 connection (CVE-2023-44487 rapid reset
-	// mitigation). Default 64.
+	// mitigation). Zero means DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams uint32
 	// PprofAddr, if set, serves net/http/pprof's /debug/pprof/ on a
-	// listener of its own (host:port; bind it to loopback). Default off.
+	// listener of its own (host:port; bind it to loopback). Zero: off.
 	PprofAddr string
-	// ShutdownTimeout bounds the graceful stop. Default 10s.
+	// ShutdownTimeout bounds the graceful stop. Zero means
+	// DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 
-	// Logger defaults to slog.Default().
+	// Logger; zero means slog.Default().
 	Logger *slog.Logger
 }
 
 // Defaults returns c with every zero field set to its default.
 func (c Config) Defaults() Config {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&c.GRPCAddr, ":9090")
-	def(&c.HTTPAddr, ":8080")
-	def(&c.DataDir, "./data")
-	def(&c.Store, StorePebble)
+	orDefault(&c.GRPCAddr, DefaultGRPCAddr)
+	orDefault(&c.HTTPAddr, DefaultHTTPAddr)
+	orDefault(&c.DataDir, DefaultDataDir)
+	orDefault(&c.Store, StorePebble)
 	if c.RedisPrefix == "" {
 		ks := c.Scylla.Keyspace
 		if ks == "" {
@@ -118,49 +143,29 @@ func (c Config) Defaults() Config {
 		}
 		c.RedisPrefix = "chatd:" + ks + ":"
 	}
-	if c.TokenTTL == 0 {
-		c.TokenTTL = 30 * 24 * time.Hour
-	}
-	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 25 * time.Second
-	}
-	if c.PresenceGrace == 0 {
-		c.PresenceGrace = 60 * time.Second
-	}
-	if c.EditWindow == 0 {
-		c.EditWindow = 48 * time.Hour
-	}
-	if c.MaxStreamsPerDevice == 0 {
-		c.MaxStreamsPerDevice = hub.DefaultMaxStreamsPerDevice
-	}
-	if c.SendQueue == 0 {
-		c.SendQueue = 1024
-	}
-	if c.FrameRate == 0 {
-		c.FrameRate = 200
-	}
-	if c.FrameBurst == 0 {
-		c.FrameBurst = 400
-	}
-	if c.UnaryRate == 0 {
-		c.UnaryRate = 50
-	}
-	if c.UnaryBurst == 0 {
-		c.UnaryBurst = 100
-	}
-	if c.UnaryTimeout == 0 {
-		c.UnaryTimeout = 15 * time.Second
-	}
-	if c.MaxConcurrentStreams == 0 {
-		c.MaxConcurrentStreams = 64
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = 10 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	orDefault(&c.TokenTTL, auth.DefaultTokenTTL)
+	orDefault(&c.HeartbeatInterval, presence.DefaultHeartbeatInterval)
+	orDefault(&c.PresenceGrace, presence.DefaultGrace)
+	orDefault(&c.EditWindow, chat.DefaultEditWindow)
+	orDefault(&c.MaxStreamsPerDevice, hub.DefaultMaxStreamsPerDevice)
+	orDefault(&c.SendQueue, hub.DefaultQueueSize)
+	orDefault(&c.FrameRate, chat.DefaultFrameRate)
+	orDefault(&c.FrameBurst, chat.DefaultFrameBurst)
+	orDefault(&c.UnaryRate, DefaultUnaryRate)
+	orDefault(&c.UnaryBurst, DefaultUnaryBurst)
+	orDefault(&c.UnaryTimeout, DefaultUnaryTimeout)
+	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
+	orDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	orDefault(&c.Logger, slog.Default())
 	return c
+}
+
+// orDefault sets *v to def when *v is the zero value.
+func orDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }
 
 // Validate reports a configuration that cannot work.
@@ -178,8 +183,8 @@ func (c Config) Validate() error {
 	if c.MaxStreamsPerDevice < 1 {
 		errs = append(errs, fmt.Errorf("max streams per device %d is under 1", c.MaxStreamsPerDevice))
 	}
-	if c.SendQueue < 16 {
-		errs = append(errs, fmt.Errorf("send queue %d is under 16 frames", c.SendQueue))
+	if c.SendQueue < MinSendQueue {
+		errs = append(errs, fmt.Errorf("send queue %d is under %d frames", c.SendQueue, MinSendQueue))
 	}
 	switch c.Store {
 	case StorePebble:

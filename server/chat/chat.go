@@ -6,10 +6,10 @@
 // resolved, and it is submitted to the group-commit sequencer
 // (server/sequence) without waiting, so a device's pipelined sends are
 // committed together and in order. After the batch is durable the
-// sequencer calls Publish (server/deliver's publisher), which routes one
-// Delivery frame per recipient user (carrying that user's inbox_seq)
-// through the router to the hubs holding the users' devices, and then the
-// sender gets its SendAck.
+// sequencer calls its publish callback (server/deliver's publisher, which
+// server/app gives it), which routes one Delivery frame per recipient user
+// (carrying that user's inbox_seq) through the router to the hubs holding
+// the users' devices, and then the sender gets its SendAck.
 //
 // Delivery on the wire is server/deliver's: each stream's writer goroutine
 // owns a deliver.Stream and hands it the routed Delivery frames and the
@@ -41,13 +41,13 @@ import (
 	"github.com/chatd/chatd/server/store"
 )
 
-// Defaults for Config fields left zero, and fixed limits.
+// Defaults for Config fields left zero, and fixed limits. The defaults of
+// what other packages own are theirs: the heartbeat interval is
+// presence.DefaultHeartbeatInterval, the send queue hub.DefaultQueueSize.
 const (
-	DefaultHeartbeatInterval = 25 * time.Second
-	DefaultSendQueue         = hub.DefaultQueueSize // frames per device stream
-	DefaultFrameRate         = 200                  // client frames per second per stream
-	DefaultFrameBurst        = 400
-	DefaultMaxInFlight       = 256 // unacknowledged sends per stream
+	DefaultFrameRate   = 200 // client frames per second per device
+	DefaultFrameBurst  = 400
+	DefaultMaxInFlight = 256 // unacknowledged sends per stream
 
 	// MaxTextBytes is the largest message text, in bytes of UTF-8.
 	MaxTextBytes = 65536
@@ -81,9 +81,8 @@ type SessionValidator interface {
 type Config struct {
 	// Store is the durable store. Required.
 	Store store.Store
-	// Sequencer commits messages; its publish callback must call
-	// Service.Publish (or the function deliver.NewPublisher returns).
-	// Required.
+	// Sequencer commits messages; its publish callback must be the
+	// function deliver.NewPublisher returns for the same Router. Required.
 	Sequencer *sequence.Sequencer
 	// Hub holds this server's streams; it must be the Router's Handler.
 	// Required.
@@ -100,29 +99,30 @@ type Config struct {
 	Canonical func(string) (string, error)
 	// ServerID names this server in Welcome.
 	ServerID string
-	// HeartbeatInterval is sent in Welcome; default 25 s, or the
-	// Presence tracker's interval when Presence is set.
+	// HeartbeatInterval is sent in Welcome. Ignored when Presence is set
+	// (the tracker's interval is sent); zero means
+	// presence.DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
 	// Presence, if not nil, tracks the device's presence: online while the
 	// stream is open and frames (heartbeats or any other) arrive; a stream
 	// silent for the tracker's grace period is ended with Unavailable.
 	Presence *presence.Tracker
-	// SendQueue is the bounded send queue of each stream, in frames;
-	// default 1024. A stream whose queue overflows is closed with
-	// ResourceExhausted.
+	// SendQueue is the bounded send queue of each stream (its hub
+	// session), in frames; zero means hub.DefaultQueueSize. A stream whose
+	// queue overflows is closed with ResourceExhausted.
 	SendQueue int
 	// FrameRate and FrameBurst are the token bucket of client frames per
-	// device, shared by the device's streams (frames/s, burst); defaults
-	// 200 and 400. A frame beyond it gets FrameError ResourceExhausted and
-	// is dropped.
+	// device, shared by the device's streams (frames/s, burst); zero means
+	// DefaultFrameRate and DefaultFrameBurst. A frame beyond it gets
+	// FrameError ResourceExhausted and is dropped.
 	FrameRate  float64
 	FrameBurst int
 	// MaxInFlight bounds the sends of one stream that are submitted but
 	// not yet acknowledged; the stream stops reading frames while it is
-	// reached. Default 256.
+	// reached. Zero means DefaultMaxInFlight.
 	MaxInFlight int
 	// EditWindow is how long after sending its author may edit a message;
-	// default DefaultEditWindow (48 h). Edits later fail with
+	// zero means DefaultEditWindow. Edits later fail with
 	// FailedPrecondition. Deletes have no window.
 	EditWindow time.Duration
 	// Now is the clock for typing expiry, heartbeat acks and the edit
@@ -158,7 +158,6 @@ type Service struct {
 	now       func() time.Time
 	log       *slog.Logger
 	metrics   *Metrics
-	publish   func([]sequence.Committed)
 	frames    *ratelimit.Limiter // client frames per device
 	typing    *ratelimit.Limiter // typing frames per device and channel
 	users     *knownSet          // user ids known to exist (see cache.go)
@@ -200,10 +199,7 @@ func New(cfg Config) *Service {
 		s.heartbeat = s.presence.HeartbeatInterval()
 	}
 	if s.heartbeat <= 0 {
-		s.heartbeat = DefaultHeartbeatInterval
-	}
-	if s.sendQueue <= 0 {
-		s.sendQueue = DefaultSendQueue
+		s.heartbeat = presence.DefaultHeartbeatInterval
 	}
 	if s.frameRate <= 0 {
 		s.frameRate = DefaultFrameRate
@@ -224,7 +220,6 @@ func New(cfg Config) *Service {
 		s.log = slog.Default()
 	}
 	s.metrics = newMetrics(cfg.Registerer, cfg.Sequencer, cfg.Hub, s.log)
-	s.publish = deliver.NewPublisher(cfg.Router, s.log)
 	s.frames = ratelimit.New(s.frameRate, s.burst)
 	s.typing = ratelimit.New(float64(time.Second)/float64(TypingMinInterval), 1)
 	return s
@@ -233,12 +228,6 @@ func New(cfg Config) *Service {
 // Metrics returns the service's metrics (registered with Config.Registerer
 // if one was given).
 func (s *Service) Metrics() *Metrics { return s.metrics }
-
-// Publish is the sequencer's publish callback: it routes one Delivery frame
-// per recipient user of every committed message (with that user's
-// inbox_seq). It never blocks on a device; a routing error is logged (the
-// devices recover by sync).
-func (s *Service) Publish(batch []sequence.Committed) { s.publish(batch) }
 
 func frameError(frameID uint64, err error) *chatv1.ServerFrame {
 	st := grpcerr.Convert(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -12,8 +11,6 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
-	"github.com/chatd/chatd/server/grpcerr"
-	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
 )
@@ -159,16 +156,6 @@ func (s *Service) prepareRevision(ctx context.Context, p auth.Principal, r revis
 	return req, nil, nil
 }
 
-func sendAckOf(r sequence.Result) *chatv1.SendAck {
-	return &chatv1.SendAck{
-		ChannelId:       r.ChannelID,
-		MessageId:       r.MessageID,
-		CreatedAt:       timestamppb.New(r.CreatedAt),
-		ClientMessageId: r.ClientMessageID,
-		Duplicate:       r.Duplicate,
-	}
-}
-
 // revise validates and stores r and returns the new row's ack.
 func (s *Service) revise(ctx context.Context, r revision) (*chatv1.SendAck, error) {
 	p, err := principal(ctx)
@@ -219,9 +206,8 @@ func (s *Service) DeleteMessage(ctx context.Context, req *chatv1.DeleteMessageRe
 }
 
 // handleRevision serves an EditMessage or DeleteMessage frame like a send:
-// validated on the reader, submitted to the sequencer without waiting
-// (bounded by the stream's in-flight sends), answered with a SendAck or a
-// FrameError once committed.
+// validated on the reader, then submit (stream.go): answered with a
+// SendAck or a FrameError once committed.
 func (st *stream) handleRevision(id uint64, r revision) error {
 	s := st.s
 	req, dup, err := s.prepareRevision(st.ctx, st.p, r)
@@ -232,37 +218,7 @@ func (st *stream) handleRevision(id uint64, r revision) error {
 		s.metrics.Duplicates.Inc()
 		return st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_SendAck{SendAck: dup}})
 	}
-	select {
-	case st.inflight <- struct{}{}:
-	case <-st.sess.Done():
-		return st.sess.Err()
-	case <-st.ctx.Done():
-		return status.FromContextError(st.ctx.Err()).Err()
-	}
-	t0 := time.Now()
-	err = s.seq.SubmitContext(st.ctx, req, func(res sequence.Result) {
-		var f *chatv1.ServerFrame
-		if res.Err != nil {
-			s.metrics.FrameErrors.WithLabelValues(grpcerr.Code(res.Err).String()).Inc()
-			f = frameError(id, res.Err)
-		} else {
-			if res.Duplicate {
-				s.metrics.Duplicates.Inc()
-			} else {
-				s.metrics.MessagesAccepted.Inc()
-			}
-			s.metrics.SendLatency.Observe(time.Since(t0).Seconds())
-			f = &chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_SendAck{SendAck: sendAckOf(res)}}
-		}
-		if !st.sess.TryEnqueue(hub.Item{Frame: f, Op: sendReply{}}) {
-			<-st.inflight
-		}
-	})
-	if err != nil {
-		<-st.inflight
-		return err
-	}
-	return nil
+	return st.submit(id, req)
 }
 
 func (st *stream) handleEdit(id uint64, m *chatv1.EditMessage) error {

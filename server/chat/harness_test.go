@@ -17,6 +17,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/deliver"
 	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/router"
@@ -41,10 +42,12 @@ type env struct {
 	hub    *hub.Hub
 	auth   *auth.Authenticator
 	svc    *Service
-	srv    *grpc.Server
-	addr   string
-	cc     *grpc.ClientConn
-	client chatv1.ChatServiceClient
+	// publish is the sequencer's publish callback (deliver's publisher).
+	publish func([]sequence.Committed)
+	srv     *grpc.Server
+	addr    string
+	cc      *grpc.ClientConn
+	client  chatv1.ChatServiceClient
 
 	stopOnce sync.Once
 }
@@ -80,22 +83,24 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var h *hub.Hub
+	// Wired as server/app does: hub, router delivering to it, publisher
+	// on the router, sequencer publishing with it, service.
+	h := hub.New(hub.Config{})
 	e.router = local.New(func(ev router.Event) {
 		if ec.drop != nil && ec.drop(ev) {
 			return
 		}
 		h.Deliver(ev)
 	})
-	h = hub.New(e.router)
+	h.SetRouter(e.router)
 	e.hub = h
-	var svc *Service
+	e.publish = deliver.NewPublisher(e.router, nil)
 	var alloc sequence.Allocator
 	if ec.alloc != nil {
 		alloc = ec.alloc(st)
 	}
-	e.seq = sequence.New(st, func(b []sequence.Committed) { svc.Publish(b) }, sequence.Options{Allocator: alloc})
-	svc = New(Config{
+	e.seq = sequence.New(st, e.publish, sequence.Options{Allocator: alloc})
+	svc := New(Config{
 		Store: st, Sequencer: e.seq, Hub: h, Router: e.router,
 		Sessions:   e.auth,
 		ServerID:   "test-1",

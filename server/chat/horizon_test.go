@@ -134,7 +134,7 @@ func TestParkedUntilPendingCommits(t *testing.T) {
 	// The other server commits seq 2, then publishes it.
 	c := e.elsewhere("bob", 2, "from elsewhere")
 	hold.release()
-	e.svc.Publish([]sequence.Committed{c})
+	e.publish([]sequence.Committed{c})
 	checkSeqs(t, bob.deliveries(2), []uint64{2, 3}, []string{"from elsewhere", "two"})
 	if r := bob.reply(bob.ack(3)).GetAckResult(); r.GetCursor() != 3 {
 		t.Fatalf("ack 3: %v", r)
@@ -192,7 +192,7 @@ func TestSyncStopsAtHorizon(t *testing.T) {
 
 	c := e.elsewhere("bob", 2, "from elsewhere")
 	hold.release()
-	e.svc.Publish([]sequence.Committed{c})
+	e.publish([]sequence.Committed{c})
 	checkSeqs(t, bob.deliveries(2), []uint64{2, 3}, []string{"from elsewhere", "two"})
 	bob.quiet()
 }

@@ -376,7 +376,8 @@ func TestOwnerLeavesOnlyWithAnAdmin(t *testing.T) {
 // A send queue that overflows while the device is being rate limited is
 // reported as the rate limit, not as a device that does not read.
 func TestOverflowWhileRateLimitedNamesTheRateLimit(t *testing.T) {
-	h := hub.New(local.New(func(router.Event) {}))
+	h := hub.New(hub.Config{})
+	h.SetRouter(local.New(func(router.Event) {}))
 	sess, err := h.Register(context.Background(), "alice", "a1", 16)
 	if err != nil {
 		t.Fatal(err)

@@ -458,15 +458,7 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 	if err != nil {
 		return st.replyErr(id, err)
 	}
-	// Bound the unacknowledged sends of this stream.
-	select {
-	case st.inflight <- struct{}{}:
-	case <-st.sess.Done():
-		return st.sess.Err()
-	case <-st.ctx.Done():
-		return status.FromContextError(st.ctx.Err()).Err()
-	}
-	req := &sequence.Request{
+	return st.submit(id, &sequence.Request{
 		ChannelID:       channelID,
 		SenderID:        st.p.UserID,
 		SenderDeviceID:  st.p.DeviceID,
@@ -474,9 +466,24 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 		Text:            m.GetText(),
 		Kind:            store.KindText,
 		Recipients:      members,
+	})
+}
+
+// submit hands the request of frame id (a send, edit or delete) to the
+// sequencer without waiting, in one of the stream's in-flight slots
+// (bounding its unacknowledged sends), and queues the frame's SendAck, or
+// its FrameError, to the writer once the batch has committed.
+func (st *stream) submit(id uint64, req *sequence.Request) error {
+	s := st.s
+	select {
+	case st.inflight <- struct{}{}:
+	case <-st.sess.Done():
+		return st.sess.Err()
+	case <-st.ctx.Done():
+		return status.FromContextError(st.ctx.Err()).Err()
 	}
 	t0 := time.Now()
-	err = s.seq.SubmitContext(st.ctx, req, func(r sequence.Result) {
+	err := s.seq.SubmitContext(st.ctx, req, func(r sequence.Result) {
 		// On the sequencer goroutine: never block. The in-flight slot is
 		// released by the writer once the reply is on the wire, so a
 		// device that pipelines sends faster than it reads is slowed down
@@ -492,13 +499,7 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 				s.metrics.MessagesAccepted.Inc()
 			}
 			s.metrics.SendLatency.Observe(time.Since(t0).Seconds())
-			f = &chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_SendAck{SendAck: &chatv1.SendAck{
-				ChannelId:       r.ChannelID,
-				MessageId:       r.MessageID,
-				CreatedAt:       timestamppb.New(r.CreatedAt),
-				ClientMessageId: r.ClientMessageID,
-				Duplicate:       r.Duplicate,
-			}}}
+			f = &chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_SendAck{SendAck: sendAckOf(r)}}
 		}
 		if !st.sess.TryEnqueue(hub.Item{Frame: f, Op: sendReply{}}) {
 			<-st.inflight // the stream is closing: nobody will write it
@@ -509,6 +510,17 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 		return err
 	}
 	return nil
+}
+
+// sendAckOf is the SendAck of a committed (or duplicate) request.
+func sendAckOf(r sequence.Result) *chatv1.SendAck {
+	return &chatv1.SendAck{
+		ChannelId:       r.ChannelID,
+		MessageId:       r.MessageID,
+		CreatedAt:       timestamppb.New(r.CreatedAt),
+		ClientMessageId: r.ClientMessageID,
+		Duplicate:       r.Duplicate,
+	}
 }
 
 // resolveTarget returns the channel a send goes to and its members (user

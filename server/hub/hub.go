@@ -4,6 +4,9 @@
 // Sessions are kept in 256 shards keyed by user id, each with its own
 // RWMutex: there is no global lock. The first session of a user on this
 // server Attaches the user to the router, the last one to go Detaches it.
+// The router is built after the hub (its Handler is the hub's Deliver) and
+// registered with SetRouter before the first session; Config holds the
+// other knobs, zero meaning the default.
 //
 // Every session has a bounded send queue drained by its stream's writer.
 // Deliver (the router.Handler) never blocks: when a session's queue is
@@ -61,44 +64,30 @@ type Item struct {
 	Op    any
 }
 
-// Option configures a Hub.
-type Option func(*Hub)
-
-// WithOnOverflow sets a hook called (once per session, from the goroutine
-// that found the queue full) when a session is closed for overflow. It
-// must not block.
-func WithOnOverflow(f func(userID, deviceID string)) Option {
-	return func(h *Hub) { h.onOverflow = f }
+// Config configures a Hub. Zero values take the defaults stated on each
+// field.
+type Config struct {
+	// MaxStreamsPerDevice bounds the sessions one device may hold on this
+	// server; zero (or negative) means DefaultMaxStreamsPerDevice.
+	// Registering one more closes the device's oldest session with
+	// ResourceExhausted (see TooManyStreamsMessage): a client that
+	// reconnects before the server has noticed its old connection is gone
+	// keeps working, and one device token cannot pile up streams (~33 KB
+	// each).
+	MaxStreamsPerDevice int
+	// OnOverflow, if set, is called (once per session, from the goroutine
+	// that found the queue full) when a session is closed for overflow. It
+	// must not block.
+	OnOverflow func(userID, deviceID string)
+	// Logger; zero means slog.Default().
+	Logger *slog.Logger
 }
 
-// WithMaxStreamsPerDevice bounds the sessions one device may hold on this
-// server (default DefaultMaxStreamsPerDevice; n < 1 means the default).
-// Registering one more closes the device's oldest session with
-// ResourceExhausted (see TooManyStreamsMessage): a client that reconnects
-// before the server has noticed its old connection is gone keeps working,
-// and one device token cannot pile up streams (~33 KB each).
-func WithMaxStreamsPerDevice(n int) Option {
-	return func(h *Hub) {
-		if n >= 1 {
-			h.maxPerDevice = n
-		}
-	}
-}
-
-// DefaultMaxStreamsPerDevice is the default of WithMaxStreamsPerDevice.
+// DefaultMaxStreamsPerDevice is the default of Config.MaxStreamsPerDevice.
 const DefaultMaxStreamsPerDevice = 4
 
 // TooManyStreamsMessage is the message of ErrTooManyStreams.
 const TooManyStreamsMessage = "this device opened a newer stream and has too many: the oldest is closed (a device needs one stream)"
-
-// WithLogger sets the logger (default slog.Default()).
-func WithLogger(l *slog.Logger) Option {
-	return func(h *Hub) {
-		if l != nil {
-			h.log = l
-		}
-	}
-}
 
 // Hub is the set of this server's sessions. It is safe for concurrent use.
 type Hub struct {
@@ -110,7 +99,7 @@ type Hub struct {
 	shutdown   atomic.Pointer[closeErr]
 	onOverflow func(userID, deviceID string)
 	log        *slog.Logger
-	// maxPerDevice bounds the sessions of one device (WithMaxStreamsPerDevice).
+	// maxPerDevice bounds the sessions of one device (Config.MaxStreamsPerDevice).
 	maxPerDevice int
 }
 
@@ -127,17 +116,35 @@ type entry struct {
 	attached bool       // guarded by attachMu
 }
 
-// New returns an empty Hub that attaches users to r. The caller wires
-// h.Deliver as r's Handler.
-func New(r router.Router, opts ...Option) *Hub {
-	h := &Hub{r: r, seed: maphash.MakeSeed(), log: slog.Default(), maxPerDevice: DefaultMaxStreamsPerDevice}
+// New returns an empty Hub. Its router is set with SetRouter before the
+// first Register: the router takes the hub's Deliver as its Handler, so it
+// is built after the hub.
+func New(cfg Config) *Hub {
+	h := &Hub{seed: maphash.MakeSeed(), log: cfg.Logger, maxPerDevice: cfg.MaxStreamsPerDevice, onOverflow: cfg.OnOverflow}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	if h.maxPerDevice < 1 {
+		h.maxPerDevice = DefaultMaxStreamsPerDevice
+	}
 	for i := range h.shards {
 		h.shards[i].users = make(map[string]*entry)
 	}
-	for _, o := range opts {
-		o(h)
-	}
 	return h
+}
+
+// SetRouter sets the router the hub attaches its users to (the first
+// session of a user here Attaches it, the last one to go Detaches it). It
+// must be called once, before the first Register; the router's Handler is
+// the hub's Deliver:
+//
+//	h := hub.New(hub.Config{})
+//	h.SetRouter(local.New(h.Deliver))
+func (h *Hub) SetRouter(r router.Router) {
+	if r == nil || h.r != nil {
+		panic("hub: SetRouter needs a router and is called once")
+	}
+	h.r = r
 }
 
 func (h *Hub) shard(userID string) *shard {
@@ -412,6 +419,9 @@ func (h *Hub) reconcile(ctx context.Context, userID string, sh *shard, e *entry)
 	sh.mu.RLock()
 	want := len(e.sessions) > 0
 	sh.mu.RUnlock()
+	if h.r == nil {
+		panic("hub: Register before SetRouter (a wiring bug)")
+	}
 	var err error
 	switch {
 	case want && !e.attached:

@@ -16,11 +16,11 @@ import (
 	"github.com/chatd/chatd/server/store"
 )
 
-func newHub(t *testing.T, opts ...hub.Option) (*hub.Hub, *local.Router) {
+func newHub(t *testing.T, cfg hub.Config) (*hub.Hub, *local.Router) {
 	t.Helper()
-	var h *hub.Hub
-	r := local.New(func(ev router.Event) { h.Deliver(ev) })
-	h = hub.New(r, opts...)
+	h := hub.New(cfg)
+	r := local.New(h.Deliver)
+	h.SetRouter(r)
 	t.Cleanup(func() { r.Close() })
 	return h, r
 }
@@ -55,7 +55,7 @@ func route(t *testing.T, r router.Router, evs ...router.Event) {
 }
 
 func TestDeliverSkipAndAttach(t *testing.T) {
-	h, r := newHub(t)
+	h, r := newHub(t, hub.Config{})
 	if r.Attached("alice") {
 		t.Fatal("attached before any session")
 	}
@@ -102,11 +102,11 @@ func TestDeliverSkipAndAttach(t *testing.T) {
 func TestOverflowClosesOnlySlowSession(t *testing.T) {
 	var overflowed []string
 	var mu sync.Mutex
-	h, r := newHub(t, hub.WithOnOverflow(func(u, d string) {
+	h, r := newHub(t, hub.Config{OnOverflow: func(u, d string) {
 		mu.Lock()
 		overflowed = append(overflowed, u+"/"+d)
 		mu.Unlock()
-	}))
+	}})
 	slow := register(t, h, "alice", "slow", 4)
 	fast := register(t, h, "alice", "fast", 4)
 	var got []uint64
@@ -144,7 +144,7 @@ func TestOverflowClosesOnlySlowSession(t *testing.T) {
 }
 
 func TestKillDeviceAndShutdown(t *testing.T) {
-	h, _ := newHub(t)
+	h, _ := newHub(t, hub.Config{})
 	a1 := register(t, h, "alice", "d1", 0)
 	a2 := register(t, h, "alice", "d2", 0)
 	b1 := register(t, h, "bob", "d1", 0)
@@ -168,7 +168,7 @@ func TestKillDeviceAndShutdown(t *testing.T) {
 // TestConcurrentRefcount: concurrent connects and disconnects of the same
 // users leave the router attachment equal to "has a session".
 func TestConcurrentRefcount(t *testing.T) {
-	h, r := newHub(t)
+	h, r := newHub(t, hub.Config{})
 	var wg sync.WaitGroup
 	for g := range 16 {
 		wg.Add(1)
@@ -205,9 +205,9 @@ func TestConcurrentRefcount(t *testing.T) {
 }
 
 func BenchmarkDeliver(b *testing.B) {
-	var h *hub.Hub
-	r := local.New(func(ev router.Event) { h.Deliver(ev) })
-	h = hub.New(r)
+	h := hub.New(hub.Config{})
+	r := local.New(h.Deliver)
+	h.SetRouter(r)
 	defer r.Close()
 	const users = 1000
 	sessions := make([]*hub.Session, 0, users)
@@ -235,7 +235,7 @@ func BenchmarkDeliver(b *testing.B) {
 // TestQueueRing: the lazily grown ring keeps FIFO order across growth and
 // wrap-around, and a blocking Enqueue waits for room.
 func TestQueueRing(t *testing.T) {
-	h, _ := newHub(t)
+	h, _ := newHub(t, hub.Config{})
 	s := register(t, h, "alice", "d", 20)
 	var want, got []uint64
 	id := uint64(0)
@@ -302,9 +302,9 @@ func TestQueueRing(t *testing.T) {
 // device each, through the local router into the devices' send queues
 // (what the sequencer does after a group commit). One op = 100 deliveries.
 func BenchmarkFanout100(b *testing.B) {
-	var h *hub.Hub
-	r := local.New(func(ev router.Event) { h.Deliver(ev) })
-	h = hub.New(r)
+	h := hub.New(hub.Config{})
+	r := local.New(h.Deliver)
+	h.SetRouter(r)
 	defer r.Close()
 	const members = 100
 	sessions := make([]*hub.Session, members)
@@ -338,7 +338,7 @@ func BenchmarkFanout100(b *testing.B) {
 // the oldest open one (ResourceExhausted); other devices of the user and
 // other users are untouched; a closed session no longer counts.
 func TestMaxStreamsPerDevice(t *testing.T) {
-	h, _ := newHub(t, hub.WithMaxStreamsPerDevice(2))
+	h, _ := newHub(t, hub.Config{MaxStreamsPerDevice: 2})
 	a1 := register(t, h, "alice", "phone", 8)
 	a2 := register(t, h, "alice", "phone", 8)
 	laptop := register(t, h, "alice", "laptop", 8)
@@ -374,7 +374,7 @@ func TestMaxStreamsPerDevice(t *testing.T) {
 // TestMaxStreamsPerDeviceDefault: without the option the bound is
 // DefaultMaxStreamsPerDevice.
 func TestMaxStreamsPerDeviceDefault(t *testing.T) {
-	h, _ := newHub(t)
+	h, _ := newHub(t, hub.Config{})
 	var ss []*hub.Session
 	for range hub.DefaultMaxStreamsPerDevice + 1 {
 		ss = append(ss, register(t, h, "alice", "phone", 8))

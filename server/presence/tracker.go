@@ -43,10 +43,12 @@ type TrackerConfig struct {
 	// says so.
 	Hidden HiddenFunc
 	// HeartbeatInterval is what clients are told to send Heartbeat frames
-	// at (Welcome.heartbeat_interval_ms). Default 25 s; at least 10 ms.
+	// at (Welcome.heartbeat_interval_ms); at least 10 ms. Zero means
+	// DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
 	// Grace is how long a device stays online after the last heartbeat or
-	// frame of its streams. Default 60 s; must exceed HeartbeatInterval.
+	// frame of its streams; it must exceed HeartbeatInterval. Zero means
+	// DefaultGrace.
 	Grace time.Duration
 	// CallTimeout bounds each Engine call. Default 5 s.
 	CallTimeout time.Duration

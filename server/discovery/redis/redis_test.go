@@ -4,30 +4,19 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"os"
 	"testing"
 	"time"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/internal/testenv"
 	goredis "github.com/redis/go-redis/v9"
 )
 
+// testClient returns a client of the shared test Redis (testenv.RedisAddr:
+// skipped, or a failure with CI=true, without one).
 func testClient(t *testing.T) goredis.UniversalClient {
 	t.Helper()
-	addr := os.Getenv("REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	c := goredis.NewClient(&goredis.Options{Addr: addr})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		_ = c.Close()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("Redis required at %s (run scripts/services.sh up): %v", addr, err)
-		}
-		t.Skipf("no Redis at %s (run scripts/services.sh up): %v", addr, err)
-	}
+	c := goredis.NewClient(&goredis.Options{Addr: testenv.RedisAddr(t)})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }

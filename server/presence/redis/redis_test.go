@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/chatd/chatd/server/internal/testenv"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/presencetest"
 	predis "github.com/chatd/chatd/server/presence/redis"
@@ -25,29 +25,12 @@ const (
 	sweep    = 100 * time.Millisecond
 )
 
-func redisAddr() string {
-	if a := os.Getenv("REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
-
-// client returns a client of the test Redis (closed at the end of the
-// test). Without a reachable Redis the test fails under CI=true and is
-// skipped otherwise (start one: scripts/services.sh up, or
-// redis-server --port 6379 --daemonize yes --save ” --appendonly no).
+// client returns a client of the shared test Redis (testenv.RedisAddr:
+// skipped, or a failure with CI=true, without one), closed at the end of
+// the test.
 func client(t *testing.T, name string) *goredis.Client {
 	t.Helper()
-	c := goredis.NewClient(&goredis.Options{Addr: redisAddr(), ClientName: name})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		_ = c.Close()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("Redis at %s unreachable (CI=true): %v", redisAddr(), err)
-		}
-		t.Skipf("Redis at %s unreachable: %v (set REDIS_ADDR or run scripts/services.sh up)", redisAddr(), err)
-	}
+	c := goredis.NewClient(&goredis.Options{Addr: testenv.RedisAddr(t), ClientName: name})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }

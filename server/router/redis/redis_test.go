@@ -22,34 +22,16 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/internal/testenv"
 	"github.com/chatd/chatd/server/router"
 	redisrouter "github.com/chatd/chatd/server/router/redis"
 	"github.com/chatd/chatd/server/router/routertest"
 	"github.com/chatd/chatd/server/store"
 )
 
-// redisAddr returns the Redis the tests use (REDIS_ADDR, default
-// 127.0.0.1:6379). When it does not answer the test fails with CI=true
-// and is skipped otherwise.
-func redisAddr(t testing.TB) string {
-	t.Helper()
-	addr := os.Getenv("REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	c := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		msg := fmt.Sprintf("no Redis at %s (set REDIS_ADDR, or run scripts/services.sh up): %v", addr, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return addr
-}
+// redisAddr is the shared test Redis (testenv.RedisAddr: skipped, or a
+// failure with CI=true, without one).
+func redisAddr(t testing.TB) string { return testenv.RedisAddr(t) }
 
 func newClient(t testing.TB, addr string) *goredis.Client {
 	c := goredis.NewClient(&goredis.Options{Addr: addr})

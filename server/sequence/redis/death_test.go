@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd/chatd/server/internal/testenv"
 	"github.com/chatd/chatd/server/sequence"
 	seqredis "github.com/chatd/chatd/server/sequence/redis"
 	"github.com/chatd/chatd/server/sequence/sequencetest"
@@ -62,7 +63,7 @@ func TestServerDeathMidBatch(t *testing.T) {
 			prefix := testPrefix(t, addr)
 			ctx := context.Background()
 			fault := &stopAt{step: step, key: "m1", reached: make(chan struct{}), release: make(chan struct{})}
-			hooked, err := scylla.Open(ctx, scylla.Config{Hosts: hosts(t), Keyspace: ksName, Timeout: 20 * time.Second,
+			hooked, err := scylla.Open(ctx, scylla.Config{Hosts: testenv.CQLHosts(t), Keyspace: testKeyspace.Name(t), Timeout: 20 * time.Second,
 				Logger: slog.New(slog.DiscardHandler), AfterWriteStep: fault.hook})
 			if err != nil {
 				t.Fatal(err)

@@ -4,19 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"os"
-	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/chatd/chatd/server/internal/testenv"
 	"github.com/chatd/chatd/server/sequence"
 	seqredis "github.com/chatd/chatd/server/sequence/redis"
 	"github.com/chatd/chatd/server/store/scylla"
@@ -30,29 +26,8 @@ import (
 // redis-server. One keyspace per package run holds the chatd schema (its
 // migrations create seq_bounds); it is dropped at the end.
 
-func need(t testing.TB, msg string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-func redisAddr(t testing.TB) string {
-	t.Helper()
-	addr := os.Getenv("REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	c := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		need(t, fmt.Sprintf("no Redis at %s (set REDIS_ADDR, or run scripts/services.sh up): %v", addr, err))
-	}
-	return addr
-}
+// redisAddr is the shared test Redis (testenv.RedisAddr).
+func redisAddr(t testing.TB) string { return testenv.RedisAddr(t) }
 
 func newClient(t testing.TB, addr string) *goredis.Client {
 	c := goredis.NewClient(&goredis.Options{Addr: addr})
@@ -82,131 +57,38 @@ func testPrefix(t testing.TB, addr string) string {
 	return prefix
 }
 
-// privateRedis is a redis-server process of one test, without
-// persistence, on a free port.
-type privateRedis struct {
-	t    testing.TB
-	port int
-	cmd  *exec.Cmd
-}
-
-func startPrivateRedis(t testing.TB) *privateRedis {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		need(t, "redis-server not installed (scripts/services.sh installs it)")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	r := &privateRedis{t: t, port: port}
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *privateRedis) addr() string { return fmt.Sprintf("127.0.0.1:%d", r.port) }
-
-func (r *privateRedis) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", fmt.Sprint(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir())
-	r.cmd.Stdout, r.cmd.Stderr = io.Discard, io.Discard
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	c := goredis.NewClient(&goredis.Options{Addr: r.addr(), MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("private redis-server on %d did not start: %v", r.port, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stop kills the process (a crash: nothing is saved).
-func (r *privateRedis) stop() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		_ = r.cmd.Process.Kill()
-		_ = r.cmd.Wait()
-		r.cmd = nil
-	}
-}
-
 // ------------------------------------------------------------ CQL
 
 var (
-	cqlOnce  sync.Once
-	cqlHosts []string
-	cqlErr   string
-	ksOnce   sync.Once
-	ksName   string
-	ksErr    error
-	ksStore  *scylla.Store
+	storeOnce sync.Once
+	ksStore   *scylla.Store
+	storeErr  error
 )
 
-const needCQL = "CQL server required: run scripts/services.sh up (or set CQL_HOSTS)"
+// testKeyspace holds the chatd schema (its migrations create seq_bounds).
+var testKeyspace = testenv.Keyspace{
+	Prefix: "chatd_seqtest_",
+	Migrate: func(ctx context.Context, hosts []string, name string) error {
+		return scylla.Migrate(ctx, scyllaConfig(hosts, name), scylla.SimpleStrategy, 1)
+	},
+}
 
-func hosts(t testing.TB) []string {
-	t.Helper()
-	cqlOnce.Do(func() {
-		if v := os.Getenv("CQL_HOSTS"); v != "" {
-			for _, h := range strings.Split(v, ",") {
-				if h = strings.TrimSpace(h); h != "" {
-					cqlHosts = append(cqlHosts, h)
-				}
-			}
-		} else {
-			cqlHosts = []string{"127.0.0.1:9042"}
-		}
-		for _, h := range cqlHosts {
-			addr := h
-			if _, _, err := net.SplitHostPort(h); err != nil {
-				addr = net.JoinHostPort(h, "9042")
-			}
-			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-			if err == nil {
-				c.Close()
-				return
-			}
-			cqlErr = fmt.Sprintf("%s (%s: %v)", needCQL, addr, err)
-		}
-	})
-	if cqlErr != "" {
-		need(t, cqlErr)
-	}
-	return cqlHosts
+func scyllaConfig(hosts []string, keyspace string) scylla.Config {
+	return scylla.Config{Hosts: hosts, Keyspace: keyspace, Timeout: 20 * time.Second, Logger: slog.New(slog.DiscardHandler)}
 }
 
 // cluster returns the package's scylla store (the chatd schema, seq_bounds
 // included, in a keyspace of this run).
 func cluster(t testing.TB) *scylla.Store {
 	t.Helper()
-	h := hosts(t)
-	ksOnce.Do(func() {
-		var b [4]byte
-		_, _ = rand.Read(b[:])
-		ksName = "chatd_seqtest_" + hex.EncodeToString(b[:])
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ks := testKeyspace.Name(t)
+	storeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		cfg := scylla.Config{Hosts: h, Keyspace: ksName, Timeout: 20 * time.Second, Logger: slog.New(slog.DiscardHandler)}
-		if ksErr = scylla.Migrate(ctx, cfg, scylla.SimpleStrategy, 1); ksErr != nil {
-			return
-		}
-		ksStore, ksErr = scylla.Open(ctx, cfg)
+		ksStore, storeErr = scylla.Open(ctx, scyllaConfig(testenv.CQLHosts(t), ks))
 	})
-	if ksErr != nil {
-		t.Fatalf("test keyspace: %v", ksErr)
+	if storeErr != nil {
+		t.Fatalf("test keyspace: %v", storeErr)
 	}
 	return ksStore
 }
@@ -220,14 +102,9 @@ func bounds(t testing.TB) seqredis.BoundStore {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if ksStore != nil {
-		// Dropped on the store's own session: this package speaks no CQL.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		if err := ksStore.Session().ContextQuery(ctx, "DROP KEYSPACE IF EXISTS "+ksName, nil).ExecRelease(); err != nil {
-			fmt.Fprintf(os.Stderr, "drop keyspace %s: %v\n", ksName, err)
-		}
-		cancel()
 		ksStore.Close()
 	}
+	testKeyspace.Drop()
 	os.Exit(code)
 }
 

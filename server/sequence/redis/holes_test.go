@@ -10,6 +10,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/chatd/chatd/server/internal/testenv"
 	seqredis "github.com/chatd/chatd/server/sequence/redis"
 	"github.com/chatd/chatd/server/sequence/sequencetest"
 )
@@ -56,7 +57,7 @@ func TestHoleBoundConcurrentInit(t *testing.T) {
 }
 
 func testHoleBound(t *testing.T, perKey bool) {
-	pr := startPrivateRedis(t)
+	pr := testenv.StartRedis(t)
 	const (
 		servers = 4
 		step    = 1000
@@ -67,14 +68,14 @@ func testHoleBound(t *testing.T, perKey bool) {
 	bs := &slowBounds{m: map[string]uint64{}}
 	var allocs []*seqredis.Allocator
 	for range servers {
-		c := newClient(t, pr.addr())
+		c := newClient(t, pr.Addr())
 		a := newAlloc(t, c, "holes:", seqredis.Config{Bounds: bs, Step: step, ChannelStep: cstep})
 		if perKey {
 			seqredis.ForcePerKey(a)
 		}
 		allocs = append(allocs, a)
 	}
-	admin := goredis.NewClient(&goredis.Options{Addr: pr.addr()})
+	admin := goredis.NewClient(&goredis.Options{Addr: pr.Addr()})
 	t.Cleanup(func() { admin.Close() })
 	var users []string
 	for i := range 3 {

@@ -14,6 +14,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/chatd/chatd/server/internal/testenv"
 	"github.com/chatd/chatd/server/sequence"
 	seqredis "github.com/chatd/chatd/server/sequence/redis"
 	"github.com/chatd/chatd/server/sequence/sequencetest"
@@ -364,7 +365,7 @@ func TestConcurrentServers(t *testing.T) {
 // allocation continues above the bound that was durable before the loss,
 // and nothing acknowledged is missed by cursor-following readers.
 func TestRedisLoss(t *testing.T) {
-	pr := startPrivateRedis(t)
+	pr := testenv.StartRedis(t)
 	b := bounds(t)
 	st := sequencetest.OpenPebble(t, t.TempDir())
 	t.Cleanup(func() { st.Close() })
@@ -373,7 +374,7 @@ func TestRedisLoss(t *testing.T) {
 	var allocs []*seqredis.Allocator
 	var seqs []*sequence.Sequencer
 	for range 2 {
-		c := goredis.NewClient(&goredis.Options{Addr: pr.addr(), MaxRetries: 2, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
+		c := goredis.NewClient(&goredis.Options{Addr: pr.Addr(), MaxRetries: 2, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
 		t.Cleanup(func() { c.Close() })
 		a := newAlloc(t, c, "loss:", seqredis.Config{Bounds: b, Step: 100})
 		allocs = append(allocs, a)
@@ -391,7 +392,7 @@ func TestRedisLoss(t *testing.T) {
 	total := 2 * senders * perSend
 	before := map[string]uint64{}
 	var flushed, restarted sync.Once
-	admin := goredis.NewClient(&goredis.Options{Addr: pr.addr()})
+	admin := goredis.NewClient(&goredis.Options{Addr: pr.Addr()})
 	t.Cleanup(func() { admin.Close() })
 	tr := &traffic{t: t, st: st, seqs: seqs, users: users, chans: groupChannels(users, 3), perSend: perSend, senders: senders, retry: true}
 	tr.onAcked = func(n int) {
@@ -416,9 +417,9 @@ func TestRedisLoss(t *testing.T) {
 		}
 		if n == 2*total/3 {
 			restarted.Do(func() {
-				pr.stop()
+				pr.Stop()
 				time.Sleep(100 * time.Millisecond)
-				pr.start()
+				pr.Start()
 				t.Logf("redis-server killed and restarted after %d acks", n)
 			})
 		}
@@ -619,8 +620,8 @@ func TestLateCommitReplaces(t *testing.T) {
 // TestHorizonOfNewUser: a user never seen has horizon 0; after Redis loses
 // a user's hash the horizon is the durable bound.
 func TestHorizonOfNewUser(t *testing.T) {
-	pr := startPrivateRedis(t)
-	c := newClient(t, pr.addr())
+	pr := testenv.StartRedis(t)
+	c := newClient(t, pr.Addr())
 	a := newAlloc(t, c, "h:", seqredis.Config{Step: 50})
 	ctx := context.Background()
 	u := sequencetest.Unique("carol")

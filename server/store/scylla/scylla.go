@@ -146,6 +146,10 @@ const (
 	DefaultRetries          = 3
 	DefaultWriteConcurrency = 32
 	DefaultDedupTTL         = 7 * 24 * time.Hour
+	// DefaultConsistency and DefaultSerialConsistency are the defaults of
+	// Config.Consistency and Config.SerialConsistency.
+	DefaultConsistency       = gocql.LocalQuorum
+	DefaultSerialConsistency = gocql.LocalSerial
 )
 
 var keyspaceRE = regexp.MustCompile(`^[A-Za-z0-9_]{1,48}$`)
@@ -161,10 +165,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("scylla store: invalid keyspace name %q", c.Keyspace)
 	}
 	if c.Consistency == 0 {
-		c.Consistency = gocql.LocalQuorum
+		c.Consistency = DefaultConsistency
 	}
 	if c.SerialConsistency == 0 {
-		c.SerialConsistency = gocql.LocalSerial
+		c.SerialConsistency = DefaultSerialConsistency
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout

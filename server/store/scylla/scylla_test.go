@@ -2,23 +2,18 @@ package scylla
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/gocql/gocql"
-
 	"github.com/chatd/chatd/server/internal/parallel"
+	"github.com/chatd/chatd/server/internal/testenv"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/storetest"
 )
@@ -30,92 +25,39 @@ import (
 // keyspace and its tables takes seconds on Cassandra, truncating the
 // tables between subtests a fraction of that.
 
-var (
-	envOnce  sync.Once
-	envHosts []string
-	envErr   string
-	ksOnce   sync.Once
-	ksName   string
-	ksErr    error
-)
-
-const needCQL = "CQL server required: run scripts/services.sh up (or set CQL_HOSTS)"
-
+// hosts returns the CQL server's contact points (testenv: skipped, or a
+// failure with CI=true, without one; skipped with -short).
 func hosts(t testing.TB) []string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("-short: skipping tests that need a CQL server")
 	}
-	envOnce.Do(func() {
-		if v := os.Getenv("CQL_HOSTS"); v != "" {
-			for _, h := range strings.Split(v, ",") {
-				if h = strings.TrimSpace(h); h != "" {
-					envHosts = append(envHosts, h)
-				}
-			}
-		} else {
-			envHosts = []string{"127.0.0.1:9042"}
-		}
-		for _, h := range envHosts {
-			addr := h
-			if _, _, err := net.SplitHostPort(h); err != nil {
-				addr = net.JoinHostPort(h, "9042")
-			}
-			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-			if err == nil {
-				c.Close()
-				return
-			}
-			envErr = fmt.Sprintf("%s (%s: %v)", needCQL, addr, err)
-		}
-	})
-	if envErr != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(envErr)
-		}
-		t.Skip(envErr)
-	}
-	return envHosts
+	return testenv.CQLHosts(t)
 }
 
 func testConfig(t testing.TB, keyspace string) Config {
 	return Config{Hosts: hosts(t), Keyspace: keyspace, Timeout: 20 * time.Second}
 }
 
-// keyspace creates (once per package run) the shared test keyspace.
+// testKeyspace is the package's shared keyspace, migrated on first use.
+var testKeyspace = testenv.Keyspace{
+	Prefix: "chatd_test_",
+	Migrate: func(ctx context.Context, hosts []string, name string) error {
+		return Migrate(ctx, Config{Hosts: hosts, Keyspace: name, Timeout: 30 * time.Second}, SimpleStrategy, 1)
+	},
+}
+
+// keyspace returns the shared test keyspace (created once per package
+// run).
 func keyspace(t testing.TB) string {
 	t.Helper()
-	h := hosts(t)
-	ksOnce.Do(func() {
-		var b [4]byte
-		rand.Read(b[:])
-		ksName = "chatd_test_" + hex.EncodeToString(b[:])
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		t0 := time.Now()
-		ksErr = Migrate(ctx, Config{Hosts: h, Keyspace: ksName, Timeout: 30 * time.Second}, SimpleStrategy, 1)
-		if ksErr == nil {
-			fmt.Fprintf(os.Stderr, "scylla test: keyspace %s migrated in %v\n", ksName, time.Since(t0).Round(time.Millisecond))
-		}
-	})
-	if ksErr != nil {
-		t.Fatalf("Migrate: %v", ksErr)
-	}
-	return ksName
+	hosts(t)
+	return testKeyspace.Name(t)
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if ksName != "" && ksErr == nil {
-		cl := gocql.NewCluster(envHosts...)
-		cl.Timeout = time.Minute
-		if sess, err := cl.CreateSession(); err == nil {
-			if err := sess.Query("DROP KEYSPACE IF EXISTS " + ksName).Exec(); err != nil {
-				fmt.Fprintf(os.Stderr, "drop keyspace %s: %v\n", ksName, err)
-			}
-			sess.Close()
-		}
-	}
+	testKeyspace.Drop()
 	os.Exit(code)
 }
 
