@@ -4,6 +4,8 @@
 #   2. buf lint, buf breaking against main, gofmt, go vet
 #   3. the real services (Redis, the CQL server) are up: scripts/services.sh up
 #   4. every Go test, then the concurrency-heavy packages again under -race
+#   5. the Python client suite (scripts/test-python.sh: pinned PyPI packages
+#      in .venv-test/, stubs generated from proto/, a real chatd)
 # With CI=true a missing service is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,5 +57,8 @@ go test -count=1 -timeout 45m ./...
 
 step "go test -race (core packages)"
 go test -race -count=1 -timeout 20m ./server/hub/... ./server/sequence/... ./server/router/... ./server/ratelimit/... ./server/store/...
+
+step "Python client suite (tests/python)"
+scripts/test-python.sh
 
 step "all tests passed"
