@@ -142,6 +142,13 @@ func FuzzREST(f *testing.F) {
 		if err != nil || u.Host != a.HTTPAddr() {
 			return // not a request an HTTP client can send
 		}
+		// A raw query goes on the request line as it is: bytes that
+		// cannot appear there make a request net/http's server rejects
+		// before any handler (plain-text "400 Bad Request"), not one the
+		// gateway decodes.
+		if strings.IndexFunc(query, func(r rune) bool { return r <= ' ' || r >= 0x7f || r == '#' }) >= 0 {
+			return
+		}
 		u.RawQuery = query
 		req, err := http.NewRequest(m, u.String(), bytes.NewReader(body))
 		if err != nil {
@@ -173,7 +180,10 @@ func FuzzREST(f *testing.F) {
 		var msg struct {
 			Code *int `json:"code"`
 		}
-		if len(bytes.TrimSpace(out)) > 0 && !json.Valid(out) {
+		// Redirects come from http.ServeMux cleaning the path (/v1/. ->
+		// /v1/), with its small HTML body; everything else is JSON.
+		redirect := resp.StatusCode >= 300 && resp.StatusCode < 400
+		if !redirect && len(bytes.TrimSpace(out)) > 0 && !json.Valid(out) {
 			t.Fatalf("%s %s -> %d: body is not JSON: %q", m, u, resp.StatusCode, out)
 		}
 		_ = json.Unmarshal(out, &msg)
