@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: help build run test test-short generate lint breaking fmt vet bench services-up services-down clean
+.PHONY: help build run test test-short test-python fuzz generate lint breaking fmt vet bench services-up services-down clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ breaking: $(BUF) ## buf breaking against main
 
 test: ## the whole suite: generated code up to date, lint, all Go tests (starts Redis and Cassandra)
 	./scripts/test.sh
+
+test-python: ## the Python client suite: stubs from proto/ by grpcio-tools, pytest against a real chatd
+	./scripts/test-python.sh
+
+fuzz: ## run every Go fuzz target for FUZZTIME each (default 6s; e.g. make fuzz FUZZTIME=10m)
+	FUZZTIME=$(or $(FUZZTIME),6s) ./scripts/fuzz.sh
 
 test-short: ## unit and single-node tests only (no external services)
 	$(GO) test -short -count=1 ./...

@@ -4,6 +4,9 @@
 #   2. buf lint, buf breaking against main, gofmt, go vet
 #   3. the real services (Redis, the CQL server) are up: scripts/services.sh up
 #   4. every Go test, then the concurrency-heavy packages again under -race
+#   5. the Python client suite (scripts/test-python.sh: pinned PyPI packages
+#      in .venv-test/, stubs generated from proto/, a real chatd)
+#   6. every Go fuzz target for a few seconds (scripts/fuzz.sh; FUZZTIME)
 # With CI=true a missing service is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,5 +58,11 @@ go test -count=1 -timeout 45m ./...
 
 step "go test -race (core packages)"
 go test -race -count=1 -timeout 20m ./server/hub/... ./server/deliver/... ./server/sequence/... ./server/router/... ./server/ratelimit/... ./server/store/... ./client/...
+
+step "Python client suite (tests/python)"
+scripts/test-python.sh
+
+step "fuzz targets, ${FUZZTIME:-6s} each (scripts/fuzz.sh)"
+scripts/fuzz.sh
 
 step "all tests passed"
