@@ -258,7 +258,8 @@ func FuzzChatFrame(f *testing.F) {
 
 // FuzzCheckText checks the text validator against its specification:
 // accepted texts are valid UTF-8, at most MaxTextBytes, without control
-// characters other than \t \n \r, and with a visible character; every
+// characters other than \t \n \r, and with a visible character (one
+// that no invisible Unicode property covers); every
 // other text is refused with InvalidArgument.
 func FuzzCheckText(f *testing.F) {
 	emoji := strings.Repeat("\U0001F600", MaxTextBytes/4)
@@ -296,7 +297,11 @@ func textSpec(s string) error {
 		if r != '\t' && r != '\n' && r != '\r' && (r < 0x20 || (r >= 0x7f && r <= 0x9f)) {
 			return errors.New("control character")
 		}
-		if !unicode.IsSpace(r) && !strings.ContainsRune("\u200b\u200c\u200d\u2060\ufeff", r) {
+		// Invisible by Unicode property (issue 11 item 6): white space,
+		// controls, format characters, other default-ignorables,
+		// variation selectors, noncharacters.
+		if !unicode.In(r, unicode.White_Space, unicode.Cc, unicode.Cf, unicode.Other_Default_Ignorable_Code_Point,
+			unicode.Variation_Selector, unicode.Noncharacter_Code_Point) {
 			visible = true
 		}
 	}
