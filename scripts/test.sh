@@ -6,7 +6,7 @@
 #   4. every Go test, then the concurrency-heavy packages again under -race
 #   5. the Python client suite (scripts/test-python.sh: pinned PyPI packages
 #      in .venv-test/, stubs generated from proto/, a real chatd)
-#   6. every Go fuzz target for a few seconds (scripts/fuzz.sh; FUZZTIME)
+#   6. every Go fuzz target for a short execution budget (scripts/fuzz.sh; FUZZTIME)
 # With CI=true a missing service is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +62,7 @@ go test -race -count=1 -timeout 20m ./server/hub/... ./server/deliver/... ./serv
 step "Python client suite (tests/python)"
 scripts/test-python.sh
 
-step "fuzz targets, ${FUZZTIME:-6s} each (scripts/fuzz.sh)"
+step "fuzz targets, a short execution budget each (scripts/fuzz.sh)"
 scripts/fuzz.sh
 
 step "all tests passed"
