@@ -703,6 +703,10 @@ func (*SendMessage_ChannelId) isSendMessage_Target() {}
 
 // Ack advances this device's cursor: the device has durably received every
 // inbox entry up to and including inbox_seq. Cursors never move backwards.
+// Answered with an AckResult (the cursor after it), or a FrameError:
+// FailedPrecondition when inbox_seq is above the user's inbox head (see
+// Welcome.head_seq; the entries up to it are not readable yet); the stream
+// stays open.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	InboxSeq      uint64                 `protobuf:"varint,1,opt,name=inbox_seq,json=inboxSeq,proto3" json:"inbox_seq,omitempty"`
