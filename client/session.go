@@ -687,7 +687,8 @@ func (s *Session) syncStep(ctx context.Context, after uint64, limit int32, fn fu
 // Ack tells the server that the device has durably received every inbox
 // entry up to and including seq, and returns the device's cursor after it
 // (cursors never move backwards, so it may be above seq). Errors: the
-// server's FrameError (InvalidArgument for a seq above the inbox head), the
+// server's FrameError (FailedPrecondition for a seq above the inbox head:
+// not readable yet, see Welcome.head_seq; the stream goes on), the
 // session's end error, or ctx's error.
 func (s *Session) Ack(ctx context.Context, seq uint64) (cursor uint64, err error) {
 	f, err := s.roundTrip(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Ack{

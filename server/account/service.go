@@ -369,22 +369,36 @@ func (s *Service) ListDevices(ctx context.Context, _ *chatv1.ListDevicesRequest)
 }
 
 // GetProfile returns the public profile of the named user (any spelling that
-// canonicalises to the user id). Errors: Unauthenticated, InvalidArgument
-// (not a valid username), NotFound "user not found".
+// canonicalises to the user id), or the caller's own when the username is
+// Me ("me"); the caller's own profile also carries hide_presence. Errors:
+// Unauthenticated, InvalidArgument (not a valid username), NotFound "user
+// not found".
 func (s *Service) GetProfile(ctx context.Context, req *chatv1.GetProfileRequest) (*chatv1.GetProfileResponse, error) {
-	if _, err := caller(ctx); err != nil {
-		return nil, err
-	}
-	uid, err := canonicalUsername(req.GetUsername())
+	p, err := caller(ctx)
 	if err != nil {
 		return nil, err
+	}
+	uid := p.UserID
+	if req.GetUsername() != Me {
+		if uid, err = canonicalUsername(req.GetUsername()); err != nil {
+			return nil, err
+		}
 	}
 	u, err := s.getUser(ctx, "GetProfile", uid)
 	if err != nil {
 		return nil, err
 	}
-	return &chatv1.GetProfileResponse{Profile: profile(u)}, nil
+	pr := profile(u)
+	if uid == p.UserID {
+		pr.HidePresence = u.PresenceHidden
+	}
+	return &chatv1.GetProfileResponse{Profile: pr}, nil
 }
+
+// Me is the username GetProfile reads as the caller ("GET /v1/users/me"
+// over REST). It is never a username: usernames have at least 3
+// characters.
+const Me = "me"
 
 func (s *Service) getUser(ctx context.Context, op, uid string) (*store.User, error) {
 	u, err := s.st.GetUser(ctx, uid)

@@ -337,11 +337,21 @@ func (a *App) newHTTPServer() error {
 		return fmt.Errorf("gateway dial: %w", err)
 	}
 	a.gatewayConn = conn
+	routes, err := parseRESTRoutes(chatd.OpenAPI)
+	if err != nil {
+		return err
+	}
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
 		}),
+		// 405 with Allow, not 501, for a method a path does not accept.
+		runtime.WithRoutingErrorHandler(routes.routingErrors),
+		// A form-encoded POST is not a GET in disguise: it gets the 405
+		// of any other method (the fallback is for clients that cannot
+		// send long GET URLs; ours send JSON).
+		runtime.WithDisablePathLengthFallback(),
 	)
 	ctx := context.Background()
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{

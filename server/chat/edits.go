@@ -45,7 +45,8 @@ type revision struct {
 // member; an edit of another user's message; a delete for everyone by
 // someone other than the author or a group's owner or admin),
 // FailedPrecondition (not a text message; already deleted, for everyone
-// or by p for themselves; outside the edit window; too many edits),
+// or by p for themselves; outside the edit window; too many edits; the
+// client_message_id already names a different message of p),
 // Internal.
 func (s *Service) prepareRevision(ctx context.Context, p auth.Principal, r revision) (*sequence.Request, *chatv1.SendAck, error) {
 	if err := checkChannelID(r.channelID); err != nil {
@@ -67,6 +68,18 @@ func (s *Service) prepareRevision(ctx context.Context, p auth.Principal, r revis
 		return nil, nil, err
 	}
 	if d, err := s.st.LookupDedup(ctx, p.UserID, r.clientMessageID); err == nil {
+		// The same key for another message is refused, as in the
+		// sequencer (the fields below are those the request gets).
+		probe := &sequence.Request{ChannelID: r.channelID, RefMessageID: r.messageID, Kind: store.KindEdit, Text: r.text}
+		if r.delete {
+			probe.Kind, probe.Text = store.KindDelete, ""
+			if r.forMe {
+				probe.ForUser = p.UserID
+			}
+		}
+		if err := sequence.CheckReuse(probe, d); err != nil {
+			return nil, nil, err
+		}
 		return nil, &chatv1.SendAck{ChannelId: d.ChannelID, MessageId: d.MessageID, CreatedAt: timestamppb.New(d.CreatedAt),
 			ClientMessageId: d.ClientMessageID, Duplicate: true}, nil
 	} else if !errors.Is(err, store.ErrNotFound) {

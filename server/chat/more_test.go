@@ -331,7 +331,7 @@ func TestRestart(t *testing.T) {
 		t.Fatalf("welcome after restart %v", b.welcome)
 	}
 	a = e.open("alice", "a1")
-	if ack := a.ackOf(a.sendTo("bob", "0", "retry after restart")); !ack.GetDuplicate() {
+	if ack := a.ackOf(a.sendTo("bob", "0", "before")); !ack.GetDuplicate() {
 		t.Fatalf("retry after restart not deduplicated: %v", ack)
 	}
 	ack := a.ackOf(a.sendTo("bob", "new", "after"))

@@ -114,6 +114,19 @@ type Allocator interface {
 	Release(ctx context.Context, c *Claims)
 }
 
+// KeyReleaser is implemented by allocators whose claims can be given back
+// one key at a time. The sequencer uses it, when available, for a send it
+// refused after winning its claim (a client_message_id reused for a
+// different message): that send stored nothing, and holding its claim
+// would keep the genuine retry of the key's message waiting until the
+// claim expires.
+type KeyReleaser interface {
+	// ReleaseKeys gives back the claims of c on keys (keys c won; others
+	// are ignored) and leaves the rest held. Failures are logged; the
+	// claims then expire.
+	ReleaseKeys(ctx context.Context, c *Claims, keys []ClaimKey)
+}
+
 // LocalAllocator is the single-node Allocator: it keeps each channel's
 // last message id and each user's last inbox seq in memory, loaded from the
 // store (LastMessageID, LastInboxSeq) the first time they are needed. Seqs

@@ -12,7 +12,11 @@
 //     on a single node) and looked up with store.LookupDedup (on a single
 //     node that lookup is done before queueing instead, see "Dedup
 //     pre-check" below). A duplicate
-//     gets the original ack (Result.Duplicate) and stores nothing; a send
+//     gets the original ack (Result.Duplicate) and stores nothing, if it
+//     is the same message (same channel, kind, ref, for-user and text:
+//     the record's fingerprint); a reuse of the key for a different
+//     message fails with CodeFailedPrecondition and stores nothing either,
+//     on every one of these paths; a send
 //     whose key another server holds stores nothing either: it is answered
 //     with that server's ack once its dedup row is in the store (or
 //     Unavailable, "in progress; retry", after StoreTimeout);
@@ -54,8 +58,10 @@ package sequence
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"sync"
@@ -148,7 +154,10 @@ type Result struct {
 	// Err is nil on success, otherwise a *store.Error: CodeUnavailable
 	// (the store or the allocator failed, the sequencer is closed, or a
 	// send with the same client_message_id is in progress on another
-	// server and did not finish within StoreTimeout) or
+	// server and did not finish within StoreTimeout),
+	// CodeFailedPrecondition (the client_message_id already names a
+	// different message of the sender: another channel, kind, ref or
+	// text; nothing was stored, see Fingerprint) or
 	// CodeInvalid (a malformed request). A failed request was not
 	// published; it may have been stored (a store write that failed half
 	// way, or a commit the allocator could not confirm), so a retry with
@@ -303,6 +312,11 @@ func (s *Sequencer) SubmitContext(ctx context.Context, req *Request, done func(R
 		d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
 		switch {
 		case err == nil:
+			if err := CheckReuse(req, d); err != nil {
+				s.failed.Add(1)
+				done(Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: err})
+				return nil
+			}
 			s.duplicates.Add(1)
 			done(dupResult(*d))
 			return nil
@@ -427,6 +441,11 @@ type pending struct {
 	commit int  // index into committed, or -1
 	fresh  bool // a new message: gets ids in this batch
 	wait   bool // another server holds its claim: answered by awaitOther
+	// clash: the request at dupOf has the same key but other content.
+	clash bool
+	// found is the send recorded in the store under the request's key
+	// (looked up after the claim), if any.
+	found *store.Dedup
 	// repair: the send is in the store but some of its rows are missing
 	// (a server died in the middle of its batch): they are written in
 	// this batch, the missing inbox placements under new seqs.
@@ -477,10 +496,15 @@ func (s *Sequencer) process(batch []item) {
 			k := dedupKey{req.SenderID, req.ClientMessageID}
 			if j, ok := inBatch[k]; ok {
 				p.dupOf = j
+				p.clash = Fingerprint(req) != Fingerprint(batch[j].req)
 				continue
 			}
 			if d, ok := s.dedup.get(k); ok {
 				s.dedupPuts.Add(1) // a hit may move it to the new generation
+				if err := CheckReuse(req, &d); err != nil {
+					p.res.Err = err
+					continue
+				}
 				p.res = dupResult(d)
 				continue
 			}
@@ -525,6 +549,13 @@ func (s *Sequencer) process(batch []item) {
 		switch {
 		case err == nil:
 			p.fresh = false
+			p.found = d
+			if err := CheckReuse(req, d); err != nil {
+				// Another message's key: nothing is stored, and the
+				// other send is not repaired with this one's content.
+				p.res.Err = err
+				continue
+			}
 			if !s.precheck && len(d.Inbox) > 0 {
 				// Another server's batch may have died half way: every
 				// row of the send must be there before it counts as sent.
@@ -546,6 +577,21 @@ func (s *Sequencer) process(batch []item) {
 		case errors.Is(err, store.ErrNotFound):
 		default:
 			failErr = err
+		}
+	}
+
+	// Give back at once the claims of sends refused for reusing a key:
+	// they stored nothing, and the key's own message may need a retry to
+	// complete it (see KeyReleaser).
+	if kr, ok := s.alloc.(KeyReleaser); ok && failErr == nil && claims != nil {
+		var refused []ClaimKey
+		for _, i := range s.claimIdx {
+			if p := &ps[i]; p.found != nil && p.res.Err != nil {
+				refused = append(refused, ClaimKey{batch[i].req.SenderID, batch[i].req.ClientMessageID})
+			}
+		}
+		if len(refused) > 0 {
+			kr.ReleaseKeys(ctx, claims, refused)
 		}
 	}
 
@@ -640,6 +686,7 @@ func (s *Sequencer) process(batch []item) {
 				d := store.Dedup{
 					SenderID: req.SenderID, ClientMessageID: req.ClientMessageID,
 					ChannelID: req.ChannelID, MessageID: id, CreatedAt: createdAt,
+					Fingerprint: Fingerprint(req),
 				}
 				if !s.precheck {
 					// Cluster: the store's batch is not atomic; record
@@ -697,8 +744,7 @@ func (s *Sequencer) process(batch []item) {
 			continue
 		}
 		if p.dupOf >= 0 {
-			o := ps[p.dupOf].res
-			p.res = Result{ChannelID: o.ChannelID, MessageID: o.MessageID, CreatedAt: o.CreatedAt, ClientMessageID: o.ClientMessageID, Duplicate: true}
+			p.res = s.inBatchDup(batch[i].req, p, &ps[p.dupOf])
 		}
 		if p.res.Duplicate {
 			s.duplicates.Add(1)
@@ -707,6 +753,30 @@ func (s *Sequencer) process(batch []item) {
 			s.failed.Add(1)
 		}
 		batch[i].done(p.res)
+	}
+}
+
+// inBatchDup answers req (pending p), whose key an earlier request o of
+// the same batch carried: o's answer when both are the same message (a
+// duplicate of what o stored or found, or o's error); otherwise req is
+// compared with the send recorded before the batch, if o found one (req
+// may be the genuine retry and o the reuse), else with o's new message.
+func (s *Sequencer) inBatchDup(req *Request, p, o *pending) Result {
+	r := o.res
+	switch {
+	case !p.clash && r.Err != nil:
+		return Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: r.Err}
+	case !p.clash:
+		return Result{ChannelID: r.ChannelID, MessageID: r.MessageID, CreatedAt: r.CreatedAt, ClientMessageID: r.ClientMessageID, Duplicate: true}
+	case o.found != nil:
+		if err := CheckReuse(req, o.found); err != nil {
+			return Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: err}
+		}
+		return dupResult(*o.found)
+	case r.Err == nil && r.MessageID != 0:
+		return Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: errReused(req, &store.Dedup{ChannelID: r.ChannelID, MessageID: r.MessageID})}
+	default:
+		return Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: errReused(req, nil)}
 	}
 }
 
@@ -799,7 +869,7 @@ func (s *Sequencer) awaitOther(it item) {
 		for {
 			ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
 			d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
-			if err == nil && len(d.Inbox) > 0 {
+			if err == nil && len(d.Inbox) > 0 && CheckReuse(req, d) == nil {
 				// Answer only once every row of the send is there: a
 				// record alone may be the trace of a batch that died.
 				if inc, cerr := s.findMissing(ctx, d); cerr != nil || inc != nil {
@@ -808,6 +878,11 @@ func (s *Sequencer) awaitOther(it item) {
 			}
 			if err == nil {
 				cancel()
+				if err := CheckReuse(req, d); err != nil {
+					s.failed.Add(1)
+					it.done(Result{ChannelID: req.ChannelID, ClientMessageID: req.ClientMessageID, Err: err})
+					return
+				}
 				s.duplicates.Add(1)
 				it.done(dupResult(*d))
 				return
@@ -1105,4 +1180,55 @@ func seen(list []string, u string) bool {
 
 func dupResult(d store.Dedup) Result {
 	return Result{ChannelID: d.ChannelID, MessageID: d.MessageID, CreatedAt: d.CreatedAt.UTC(), ClientMessageID: d.ClientMessageID, Duplicate: true}
+}
+
+// Fingerprint identifies the content of req's message: a 64-bit FNV-1a
+// hash of its channel, kind (0 counts as KindText), ref, for-user and
+// text, each length-prefixed so that no two distinct tuples share an
+// encoding. Stable across processes and versions (it is stored with the
+// dedup record); never 0, which means "unknown" in a store.Dedup.
+func Fingerprint(req *Request) uint64 {
+	kind := req.Kind
+	if kind == 0 {
+		kind = store.KindText
+	}
+	h := fnv.New64a()
+	var n [binary.MaxVarintLen64]byte
+	field := func(s string) {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
+		h.Write([]byte(s))
+	}
+	field(req.ChannelID)
+	h.Write(n[:binary.PutUvarint(n[:], uint64(kind))])
+	h.Write(n[:binary.PutUvarint(n[:], req.RefMessageID)])
+	field(req.ForUser)
+	field(req.Text)
+	if v := h.Sum64(); v != 0 {
+		return v
+	}
+	return 1
+}
+
+// reused returns the error for req when d, the recorded send of its
+// (sender, client_message_id), is a different message (see errReused); nil
+// when it is the same message, or when d has no fingerprint (recorded
+// before fingerprints existed: answered as a duplicate, as before).
+func CheckReuse(req *Request, d *store.Dedup) error {
+	if d.Fingerprint == 0 || d.Fingerprint == Fingerprint(req) {
+		return nil
+	}
+	return errReused(req, d)
+}
+
+// errReused is the FailedPrecondition answer to a send whose
+// client_message_id already names a different message of the same sender
+// (another channel or other content): nothing of it is stored. d is the
+// recorded send, nil for an earlier send of the same batch.
+func errReused(req *Request, d *store.Dedup) error {
+	if d == nil {
+		return store.Errorf(store.CodeFailedPrecondition,
+			"client_message_id reused for a different message: %q already names another send in progress (other channel or content); use a new client_message_id for a new message", req.ClientMessageID)
+	}
+	return store.Errorf(store.CodeFailedPrecondition,
+		"client_message_id reused for a different message: %q already names message %d in %s (other channel or content); use a new client_message_id for a new message", req.ClientMessageID, d.MessageID, d.ChannelID)
 }

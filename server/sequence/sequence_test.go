@@ -136,7 +136,7 @@ func TestDedup(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(n)
 	for i := range n {
-		seq.Submit(sequencetest.Req("dm:alice:bob", "alice", "same", fmt.Sprint(i), "alice", "bob"), func(r sequence.Result) {
+		seq.Submit(sequencetest.Req("dm:alice:bob", "alice", "same", "hello", "alice", "bob"), func(r sequence.Result) {
 			results[i] = r
 			wg.Done()
 		})
@@ -168,7 +168,7 @@ func TestDedup(t *testing.T) {
 	rec = sequencetest.Recorder{}
 	seq = sequence.New(st, rec.Publish, sequence.Options{})
 	defer seq.Close()
-	r, err = seq.Do(ctx, sequencetest.Req("dm:alice:bob", "alice", "same", "again", "alice", "bob"))
+	r, err = seq.Do(ctx, sequencetest.Req("dm:alice:bob", "alice", "same", "hello", "alice", "bob"))
 	if err != nil || !r.Duplicate || r.MessageID != results[0].MessageID || !r.CreatedAt.Equal(results[0].CreatedAt) {
 		t.Fatalf("after restart: %+v %v, want duplicate of %+v", r, err, results[0])
 	}
@@ -434,7 +434,7 @@ func TestPrecheckAnswersStoredDuplicate(t *testing.T) {
 	}
 	var got sequence.Result
 	called := false
-	seq.Submit(sequencetest.Req("g:1", "alice", "x", "hello again", "alice", "bob"), func(r sequence.Result) { got, called = r, true })
+	seq.Submit(sequencetest.Req("g:1", "alice", "x", "hello", "alice", "bob"), func(r sequence.Result) { got, called = r, true })
 	if !called {
 		t.Fatal("a stored duplicate was queued instead of answered at once")
 	}
@@ -479,7 +479,7 @@ func TestPrecheckRace(t *testing.T) {
 			for i := range c.fillers {
 				seq.Submit(sequencetest.Req("g:1", "alice", fmt.Sprint("f", i), "f", "alice"), func(sequence.Result) {})
 			}
-			seq.Submit(sequencetest.Req("g:1", "alice", "x", "retry", "alice"), done)
+			seq.Submit(sequencetest.Req("g:1", "alice", "x", "first", "alice"), done)
 			close(gate)
 			first, retry := <-results, <-results
 			if first.Err != nil || first.Duplicate || retry.Err != nil || !retry.Duplicate || retry.MessageID != first.MessageID {

@@ -112,6 +112,13 @@ type Dedup struct {
 	// missing ones again; see Batch for why a record may exist before its
 	// rows. Empty for records written before placements were recorded.
 	Inbox []Placement
+	// Fingerprint identifies the content of the send (a 64-bit hash of
+	// its channel, kind, ref, for-user and text; computed by the
+	// sequencer), so that a reuse of the client_message_id for a
+	// different message is refused instead of answered as a duplicate.
+	// 0 means unknown (records written before fingerprints existed):
+	// such a record matches any send with its key.
+	Fingerprint uint64
 }
 
 // Placement is one inbox position of a message: (UserID, Seq).

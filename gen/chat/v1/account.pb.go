@@ -569,8 +569,10 @@ func (x *ListDevicesResponse) GetDevices() []*Device {
 }
 
 type GetProfileRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Username      string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// username: any spelling of a username, or "me" for the caller (never
+	// a username: they have at least 3 characters).
+	Username      string `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

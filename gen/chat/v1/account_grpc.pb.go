@@ -50,7 +50,9 @@ type AccountServiceClient interface {
 	LogOut(ctx context.Context, in *LogOutRequest, opts ...grpc.CallOption) (*LogOutResponse, error)
 	// ListDevices lists the caller's own devices (never another user's).
 	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
-	// GetProfile returns a user's public profile. Errors: NotFound.
+	// GetProfile returns a user's public profile, or the caller's own (with
+	// hide_presence) for the username "me" (REST: GET /v1/users/me).
+	// Errors: InvalidArgument (not a username), NotFound.
 	GetProfile(ctx context.Context, in *GetProfileRequest, opts ...grpc.CallOption) (*GetProfileResponse, error)
 	// UpdateProfile changes the caller's display name.
 	UpdateProfile(ctx context.Context, in *UpdateProfileRequest, opts ...grpc.CallOption) (*UpdateProfileResponse, error)
@@ -180,7 +182,9 @@ type AccountServiceServer interface {
 	LogOut(context.Context, *LogOutRequest) (*LogOutResponse, error)
 	// ListDevices lists the caller's own devices (never another user's).
 	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
-	// GetProfile returns a user's public profile. Errors: NotFound.
+	// GetProfile returns a user's public profile, or the caller's own (with
+	// hide_presence) for the username "me" (REST: GET /v1/users/me).
+	// Errors: InvalidArgument (not a username), NotFound.
 	GetProfile(context.Context, *GetProfileRequest) (*GetProfileResponse, error)
 	// UpdateProfile changes the caller's display name.
 	UpdateProfile(context.Context, *UpdateProfileRequest) (*UpdateProfileResponse, error)

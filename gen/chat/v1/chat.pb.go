@@ -602,7 +602,11 @@ type SendMessage struct {
 	//	*SendMessage_ChannelId
 	Target isSendMessage_Target `protobuf_oneof:"target"`
 	// client_message_id makes the send idempotent: a repeat from the same user
-	// returns the original SendAck and stores nothing. 1 to 64 bytes.
+	// returns the original SendAck and stores nothing. 1 to 64 bytes. A key
+	// names one message: reusing it for a different one (another target, or
+	// other text; or an edit or delete) is refused with FailedPrecondition
+	// ("client_message_id reused for a different message") and stores
+	// nothing. Use a new key for every new message.
 	ClientMessageId string `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
 	// text: valid UTF-8, at most 65536 bytes, not only whitespace.
 	Text          string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
@@ -699,6 +703,10 @@ func (*SendMessage_ChannelId) isSendMessage_Target() {}
 
 // Ack advances this device's cursor: the device has durably received every
 // inbox entry up to and including inbox_seq. Cursors never move backwards.
+// Answered with an AckResult (the cursor after it), or a FrameError:
+// FailedPrecondition when inbox_seq is above the user's inbox head (see
+// Welcome.head_seq; the entries up to it are not readable yet); the stream
+// stays open.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	InboxSeq      uint64                 `protobuf:"varint,1,opt,name=inbox_seq,json=inboxSeq,proto3" json:"inbox_seq,omitempty"`
@@ -1401,8 +1409,8 @@ type SendAck struct {
 	MessageId       uint64                 `protobuf:"varint,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	CreatedAt       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	ClientMessageId string                 `protobuf:"bytes,4,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
-	// duplicate is true when this client_message_id was seen before and the
-	// original ack is returned.
+	// duplicate is true when this client_message_id was seen before, for the
+	// same message, and the original ack is returned.
 	Duplicate     bool `protobuf:"varint,5,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -91,7 +91,8 @@ type ChatServiceClient interface {
 	// Errors: InvalidArgument (ids, text), NotFound (no such channel or
 	// message), PermissionDenied (not a member, or not the author),
 	// FailedPrecondition (outside the edit window, message deleted, not a
-	// text message, too many edits).
+	// text message, too many edits, client_message_id reused for a different
+	// message).
 	EditMessage(ctx context.Context, in *EditMessageRequest, opts ...grpc.CallOption) (*EditMessageResponse, error)
 	// DeleteMessage deletes a message for everyone (its author, or a group's
 	// owner or admin) or, with for_me, for the caller only (any member): a
@@ -99,7 +100,7 @@ type ChatServiceClient interface {
 	// me", which only the caller's inbox and history ever show). Same as the
 	// Chat stream's DeleteMessage frame. Errors: InvalidArgument, NotFound,
 	// PermissionDenied, FailedPrecondition (already deleted, not a text
-	// message).
+	// message, client_message_id reused for a different message).
 	DeleteMessage(ctx context.Context, in *DeleteMessageRequest, opts ...grpc.CallOption) (*DeleteMessageResponse, error)
 	// GetReceipts returns the delivery and read markers of every member of a
 	// channel. Errors: InvalidArgument, NotFound, PermissionDenied.
@@ -299,7 +300,8 @@ type ChatServiceServer interface {
 	// Errors: InvalidArgument (ids, text), NotFound (no such channel or
 	// message), PermissionDenied (not a member, or not the author),
 	// FailedPrecondition (outside the edit window, message deleted, not a
-	// text message, too many edits).
+	// text message, too many edits, client_message_id reused for a different
+	// message).
 	EditMessage(context.Context, *EditMessageRequest) (*EditMessageResponse, error)
 	// DeleteMessage deletes a message for everyone (its author, or a group's
 	// owner or admin) or, with for_me, for the caller only (any member): a
@@ -307,7 +309,7 @@ type ChatServiceServer interface {
 	// me", which only the caller's inbox and history ever show). Same as the
 	// Chat stream's DeleteMessage frame. Errors: InvalidArgument, NotFound,
 	// PermissionDenied, FailedPrecondition (already deleted, not a text
-	// message).
+	// message, client_message_id reused for a different message).
 	DeleteMessage(context.Context, *DeleteMessageRequest) (*DeleteMessageResponse, error)
 	// GetReceipts returns the delivery and read markers of every member of a
 	// channel. Errors: InvalidArgument, NotFound, PermissionDenied.

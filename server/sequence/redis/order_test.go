@@ -275,3 +275,91 @@ func TestFailedBatchReleasesClaim(t *testing.T) {
 		t.Fatalf("retry on the first server: %+v, %v; want the duplicate of %d", r2, err, r.MessageID)
 	}
 }
+
+// TestKeyReuseWhileClaimed: a send whose client_message_id another server
+// holds waits for that server's record (awaitOther); when the record is of
+// a different message (another channel or text) the waiter refuses the
+// send with FailedPrecondition instead of answering the other message's
+// ack, and a waiter with the same message gets the duplicate.
+func TestKeyReuseWhileClaimed(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	pst := sequencetest.OpenPebble(t, t.TempDir())
+	defer pst.Close()
+	other := newAlloc(t, newClient(t, addr), prefix, seqredis.Config{})
+	ctx := context.Background()
+	alice, bob, carol := sequencetest.Unique("alice"), sequencetest.Unique("bob"), sequencetest.Unique("carol")
+	orig := sequencetest.Req(sequencetest.Unique("dm"), alice, "k", "text A", alice, bob)
+	if c, err := other.Claim(ctx, []sequence.ClaimKey{{SenderID: alice, ClientMessageID: "k"}}, 5*time.Second); err != nil || c == nil || len(c.Lost) != 0 {
+		t.Fatalf("claim: %+v, %v", c, err)
+	}
+	s1 := sequence.New(pst, nil, sequence.Options{Allocator: newAlloc(t, newClient(t, addr), prefix, seqredis.Config{}), StoreTimeout: 5 * time.Second})
+	defer s1.Close()
+	reuse := sequencetest.Req(sequencetest.Unique("dm"), alice, "k", "text B", alice, carol)
+	reused, retried := make(chan sequence.Result, 1), make(chan sequence.Result, 1)
+	s1.Submit(reuse, func(r sequence.Result) { reused <- r })
+	s1.Submit(orig, func(r sequence.Result) { retried <- r })
+	time.Sleep(50 * time.Millisecond) // both wait for the other server
+	// The other server's send lands (a record without placements: checked
+	// as it is).
+	const id = 42 << 16
+	if err := pst.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{{
+		SenderID: alice, ClientMessageID: "k", ChannelID: orig.ChannelID, MessageID: id,
+		CreatedAt: time.Now(), Fingerprint: sequence.Fingerprint(orig),
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-reused; !sequencetest.IsReuse(r) {
+		t.Errorf("reuse for another message while claimed: %+v; want FailedPrecondition", r)
+	}
+	if r := <-retried; r.Err != nil || !r.Duplicate || r.MessageID != id {
+		t.Errorf("the same send while claimed: %+v; want a duplicate of %d", r, uint64(id))
+	}
+	if ds, _, err := pst.Inbox(ctx, carol, 0, 10); err != nil || len(ds) != 0 {
+		t.Errorf("carol's inbox: %d entries, %v; want none", len(ds), err)
+	}
+}
+
+// TestKeyReuseOfIncompleteSend: a cluster record whose rows are partly
+// missing (its server died mid-batch) is completed by a retry of the same
+// send, never by a send that reuses its key for another message: that one
+// is refused and writes nothing, and the record stays for the genuine
+// retry, which completes it.
+func TestKeyReuseOfIncompleteSend(t *testing.T) {
+	addr := redisAddr(t)
+	prefix := testPrefix(t, addr)
+	pst := sequencetest.OpenPebble(t, t.TempDir())
+	defer pst.Close()
+	s := sequence.New(pst, nil, sequence.Options{Allocator: newAlloc(t, newClient(t, addr), prefix, seqredis.Config{})})
+	defer s.Close()
+	ctx := context.Background()
+	alice, bob := sequencetest.Unique("alice"), sequencetest.Unique("bob")
+	orig := sequencetest.Req(sequencetest.Unique("dm"), alice, "k", "text A", alice, bob)
+	const id = 43 << 16
+	// Only the dedup record was written (step 1), placing the message at
+	// seqs that were never written.
+	if err := pst.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{{
+		SenderID: alice, ClientMessageID: "k", ChannelID: orig.ChannelID, MessageID: id, CreatedAt: time.Now(),
+		Inbox: []store.Placement{{UserID: alice, Seq: 1}, {UserID: bob, Seq: 1}}, Fingerprint: sequence.Fingerprint(orig),
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	reuse := sequencetest.Req(orig.ChannelID, alice, "k", "text B", alice, bob)
+	if r, _ := s.Do(ctx, reuse); !sequencetest.IsReuse(r) {
+		t.Fatalf("reuse of an incomplete send's key: %+v; want FailedPrecondition", r)
+	}
+	if _, err := pst.GetMessage(ctx, orig.ChannelID, id); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused send wrote the message row (%v)", err)
+	}
+	if ds, _, err := pst.Inbox(ctx, bob, 0, 10); err != nil || len(ds) != 0 {
+		t.Fatalf("bob's inbox after the refused send: %d entries, %v; want none", len(ds), err)
+	}
+	r, err := s.Do(ctx, orig)
+	if err != nil || !r.Duplicate || r.MessageID != id {
+		t.Fatalf("the genuine retry: %+v, %v; want the duplicate of %d", r, err, uint64(id))
+	}
+	m, err := pst.GetMessage(ctx, orig.ChannelID, id)
+	if err != nil || m.Text != "text A" {
+		t.Fatalf("completed message: %+v, %v; want text A", m, err)
+	}
+}

@@ -49,6 +49,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -168,6 +169,7 @@ type Allocator struct {
 }
 
 var _ sequence.Allocator = (*Allocator)(nil)
+var _ sequence.KeyReleaser = (*Allocator)(nil)
 
 // New checks cfg and loads the Redis functions (on every master of a
 // cluster). Errors: invalid Config, Redis unreachable or older than 7.
@@ -927,6 +929,25 @@ func (a *Allocator) Release(ctx context.Context, c *sequence.Claims) {
 		// (Functions missing: Redis restarted, the claims are gone too.)
 		a.log.Warn("sequence/redis: releasing dedup claims failed; they expire", "claims", len(tok.keys), "err", err)
 	}
+}
+
+// ReleaseKeys implements sequence.KeyReleaser: gives back c's claims on
+// keys only (compare-and-delete, as Release).
+func (a *Allocator) ReleaseKeys(ctx context.Context, c *sequence.Claims, keys []sequence.ClaimKey) {
+	if c == nil || len(keys) == 0 {
+		return
+	}
+	tok, ok := c.Token.(*claimToken)
+	if !ok || len(tok.keys) == 0 {
+		return
+	}
+	sub := &claimToken{value: tok.value}
+	for _, k := range keys {
+		if name := a.claimKey(k); slices.Contains(tok.keys, name) {
+			sub.keys = append(sub.keys, name)
+		}
+	}
+	a.Release(ctx, &sequence.Claims{Token: sub})
 }
 
 // ------------------------------------------------------------ horizon

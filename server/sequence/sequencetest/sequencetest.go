@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,6 +38,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("IDsSeqsAndHead", func(t *testing.T) { testIDsSeqsAndHead(t, h) })
 	t.Run("FIFOAndGroupCommit", func(t *testing.T) { testFIFO(t, h) })
 	t.Run("DedupAcrossRestart", func(t *testing.T) { testDedup(t, h) })
+	t.Run("KeyReusedForAnotherMessage", func(t *testing.T) { testKeyReuse(t, h) })
 	t.Run("RestartNeverGoesBackwards", func(t *testing.T) { testRestart(t, h) })
 	t.Run("CommitFailure", func(t *testing.T) { testCommitFailure(t, h) })
 	t.Run("CloseDrains", func(t *testing.T) { testClose(t, h) })
@@ -246,7 +248,7 @@ func testDedup(t *testing.T, h Harness) {
 	var wg sync.WaitGroup
 	wg.Add(n)
 	for i := range n {
-		seq.Submit(Req(ch, alice, "same", fmt.Sprint(i), alice, bob), func(r sequence.Result) {
+		seq.Submit(Req(ch, alice, "same", "hello", alice, bob), func(r sequence.Result) {
 			results[i] = r
 			wg.Done()
 		})
@@ -269,7 +271,7 @@ func testDedup(t *testing.T, h Harness) {
 	rec = Recorder{}
 	seq = newSeq(t, h, st, rec.Publish, sequence.Options{})
 	defer seq.Close()
-	r, err := seq.Do(ctx, Req(ch, alice, "same", "again", alice, bob))
+	r, err := seq.Do(ctx, Req(ch, alice, "same", "hello", alice, bob))
 	if err != nil || !r.Duplicate || r.MessageID != results[0].MessageID {
 		t.Fatalf("after restart: %+v %v, want duplicate of %+v", r, err, results[0])
 	}
@@ -430,5 +432,129 @@ func testPublishBeforeDone(t *testing.T, h Harness) {
 		if published.Load() < int64(i+1) {
 			t.Fatalf("done of message %d ran before its publish", i)
 		}
+	}
+}
+
+// IsReuse reports whether r is the refusal of a client_message_id reused
+// for a different message: FailedPrecondition naming the clash, nothing
+// stored.
+func IsReuse(r sequence.Result) bool {
+	return r.Err != nil && store.ErrorCode(r.Err) == store.CodeFailedPrecondition &&
+		strings.Contains(r.Err.Error(), "client_message_id reused for a different message") && r.MessageID == 0 && !r.Duplicate
+}
+
+// testKeyReuse: a client_message_id that already names a message of its
+// sender is refused (FailedPrecondition, nothing stored) when sent again
+// with another channel, text, kind or ref, and answered as a duplicate
+// when sent again as it was; on every dedup path: the in-memory LRU, the
+// store (after a restart, with an empty LRU), and an earlier request of
+// the same batch (held back behind a blocked publish).
+func testKeyReuse(t *testing.T, h Harness) {
+	dir := t.TempDir()
+	st := OpenPebble(t, dir)
+	gate := make(chan struct{})
+	var gated atomic.Bool
+	var msgs atomic.Int64
+	publish := func(b []sequence.Committed) {
+		if gated.Load() {
+			<-gate
+		}
+		msgs.Add(int64(len(b)))
+	}
+	seq := newSeq(t, h, st, publish, sequence.Options{})
+	ctx := context.Background()
+	alice, bob, carol := Unique("alice"), Unique("bob"), Unique("carol")
+	dmBob, dmCarol := Unique("dm-bob"), Unique("dm-carol")
+	orig := Req(dmBob, alice, "k", "text A", alice, bob)
+	first, err := seq.Do(ctx, orig)
+	if err != nil || first.Duplicate {
+		t.Fatalf("first send: %+v, %v", first, err)
+	}
+	variants := func() map[string]*sequence.Request {
+		edit := Req(dmBob, alice, "k", "text A", alice, bob)
+		edit.Kind, edit.RefMessageID = store.KindEdit, first.MessageID
+		ref := Req(dmBob, alice, "k", "text A", alice, bob)
+		ref.RefMessageID = 7
+		return map[string]*sequence.Request{
+			"other channel":          Req(dmCarol, alice, "k", "text A", alice, carol),
+			"other channel and text": Req(dmCarol, alice, "k", "text B", alice, carol),
+			"other text":             Req(dmBob, alice, "k", "text B", alice, bob),
+			"other kind and ref":     edit,
+			"other ref":              ref,
+		}
+	}
+	check := func(path string) {
+		t.Helper()
+		for name, req := range variants() {
+			r, _ := seq.Do(ctx, req)
+			if !IsReuse(r) {
+				t.Errorf("%s, %s: %+v; want FailedPrecondition \"client_message_id reused for a different message\"", path, name, r)
+			}
+		}
+		r, err := seq.Do(ctx, Req(dmBob, alice, "k", "text A", alice, bob))
+		if err != nil || !r.Duplicate || r.MessageID != first.MessageID {
+			t.Errorf("%s, the same send again: %+v, %v; want a duplicate of %d", path, r, err, first.MessageID)
+		}
+	}
+	check("LRU")
+	seq.Close()
+	st.Close()
+
+	st = OpenPebble(t, dir)
+	defer st.Close()
+	seq = newSeq(t, h, st, publish, sequence.Options{})
+	defer seq.Close()
+	check("store after restart")
+
+	// The same batch: a blocker holds the sequencer in publish while the
+	// others queue up, so they are taken in one batch: a new key with two
+	// contents (the first stored, the second refused), and the stored key
+	// reused then retried (refused, then a duplicate).
+	gated.Store(true)
+	blocked := make(chan sequence.Result, 1)
+	seq.Submit(Req(dmBob, alice, "blocker", "b", alice, bob), func(r sequence.Result) { blocked <- r })
+	time.Sleep(50 * time.Millisecond)
+	gated.Store(false)
+	reqs := []*sequence.Request{
+		Req(dmBob, alice, "k2", "new A", alice, bob),
+		Req(dmCarol, alice, "k2", "new B", alice, carol),
+		Req(dmCarol, alice, "k", "text B", alice, carol),
+		Req(dmBob, alice, "k", "text A", alice, bob),
+		Req(dmBob, alice, "k2", "new A", alice, bob),
+	}
+	res := make([]chan sequence.Result, len(reqs))
+	for i, req := range reqs {
+		res[i] = make(chan sequence.Result, 1)
+		seq.Submit(req, func(r sequence.Result) { res[i] <- r })
+	}
+	close(gate)
+	<-blocked
+	got := make([]sequence.Result, len(reqs))
+	for i := range reqs {
+		got[i] = <-res[i]
+	}
+	if got[0].Err != nil || got[0].Duplicate {
+		t.Errorf("batch: new key: %+v", got[0])
+	}
+	if !IsReuse(got[1]) {
+		t.Errorf("batch: new key with other content: %+v; want refused", got[1])
+	}
+	if !IsReuse(got[2]) {
+		t.Errorf("batch: stored key with other content: %+v; want refused", got[2])
+	}
+	if !got[3].Duplicate || got[3].Err != nil || got[3].MessageID != first.MessageID {
+		t.Errorf("batch: stored key, same content: %+v; want a duplicate of %d", got[3], first.MessageID)
+	}
+	if !got[4].Duplicate || got[4].Err != nil || got[4].MessageID != got[0].MessageID {
+		t.Errorf("batch: new key, same content again: %+v; want a duplicate of %+v", got[4], got[0])
+	}
+	if ds := CheckInbox(t, ctx, seq, st, carol, h.Dense); len(ds) != 0 {
+		t.Errorf("carol's inbox holds %d entries, want none: every send to her reused a key", len(ds))
+	}
+	if ds := CheckInbox(t, ctx, seq, st, bob, h.Dense); len(ds) != 3 {
+		t.Errorf("bob's inbox holds %d entries, want 3 (k, blocker, k2)", len(ds))
+	}
+	if n := msgs.Load(); n != 3 {
+		t.Errorf("published %d messages, want 3", n)
 	}
 }

@@ -248,7 +248,8 @@ func decodeRef(b []byte, prevCh string) (channelID string, messageID uint64, err
 }
 
 // --- dedup: 1 channel_id, 2 message_id, 3 created_at, then per placement
-// 4 user_id, 5 seq (records written before placements existed have none).
+// 4 user_id, 5 seq (records written before placements existed have none),
+// 6 fingerprint (absent in records written before it existed, and when 0).
 
 func encodeDedup(b []byte, d *store.Dedup) []byte {
 	b = appendString(b, 1, d.ChannelID)
@@ -258,7 +259,7 @@ func encodeDedup(b []byte, d *store.Dedup) []byte {
 		b = appendString(b, 4, p.UserID)
 		b = appendUint(b, 5, p.Seq)
 	}
-	return b
+	return appendUint(b, 6, d.Fingerprint)
 }
 
 func decodeDedup(senderID, clientMessageID string, b []byte) (*store.Dedup, error) {
@@ -277,6 +278,8 @@ func decodeDedup(senderID, clientMessageID string, b []byte) (*store.Dedup, erro
 			if n := len(d.Inbox); n > 0 {
 				d.Inbox[n-1].Seq = v
 			}
+		case 6:
+			d.Fingerprint = v
 		}
 	})
 	return d, err

@@ -68,6 +68,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -92,6 +93,9 @@ type Store struct {
 	// createMu serialises CreateUser: a user and its skeleton record are
 	// two keys that no stripe of locks covers together.
 	createMu sync.Mutex
+	dir      string
+	log      *slog.Logger
+	flushed  flushes
 }
 
 var _ store.Store = (*Store)(nil)
@@ -174,11 +178,20 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	s := &Store{seed: maphash.MakeSeed(), dir: dir, log: cfg.logger}
+	po.EventListener = s.flushed.listener()
+	walN, walBytes := walFiles(dir)
+	t0 := time.Now()
 	db, err := pebble.Open(dir, po)
 	if err != nil {
+		if isLockBusy(err) {
+			return nil, lockedError(dir, err)
+		}
 		return nil, fmt.Errorf("pebble store: open %s: %w", dir, err)
 	}
-	return &Store{db: db, seed: maphash.MakeSeed()}, nil
+	s.db = db
+	s.opened(walN, walBytes, time.Since(t0))
+	return s, nil
 }
 
 // Close waits for the calls in progress, then flushes and closes the
@@ -189,7 +202,7 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return ErrClosed
 	}
-	return s.db.Close()
+	return s.closeDB()
 }
 
 // slogLogger adapts slog to pebble.Logger.

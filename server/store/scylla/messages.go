@@ -21,7 +21,7 @@ const (
 	stmtInsertAct     = `INSERT INTO channel_activity (channel_id, message_id, created_at) VALUES (?, ?, ?)`
 	stmtTrimAct       = `DELETE FROM channel_activity WHERE channel_id = ? AND message_id < ?`
 	stmtInsertInbox   = `INSERT INTO inbox (user_id, bucket, seq, channel_id, message_id) VALUES (?, ?, ?, ?, ?)`
-	stmtInsertDedup   = `INSERT INTO dedup (sender_id, client_message_id, channel_id, message_id, created_at, inbox_users, inbox_seqs) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?`
+	stmtInsertDedup   = `INSERT INTO dedup (sender_id, client_message_id, channel_id, message_id, created_at, inbox_users, inbox_seqs, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?`
 
 	msgCols = `message_id, sender_id, sender_device_id, client_message_id, text, created_at, kind, ref_message_id, for_user`
 
@@ -39,7 +39,7 @@ const (
 	stmtInboxIdxDesc   = `SELECT bucket FROM inbox_buckets WHERE user_id = ? ORDER BY bucket DESC`
 	stmtInboxLast      = `SELECT seq FROM inbox WHERE user_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1`
 	stmtInboxAfter     = `SELECT seq, channel_id, message_id FROM inbox WHERE user_id = ? AND bucket = ? AND seq > ? LIMIT ?`
-	stmtGetDedup       = `SELECT channel_id, message_id, created_at, inbox_users, inbox_seqs FROM dedup WHERE sender_id = ? AND client_message_id = ?`
+	stmtGetDedup       = `SELECT channel_id, message_id, created_at, inbox_users, inbox_seqs, fingerprint FROM dedup WHERE sender_id = ? AND client_message_id = ?`
 	stmtInboxAt        = `SELECT channel_id, message_id FROM inbox WHERE user_id = ? AND bucket = ? AND seq = ?`
 )
 
@@ -243,7 +243,7 @@ func dedupArgs(d *store.Dedup, ttl int) []any {
 			users[i], seqs[i] = p.UserID, int64(p.Seq)
 		}
 	}
-	return []any{d.SenderID, d.ClientMessageID, d.ChannelID, encID(d.MessageID), ts(d.CreatedAt), users, seqs, ttl}
+	return []any{d.SenderID, d.ClientMessageID, d.ChannelID, encID(d.MessageID), ts(d.CreatedAt), users, seqs, int64(d.Fingerprint), ttl}
 }
 
 // startInboxIndex writes, concurrently with the caller, the
@@ -758,7 +758,8 @@ func (s *Store) LookupDedup(ctx context.Context, senderID, clientMessageID strin
 	var created time.Time
 	var users []string
 	var seqs []int64
-	ok, err := s.scan1(ctx, stmtGetDedup, []any{senderID, clientMessageID}, &d.ChannelID, &id, &created, &users, &seqs)
+	var fp *int64 // null in records written before migration 007
+	ok, err := s.scan1(ctx, stmtGetDedup, []any{senderID, clientMessageID}, &d.ChannelID, &id, &created, &users, &seqs, &fp)
 	if err != nil {
 		return nil, err
 	}
@@ -767,6 +768,9 @@ func (s *Store) LookupDedup(ctx context.Context, senderID, clientMessageID strin
 	}
 	d.MessageID = decID(id)
 	d.CreatedAt = utc(created)
+	if fp != nil {
+		d.Fingerprint = uint64(*fp)
+	}
 	if len(users) > 0 && len(users) == len(seqs) {
 		d.Inbox = make([]store.Placement, len(users))
 		for i := range users {

@@ -63,6 +63,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Inbox/LastSeqAcrossHoles", testInboxLastSeqAcrossHoles},
 		{"Dedup/Lookup", testDedup},
 		{"Dedup/Placements", testDedupPlacements},
+		{"Dedup/Fingerprint", testDedupFingerprint},
 		{"Inbox/EntryAt", testInboxEntryAt},
 		{"Users/CreateGetUpdate", testUsers},
 		{"Users/ConcurrentCreate", testUsersConcurrentCreate},
@@ -631,6 +632,34 @@ func testDedup(t *testing.T, s store.Store) {
 	for _, k := range [][2]string{{"zoë", "c:2"}, {"zo", "c:1"}, {"zoë", "c"}, {"alice", "c:1"}} {
 		_, err := s.LookupDedup(ctx, k[0], k[1])
 		wantErr(t, fmt.Sprintf("LookupDedup(%q, %q)", k[0], k[1]), err, store.ErrNotFound)
+	}
+}
+
+// testDedupFingerprint: a record keeps its content fingerprint, the whole
+// 64 bits (the high bit too: the cluster store keeps it in a signed
+// column), through a rewrite with new placements; a record written without
+// one reads back as 0 (unknown).
+func testDedupFingerprint(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	for i, fp := range []uint64{1, 0x8000_0000_0000_0001, ^uint64(0), 0x1234_5678_9abc_def0} {
+		k := fmt.Sprint("fp-", i)
+		d := store.Dedup{SenderID: "alice", ClientMessageID: k, ChannelID: "dm:alice:bob", MessageID: uint64(10 + i), CreatedAt: at(i), Fingerprint: fp}
+		noErr(t, "AppendBatch", s.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{d}}))
+		got, err := s.LookupDedup(ctx, "alice", k)
+		noErr(t, "LookupDedup", err)
+		if got.Fingerprint != fp || got.MessageID != d.MessageID {
+			t.Fatalf("LookupDedup(%s) = %+v, want fingerprint %#x", k, got, fp)
+		}
+		d.Inbox = []store.Placement{{UserID: "bob", Seq: 3}}
+		noErr(t, "AppendBatch again", s.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{d}}))
+		if got, err := s.LookupDedup(ctx, "alice", k); err != nil || got.Fingerprint != fp || len(got.Inbox) != 1 {
+			t.Fatalf("LookupDedup(%s) after rewrite = %+v, %v; want fingerprint %#x", k, got, err, fp)
+		}
+	}
+	d := store.Dedup{SenderID: "alice", ClientMessageID: "no-fp", ChannelID: "dm:alice:bob", MessageID: 99, CreatedAt: at(9)}
+	noErr(t, "AppendBatch", s.AppendBatch(ctx, &store.Batch{Dedup: []store.Dedup{d}}))
+	if got, err := s.LookupDedup(ctx, "alice", "no-fp"); err != nil || got.Fingerprint != 0 {
+		t.Fatalf("LookupDedup without fingerprint = %+v, %v; want fingerprint 0", got, err)
 	}
 }
 
