@@ -44,8 +44,10 @@ var (
 	// queue overflowed.
 	ErrOverflow = store.Errorf(store.CodeResourceExhausted, OverflowMessage)
 	// ErrTooManyStreams (CodeResourceExhausted) closes the oldest session
-	// of a device that opened more than the allowed number of streams.
-	ErrTooManyStreams = store.Errorf(store.CodeResourceExhausted, TooManyStreamsMessage)
+	// of a device that opened more than the allowed number of streams. Its
+	// Reason, store.ReasonStreamReplaced, tells clients not to reconnect
+	// (the client sees it as an ErrorInfo detail of the status).
+	ErrTooManyStreams = store.Errorf(store.CodeResourceExhausted, TooManyStreamsMessage).WithReason(store.ReasonStreamReplaced)
 
 	errShutdown = store.Errorf(store.CodeUnavailable, "server shutting down, reconnect")
 	errAttach   = store.Errorf(store.CodeUnavailable, "cannot attach the session, retry")
