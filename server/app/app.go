@@ -254,7 +254,7 @@ func (a *App) buildServices() error {
 			_ = a.presence.SetHidden(ctx, userID, hidden)
 		},
 	})
-	presenceSvc, err := presencesvc.New(presencesvc.Config{Engine: a.presence.Engine(), Store: a.store, Logger: cfg.Logger})
+	presenceSvc, err := presencesvc.New(presencesvc.Config{Engine: a.presence.Engine(), Store: a.store, Sessions: a.auth, Logger: cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("presence service: %w", err)
 	}

@@ -41,8 +41,22 @@ var b64url = base64.RawURLEncoding
 var (
 	errMalformed    = store.Errorf(store.CodeUnauthenticated, "malformed token")
 	errBadSignature = store.Errorf(store.CodeUnauthenticated, "bad signature")
-	errExpired      = store.Errorf(store.CodeUnauthenticated, "token expired")
+	errExpired      = ErrExpired
 )
+
+var (
+	// ErrExpired (CodeUnauthenticated "token expired", reason
+	// store.ReasonTokenExpired) is the error of an expired token, and the
+	// one a stream ends with when its token expires.
+	ErrExpired = store.Errorf(store.CodeUnauthenticated, "token expired").WithReason(store.ReasonTokenExpired)
+	// ErrRevoked (CodeUnauthenticated "session revoked", reason
+	// store.ReasonDeviceRevoked) is the error of a token of a revoked
+	// (logged out) device.
+	ErrRevoked = store.Errorf(store.CodeUnauthenticated, "session revoked").WithReason(store.ReasonDeviceRevoked)
+)
+
+// Expired reports whether p's token has expired at now.
+func (p Principal) Expired(now time.Time) bool { return !now.Before(p.ExpiresAt) }
 
 // Issue returns a signed bearer token for the device deviceID of userID,
 // valid from now for the configured TokenTTL, and the instant it expires

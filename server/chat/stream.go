@@ -32,7 +32,7 @@ var (
 	errNotMember        = status.Error(codes.PermissionDenied, "not a member of the channel")
 	errSelfDirect       = status.Error(codes.InvalidArgument, "cannot send a direct message to yourself")
 	errUserMissing      = status.Error(codes.NotFound, "user not found")
-	errUnknownDevice    = status.Error(codes.Unauthenticated, "session revoked")
+	errUnknownDevice    = auth.ErrRevoked
 	errSessionCheck     = status.Error(codes.Unavailable, "cannot verify session, retry")
 	errSyncFailed       = status.Error(codes.Unavailable, "sync failed, retry")
 )
@@ -184,6 +184,17 @@ func (s *Service) validate(ctx context.Context, p auth.Principal) error {
 // ------------------------------------------------------------------ writer
 
 func (st *stream) send(f *chatv1.ServerFrame) error {
+	// Nothing goes out once the token has expired, even when the expiry
+	// timer has not been taken yet (the writer's select picks any ready
+	// case): the stream ends instead.
+	if st.p.Expired(time.Now()) {
+		return auth.ErrExpired
+	}
+	// Nor once the session is closed (the device was logged out, or
+	// evicted): the stream ends with the session's error.
+	if st.sess.Err() != nil {
+		return st.endStatus()
+	}
 	if err := st.gs.Send(f); err != nil {
 		return err
 	}
@@ -212,6 +223,10 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 		return err
 	}
 	defer st.d.Stop()
+	// The stream ends at the moment its token expires (one timer per
+	// stream, ~100 bytes, no goroutine), not at its next frame.
+	expiry := time.NewTimer(time.Until(st.p.ExpiresAt))
+	defer expiry.Stop()
 	// Up to date: live from the head (the deliverer sends what was
 	// committed between the head read and the registration). Behind: the
 	// device syncs first.
@@ -231,6 +246,8 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 			return st.endStatus()
 		case <-expired:
 			return errHeartbeatTimeout
+		case <-expiry.C:
+			return auth.ErrExpired
 		case err := <-readerErr:
 			if err != io.EOF {
 				if st.sess.Err() != nil {
