@@ -745,3 +745,33 @@ func TestListenEvictedDoesNotReconnect(t *testing.T) {
 		}
 	}
 }
+
+// TestDevicesRevoke: "devices revoke DEVICE" and "devices revoke --others"
+// log out other devices of the user; the revoked ones are refused.
+func TestDevicesRevoke(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	laptop, phone, tablet := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(laptop, "alice")
+	phone.ok("login", "alice", "--password", "password-of-alice", "--device", "phone")
+	tablet.ok("login", "alice", "--password", "password-of-alice", "--device", "tablet")
+	laptop.fails(2, "devices", "revoke")
+	var phoneID string
+	for _, m := range jsonLines(t, laptop.ok("--json", "devices")) {
+		if m["name"] == "phone" {
+			phoneID, _ = m["deviceId"].(string)
+		}
+	}
+	if out := laptop.ok("devices", "revoke", phoneID); !strings.Contains(out, "logged out device "+phoneID) {
+		t.Fatalf("devices revoke: %q", out)
+	}
+	if out := phone.fails(1, "devices"); !strings.Contains(out, "Unauthenticated") {
+		t.Fatalf("the revoked phone: %q", out)
+	}
+	if out := laptop.ok("devices", "revoke", "--others"); !strings.Contains(out, "logged out 1 other device(s)") {
+		t.Fatalf("devices revoke --others: %q", out)
+	}
+	tablet.fails(1, "devices")
+	if out := laptop.ok("devices"); !strings.Contains(out, "(this device)") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("laptop's devices: %q", out)
+	}
+}

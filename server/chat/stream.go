@@ -101,6 +101,12 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		}
 		return s.storeErr(ctx, "Chat.GetDevice", err)
 	}
+	// The stored device is read fresh here: a device revoked on another
+	// server opens no stream even while this server's revocation cache
+	// still trusts it.
+	if dev.Revoked {
+		return errUnknownDevice
+	}
 	head, err := s.seq.Head(ctx, p.UserID)
 	if err != nil {
 		return err
