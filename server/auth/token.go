@@ -55,8 +55,22 @@ var (
 	ErrRevoked = store.Errorf(store.CodeUnauthenticated, "session revoked").WithReason(store.ReasonDeviceRevoked)
 )
 
-// Expired reports whether p's token has expired at now.
-func (p Principal) Expired(now time.Time) bool { return !now.Before(p.ExpiresAt) }
+// Expired reports whether p's token has expired at now. A Principal
+// without ExpiresAt (not made from a token, e.g. in tests) never expires.
+func (p Principal) Expired(now time.Time) bool {
+	return !p.ExpiresAt.IsZero() && !now.Before(p.ExpiresAt)
+}
+
+// ExpiryTimer returns a timer that fires when p's token expires, and its
+// channel; for a Principal without ExpiresAt, a nil timer and a nil
+// channel (never ready). Stop the timer (if not nil) when done.
+func (p Principal) ExpiryTimer() (*time.Timer, <-chan time.Time) {
+	if p.ExpiresAt.IsZero() {
+		return nil, nil
+	}
+	t := time.NewTimer(time.Until(p.ExpiresAt))
+	return t, t.C
+}
 
 // Issue returns a signed bearer token for the device deviceID of userID,
 // valid from now for the configured TokenTTL, and the instant it expires

@@ -231,8 +231,11 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 	defer st.d.Stop()
 	// The stream ends at the moment its token expires (one timer per
 	// stream, ~100 bytes, no goroutine), not at its next frame.
-	expiry := time.NewTimer(time.Until(st.p.ExpiresAt))
-	defer expiry.Stop()
+	var expiry <-chan time.Time
+	if t, c := st.p.ExpiryTimer(); t != nil {
+		defer t.Stop()
+		expiry = c
+	}
 	// Up to date: live from the head (the deliverer sends what was
 	// committed between the head read and the registration). Behind: the
 	// device syncs first.
@@ -252,7 +255,7 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 			return st.endStatus()
 		case <-expired:
 			return errHeartbeatTimeout
-		case <-expiry.C:
+		case <-expiry:
 			return auth.ErrExpired
 		case err := <-readerErr:
 			if err != io.EOF {

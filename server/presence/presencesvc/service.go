@@ -263,14 +263,17 @@ func (s *Service) Subscribe(req *chatv1.SubscribeRequest, stream grpc.ServerStre
 	}
 	// The stream ends at the moment the token expires (a timer, no
 	// goroutine), and nothing is sent once it has.
-	expiry := time.NewTimer(time.Until(p.ExpiresAt))
-	defer expiry.Stop()
+	var expiry <-chan time.Time
+	if t, c := p.ExpiryTimer(); t != nil {
+		defer t.Stop()
+		expiry = c
+	}
 	var batch []presence.Presence
 	for {
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
-		case <-expiry.C:
+		case <-expiry:
 			return auth.ErrExpired
 		case <-w.sig:
 		}
