@@ -507,6 +507,9 @@ func TestSlowConsumerIsDisconnectedAndRecoversBySync(t *testing.T) {
 	if status.Code(bs.Err()) != codes.ResourceExhausted {
 		t.Fatalf("Err = %v after %d deliveries, want ResourceExhausted", bs.Err(), got)
 	}
+	if client.IsEvicted(bs.Err()) || client.Reason(bs.Err()) != "" {
+		t.Fatalf("an overflow reads as an eviction: reason %q", client.Reason(bs.Err()))
+	}
 	if got >= n || bs.LastSeq() != uint64(got) {
 		t.Fatalf("got %d live deliveries, LastSeq %d; want fewer than %d, equal", got, bs.LastSeq(), n)
 	}
@@ -568,5 +571,32 @@ func TestSendInvalidUTF8(t *testing.T) {
 	}
 	if _, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "and still fine"}); err != nil {
 		t.Fatalf("send after the refused frames: %v", err)
+	}
+}
+
+// TestEvictedStreamIsDistinguishable: past the server's per-device bound
+// of streams, the oldest ends with ResourceExhausted carrying the reason
+// STREAM_REPLACED, which IsEvicted recognises (an overflow, also
+// ResourceExhausted, is not an eviction: see the slow consumer test).
+func TestEvictedStreamIsDistinguishable(t *testing.T) {
+	a := startServer(t, app.Config{MaxStreamsPerDevice: 2})
+	ctx := testContext(t)
+	alice := newUser(t, ctx, a.GRPCAddr(), "alice")
+	oldest := connect(t, ctx, alice)
+	second := connect(t, ctx, alice)
+	_ = connect(t, ctx, alice)
+	select {
+	case <-oldest.Done():
+	case <-ctx.Done():
+		t.Fatal("oldest stream still open past the bound")
+	}
+	err := oldest.Err()
+	if status.Code(err) != codes.ResourceExhausted || !client.IsEvicted(err) || client.Reason(err) != client.ReasonStreamReplaced {
+		t.Fatalf("Err = %v (reason %q), want ResourceExhausted with reason %s", err, client.Reason(err), client.ReasonStreamReplaced)
+	}
+	select {
+	case <-second.Done():
+		t.Fatalf("a stream within the bound ended: %v", second.Err())
+	default:
 	}
 }

@@ -390,10 +390,11 @@ func (s *Session) Done() <-chan struct{} { return s.done }
 // ended: ErrClosed after Close; io.EOF if the server ended the stream with
 // an OK status; otherwise the stream's gRPC status error, notably
 // Unauthenticated (token expired or revoked, or the device logged out: log
-// in again), ResourceExhausted (slow consumer: reconnect and sync; or,
-// with the message hub.TooManyStreamsMessage, the same device opened a
-// newer stream and this, its oldest, was closed: do not reconnect it) and
-// Unavailable (server shutting down or connection lost: reconnect).
+// in again; Reason tells ReasonTokenExpired from ReasonDeviceRevoked),
+// ResourceExhausted (slow consumer: reconnect and sync; or, when
+// IsEvicted(err), the same device opened a newer stream and this, its
+// oldest, was closed: do not reconnect it) and Unavailable (server
+// shutting down or connection lost: reconnect).
 func (s *Session) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -670,5 +671,107 @@ func TestWatchContacts(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "watching your contacts who have added you back (of bob)") {
 		t.Fatalf("watch stderr: %q", &stderr)
+	}
+}
+
+// expectSome waits for a delivery of text, skipping other lines.
+func (l *listener) expectSome(t *testing.T, text string) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case m, ok := <-l.lines:
+			if !ok {
+				t.Fatalf("listen exited before printing %q; stderr: %s", text, l.stderr)
+			}
+			if field(m, "delivery", "message", "text") == text {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("listen printed nothing for %q; stderr: %s", text, l.stderr)
+		}
+	}
+}
+
+// TestListenEvictedDoesNotReconnect: five "chatctl listen" of one device
+// (the server allows four streams per device): the oldest is closed with
+// the STREAM_REPLACED reason and exits with a clear message instead of
+// reconnecting and evicting the next one, forever; the other four keep
+// receiving.
+func TestListenEvictedDoesNotReconnect(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	alice, bob := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(alice, "alice")
+	signUpAndLogIn(bob, "bob")
+	var ls []*listener
+	for i := range 4 {
+		ls = append(ls, startListen(t, bob))
+		// Let it connect first: a message committed while a listen is
+		// still opening its stream is not always printed by it (a race
+		// outside this test's subject).
+		time.Sleep(time.Second)
+		alice.ok("send", "bob", fmt.Sprint("m", i))
+		for _, l := range ls {
+			l.expectSome(t, fmt.Sprint("m", i))
+		}
+	}
+	fifth := startListen(t, bob)
+	time.Sleep(time.Second)
+	exited := make(chan error, 1)
+	go func() { exited <- ls[0].cmd.Wait() }()
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Fatalf("evicted listen exited with %v; stderr: %s", err, ls[0].stderr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the oldest listen did not exit; stderr: %s", ls[0].stderr)
+	}
+	stderr := ls[0].stderr.String()
+	if !strings.Contains(stderr, "chatctl: ResourceExhausted: stopped without reconnecting: this device opened a newer stream") ||
+		strings.Contains(stderr, "reconnecting in") {
+		t.Fatalf("evicted listen stderr %q", stderr)
+	}
+	// No war: the four newest stay connected and keep receiving.
+	alice.ok("send", "bob", "after")
+	for _, l := range append(ls[1:], fifth) {
+		l.expectSome(t, "after")
+	}
+	for _, l := range append(ls[1:], fifth) {
+		l.interrupt(t)
+		if strings.Contains(l.stderr.String(), "reconnecting") {
+			t.Fatalf("a listener reconnected: %s", l.stderr)
+		}
+	}
+}
+
+// TestDevicesRevoke: "devices revoke DEVICE" and "devices revoke --others"
+// log out other devices of the user; the revoked ones are refused.
+func TestDevicesRevoke(t *testing.T) {
+	a := startServer(t, "127.0.0.1:0", t.TempDir())
+	laptop, phone, tablet := newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr()), newCLI(t, a.GRPCAddr())
+	signUpAndLogIn(laptop, "alice")
+	phone.ok("login", "alice", "--password", "password-of-alice", "--device", "phone")
+	tablet.ok("login", "alice", "--password", "password-of-alice", "--device", "tablet")
+	laptop.fails(2, "devices", "revoke")
+	var phoneID string
+	for _, m := range jsonLines(t, laptop.ok("--json", "devices")) {
+		if m["name"] == "phone" {
+			phoneID, _ = m["deviceId"].(string)
+		}
+	}
+	if out := laptop.ok("devices", "revoke", phoneID); !strings.Contains(out, "logged out device "+phoneID) {
+		t.Fatalf("devices revoke: %q", out)
+	}
+	if out := phone.fails(1, "devices"); !strings.Contains(out, "Unauthenticated") {
+		t.Fatalf("the revoked phone: %q", out)
+	}
+	if out := laptop.ok("devices", "revoke", "--others"); !strings.Contains(out, "logged out 1 other device(s)") {
+		t.Fatalf("devices revoke --others: %q", out)
+	}
+	tablet.fails(1, "devices")
+	if out := laptop.ok("devices"); !strings.Contains(out, "(this device)") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("laptop's devices: %q", out)
 	}
 }

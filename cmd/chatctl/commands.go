@@ -35,7 +35,7 @@ func (e *env) commands() []*cobra.Command {
 		group("contacts", "add, remove and list your contacts",
 			e.contactsAddCmd(), e.contactsRemoveCmd(), e.contactsListCmd()),
 		withSub(e.profileCmd(), e.profileSetCmd()),
-		e.devicesCmd(),
+		withSub(e.devicesCmd(), e.devicesRevokeCmd()),
 		e.presenceCmd(),
 		e.watchCmd(),
 	}
@@ -404,6 +404,46 @@ func (e *env) devicesCmd() *cobra.Command {
 					formatTime(d.GetCreatedAt()), formatTime(d.GetLastSeenAt()), d.GetCursor(), mark)
 			})
 		})
+}
+
+func (e *env) devicesRevokeCmd() *cobra.Command {
+	var others *bool
+	cmd := e.command("revoke DEVICE | --others", "log out one of your devices, or every device but this one", atMost(1, "DEVICE"),
+		func(ctx context.Context, c *client.Client, args []string) error {
+			if *others == (len(args) == 1) {
+				return usagef("name a DEVICE (see chatctl devices) or give --others, not both")
+			}
+			if *others {
+				resp, err := rpc(ctx, e, c.Account().RevokeOtherDevices, &chatv1.RevokeOtherDevicesRequest{})
+				if err != nil {
+					return err
+				}
+				ids := resp.GetRevokedDeviceIds()
+				if ids == nil {
+					ids = []string{}
+				}
+				return e.report(map[string]any{"revokedDeviceIds": ids},
+					"logged out %d other device(s)%s\n", len(ids), listSuffix(ids))
+			}
+			if _, err := rpc(ctx, e, c.Account().RevokeDevice, &chatv1.RevokeDeviceRequest{DeviceId: args[0]}); err != nil {
+				return err
+			}
+			return e.report(map[string]any{"revokedDeviceIds": []string{args[0]}}, "logged out device %s\n", args[0])
+		})
+	cmd.Long = `Logs out one of your devices (its id from chatctl devices), or with --others
+every device of yours but this one. The device's token stops working at once
+and its open streams end within a second, on every server. Revoking this
+device itself is chatctl logout (which also deletes the stored credentials).`
+	others = cmd.Flags().Bool("others", false, "log out every device but this one")
+	return cmd
+}
+
+// listSuffix is ": a, b" for a non-empty list.
+func listSuffix(ids []string) string {
+	if len(ids) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(ids, ", ")
 }
 
 func (e *env) profileCmd() *cobra.Command {

@@ -72,16 +72,24 @@ func (e *env) listenCmd() *cobra.Command {
 arrives (and "... is typing", receipt and read-state events), acking as it
 goes, until SIGINT or SIGTERM. Reconnects with exponential backoff (0.5s to
 30s) when the server shuts down (Unavailable) or drops the stream because
-the client was too slow (ResourceExhausted). With --json each line is a
+the client was too slow (ResourceExhausted). Exits without reconnecting when
+the same device opened a newer stream (another listen with the same
+--config-dir: the server closes the oldest), when the token expired or the
+device was logged out (Unauthenticated). With --json each line is a
 ServerFrame object holding "delivery", "typing", "receipt" or "unread".`
 	limit = syncLimitFlag(cmd)
 	return cmd
 }
 
-// retryable reports whether a stream error calls for a reconnect.
+// retryable reports whether a stream error calls for a reconnect. An
+// eviction (client.IsEvicted: the device opened a newer stream) does not:
+// reconnecting would evict the newer one, which would reconnect in turn.
 func retryable(err error) bool {
 	if errors.Is(err, io.EOF) {
 		return true
+	}
+	if client.IsEvicted(err) {
+		return false
 	}
 	switch status.Code(err) {
 	case codes.Unavailable, codes.ResourceExhausted:
@@ -94,6 +102,13 @@ const (
 	minBackoff = 500 * time.Millisecond
 	maxBackoff = 30 * time.Second
 )
+
+// errEvicted ends listen when the server closed its stream because the
+// same device opened a newer one.
+var errEvicted = status.Error(codes.ResourceExhausted,
+	"stopped without reconnecting: this device opened a newer stream (another \"chatctl listen\" with the same --config-dir, "+
+		"or another client logged in as this device) and the server closed this one, the oldest; "+
+		"run one listener per device, or log in again in another --config-dir for a device of its own")
 
 // listen runs sessions until ctx ends, reconnecting on retryable errors.
 func (e *env) listen(ctx context.Context, c *client.Client, limit int32) error {
@@ -114,6 +129,9 @@ func (e *env) listen(ctx context.Context, c *client.Client, limit int32) error {
 		}
 		if ctx.Err() != nil {
 			return nil // interrupted
+		}
+		if client.IsEvicted(err) {
+			return errEvicted
 		}
 		if !retryable(err) {
 			return err

@@ -529,3 +529,54 @@ func TestStoreFailureIsInternal(t *testing.T) {
 		t.Fatalf("got %v, want Internal \"internal error\"", err)
 	}
 }
+
+// TestRevokeDevice: a device logs out another device of its user (its
+// token fails, OnLogout closes its streams), then "everywhere else"; it
+// can never revoke another user's device (NotFound, as an unknown one).
+func TestRevokeDevice(t *testing.T) {
+	e := newEnv(t, opts{})
+	e.signUp(t, "alice", "password-a", "Alice")
+	e.signUp(t, "bob", "password-b", "Bob")
+	laptop := e.logIn(t, "alice", "password-a", "laptop")
+	phone := e.logIn(t, "alice", "password-a", "phone")
+	tablet := e.logIn(t, "alice", "password-a", "tablet")
+	bob := e.logIn(t, "bob", "password-b", "bob-phone")
+
+	_, err := e.c.RevokeDevice(e.as(bob.GetAccessToken()), &chatv1.RevokeDeviceRequest{DeviceId: laptop.GetDeviceId()})
+	wantStatus(t, err, codes.NotFound, "device not found")
+	_, err = e.c.RevokeDevice(e.as(laptop.GetAccessToken()), &chatv1.RevokeDeviceRequest{})
+	wantStatus(t, err, codes.InvalidArgument, "device_id")
+	if _, err := e.c.ListDevices(e.as(laptop.GetAccessToken()), &chatv1.ListDevicesRequest{}); err != nil {
+		t.Fatalf("bob's attempt hurt alice's laptop: %v", err)
+	}
+
+	if _, err := e.c.RevokeDevice(e.as(laptop.GetAccessToken()), &chatv1.RevokeDeviceRequest{DeviceId: phone.GetDeviceId()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.c.ListDevices(e.as(phone.GetAccessToken()), &chatv1.ListDevicesRequest{})
+	wantStatus(t, err, codes.Unauthenticated, "session revoked")
+	if got := e.logouts.get(); len(got) != 1 || got[0] != "alice/"+phone.GetDeviceId() {
+		t.Fatalf("OnLogout calls %v", got)
+	}
+	// Again: already revoked, succeeds without another OnLogout.
+	if _, err := e.c.RevokeDevice(e.as(laptop.GetAccessToken()), &chatv1.RevokeDeviceRequest{DeviceId: phone.GetDeviceId()}); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := e.c.RevokeOtherDevices(e.as(laptop.GetAccessToken()), &chatv1.RevokeOtherDevicesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := resp.GetRevokedDeviceIds(); len(ids) != 1 || ids[0] != tablet.GetDeviceId() {
+		t.Fatalf("RevokeOtherDevices revoked %v, want only the tablet", ids)
+	}
+	_, err = e.c.ListDevices(e.as(tablet.GetAccessToken()), &chatv1.ListDevicesRequest{})
+	wantStatus(t, err, codes.Unauthenticated, "session revoked")
+	devs, err := e.c.ListDevices(e.as(laptop.GetAccessToken()), &chatv1.ListDevicesRequest{})
+	if err != nil || len(devs.GetDevices()) != 1 || !devs.GetDevices()[0].GetCurrent() {
+		t.Fatalf("alice's devices after revoking the others: %v %v", devs, err)
+	}
+	if _, err := e.c.ListDevices(e.as(bob.GetAccessToken()), &chatv1.ListDevicesRequest{}); err != nil {
+		t.Fatalf("bob's device was revoked: %v", err)
+	}
+}

@@ -124,6 +124,7 @@ var (
 	// user's (store.ErrUsernameLookAlike).
 	errUserLookAlike = status.Error(codes.AlreadyExists, "username is taken: it looks like an existing username")
 	errNoUser        = status.Error(codes.NotFound, "user not found")
+	errNoDevice      = status.Error(codes.NotFound, "device not found")
 	errSelfContact   = status.Error(codes.InvalidArgument, "cannot add yourself as a contact")
 	errInternal      = status.Error(codes.Internal, "internal error")
 )
@@ -337,6 +338,63 @@ func (s *Service) LogOut(ctx context.Context, _ *chatv1.LogOutRequest) (*chatv1.
 		return nil, err
 	}
 	return &chatv1.LogOutResponse{}, nil
+}
+
+// RevokeDevice logs out one of the caller's own devices (the calling one
+// too): durably, in this server's authenticator at once, and through
+// OnLogout (its streams here end now, on other servers through the
+// router). Only the caller's devices are looked up, so another user's
+// device is NotFound, as an unknown one. An already revoked device
+// succeeds. Errors: Unauthenticated, InvalidArgument (no device_id),
+// NotFound "device not found".
+func (s *Service) RevokeDevice(ctx context.Context, req *chatv1.RevokeDeviceRequest) (*chatv1.RevokeDeviceResponse, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id := req.GetDeviceId()
+	if id == "" || len(id) > 128 {
+		return nil, status.Error(codes.InvalidArgument, "device_id must be 1 to 128 bytes (see ListDevices)")
+	}
+	d, err := s.st.GetDevice(ctx, p.UserID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errNoDevice
+	}
+	if err != nil {
+		return nil, internal(ctx, "RevokeDevice.GetDevice", err)
+	}
+	if d.Revoked {
+		return &chatv1.RevokeDeviceResponse{}, nil
+	}
+	if err := s.revoke(ctx, d); err != nil {
+		return nil, err
+	}
+	return &chatv1.RevokeDeviceResponse{}, nil
+}
+
+// RevokeOtherDevices logs out every live device of the caller's but the
+// calling one, as RevokeDevice, and returns their ids. Errors:
+// Unauthenticated.
+func (s *Service) RevokeOtherDevices(ctx context.Context, _ *chatv1.RevokeOtherDevicesRequest) (*chatv1.RevokeOtherDevicesResponse, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	devs, err := s.st.ListDevices(ctx, p.UserID)
+	if err != nil {
+		return nil, internal(ctx, "RevokeOtherDevices.ListDevices", err)
+	}
+	out := &chatv1.RevokeOtherDevicesResponse{}
+	for _, d := range devs {
+		if d.Revoked || d.DeviceID == p.DeviceID {
+			continue
+		}
+		if err := s.revoke(ctx, d); err != nil {
+			return nil, err
+		}
+		out.RevokedDeviceIds = append(out.RevokedDeviceIds, d.DeviceID)
+	}
+	return out, nil
 }
 
 // ListDevices lists the caller's own live (not revoked) devices, oldest

@@ -28,6 +28,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -93,6 +94,7 @@ type App struct {
 	hub      *hub.Hub
 	presence *presence.Tracker
 	auth     *auth.Authenticator
+	authRef  atomic.Pointer[auth.Authenticator] // auth, for the hub's router goroutine
 	chat     *chat.Service
 	health   *health.Server
 	registry *prometheus.Registry
@@ -182,7 +184,17 @@ func (a *App) listen() error {
 // store, the cluster engines on Redis.
 func (a *App) buildEngines() error {
 	cfg := a.cfg
-	a.hub = hub.New(hub.Config{MaxStreamsPerDevice: cfg.MaxStreamsPerDevice, Logger: cfg.Logger})
+	a.hub = hub.New(hub.Config{
+		MaxStreamsPerDevice: cfg.MaxStreamsPerDevice,
+		Logger:              cfg.Logger,
+		// A revocation routed from another server: the authenticator (built
+		// later, in buildServices) refuses the device's tokens here at once.
+		OnRevoke: func(userID, deviceID string) {
+			if au := a.authRef.Load(); au != nil {
+				au.Revoke(userID, deviceID)
+			}
+		},
+	})
 	eng, err := a.newEngines(context.Background(), a.hub.Deliver)
 	if err != nil {
 		return err
@@ -224,6 +236,7 @@ func (a *App) buildServices() error {
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
+	a.authRef.Store(a.auth)
 
 	a.chat = chat.New(chat.Config{
 		Store:      a.store,
@@ -243,9 +256,16 @@ func (a *App) buildServices() error {
 		Store: a.store,
 		Auth:  a.auth,
 		OnLogout: func(userID, deviceID string) {
-			a.hub.KillDevice(userID, deviceID, store.Errorf(store.CodeUnauthenticated, "device logged out"))
+			// This server's streams of the device end now; the other
+			// servers holding the user learn it from a revocation event on
+			// the user's routes (within a routing hop, well under a second).
+			a.hub.KillDevice(userID, deviceID, hub.ErrRevoked)
 			ctx, cancel := context.WithTimeout(context.Background(), presenceHookTimeout)
 			defer cancel()
+			if err := a.router.Route(ctx, []router.Event{{UserID: userID, RevokeDeviceID: deviceID}}); err != nil {
+				a.log.Warn("routing a device revocation failed: its streams on other servers end at their next frame, once the revocation cache expires",
+					"user_id", userID, "device_id", deviceID, "err", err)
+			}
 			_ = a.presence.Logout(ctx, userID, deviceID)
 		},
 		OnPresenceHidden: func(userID string, hidden bool) {
@@ -254,7 +274,7 @@ func (a *App) buildServices() error {
 			_ = a.presence.SetHidden(ctx, userID, hidden)
 		},
 	})
-	presenceSvc, err := presencesvc.New(presencesvc.Config{Engine: a.presence.Engine(), Store: a.store, Logger: cfg.Logger})
+	presenceSvc, err := presencesvc.New(presencesvc.Config{Engine: a.presence.Engine(), Store: a.store, Sessions: a.auth, Logger: cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("presence service: %w", err)
 	}

@@ -150,7 +150,7 @@ func (s *cacheShard) put(k deviceKey, e cacheEntry, now time.Time, ttl time.Dura
 }
 
 var (
-	errRevoked         = store.Errorf(store.CodeUnauthenticated, "session revoked")
+	errRevoked         = ErrRevoked
 	errSessionCheck    = store.Errorf(store.CodeUnavailable, "cannot verify session, retry")
 	errMissingToken    = store.Errorf(store.CodeUnauthenticated, "missing bearer token")
 	errNotBearerScheme = store.Errorf(store.CodeUnauthenticated, "authorization must be \"Bearer <token>\"")

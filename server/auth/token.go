@@ -41,8 +41,36 @@ var b64url = base64.RawURLEncoding
 var (
 	errMalformed    = store.Errorf(store.CodeUnauthenticated, "malformed token")
 	errBadSignature = store.Errorf(store.CodeUnauthenticated, "bad signature")
-	errExpired      = store.Errorf(store.CodeUnauthenticated, "token expired")
+	errExpired      = ErrExpired
 )
+
+var (
+	// ErrExpired (CodeUnauthenticated "token expired", reason
+	// store.ReasonTokenExpired) is the error of an expired token, and the
+	// one a stream ends with when its token expires.
+	ErrExpired = store.Errorf(store.CodeUnauthenticated, "token expired").WithReason(store.ReasonTokenExpired)
+	// ErrRevoked (CodeUnauthenticated "session revoked", reason
+	// store.ReasonDeviceRevoked) is the error of a token of a revoked
+	// (logged out) device.
+	ErrRevoked = store.Errorf(store.CodeUnauthenticated, "session revoked").WithReason(store.ReasonDeviceRevoked)
+)
+
+// Expired reports whether p's token has expired at now. A Principal
+// without ExpiresAt (not made from a token, e.g. in tests) never expires.
+func (p Principal) Expired(now time.Time) bool {
+	return !p.ExpiresAt.IsZero() && !now.Before(p.ExpiresAt)
+}
+
+// ExpiryTimer returns a timer that fires when p's token expires, and its
+// channel; for a Principal without ExpiresAt, a nil timer and a nil
+// channel (never ready). Stop the timer (if not nil) when done.
+func (p Principal) ExpiryTimer() (*time.Timer, <-chan time.Time) {
+	if p.ExpiresAt.IsZero() {
+		return nil, nil
+	}
+	t := time.NewTimer(time.Until(p.ExpiresAt))
+	return t, t.C
+}
 
 // Issue returns a signed bearer token for the device deviceID of userID,
 // valid from now for the configured TokenTTL, and the instant it expires

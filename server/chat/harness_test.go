@@ -58,6 +58,7 @@ type envConfig struct {
 	frameBurst int
 	now        func() time.Time // the chat service's clock
 	authNow    func() time.Time // the authenticator's clock (token expiry)
+	tokenTTL   time.Duration    // the tokens' lifetime (default auth's)
 	// drop, if set, loses the routed events it returns true for (a
 	// lossy router between the local router and the hub).
 	drop func(router.Event) bool
@@ -79,7 +80,7 @@ func newEnv(t testing.TB, ec envConfig) *env {
 		t.Fatal(err)
 	}
 	e.st = st
-	e.auth, err = auth.New(auth.Config{Key: []byte("0123456789abcdef0123456789abcdef"), Devices: st, Now: ec.authNow})
+	e.auth, err = auth.New(auth.Config{Key: []byte("0123456789abcdef0123456789abcdef"), Devices: st, Now: ec.authNow, TokenTTL: ec.tokenTTL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"context"
 	"fmt"
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/store"
 	"google.golang.org/grpc/status"
 	"strings"
@@ -409,6 +410,11 @@ func TestTooManyStreamsPerDevice(t *testing.T) {
 	st := ds[0].ended()
 	if st.Code() != codes.ResourceExhausted || st.Message() != hub.TooManyStreamsMessage {
 		t.Fatalf("oldest stream ended with %v, want ResourceExhausted %q", st, hub.TooManyStreamsMessage)
+	}
+	// Distinguishable from an overflow (also ResourceExhausted): the
+	// status carries ErrorInfo{reason: STREAM_REPLACED, domain: chatd}.
+	if r := grpcerr.Reason(st.Err()); r != store.ReasonStreamReplaced {
+		t.Fatalf("evicted stream's reason %q (details %v), want %q", r, st.Details(), store.ReasonStreamReplaced)
 	}
 	b := e.open("bob", "b1")
 	b.ackOf(b.sendTo("alice", "m1", "hi"))

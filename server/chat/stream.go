@@ -32,7 +32,7 @@ var (
 	errNotMember        = status.Error(codes.PermissionDenied, "not a member of the channel")
 	errSelfDirect       = status.Error(codes.InvalidArgument, "cannot send a direct message to yourself")
 	errUserMissing      = status.Error(codes.NotFound, "user not found")
-	errUnknownDevice    = status.Error(codes.Unauthenticated, "session revoked")
+	errUnknownDevice    = auth.ErrRevoked
 	errSessionCheck     = status.Error(codes.Unavailable, "cannot verify session, retry")
 	errSyncFailed       = status.Error(codes.Unavailable, "sync failed, retry")
 )
@@ -100,6 +100,12 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 			return errUnknownDevice
 		}
 		return s.storeErr(ctx, "Chat.GetDevice", err)
+	}
+	// The stored device is read fresh here: a device revoked on another
+	// server opens no stream even while this server's revocation cache
+	// still trusts it.
+	if dev.Revoked {
+		return errUnknownDevice
 	}
 	head, err := s.seq.Head(ctx, p.UserID)
 	if err != nil {
@@ -184,6 +190,17 @@ func (s *Service) validate(ctx context.Context, p auth.Principal) error {
 // ------------------------------------------------------------------ writer
 
 func (st *stream) send(f *chatv1.ServerFrame) error {
+	// Nothing goes out once the token has expired, even when the expiry
+	// timer has not been taken yet (the writer's select picks any ready
+	// case): the stream ends instead.
+	if st.p.Expired(time.Now()) {
+		return auth.ErrExpired
+	}
+	// Nor once the session is closed (the device was logged out, or
+	// evicted): the stream ends with the session's error.
+	if st.sess.Err() != nil {
+		return st.endStatus()
+	}
 	if err := st.gs.Send(f); err != nil {
 		return err
 	}
@@ -212,6 +229,13 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 		return err
 	}
 	defer st.d.Stop()
+	// The stream ends at the moment its token expires (one timer per
+	// stream, ~100 bytes, no goroutine), not at its next frame.
+	var expiry <-chan time.Time
+	if t, c := st.p.ExpiryTimer(); t != nil {
+		defer t.Stop()
+		expiry = c
+	}
 	// Up to date: live from the head (the deliverer sends what was
 	// committed between the head read and the registration). Behind: the
 	// device syncs first.
@@ -231,6 +255,8 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 			return st.endStatus()
 		case <-expired:
 			return errHeartbeatTimeout
+		case <-expiry:
+			return auth.ErrExpired
 		case err := <-readerErr:
 			if err != io.EOF {
 				if st.sess.Err() != nil {

@@ -15,12 +15,16 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/chatd/chatd/server/store"
 )
+
+// Domain is the ErrorInfo domain of the reasons chatd sends (see Status).
+const Domain = "chatd"
 
 // codeOf is the mapping table: every store.Code and its gRPC code.
 var codeOf = map[store.Code]codes.Code{
@@ -49,7 +53,8 @@ func CodeOf(c store.Code) codes.Code {
 // Status returns err as a gRPC status error:
 //   - nil for nil;
 //   - for an *store.Error in err's chain, its Code's gRPC code with its
-//     Message (the cause is not sent);
+//     Message (the cause is not sent) and, when it has a Reason, a
+//     google.rpc.ErrorInfo detail {reason: Reason, domain: Domain};
 //   - a gRPC status error unchanged;
 //   - for context.Canceled / DeadlineExceeded, Canceled / DeadlineExceeded
 //     (as status.FromContextError, and as gRPC does for a handler's
@@ -63,7 +68,13 @@ func Status(err error) error {
 	}
 	var e *store.Error
 	if errors.As(err, &e) {
-		return status.Error(CodeOf(e.Code), e.Message)
+		st := status.New(CodeOf(e.Code), e.Message)
+		if e.Reason != "" {
+			if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: e.Reason, Domain: Domain}); derr == nil {
+				st = d
+			}
+		}
+		return st.Err()
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
@@ -76,6 +87,22 @@ func Status(err error) error {
 
 // Convert is Status as a *status.Status (OK for nil).
 func Convert(err error) *status.Status { return status.Convert(Status(err)) }
+
+// Reason returns the google.rpc.ErrorInfo reason of err (of domain
+// Domain) as a client sees it: the Reason of an *store.Error, or the
+// ErrorInfo detail of a status; "" when there is none.
+func Reason(err error) string {
+	st, ok := status.FromError(Status(err))
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == Domain {
+			return info.GetReason()
+		}
+	}
+	return ""
+}
 
 // Code returns the gRPC code a client sees for err: OK for nil, Unknown
 // for an error Status leaves unchanged.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -87,5 +88,36 @@ func TestInterceptors(t *testing.T) {
 		func(any, grpc.ServerStream) error { return store.Errorf(store.CodeUnauthenticated, "session revoked") })
 	if st := status.Convert(err); st.Code() != codes.Unauthenticated || st.Message() != "session revoked" {
 		t.Errorf("stream: %v", err)
+	}
+}
+
+// TestReason: an *store.Error with a Reason becomes a status with a
+// google.rpc.ErrorInfo detail {reason, domain "chatd"}, which Reason reads
+// back (from the domain error and from the status a client receives);
+// errors without one have no detail.
+func TestReason(t *testing.T) {
+	err := store.Errorf(store.CodeResourceExhausted, "replaced").WithReason(store.ReasonStreamReplaced)
+	st := status.Convert(grpcerr.Status(fmt.Errorf("wrapped: %w", err)))
+	if st.Code() != codes.ResourceExhausted || st.Message() != "replaced" {
+		t.Fatalf("status %v", st)
+	}
+	var info *errdetails.ErrorInfo
+	for _, d := range st.Details() {
+		if i, ok := d.(*errdetails.ErrorInfo); ok {
+			info = i
+		}
+	}
+	if info == nil || info.GetReason() != store.ReasonStreamReplaced || info.GetDomain() != grpcerr.Domain || grpcerr.Domain != "chatd" {
+		t.Fatalf("details %v, want ErrorInfo{%s, chatd}", st.Details(), store.ReasonStreamReplaced)
+	}
+	if got := grpcerr.Reason(st.Err()); got != store.ReasonStreamReplaced {
+		t.Fatalf("Reason(status) = %q", got)
+	}
+	if got := grpcerr.Reason(err); got != store.ReasonStreamReplaced {
+		t.Fatalf("Reason(domain error) = %q", got)
+	}
+	plain := status.Convert(grpcerr.Status(store.Errorf(store.CodeResourceExhausted, "overflow")))
+	if len(plain.Details()) != 0 || grpcerr.Reason(plain.Err()) != "" {
+		t.Fatalf("an error without a reason got details %v", plain.Details())
 	}
 }

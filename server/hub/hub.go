@@ -44,8 +44,15 @@ var (
 	// queue overflowed.
 	ErrOverflow = store.Errorf(store.CodeResourceExhausted, OverflowMessage)
 	// ErrTooManyStreams (CodeResourceExhausted) closes the oldest session
-	// of a device that opened more than the allowed number of streams.
-	ErrTooManyStreams = store.Errorf(store.CodeResourceExhausted, TooManyStreamsMessage)
+	// of a device that opened more than the allowed number of streams. Its
+	// Reason, store.ReasonStreamReplaced, tells clients not to reconnect
+	// (the client sees it as an ErrorInfo detail of the status).
+	ErrTooManyStreams = store.Errorf(store.CodeResourceExhausted, TooManyStreamsMessage).WithReason(store.ReasonStreamReplaced)
+
+	// ErrRevoked (CodeUnauthenticated "device logged out", reason
+	// store.ReasonDeviceRevoked) closes the sessions of a device that was
+	// logged out (KillDevice, or a revocation event routed here).
+	ErrRevoked = store.Errorf(store.CodeUnauthenticated, "device logged out").WithReason(store.ReasonDeviceRevoked)
 
 	errShutdown = store.Errorf(store.CodeUnavailable, "server shutting down, reconnect")
 	errAttach   = store.Errorf(store.CodeUnavailable, "cannot attach the session, retry")
@@ -75,6 +82,11 @@ type Config struct {
 	// keeps working, and one device token cannot pile up streams (~33 KB
 	// each).
 	MaxStreamsPerDevice int
+	// OnRevoke, if set, is called (from Deliver, so it must not block)
+	// for every revocation event (router.Event.RevokeDeviceID) this server
+	// receives, after the device's sessions here are closed; app uses it
+	// to mark the device revoked in this server's authenticator at once.
+	OnRevoke func(userID, deviceID string)
 	// OnOverflow, if set, is called (once per session, from the goroutine
 	// that found the queue full) when a session is closed for overflow. It
 	// must not block.
@@ -98,6 +110,7 @@ type Hub struct {
 	overflows  atomic.Uint64
 	shutdown   atomic.Pointer[closeErr]
 	onOverflow func(userID, deviceID string)
+	onRevoke   func(userID, deviceID string)
 	log        *slog.Logger
 	// maxPerDevice bounds the sessions of one device (Config.MaxStreamsPerDevice).
 	maxPerDevice int
@@ -120,7 +133,7 @@ type entry struct {
 // first Register: the router takes the hub's Deliver as its Handler, so it
 // is built after the hub.
 func New(cfg Config) *Hub {
-	h := &Hub{seed: maphash.MakeSeed(), log: cfg.Logger, maxPerDevice: cfg.MaxStreamsPerDevice, onOverflow: cfg.OnOverflow}
+	h := &Hub{seed: maphash.MakeSeed(), log: cfg.Logger, maxPerDevice: cfg.MaxStreamsPerDevice, onOverflow: cfg.OnOverflow, onRevoke: cfg.OnRevoke}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -463,8 +476,17 @@ func (h *Hub) sessionsOf(userID string) []*Session {
 // Deliver is the router.Handler: it enqueues ev.Frame, without blocking,
 // on every open session of ev.UserID except those of device
 // ev.SkipDeviceID. A session whose queue is full is closed with
-// ResourceExhausted; the others are unaffected.
+// ResourceExhausted; the others are unaffected. A revocation event
+// (ev.RevokeDeviceID) closes that device's sessions with ErrRevoked and
+// calls Config.OnRevoke.
 func (h *Hub) Deliver(ev router.Event) {
+	if ev.RevokeDeviceID != "" {
+		h.KillDevice(ev.UserID, ev.RevokeDeviceID, ErrRevoked)
+		if h.onRevoke != nil {
+			h.onRevoke(ev.UserID, ev.RevokeDeviceID)
+		}
+		return
+	}
 	for _, s := range h.sessionsOf(ev.UserID) {
 		if ev.SkipDeviceID != "" && s.deviceID == ev.SkipDeviceID {
 			continue

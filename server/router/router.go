@@ -27,6 +27,13 @@ type Event struct {
 	// SkipDeviceID, if set, names a device that must not receive the frame
 	// (e.g. the device that caused it).
 	SkipDeviceID string
+	// RevokeDeviceID, if set, makes this a control event without a Frame:
+	// the device RevokeDeviceID of UserID was logged out, and every server
+	// holding the user closes that device's streams (with Unauthenticated)
+	// and treats its tokens as revoked at once. It travels the user's
+	// routes like any event, so it reaches exactly the servers where the
+	// user has a stream.
+	RevokeDeviceID string
 }
 
 // Handler receives the events routed to users attached on this server. It

@@ -30,15 +30,42 @@ const (
 // Error is a domain error with a code and a message a client may see (the
 // edge sends Message as it is, with the code's gRPC counterpart). Err is
 // an optional cause, for errors.Is/As and logs; it is never sent.
+//
+// Reason, when set, is a stable machine-readable name of this particular
+// cause (UPPER_SNAKE_CASE, e.g. ReasonStreamReplaced), for clients that
+// must tell it apart from other errors of the same code; the edge sends it
+// as a google.rpc.ErrorInfo detail (server/grpcerr). Reasons are part of
+// the API: once published, one is never renamed.
 type Error struct {
 	Code    Code
 	Message string
 	Err     error
+	Reason  string
 }
+
+// Reasons of the errors that carry one (Error.Reason). They are documented
+// in proto/chat/v1/chat.proto, where clients read them.
+const (
+	// ReasonStreamReplaced: the device opened a newer Chat stream and has
+	// too many; this one, its oldest, was closed. Do not reconnect it.
+	ReasonStreamReplaced = "STREAM_REPLACED"
+	// ReasonTokenExpired: the stream's bearer token expired.
+	ReasonTokenExpired = "TOKEN_EXPIRED"
+	// ReasonDeviceRevoked: the device was logged out (by itself or by
+	// another device of the user).
+	ReasonDeviceRevoked = "DEVICE_REVOKED"
+)
 
 // Errorf returns an *Error with code and the formatted message.
 func Errorf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// WithReason returns a copy of e with Reason set to reason.
+func (e *Error) WithReason(reason string) *Error {
+	c := *e
+	c.Reason = reason
+	return &c
 }
 
 // Error returns the message, followed by the cause if there is one.

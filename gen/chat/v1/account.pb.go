@@ -568,6 +568,168 @@ func (x *ListDevicesResponse) GetDevices() []*Device {
 	return nil
 }
 
+type RevokeDeviceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// device_id: one of the caller's devices (ListDevices).
+	DeviceId      string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeDeviceRequest) Reset() {
+	*x = RevokeDeviceRequest{}
+	mi := &file_chat_v1_account_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeDeviceRequest) ProtoMessage() {}
+
+func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
+func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RevokeDeviceRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+type RevokeDeviceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeDeviceResponse) Reset() {
+	*x = RevokeDeviceResponse{}
+	mi := &file_chat_v1_account_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeDeviceResponse) ProtoMessage() {}
+
+func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
+func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{11}
+}
+
+type RevokeOtherDevicesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOtherDevicesRequest) Reset() {
+	*x = RevokeOtherDevicesRequest{}
+	mi := &file_chat_v1_account_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOtherDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOtherDevicesRequest) ProtoMessage() {}
+
+func (x *RevokeOtherDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOtherDevicesRequest.ProtoReflect.Descriptor instead.
+func (*RevokeOtherDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{12}
+}
+
+type RevokeOtherDevicesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revoked_device_ids: the devices this call logged out.
+	RevokedDeviceIds []string `protobuf:"bytes,1,rep,name=revoked_device_ids,json=revokedDeviceIds,proto3" json:"revoked_device_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RevokeOtherDevicesResponse) Reset() {
+	*x = RevokeOtherDevicesResponse{}
+	mi := &file_chat_v1_account_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOtherDevicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOtherDevicesResponse) ProtoMessage() {}
+
+func (x *RevokeOtherDevicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOtherDevicesResponse.ProtoReflect.Descriptor instead.
+func (*RevokeOtherDevicesResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RevokeOtherDevicesResponse) GetRevokedDeviceIds() []string {
+	if x != nil {
+		return x.RevokedDeviceIds
+	}
+	return nil
+}
+
 type GetProfileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// username: any spelling of a username, or "me" for the caller (never
@@ -579,7 +741,7 @@ type GetProfileRequest struct {
 
 func (x *GetProfileRequest) Reset() {
 	*x = GetProfileRequest{}
-	mi := &file_chat_v1_account_proto_msgTypes[10]
+	mi := &file_chat_v1_account_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +753,7 @@ func (x *GetProfileRequest) String() string {
 func (*GetProfileRequest) ProtoMessage() {}
 
 func (x *GetProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[10]
+	mi := &file_chat_v1_account_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +766,7 @@ func (x *GetProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProfileRequest.ProtoReflect.Descriptor instead.
 func (*GetProfileRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{10}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetProfileRequest) GetUsername() string {
@@ -623,7 +785,7 @@ type GetProfileResponse struct {
 
 func (x *GetProfileResponse) Reset() {
 	*x = GetProfileResponse{}
-	mi := &file_chat_v1_account_proto_msgTypes[11]
+	mi := &file_chat_v1_account_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +797,7 @@ func (x *GetProfileResponse) String() string {
 func (*GetProfileResponse) ProtoMessage() {}
 
 func (x *GetProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[11]
+	mi := &file_chat_v1_account_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +810,7 @@ func (x *GetProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProfileResponse.ProtoReflect.Descriptor instead.
 func (*GetProfileResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{11}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetProfileResponse) GetProfile() *Profile {
@@ -672,7 +834,7 @@ type UpdateProfileRequest struct {
 
 func (x *UpdateProfileRequest) Reset() {
 	*x = UpdateProfileRequest{}
-	mi := &file_chat_v1_account_proto_msgTypes[12]
+	mi := &file_chat_v1_account_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +846,7 @@ func (x *UpdateProfileRequest) String() string {
 func (*UpdateProfileRequest) ProtoMessage() {}
 
 func (x *UpdateProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[12]
+	mi := &file_chat_v1_account_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +859,7 @@ func (x *UpdateProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProfileRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProfileRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{12}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdateProfileRequest) GetDisplayName() string {
@@ -723,7 +885,7 @@ type UpdateProfileResponse struct {
 
 func (x *UpdateProfileResponse) Reset() {
 	*x = UpdateProfileResponse{}
-	mi := &file_chat_v1_account_proto_msgTypes[13]
+	mi := &file_chat_v1_account_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +897,7 @@ func (x *UpdateProfileResponse) String() string {
 func (*UpdateProfileResponse) ProtoMessage() {}
 
 func (x *UpdateProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[13]
+	mi := &file_chat_v1_account_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +910,7 @@ func (x *UpdateProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProfileResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProfileResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{13}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UpdateProfileResponse) GetProfile() *Profile {
@@ -767,7 +929,7 @@ type AddContactRequest struct {
 
 func (x *AddContactRequest) Reset() {
 	*x = AddContactRequest{}
-	mi := &file_chat_v1_account_proto_msgTypes[14]
+	mi := &file_chat_v1_account_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -779,7 +941,7 @@ func (x *AddContactRequest) String() string {
 func (*AddContactRequest) ProtoMessage() {}
 
 func (x *AddContactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[14]
+	mi := &file_chat_v1_account_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -792,7 +954,7 @@ func (x *AddContactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddContactRequest.ProtoReflect.Descriptor instead.
 func (*AddContactRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{14}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AddContactRequest) GetUsername() string {
@@ -811,7 +973,7 @@ type AddContactResponse struct {
 
 func (x *AddContactResponse) Reset() {
 	*x = AddContactResponse{}
-	mi := &file_chat_v1_account_proto_msgTypes[15]
+	mi := &file_chat_v1_account_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +985,7 @@ func (x *AddContactResponse) String() string {
 func (*AddContactResponse) ProtoMessage() {}
 
 func (x *AddContactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[15]
+	mi := &file_chat_v1_account_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +998,7 @@ func (x *AddContactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddContactResponse.ProtoReflect.Descriptor instead.
 func (*AddContactResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{15}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AddContactResponse) GetContact() *Profile {
@@ -855,7 +1017,7 @@ type RemoveContactRequest struct {
 
 func (x *RemoveContactRequest) Reset() {
 	*x = RemoveContactRequest{}
-	mi := &file_chat_v1_account_proto_msgTypes[16]
+	mi := &file_chat_v1_account_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +1029,7 @@ func (x *RemoveContactRequest) String() string {
 func (*RemoveContactRequest) ProtoMessage() {}
 
 func (x *RemoveContactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[16]
+	mi := &file_chat_v1_account_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +1042,7 @@ func (x *RemoveContactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContactRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContactRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{16}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RemoveContactRequest) GetUsername() string {
@@ -898,7 +1060,7 @@ type RemoveContactResponse struct {
 
 func (x *RemoveContactResponse) Reset() {
 	*x = RemoveContactResponse{}
-	mi := &file_chat_v1_account_proto_msgTypes[17]
+	mi := &file_chat_v1_account_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1072,7 @@ func (x *RemoveContactResponse) String() string {
 func (*RemoveContactResponse) ProtoMessage() {}
 
 func (x *RemoveContactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[17]
+	mi := &file_chat_v1_account_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1085,7 @@ func (x *RemoveContactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContactResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContactResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{17}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{21}
 }
 
 type ListContactsRequest struct {
@@ -934,7 +1096,7 @@ type ListContactsRequest struct {
 
 func (x *ListContactsRequest) Reset() {
 	*x = ListContactsRequest{}
-	mi := &file_chat_v1_account_proto_msgTypes[18]
+	mi := &file_chat_v1_account_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1108,7 @@ func (x *ListContactsRequest) String() string {
 func (*ListContactsRequest) ProtoMessage() {}
 
 func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[18]
+	mi := &file_chat_v1_account_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1121,7 @@ func (x *ListContactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsRequest.ProtoReflect.Descriptor instead.
 func (*ListContactsRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{18}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{22}
 }
 
 type ListContactsResponse struct {
@@ -971,7 +1133,7 @@ type ListContactsResponse struct {
 
 func (x *ListContactsResponse) Reset() {
 	*x = ListContactsResponse{}
-	mi := &file_chat_v1_account_proto_msgTypes[19]
+	mi := &file_chat_v1_account_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1145,7 @@ func (x *ListContactsResponse) String() string {
 func (*ListContactsResponse) ProtoMessage() {}
 
 func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_account_proto_msgTypes[19]
+	mi := &file_chat_v1_account_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1158,7 @@ func (x *ListContactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListContactsResponse.ProtoReflect.Descriptor instead.
 func (*ListContactsResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_account_proto_rawDescGZIP(), []int{19}
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListContactsResponse) GetContacts() []*Profile {
@@ -1047,7 +1209,13 @@ const file_chat_v1_account_proto_rawDesc = "" +
 	"\x0eLogOutResponse\"\x14\n" +
 	"\x12ListDevicesRequest\"@\n" +
 	"\x13ListDevicesResponse\x12)\n" +
-	"\adevices\x18\x01 \x03(\v2\x0f.chat.v1.DeviceR\adevices\"/\n" +
+	"\adevices\x18\x01 \x03(\v2\x0f.chat.v1.DeviceR\adevices\"2\n" +
+	"\x13RevokeDeviceRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\x16\n" +
+	"\x14RevokeDeviceResponse\"\x1b\n" +
+	"\x19RevokeOtherDevicesRequest\"J\n" +
+	"\x1aRevokeOtherDevicesResponse\x12,\n" +
+	"\x12revoked_device_ids\x18\x01 \x03(\tR\x10revokedDeviceIds\"/\n" +
 	"\x11GetProfileRequest\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\"@\n" +
 	"\x12GetProfileResponse\x12*\n" +
@@ -1067,12 +1235,14 @@ const file_chat_v1_account_proto_rawDesc = "" +
 	"\x15RemoveContactResponse\"\x15\n" +
 	"\x13ListContactsRequest\"D\n" +
 	"\x14ListContactsResponse\x12,\n" +
-	"\bcontacts\x18\x01 \x03(\v2\x10.chat.v1.ProfileR\bcontacts2\x83\x05\n" +
+	"\bcontacts\x18\x01 \x03(\v2\x10.chat.v1.ProfileR\bcontacts2\xaf\x06\n" +
 	"\x0eAccountService\x129\n" +
 	"\x06SignUp\x12\x16.chat.v1.SignUpRequest\x1a\x17.chat.v1.SignUpResponse\x126\n" +
 	"\x05LogIn\x12\x15.chat.v1.LogInRequest\x1a\x16.chat.v1.LogInResponse\x129\n" +
 	"\x06LogOut\x12\x16.chat.v1.LogOutRequest\x1a\x17.chat.v1.LogOutResponse\x12H\n" +
-	"\vListDevices\x12\x1b.chat.v1.ListDevicesRequest\x1a\x1c.chat.v1.ListDevicesResponse\x12E\n" +
+	"\vListDevices\x12\x1b.chat.v1.ListDevicesRequest\x1a\x1c.chat.v1.ListDevicesResponse\x12K\n" +
+	"\fRevokeDevice\x12\x1c.chat.v1.RevokeDeviceRequest\x1a\x1d.chat.v1.RevokeDeviceResponse\x12]\n" +
+	"\x12RevokeOtherDevices\x12\".chat.v1.RevokeOtherDevicesRequest\x1a#.chat.v1.RevokeOtherDevicesResponse\x12E\n" +
 	"\n" +
 	"GetProfile\x12\x1a.chat.v1.GetProfileRequest\x1a\x1b.chat.v1.GetProfileResponse\x12N\n" +
 	"\rUpdateProfile\x12\x1d.chat.v1.UpdateProfileRequest\x1a\x1e.chat.v1.UpdateProfileResponse\x12E\n" +
@@ -1093,36 +1263,40 @@ func file_chat_v1_account_proto_rawDescGZIP() []byte {
 	return file_chat_v1_account_proto_rawDescData
 }
 
-var file_chat_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_chat_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_chat_v1_account_proto_goTypes = []any{
-	(*Profile)(nil),               // 0: chat.v1.Profile
-	(*Device)(nil),                // 1: chat.v1.Device
-	(*SignUpRequest)(nil),         // 2: chat.v1.SignUpRequest
-	(*SignUpResponse)(nil),        // 3: chat.v1.SignUpResponse
-	(*LogInRequest)(nil),          // 4: chat.v1.LogInRequest
-	(*LogInResponse)(nil),         // 5: chat.v1.LogInResponse
-	(*LogOutRequest)(nil),         // 6: chat.v1.LogOutRequest
-	(*LogOutResponse)(nil),        // 7: chat.v1.LogOutResponse
-	(*ListDevicesRequest)(nil),    // 8: chat.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),   // 9: chat.v1.ListDevicesResponse
-	(*GetProfileRequest)(nil),     // 10: chat.v1.GetProfileRequest
-	(*GetProfileResponse)(nil),    // 11: chat.v1.GetProfileResponse
-	(*UpdateProfileRequest)(nil),  // 12: chat.v1.UpdateProfileRequest
-	(*UpdateProfileResponse)(nil), // 13: chat.v1.UpdateProfileResponse
-	(*AddContactRequest)(nil),     // 14: chat.v1.AddContactRequest
-	(*AddContactResponse)(nil),    // 15: chat.v1.AddContactResponse
-	(*RemoveContactRequest)(nil),  // 16: chat.v1.RemoveContactRequest
-	(*RemoveContactResponse)(nil), // 17: chat.v1.RemoveContactResponse
-	(*ListContactsRequest)(nil),   // 18: chat.v1.ListContactsRequest
-	(*ListContactsResponse)(nil),  // 19: chat.v1.ListContactsResponse
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*Profile)(nil),                    // 0: chat.v1.Profile
+	(*Device)(nil),                     // 1: chat.v1.Device
+	(*SignUpRequest)(nil),              // 2: chat.v1.SignUpRequest
+	(*SignUpResponse)(nil),             // 3: chat.v1.SignUpResponse
+	(*LogInRequest)(nil),               // 4: chat.v1.LogInRequest
+	(*LogInResponse)(nil),              // 5: chat.v1.LogInResponse
+	(*LogOutRequest)(nil),              // 6: chat.v1.LogOutRequest
+	(*LogOutResponse)(nil),             // 7: chat.v1.LogOutResponse
+	(*ListDevicesRequest)(nil),         // 8: chat.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),        // 9: chat.v1.ListDevicesResponse
+	(*RevokeDeviceRequest)(nil),        // 10: chat.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),       // 11: chat.v1.RevokeDeviceResponse
+	(*RevokeOtherDevicesRequest)(nil),  // 12: chat.v1.RevokeOtherDevicesRequest
+	(*RevokeOtherDevicesResponse)(nil), // 13: chat.v1.RevokeOtherDevicesResponse
+	(*GetProfileRequest)(nil),          // 14: chat.v1.GetProfileRequest
+	(*GetProfileResponse)(nil),         // 15: chat.v1.GetProfileResponse
+	(*UpdateProfileRequest)(nil),       // 16: chat.v1.UpdateProfileRequest
+	(*UpdateProfileResponse)(nil),      // 17: chat.v1.UpdateProfileResponse
+	(*AddContactRequest)(nil),          // 18: chat.v1.AddContactRequest
+	(*AddContactResponse)(nil),         // 19: chat.v1.AddContactResponse
+	(*RemoveContactRequest)(nil),       // 20: chat.v1.RemoveContactRequest
+	(*RemoveContactResponse)(nil),      // 21: chat.v1.RemoveContactResponse
+	(*ListContactsRequest)(nil),        // 22: chat.v1.ListContactsRequest
+	(*ListContactsResponse)(nil),       // 23: chat.v1.ListContactsResponse
+	(*timestamppb.Timestamp)(nil),      // 24: google.protobuf.Timestamp
 }
 var file_chat_v1_account_proto_depIdxs = []int32{
-	20, // 0: chat.v1.Profile.created_at:type_name -> google.protobuf.Timestamp
-	20, // 1: chat.v1.Device.created_at:type_name -> google.protobuf.Timestamp
-	20, // 2: chat.v1.Device.last_seen_at:type_name -> google.protobuf.Timestamp
+	24, // 0: chat.v1.Profile.created_at:type_name -> google.protobuf.Timestamp
+	24, // 1: chat.v1.Device.created_at:type_name -> google.protobuf.Timestamp
+	24, // 2: chat.v1.Device.last_seen_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: chat.v1.SignUpResponse.profile:type_name -> chat.v1.Profile
-	20, // 4: chat.v1.LogInResponse.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 4: chat.v1.LogInResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 5: chat.v1.ListDevicesResponse.devices:type_name -> chat.v1.Device
 	0,  // 6: chat.v1.GetProfileResponse.profile:type_name -> chat.v1.Profile
 	0,  // 7: chat.v1.UpdateProfileResponse.profile:type_name -> chat.v1.Profile
@@ -1132,22 +1306,26 @@ var file_chat_v1_account_proto_depIdxs = []int32{
 	4,  // 11: chat.v1.AccountService.LogIn:input_type -> chat.v1.LogInRequest
 	6,  // 12: chat.v1.AccountService.LogOut:input_type -> chat.v1.LogOutRequest
 	8,  // 13: chat.v1.AccountService.ListDevices:input_type -> chat.v1.ListDevicesRequest
-	10, // 14: chat.v1.AccountService.GetProfile:input_type -> chat.v1.GetProfileRequest
-	12, // 15: chat.v1.AccountService.UpdateProfile:input_type -> chat.v1.UpdateProfileRequest
-	14, // 16: chat.v1.AccountService.AddContact:input_type -> chat.v1.AddContactRequest
-	16, // 17: chat.v1.AccountService.RemoveContact:input_type -> chat.v1.RemoveContactRequest
-	18, // 18: chat.v1.AccountService.ListContacts:input_type -> chat.v1.ListContactsRequest
-	3,  // 19: chat.v1.AccountService.SignUp:output_type -> chat.v1.SignUpResponse
-	5,  // 20: chat.v1.AccountService.LogIn:output_type -> chat.v1.LogInResponse
-	7,  // 21: chat.v1.AccountService.LogOut:output_type -> chat.v1.LogOutResponse
-	9,  // 22: chat.v1.AccountService.ListDevices:output_type -> chat.v1.ListDevicesResponse
-	11, // 23: chat.v1.AccountService.GetProfile:output_type -> chat.v1.GetProfileResponse
-	13, // 24: chat.v1.AccountService.UpdateProfile:output_type -> chat.v1.UpdateProfileResponse
-	15, // 25: chat.v1.AccountService.AddContact:output_type -> chat.v1.AddContactResponse
-	17, // 26: chat.v1.AccountService.RemoveContact:output_type -> chat.v1.RemoveContactResponse
-	19, // 27: chat.v1.AccountService.ListContacts:output_type -> chat.v1.ListContactsResponse
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
+	10, // 14: chat.v1.AccountService.RevokeDevice:input_type -> chat.v1.RevokeDeviceRequest
+	12, // 15: chat.v1.AccountService.RevokeOtherDevices:input_type -> chat.v1.RevokeOtherDevicesRequest
+	14, // 16: chat.v1.AccountService.GetProfile:input_type -> chat.v1.GetProfileRequest
+	16, // 17: chat.v1.AccountService.UpdateProfile:input_type -> chat.v1.UpdateProfileRequest
+	18, // 18: chat.v1.AccountService.AddContact:input_type -> chat.v1.AddContactRequest
+	20, // 19: chat.v1.AccountService.RemoveContact:input_type -> chat.v1.RemoveContactRequest
+	22, // 20: chat.v1.AccountService.ListContacts:input_type -> chat.v1.ListContactsRequest
+	3,  // 21: chat.v1.AccountService.SignUp:output_type -> chat.v1.SignUpResponse
+	5,  // 22: chat.v1.AccountService.LogIn:output_type -> chat.v1.LogInResponse
+	7,  // 23: chat.v1.AccountService.LogOut:output_type -> chat.v1.LogOutResponse
+	9,  // 24: chat.v1.AccountService.ListDevices:output_type -> chat.v1.ListDevicesResponse
+	11, // 25: chat.v1.AccountService.RevokeDevice:output_type -> chat.v1.RevokeDeviceResponse
+	13, // 26: chat.v1.AccountService.RevokeOtherDevices:output_type -> chat.v1.RevokeOtherDevicesResponse
+	15, // 27: chat.v1.AccountService.GetProfile:output_type -> chat.v1.GetProfileResponse
+	17, // 28: chat.v1.AccountService.UpdateProfile:output_type -> chat.v1.UpdateProfileResponse
+	19, // 29: chat.v1.AccountService.AddContact:output_type -> chat.v1.AddContactResponse
+	21, // 30: chat.v1.AccountService.RemoveContact:output_type -> chat.v1.RemoveContactResponse
+	23, // 31: chat.v1.AccountService.ListContacts:output_type -> chat.v1.ListContactsResponse
+	21, // [21:32] is the sub-list for method output_type
+	10, // [10:21] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -1158,14 +1336,14 @@ func file_chat_v1_account_proto_init() {
 	if File_chat_v1_account_proto != nil {
 		return
 	}
-	file_chat_v1_account_proto_msgTypes[12].OneofWrappers = []any{}
+	file_chat_v1_account_proto_msgTypes[16].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_v1_account_proto_rawDesc), len(file_chat_v1_account_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

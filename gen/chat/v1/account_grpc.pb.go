@@ -19,15 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AccountService_SignUp_FullMethodName        = "/chat.v1.AccountService/SignUp"
-	AccountService_LogIn_FullMethodName         = "/chat.v1.AccountService/LogIn"
-	AccountService_LogOut_FullMethodName        = "/chat.v1.AccountService/LogOut"
-	AccountService_ListDevices_FullMethodName   = "/chat.v1.AccountService/ListDevices"
-	AccountService_GetProfile_FullMethodName    = "/chat.v1.AccountService/GetProfile"
-	AccountService_UpdateProfile_FullMethodName = "/chat.v1.AccountService/UpdateProfile"
-	AccountService_AddContact_FullMethodName    = "/chat.v1.AccountService/AddContact"
-	AccountService_RemoveContact_FullMethodName = "/chat.v1.AccountService/RemoveContact"
-	AccountService_ListContacts_FullMethodName  = "/chat.v1.AccountService/ListContacts"
+	AccountService_SignUp_FullMethodName             = "/chat.v1.AccountService/SignUp"
+	AccountService_LogIn_FullMethodName              = "/chat.v1.AccountService/LogIn"
+	AccountService_LogOut_FullMethodName             = "/chat.v1.AccountService/LogOut"
+	AccountService_ListDevices_FullMethodName        = "/chat.v1.AccountService/ListDevices"
+	AccountService_RevokeDevice_FullMethodName       = "/chat.v1.AccountService/RevokeDevice"
+	AccountService_RevokeOtherDevices_FullMethodName = "/chat.v1.AccountService/RevokeOtherDevices"
+	AccountService_GetProfile_FullMethodName         = "/chat.v1.AccountService/GetProfile"
+	AccountService_UpdateProfile_FullMethodName      = "/chat.v1.AccountService/UpdateProfile"
+	AccountService_AddContact_FullMethodName         = "/chat.v1.AccountService/AddContact"
+	AccountService_RemoveContact_FullMethodName      = "/chat.v1.AccountService/RemoveContact"
+	AccountService_ListContacts_FullMethodName       = "/chat.v1.AccountService/ListContacts"
 )
 
 // AccountServiceClient is the client API for AccountService service.
@@ -50,6 +52,17 @@ type AccountServiceClient interface {
 	LogOut(ctx context.Context, in *LogOutRequest, opts ...grpc.CallOption) (*LogOutResponse, error)
 	// ListDevices lists the caller's own devices (never another user's).
 	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
+	// RevokeDevice logs out one of the caller's own devices (the calling one
+	// included, as LogOut): its tokens fail with Unauthenticated from now on,
+	// its open Chat streams end with Unauthenticated (reason DEVICE_REVOKED)
+	// within a second on every server of a cluster, and nothing it sends
+	// afterwards is stored. Revoking a device that is already revoked
+	// succeeds. Errors: InvalidArgument (no device_id), NotFound (no such
+	// device of the caller's; another user's device is never found).
+	RevokeDevice(ctx context.Context, in *RevokeDeviceRequest, opts ...grpc.CallOption) (*RevokeDeviceResponse, error)
+	// RevokeOtherDevices logs out every device of the caller's except the
+	// calling one ("log out everywhere else"), as RevokeDevice does for each.
+	RevokeOtherDevices(ctx context.Context, in *RevokeOtherDevicesRequest, opts ...grpc.CallOption) (*RevokeOtherDevicesResponse, error)
 	// GetProfile returns a user's public profile, or the caller's own (with
 	// hide_presence) for the username "me" (REST: GET /v1/users/me).
 	// Errors: InvalidArgument (not a username), NotFound.
@@ -106,6 +119,26 @@ func (c *accountServiceClient) ListDevices(ctx context.Context, in *ListDevicesR
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListDevicesResponse)
 	err := c.cc.Invoke(ctx, AccountService_ListDevices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accountServiceClient) RevokeDevice(ctx context.Context, in *RevokeDeviceRequest, opts ...grpc.CallOption) (*RevokeDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeDeviceResponse)
+	err := c.cc.Invoke(ctx, AccountService_RevokeDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accountServiceClient) RevokeOtherDevices(ctx context.Context, in *RevokeOtherDevicesRequest, opts ...grpc.CallOption) (*RevokeOtherDevicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeOtherDevicesResponse)
+	err := c.cc.Invoke(ctx, AccountService_RevokeOtherDevices_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -182,6 +215,17 @@ type AccountServiceServer interface {
 	LogOut(context.Context, *LogOutRequest) (*LogOutResponse, error)
 	// ListDevices lists the caller's own devices (never another user's).
 	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
+	// RevokeDevice logs out one of the caller's own devices (the calling one
+	// included, as LogOut): its tokens fail with Unauthenticated from now on,
+	// its open Chat streams end with Unauthenticated (reason DEVICE_REVOKED)
+	// within a second on every server of a cluster, and nothing it sends
+	// afterwards is stored. Revoking a device that is already revoked
+	// succeeds. Errors: InvalidArgument (no device_id), NotFound (no such
+	// device of the caller's; another user's device is never found).
+	RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error)
+	// RevokeOtherDevices logs out every device of the caller's except the
+	// calling one ("log out everywhere else"), as RevokeDevice does for each.
+	RevokeOtherDevices(context.Context, *RevokeOtherDevicesRequest) (*RevokeOtherDevicesResponse, error)
 	// GetProfile returns a user's public profile, or the caller's own (with
 	// hide_presence) for the username "me" (REST: GET /v1/users/me).
 	// Errors: InvalidArgument (not a username), NotFound.
@@ -215,6 +259,12 @@ func (UnimplementedAccountServiceServer) LogOut(context.Context, *LogOutRequest)
 }
 func (UnimplementedAccountServiceServer) ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDevices not implemented")
+}
+func (UnimplementedAccountServiceServer) RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeDevice not implemented")
+}
+func (UnimplementedAccountServiceServer) RevokeOtherDevices(context.Context, *RevokeOtherDevicesRequest) (*RevokeOtherDevicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeOtherDevices not implemented")
 }
 func (UnimplementedAccountServiceServer) GetProfile(context.Context, *GetProfileRequest) (*GetProfileResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetProfile not implemented")
@@ -320,6 +370,42 @@ func _AccountService_ListDevices_Handler(srv interface{}, ctx context.Context, d
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AccountServiceServer).ListDevices(ctx, req.(*ListDevicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AccountService_RevokeDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).RevokeDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_RevokeDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).RevokeDevice(ctx, req.(*RevokeDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AccountService_RevokeOtherDevices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeOtherDevicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).RevokeOtherDevices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_RevokeOtherDevices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).RevokeOtherDevices(ctx, req.(*RevokeOtherDevicesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -436,6 +522,14 @@ var AccountService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDevices",
 			Handler:    _AccountService_ListDevices_Handler,
+		},
+		{
+			MethodName: "RevokeDevice",
+			Handler:    _AccountService_RevokeDevice_Handler,
+		},
+		{
+			MethodName: "RevokeOtherDevices",
+			Handler:    _AccountService_RevokeOtherDevices_Handler,
 		},
 		{
 			MethodName: "GetProfile",

@@ -46,11 +46,28 @@ type ChatServiceClient interface {
 	// deliveries of the user's inbox in inbox_seq order.
 	//
 	// Stream-level status codes: Unauthenticated (token missing, expired or
-	// revoked, also checked on every frame), ResourceExhausted (the device did
-	// not read fast enough and its bounded send queue overflowed: reconnect and
-	// sync; or the same device opened more streams than the server allows, 4
-	// by default, and this was its oldest: do not reconnect it), Unavailable
+	// revoked: the stream ends at the moment the token expires or the device
+	// is logged out, from any server of a cluster, and nothing is delivered
+	// on it afterwards), ResourceExhausted (the device did not read fast
+	// enough and its bounded send queue overflowed: reconnect and sync; or
+	// the same device opened more streams than the server allows, 4 by
+	// default, and this was its oldest: do not reconnect it), Unavailable
 	// (the server is shutting down: reconnect).
+	//
+	// Reasons. Some of these statuses carry a google.rpc.ErrorInfo detail
+	// (grpc-status-details-bin) with domain "chatd" and a stable reason, so
+	// that a client can tell them apart from others of the same code:
+	//   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
+	//     stream and this, its oldest, was closed. Do not reconnect: the
+	//     reconnect would close the next stream of the device, and so on. A
+	//     queue overflow (also ResourceExhausted) has no reason: reconnect.
+	//   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
+	//   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
+	//     itself or by another device of the user (RevokeDevice,
+	//     RevokeOtherDevices); log in again.
+	//
+	// Reasons are never renamed; new ones may be added, so treat an unknown
+	// reason as no reason.
 	//
 	// Frames are named for what they are rather than ChatRequest/ChatResponse.
 	// buf:lint:ignore RPC_REQUEST_STANDARD_NAME
@@ -255,11 +272,28 @@ type ChatServiceServer interface {
 	// deliveries of the user's inbox in inbox_seq order.
 	//
 	// Stream-level status codes: Unauthenticated (token missing, expired or
-	// revoked, also checked on every frame), ResourceExhausted (the device did
-	// not read fast enough and its bounded send queue overflowed: reconnect and
-	// sync; or the same device opened more streams than the server allows, 4
-	// by default, and this was its oldest: do not reconnect it), Unavailable
+	// revoked: the stream ends at the moment the token expires or the device
+	// is logged out, from any server of a cluster, and nothing is delivered
+	// on it afterwards), ResourceExhausted (the device did not read fast
+	// enough and its bounded send queue overflowed: reconnect and sync; or
+	// the same device opened more streams than the server allows, 4 by
+	// default, and this was its oldest: do not reconnect it), Unavailable
 	// (the server is shutting down: reconnect).
+	//
+	// Reasons. Some of these statuses carry a google.rpc.ErrorInfo detail
+	// (grpc-status-details-bin) with domain "chatd" and a stable reason, so
+	// that a client can tell them apart from others of the same code:
+	//   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
+	//     stream and this, its oldest, was closed. Do not reconnect: the
+	//     reconnect would close the next stream of the device, and so on. A
+	//     queue overflow (also ResourceExhausted) has no reason: reconnect.
+	//   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
+	//   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
+	//     itself or by another device of the user (RevokeDevice,
+	//     RevokeOtherDevices); log in again.
+	//
+	// Reasons are never renamed; new ones may be added, so treat an unknown
+	// reason as no reason.
 	//
 	// Frames are named for what they are rather than ChatRequest/ChatResponse.
 	// buf:lint:ignore RPC_REQUEST_STANDARD_NAME

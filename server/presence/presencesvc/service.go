@@ -57,8 +57,17 @@ type Config struct {
 	// once per RecheckInterval per watched user (one IsContact read).
 	// Default 30 s; a removal takes effect within it.
 	RecheckInterval time.Duration
+	// Sessions, if set, re-checks the caller's session (auth.Validate:
+	// expiry and revocation) before every change a Subscribe stream sends;
+	// a revoked device's stream then ends with Unauthenticated instead.
+	Sessions Sessions
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+}
+
+// Sessions re-checks a caller's session (*auth.Authenticator).
+type Sessions interface {
+	Validate(ctx context.Context, p auth.Principal) error
 }
 
 // Service implements chatv1.PresenceServiceServer. It is safe for
@@ -76,6 +85,7 @@ type Service struct {
 	st       Contacts
 	maxUsers int
 	recheck  time.Duration
+	sessions Sessions
 	log      *slog.Logger
 }
 
@@ -95,7 +105,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Service{eng: cfg.Engine, st: cfg.Store, maxUsers: cfg.MaxUsers, recheck: cfg.RecheckInterval, log: cfg.Logger}, nil
+	return &Service{eng: cfg.Engine, st: cfg.Store, maxUsers: cfg.MaxUsers, recheck: cfg.RecheckInterval, sessions: cfg.Sessions, log: cfg.Logger}, nil
 }
 
 var (
@@ -251,12 +261,29 @@ func (s *Service) Subscribe(req *chatv1.SubscribeRequest, stream grpc.ServerStre
 			return err
 		}
 	}
+	// The stream ends at the moment the token expires (a timer, no
+	// goroutine), and nothing is sent once it has.
+	var expiry <-chan time.Time
+	if t, c := p.ExpiryTimer(); t != nil {
+		defer t.Stop()
+		expiry = c
+	}
 	var batch []presence.Presence
 	for {
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		case <-expiry:
+			return auth.ErrExpired
 		case <-w.sig:
+		}
+		if p.Expired(time.Now()) {
+			return auth.ErrExpired
+		}
+		if s.sessions != nil {
+			if err := s.sessions.Validate(ctx, p); err != nil {
+				return err // revoked (or expired): nothing more is sent
+			}
 		}
 		batch = w.take(batch[:0])
 		for _, x := range batch {

@@ -89,7 +89,7 @@ func newEnvRecheck(t *testing.T, maxUsers int, recheck time.Duration) *env {
 	}
 	t.Cleanup(func() { tr.Close() })
 	e.tr = tr
-	svc, err := presencesvc.New(presencesvc.Config{Engine: tr.Engine(), Store: st, MaxUsers: maxUsers, RecheckInterval: recheck})
+	svc, err := presencesvc.New(presencesvc.Config{Engine: tr.Engine(), Store: st, MaxUsers: maxUsers, RecheckInterval: recheck, Sessions: a})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,5 +412,68 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := presence.NewTracker(presence.TrackerConfig{Engine: local.New(), HeartbeatInterval: time.Minute, Grace: time.Second}); err == nil {
 		t.Fatal("NewTracker with grace under the interval succeeded")
+	}
+}
+
+// endOf waits for the stream's end and returns its status; a message
+// received first is an error (Unknown, naming it).
+func endOf(t *testing.T, s chatv1.PresenceService_SubscribeClient) *status.Status {
+	t.Helper()
+	ch := make(chan error, 1)
+	go func() {
+		m, err := s.Recv()
+		if err == nil {
+			err = fmt.Errorf("unexpected presence %v", m.GetPresence())
+		}
+		ch <- err
+	}()
+	select {
+	case err := <-ch:
+		return status.Convert(err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("stream still open after 10s")
+		return nil
+	}
+}
+
+// TestSubscribeEndsWhenTokenExpires: a Subscribe stream ends with
+// Unauthenticated (reason TOKEN_EXPIRED) at the moment its token expires,
+// with nothing to send meanwhile.
+func TestSubscribeEndsWhenTokenExpires(t *testing.T) {
+	e := newEnv(t, 0)
+	const ttl = time.Second
+	short, err := auth.New(auth.Config{Key: bytes.Repeat([]byte{7}, 32), Devices: e.st, TokenTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := time.Now()
+	tok, _, err := short.Issue("alice", "alice-phone", issued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.token["alice"] = tok
+	s := subscribe(t, e, "alice", "bob")
+	recv(t, s)
+	st := endOf(t, s)
+	if st.Code() != codes.Unauthenticated || grpcerr.Reason(st.Err()) != store.ReasonTokenExpired {
+		t.Fatalf("ended with %v (reason %q), want Unauthenticated TOKEN_EXPIRED", st, grpcerr.Reason(st.Err()))
+	}
+	if took := time.Since(issued); took < ttl || took > ttl+time.Second {
+		t.Fatalf("ended %v after issue, want at the expiry (%v)", took, ttl)
+	}
+}
+
+// TestSubscribeRevokedSendsNothing: once the caller's device is revoked,
+// the next change is not sent: the stream ends with Unauthenticated.
+func TestSubscribeRevokedSendsNothing(t *testing.T) {
+	e := newEnv(t, 0)
+	s := subscribe(t, e, "alice", "bob")
+	recv(t, s)
+	e.auth.Revoke("alice", "alice-phone")
+	c := e.connect(t, "bob")
+	defer c.Close(true)
+	st := endOf(t, s)
+	if st.Code() != codes.Unauthenticated || grpcerr.Reason(st.Err()) != store.ReasonDeviceRevoked {
+		t.Fatalf("ended with %v, want Unauthenticated DEVICE_REVOKED (and no presence)", st)
 	}
 }

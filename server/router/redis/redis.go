@@ -86,7 +86,7 @@ var (
 	// Unavailable).
 	ErrClosed = store.Errorf(store.CodeUnavailable, "router closed")
 	errUser   = store.Errorf(store.CodeInvalid, "router: user id must be 1-1024 bytes")
-	errEvent  = store.Errorf(store.CodeInvalid, "router: every event needs a user id (1-1024 bytes) and a frame")
+	errEvent  = store.Errorf(store.CodeInvalid, "router: every event needs a user id (1-1024 bytes) and either a frame or a device to revoke")
 	errFull   = store.Errorf(store.CodeResourceExhausted, "router: publish queue full; events for other servers dropped (devices recover by sync)")
 )
 
@@ -421,7 +421,7 @@ func (r *Router) Detach(ctx context.Context, userID string) error {
 // the remote part dropped).
 func (r *Router) Route(_ context.Context, events []router.Event) error {
 	for i := range events {
-		if !validUser(events[i].UserID) || events[i].Frame == nil {
+		if !validUser(events[i].UserID) || (events[i].Frame == nil) == (events[i].RevokeDeviceID == "") {
 			return errEvent
 		}
 	}

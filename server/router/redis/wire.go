@@ -22,8 +22,14 @@ import (
 //	  string skip_device_id = 2;
 //	  bytes  frame          = 3; // a chat.v1.ServerFrame, or
 //	  uint64 frame_ref      = 4; // the index of a frame sent earlier in this batch
+//	  string revoke_device_id = 5; // a control event (router.Event.RevokeDeviceID), no frame
 //	}
 //
+// A revocation (revoke_device_id, no frame) travels in a payload of its
+// own: a node of an earlier version, which refuses an entry without a
+// frame as malformed, then drops only that payload (its streams of the
+// device end at their next frame, when the revocation reaches its cache),
+// not the deliveries batched with it.
 // frame_ref keeps one frame shared by many users (a typing event fanned out
 // to a group) encoded and decoded once per node. Unknown fields are skipped,
 // so fields can be added.
@@ -35,6 +41,7 @@ const (
 	fieldSkip     protowire.Number = 2
 	fieldFrame    protowire.Number = 3
 	fieldFrameRef protowire.Number = 4
+	fieldRevoke   protowire.Number = 5
 )
 
 var errMalformed = errors.New("malformed batch")
@@ -67,6 +74,9 @@ func (b *batch) reset() {
 // frame cannot be encoded (e.g. a string field with invalid UTF-8) b is
 // left as it was and the error returned.
 func (b *batch) add(ev *router.Event, max int) error {
+	if ev.RevokeDeviceID != "" {
+		return b.addRevoke(ev)
+	}
 	ref := ev.Frame == b.last && b.last != nil
 	var fsize int
 	n := protowire.SizeTag(fieldUser) + protowire.SizeBytes(len(ev.UserID))
@@ -120,6 +130,23 @@ func (b *batch) add(ev *router.Event, max int) error {
 	return nil
 }
 
+// addRevoke appends the revocation ev in a payload of its own.
+func (b *batch) addRevoke(ev *router.Event) error {
+	b.cut()
+	n := protowire.SizeTag(fieldUser) + protowire.SizeBytes(len(ev.UserID)) +
+		protowire.SizeTag(fieldRevoke) + protowire.SizeBytes(len(ev.RevokeDeviceID))
+	b.buf = append(b.buf[:0], wireVersion)
+	b.buf = protowire.AppendTag(b.buf, fieldEntry, protowire.BytesType)
+	b.buf = protowire.AppendVarint(b.buf, uint64(n))
+	b.buf = protowire.AppendTag(b.buf, fieldUser, protowire.BytesType)
+	b.buf = protowire.AppendString(b.buf, ev.UserID)
+	b.buf = protowire.AppendTag(b.buf, fieldRevoke, protowire.BytesType)
+	b.buf = protowire.AppendString(b.buf, ev.RevokeDeviceID)
+	b.events++
+	b.cut()
+	return nil
+}
+
 // cut moves the current payload to b.payloads.
 func (b *batch) cut() {
 	if b.events == 0 {
@@ -170,7 +197,7 @@ func decodeBatch(payload string, out []router.Event) ([]router.Event, error) {
 			}
 			off += n
 			switch {
-			case (num == fieldUser || num == fieldSkip || num == fieldFrame) && typ == protowire.BytesType:
+			case (num == fieldUser || num == fieldSkip || num == fieldFrame || num == fieldRevoke) && typ == protowire.BytesType:
 				ln, n := protowire.ConsumeVarint(b[off:end])
 				if n < 0 || ln > uint64(end-off-n) {
 					return out[:n0], errMalformed
@@ -182,6 +209,8 @@ func decodeBatch(payload string, out []router.Event) ([]router.Event, error) {
 					ev.UserID = payload[s:e]
 				case fieldSkip:
 					ev.SkipDeviceID = payload[s:e]
+				case fieldRevoke:
+					ev.RevokeDeviceID = payload[s:e]
 				default:
 					f := new(chatv1.ServerFrame)
 					if err := proto.Unmarshal(b[s:e], f); err != nil {
@@ -204,7 +233,7 @@ func decodeBatch(payload string, out []router.Event) ([]router.Event, error) {
 				off += n
 			}
 		}
-		if ev.UserID == "" || !hasFrame {
+		if ev.UserID == "" || hasFrame == (ev.RevokeDeviceID != "") {
 			return out[:n0], errMalformed
 		}
 		out = append(out, ev)

@@ -123,6 +123,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	for _, p := range encode(f, []router.Event{
 		{UserID: "a", Frame: delivery(1, "hi"), SkipDeviceID: "d"},
 		{UserID: "b", Frame: delivery(1, "hi")},
+		{UserID: "b", RevokeDeviceID: "phone"},
 	}, MaxPayload) {
 		f.Add(p)
 	}
@@ -133,7 +134,8 @@ func FuzzDecodeBatch(f *testing.F) {
 			return
 		}
 		for _, ev := range out {
-			if ev.UserID == "" || ev.Frame == nil {
+			// Exactly one of a frame and a device to revoke.
+			if ev.UserID == "" || (ev.Frame == nil) == (ev.RevokeDeviceID == "") {
 				t.Fatalf("decoded an invalid event %+v", ev)
 			}
 		}
@@ -157,4 +159,25 @@ func BenchmarkWire(b *testing.B) {
 		out, _ = decodeBatch(string(bt.payloads[0]), out[:0])
 	}
 	b.ReportMetric(float64(b.N*len(evs))/b.Elapsed().Seconds(), "events/s")
+}
+
+// TestWireRevoke: a revocation (no frame) round-trips in a payload of its
+// own, between the deliveries around it, in order.
+func TestWireRevoke(t *testing.T) {
+	evs := []router.Event{
+		{UserID: "alice", Frame: delivery(1, "one")},
+		{UserID: "alice", RevokeDeviceID: "phone"},
+		{UserID: "bob", Frame: delivery(2, "two")},
+	}
+	payloads := encode(t, evs, MaxPayload)
+	if len(payloads) != 3 {
+		t.Fatalf("%d payloads, want the revocation alone in the second of 3", len(payloads))
+	}
+	if one, err := decodeBatch(string(payloads[1]), nil); err != nil || len(one) != 1 || one[0].RevokeDeviceID != "phone" || one[0].Frame != nil {
+		t.Fatalf("revocation payload: %v %v", one, err)
+	}
+	out := decodeAll(t, payloads)
+	if len(out) != 3 || out[0].Frame == nil || out[1].UserID != "alice" || out[1].RevokeDeviceID != "phone" || out[2].UserID != "bob" {
+		t.Fatalf("decoded %v", out)
+	}
 }
