@@ -301,8 +301,9 @@ func textSpec(s string) error {
 		// controls, format characters, other default-ignorables,
 		// variation selectors, noncharacters.
 		if !unicode.In(r, unicode.White_Space, unicode.Cc, unicode.Cf, unicode.Other_Default_Ignorable_Code_Point,
-			unicode.Variation_Selector, unicode.Noncharacter_Code_Point) {
-			visible = true
+			unicode.Variation_Selector, unicode.Noncharacter_Code_Point) &&
+			unicode.In(r, unicode.L, unicode.N, unicode.P, unicode.S, unicode.Co) && r != '\u2800' {
+			visible = true // a base character that shows on its own
 		}
 	}
 	if !visible {

@@ -16,7 +16,7 @@ import (
 const maxChannelIDBytes = 3 + 2*4*32 + 1
 
 var (
-	errTextEmpty   = status.Error(codes.InvalidArgument, "text is empty or has no visible character (only white space, marks or joiners)")
+	errTextEmpty   = status.Error(codes.InvalidArgument, "text is empty or has no visible character (only white space, joiners, marks or other characters that show nothing)")
 	errTextUTF8    = status.Error(codes.InvalidArgument, "text is not valid UTF-8")
 	errTextControl = status.Error(codes.InvalidArgument, "text contains control characters (only tab, line feed and carriage return are allowed)")
 	errTextLong    = status.Error(codes.InvalidArgument, fmt.Sprintf("text exceeds %d bytes", MaxTextBytes))

@@ -86,11 +86,17 @@ func Invisible(r rune) bool {
 		unicode.Noncharacter_Code_Point)
 }
 
-// HasVisible reports whether s has at least one character that is not
-// Invisible. Services refuse texts and names without one.
+// HasVisible reports whether s has at least one character that shows on
+// its own: a letter, number, punctuation, symbol (general categories L,
+// N, P, S) or private-use character (Co: icons of custom fonts) that is
+// not Invisible and not U+2800 BRAILLE PATTERN BLANK (a symbol drawn as
+// nothing). Combining marks (M) only decorate a base character and an
+// unassigned code point shows nothing, so a text of only those has no
+// visible character. Services refuse texts and names without one.
 func HasVisible(s string) bool {
 	for _, r := range s {
-		if !Invisible(r) {
+		if !Invisible(r) && r != '\u2800' &&
+			unicode.In(r, unicode.L, unicode.N, unicode.P, unicode.S, unicode.Co) {
 			return true
 		}
 	}

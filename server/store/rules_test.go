@@ -64,6 +64,19 @@ func TestInvisible(t *testing.T) {
 	if store.HasVisible("\u200e\u200d \ufe0f") || !store.HasVisible("\u200ex") {
 		t.Error("HasVisible")
 	}
+	// Shows nothing: lone combining marks, the braille blank, unassigned
+	// code points; shows: a base character with its marks, symbols,
+	// punctuation, private use (a custom font's icon).
+	for _, s := range []string{"\u0301", "\u0301\u0301", " \u0301", "\u2800\u2800", "\U0001D455", "\u20dd"} {
+		if store.HasVisible(s) {
+			t.Errorf("HasVisible(%q) = true, want false", s)
+		}
+	}
+	for _, s := range []string{"e\u0301", "\u263a", "!", "\ue000", "7", "\u2801", "\U0001F600"} {
+		if !store.HasVisible(s) {
+			t.Errorf("HasVisible(%q) = false, want true", s)
+		}
+	}
 }
 
 // TestNewUsername: the UTS #39 identifier profile a new username meets
