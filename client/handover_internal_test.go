@@ -146,6 +146,50 @@ func TestLiveDeliveryBetweenPagesWaitsForThePages(t *testing.T) {
 	}
 }
 
+// A stream that opened live (cursor at the head) sends what was committed
+// while it opened as live deliveries, and the server leaves those out of
+// a later sync page (a page never repeats what the stream sent live). The
+// SDK's SyncAll, already running, must hand them over: they were lost
+// when held-back deliveries were dropped in favour of the pages.
+func TestLiveDeliveryBeforeAPageThatOmitsIt(t *testing.T) {
+	s := newDetachedSession(&chatv1.Welcome{Cursor: 10, HeadSeq: 10}, sessionOptions{deliveryBuffer: 16})
+	r := startSyncAll(t, context.Background(), s, 0, 0)
+	id := nextSync(t, s, 10)
+	s.dispatch(liveFrame(11)) // the stream's start-up fill, before the page
+	s.dispatch(liveFrame(12))
+	s.dispatch(pageFrame(id, 13, 13, 13, false)) // 11 and 12 left out: already sent
+	s.dispatch(liveFrame(14))
+	pump(s)
+	r.wait(t)
+	if r.err != nil || fmt.Sprint(r.handed) != seqRange(11, 13) {
+		t.Fatalf("SyncAll = %v; handed %v; want 11..13", r.err, r.handed)
+	}
+	if got := drain(s.deliveries); fmt.Sprint(got) != "[14]" || s.LastSeq() != 14 {
+		t.Fatalf("Deliveries got %v, LastSeq %d; want [14], 14", got, s.LastSeq())
+	}
+}
+
+// More live deliveries during a SyncAll than the session holds back: the
+// SyncAll ends with ErrSyncOverrun (reconnect), never with a silent gap.
+func TestSyncOverrunAsksForAReconnect(t *testing.T) {
+	s := newDetachedSession(&chatv1.Welcome{Cursor: 1, HeadSeq: 1}, sessionOptions{deliveryBuffer: 2})
+	r := startSyncAll(t, context.Background(), s, 0, 0)
+	id := nextSync(t, s, 1)
+	for q := uint64(2); q < uint64(3+handQueue); q++ {
+		s.dispatch(liveFrame(q))
+		pump(s)
+	}
+	s.dispatch(pageFrame(id, 1, 0, 1, false))
+	pump(s)
+	r.wait(t)
+	if !errors.Is(r.err, ErrSyncOverrun) {
+		t.Fatalf("SyncAll = %v, want ErrSyncOverrun", r.err)
+	}
+	if got := drain(s.deliveries); len(got) != 0 {
+		t.Fatalf("Deliveries got %v after an overrun; want nothing (a gap)", got)
+	}
+}
+
 // After SyncAll failed part-way, live deliveries are held back (handing
 // them over would skip the entries not handed over) until a later SyncAll
 // reaches the end; a SyncAll that gave up before its reply came does not

@@ -1,11 +1,13 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +50,12 @@ const (
 // methods of a closed Session return.
 // It carries codes.Canceled, so status.Code(ErrClosed) == codes.Canceled.
 var ErrClosed = status.Error(codes.Canceled, "client: session closed")
+
+// ErrSyncOverrun is SyncAll's error when more live deliveries arrived
+// while it was syncing than the session can hold back (the Deliveries
+// buffer): the session cannot hand them over without a gap. Close the
+// session and connect again (WithResumeFrom): a new stream syncs them.
+var ErrSyncOverrun = status.Error(codes.Aborted, "client: too many live deliveries arrived during SyncAll; reconnect to sync them")
 
 // SessionOption configures Connect.
 type SessionOption func(*sessionOptions)
@@ -156,8 +164,15 @@ type Session struct {
 	// before its last page. Live deliveries are not handed over meanwhile:
 	// they are not contiguous with seen, and the sync pages bring them.
 	behind bool
-	ended  bool
-	endErr error
+	// held: live deliveries that arrived while behind, in arrival order
+	// (at most cap(deliveries)); SyncAll hands them over with its pages,
+	// in seq order. The server does not repeat in a sync page what the
+	// stream already sent live, so they must not be dropped. heldLost: one
+	// more did not fit (SyncAll then asks for a reconnect).
+	held     []*chatv1.Delivery
+	heldLost bool
+	ended    bool
+	endErr   error
 
 	cursor  atomic.Uint64 // highest cursor confirmed by the server
 	ackWant atomic.Uint64 // highest seq passed to AckAsync
@@ -649,7 +664,27 @@ func (s *Session) syncStep(ctx context.Context, after uint64, limit int32, fn fu
 	if page == nil {
 		return false, 0, unexpectedReply(f, "SyncPage")
 	}
-	for _, d := range page.GetDeliveries() {
+	// The live deliveries held back so far that this page covers go with
+	// it, in seq order: the server leaves out of a page what the stream
+	// already sent live (docs/architecture.md).
+	ds := page.GetDeliveries()
+	s.mu.Lock()
+	var taken []*chatv1.Delivery
+	kept := s.held[:0]
+	for _, d := range s.held {
+		if !page.GetMore() || d.GetInboxSeq() <= page.GetNextAfterSeq() {
+			taken = append(taken, d)
+		} else {
+			kept = append(kept, d)
+		}
+	}
+	s.held = kept
+	s.mu.Unlock()
+	if len(taken) > 0 {
+		ds = append(slices.Clone(ds), taken...)
+		slices.SortStableFunc(ds, func(a, b *chatv1.Delivery) int { return cmp.Compare(a.GetInboxSeq(), b.GetInboxSeq()) })
+	}
+	for i, d := range ds {
 		seq := d.GetInboxSeq()
 		s.mu.Lock()
 		prev := s.seen
@@ -670,6 +705,12 @@ func (s *Session) syncStep(ctx context.Context, after uint64, limit int32, fn fu
 				s.seen = prev
 			}
 			s.recent.forget(d.GetMessage())
+			// Held deliveries not handed over wait for the next SyncAll.
+			for _, h := range ds[i:] {
+				if slices.Contains(taken, h) {
+					s.held = append(s.held, h)
+				}
+			}
 			s.mu.Unlock()
 			return false, 0, err
 		}
@@ -679,8 +720,14 @@ func (s *Session) syncStep(ctx context.Context, after uint64, limit int32, fn fu
 	}
 	if !page.GetMore() {
 		s.mu.Lock()
-		s.behind = false
+		lost := s.heldLost
+		if !lost {
+			s.behind = false
+		}
 		s.mu.Unlock()
+		if lost {
+			return false, 0, ErrSyncOverrun
+		}
 	}
 	return page.GetMore(), page.GetNextAfterSeq(), nil
 }
@@ -957,6 +1004,11 @@ func (s *Session) handOver(it handItem) {
 	seq := d.GetInboxSeq()
 	s.mu.Lock()
 	if s.behind {
+		if len(s.held) < max(cap(s.deliveries), handQueue) {
+			s.held = append(s.held, d)
+		} else {
+			s.heldLost = true
+		}
 		s.mu.Unlock()
 		s.heldBack.Add(1)
 		return

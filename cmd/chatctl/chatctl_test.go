@@ -706,9 +706,9 @@ func TestListenEvictedDoesNotReconnect(t *testing.T) {
 	var ls []*listener
 	for i := range 4 {
 		ls = append(ls, startListen(t, bob))
-		// Let it connect first: a message committed while a listen is
-		// still opening its stream is not always printed by it (a race
-		// outside this test's subject).
+		// Let it connect first: the listens share one device, so a message
+		// the older ones acked before this one's stream opened is behind
+		// the device's cursor and rightly not printed by it.
 		time.Sleep(time.Second)
 		alice.ok("send", "bob", fmt.Sprint("m", i))
 		for _, l := range ls {
