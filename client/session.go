@@ -376,8 +376,10 @@ func (s *Session) Behind() bool { return s.welcome.GetHeadSeq() > s.welcome.GetC
 // cluster a message can sit in the inbox twice, docs/sequencing.md). While
 // a SyncAll runs, and after one stopped before the end of the inbox (an
 // error), live deliveries are not placed here (Stats.HeldBackDeliveries):
-// they may lie beyond entries the sync has not handed over yet, and the
-// sync pages bring them; call SyncAll again after it failed. The channel is
+// they may lie beyond entries the sync has not handed over yet; the session
+// keeps them and SyncAll hands them to its callback together with its pages,
+// in seq order (a page leaves out what the stream already sent live); call
+// SyncAll again after it failed. The channel is
 // closed when the session ends, after the deliveries received before the
 // end (as long as the channel has room for them).
 //
@@ -462,9 +464,9 @@ type SessionStats struct {
 	// DuplicateDeliveries: deliveries at or below LastSeq, or of a message
 	// handed over recently under another inbox_seq, dropped.
 	DuplicateDeliveries uint64
-	// HeldBackDeliveries: live deliveries not handed over because a
-	// SyncAll was running or had stopped before the end of the inbox; a
-	// SyncAll hands them over from its pages.
+	// HeldBackDeliveries: live deliveries kept back because a SyncAll was
+	// running or had stopped before the end of the inbox; SyncAll hands
+	// them over with its pages.
 	HeldBackDeliveries uint64
 	// DroppedTypingEvents: typing events dropped because TypingEvents was full.
 	DroppedTypingEvents uint64
@@ -607,8 +609,12 @@ func (s *Session) Sync(ctx context.Context, afterSeq uint64, limit int32) (*chat
 // hand-over, in the order the server sent them (see Deliveries): a live
 // delivery that follows the last page on the wire goes to Deliveries only
 // after fn has returned for every entry of that page. While SyncAll runs,
-// live deliveries are not handed over (the pages bring them), so fn sees
-// every entry up to the end of the inbox. fn runs on the caller's goroutine
+// live deliveries are kept back and given to fn with the page that covers
+// them, in seq order (the server leaves out of a page what the stream
+// already sent live), so fn sees every entry up to the end of the inbox;
+// if more arrive than the Deliveries buffer holds, SyncAll returns
+// ErrSyncOverrun at the end of the inbox: close the session and connect
+// again (WithResumeFrom). fn runs on the caller's goroutine
 // and may call the session's other methods (Ack, Send); the reader goes on
 // reading replies meanwhile, and stops reading only if deliveries pile up
 // behind the page that fn is working through. Calls of SyncAll are
