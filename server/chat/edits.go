@@ -70,7 +70,8 @@ func (s *Service) prepareRevision(ctx context.Context, p auth.Principal, r revis
 	if d, err := s.st.LookupDedup(ctx, p.UserID, r.clientMessageID); err == nil {
 		// The same key for another message is refused, as in the
 		// sequencer (the fields below are those the request gets).
-		probe := &sequence.Request{ChannelID: r.channelID, RefMessageID: r.messageID, Kind: store.KindEdit, Text: r.text}
+		probe := &sequence.Request{ChannelID: r.channelID, SenderID: p.UserID, ClientMessageID: r.clientMessageID,
+			RefMessageID: r.messageID, Kind: store.KindEdit, Text: r.text}
 		if r.delete {
 			probe.Kind, probe.Text = store.KindDelete, ""
 			if r.forMe {

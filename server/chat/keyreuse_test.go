@@ -27,7 +27,9 @@ func TestClientMessageIDReusedForAnotherMessage(t *testing.T) {
 		t.Fatalf("the same send again: %v; want the duplicate of %v", again, first)
 	}
 	ch := first.GetChannelId()
-	a.errOf(a.edit(ch, first.GetMessageId(), "K", "text A"), codes.FailedPrecondition)
+	if fe := a.errOf(a.edit(ch, first.GetMessageId(), "K", "text A"), codes.FailedPrecondition); !strings.Contains(fe.GetMessage(), `"K" already names`) {
+		t.Fatalf("edit reusing K: %q; want it to name the key", fe.GetMessage())
+	}
 	ed := a.ackOf(a.edit(ch, first.GetMessageId(), "E", "text A!"))
 	if again := a.ackOf(a.edit(ch, first.GetMessageId(), "E", "text A!")); !again.GetDuplicate() || again.GetMessageId() != ed.GetMessageId() {
 		t.Fatalf("edit retried: %v; want the duplicate of %v", again, ed)

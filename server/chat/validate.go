@@ -25,10 +25,10 @@ var (
 	errNoTarget    = status.Error(codes.InvalidArgument, "send needs to_user or channel_id")
 )
 
-// isInvisible reports whether r renders as nothing on its own (white
-// space, control and format characters, variation selectors and the other
-// default-ignorable code points): store.Invisible.
-func isInvisible(r rune) bool { return store.Invisible(r) }
+// isVisible reports whether r shows on its own (a letter, number,
+// punctuation, symbol or private-use character that no invisible Unicode
+// property covers): store.Visible.
+func isVisible(r rune) bool { return store.Visible(r) }
 
 // isControl reports whether r is a C0 or C1 control character (or DEL)
 // other than tab, line feed and carriage return.
@@ -43,8 +43,9 @@ func isControl(r rune) bool {
 // checkText validates a message text: valid UTF-8, at most MaxTextBytes
 // bytes, no control characters except \t \n \r, and at least one visible
 // character (not only white space, format characters such as U+200E or
-// U+200D, variation selectors or other default-ignorable code points; see
-// store.Invisible). Errors are InvalidArgument.
+// U+200D, variation selectors, other default-ignorable code points,
+// combining marks, U+2800 or unassigned code points; see store.Visible).
+// Errors are InvalidArgument.
 func checkText(s string) error {
 	if len(s) > MaxTextBytes {
 		return errTextLong
@@ -70,7 +71,7 @@ func checkText(s string) error {
 		if isControl(r) {
 			return errTextControl
 		}
-		if !visible && !isInvisible(r) {
+		if !visible && isVisible(r) {
 			visible = true
 		}
 		i += size
@@ -123,7 +124,7 @@ func checkGroupName(s string) error {
 		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
 			return bad
 		}
-		if !isInvisible(r) {
+		if isVisible(r) {
 			visible = true
 		}
 	}

@@ -72,13 +72,20 @@ func TestCheckTextInvisible(t *testing.T) {
 		}
 	}
 	// The two characters of the report, and their neighbours.
-	for _, s := range []string{"\u200e", "\u200f", "\u200d", "\u200e\u200f\u200e", "\u2066\u2069", "\ufe0f", "\U000E0020", "\u3164", "\u115f\u1160", "\u180e", "\u034f", "\u00ad"} {
+	for _, s := range []string{"\u200e", "\u200f", "\u200d", "\u200e\u200f\u200e", "\u2066\u2069", "\ufe0f", "\U000E0020", "\u3164", "\u115f\u1160", "\u180e", "\u034f", "\u00ad",
+		"\u0301", "\u0301\u0308", "\u2800", "\u0378"} { // lone marks, the braille blank, unassigned (a tryout)
 		if err := checkText(s); err != errTextEmpty {
 			t.Errorf("checkText(%+q) = %v, want %v", s, err, errTextEmpty)
 		}
 	}
+	// Group names follow the same rule.
+	for _, s := range []string{"\u2800", "\u0301\u0301", "\u200d"} {
+		if checkGroupName(s) == nil {
+			t.Errorf("checkGroupName(%+q) accepted", s)
+		}
+	}
 	// Visible text keeps its marks and joiners.
-	for _, s := range []string{"\u200eshalom\u200f", "👍🏽", "❤\ufe0f", "क्\u200dष", "🏳\ufe0f\u200d🌈", "\u0301"} {
+	for _, s := range []string{"\u200eshalom\u200f", "👍🏽", "❤\ufe0f", "क्\u200dष", "🏳\ufe0f\u200d🌈", "e\u0301"} {
 		if err := checkText(s); err != nil {
 			t.Errorf("checkText(%+q): %v", s, err)
 		}

@@ -95,12 +95,20 @@ func Invisible(r rune) bool {
 // visible character. Services refuse texts and names without one.
 func HasVisible(s string) bool {
 	for _, r := range s {
-		if !Invisible(r) && r != '\u2800' &&
-			unicode.In(r, unicode.L, unicode.N, unicode.P, unicode.S, unicode.Co) {
+		if Visible(r) {
 			return true
 		}
 	}
 	return false
+}
+
+// Visible reports whether r shows on its own (see HasVisible).
+func Visible(r rune) bool {
+	if r < utf8.RuneSelf {
+		return r > ' ' && r != 0x7F
+	}
+	return !Invisible(r) && r != '\u2800' &&
+		unicode.In(r, unicode.L, unicode.N, unicode.P, unicode.S, unicode.Co)
 }
 
 // NewUsername is CanonicalUsername plus the rules a username must meet to
