@@ -669,7 +669,7 @@ func TestWatchContacts(t *testing.T) {
 	if err := watch.Wait(); err != nil {
 		t.Fatalf("watch: %v; stderr: %s", err, &stderr)
 	}
-	if !strings.Contains(stderr.String(), "watching your contacts who have added you back (of bob)") {
+	if !strings.Contains(stderr.String(), "watching those of your contacts bob who have added you back") {
 		t.Fatalf("watch stderr: %q", &stderr)
 	}
 }

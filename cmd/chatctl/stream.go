@@ -299,6 +299,6 @@ func (e *env) announceContacts(ctx context.Context, c *client.Client) error {
 		return status.Error(codes.FailedPrecondition, "you have no contacts to watch: name users (chatctl watch USER...) "+
 			"or add contacts (chatctl contacts add USER); each must have added you too")
 	}
-	e.stderrf("watching your contacts who have added you back (of %s); Ctrl-C to stop\n", strings.Join(names, ", "))
+	e.stderrf("watching those of your contacts %s who have added you back (the others show nothing); Ctrl-C to stop\n", strings.Join(names, ", "))
 	return nil
 }
