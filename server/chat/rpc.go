@@ -282,12 +282,9 @@ func (s *Service) groupForChange(ctx context.Context, channelID string) (*store.
 	if err := checkChannelID(channelID); err != nil {
 		return nil, err
 	}
-	ch, err := s.st.GetChannel(ctx, channelID)
+	ch, err := s.channel(ctx, channelID)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, errChannelMissing
-		}
-		return nil, s.storeErr(ctx, "GetChannel", err)
+		return nil, err
 	}
 	if ch.Type != store.ChannelGroup {
 		return nil, errDirectMembers
@@ -365,12 +362,9 @@ func (s *Service) GetChannel(ctx context.Context, req *chatv1.GetChannelRequest)
 	if _, err := s.memberOf(ctx, req.GetChannelId(), p.UserID); err != nil {
 		return nil, err
 	}
-	ch, err := s.st.GetChannel(ctx, req.GetChannelId())
+	ch, err := s.channel(ctx, req.GetChannelId())
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, errChannelMissing
-		}
-		return nil, s.storeErr(ctx, "GetChannel", err)
+		return nil, err
 	}
 	c, err := s.loadChannel(ctx, ch, p.UserID)
 	if err != nil {
