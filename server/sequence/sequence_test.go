@@ -395,28 +395,10 @@ func BenchmarkSubmitParallel(b *testing.B) {
 	defer st.Close()
 	seq := sequence.New(st, nil, sequence.Options{})
 	defer seq.Close()
-	var n atomic.Int64
-	b.ReportAllocs()
-	b.SetParallelism(16)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		id := n.Add(1)
-		sender := fmt.Sprint("u", id)
-		ch := fmt.Sprint("g:", id%8)
-		recipients := []string{sender, "bob", "carol"}
-		i := 0
-		for pb.Next() {
-			i++
-			_, err := seq.Do(context.Background(), &sequence.Request{ChannelID: ch, SenderID: sender, ClientMessageID: fmt.Sprint(i), Text: "hello world", Recipients: recipients})
-			if err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
-	s := seq.Stats()
-	b.ReportMetric(float64(s.Messages)/float64(max(s.Batches, 1)), "msgs/batch")
+	sequencetest.SendParallel(b, seq, 16,
+		func(id int64) string { return fmt.Sprint("u", id) },
+		func(id int64) string { return fmt.Sprint("g:", id%8) },
+		"bob", "carol")
 }
 
 // TestPrecheckAnswersStoredDuplicate: on a single node a retry of a send

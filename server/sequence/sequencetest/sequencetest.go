@@ -89,6 +89,35 @@ func Req(ch, sender, cmid, text string, recipients ...string) *sequence.Request 
 	return &sequence.Request{ChannelID: ch, SenderID: sender, SenderDeviceID: sender + "-d1", ClientMessageID: cmid, Text: text, Recipients: recipients}
 }
 
+// SendParallel is the body of a parallel send benchmark: b.RunParallel
+// with parallelism goroutines per CPU, each a sender of its own
+// (sender(id), id counting from 1) sending "hello world" in channel(id)
+// to itself and others. It stops b's timer and reports msgs/batch.
+func SendParallel(b *testing.B, seq *sequence.Sequencer, parallelism int, sender, channel func(id int64) string, others ...string) {
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(parallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		id := n.Add(1)
+		sender := sender(id)
+		ch := channel(id)
+		recipients := append([]string{sender}, others...)
+		i := 0
+		for pb.Next() {
+			i++
+			_, err := seq.Do(context.Background(), &sequence.Request{ChannelID: ch, SenderID: sender, ClientMessageID: fmt.Sprint(i), Text: "hello world", Recipients: recipients})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	s := seq.Stats()
+	b.ReportMetric(float64(s.Messages)/float64(max(s.Batches, 1)), "msgs/batch")
+}
+
 func newSeq(t testing.TB, h Harness, st store.Messages, publish func([]sequence.Committed), o sequence.Options) *sequence.Sequencer {
 	o.Allocator = h.New(t, st)
 	return sequence.New(st, publish, o)
