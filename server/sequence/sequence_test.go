@@ -79,47 +79,19 @@ func TestFIFOAndGroupCommit(t *testing.T) {
 	var rec sequencetest.Recorder
 	seq := sequence.New(st, rec.Publish, sequence.Options{})
 	const n = 2000
-	results := make([]sequence.Result, n)
-	var wg sync.WaitGroup
-	wg.Add(n)
-	for i := range n {
-		seq.Submit(sequencetest.Req("g:fifo", "alice", fmt.Sprintf("m%d", i), fmt.Sprint(i), "alice", "bob"), func(r sequence.Result) {
-			results[i] = r
-			wg.Done()
-		})
-	}
-	wg.Wait()
+	results := sequencetest.SubmitN(seq, n, "g:fifo", "alice", "alice", "bob")
 	seq.Close()
-	for i := range n {
-		if results[i].Err != nil {
-			t.Fatal(results[i].Err)
-		}
-		if i > 0 && results[i].MessageID <= results[i-1].MessageID {
-			t.Fatalf("request %d got id %d <= previous %d", i, results[i].MessageID, results[i-1].MessageID)
-		}
-	}
+	sequencetest.CheckFIFO(t, results)
 	ds, _, err := st.Inbox(context.Background(), "bob", 0, n+1)
 	if err != nil || len(ds) != n {
 		t.Fatalf("bob's inbox: %d, %v", len(ds), err)
 	}
-	for i, d := range ds {
-		if d.Message.Text != fmt.Sprint(i) || d.Message.MessageID != results[i].MessageID {
-			t.Fatalf("inbox[%d] = %q id %d; want %d id %d", i, d.Message.Text, d.Message.MessageID, i, results[i].MessageID)
-		}
-	}
+	sequencetest.CheckDeliveries(t, ds, results)
 	if b := seq.Stats().Batches; b >= n {
 		t.Fatalf("%d batches for %d pipelined requests: no group commit", b, n)
 	}
 	// Published in commit order.
-	var last uint64
-	for _, b := range rec.Batches {
-		for _, c := range b {
-			if c.Message.MessageID <= last {
-				t.Fatal("published out of order")
-			}
-			last = c.Message.MessageID
-		}
-	}
+	rec.CheckOrder(t)
 }
 
 func TestDedup(t *testing.T) {
