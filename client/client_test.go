@@ -61,6 +61,15 @@ func newUser(t *testing.T, ctx context.Context, addr, name string, opts ...clien
 	return c
 }
 
+// aliceAndBob starts a server and returns a test context and the logged-in
+// clients of alice and bob.
+func aliceAndBob(t *testing.T) (context.Context, *client.Client, *client.Client) {
+	t.Helper()
+	a := startServer(t, app.Config{})
+	ctx := testContext(t)
+	return ctx, newUser(t, ctx, a.GRPCAddr(), "alice"), newUser(t, ctx, a.GRPCAddr(), "bob")
+}
+
 func connect(t *testing.T, ctx context.Context, c *client.Client, opts ...client.SessionOption) *client.Session {
 	t.Helper()
 	s, err := c.Connect(ctx, opts...)
@@ -144,10 +153,7 @@ func TestLogInAuthenticatesCalls(t *testing.T) {
 }
 
 func TestLiveDeliveryAndIdempotentSend(t *testing.T) {
-	a := startServer(t, app.Config{})
-	ctx := testContext(t)
-	alice := newUser(t, ctx, a.GRPCAddr(), "alice")
-	bob := newUser(t, ctx, a.GRPCAddr(), "bob")
+	ctx, alice, bob := aliceAndBob(t)
 	as := connect(t, ctx, alice)
 	bs := connect(t, ctx, bob)
 	if as.Behind() || bs.Behind() {
@@ -195,10 +201,7 @@ func TestLiveDeliveryAndIdempotentSend(t *testing.T) {
 }
 
 func TestSyncAllAckAndResume(t *testing.T) {
-	a := startServer(t, app.Config{})
-	ctx := testContext(t)
-	alice := newUser(t, ctx, a.GRPCAddr(), "alice")
-	bob := newUser(t, ctx, a.GRPCAddr(), "bob")
+	ctx, alice, bob := aliceAndBob(t)
 	as := connect(t, ctx, alice)
 	for i := 1; i <= 5; i++ {
 		if _, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: fmt.Sprint("offline ", i)}); err != nil {
@@ -300,10 +303,7 @@ func TestFrameErrorsKeepTheStreamOpen(t *testing.T) {
 }
 
 func TestTypingEvents(t *testing.T) {
-	a := startServer(t, app.Config{})
-	ctx := testContext(t)
-	alice := newUser(t, ctx, a.GRPCAddr(), "alice")
-	bob := newUser(t, ctx, a.GRPCAddr(), "bob")
+	ctx, alice, bob := aliceAndBob(t)
 	as := connect(t, ctx, alice)
 	bs := connect(t, ctx, bob)
 	ack, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "hi"})
@@ -324,10 +324,7 @@ func TestTypingEvents(t *testing.T) {
 }
 
 func TestPipelinedSendsArriveInOrder(t *testing.T) {
-	a := startServer(t, app.Config{})
-	ctx := testContext(t)
-	alice := newUser(t, ctx, a.GRPCAddr(), "alice")
-	bob := newUser(t, ctx, a.GRPCAddr(), "bob")
+	ctx, alice, bob := aliceAndBob(t)
 	as := connect(t, ctx, alice)
 
 	const n = 150
@@ -400,10 +397,7 @@ func TestGroupMessages(t *testing.T) {
 }
 
 func TestAutoAckAdvancesCursor(t *testing.T) {
-	a := startServer(t, app.Config{})
-	ctx := testContext(t)
-	alice := newUser(t, ctx, a.GRPCAddr(), "alice")
-	bob := newUser(t, ctx, a.GRPCAddr(), "bob")
+	ctx, alice, bob := aliceAndBob(t)
 	as := connect(t, ctx, alice)
 	bs := connect(t, ctx, bob, client.WithAutoAck(0))
 	for i := range 3 {

@@ -281,28 +281,8 @@ func (c *Client) Connect(ctx context.Context, opts ...SessionOption) (*Session, 
 		cancel()
 		return nil, status.Errorf(codes.Internal, "client: first Chat frame is %T, not a Welcome", first.GetPayload())
 	}
-	s := &Session{
-		stream:     stream,
-		ctx:        sctx,
-		cancel:     cancel,
-		welcome:    w,
-		opts:       o,
-		out:        make(chan outFrame, outQueue),
-		inflight:   make(chan struct{}, o.maxInFlight),
-		deliveries: make(chan *chatv1.Delivery, o.deliveryBuffer),
-		typing:     make(chan *chatv1.TypingEvent, o.typingBuffer),
-		receipts:   make(chan *chatv1.ReceiptEvent, o.eventBuffer),
-		unread:     make(chan *chatv1.UnreadEvent, o.eventBuffer),
-		hand:       make(chan handItem, max(handQueue, o.deliveryBuffer)),
-		calls:      make(map[uint64]*call),
-		seen:       max(w.GetCursor(), o.resumeAfter),
-		recent:     recent,
-		ackKick:    make(chan struct{}, 1),
-		done:       make(chan struct{}),
-		halfClose:  make(chan struct{}),
-	}
-	s.cursor.Store(w.GetCursor())
-	s.ackWant.Store(w.GetCursor())
+	s := newSession(sctx, cancel, w, o, recent, max(handQueue, o.deliveryBuffer))
+	s.stream = stream
 	s.wg.Add(5)
 	go s.readLoop()
 	go s.handLoop()
@@ -334,15 +314,26 @@ func (o *sessionOptions) resume() recentMessages {
 func newDetachedSession(w *chatv1.Welcome, o sessionOptions) *Session {
 	recent := o.resume()
 	ctx, cancel := context.WithCancel(context.Background())
+	return newSession(ctx, cancel, w, o, recent, handQueue)
+}
+
+// newSession builds a Session on welcome w, with no stream and no
+// goroutines: Connect and newDetachedSession share it. The buffers are
+// sized from o (at least 1 each; Connect's options always are), hand's
+// from handCap.
+func newSession(ctx context.Context, cancel context.CancelFunc, w *chatv1.Welcome, o sessionOptions, recent recentMessages, handCap int) *Session {
 	s := &Session{
-		ctx: ctx, cancel: cancel, welcome: w, opts: o,
+		ctx:        ctx,
+		cancel:     cancel,
+		welcome:    w,
+		opts:       o,
 		out:        make(chan outFrame, outQueue),
 		inflight:   make(chan struct{}, max(o.maxInFlight, 1)),
 		deliveries: make(chan *chatv1.Delivery, max(o.deliveryBuffer, 1)),
 		typing:     make(chan *chatv1.TypingEvent, max(o.typingBuffer, 1)),
 		receipts:   make(chan *chatv1.ReceiptEvent, max(o.eventBuffer, 1)),
 		unread:     make(chan *chatv1.UnreadEvent, max(o.eventBuffer, 1)),
-		hand:       make(chan handItem, handQueue),
+		hand:       make(chan handItem, handCap),
 		calls:      make(map[uint64]*call),
 		seen:       max(w.GetCursor(), o.resumeAfter),
 		recent:     recent,

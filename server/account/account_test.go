@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,11 +14,11 @@ import (
 	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/grpcerr"
+	"github.com/chatd/chatd/server/internal/grpctest"
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -91,21 +90,11 @@ func newEnv(t *testing.T, o opts) *env {
 		Store: e.st, Auth: a, OnLogout: e.logouts.add, Now: e.clk.Now,
 		MaxDevices: o.maxDevices, MaxContacts: o.maxContacts,
 	})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := grpc.NewServer( // interceptors as server/app installs them
 		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), a.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), a.StreamInterceptor()))
 	chatv1.RegisterAccountServiceServer(srv, e.svc)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpctest.Serve(t, srv)
 	e.c = chatv1.NewAccountServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)

@@ -310,7 +310,8 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 // rawSend builds a ClientFrame{frame_id, send{to_user, client_message_id,
-// text}} by hand, with text bytes as given (possibly invalid UTF-8).
+// text}} by hand, with text bytes as given (possibly invalid UTF-8, which
+// no protobuf library encodes). The cases and the fuzz seeds use it.
 func rawSend(frameID uint64, toUser, cmid string, text []byte) []byte {
 	var send []byte
 	send = protowire.AppendTag(send, 1, protowire.BytesType)

@@ -119,6 +119,19 @@ func TestUnreadCountsProperty(t *testing.T) {
 	}
 
 	pick := func(n int) int { return rng.IntN(n) }
+	// pickMsg picks one of c's messages that keep accepts; nil if none.
+	pickMsg := func(c *modelChan, keep func(x *modelMsg) bool) *modelMsg {
+		var cands []*modelMsg
+		for _, x := range c.msgs {
+			if keep(x) {
+				cands = append(cands, x)
+			}
+		}
+		if len(cands) == 0 {
+			return nil
+		}
+		return cands[pick(len(cands))]
+	}
 	const ops = 1000
 	counts := map[string]int{}
 	for step := 1; step <= ops; step++ {
@@ -163,16 +176,12 @@ func TestUnreadCountsProperty(t *testing.T) {
 			}
 			counts["read"]++
 		case r < 75: // edit one of u's messages
-			var cands []*modelMsg
-			for _, x := range c.msgs {
-				if x.sender == u && !x.deletedAll && !x.hiddenFor[u] && x.edits < MaxEditsPerMessage {
-					cands = append(cands, x)
-				}
-			}
-			if len(cands) == 0 {
+			x := pickMsg(c, func(x *modelMsg) bool {
+				return x.sender == u && !x.deletedAll && !x.hiddenFor[u] && x.edits < MaxEditsPerMessage
+			})
+			if x == nil {
 				continue
 			}
-			x := cands[pick(len(cands))]
 			id := next()
 			var ack *chatv1.SendAck
 			if rpc {
@@ -188,16 +197,10 @@ func TestUnreadCountsProperty(t *testing.T) {
 			c.lastRow = ack.GetMessageId()
 			counts["edit"]++
 		case r < 87: // delete for everyone (author, or a group admin)
-			var cands []*modelMsg
-			for _, x := range c.msgs {
-				if !x.deletedAll && (x.sender == u || c.admins[u]) {
-					cands = append(cands, x)
-				}
-			}
-			if len(cands) == 0 {
+			x := pickMsg(c, func(x *modelMsg) bool { return !x.deletedAll && (x.sender == u || c.admins[u]) })
+			if x == nil {
 				continue
 			}
-			x := cands[pick(len(cands))]
 			id := next()
 			var ack *chatv1.SendAck
 			if rpc {
@@ -213,16 +216,10 @@ func TestUnreadCountsProperty(t *testing.T) {
 			c.lastRow = ack.GetMessageId()
 			counts["delete"]++
 		case r < 97: // delete for me
-			var cands []*modelMsg
-			for _, x := range c.msgs {
-				if !x.deletedAll && !x.hiddenFor[u] {
-					cands = append(cands, x)
-				}
-			}
-			if len(cands) == 0 {
+			x := pickMsg(c, func(x *modelMsg) bool { return !x.deletedAll && !x.hiddenFor[u] })
+			if x == nil {
 				continue
 			}
-			x := cands[pick(len(cands))]
 			ack := d.ackOf(d.del(c.id, x.id, next(), true))
 			x.hiddenFor[u] = true
 			c.lastRow = ack.GetMessageId() // also a row of the channel

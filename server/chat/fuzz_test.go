@@ -72,24 +72,6 @@ func inChannel(ch, cmid, text string) *chatv1.SendMessage {
 	return &chatv1.SendMessage{Target: &chatv1.SendMessage_ChannelId{ChannelId: ch}, ClientMessageId: cmid, Text: text}
 }
 
-// rawSendFrame is ClientFrame{frame_id, send{to_user, client_message_id,
-// text}} with text bytes as given (possibly invalid UTF-8, which no
-// protobuf library encodes).
-func rawSendFrame(frameID uint64, user, cmid string, text []byte) []byte {
-	var send []byte
-	send = protowire.AppendTag(send, 1, protowire.BytesType)
-	send = protowire.AppendString(send, user)
-	send = protowire.AppendTag(send, 3, protowire.BytesType)
-	send = protowire.AppendString(send, cmid)
-	send = protowire.AppendTag(send, 4, protowire.BytesType)
-	send = protowire.AppendBytes(send, text)
-	var f []byte
-	f = protowire.AppendTag(f, 1, protowire.VarintType)
-	f = protowire.AppendVarint(f, frameID)
-	f = protowire.AppendTag(f, 2, protowire.BytesType)
-	return protowire.AppendBytes(f, send)
-}
-
 // chatFrameSeeds are encoded ClientFrames: every payload, and the frames of
 // ../shared/cases/input.md (C101-C106) that a single frame can carry.
 func chatFrameSeeds() [][]byte {
@@ -117,8 +99,8 @@ func chatFrameSeeds() [][]byte {
 		// C102: invalid UTF-8 (a lone continuation byte, an overlong
 		// encoding) built by hand; only white space and zero-width
 		// characters.
-		rawSendFrame(13, "bob", "c102-utf8", []byte("hi \x80 \xc0\xaf")),
-		rawSendFrame(14, "bob\xff", "c102-user", []byte("hi")),
+		rawSend(13, "bob", "c102-utf8", []byte("hi \x80 \xc0\xaf")),
+		rawSend(14, "bob\xff", "c102-user", []byte("hi")),
 		sendFrame(15, toUser("bob", "c102-blank", " \t\n\u200b\u200c\u200d\u2060\ufeff\u3000 ")),
 		// C103: no payload; a channel that does not exist; an ack far in
 		// the future; negative and absurd sync page sizes.

@@ -166,18 +166,27 @@ func TestParkedUntilPendingExpires(t *testing.T) {
 	bob.quiet()
 }
 
-// TestSyncStopsAtHorizon: a device that syncs while a seq is pending gets
-// the entries up to the horizon only (more = false); the committed entry
-// above the pending seq was published before the device connected, and
-// still reaches it live, after the pending one, once the horizon passes.
-func TestSyncStopsAtHorizon(t *testing.T) {
+// pendingSeq2 returns an env where alice has sent bob "one" (seq 1) and
+// "two" while bob's seq 2 was held: "two" is committed at seq 3, and seq 2
+// is pending until hold.release.
+func pendingSeq2(t *testing.T) (*holding, *env) {
+	t.Helper()
 	hold := &holding{}
 	e := newEnv(t, envConfig{alloc: hold.wrap})
 	e.users("alice", "bob")
 	alice := e.open("alice", "d1")
 	alice.ackOf(alice.sendTo("bob", "m1", "one"))
 	hold.arm("bob")
-	alice.ackOf(alice.sendTo("bob", "m2", "two")) // seq 3 committed, 2 pending
+	alice.ackOf(alice.sendTo("bob", "m2", "two"))
+	return hold, e
+}
+
+// TestSyncStopsAtHorizon: a device that syncs while a seq is pending gets
+// the entries up to the horizon only (more = false); the committed entry
+// above the pending seq was published before the device connected, and
+// still reaches it live, after the pending one, once the horizon passes.
+func TestSyncStopsAtHorizon(t *testing.T) {
+	hold, e := pendingSeq2(t) // seq 3 committed, 2 pending
 
 	bob := e.open("bob", "d1")
 	if w := bob.welcome; w.GetHeadSeq() != 1 || w.GetCursor() != 0 {
@@ -200,14 +209,8 @@ func TestSyncStopsAtHorizon(t *testing.T) {
 // TestSyncSkipsHoles: an abandoned seq is a hole that sync skips, and the
 // last page's next_after_seq is the horizon.
 func TestSyncSkipsHoles(t *testing.T) {
-	hold := &holding{}
-	e := newEnv(t, envConfig{alloc: hold.wrap})
-	e.users("alice", "bob")
-	alice := e.open("alice", "d1")
-	alice.ackOf(alice.sendTo("bob", "m1", "one"))
-	hold.arm("bob")
-	alice.ackOf(alice.sendTo("bob", "m2", "two")) // seq 3; seq 2 pending
-	hold.release()                                // seq 2 abandoned
+	hold, e := pendingSeq2(t) // seq 3 committed, 2 pending
+	hold.release()            // seq 2 abandoned
 	bob := e.open("bob", "d1")
 	ds, pages := bob.syncAll(0, 1)
 	checkSeqs(t, ds, []uint64{1, 3}, []string{"one", "two"})

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -137,15 +138,7 @@ func (s *Service) groupMemberIDs(owner string, raw []string) ([]string, error) {
 // PermissionDenied (caller not a member, or not owner/admin),
 // FailedPrecondition (the group holds 100 members; a direct channel).
 func (s *Service) AddMember(ctx context.Context, req *chatv1.AddMemberRequest) (*chatv1.AddMemberResponse, error) {
-	p, err := principal(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ch, err := s.groupForChange(ctx, req.GetChannelId())
-	if err != nil {
-		return nil, err
-	}
-	me, err := s.memberOf(ctx, ch.ID, p.UserID)
+	p, ch, me, err := s.groupForChange(ctx, req.GetChannelId())
 	if err != nil {
 		return nil, err
 	}
@@ -160,12 +153,9 @@ func (s *Service) AddMember(ctx context.Context, req *chatv1.AddMemberRequest) (
 	default:
 		return nil, errRole
 	}
-	if req.GetUserId() == "" {
-		return nil, errUserID
-	}
-	uid, err := s.canonical(req.GetUserId())
+	uid, err := s.userIDArg(req.GetUserId())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, "invalid user_id")
+		return nil, err
 	}
 	if _, err := s.st.GetUser(ctx, uid); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -212,24 +202,13 @@ func (s *Service) AddMember(ctx context.Context, req *chatv1.AddMemberRequest) (
 // user is not a member), PermissionDenied, FailedPrecondition (a direct
 // channel).
 func (s *Service) RemoveMember(ctx context.Context, req *chatv1.RemoveMemberRequest) (*chatv1.RemoveMemberResponse, error) {
-	p, err := principal(ctx)
+	p, ch, me, err := s.groupForChange(ctx, req.GetChannelId())
 	if err != nil {
 		return nil, err
 	}
-	ch, err := s.groupForChange(ctx, req.GetChannelId())
+	uid, err := s.userIDArg(req.GetUserId())
 	if err != nil {
 		return nil, err
-	}
-	me, err := s.memberOf(ctx, ch.ID, p.UserID)
-	if err != nil {
-		return nil, err
-	}
-	if req.GetUserId() == "" {
-		return nil, errUserID
-	}
-	uid, err := s.canonical(req.GetUserId())
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, "invalid user_id")
 	}
 	if uid == p.UserID && me.Role == store.RoleOwner {
 		// The owner may leave only if someone else can still run the group.
@@ -275,24 +254,43 @@ func (s *Service) RemoveMember(ctx context.Context, req *chatv1.RemoveMemberRequ
 	return &chatv1.RemoveMemberResponse{}, nil
 }
 
-// groupForChange loads a channel whose membership is about to change.
-// Errors: InvalidArgument (malformed id), NotFound, FailedPrecondition (a
-// direct channel).
-func (s *Service) groupForChange(ctx context.Context, channelID string) (*store.Channel, error) {
-	if err := checkChannelID(channelID); err != nil {
-		return nil, err
-	}
-	ch, err := s.st.GetChannel(ctx, channelID)
+// groupForChange returns the caller, the channel whose membership is
+// about to change and the caller's membership of it. Errors:
+// Unauthenticated (no caller), InvalidArgument (malformed id), NotFound,
+// FailedPrecondition (a direct channel), PermissionDenied (not a member).
+func (s *Service) groupForChange(ctx context.Context, channelID string) (auth.Principal, *store.Channel, *store.Member, error) {
+	p, err := principal(ctx)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, errChannelMissing
-		}
-		return nil, s.storeErr(ctx, "GetChannel", err)
+		return p, nil, nil, err
+	}
+	if err := checkChannelID(channelID); err != nil {
+		return p, nil, nil, err
+	}
+	ch, err := s.channel(ctx, channelID)
+	if err != nil {
+		return p, nil, nil, err
 	}
 	if ch.Type != store.ChannelGroup {
-		return nil, errDirectMembers
+		return p, nil, nil, errDirectMembers
 	}
-	return ch, nil
+	me, err := s.memberOf(ctx, ch.ID, p.UserID)
+	if err != nil {
+		return p, nil, nil, err
+	}
+	return p, ch, me, nil
+}
+
+// userIDArg canonicalises a request's user_id. Errors: InvalidArgument
+// (empty or invalid).
+func (s *Service) userIDArg(id string) (string, error) {
+	if id == "" {
+		return "", errUserID
+	}
+	uid, err := s.canonical(id)
+	if err != nil {
+		return "", status.Error(codes.InvalidArgument, "invalid user_id")
+	}
+	return uid, nil
 }
 
 // ListChannels returns the caller's channels, most recently active first,
@@ -365,12 +363,9 @@ func (s *Service) GetChannel(ctx context.Context, req *chatv1.GetChannelRequest)
 	if _, err := s.memberOf(ctx, req.GetChannelId(), p.UserID); err != nil {
 		return nil, err
 	}
-	ch, err := s.st.GetChannel(ctx, req.GetChannelId())
+	ch, err := s.channel(ctx, req.GetChannelId())
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, errChannelMissing
-		}
-		return nil, s.storeErr(ctx, "GetChannel", err)
+		return nil, err
 	}
 	c, err := s.loadChannel(ctx, ch, p.UserID)
 	if err != nil {

@@ -650,13 +650,23 @@ func (s *Service) memberOf(ctx context.Context, channelID, userID string) (*stor
 	if !errors.Is(err, store.ErrNotFound) {
 		return nil, s.storeErr(ctx, "GetMember", err)
 	}
-	if _, err := s.st.GetChannel(ctx, channelID); err != nil {
+	if _, err := s.channel(ctx, channelID); err != nil {
+		return nil, err
+	}
+	return nil, errNotMember
+}
+
+// channel reads a channel from the store. Errors: NotFound (no such
+// channel), Internal.
+func (s *Service) channel(ctx context.Context, channelID string) (*store.Channel, error) {
+	ch, err := s.st.GetChannel(ctx, channelID)
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, errChannelMissing
 		}
 		return nil, s.storeErr(ctx, "GetChannel", err)
 	}
-	return nil, errNotMember
+	return ch, nil
 }
 
 func (st *stream) handleTyping(id uint64, t *chatv1.Typing) error {

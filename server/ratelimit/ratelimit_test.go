@@ -11,9 +11,9 @@ import (
 
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/grpcerr"
+	"github.com/chatd/chatd/server/internal/grpctest"
 	"github.com/chatd/chatd/server/store"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -116,19 +116,9 @@ func TestUnaryInterceptor(t *testing.T) {
 		}
 		return DefaultKey(ctx, m)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), UnaryInterceptor(l, keyFn))) // as server/app
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpctest.Serve(t, srv)
 	hc := healthpb.NewHealthClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -138,7 +128,7 @@ func TestUnaryInterceptor(t *testing.T) {
 			t.Fatalf("call %d within burst: %v", i, err)
 		}
 	}
-	_, err = hc.Check(ctx, &healthpb.HealthCheckRequest{})
+	_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 	if st := grpcerr.Convert(err); st.Code() != grpcerr.CodeOf(store.CodeResourceExhausted) || st.Message() != "rate limit exceeded" {
 		t.Fatalf("3rd call: got %v, want ResourceExhausted \"rate limit exceeded\"", err)
 	}

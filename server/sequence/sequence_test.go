@@ -79,47 +79,19 @@ func TestFIFOAndGroupCommit(t *testing.T) {
 	var rec sequencetest.Recorder
 	seq := sequence.New(st, rec.Publish, sequence.Options{})
 	const n = 2000
-	results := make([]sequence.Result, n)
-	var wg sync.WaitGroup
-	wg.Add(n)
-	for i := range n {
-		seq.Submit(sequencetest.Req("g:fifo", "alice", fmt.Sprintf("m%d", i), fmt.Sprint(i), "alice", "bob"), func(r sequence.Result) {
-			results[i] = r
-			wg.Done()
-		})
-	}
-	wg.Wait()
+	results := sequencetest.SubmitN(seq, n, "g:fifo", "alice", "alice", "bob")
 	seq.Close()
-	for i := range n {
-		if results[i].Err != nil {
-			t.Fatal(results[i].Err)
-		}
-		if i > 0 && results[i].MessageID <= results[i-1].MessageID {
-			t.Fatalf("request %d got id %d <= previous %d", i, results[i].MessageID, results[i-1].MessageID)
-		}
-	}
+	sequencetest.CheckFIFO(t, results)
 	ds, _, err := st.Inbox(context.Background(), "bob", 0, n+1)
 	if err != nil || len(ds) != n {
 		t.Fatalf("bob's inbox: %d, %v", len(ds), err)
 	}
-	for i, d := range ds {
-		if d.Message.Text != fmt.Sprint(i) || d.Message.MessageID != results[i].MessageID {
-			t.Fatalf("inbox[%d] = %q id %d; want %d id %d", i, d.Message.Text, d.Message.MessageID, i, results[i].MessageID)
-		}
-	}
+	sequencetest.CheckDeliveries(t, ds, results)
 	if b := seq.Stats().Batches; b >= n {
 		t.Fatalf("%d batches for %d pipelined requests: no group commit", b, n)
 	}
 	// Published in commit order.
-	var last uint64
-	for _, b := range rec.Batches {
-		for _, c := range b {
-			if c.Message.MessageID <= last {
-				t.Fatal("published out of order")
-			}
-			last = c.Message.MessageID
-		}
-	}
+	rec.CheckOrder(t)
 }
 
 func TestDedup(t *testing.T) {
@@ -395,28 +367,10 @@ func BenchmarkSubmitParallel(b *testing.B) {
 	defer st.Close()
 	seq := sequence.New(st, nil, sequence.Options{})
 	defer seq.Close()
-	var n atomic.Int64
-	b.ReportAllocs()
-	b.SetParallelism(16)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		id := n.Add(1)
-		sender := fmt.Sprint("u", id)
-		ch := fmt.Sprint("g:", id%8)
-		recipients := []string{sender, "bob", "carol"}
-		i := 0
-		for pb.Next() {
-			i++
-			_, err := seq.Do(context.Background(), &sequence.Request{ChannelID: ch, SenderID: sender, ClientMessageID: fmt.Sprint(i), Text: "hello world", Recipients: recipients})
-			if err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
-	s := seq.Stats()
-	b.ReportMetric(float64(s.Messages)/float64(max(s.Batches, 1)), "msgs/batch")
+	sequencetest.SendParallel(b, seq, 16,
+		func(id int64) string { return fmt.Sprint("u", id) },
+		func(id int64) string { return fmt.Sprint("g:", id%8) },
+		"bob", "carol")
 }
 
 // TestPrecheckAnswersStoredDuplicate: on a single node a retry of a send

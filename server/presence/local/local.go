@@ -10,11 +10,11 @@ package local
 import (
 	"context"
 	"hash/maphash"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/chatd/chatd/server/internal/drain"
 	"github.com/chatd/chatd/server/presence"
 )
 
@@ -248,12 +248,6 @@ func (e *Engine) Subscribe(_ context.Context, userIDs []string, fn func(presence
 // more than once; must not be called from a subscriber's fn.
 func (e *Engine) Close() error {
 	e.closed.Store(true)
-	for i := 0; e.active.Load() != 0; i++ {
-		if i < 100 {
-			runtime.Gosched()
-		} else {
-			time.Sleep(100 * time.Microsecond)
-		}
-	}
+	drain.Wait(&e.active)
 	return nil
 }

@@ -4,20 +4,19 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/grpcerr"
+	"github.com/chatd/chatd/server/internal/grpctest"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/local"
 	"github.com/chatd/chatd/server/presence/presencesvc"
@@ -93,21 +92,11 @@ func newEnvRecheck(t *testing.T, maxUsers int, recheck time.Duration) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := grpc.NewServer( // interceptors as server/app installs them
 		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), a.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), a.StreamInterceptor()))
 	chatv1.RegisterPresenceServiceServer(srv, svc)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpctest.Serve(t, srv)
 	e.c = chatv1.NewPresenceServiceClient(cc)
 	return e
 }

@@ -6,11 +6,10 @@ package local
 import (
 	"context"
 	"hash/maphash"
-	"runtime"
 	"sync"
 	"sync/atomic"
-	"time"
 
+	"github.com/chatd/chatd/server/internal/drain"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/store"
 )
@@ -105,12 +104,6 @@ func (r *Router) Route(_ context.Context, events []router.Event) error {
 // not be called from within the Handler.
 func (r *Router) Close() error {
 	r.closed.Store(true)
-	for i := 0; r.active.Load() != 0; i++ {
-		if i < 100 {
-			runtime.Gosched()
-		} else {
-			time.Sleep(100 * time.Microsecond)
-		}
-	}
+	drain.Wait(&r.active)
 	return nil
 }

@@ -2,8 +2,6 @@ package redis_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/internal/redistest"
 	"github.com/chatd/chatd/server/internal/testenv"
 	"github.com/chatd/chatd/server/router"
 	redisrouter "github.com/chatd/chatd/server/router/redis"
@@ -33,11 +32,7 @@ import (
 // failure with CI=true, without one).
 func redisAddr(t testing.TB) string { return testenv.RedisAddr(t) }
 
-func newClient(t testing.TB, addr string) *goredis.Client {
-	c := goredis.NewClient(&goredis.Options{Addr: addr})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
+func newClient(t testing.TB, addr string) *goredis.Client { return redistest.Client(t, addr) }
 
 // testPrefix returns a key prefix of its own for t, whose keys are deleted
 // when t ends (nothing else in the shared Redis is touched).
@@ -46,9 +41,7 @@ func testPrefix(t testing.TB, addr string) string {
 }
 
 func testPrefixOn(t testing.TB, dial func() goredis.UniversalClient) string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	prefix := "test:router:" + hex.EncodeToString(b[:]) + ":"
+	prefix := redistest.NewPrefix("router")
 	t.Cleanup(func() {
 		c := dial()
 		defer c.Close()
@@ -57,32 +50,10 @@ func testPrefixOn(t testing.TB, dial func() goredis.UniversalClient) string {
 	return prefix
 }
 
-// deletePrefix deletes every key starting with prefix (the tests' stand-in
-// for FLUSHALL, which a shared Redis does not allow), on every master of a
-// cluster.
+// deletePrefix deletes every key starting with prefix, on every master of
+// a cluster (redistest.DeletePrefix).
 func deletePrefix(t testing.TB, c goredis.UniversalClient, prefix string) {
-	ctx := context.Background()
-	del := func(ctx context.Context, c *goredis.Client) error {
-		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-		}
-		for _, k := range keys {
-			_ = c.Del(ctx, k).Err()
-		}
-		return iter.Err()
-	}
-	var err error
-	switch c := c.(type) {
-	case *goredis.ClusterClient:
-		err = c.ForEachMaster(ctx, del)
-	case *goredis.Client:
-		err = del(ctx, c)
-	default:
-		err = fmt.Errorf("unsupported client %T", c)
-	}
-	if err != nil {
+	if err := redistest.DeletePrefix(c, prefix); err != nil {
 		t.Errorf("delete %s*: %v", prefix, err)
 	}
 }

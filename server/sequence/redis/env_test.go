@@ -2,8 +2,6 @@ package redis_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
 	"os"
 	"sync"
@@ -12,6 +10,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/chatd/chatd/server/internal/redistest"
 	"github.com/chatd/chatd/server/internal/testenv"
 	"github.com/chatd/chatd/server/sequence"
 	seqredis "github.com/chatd/chatd/server/sequence/redis"
@@ -29,30 +28,16 @@ import (
 // redisAddr is the shared test Redis (testenv.RedisAddr).
 func redisAddr(t testing.TB) string { return testenv.RedisAddr(t) }
 
-func newClient(t testing.TB, addr string) *goredis.Client {
-	c := goredis.NewClient(&goredis.Options{Addr: addr})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
+func newClient(t testing.TB, addr string) *goredis.Client { return redistest.Client(t, addr) }
 
 // testPrefix returns a key prefix of its own for t; its keys are deleted
 // when t ends.
 func testPrefix(t testing.TB, addr string) string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	prefix := "test:seq:" + hex.EncodeToString(b[:]) + ":"
+	prefix := redistest.NewPrefix("seq")
 	t.Cleanup(func() {
 		c := goredis.NewClient(&goredis.Options{Addr: addr})
 		defer c.Close()
-		ctx := context.Background()
-		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-		}
-		for _, k := range keys {
-			_ = c.Del(ctx, k).Err()
-		}
+		_ = redistest.DeletePrefix(c, prefix)
 	})
 	return prefix
 }

@@ -746,28 +746,11 @@ func BenchmarkSequencer(b *testing.B) {
 	defer st.Close()
 	seq := sequence.New(st, nil, sequence.Options{Allocator: a})
 	defer seq.Close()
-	var n atomic.Int64
 	bob, carol := sequencetest.Unique("bob"), sequencetest.Unique("carol")
-	b.ReportAllocs()
-	b.SetParallelism(8)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		id := n.Add(1)
-		sender := sequencetest.Unique(fmt.Sprint("u", id))
-		ch := fmt.Sprint("g:bench-", id%8)
-		recipients := []string{sender, bob, carol}
-		i := 0
-		for pb.Next() {
-			i++
-			_, err := seq.Do(context.Background(), &sequence.Request{ChannelID: ch, SenderID: sender, ClientMessageID: fmt.Sprint(i), Text: "hello world", Recipients: recipients})
-			if err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
+	sequencetest.SendParallel(b, seq, 8,
+		func(id int64) string { return sequencetest.Unique(fmt.Sprint("u", id)) },
+		func(id int64) string { return fmt.Sprint("g:bench-", id%8) },
+		bob, carol)
 	s := seq.Stats()
-	b.ReportMetric(float64(s.Messages)/float64(max(s.Batches, 1)), "msgs/batch")
 	b.ReportMetric(float64(s.Messages)/b.Elapsed().Seconds(), "msgs/s")
 }

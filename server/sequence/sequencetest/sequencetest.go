@@ -77,6 +77,23 @@ func (r *Recorder) Publish(b []sequence.Committed) {
 	r.msgs += len(b)
 }
 
+// CheckOrder fails t unless the published messages came in increasing
+// message id order.
+func (r *Recorder) CheckOrder(t testing.TB) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var last uint64
+	for _, b := range r.Batches {
+		for _, c := range b {
+			if c.Message.MessageID <= last {
+				t.Fatal("published out of order")
+			}
+			last = c.Message.MessageID
+		}
+	}
+}
+
 // Count returns the number of published messages.
 func (r *Recorder) Count() int {
 	r.mu.Lock()
@@ -87,6 +104,35 @@ func (r *Recorder) Count() int {
 // Req is a send request from sender's first device ("<sender>-d1").
 func Req(ch, sender, cmid, text string, recipients ...string) *sequence.Request {
 	return &sequence.Request{ChannelID: ch, SenderID: sender, SenderDeviceID: sender + "-d1", ClientMessageID: cmid, Text: text, Recipients: recipients}
+}
+
+// SendParallel is the body of a parallel send benchmark: b.RunParallel
+// with parallelism goroutines per CPU, each a sender of its own
+// (sender(id), id counting from 1) sending "hello world" in channel(id)
+// to itself and others. It stops b's timer and reports msgs/batch.
+func SendParallel(b *testing.B, seq *sequence.Sequencer, parallelism int, sender, channel func(id int64) string, others ...string) {
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(parallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		id := n.Add(1)
+		sender := sender(id)
+		ch := channel(id)
+		recipients := append([]string{sender}, others...)
+		i := 0
+		for pb.Next() {
+			i++
+			_, err := seq.Do(context.Background(), &sequence.Request{ChannelID: ch, SenderID: sender, ClientMessageID: fmt.Sprint(i), Text: "hello world", Recipients: recipients})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	s := seq.Stats()
+	b.ReportMetric(float64(s.Messages)/float64(max(s.Batches, 1)), "msgs/batch")
 }
 
 func newSeq(t testing.TB, h Harness, st store.Messages, publish func([]sequence.Committed), o sequence.Options) *sequence.Sequencer {
@@ -191,18 +237,43 @@ func testFIFO(t *testing.T, h Harness) {
 	alice, bob := Unique("alice"), Unique("bob")
 	ch := Unique("g")
 	const n = 1000
+	results := SubmitN(seq, n, ch, alice, alice, bob)
+	batches := seq.Stats().Batches
+	CheckFIFO(t, results)
+	ds := CheckInbox(t, context.Background(), seq, st, bob, h.Dense)
+	seq.Close()
+	if len(ds) != n {
+		t.Fatalf("bob's inbox: %d entries", len(ds))
+	}
+	CheckDeliveries(t, ds, results)
+	if batches >= n {
+		t.Fatalf("%d batches for %d pipelined requests: no group commit", batches, n)
+	}
+	rec.CheckOrder(t)
+}
+
+// SubmitN submits n pipelined requests from one goroutine, the i-th with
+// client_message_id "m<i>" and text "<i>", and returns their results once
+// all are done.
+func SubmitN(seq *sequence.Sequencer, n int, ch, sender string, recipients ...string) []sequence.Result {
 	results := make([]sequence.Result, n)
 	var wg sync.WaitGroup
 	wg.Add(n)
 	for i := range n {
-		seq.Submit(Req(ch, alice, fmt.Sprintf("m%d", i), fmt.Sprint(i), alice, bob), func(r sequence.Result) {
+		seq.Submit(Req(ch, sender, fmt.Sprintf("m%d", i), fmt.Sprint(i), recipients...), func(r sequence.Result) {
 			results[i] = r
 			wg.Done()
 		})
 	}
 	wg.Wait()
-	batches := seq.Stats().Batches
-	for i := range n {
+	return results
+}
+
+// CheckFIFO fails t if a result is an error, or its message id is not
+// above the previous result's.
+func CheckFIFO(t testing.TB, results []sequence.Result) {
+	t.Helper()
+	for i := range results {
 		if results[i].Err != nil {
 			t.Fatal(results[i].Err)
 		}
@@ -210,26 +281,15 @@ func testFIFO(t *testing.T, h Harness) {
 			t.Fatalf("request %d got id %d <= previous %d", i, results[i].MessageID, results[i-1].MessageID)
 		}
 	}
-	ds := CheckInbox(t, context.Background(), seq, st, bob, h.Dense)
-	seq.Close()
-	if len(ds) != n {
-		t.Fatalf("bob's inbox: %d entries", len(ds))
-	}
+}
+
+// CheckDeliveries fails t unless ds[i] is the message of results[i] with
+// text "<i>" (SubmitN's), for every i of ds.
+func CheckDeliveries(t testing.TB, ds []store.Delivery, results []sequence.Result) {
+	t.Helper()
 	for i, d := range ds {
 		if d.Message.Text != fmt.Sprint(i) || d.Message.MessageID != results[i].MessageID {
 			t.Fatalf("inbox[%d] = %q id %d; want %d id %d", i, d.Message.Text, d.Message.MessageID, i, results[i].MessageID)
-		}
-	}
-	if batches >= n {
-		t.Fatalf("%d batches for %d pipelined requests: no group commit", batches, n)
-	}
-	var last uint64
-	for _, b := range rec.Batches {
-		for _, c := range b {
-			if c.Message.MessageID <= last {
-				t.Fatal("published out of order")
-			}
-			last = c.Message.MessageID
 		}
 	}
 }

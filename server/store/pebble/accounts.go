@@ -59,14 +59,7 @@ func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 
 // GetUser returns the user or store.ErrNotFound.
 func (s *Store) GetUser(ctx context.Context, userID string) (*store.User, error) {
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	defer s.ops.RUnlock()
-	if err := checkIDs(userID); err != nil {
-		return nil, err
-	}
-	return getAs(s, key1(tUser, userID), func(v []byte) (*store.User, error) { return decodeUser(userID, v) })
+	return getChecked(ctx, s, []string{userID}, key1(tUser, userID), func(v []byte) (*store.User, error) { return decodeUser(userID, v) })
 }
 
 // UpdateDisplayName changes a user's display name; store.ErrNotFound.
@@ -129,14 +122,7 @@ func (s *Store) PutDevice(ctx context.Context, d *store.Device) error {
 
 // GetDevice returns the device or store.ErrNotFound.
 func (s *Store) GetDevice(ctx context.Context, userID, deviceID string) (*store.Device, error) {
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	defer s.ops.RUnlock()
-	if err := checkIDs(userID, deviceID); err != nil {
-		return nil, err
-	}
-	return getAs(s, key2(tDevice, userID, deviceID), func(v []byte) (*store.Device, error) { return decodeDevice(userID, deviceID, v) })
+	return getChecked(ctx, s, []string{userID, deviceID}, key2(tDevice, userID, deviceID), func(v []byte) (*store.Device, error) { return decodeDevice(userID, deviceID, v) })
 }
 
 // ListDevices returns the user's devices, revoked ones included, ordered by

@@ -67,14 +67,7 @@ func (s *Store) CreateChannel(ctx context.Context, ch *store.Channel, members []
 
 // GetChannel returns the channel or store.ErrNotFound.
 func (s *Store) GetChannel(ctx context.Context, channelID string) (*store.Channel, error) {
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	defer s.ops.RUnlock()
-	if err := checkIDs(channelID); err != nil {
-		return nil, err
-	}
-	return getAs(s, key1(tChannel, channelID), func(v []byte) (*store.Channel, error) { return decodeChannel(channelID, v) })
+	return getChecked(ctx, s, []string{channelID}, key1(tChannel, channelID), func(v []byte) (*store.Channel, error) { return decodeChannel(channelID, v) })
 }
 
 // AddMember adds m, or updates the role of an existing member (keeping its
@@ -170,14 +163,7 @@ func (s *Store) RemoveMember(ctx context.Context, channelID, userID string) erro
 
 // GetMember returns the membership or store.ErrNotFound.
 func (s *Store) GetMember(ctx context.Context, channelID, userID string) (*store.Member, error) {
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	defer s.ops.RUnlock()
-	if err := checkIDs(channelID, userID); err != nil {
-		return nil, err
-	}
-	return getAs(s, key2(tMember, channelID, userID), func(v []byte) (*store.Member, error) { return decodeMember(channelID, userID, v) })
+	return getChecked(ctx, s, []string{channelID, userID}, key2(tMember, channelID, userID), func(v []byte) (*store.Member, error) { return decodeMember(channelID, userID, v) })
 }
 
 // ListMembers returns all members in ascending user id (byte) order; empty

@@ -96,14 +96,7 @@ func (s *Store) Inbox(ctx context.Context, userID string, afterSeq uint64, limit
 
 // InboxEntryAt returns the user's inbox entry at seq or store.ErrNotFound.
 func (s *Store) InboxEntryAt(ctx context.Context, userID string, seq uint64) (*store.InboxEntry, error) {
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	defer s.ops.RUnlock()
-	if err := checkIDs(userID); err != nil {
-		return nil, err
-	}
-	return getAs(s, appendKeyN(nil, tInbox, userID, seq), func(v []byte) (*store.InboxEntry, error) {
+	return getChecked(ctx, s, []string{userID}, appendKeyN(nil, tInbox, userID, seq), func(v []byte) (*store.InboxEntry, error) {
 		ch, id, err := decodeRef(v, "")
 		if err != nil {
 			return nil, err

@@ -140,14 +140,7 @@ func (s *Store) LastInboxSeq(ctx context.Context, userID string) (uint64, error)
 
 // GetMessage returns one message or store.ErrNotFound.
 func (s *Store) GetMessage(ctx context.Context, channelID string, messageID uint64) (*store.Message, error) {
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	defer s.ops.RUnlock()
-	if err := checkIDs(channelID); err != nil {
-		return nil, err
-	}
-	return getAs(s, keyN(tMessage, channelID, messageID), func(v []byte) (*store.Message, error) { return decodeMessage(channelID, messageID, v) })
+	return getChecked(ctx, s, []string{channelID}, keyN(tMessage, channelID, messageID), func(v []byte) (*store.Message, error) { return decodeMessage(channelID, messageID, v) })
 }
 
 // History returns up to limit messages of the channel in ascending

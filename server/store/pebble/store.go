@@ -262,6 +262,22 @@ func (s *Store) get(key []byte, fn func(v []byte) error) error {
 	return fn(v)
 }
 
+// getChecked is a point read of the Store API: it checks the store and
+// ctx (s.check), then ids (checkIDs), then reads key and decodes its value
+// (getAs); store.ErrNotFound if the key is absent.
+func getChecked[T any](ctx context.Context, s *Store, ids []string, key []byte, decode func(v []byte) (T, error)) (T, error) {
+	if err := s.check(ctx); err != nil {
+		var zero T
+		return zero, err
+	}
+	defer s.ops.RUnlock()
+	if err := checkIDs(ids...); err != nil {
+		var zero T
+		return zero, err
+	}
+	return getAs(s, key, decode)
+}
+
 // getAs reads key and decodes its value; store.ErrNotFound if absent.
 func getAs[T any](s *Store, key []byte, decode func(v []byte) (T, error)) (T, error) {
 	var out T

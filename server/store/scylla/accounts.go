@@ -397,19 +397,7 @@ func (s *Store) ListContacts(ctx context.Context, userID string) ([]string, erro
 	if userID == "" {
 		return nil, nil
 	}
-	q := s.q(ctx, stmtListContacts, userID)
-	it := q.Iter()
-	var ids []string
-	var id string
-	for it.Scan(&id) {
-		ids = append(ids, id)
-	}
-	err := it.Close()
-	q.Release()
-	if err != nil {
-		return nil, err
-	}
-	return ids, nil
+	return s.listStrings(ctx, stmtListContacts, userID)
 }
 
 // IsContact reports whether userID has contactID as a contact.

@@ -374,15 +374,7 @@ func (s *Store) ListUserChannels(ctx context.Context, userID string, offset, lim
 	if limit <= 0 || userID == "" {
 		return nil, nil
 	}
-	q := s.q(ctx, stmtUserChans, userID)
-	it := q.Iter()
-	var ids []string
-	var id string
-	for it.Scan(&id) {
-		ids = append(ids, id)
-	}
-	err := it.Close()
-	q.Release()
+	ids, err := s.listStrings(ctx, stmtUserChans, userID)
 	if err != nil || offset >= len(ids) {
 		return nil, err
 	}

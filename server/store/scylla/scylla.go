@@ -320,6 +320,24 @@ func (s *Store) q(ctx context.Context, stmt string, args ...any) *gocql.Query {
 	return s.sess.Session.Query(stmt, args...).WithContext(ctx).Idempotent(true)
 }
 
+// listStrings runs an idempotent query of one text column and returns its
+// values in row order (nil if there are none).
+func (s *Store) listStrings(ctx context.Context, stmt string, args ...any) ([]string, error) {
+	q := s.q(ctx, stmt, args...)
+	it := q.Iter()
+	var ids []string
+	var id string
+	for it.Scan(&id) {
+		ids = append(ids, id)
+	}
+	err := it.Close()
+	q.Release()
+	if err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
 // lwt builds a lightweight-transaction query (never retried by the
 // driver once it may have executed).
 func (s *Store) lwt(ctx context.Context, stmt string, args ...any) *gocql.Query {
