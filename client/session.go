@@ -614,9 +614,11 @@ func (s *Session) Sync(ctx context.Context, afterSeq uint64, limit int32) (*chat
 // If fn returns an error, SyncAll stops and returns it; that delivery is not
 // counted as handed over, so a later SyncAll offers it again. After an
 // error (fn's, the session's or ctx's) live deliveries stay held back until
-// a SyncAll reaches the end of the inbox. SyncAll returns LastSeq: the
-// highest inbox_seq handed to the application, which is what to Ack once
-// the deliveries are durably processed.
+// a SyncAll reaches the end of the inbox. SyncAll returns the highest
+// inbox_seq handed over up to the end of its last page (LastSeq at that
+// moment), which is what to Ack once fn's deliveries are durably processed;
+// live deliveries placed in Deliveries right after the last page are not
+// included (LastSeq may already count them).
 func (s *Session) SyncAll(ctx context.Context, limit int32, fn func(*chatv1.Delivery) error) (last uint64, err error) {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
@@ -624,13 +626,17 @@ func (s *Session) SyncAll(ctx context.Context, limit int32, fn func(*chatv1.Deli
 	s.behind = true // until a last page is handed over
 	after := s.seen
 	s.mu.Unlock()
+	// last is what fn was handed (read before the hand-over goes on past a
+	// page): live deliveries placed in Deliveries after the last page are
+	// not processed yet, so they must not count in what SyncAll returns.
+	last = after
 	for {
-		more, next, err := s.syncStep(ctx, after, limit, fn)
+		more, next, err := s.syncStep(ctx, after, limit, fn, &last)
 		if err != nil || !more {
-			return s.LastSeq(), err
+			return last, err
 		}
 		if next <= after {
-			return s.LastSeq(), status.Errorf(codes.Internal, "client: sync page after %d did not advance (next_after_seq %d)", after, next)
+			return last, status.Errorf(codes.Internal, "client: sync page after %d did not advance (next_after_seq %d)", after, next)
 		}
 		after = next
 	}
@@ -640,7 +646,7 @@ func (s *Session) SyncAll(ctx context.Context, limit int32, fn func(*chatv1.Deli
 // the hand-over sequence has come, hands its new entries to fn. A last
 // page (more == false) handed over completely ends the catch-up: live
 // deliveries are handed over again, starting with those right behind it.
-func (s *Session) syncStep(ctx context.Context, after uint64, limit int32, fn func(*chatv1.Delivery) error) (more bool, next uint64, err error) {
+func (s *Session) syncStep(ctx context.Context, after uint64, limit int32, fn func(*chatv1.Delivery) error, last *uint64) (more bool, next uint64, err error) {
 	c := &call{done: make(chan struct{}), turn: make(chan struct{})}
 	if err := s.enqueueCall(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Sync{
 		Sync: &chatv1.SyncRequest{AfterSeq: after, Limit: limit},
@@ -648,8 +654,14 @@ func (s *Session) syncStep(ctx context.Context, after uint64, limit int32, fn fu
 		return false, 0, err
 	}
 	// Closing turn lets the hand-over go on past this reply: after the page
-	// is handed over, or at once if SyncAll gives up on it.
+	// is handed over, or at once if SyncAll gives up on it. Before that,
+	// *last records how far fn got (deferred calls run last-in first-out).
 	defer close(c.turn)
+	defer func() {
+		s.mu.Lock()
+		*last = s.seen
+		s.mu.Unlock()
+	}()
 	f, err := c.wait(ctx)
 	if err != nil {
 		return false, 0, err
