@@ -34,7 +34,11 @@ import (
 // killed sends), in channel order, and no message under two message_ids
 // (the channels' histories); it reports the holes in each inbox. It also
 // measures, per kill, how long the resend took to be answered and how
-// long after the death the probe reached the survivors' devices.
+// long after the death the probe reached the survivors' devices. It is the
+// delivery half of case C304 (a server killed under load: unacknowledged
+// sends resent with the same client_message_id are stored once, every
+// device ends with every message once); the reconnect backoff and
+// admission half belongs to the failover work.
 func TestCluster_Chaos(t *testing.T) {
 	c := newCluster(t, nil)
 	c.bin = faultBinary(t)
