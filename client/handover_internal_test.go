@@ -303,3 +303,24 @@ func TestRecentMessagesBounded(t *testing.T) {
 		t.Fatal("not the newest recentCap messages")
 	}
 }
+
+// At the end of a session a delivery that no longer fits in Deliveries is
+// dropped (and not counted in LastSeq); no later delivery may then be
+// placed, even if the application made room meanwhile: that would leave a
+// gap the application cannot see (LastSeq would pass the dropped seq).
+func TestNoGapAfterADeliveryDroppedAtTheEnd(t *testing.T) {
+	s := newDetachedSession(&chatv1.Welcome{}, sessionOptions{deliveryBuffer: 1})
+	s.dispatch(liveFrame(1))
+	s.dispatch(liveFrame(2))
+	s.dispatch(liveFrame(3))
+	s.cancel()           // the session ended
+	s.handOver(<-s.hand) // 1 fits
+	s.handOver(<-s.hand) // 2 does not: dropped
+	if got := drain(s.deliveries); fmt.Sprint(got) != "[1]" {
+		t.Fatalf("Deliveries got %v, want [1]", got)
+	}
+	s.handOver(<-s.hand) // room again, but 3 would leave a gap
+	if got := drain(s.deliveries); len(got) != 0 || s.LastSeq() != 1 {
+		t.Fatalf("after the drop: Deliveries got %v, LastSeq %d; want nothing, 1", got, s.LastSeq())
+	}
+}

@@ -155,6 +155,9 @@ type Session struct {
 	// the one place where deliveries are handed to the application.
 	hand   chan handItem
 	syncMu sync.Mutex // serialises SyncAll calls
+	// handStopped: the hand-over dropped a delivery at the end of the
+	// session; later ones are dropped too. Only the hand-over touches it.
+	handStopped bool
 
 	mu     sync.Mutex
 	calls  map[uint64]*call // frames awaiting a reply, by frame_id
@@ -999,7 +1002,9 @@ func (s *Session) handLoop() {
 
 // handOver hands one item of the sequence over. A SyncAll reply is given to
 // the waiting SyncAll, and nothing further is handed over until SyncAll has
-// walked the page (or given up on it, or the session ends).
+// walked the page (or given up on it, or the session ends). Once it has
+// dropped a delivery because the session ended with the Deliveries channel
+// full, it hands no later delivery over (that would leave a gap).
 func (s *Session) handOver(it handItem) {
 	if it.c != nil {
 		it.c.complete(it.f, nil)
@@ -1007,6 +1012,9 @@ func (s *Session) handOver(it handItem) {
 		case <-it.c.turn:
 		case <-s.ctx.Done():
 		}
+		return
+	}
+	if s.handStopped {
 		return
 	}
 	d := it.d
@@ -1047,6 +1055,7 @@ func (s *Session) handOver(it handItem) {
 			}
 			s.recent.forget(d.GetMessage())
 			s.mu.Unlock()
+			s.handStopped = true
 			return
 		}
 	}
