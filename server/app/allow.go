@@ -66,11 +66,9 @@ func (r restRoute) match(segs []string) bool {
 		return false
 	}
 	for i, s := range r.segs {
-		if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
-			if segs[i] == "" {
-				return false
-			}
-		} else if s != segs[i] {
+		// A variable matches any segment, an empty one too: the gateway's
+		// own matching routes "/v1/users/" to "/v1/users/{username}".
+		if !(strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}")) && s != segs[i] {
 			return false
 		}
 	}
@@ -87,11 +85,15 @@ func (rs restRoutes) routingErrors(ctx context.Context, mux *runtime.ServeMux, m
 		return
 	}
 	allow := rs.allowed(r.URL.EscapedPath())
-	msg := fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)
-	if len(allow) > 0 {
-		w.Header().Set("Allow", strings.Join(allow, ", "))
-		msg += "; allowed: " + strings.Join(allow, ", ")
+	if len(allow) == 0 {
+		// No documented route has this path: a 405 without Allow would be
+		// wrong (RFC 9110 15.5.6 requires the header), so it is not found.
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, http.StatusNotFound)
+		return
 	}
+	msg := fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	msg += "; allowed: " + strings.Join(allow, ", ")
 	runtime.HTTPError(ctx, mux, m, w, r, &runtime.HTTPStatusError{
 		HTTPStatus: http.StatusMethodNotAllowed,
 		Err:        status.Error(codes.Unimplemented, msg),
