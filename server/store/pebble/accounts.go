@@ -28,15 +28,11 @@ func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 	defer s.createMu.Unlock()
 	key := key1(tUser, u.ID)
 	defer s.lock(key).Unlock()
-	ok, err := s.exists(key)
-	if err != nil {
+	if err := s.absent(key); err != nil {
 		return err
 	}
-	if ok {
-		return store.ErrAlreadyExists
-	}
 	owner := ""
-	err = s.get(skel, func(v []byte) error {
+	err := s.get(skel, func(v []byte) error {
 		owner = string(v)
 		return nil
 	})

@@ -37,12 +37,8 @@ func (s *Store) CreateChannel(ctx context.Context, ch *store.Channel, members []
 	}
 	key := key1(tChannel, ch.ID)
 	defer s.lock(key).Unlock()
-	ok, err := s.exists(key)
-	if err != nil {
+	if err := s.absent(key); err != nil {
 		return err
-	}
-	if ok {
-		return store.ErrAlreadyExists
 	}
 	wb := s.db.NewBatch()
 	defer wb.Close()

@@ -292,6 +292,16 @@ func getAs[T any](s *Store, key []byte, decode func(v []byte) (T, error)) (T, er
 	return out, nil
 }
 
+// absent returns store.ErrAlreadyExists if key exists (the caller holds
+// its lock), or the read's error.
+func (s *Store) absent(key []byte) error {
+	ok, err := s.exists(key)
+	if err == nil && ok {
+		err = store.ErrAlreadyExists
+	}
+	return err
+}
+
 func (s *Store) exists(key []byte) (bool, error) {
 	err := s.get(key, func([]byte) error { return nil })
 	if errors.Is(err, store.ErrNotFound) {
