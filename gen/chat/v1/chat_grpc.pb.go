@@ -89,7 +89,10 @@ type ChatServiceClient interface {
 	// GetChannel returns one channel with its members. Errors: NotFound if it
 	// does not exist, PermissionDenied for non-members.
 	GetChannel(ctx context.Context, in *GetChannelRequest, opts ...grpc.CallOption) (*GetChannelResponse, error)
-	// GetHistory pages through a channel's messages by message_id.
+	// GetHistory pages through a channel's messages by message_id. A page
+	// holds at most page_size messages and stops near 3 MB of encoded
+	// messages (as a sync page does), so that it fits the 4 MiB a gRPC client
+	// receives by default: then more is set and next_message_id continues.
 	// Errors: NotFound if the channel does not exist, PermissionDenied for
 	// non-members, InvalidArgument for a bad page size.
 	GetHistory(ctx context.Context, in *GetHistoryRequest, opts ...grpc.CallOption) (*GetHistoryResponse, error)
@@ -315,7 +318,10 @@ type ChatServiceServer interface {
 	// GetChannel returns one channel with its members. Errors: NotFound if it
 	// does not exist, PermissionDenied for non-members.
 	GetChannel(context.Context, *GetChannelRequest) (*GetChannelResponse, error)
-	// GetHistory pages through a channel's messages by message_id.
+	// GetHistory pages through a channel's messages by message_id. A page
+	// holds at most page_size messages and stops near 3 MB of encoded
+	// messages (as a sync page does), so that it fits the 4 MiB a gRPC client
+	// receives by default: then more is set and next_message_id continues.
 	// Errors: NotFound if the channel does not exist, PermissionDenied for
 	// non-members, InvalidArgument for a bad page size.
 	GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error)
