@@ -5,7 +5,8 @@
 #   3. the real services (Redis, the CQL server) are up: scripts/services.sh up
 #   4. every Go test, then the concurrency-heavy packages again under -race
 #   5. the Python client suite (scripts/test-python.sh: pinned PyPI packages
-#      in .venv-test/, stubs generated from proto/, a real chatd)
+#      in .venv-test/, stubs generated from proto/, a real chatd), with
+#      schemathesis against the REST surface's /openapi.json
 #   6. every Go fuzz target for a short execution budget (scripts/fuzz.sh; FUZZTIME)
 # With CI=true a missing service is a failure, never a skip.
 set -euo pipefail
@@ -59,7 +60,7 @@ go test -count=1 -timeout 45m ./...
 step "go test -race (core packages)"
 go test -race -count=1 -timeout 20m ./server/hub/... ./server/deliver/... ./server/sequence/... ./server/router/... ./server/ratelimit/... ./server/store/... ./client/...
 
-step "Python client suite (tests/python)"
+step "Python client suite and schemathesis (tests/python)"
 scripts/test-python.sh
 
 step "fuzz targets, a short execution budget each (scripts/fuzz.sh)"

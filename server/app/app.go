@@ -372,6 +372,9 @@ func (a *App) newHTTPServer() error {
 		// of any other method (the fallback is for clients that cannot
 		// send long GET URLs; ours send JSON).
 		runtime.WithDisablePathLengthFallback(),
+		// RFC 6750 challenges on 401; no Grpc-Metadata-Content-Type.
+		runtime.WithErrorHandler(restErrors),
+		runtime.WithOutgoingHeaderMatcher(restHeaders),
 	)
 	ctx := context.Background()
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
@@ -385,7 +388,7 @@ func (a *App) newHTTPServer() error {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", http.MaxBytesHandler(validUTF8(gw), maxRecvMsgBytes))
+	mux.Handle("/v1/", validUTF8(&restEdge{routes: routes, mux: gw, next: gw, maxBytes: maxRecvMsgBytes}))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(chatd.OpenAPI)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -49,14 +50,21 @@ type Service struct {
 // New returns a Service answering from reg.
 func New(reg Registry) *Service { return &Service{reg: reg} }
 
-// GetEndpoints returns the endpoints, best first. Errors: InvalidArgument
-// for a username longer than 256 bytes, Unavailable when the registry
-// cannot be read.
+// GetEndpoints returns the endpoints, best first for the username (given
+// to the registry in its canonical form, store.CanonicalUsername, so
+// that "Alice" and "alice" rank alike). Errors: InvalidArgument for a
+// username that is not empty and not a valid one, Unavailable when the
+// registry cannot be read.
 func (s *Service) GetEndpoints(ctx context.Context, req *chatv1.GetEndpointsRequest) (*chatv1.GetEndpointsResponse, error) {
-	if len(req.GetUsername()) > 256 {
-		return nil, status.Error(codes.InvalidArgument, "username exceeds 256 bytes")
+	user := req.GetUsername()
+	if user != "" {
+		id, err := store.CanonicalUsername(user)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		user = id
 	}
-	eps, err := s.reg.Endpoints(ctx, req.GetUsername())
+	eps, err := s.reg.Endpoints(ctx, user)
 	if err != nil {
 		slog.ErrorContext(ctx, "discovery: registry", "err", err)
 		return nil, status.Error(codes.Unavailable, "server registry unavailable")
