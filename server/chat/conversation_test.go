@@ -3,11 +3,13 @@ package chat
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 )
@@ -519,5 +521,58 @@ func TestUnreadCapped(t *testing.T) {
 	resp2, err := e.client.MarkRead(e.ctx("bob", "b1"), &chatv1.MarkReadRequest{ChannelId: ch})
 	if err != nil || resp2.GetUnread().GetUnreadCount() != 0 || resp2.GetUnread().GetUnreadCapped() || resp2.GetUnread().GetTotalCapped() {
 		t.Fatalf("MarkRead: %v %v", resp2, err)
+	}
+}
+
+// TestHistoryByteCap (issue 17): a page of 100 texts of 64 KiB (5.25 MB
+// encoded) stops near MaxHistoryPageBytes, under the 4 MiB a gRPC client
+// receives by default, and paging both ways still returns every message
+// once, in order.
+func TestHistoryByteCap(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	alice := e.open("alice", "a1")
+	const ch, n = "dm:alice:bob", 100
+	text := strings.Repeat("x", MaxTextBytes)
+	ids := make([]uint64, n)
+	for i := range n {
+		ids[i] = alice.ackOf(alice.sendTo("bob", fmt.Sprint("big", i), text)).GetMessageId()
+	}
+	ctx := e.ctx("alice", "a1")
+	for _, forward := range []bool{false, true} {
+		var got []uint64
+		req := &chatv1.GetHistoryRequest{ChannelId: ch, PageSize: n}
+		if forward {
+			req.AfterMessageId = ids[0] - 1
+		}
+		for pages := 0; ; pages++ {
+			resp, err := e.client.GetHistory(ctx, req) // default 4 MiB receive limit
+			if err != nil {
+				t.Fatalf("forward %v, page %d: %v", forward, pages, err)
+			}
+			if s := proto.Size(resp); s > MaxHistoryPageBytes+MaxTextBytes {
+				t.Fatalf("page of %d bytes", s)
+			}
+			var page []uint64
+			for _, m := range resp.GetMessages() {
+				page = append(page, m.GetMessageId())
+			}
+			if forward {
+				got = append(got, page...)
+				req.AfterMessageId = resp.GetNextMessageId()
+			} else {
+				got = append(page, got...)
+				req.BeforeMessageId = resp.GetNextMessageId()
+			}
+			if !resp.GetMore() {
+				break
+			}
+			if pages > n {
+				t.Fatal("paging does not end")
+			}
+		}
+		if !slices.Equal(got, ids) {
+			t.Fatalf("forward %v: got %d ids %v, want %v", forward, len(got), got, ids)
+		}
 	}
 }
