@@ -9,6 +9,7 @@ package chatv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1870,8 +1871,14 @@ func (x *UnreadEvent) GetTotalCapped() bool {
 type FrameError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// code is a google.rpc.Code (gRPC status code) value.
-	Code          int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Code    int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// details are the google.rpc error details a unary error of the same
+	// cause carries in grpc-status-details-bin (google.rpc.Status.details):
+	// ErrorInfo (domain "chatd") with a reason such as RATE_LIMITED,
+	// RetryInfo (how long to wait before sending again), BadRequest (the
+	// field at fault). See docs/clients.md.
+	Details       []*anypb.Any `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1918,6 +1925,13 @@ func (x *FrameError) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *FrameError) GetDetails() []*anypb.Any {
+	if x != nil {
+		return x.Details
+	}
+	return nil
 }
 
 type Channel struct {
@@ -3281,7 +3295,7 @@ var File_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
+	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
@@ -3412,11 +3426,12 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"read_up_to\x18\x03 \x01(\x04R\breadUpTo\x12!\n" +
 	"\ftotal_unread\x18\x04 \x01(\rR\vtotalUnread\x12#\n" +
 	"\runread_capped\x18\x05 \x01(\bR\funreadCapped\x12!\n" +
-	"\ftotal_capped\x18\x06 \x01(\bR\vtotalCapped\":\n" +
+	"\ftotal_capped\x18\x06 \x01(\bR\vtotalCapped\"j\n" +
 	"\n" +
 	"FrameError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x88\x04\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails\"\x88\x04\n" +
 	"\aChannel\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12(\n" +
@@ -3611,6 +3626,7 @@ var file_chat_v1_chat_proto_goTypes = []any{
 	(*SetReadReceiptsRequest)(nil),  // 46: chat.v1.SetReadReceiptsRequest
 	(*SetReadReceiptsResponse)(nil), // 47: chat.v1.SetReadReceiptsResponse
 	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
+	(*anypb.Any)(nil),               // 49: google.protobuf.Any
 }
 var file_chat_v1_chat_proto_depIdxs = []int32{
 	48, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
@@ -3639,52 +3655,53 @@ var file_chat_v1_chat_proto_depIdxs = []int32{
 	4,  // 23: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
 	48, // 24: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
 	48, // 25: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	0,  // 26: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
-	25, // 27: chat.v1.Channel.members:type_name -> chat.v1.Member
-	48, // 28: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
-	48, // 29: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
-	3,  // 30: chat.v1.Channel.last_message:type_name -> chat.v1.Message
-	21, // 31: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
-	1,  // 32: chat.v1.Member.role:type_name -> chat.v1.MemberRole
-	24, // 33: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
-	1,  // 34: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
-	24, // 35: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
-	24, // 36: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
-	24, // 37: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
-	3,  // 38: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
-	22, // 39: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
-	16, // 40: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
-	16, // 41: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
-	21, // 42: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
-	5,  // 43: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
-	26, // 44: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
-	28, // 45: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
-	30, // 46: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
-	32, // 47: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
-	34, // 48: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
-	36, // 49: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
-	38, // 50: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
-	40, // 51: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
-	42, // 52: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
-	44, // 53: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
-	46, // 54: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
-	14, // 55: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
-	27, // 56: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
-	29, // 57: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
-	31, // 58: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
-	33, // 59: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
-	35, // 60: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
-	37, // 61: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
-	39, // 62: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
-	41, // 63: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
-	43, // 64: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
-	45, // 65: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
-	47, // 66: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
-	55, // [55:67] is the sub-list for method output_type
-	43, // [43:55] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	49, // 26: chat.v1.FrameError.details:type_name -> google.protobuf.Any
+	0,  // 27: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
+	25, // 28: chat.v1.Channel.members:type_name -> chat.v1.Member
+	48, // 29: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
+	48, // 30: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
+	3,  // 31: chat.v1.Channel.last_message:type_name -> chat.v1.Message
+	21, // 32: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
+	1,  // 33: chat.v1.Member.role:type_name -> chat.v1.MemberRole
+	24, // 34: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
+	1,  // 35: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
+	24, // 36: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
+	24, // 37: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
+	24, // 38: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
+	3,  // 39: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
+	22, // 40: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
+	16, // 41: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
+	16, // 42: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
+	21, // 43: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
+	5,  // 44: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
+	26, // 45: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
+	28, // 46: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
+	30, // 47: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
+	32, // 48: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
+	34, // 49: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
+	36, // 50: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
+	38, // 51: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
+	40, // 52: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
+	42, // 53: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
+	44, // 54: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
+	46, // 55: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
+	14, // 56: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
+	27, // 57: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
+	29, // 58: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
+	31, // 59: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
+	33, // 60: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
+	35, // 61: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
+	37, // 62: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
+	39, // 63: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
+	41, // 64: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
+	43, // 65: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
+	45, // 66: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
+	47, // 67: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
+	56, // [56:68] is the sub-list for method output_type
+	44, // [44:56] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_chat_v1_chat_proto_init() }
