@@ -229,10 +229,16 @@ func New(cfg Config) *Service {
 // if one was given).
 func (s *Service) Metrics() *Metrics { return s.metrics }
 
+// frameInterval is the time one frame token takes to refill (1/frame
+// rate): the RetryInfo of a frame refused by the rate limit.
+func (s *Service) frameInterval() time.Duration {
+	return max(time.Millisecond, time.Duration(float64(time.Second)/s.frameRate))
+}
+
 func frameError(frameID uint64, err error) *chatv1.ServerFrame {
 	st := grpcerr.Convert(err)
 	return &chatv1.ServerFrame{FrameId: frameID, Payload: &chatv1.ServerFrame_Error{
-		Error: &chatv1.FrameError{Code: int32(st.Code()), Message: st.Message()},
+		Error: &chatv1.FrameError{Code: int32(st.Code()), Message: st.Message(), Details: st.Proto().GetDetails()},
 	}}
 }
 

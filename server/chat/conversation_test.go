@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/store"
 )
 
 // TestReceiptsAndUnreadDirect: alice sends 10 messages to bob; bob's phone
@@ -574,5 +576,36 @@ func TestHistoryByteCap(t *testing.T) {
 		if !slices.Equal(got, ids) {
 			t.Fatalf("forward %v: got %d ids %v, want %v", forward, len(got), got, ids)
 		}
+	}
+}
+
+// TestFrameErrorDetails (issue 17): a FrameError carries the google.rpc
+// details of its error: a frame over the rate limit says RATE_LIMITED
+// (ErrorInfo, domain chatd) and how long to wait (RetryInfo, 1/rate).
+func TestFrameErrorDetails(t *testing.T) {
+	e := newEnv(t, envConfig{frameRate: 10, frameBurst: 1})
+	e.users("alice", "bob")
+	alice := e.open("alice", "a1")
+	alice.ackOf(alice.sendTo("bob", "r0", "one"))
+	var fe *chatv1.FrameError
+	for i := 1; fe == nil && i < 50; i++ {
+		f := alice.reply(alice.sendTo("bob", fmt.Sprint("r", i), "again"))
+		fe = f.GetError()
+	}
+	if fe == nil || codes.Code(fe.GetCode()) != codes.ResourceExhausted {
+		t.Fatalf("no rate-limited FrameError: %v", fe)
+	}
+	var info errdetails.ErrorInfo
+	var retry errdetails.RetryInfo
+	for _, d := range fe.GetDetails() {
+		switch {
+		case d.MessageIs(&info):
+			_ = d.UnmarshalTo(&info)
+		case d.MessageIs(&retry):
+			_ = d.UnmarshalTo(&retry)
+		}
+	}
+	if info.GetReason() != store.ReasonRateLimited || info.GetDomain() != "chatd" || retry.GetRetryDelay().AsDuration() != 100*time.Millisecond {
+		t.Fatalf("details %v", fe.GetDetails())
 	}
 }

@@ -398,8 +398,9 @@ func (st *stream) handleFrame(f *chatv1.ClientFrame) error {
 	if !s.frames.AllowAt(st.key, s.now()) {
 		st.lastLimited.Store(time.Now().UnixNano())
 		s.metrics.Frames.WithLabelValues("rate_limited").Inc()
-		return st.replyErr(id, status.Errorf(codes.ResourceExhausted,
-			"frame rate exceeded: at most %g frames/s (burst %d); frame dropped", s.frameRate, s.burst))
+		return st.replyErr(id, store.Errorf(store.CodeResourceExhausted,
+			"frame rate exceeded: at most %g frames/s (burst %d); frame dropped", s.frameRate, s.burst).
+			WithReason(store.ReasonRateLimited).WithRetryAfter(s.frameInterval()))
 	}
 	if reason, bad := malformed(f); bad {
 		s.metrics.Frames.WithLabelValues("malformed").Inc()
