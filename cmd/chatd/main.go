@@ -21,6 +21,7 @@ import (
 
 	"github.com/chatd/chatd/server/app"
 	"github.com/chatd/chatd/server/store/scylla"
+	"github.com/chatd/chatd/server/tracing"
 	"github.com/gocql/gocql"
 )
 
@@ -132,6 +133,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.IntVar(&c.UnaryBurst, "unary-burst", d.UnaryBurst, "burst of unary calls above unary-rate")
 		fs.DurationVar(&c.UnaryTimeout, "unary-timeout", d.UnaryTimeout, "deadline of unary calls")
 		maxStreams = fs.Uint("max-concurrent-streams", uint(d.MaxConcurrentStreams), "HTTP/2 streams per connection (rapid-reset mitigation)")
+		fs.StringVar(&c.Tracing.Endpoint, "otlp-endpoint", d.Tracing.Endpoint, "export OpenTelemetry traces by OTLP/gRPC (plaintext) to this collector, e.g. 127.0.0.1:4317; off by default")
 		fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; a listener of its own, off by default: never expose it publicly")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "bound on the graceful stop after SIGTERM")
 	}
@@ -212,8 +214,9 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 		lv = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: lv}
+	// Records logged with a traced context carry trace_id and span_id.
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(tracing.LogHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(tracing.LogHandler(slog.NewTextHandler(w, opts)))
 }

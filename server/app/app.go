@@ -50,12 +50,15 @@ import (
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
 	"github.com/chatd/chatd/server/store/scylla"
+	"github.com/chatd/chatd/server/tracing"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	goredis "github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -87,6 +90,8 @@ var publicMethods = []string{
 type App struct {
 	cfg Config
 	log *slog.Logger
+
+	tracing *tracing.Provider // off unless cfg.Tracing says where to export
 
 	store    store.Store
 	seq      *sequence.Sequencer
@@ -201,7 +206,14 @@ func (a *App) buildEngines() error {
 	}
 	a.router, a.closers, a.redis = eng.router, eng.closers, eng.redis
 	a.hub.SetRouter(a.router)
-	a.seq = sequence.New(a.store, deliver.NewPublisher(a.router, cfg.Logger), sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger})
+	tcfg := cfg.Tracing
+	tcfg.ServerID = cfg.ServerID
+	if a.tracing, err = tracing.New(tcfg); err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	tracer := a.tracing.Tracer(tracerName) // nil when off
+	a.seq = sequence.New(a.store, deliver.NewTracedPublisher(a.router, cfg.Logger, tracer),
+		sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger, Tracer: tracer})
 	a.presence, err = presence.NewTracker(presence.TrackerConfig{
 		Engine:            eng.presence,
 		Hidden:            presence.StoreHidden(a.store),
@@ -251,6 +263,7 @@ func (a *App) buildServices() error {
 		FrameRate:  cfg.FrameRate,
 		FrameBurst: cfg.FrameBurst,
 		Registerer: a.registry,
+		Tracer:     a.tracing.Tracer(tracerName),
 	})
 	accountSvc := account.New(account.Config{
 		Store: a.store,
@@ -346,13 +359,37 @@ func (a *App) newGRPCServer() *grpc.Server {
 			a.auth.StreamInterceptor(),
 			ratelimit.StreamInterceptor(lim, nil), // stream opens, not frames
 		),
+		a.traceHandler(),
 	)
 }
 
+// tracerName names chatd's tracer (the instrumentation scope of its own
+// spans).
+const tracerName = "github.com/chatd/chatd"
+
+// traceHandler is the gRPC server's OpenTelemetry stats handler (a span
+// per RPC, the parent of chatd's own spans; traceparent read from the
+// metadata) when tracing is on; an empty option otherwise.
+func (a *App) traceHandler() grpc.ServerOption {
+	if !a.tracing.Enabled() {
+		return grpc.EmptyServerOption{}
+	}
+	return grpc.StatsHandler(otelgrpc.NewServerHandler(
+		otelgrpc.WithTracerProvider(a.tracing.TracerProvider()),
+		otelgrpc.WithPropagators(tracing.Propagator())))
+}
+
 func (a *App) newHTTPServer() error {
-	conn, err := grpc.NewClient(dialTarget(a.grpcLis.Addr()),
+	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSendMsgBytes)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSendMsgBytes)),
+	}
+	if a.tracing.Enabled() { // the REST call's trace continues in the gRPC call
+		dialOpts = append(dialOpts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(a.tracing.TracerProvider()),
+			otelgrpc.WithPropagators(tracing.Propagator()))))
+	}
+	conn, err := grpc.NewClient(dialTarget(a.grpcLis.Addr()), dialOpts...)
 	if err != nil {
 		return fmt.Errorf("gateway dial: %w", err)
 	}
@@ -388,7 +425,13 @@ func (a *App) newHTTPServer() error {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", validUTF8(&restEdge{routes: routes, mux: gw, next: gw, maxBytes: maxRecvMsgBytes}))
+	var rest http.Handler = validUTF8(&restEdge{routes: routes, mux: gw, next: gw, maxBytes: maxRecvMsgBytes})
+	if a.tracing.Enabled() { // a span per REST request (traceparent read)
+		rest = otelhttp.NewHandler(rest, "rest",
+			otelhttp.WithTracerProvider(a.tracing.TracerProvider()),
+			otelhttp.WithPropagators(tracing.Propagator()))
+	}
+	mux.Handle("/v1/", rest)
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(chatd.OpenAPI)
@@ -497,6 +540,9 @@ func (a *App) Close() error {
 			_ = a.pprofServer.Close()
 		}
 		a.closeErr = a.closeResources()
+		if err := a.tracing.Shutdown(ctx); err != nil { // flush buffered spans
+			a.log.Warn("tracing: flushing spans failed", "err", err)
+		}
 		a.log.Info("chatd stopped")
 	})
 	return a.closeErr

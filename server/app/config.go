@@ -12,6 +12,7 @@ import (
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/store/scylla"
+	"github.com/chatd/chatd/server/tracing"
 )
 
 // Store kinds.
@@ -119,6 +120,9 @@ type Config struct {
 	// MaxConcurrentStreams per HTTP/2 connection (CVE-2023-44487 rapid reset
 	// mitigation). Zero means DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams uint32
+	// Tracing exports OpenTelemetry spans (OTLP/gRPC to Tracing.Endpoint);
+	// the zero value is off, and off costs nothing. ServerID is filled in.
+	Tracing tracing.Config
 	// PprofAddr, if set, serves net/http/pprof's /debug/pprof/ on a
 	// listener of its own (host:port; bind it to loopback). Zero: off.
 	PprofAddr string

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -132,6 +133,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// Tracer, if set, records a "chat.send" span per send, edit or delete
+	// frame (from the frame until its reply is queued), the parent of the
+	// sequencer's spans (sequence.Options.Tracer). nil: no tracing work.
+	Tracer trace.Tracer
 }
 
 // Service implements chatv1.ChatServiceServer. It is safe for concurrent
@@ -157,6 +162,7 @@ type Service struct {
 	editWin   time.Duration
 	now       func() time.Time
 	log       *slog.Logger
+	tracer    trace.Tracer
 	metrics   *Metrics
 	frames    *ratelimit.Limiter // client frames per device
 	typing    *ratelimit.Limiter // typing frames per device and channel
@@ -189,6 +195,7 @@ func New(cfg Config) *Service {
 		editWin:   cfg.EditWindow,
 		now:       cfg.Now,
 		log:       cfg.Logger,
+		tracer:    cfg.Tracer,
 		users:     newKnownSet(knownUsersCap),
 		directs:   newKnownSet(knownDirectsCap),
 	}

@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -475,17 +478,18 @@ func (st *stream) handleAck(id uint64, a *chatv1.Ack) error {
 
 func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 	s := st.s
+	ctx, span := st.startSpan("chat.send")
 	if err := checkClientMessageID(m.GetClientMessageId()); err != nil {
-		return st.replyErr(id, err)
+		return st.replyErr(id, endSpan(span, err))
 	}
 	if err := checkText(m.GetText()); err != nil {
-		return st.replyErr(id, err)
+		return st.replyErr(id, endSpan(span, err))
 	}
-	channelID, members, err := s.resolveTarget(st.ctx, st.p.UserID, m)
+	channelID, members, err := s.resolveTarget(ctx, st.p.UserID, m)
 	if err != nil {
-		return st.replyErr(id, err)
+		return st.replyErr(id, endSpan(span, err))
 	}
-	return st.submit(id, &sequence.Request{
+	return st.submitTraced(ctx, span, id, &sequence.Request{
 		ChannelID:       channelID,
 		SenderID:        st.p.UserID,
 		SenderDeviceID:  st.p.DeviceID,
@@ -501,16 +505,43 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 // (bounding its unacknowledged sends), and queues the frame's SendAck, or
 // its FrameError, to the writer once the batch has committed.
 func (st *stream) submit(id uint64, req *sequence.Request) error {
+	return st.submitTraced(st.ctx, nil, id, req)
+}
+
+// startSpan starts a span of a frame when tracing is on: its context (the
+// stream's when off) and the span (nil when off).
+func (st *stream) startSpan(name string) (context.Context, trace.Span) {
+	if st.s.tracer == nil {
+		return st.ctx, nil
+	}
+	return st.s.tracer.Start(st.ctx, name, trace.WithAttributes(attribute.String("chat.user_id", st.p.UserID)))
+}
+
+// endSpan ends span (if any) with err as its status, and returns err.
+func endSpan(span trace.Span, err error) error {
+	if span != nil {
+		if err != nil {
+			span.SetStatus(otelcodes.Error, grpcerr.Code(err).String())
+		}
+		span.End()
+	}
+	return err
+}
+
+// submitTraced is submit under ctx; span (may be nil) ends when the
+// frame's reply is queued.
+func (st *stream) submitTraced(ctx context.Context, span trace.Span, id uint64, req *sequence.Request) error {
 	s := st.s
 	select {
 	case st.inflight <- struct{}{}:
 	case <-st.sess.Done():
-		return st.sess.Err()
+		return endSpan(span, st.sess.Err())
 	case <-st.ctx.Done():
-		return status.FromContextError(st.ctx.Err()).Err()
+		return endSpan(span, status.FromContextError(st.ctx.Err()).Err())
 	}
 	t0 := time.Now()
-	err := s.seq.SubmitContext(st.ctx, req, func(r sequence.Result) {
+	err := s.seq.SubmitContext(ctx, req, func(r sequence.Result) {
+		defer endSpan(span, r.Err)
 		// On the sequencer goroutine: never block. The in-flight slot is
 		// released by the writer once the reply is on the wire, so a
 		// device that pipelines sends faster than it reads is slowed down
@@ -534,7 +565,7 @@ func (st *stream) submit(id uint64, req *sequence.Request) error {
 	})
 	if err != nil {
 		<-st.inflight
-		return err
+		return endSpan(span, err)
 	}
 	return nil
 }
