@@ -152,11 +152,15 @@ func (a *App) openStore() error {
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	t0 := time.Now()
 	st, err := openStore(a.cfg)
 	if err != nil {
 		return err
 	}
 	a.store = st
+	// The embedded store replays its write-ahead log in Open: this is how
+	// long recovery took.
+	a.log.Info("store opened", "store", a.cfg.Store, "took_ms", time.Since(t0).Milliseconds())
 	return nil
 }
 
@@ -264,6 +268,7 @@ func (a *App) buildServices() error {
 		FrameBurst: cfg.FrameBurst,
 		Registerer: a.registry,
 		Tracer:     a.tracing.Tracer(tracerName),
+		Logger:     cfg.Logger,
 	})
 	accountSvc := account.New(account.Config{
 		Store: a.store,
@@ -361,6 +366,30 @@ func (a *App) newGRPCServer() *grpc.Server {
 		),
 		a.traceHandler(),
 	)
+}
+
+// logConfig logs the configuration the server runs with, once, at start:
+// stable keys, no secrets (the token key file's path, never the key).
+func (a *App) logConfig() {
+	c := a.cfg
+	tracingTo := "off"
+	if c.Tracing.Endpoint != "" {
+		tracingTo = c.Tracing.Endpoint
+	} else if c.Tracing.Exporter != nil {
+		tracingTo = "exporter"
+	}
+	a.log.Info("config",
+		"store", c.Store, "server_id", c.ServerID, "data_dir", c.DataDir,
+		"grpc_addr", a.GRPCAddr(), "http_addr", a.HTTPAddr(), "pprof_addr", a.PprofAddr(),
+		"scylla_hosts", strings.Join(c.Scylla.Hosts, ","), "scylla_keyspace", c.Scylla.Keyspace,
+		"redis_addrs", strings.Join(c.RedisAddrs, ","), "redis_prefix", c.RedisPrefix,
+		"token_key_file", c.TokenKeyFile, "token_ttl", c.TokenTTL.String(),
+		"heartbeat_interval", c.HeartbeatInterval.String(), "presence_grace", c.PresenceGrace.String(),
+		"edit_window", c.EditWindow.String(), "max_streams_per_device", c.MaxStreamsPerDevice,
+		"send_queue", c.SendQueue, "frame_rate", c.FrameRate, "frame_burst", c.FrameBurst,
+		"unary_rate", c.UnaryRate, "unary_burst", c.UnaryBurst, "unary_timeout", c.UnaryTimeout.String(),
+		"max_concurrent_streams", c.MaxConcurrentStreams, "shutdown_timeout", c.ShutdownTimeout.String(),
+		"tracing", tracingTo)
 }
 
 // tracerName names chatd's tracer (the instrumentation scope of its own
@@ -482,6 +511,7 @@ func (a *App) Start() {
 		go func() { _ = a.pprofServer.Serve(a.pprofLis) }() // a profile listener failing does not stop the server
 	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	a.logConfig()
 	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "pprof", a.PprofAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
 }
 
@@ -524,7 +554,9 @@ func (a *App) Close() error {
 			_ = a.registryCloser() // clients stop being sent here first
 		}
 		a.health.Shutdown()
-		a.hub.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect"))
+		streams := a.hub.Count()
+		a.hub.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect").WithReason(store.ReasonServerShutdown))
+		a.log.Info("shutdown: streams closed", "streams", streams)
 		stopped := make(chan struct{})
 		go func() { a.grpcServer.GracefulStop(); close(stopped) }()
 		select {
@@ -557,7 +589,10 @@ func (a *App) closeResources() error {
 		errs = append(errs, a.gatewayConn.Close())
 	}
 	if a.seq != nil {
-		a.seq.Close()
+		queued := a.seq.Stats().Queued
+		a.seq.Close() // commits what is queued
+		st := a.seq.Stats()
+		a.log.Info("shutdown: sequencer flushed", "queued", queued, "messages_committed", st.Messages, "failed", st.Failed)
 	}
 	if a.presence != nil {
 		errs = append(errs, a.presence.Close())

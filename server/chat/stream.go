@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
@@ -53,11 +55,12 @@ type sendReply struct{}
 
 // stream is one device's Chat stream.
 type stream struct {
-	s    *Service
-	gs   chatv1.ChatService_ChatServer
-	ctx  context.Context
-	p    auth.Principal
-	sess *hub.Session
+	s      *Service
+	gs     chatv1.ChatService_ChatServer
+	ctx    context.Context
+	p      auth.Principal
+	sess   *hub.Session
+	opened time.Time // for the log line of a stream the server ends
 
 	// pc is the device's presence connection (nil without presence).
 	pc *presence.Conn
@@ -143,6 +146,7 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		cursor:   dev.Cursor,
 		head:     head,
 		pc:       pc,
+		opened:   time.Now(),
 	}
 	st.d = deliver.NewStream(deliver.Config{
 		UserID: p.UserID, Send: st.send, Inbox: s.st, Heads: s.seq, Done: sess.Done(),
@@ -155,7 +159,54 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 	go func() { readerErr <- st.readLoop() }()
 	err = st.writeLoop(readerErr, expired)
 	clean = err == nil
+	s.logClosed(ctx, p, err, time.Since(st.opened))
 	return err
+}
+
+// logClosed logs a stream the server ended (not one the client closed or
+// cancelled): who, why (reason: slow_consumer, token_expired, revoked,
+// evicted, rate_limited, heartbeat_timeout, server_shutdown, or the gRPC
+// code in snake case) and after how long.
+func (s *Service) logClosed(ctx context.Context, p auth.Principal, err error, open time.Duration) {
+	if err == nil {
+		return
+	}
+	code := grpcerr.Code(err)
+	if code == codes.Canceled || errors.Is(err, context.Canceled) {
+		return
+	}
+	s.log.InfoContext(ctx, "stream closed by server",
+		"user_id", p.UserID, "device_id", p.DeviceID,
+		"reason", closeReason(err, code), "code", code.String(), "open_ms", open.Milliseconds())
+}
+
+// closeReason names why the server ended a stream, for logs.
+func closeReason(err error, code codes.Code) string {
+	switch grpcerr.Reason(err) {
+	case store.ReasonSlowConsumer:
+		return "slow_consumer"
+	case store.ReasonTokenExpired:
+		return "token_expired"
+	case store.ReasonDeviceRevoked:
+		return "revoked"
+	case store.ReasonStreamReplaced:
+		return "evicted"
+	case store.ReasonRateLimited:
+		return "rate_limited"
+	case store.ReasonServerShutdown:
+		return "server_shutdown"
+	}
+	if errors.Is(err, errHeartbeatTimeout) {
+		return "heartbeat_timeout"
+	}
+	var b strings.Builder
+	for i, r := range code.String() {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToLower(r))
+	}
+	return b.String()
 }
 
 // endStatus is the error the stream ends with once its session is closed.
@@ -166,9 +217,9 @@ func (st *stream) endStatus() error {
 	err := st.sess.Err()
 	if errors.Is(err, hub.ErrOverflow) {
 		if t := st.lastLimited.Load(); t != 0 && time.Since(time.Unix(0, t)) < 2*time.Second {
-			return status.Errorf(codes.ResourceExhausted,
+			return grpcerr.Status(store.Errorf(store.CodeResourceExhausted,
 				"frame rate exceeded: at most %g frames/s (burst %d), and the replies to the rejected frames filled the send queue; slow down and reconnect",
-				st.s.frameRate, st.s.burst)
+				st.s.frameRate, st.s.burst).WithReason(store.ReasonRateLimited).WithRetryAfter(st.s.frameInterval()))
 		}
 	}
 	return err

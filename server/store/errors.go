@@ -67,6 +67,12 @@ const (
 	// ReasonRateLimited: too many calls or frames; wait RetryAfter (a
 	// google.rpc.RetryInfo) before retrying.
 	ReasonRateLimited = "RATE_LIMITED"
+	// ReasonSlowConsumer: the stream's send queue overflowed (the device
+	// did not read fast enough); reconnect and sync.
+	ReasonSlowConsumer = "SLOW_CONSUMER"
+	// ReasonServerShutdown: the server is stopping; reconnect (to another
+	// server, see Discovery).
+	ReasonServerShutdown = "SERVER_SHUTDOWN"
 )
 
 // Errorf returns an *Error with code and the formatted message.
