@@ -59,12 +59,19 @@ type ChatServiceClient interface {
 	// that a client can tell them apart from others of the same code:
 	//   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
 	//     stream and this, its oldest, was closed. Do not reconnect: the
-	//     reconnect would close the next stream of the device, and so on. A
-	//     queue overflow (also ResourceExhausted) has no reason: reconnect.
+	//     reconnect would close the next stream of the device, and so on.
+	//   - SLOW_CONSUMER (ResourceExhausted): the send queue overflowed (the
+	//     device did not read fast enough): reconnect and sync.
+	//   - RATE_LIMITED (ResourceExhausted): the send queue filled with the
+	//     replies to frames refused by the frame rate limit; a
+	//     google.rpc.RetryInfo says how long to wait. Also the reason of a
+	//     FrameError of a refused frame, and of a unary call or stream open
+	//     over the per-user rate limit.
 	//   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
 	//   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
 	//     itself or by another device of the user (RevokeDevice,
 	//     RevokeOtherDevices); log in again.
+	//   - SERVER_SHUTDOWN (Unavailable): the server is stopping; reconnect.
 	//
 	// Reasons are never renamed; new ones may be added, so treat an unknown
 	// reason as no reason.
@@ -288,12 +295,19 @@ type ChatServiceServer interface {
 	// that a client can tell them apart from others of the same code:
 	//   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
 	//     stream and this, its oldest, was closed. Do not reconnect: the
-	//     reconnect would close the next stream of the device, and so on. A
-	//     queue overflow (also ResourceExhausted) has no reason: reconnect.
+	//     reconnect would close the next stream of the device, and so on.
+	//   - SLOW_CONSUMER (ResourceExhausted): the send queue overflowed (the
+	//     device did not read fast enough): reconnect and sync.
+	//   - RATE_LIMITED (ResourceExhausted): the send queue filled with the
+	//     replies to frames refused by the frame rate limit; a
+	//     google.rpc.RetryInfo says how long to wait. Also the reason of a
+	//     FrameError of a refused frame, and of a unary call or stream open
+	//     over the per-user rate limit.
 	//   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
 	//   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
 	//     itself or by another device of the user (RevokeDevice,
 	//     RevokeOtherDevices); log in again.
+	//   - SERVER_SHUTDOWN (Unavailable): the server is stopping; reconnect.
 	//
 	// Reasons are never renamed; new ones may be added, so treat an unknown
 	// reason as no reason.
