@@ -180,6 +180,9 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("--scylla-consistency: %w", err)
 	}
 	c.Scylla.Consistency = cl
+	if *logFormat != "text" && *logFormat != "json" {
+		return o, fmt.Errorf("--log-format must be text or json, got %q", *logFormat)
+	}
 	o.logLevel, o.logFormat = *logLevel, *logFormat
 	return o, nil
 }
