@@ -112,7 +112,9 @@ def start_chatd(chatd_bin, tmp_root, attempt, name="chatd", extra=()):
     log_path = tmp_root / f"{name}-{attempt}.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [chatd_bin, "--grpc-addr", grpc_addr, "--http-addr", http_addr, "--data-dir", str(data), *extra],
+        [chatd_bin, "--grpc-addr", grpc_addr, "--http-addr", http_addr, "--data-dir", str(data),
+         "--drain-window", "2s",  # SIGTERM drains open streams for at most 2 s
+         *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )
     log.close()

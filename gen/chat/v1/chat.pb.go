@@ -1105,6 +1105,7 @@ type ServerFrame struct {
 	//	*ServerFrame_AckResult
 	//	*ServerFrame_Receipt
 	//	*ServerFrame_Unread
+	//	*ServerFrame_Drain
 	Payload       isServerFrame_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1244,6 +1245,15 @@ func (x *ServerFrame) GetUnread() *UnreadEvent {
 	return nil
 }
 
+func (x *ServerFrame) GetDrain() *Drain {
+	if x != nil {
+		if x, ok := x.Payload.(*ServerFrame_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 type isServerFrame_Payload interface {
 	isServerFrame_Payload()
 }
@@ -1292,6 +1302,12 @@ type ServerFrame_Unread struct {
 	Unread *UnreadEvent `protobuf:"bytes,11,opt,name=unread,proto3,oneof"`
 }
 
+type ServerFrame_Drain struct {
+	// drain: the server is going away (a restart). Reconnect elsewhere:
+	// see Drain.
+	Drain *Drain `protobuf:"bytes,12,opt,name=drain,proto3,oneof"`
+}
+
 func (*ServerFrame_Welcome) isServerFrame_Payload() {}
 
 func (*ServerFrame_SendAck) isServerFrame_Payload() {}
@@ -1311,6 +1327,78 @@ func (*ServerFrame_AckResult) isServerFrame_Payload() {}
 func (*ServerFrame_Receipt) isServerFrame_Payload() {}
 
 func (*ServerFrame_Unread) isServerFrame_Payload() {}
+
+func (*ServerFrame_Drain) isServerFrame_Payload() {}
+
+// Drain tells a device that its server is draining: it accepts no new
+// streams and will close this one within the drain window. The client
+// should wait reconnect_delay_ms (already jittered by the server, so that
+// the server's devices do not all arrive at once elsewhere), open a new
+// stream on one of endpoints (best first; empty: ask Discovery), resume
+// from its cursor (sync, then live) and resend its unacknowledged sends
+// with their client_message_id. Replies to frames already sent on this
+// stream still arrive until it ends; an HTTP/2 GOAWAY alone never reaches
+// a browser behind grpc-web, hence this frame.
+type Drain struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	ReconnectDelayMs uint32                 `protobuf:"varint,1,opt,name=reconnect_delay_ms,json=reconnectDelayMs,proto3" json:"reconnect_delay_ms,omitempty"`
+	Endpoints        []*Endpoint            `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// server_id names the draining server.
+	ServerId      string `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Drain) Reset() {
+	*x = Drain{}
+	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Drain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Drain) ProtoMessage() {}
+
+func (x *Drain) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Drain.ProtoReflect.Descriptor instead.
+func (*Drain) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Drain) GetReconnectDelayMs() uint32 {
+	if x != nil {
+		return x.ReconnectDelayMs
+	}
+	return 0
+}
+
+func (x *Drain) GetEndpoints() []*Endpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *Drain) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
 
 // Welcome is the first frame of every stream.
 type Welcome struct {
@@ -1333,7 +1421,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	mi := &file_chat_v1_chat_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1433,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	mi := &file_chat_v1_chat_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1446,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{12}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Welcome) GetUserId() string {
@@ -1419,7 +1507,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_chat_v1_chat_proto_msgTypes[13]
+	mi := &file_chat_v1_chat_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1519,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[13]
+	mi := &file_chat_v1_chat_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1532,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{13}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SendAck) GetChannelId() string {
@@ -1498,7 +1586,7 @@ type SyncPage struct {
 
 func (x *SyncPage) Reset() {
 	*x = SyncPage{}
-	mi := &file_chat_v1_chat_proto_msgTypes[14]
+	mi := &file_chat_v1_chat_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1598,7 @@ func (x *SyncPage) String() string {
 func (*SyncPage) ProtoMessage() {}
 
 func (x *SyncPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[14]
+	mi := &file_chat_v1_chat_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1611,7 @@ func (x *SyncPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncPage.ProtoReflect.Descriptor instead.
 func (*SyncPage) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{14}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyncPage) GetDeliveries() []*Delivery {
@@ -1557,7 +1645,7 @@ type AckResult struct {
 
 func (x *AckResult) Reset() {
 	*x = AckResult{}
-	mi := &file_chat_v1_chat_proto_msgTypes[15]
+	mi := &file_chat_v1_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1657,7 @@ func (x *AckResult) String() string {
 func (*AckResult) ProtoMessage() {}
 
 func (x *AckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[15]
+	mi := &file_chat_v1_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1670,7 @@ func (x *AckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResult.ProtoReflect.Descriptor instead.
 func (*AckResult) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{15}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AckResult) GetCursor() uint64 {
@@ -1604,7 +1692,7 @@ type TypingEvent struct {
 
 func (x *TypingEvent) Reset() {
 	*x = TypingEvent{}
-	mi := &file_chat_v1_chat_proto_msgTypes[16]
+	mi := &file_chat_v1_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1704,7 @@ func (x *TypingEvent) String() string {
 func (*TypingEvent) ProtoMessage() {}
 
 func (x *TypingEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[16]
+	mi := &file_chat_v1_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1717,7 @@ func (x *TypingEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypingEvent.ProtoReflect.Descriptor instead.
 func (*TypingEvent) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{16}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TypingEvent) GetChannelId() string {
@@ -1662,7 +1750,7 @@ type HeartbeatAck struct {
 
 func (x *HeartbeatAck) Reset() {
 	*x = HeartbeatAck{}
-	mi := &file_chat_v1_chat_proto_msgTypes[17]
+	mi := &file_chat_v1_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +1762,7 @@ func (x *HeartbeatAck) String() string {
 func (*HeartbeatAck) ProtoMessage() {}
 
 func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[17]
+	mi := &file_chat_v1_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +1775,7 @@ func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatAck.ProtoReflect.Descriptor instead.
 func (*HeartbeatAck) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{17}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HeartbeatAck) GetServerTime() *timestamppb.Timestamp {
@@ -1716,7 +1804,7 @@ type ReceiptEvent struct {
 
 func (x *ReceiptEvent) Reset() {
 	*x = ReceiptEvent{}
-	mi := &file_chat_v1_chat_proto_msgTypes[18]
+	mi := &file_chat_v1_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +1816,7 @@ func (x *ReceiptEvent) String() string {
 func (*ReceiptEvent) ProtoMessage() {}
 
 func (x *ReceiptEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[18]
+	mi := &file_chat_v1_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +1829,7 @@ func (x *ReceiptEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiptEvent.ProtoReflect.Descriptor instead.
 func (*ReceiptEvent) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReceiptEvent) GetChannelId() string {
@@ -1797,7 +1885,7 @@ type UnreadEvent struct {
 
 func (x *UnreadEvent) Reset() {
 	*x = UnreadEvent{}
-	mi := &file_chat_v1_chat_proto_msgTypes[19]
+	mi := &file_chat_v1_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1897,7 @@ func (x *UnreadEvent) String() string {
 func (*UnreadEvent) ProtoMessage() {}
 
 func (x *UnreadEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[19]
+	mi := &file_chat_v1_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1910,7 @@ func (x *UnreadEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreadEvent.ProtoReflect.Descriptor instead.
 func (*UnreadEvent) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UnreadEvent) GetChannelId() string {
@@ -1885,7 +1973,7 @@ type FrameError struct {
 
 func (x *FrameError) Reset() {
 	*x = FrameError{}
-	mi := &file_chat_v1_chat_proto_msgTypes[20]
+	mi := &file_chat_v1_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +1985,7 @@ func (x *FrameError) String() string {
 func (*FrameError) ProtoMessage() {}
 
 func (x *FrameError) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[20]
+	mi := &file_chat_v1_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +1998,7 @@ func (x *FrameError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FrameError.ProtoReflect.Descriptor instead.
 func (*FrameError) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FrameError) GetCode() int32 {
@@ -1964,7 +2052,7 @@ type Channel struct {
 
 func (x *Channel) Reset() {
 	*x = Channel{}
-	mi := &file_chat_v1_chat_proto_msgTypes[21]
+	mi := &file_chat_v1_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2064,7 @@ func (x *Channel) String() string {
 func (*Channel) ProtoMessage() {}
 
 func (x *Channel) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[21]
+	mi := &file_chat_v1_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2077,7 @@ func (x *Channel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Channel.ProtoReflect.Descriptor instead.
 func (*Channel) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Channel) GetChannelId() string {
@@ -2086,7 +2174,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_v1_chat_proto_msgTypes[22]
+	mi := &file_chat_v1_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2186,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[22]
+	mi := &file_chat_v1_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2199,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Member) GetUserId() string {
@@ -2140,7 +2228,7 @@ type CreateGroupRequest struct {
 
 func (x *CreateGroupRequest) Reset() {
 	*x = CreateGroupRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[23]
+	mi := &file_chat_v1_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2240,7 @@ func (x *CreateGroupRequest) String() string {
 func (*CreateGroupRequest) ProtoMessage() {}
 
 func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[23]
+	mi := &file_chat_v1_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2253,7 @@ func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateGroupRequest) GetName() string {
@@ -2191,7 +2279,7 @@ type CreateGroupResponse struct {
 
 func (x *CreateGroupResponse) Reset() {
 	*x = CreateGroupResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[24]
+	mi := &file_chat_v1_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2291,7 @@ func (x *CreateGroupResponse) String() string {
 func (*CreateGroupResponse) ProtoMessage() {}
 
 func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[24]
+	mi := &file_chat_v1_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2304,7 @@ func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateGroupResponse) GetChannel() *Channel {
@@ -2239,7 +2327,7 @@ type AddMemberRequest struct {
 
 func (x *AddMemberRequest) Reset() {
 	*x = AddMemberRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[25]
+	mi := &file_chat_v1_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2339,7 @@ func (x *AddMemberRequest) String() string {
 func (*AddMemberRequest) ProtoMessage() {}
 
 func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[25]
+	mi := &file_chat_v1_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2352,7 @@ func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
 func (*AddMemberRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddMemberRequest) GetChannelId() string {
@@ -2297,7 +2385,7 @@ type AddMemberResponse struct {
 
 func (x *AddMemberResponse) Reset() {
 	*x = AddMemberResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[26]
+	mi := &file_chat_v1_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2397,7 @@ func (x *AddMemberResponse) String() string {
 func (*AddMemberResponse) ProtoMessage() {}
 
 func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[26]
+	mi := &file_chat_v1_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2410,7 @@ func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
 func (*AddMemberResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AddMemberResponse) GetChannel() *Channel {
@@ -2342,7 +2430,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[27]
+	mi := &file_chat_v1_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2442,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[27]
+	mi := &file_chat_v1_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2455,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveMemberRequest) GetChannelId() string {
@@ -2392,7 +2480,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[28]
+	mi := &file_chat_v1_chat_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2492,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[28]
+	mi := &file_chat_v1_chat_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2505,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{29}
 }
 
 type ListChannelsRequest struct {
@@ -2432,7 +2520,7 @@ type ListChannelsRequest struct {
 
 func (x *ListChannelsRequest) Reset() {
 	*x = ListChannelsRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[29]
+	mi := &file_chat_v1_chat_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2444,7 +2532,7 @@ func (x *ListChannelsRequest) String() string {
 func (*ListChannelsRequest) ProtoMessage() {}
 
 func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[29]
+	mi := &file_chat_v1_chat_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2457,7 +2545,7 @@ func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChannelsRequest.ProtoReflect.Descriptor instead.
 func (*ListChannelsRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{29}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListChannelsRequest) GetPageSize() int32 {
@@ -2487,7 +2575,7 @@ type ListChannelsResponse struct {
 
 func (x *ListChannelsResponse) Reset() {
 	*x = ListChannelsResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[30]
+	mi := &file_chat_v1_chat_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2499,7 +2587,7 @@ func (x *ListChannelsResponse) String() string {
 func (*ListChannelsResponse) ProtoMessage() {}
 
 func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[30]
+	mi := &file_chat_v1_chat_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2512,7 +2600,7 @@ func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChannelsResponse.ProtoReflect.Descriptor instead.
 func (*ListChannelsResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{30}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListChannelsResponse) GetChannels() []*Channel {
@@ -2552,7 +2640,7 @@ type GetChannelRequest struct {
 
 func (x *GetChannelRequest) Reset() {
 	*x = GetChannelRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[31]
+	mi := &file_chat_v1_chat_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2564,7 +2652,7 @@ func (x *GetChannelRequest) String() string {
 func (*GetChannelRequest) ProtoMessage() {}
 
 func (x *GetChannelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[31]
+	mi := &file_chat_v1_chat_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2577,7 +2665,7 @@ func (x *GetChannelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChannelRequest.ProtoReflect.Descriptor instead.
 func (*GetChannelRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{31}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetChannelRequest) GetChannelId() string {
@@ -2596,7 +2684,7 @@ type GetChannelResponse struct {
 
 func (x *GetChannelResponse) Reset() {
 	*x = GetChannelResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[32]
+	mi := &file_chat_v1_chat_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2608,7 +2696,7 @@ func (x *GetChannelResponse) String() string {
 func (*GetChannelResponse) ProtoMessage() {}
 
 func (x *GetChannelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[32]
+	mi := &file_chat_v1_chat_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2621,7 +2709,7 @@ func (x *GetChannelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChannelResponse.ProtoReflect.Descriptor instead.
 func (*GetChannelResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{32}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetChannelResponse) GetChannel() *Channel {
@@ -2656,7 +2744,7 @@ type GetHistoryRequest struct {
 
 func (x *GetHistoryRequest) Reset() {
 	*x = GetHistoryRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[33]
+	mi := &file_chat_v1_chat_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2668,7 +2756,7 @@ func (x *GetHistoryRequest) String() string {
 func (*GetHistoryRequest) ProtoMessage() {}
 
 func (x *GetHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[33]
+	mi := &file_chat_v1_chat_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +2769,7 @@ func (x *GetHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{33}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetHistoryRequest) GetChannelId() string {
@@ -2742,7 +2830,7 @@ type GetHistoryResponse struct {
 
 func (x *GetHistoryResponse) Reset() {
 	*x = GetHistoryResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[34]
+	mi := &file_chat_v1_chat_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2754,7 +2842,7 @@ func (x *GetHistoryResponse) String() string {
 func (*GetHistoryResponse) ProtoMessage() {}
 
 func (x *GetHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[34]
+	mi := &file_chat_v1_chat_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2767,7 +2855,7 @@ func (x *GetHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{34}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetHistoryResponse) GetMessages() []*Message {
@@ -2802,7 +2890,7 @@ type MarkReadRequest struct {
 
 func (x *MarkReadRequest) Reset() {
 	*x = MarkReadRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[35]
+	mi := &file_chat_v1_chat_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2814,7 +2902,7 @@ func (x *MarkReadRequest) String() string {
 func (*MarkReadRequest) ProtoMessage() {}
 
 func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[35]
+	mi := &file_chat_v1_chat_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2827,7 +2915,7 @@ func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkReadRequest.ProtoReflect.Descriptor instead.
 func (*MarkReadRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{35}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MarkReadRequest) GetChannelId() string {
@@ -2853,7 +2941,7 @@ type MarkReadResponse struct {
 
 func (x *MarkReadResponse) Reset() {
 	*x = MarkReadResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[36]
+	mi := &file_chat_v1_chat_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +2953,7 @@ func (x *MarkReadResponse) String() string {
 func (*MarkReadResponse) ProtoMessage() {}
 
 func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[36]
+	mi := &file_chat_v1_chat_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +2966,7 @@ func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkReadResponse.ProtoReflect.Descriptor instead.
 func (*MarkReadResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{36}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MarkReadResponse) GetUnread() *UnreadEvent {
@@ -2900,7 +2988,7 @@ type EditMessageRequest struct {
 
 func (x *EditMessageRequest) Reset() {
 	*x = EditMessageRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[37]
+	mi := &file_chat_v1_chat_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2912,7 +3000,7 @@ func (x *EditMessageRequest) String() string {
 func (*EditMessageRequest) ProtoMessage() {}
 
 func (x *EditMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[37]
+	mi := &file_chat_v1_chat_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3013,7 @@ func (x *EditMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditMessageRequest.ProtoReflect.Descriptor instead.
 func (*EditMessageRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{37}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *EditMessageRequest) GetChannelId() string {
@@ -2965,7 +3053,7 @@ type EditMessageResponse struct {
 
 func (x *EditMessageResponse) Reset() {
 	*x = EditMessageResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[38]
+	mi := &file_chat_v1_chat_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2977,7 +3065,7 @@ func (x *EditMessageResponse) String() string {
 func (*EditMessageResponse) ProtoMessage() {}
 
 func (x *EditMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[38]
+	mi := &file_chat_v1_chat_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2990,7 +3078,7 @@ func (x *EditMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditMessageResponse.ProtoReflect.Descriptor instead.
 func (*EditMessageResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{38}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *EditMessageResponse) GetAck() *SendAck {
@@ -3012,7 +3100,7 @@ type DeleteMessageRequest struct {
 
 func (x *DeleteMessageRequest) Reset() {
 	*x = DeleteMessageRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[39]
+	mi := &file_chat_v1_chat_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3112,7 @@ func (x *DeleteMessageRequest) String() string {
 func (*DeleteMessageRequest) ProtoMessage() {}
 
 func (x *DeleteMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[39]
+	mi := &file_chat_v1_chat_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3125,7 @@ func (x *DeleteMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMessageRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMessageRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{39}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeleteMessageRequest) GetChannelId() string {
@@ -3077,7 +3165,7 @@ type DeleteMessageResponse struct {
 
 func (x *DeleteMessageResponse) Reset() {
 	*x = DeleteMessageResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[40]
+	mi := &file_chat_v1_chat_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3089,7 +3177,7 @@ func (x *DeleteMessageResponse) String() string {
 func (*DeleteMessageResponse) ProtoMessage() {}
 
 func (x *DeleteMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[40]
+	mi := &file_chat_v1_chat_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3102,7 +3190,7 @@ func (x *DeleteMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMessageResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMessageResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{40}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteMessageResponse) GetAck() *SendAck {
@@ -3121,7 +3209,7 @@ type GetReceiptsRequest struct {
 
 func (x *GetReceiptsRequest) Reset() {
 	*x = GetReceiptsRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[41]
+	mi := &file_chat_v1_chat_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3133,7 +3221,7 @@ func (x *GetReceiptsRequest) String() string {
 func (*GetReceiptsRequest) ProtoMessage() {}
 
 func (x *GetReceiptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[41]
+	mi := &file_chat_v1_chat_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3146,7 +3234,7 @@ func (x *GetReceiptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReceiptsRequest.ProtoReflect.Descriptor instead.
 func (*GetReceiptsRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{41}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetReceiptsRequest) GetChannelId() string {
@@ -3166,7 +3254,7 @@ type GetReceiptsResponse struct {
 
 func (x *GetReceiptsResponse) Reset() {
 	*x = GetReceiptsResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[42]
+	mi := &file_chat_v1_chat_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3178,7 +3266,7 @@ func (x *GetReceiptsResponse) String() string {
 func (*GetReceiptsResponse) ProtoMessage() {}
 
 func (x *GetReceiptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[42]
+	mi := &file_chat_v1_chat_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3191,7 +3279,7 @@ func (x *GetReceiptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReceiptsResponse.ProtoReflect.Descriptor instead.
 func (*GetReceiptsResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{42}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetReceiptsResponse) GetReceipts() []*ReceiptEvent {
@@ -3212,7 +3300,7 @@ type SetReadReceiptsRequest struct {
 
 func (x *SetReadReceiptsRequest) Reset() {
 	*x = SetReadReceiptsRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[43]
+	mi := &file_chat_v1_chat_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3224,7 +3312,7 @@ func (x *SetReadReceiptsRequest) String() string {
 func (*SetReadReceiptsRequest) ProtoMessage() {}
 
 func (x *SetReadReceiptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[43]
+	mi := &file_chat_v1_chat_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3237,7 +3325,7 @@ func (x *SetReadReceiptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetReadReceiptsRequest.ProtoReflect.Descriptor instead.
 func (*SetReadReceiptsRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{43}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetReadReceiptsRequest) GetHideReadReceipts() bool {
@@ -3256,7 +3344,7 @@ type SetReadReceiptsResponse struct {
 
 func (x *SetReadReceiptsResponse) Reset() {
 	*x = SetReadReceiptsResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[44]
+	mi := &file_chat_v1_chat_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3268,7 +3356,7 @@ func (x *SetReadReceiptsResponse) String() string {
 func (*SetReadReceiptsResponse) ProtoMessage() {}
 
 func (x *SetReadReceiptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[44]
+	mi := &file_chat_v1_chat_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3281,7 +3369,7 @@ func (x *SetReadReceiptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetReadReceiptsResponse.ProtoReflect.Descriptor instead.
 func (*SetReadReceiptsResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{44}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SetReadReceiptsResponse) GetHideReadReceipts() bool {
@@ -3295,7 +3383,7 @@ var File_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
+	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x17chat/v1/discovery.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
@@ -3362,7 +3450,7 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"message_id\x18\x02 \x01(\x04R\tmessageId\x12*\n" +
 	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x15\n" +
-	"\x06for_me\x18\x04 \x01(\bR\x05forMe\"\xa6\x04\n" +
+	"\x06for_me\x18\x04 \x01(\bR\x05forMe\"\xce\x04\n" +
 	"\vServerFrame\x12\x19\n" +
 	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12,\n" +
 	"\awelcome\x18\x02 \x01(\v2\x10.chat.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -3376,8 +3464,13 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"ack_result\x18\t \x01(\v2\x12.chat.v1.AckResultH\x00R\tackResult\x121\n" +
 	"\areceipt\x18\n" +
 	" \x01(\v2\x15.chat.v1.ReceiptEventH\x00R\areceipt\x12.\n" +
-	"\x06unread\x18\v \x01(\v2\x14.chat.v1.UnreadEventH\x00R\x06unreadB\t\n" +
-	"\apayload\"\xc3\x01\n" +
+	"\x06unread\x18\v \x01(\v2\x14.chat.v1.UnreadEventH\x00R\x06unread\x12&\n" +
+	"\x05drain\x18\f \x01(\v2\x0e.chat.v1.DrainH\x00R\x05drainB\t\n" +
+	"\apayload\"\x83\x01\n" +
+	"\x05Drain\x12,\n" +
+	"\x12reconnect_delay_ms\x18\x01 \x01(\rR\x10reconnectDelayMs\x12/\n" +
+	"\tendpoints\x18\x02 \x03(\v2\x11.chat.v1.EndpointR\tendpoints\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\"\xc3\x01\n" +
 	"\aWelcome\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x16\n" +
@@ -3575,7 +3668,7 @@ func file_chat_v1_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_v1_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_chat_v1_chat_proto_goTypes = []any{
 	(ChannelType)(0),                // 0: chat.v1.ChannelType
 	(MemberRole)(0),                 // 1: chat.v1.MemberRole
@@ -3592,46 +3685,48 @@ var file_chat_v1_chat_proto_goTypes = []any{
 	(*EditMessage)(nil),             // 12: chat.v1.EditMessage
 	(*DeleteMessage)(nil),           // 13: chat.v1.DeleteMessage
 	(*ServerFrame)(nil),             // 14: chat.v1.ServerFrame
-	(*Welcome)(nil),                 // 15: chat.v1.Welcome
-	(*SendAck)(nil),                 // 16: chat.v1.SendAck
-	(*SyncPage)(nil),                // 17: chat.v1.SyncPage
-	(*AckResult)(nil),               // 18: chat.v1.AckResult
-	(*TypingEvent)(nil),             // 19: chat.v1.TypingEvent
-	(*HeartbeatAck)(nil),            // 20: chat.v1.HeartbeatAck
-	(*ReceiptEvent)(nil),            // 21: chat.v1.ReceiptEvent
-	(*UnreadEvent)(nil),             // 22: chat.v1.UnreadEvent
-	(*FrameError)(nil),              // 23: chat.v1.FrameError
-	(*Channel)(nil),                 // 24: chat.v1.Channel
-	(*Member)(nil),                  // 25: chat.v1.Member
-	(*CreateGroupRequest)(nil),      // 26: chat.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil),     // 27: chat.v1.CreateGroupResponse
-	(*AddMemberRequest)(nil),        // 28: chat.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),       // 29: chat.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),     // 30: chat.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),    // 31: chat.v1.RemoveMemberResponse
-	(*ListChannelsRequest)(nil),     // 32: chat.v1.ListChannelsRequest
-	(*ListChannelsResponse)(nil),    // 33: chat.v1.ListChannelsResponse
-	(*GetChannelRequest)(nil),       // 34: chat.v1.GetChannelRequest
-	(*GetChannelResponse)(nil),      // 35: chat.v1.GetChannelResponse
-	(*GetHistoryRequest)(nil),       // 36: chat.v1.GetHistoryRequest
-	(*GetHistoryResponse)(nil),      // 37: chat.v1.GetHistoryResponse
-	(*MarkReadRequest)(nil),         // 38: chat.v1.MarkReadRequest
-	(*MarkReadResponse)(nil),        // 39: chat.v1.MarkReadResponse
-	(*EditMessageRequest)(nil),      // 40: chat.v1.EditMessageRequest
-	(*EditMessageResponse)(nil),     // 41: chat.v1.EditMessageResponse
-	(*DeleteMessageRequest)(nil),    // 42: chat.v1.DeleteMessageRequest
-	(*DeleteMessageResponse)(nil),   // 43: chat.v1.DeleteMessageResponse
-	(*GetReceiptsRequest)(nil),      // 44: chat.v1.GetReceiptsRequest
-	(*GetReceiptsResponse)(nil),     // 45: chat.v1.GetReceiptsResponse
-	(*SetReadReceiptsRequest)(nil),  // 46: chat.v1.SetReadReceiptsRequest
-	(*SetReadReceiptsResponse)(nil), // 47: chat.v1.SetReadReceiptsResponse
-	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
-	(*anypb.Any)(nil),               // 49: google.protobuf.Any
+	(*Drain)(nil),                   // 15: chat.v1.Drain
+	(*Welcome)(nil),                 // 16: chat.v1.Welcome
+	(*SendAck)(nil),                 // 17: chat.v1.SendAck
+	(*SyncPage)(nil),                // 18: chat.v1.SyncPage
+	(*AckResult)(nil),               // 19: chat.v1.AckResult
+	(*TypingEvent)(nil),             // 20: chat.v1.TypingEvent
+	(*HeartbeatAck)(nil),            // 21: chat.v1.HeartbeatAck
+	(*ReceiptEvent)(nil),            // 22: chat.v1.ReceiptEvent
+	(*UnreadEvent)(nil),             // 23: chat.v1.UnreadEvent
+	(*FrameError)(nil),              // 24: chat.v1.FrameError
+	(*Channel)(nil),                 // 25: chat.v1.Channel
+	(*Member)(nil),                  // 26: chat.v1.Member
+	(*CreateGroupRequest)(nil),      // 27: chat.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),     // 28: chat.v1.CreateGroupResponse
+	(*AddMemberRequest)(nil),        // 29: chat.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),       // 30: chat.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),     // 31: chat.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),    // 32: chat.v1.RemoveMemberResponse
+	(*ListChannelsRequest)(nil),     // 33: chat.v1.ListChannelsRequest
+	(*ListChannelsResponse)(nil),    // 34: chat.v1.ListChannelsResponse
+	(*GetChannelRequest)(nil),       // 35: chat.v1.GetChannelRequest
+	(*GetChannelResponse)(nil),      // 36: chat.v1.GetChannelResponse
+	(*GetHistoryRequest)(nil),       // 37: chat.v1.GetHistoryRequest
+	(*GetHistoryResponse)(nil),      // 38: chat.v1.GetHistoryResponse
+	(*MarkReadRequest)(nil),         // 39: chat.v1.MarkReadRequest
+	(*MarkReadResponse)(nil),        // 40: chat.v1.MarkReadResponse
+	(*EditMessageRequest)(nil),      // 41: chat.v1.EditMessageRequest
+	(*EditMessageResponse)(nil),     // 42: chat.v1.EditMessageResponse
+	(*DeleteMessageRequest)(nil),    // 43: chat.v1.DeleteMessageRequest
+	(*DeleteMessageResponse)(nil),   // 44: chat.v1.DeleteMessageResponse
+	(*GetReceiptsRequest)(nil),      // 45: chat.v1.GetReceiptsRequest
+	(*GetReceiptsResponse)(nil),     // 46: chat.v1.GetReceiptsResponse
+	(*SetReadReceiptsRequest)(nil),  // 47: chat.v1.SetReadReceiptsRequest
+	(*SetReadReceiptsResponse)(nil), // 48: chat.v1.SetReadReceiptsResponse
+	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
+	(*Endpoint)(nil),                // 50: chat.v1.Endpoint
+	(*anypb.Any)(nil),               // 51: google.protobuf.Any
 }
 var file_chat_v1_chat_proto_depIdxs = []int32{
-	48, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
+	49, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 1: chat.v1.Message.kind:type_name -> chat.v1.MessageKind
-	48, // 2: chat.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
+	49, // 2: chat.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
 	3,  // 3: chat.v1.Delivery.message:type_name -> chat.v1.Message
 	6,  // 4: chat.v1.ClientFrame.send:type_name -> chat.v1.SendMessage
 	7,  // 5: chat.v1.ClientFrame.ack:type_name -> chat.v1.Ack
@@ -3641,67 +3736,69 @@ var file_chat_v1_chat_proto_depIdxs = []int32{
 	11, // 9: chat.v1.ClientFrame.mark_read:type_name -> chat.v1.MarkRead
 	12, // 10: chat.v1.ClientFrame.edit:type_name -> chat.v1.EditMessage
 	13, // 11: chat.v1.ClientFrame.delete:type_name -> chat.v1.DeleteMessage
-	15, // 12: chat.v1.ServerFrame.welcome:type_name -> chat.v1.Welcome
-	16, // 13: chat.v1.ServerFrame.send_ack:type_name -> chat.v1.SendAck
+	16, // 12: chat.v1.ServerFrame.welcome:type_name -> chat.v1.Welcome
+	17, // 13: chat.v1.ServerFrame.send_ack:type_name -> chat.v1.SendAck
 	4,  // 14: chat.v1.ServerFrame.delivery:type_name -> chat.v1.Delivery
-	17, // 15: chat.v1.ServerFrame.sync_page:type_name -> chat.v1.SyncPage
-	19, // 16: chat.v1.ServerFrame.typing:type_name -> chat.v1.TypingEvent
-	23, // 17: chat.v1.ServerFrame.error:type_name -> chat.v1.FrameError
-	20, // 18: chat.v1.ServerFrame.heartbeat_ack:type_name -> chat.v1.HeartbeatAck
-	18, // 19: chat.v1.ServerFrame.ack_result:type_name -> chat.v1.AckResult
-	21, // 20: chat.v1.ServerFrame.receipt:type_name -> chat.v1.ReceiptEvent
-	22, // 21: chat.v1.ServerFrame.unread:type_name -> chat.v1.UnreadEvent
-	48, // 22: chat.v1.SendAck.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 23: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
-	48, // 24: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
-	48, // 25: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	49, // 26: chat.v1.FrameError.details:type_name -> google.protobuf.Any
-	0,  // 27: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
-	25, // 28: chat.v1.Channel.members:type_name -> chat.v1.Member
-	48, // 29: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
-	48, // 30: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
-	3,  // 31: chat.v1.Channel.last_message:type_name -> chat.v1.Message
-	21, // 32: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
-	1,  // 33: chat.v1.Member.role:type_name -> chat.v1.MemberRole
-	24, // 34: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
-	1,  // 35: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
-	24, // 36: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
-	24, // 37: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
-	24, // 38: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
-	3,  // 39: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
-	22, // 40: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
-	16, // 41: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
-	16, // 42: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
-	21, // 43: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
-	5,  // 44: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
-	26, // 45: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
-	28, // 46: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
-	30, // 47: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
-	32, // 48: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
-	34, // 49: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
-	36, // 50: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
-	38, // 51: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
-	40, // 52: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
-	42, // 53: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
-	44, // 54: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
-	46, // 55: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
-	14, // 56: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
-	27, // 57: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
-	29, // 58: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
-	31, // 59: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
-	33, // 60: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
-	35, // 61: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
-	37, // 62: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
-	39, // 63: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
-	41, // 64: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
-	43, // 65: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
-	45, // 66: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
-	47, // 67: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
-	56, // [56:68] is the sub-list for method output_type
-	44, // [44:56] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	18, // 15: chat.v1.ServerFrame.sync_page:type_name -> chat.v1.SyncPage
+	20, // 16: chat.v1.ServerFrame.typing:type_name -> chat.v1.TypingEvent
+	24, // 17: chat.v1.ServerFrame.error:type_name -> chat.v1.FrameError
+	21, // 18: chat.v1.ServerFrame.heartbeat_ack:type_name -> chat.v1.HeartbeatAck
+	19, // 19: chat.v1.ServerFrame.ack_result:type_name -> chat.v1.AckResult
+	22, // 20: chat.v1.ServerFrame.receipt:type_name -> chat.v1.ReceiptEvent
+	23, // 21: chat.v1.ServerFrame.unread:type_name -> chat.v1.UnreadEvent
+	15, // 22: chat.v1.ServerFrame.drain:type_name -> chat.v1.Drain
+	50, // 23: chat.v1.Drain.endpoints:type_name -> chat.v1.Endpoint
+	49, // 24: chat.v1.SendAck.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 25: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
+	49, // 26: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
+	49, // 27: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	51, // 28: chat.v1.FrameError.details:type_name -> google.protobuf.Any
+	0,  // 29: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
+	26, // 30: chat.v1.Channel.members:type_name -> chat.v1.Member
+	49, // 31: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
+	49, // 32: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
+	3,  // 33: chat.v1.Channel.last_message:type_name -> chat.v1.Message
+	22, // 34: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
+	1,  // 35: chat.v1.Member.role:type_name -> chat.v1.MemberRole
+	25, // 36: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
+	1,  // 37: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
+	25, // 38: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
+	25, // 39: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
+	25, // 40: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
+	3,  // 41: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
+	23, // 42: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
+	17, // 43: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
+	17, // 44: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
+	22, // 45: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
+	5,  // 46: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
+	27, // 47: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
+	29, // 48: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
+	31, // 49: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
+	33, // 50: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
+	35, // 51: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
+	37, // 52: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
+	39, // 53: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
+	41, // 54: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
+	43, // 55: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
+	45, // 56: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
+	47, // 57: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
+	14, // 58: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
+	28, // 59: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
+	30, // 60: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
+	32, // 61: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
+	34, // 62: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
+	36, // 63: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
+	38, // 64: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
+	40, // 65: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
+	42, // 66: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
+	44, // 67: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
+	46, // 68: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
+	48, // 69: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
+	58, // [58:70] is the sub-list for method output_type
+	46, // [46:58] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_chat_v1_chat_proto_init() }
@@ -3709,6 +3806,7 @@ func file_chat_v1_chat_proto_init() {
 	if File_chat_v1_chat_proto != nil {
 		return
 	}
+	file_chat_v1_discovery_proto_init()
 	file_chat_v1_chat_proto_msgTypes[2].OneofWrappers = []any{
 		(*ClientFrame_Send)(nil),
 		(*ClientFrame_Ack)(nil),
@@ -3734,6 +3832,7 @@ func file_chat_v1_chat_proto_init() {
 		(*ServerFrame_AckResult)(nil),
 		(*ServerFrame_Receipt)(nil),
 		(*ServerFrame_Unread)(nil),
+		(*ServerFrame_Drain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3741,7 +3840,7 @@ func file_chat_v1_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_v1_chat_proto_rawDesc), len(file_chat_v1_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
