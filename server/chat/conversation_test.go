@@ -609,3 +609,28 @@ func TestFrameErrorDetails(t *testing.T) {
 		t.Fatalf("details %v", fe.GetDetails())
 	}
 }
+
+// TestFrameErrorField (issue 17): a send refused for its text names the
+// field in a google.rpc.BadRequest.
+func TestFrameErrorField(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	alice := e.open("alice", "a1")
+	for cmid, want := range map[string]string{"long": "send.text", "": "send.client_message_id"} {
+		text := strings.Repeat("x", MaxTextBytes+1)
+		if cmid == "" {
+			text = "hi"
+		}
+		fe := alice.errOf(alice.sendTo("bob", cmid, text), codes.InvalidArgument)
+		var bad errdetails.BadRequest
+		for _, d := range fe.GetDetails() {
+			if d.MessageIs(&bad) {
+				_ = d.UnmarshalTo(&bad)
+			}
+		}
+		if len(bad.GetFieldViolations()) != 1 || bad.GetFieldViolations()[0].GetField() != want ||
+			bad.GetFieldViolations()[0].GetDescription() != fe.GetMessage() {
+			t.Errorf("cmid %q: details %v, want the field %s", cmid, fe.GetDetails(), want)
+		}
+	}
+}

@@ -531,10 +531,10 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 	s := st.s
 	ctx, span := st.startSpan("chat.send")
 	if err := checkClientMessageID(m.GetClientMessageId()); err != nil {
-		return st.replyErr(id, endSpan(span, err))
+		return st.replyErr(id, endSpan(span, grpcerr.WithField(err, "send.client_message_id")))
 	}
 	if err := checkText(m.GetText()); err != nil {
-		return st.replyErr(id, endSpan(span, err))
+		return st.replyErr(id, endSpan(span, grpcerr.WithField(err, "send.text")))
 	}
 	channelID, members, err := s.resolveTarget(ctx, st.p.UserID, m)
 	if err != nil {
