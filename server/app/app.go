@@ -99,9 +99,11 @@ type App struct {
 	health   *health.Server
 	registry *prometheus.Registry
 
-	closers        []func() error          // cluster clients, closed after the router
-	redis          goredis.UniversalClient // cluster mode only
-	registryCloser func() error            // cluster: leaves the Discovery list
+	closers        []func() error              // cluster clients, closed after the router
+	redis          goredis.UniversalClient     // cluster mode only
+	registryCloser func() error                // cluster: leaves the Discovery list
+	registryBeat   func(context.Context) error // cluster: publishes the record now
+	draining       atomic.Bool                 // DRAINING: no new streams, devices told to move
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -295,26 +297,38 @@ func (a *App) buildServices() error {
 }
 
 // newDiscovery returns the Discovery service: this server alone, or (in
-// cluster mode) the servers registered in Redis, this one included.
+// cluster mode) the servers heartbeating in Redis, this one included.
 func (a *App) newDiscovery() (*discovery.Service, error) {
 	cfg := a.cfg
-	self := &chatv1.Endpoint{
-		ServerId:    cfg.ServerID,
-		GrpcAddress: firstNonEmpty(cfg.AdvertiseGRPC, a.grpcLis.Addr().String()),
-		HttpAddress: firstNonEmpty(cfg.AdvertiseHTTP, a.httpLis.Addr().String()),
-	}
-	load := func() uint64 { return uint64(a.hub.Count()) }
-	var reg discovery.Registry = discovery.Static{Self: self, LoadFunc: load}
+	var reg discovery.Registry = discovery.Local{Self: a.selfRecord}
 	if a.redis != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: a.redis, Prefix: cfg.RedisPrefix, Self: self, Load: load, Logger: cfg.Logger})
+		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: a.redis, Prefix: cfg.RedisPrefix, Self: a.selfRecord, Logger: cfg.Logger})
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("discovery: %w", err)
 		}
-		a.registryCloser, reg = dr.Close, dr
+		a.registryCloser, a.registryBeat, reg = dr.Close, dr.Beat, dr
 	}
-	return discovery.New(reg), nil
+	return discovery.New(discovery.Config{Registry: reg, Zone: cfg.Zone, Logger: cfg.Logger}), nil
+}
+
+// selfRecord is this server's Discovery record as of now.
+func (a *App) selfRecord() *chatv1.Endpoint {
+	st := chatv1.ServerState_SERVER_STATE_SERVING
+	if a.draining.Load() {
+		st = chatv1.ServerState_SERVER_STATE_DRAINING
+	}
+	return &chatv1.Endpoint{
+		ServerId:    a.cfg.ServerID,
+		GrpcAddress: firstNonEmpty(a.cfg.AdvertiseGRPC, a.grpcLis.Addr().String()),
+		HttpAddress: firstNonEmpty(a.cfg.AdvertiseHTTP, a.httpLis.Addr().String()),
+		Load:        uint64(a.hub.Count()),
+		Zone:        a.cfg.Zone,
+		Capacity:    uint64(a.cfg.MaxStreams),
+		State:       st,
+		Version:     a.cfg.Version,
+	}
 }
 
 func (a *App) newGRPCServer() *grpc.Server {
