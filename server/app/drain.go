@@ -74,7 +74,6 @@ func (a *App) drain(sessions []*hub.Session) {
 	end := start.Add(a.cfg.DrainWindow)
 	spread := time.Duration(float64(a.cfg.DrainWindow) * drainSpread)
 	rand.Shuffle(len(sessions), func(i, j int) { sessions[i], sessions[j] = sessions[j], sessions[i] })
-	view := a.discReg.View()
 	for i, s := range sessions {
 		if len(sessions) > 1 {
 			at := start.Add(spread * time.Duration(i) / time.Duration(len(sessions)))
@@ -82,7 +81,7 @@ func (a *App) drain(sessions []*hub.Session) {
 				time.Sleep(d)
 			}
 		}
-		eps := discovery.Rank(view, a.cfg.Zone, nil)
+		eps := discovery.Rank(a.discReg.View(), a.cfg.Zone, nil) // the view is refreshed every second
 		if len(eps) > drainEndpoints {
 			eps = eps[:drainEndpoints]
 		}
