@@ -397,10 +397,13 @@ func stormSize(t *testing.T) int {
 func TestCluster_ReconnectStorm(t *testing.T) {
 	n := stormSize(t)
 	const perDevice = 100 // streams per device token: 20 logins for 2,000 streams
-	c := newCluster(t, nil, "--stream-rate", "150", "--stream-burst", "50", "--max-streams-per-device", strconv.Itoa(perDevice))
-	c.flags = append(c.flags, "--zone", "a")
+	base := []string{"--max-streams-per-device", strconv.Itoa(perDevice)}
+	c := newCluster(t, nil, base...)
+	// s1 (zone a) lets everyone in at once; s2 and s3 (zone b) admit 150
+	// new streams a second, bursts of 50.
+	c.flags = append(slices.Clone(base), "--zone", "a", "--stream-rate", "100000")
 	c.start("s1")
-	c.flags[len(c.flags)-1] = "b"
+	c.flags = append(slices.Clone(base), "--zone", "b", "--stream-rate", "150", "--stream-burst", "50")
 	c.start("s2")
 	c.start("s3")
 	seeds := []string{c.addr("s1"), c.addr("s2"), c.addr("s3")}
@@ -417,9 +420,6 @@ func TestCluster_ReconnectStorm(t *testing.T) {
 		tok := setup[u]
 		d := startRdev(t, tok, seeds, "a", false, 5*time.Second)
 		devs = append(devs, d)
-		if i%100 == 99 {
-			time.Sleep(500 * time.Millisecond) // within s1's admission rate
-		}
 	}
 	awaitConnected(t, devs, 2*time.Minute)
 	for _, d := range devs {
