@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strconv"
@@ -215,22 +216,39 @@ func (d *rdev) sendLoop(t *testing.T, l *ledger, prefix string, targets []target
 // all ten and to a 1:1 channel (four of them pipelining four sends at a
 // time), while
 //
-//  1. s1 is killed with SIGKILL (C304): its devices reconnect elsewhere
+//  1. one server is killed with SIGKILL (C304): its devices reconnect elsewhere
 //     with backoff, and their unanswered sends are resent with the same
 //     client_message_id;
 //  2. a fourth server, s4, starts;
-//  3. s2 is drained (SIGTERM, --drain-window 5s; C303): each of its
+//  3. another is drained (SIGTERM, --drain-window 5s; C303): each of its
 //     devices gets a Drain frame and moves to the endpoints it names
-//     (s3, s4), and s2 exits 0.
+//     (the third and s4), and it exits 0.
 //
 // Afterwards every device has every acknowledged message of its user
 // exactly once, in inbox order and in channel order; every acknowledged
 // send is stored once (the channels' histories); no device stayed
 // disconnected for longer than the backoff cap plus a connection while
-// healthy servers existed; s4 received devices; s2's devices left it by
-// its Drain frames.
+// healthy servers existed; s4 received devices; the drained server's
+// devices left it by its Drain frames.
+//
+// CHATD_CHAOS_SEED (default 1) picks which server dies and which drains,
+// and the pauses between the steps; the soak run in docs/operations.md
+// repeats the test with many seeds.
 func TestCluster_Failover(t *testing.T) {
 	const maxBackoff = 3 * time.Second
+	seed := uint64(1)
+	if v := os.Getenv("CHATD_CHAOS_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("CHATD_CHAOS_SEED=%q", v)
+		}
+	}
+	rnd := rand.New(rand.NewPCG(seed, 14))
+	order := []string{"s1", "s2", "s3"}
+	rnd.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	victim, drainee, survivor := order[0], order[1], order[2]
+	pause := func() time.Duration { return 2*time.Second + time.Duration(rnd.IntN(2000))*time.Millisecond }
+	t.Logf("seed %d: %s is killed, %s drained", seed, victim, drainee)
 	c := newCluster(t, nil, "--stream-rate", "40", "--stream-burst", "20", "--drain-window", "5s")
 	for _, id := range []string{"s1", "s2", "s3"} {
 		c.start(id)
@@ -281,32 +299,32 @@ func TestCluster_Failover(t *testing.T) {
 		}
 		bg.Go(func() { senders[n].sendLoop(t, l, n, targets, pipeline, 250*time.Millisecond, stop) })
 	}
-	time.Sleep(3 * time.Second)
+	time.Sleep(pause())
 
-	// 1. C304: s1 dies.
-	onS1 := perServer()["s1"]
-	c.kill("s1")
-	t.Logf("s1 killed with %d devices on it", onS1)
-	time.Sleep(4 * time.Second)
+	// 1. C304: the victim dies.
+	onVictim := perServer()[victim]
+	c.kill(victim)
+	t.Logf("%s killed with %d devices on it", victim, onVictim)
+	time.Sleep(pause())
 
-	// 2. s4 joins; 3. C303: s2 drains.
+	// 2. s4 joins; 3. C303: the drainee drains.
 	c.start("s4")
-	time.Sleep(1500 * time.Millisecond) // s2's view has s4 after its next beat (1 s)
-	var onS2 []*rdev
+	time.Sleep(1500 * time.Millisecond) // the drainee's view has s4 after its next beat (1 s)
+	var onDrainee []*rdev
 	for _, d := range devs {
-		if d.on() == "s2" {
-			onS2 = append(onS2, d)
+		if d.on() == drainee {
+			onDrainee = append(onDrainee, d)
 		}
 	}
 	drainStart := time.Now()
-	if err := c.servers["s2"].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := c.servers[drainee].cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.servers["s2"].wait(t); err != nil {
-		t.Fatalf("s2 exited with %v after its drain\n%s", err, c.servers["s2"].stderr)
+	if err := c.servers[drainee].wait(t); err != nil {
+		t.Fatalf("%s exited with %v after its drain\n%s", drainee, err, c.servers[drainee].stderr)
 	}
-	t.Logf("s2 drained %d devices and exited 0 in %v", len(onS2), time.Since(drainStart).Round(time.Millisecond))
-	time.Sleep(2 * time.Second)
+	t.Logf("%s drained %d devices and exited 0 in %v", drainee, len(onDrainee), time.Since(drainStart).Round(time.Millisecond))
+	time.Sleep(pause())
 	close(stop)
 	bg.Wait()
 	if t.Failed() {
@@ -336,20 +354,20 @@ func TestCluster_Failover(t *testing.T) {
 		}
 		d.mu.Unlock()
 	}
-	for _, d := range onS2 {
+	for _, d := range onDrainee {
 		d.mu.Lock()
 		if d.drains == 0 {
-			t.Errorf("%s left draining s2 without following a Drain frame", d.label())
+			t.Errorf("%s left draining %s without following a Drain frame", d.label(), drainee)
 		}
 		d.mu.Unlock()
 	}
 	if onS4 == 0 {
 		t.Error("no device connected to the new server s4")
 	}
-	s3 := c.cc("s3") // s1 is dead and s2 gone
-	checkHistory(t, l, setup[names[0]].withConn(s3), group.channel)
+	live := c.cc(survivor)
+	checkHistory(t, l, setup[names[0]].withConn(live), group.channel)
 	for i, n := range names {
-		checkHistory(t, l, setup[n].withConn(s3), dmChannel(n, names[(i+1)%len(names)]))
+		checkHistory(t, l, setup[n].withConn(live), dmChannel(n, names[(i+1)%len(names)]))
 	}
 	t.Logf("reconnections: %d (%d after a Drain frame, %d refused by admission and retried later); longest disconnection %v; %d devices were on s4",
 		retries, drained, refused, longest.Round(time.Millisecond), onS4)
