@@ -600,8 +600,9 @@ func (r *Resilient) forget(addr string) {
 	}
 }
 
-// discover asks Discovery at each known address in turn and returns the
-// first answer; if none answers, the known addresses themselves.
+// discover asks Discovery at each known address in turn (the last one
+// that answered first, then the servers it named, then the seeds) and
+// returns the first answer; if none answers, the seeds themselves.
 func (r *Resilient) discover() []*chatv1.Endpoint {
 	r.mu.Lock()
 	known := append([]string(nil), r.known...)
@@ -619,8 +620,10 @@ func (r *Resilient) discover() []*chatv1.Endpoint {
 			continue
 		}
 		if eps := resp.GetEndpoints(); len(eps) > 0 {
+			// Next time: this server first, then the others it named,
+			// then the seeds.
 			r.mu.Lock()
-			r.known = append(append([]string(nil), r.cfg.Servers...), addrsOf(eps)...)
+			r.known = dedup(append(append([]string{addr}, addrsOf(eps)...), r.cfg.Servers...))
 			r.mu.Unlock()
 			return eps
 		}
@@ -630,6 +633,18 @@ func (r *Resilient) discover() []*chatv1.Endpoint {
 		eps[i] = &chatv1.Endpoint{GrpcAddress: a}
 	}
 	return eps
+}
+
+func dedup(addrs []string) []string {
+	seen := make(map[string]bool, len(addrs))
+	out := addrs[:0]
+	for _, a := range addrs {
+		if a != "" && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func addrsOf(eps []*chatv1.Endpoint) []string {
