@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"time"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
@@ -81,7 +82,11 @@ func (a *App) drain(sessions []*hub.Session) {
 				time.Sleep(d)
 			}
 		}
-		eps := discovery.Rank(a.discReg.View(), a.cfg.Zone, nil) // the view is refreshed every second
+		// The view is refreshed every second; it lists this server as
+		// DRAINING unless the beat at the start failed, so drop it anyway.
+		eps := slices.DeleteFunc(discovery.Rank(a.discReg.View(), a.cfg.Zone, nil), func(e *chatv1.Endpoint) bool {
+			return e.GetServerId() == a.cfg.ServerID
+		})
 		if len(eps) > drainEndpoints {
 			eps = eps[:drainEndpoints]
 		}
