@@ -320,6 +320,24 @@ func TestCluster_Failover(t *testing.T) {
 	if err := c.servers[drainee].cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	// Within a beat, no server lists the drainee, nor the dead victim.
+	time.Sleep(1200 * time.Millisecond)
+	for _, id := range []string{survivor, "s4"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := chatv1.NewDiscoveryServiceClient(c.cc(id)).GetEndpoints(ctx, &chatv1.GetEndpointsRequest{})
+		cancel()
+		if err != nil {
+			t.Fatalf("Discovery on %s: %v", id, err)
+		}
+		var listed []string
+		for _, e := range resp.GetEndpoints() {
+			listed = append(listed, e.GetServerId())
+		}
+		slices.Sort(listed)
+		if want := []string{survivor, "s4"}; !slices.Equal(listed, slices.Sorted(slices.Values(want))) {
+			t.Errorf("Discovery on %s during the drain lists %v, want %v (not the dead %s nor the draining %s)", id, listed, want, victim, drainee)
+		}
+	}
 	if err := c.servers[drainee].wait(t); err != nil {
 		t.Fatalf("%s exited with %v after its drain\n%s", drainee, err, c.servers[drainee].stderr)
 	}
