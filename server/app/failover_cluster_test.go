@@ -208,7 +208,7 @@ func (d *rdev) sendLoop(t *testing.T, l *ledger, prefix string, targets []target
 	}
 }
 
-// TestCluster_Failover is cases C303 and C304 on the Go SDK's Resilient:
+// TestCase_C303_C304 is cases C303 and C304 on the Go SDK's Resilient:
 // three chatd processes on the real CQL server and Redis, admission on
 // (--stream-rate 40/s, burst 20), ten users with five devices each (50
 // devices, every one a client.Resilient that asked Discovery where to
@@ -234,7 +234,7 @@ func (d *rdev) sendLoop(t *testing.T, l *ledger, prefix string, targets []target
 // CHATD_CHAOS_SEED (default 1) picks which server dies and which drains,
 // and the pauses between the steps; the soak run in docs/operations.md
 // repeats the test with many seeds.
-func TestCluster_Failover(t *testing.T) {
+func TestCase_C303_C304(t *testing.T) {
 	const maxBackoff = 3 * time.Second
 	seed := uint64(1)
 	if v := os.Getenv("CHATD_CHAOS_SEED"); v != "" {
