@@ -228,8 +228,8 @@ func (c Config) Validate() error {
 	if strings.ContainsAny(c.RedisPrefix, "{}") {
 		errs = append(errs, fmt.Errorf("redis prefix %q must not contain braces (they are Redis Cluster hash tags)", c.RedisPrefix))
 	}
-	if c.MaxStreams < 0 || c.StreamRate < 0 || c.StreamBurst < 0 {
-		errs = append(errs, errors.New("max streams, stream rate and stream burst must not be negative"))
+	if c.MaxStreams < 0 || c.StreamRate < 0 || c.StreamBurst < 0 || c.DrainWindow < 0 {
+		errs = append(errs, errors.New("max streams, stream rate, stream burst and drain window must not be negative"))
 	}
 	if c.FrameRate <= 0 || c.FrameBurst < 1 || c.UnaryRate <= 0 || c.UnaryBurst < 1 {
 		errs = append(errs, errors.New("rate limits must be positive"))
