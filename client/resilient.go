@@ -157,12 +157,13 @@ type Resilient struct {
 	done       chan struct{}
 
 	mu      sync.Mutex
-	clients map[string]*Client // by address
-	known   []string           // addresses to ask Discovery, seeds first
-	sess    *Session           // the open session, nil between sessions
-	prev    *Session           // the last session (its memory of messages)
-	pending []*ResilientSend   // sends not yet answered, in send order
-	err     error              // why it stopped
+	clients map[string]*Client      // by address
+	known   []string                // addresses to ask Discovery, seeds first
+	sess    *Session                // the open session, nil between sessions
+	cur     atomic.Pointer[Session] // sess, for AckAsync, Flush and Typing (no lock: SendAsync may hold mu while the session is busy)
+	prev    *Session                // the last session (its memory of messages)
+	pending []*ResilientSend        // sends not yet answered, in send order
+	err     error                   // why it stopped
 
 	last     atomic.Uint64 // highest inbox_seq handed to the application
 	ackWant  atomic.Uint64 // highest seq passed to AckAsync
@@ -389,10 +390,7 @@ func (r *Resilient) finishSend(rs *ResilientSend, ack *chatv1.SendAck, err error
 // current session and, if that ends first, on the next.
 func (r *Resilient) AckAsync(seq uint64) {
 	raise(&r.ackWant, seq)
-	r.mu.Lock()
-	s := r.sess
-	r.mu.Unlock()
-	if s != nil {
+	if s := r.cur.Load(); s != nil {
 		s.AckAsync(seq)
 	}
 }
@@ -401,9 +399,7 @@ func (r *Resilient) AckAsync(seq uint64) {
 // current session. Errors: Unavailable when no session is open, else
 // those of Session.Flush.
 func (r *Resilient) Flush(ctx context.Context) error {
-	r.mu.Lock()
-	s := r.sess
-	r.mu.Unlock()
+	s := r.cur.Load()
 	if s == nil {
 		return status.Error(codes.Unavailable, "client: not connected")
 	}
@@ -414,9 +410,7 @@ func (r *Resilient) Flush(ctx context.Context) error {
 // Typing sends a typing indicator on the current session (dropped when
 // none is open).
 func (r *Resilient) Typing(ctx context.Context, channelID string) error {
-	r.mu.Lock()
-	s := r.sess
-	r.mu.Unlock()
+	s := r.cur.Load()
 	if s == nil {
 		return status.Error(codes.Unavailable, "client: not connected")
 	}
@@ -706,6 +700,7 @@ func (r *Resilient) connect(eps []*chatv1.Endpoint) (*Session, string, error) {
 func (r *Resilient) serve(sess *Session) (*chatv1.Drain, error) {
 	r.mu.Lock()
 	r.sess = sess
+	r.cur.Store(sess)
 	for _, rs := range r.pending {
 		r.submit(r.ctx, sess, rs)
 	}
@@ -714,6 +709,7 @@ func (r *Resilient) serve(sess *Session) (*chatv1.Drain, error) {
 		sess.Close()
 		r.mu.Lock()
 		r.sess, r.prev = nil, sess
+		r.cur.Store(nil)
 		r.mu.Unlock()
 	}()
 	if want := r.ackWant.Load(); want > sess.Cursor() {
