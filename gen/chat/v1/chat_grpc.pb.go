@@ -132,8 +132,8 @@ type ChatServiceClient interface {
 	// no push notification is sent to the caller's devices for its
 	// messages. Messages are still delivered to open streams and still count
 	// as unread. Muting again replaces the time. Errors: InvalidArgument (no
-	// channel id, or until in the past), NotFound (no such channel, or the
-	// caller is not a member).
+	// channel id, or until in the past), NotFound (no such channel),
+	// PermissionDenied (the caller is not a member).
 	MuteChannel(ctx context.Context, in *MuteChannelRequest, opts ...grpc.CallOption) (*MuteChannelResponse, error)
 	// UnmuteChannel ends the caller's mute of a channel (idempotent).
 	// Errors: InvalidArgument (no channel id).
@@ -388,8 +388,8 @@ type ChatServiceServer interface {
 	// no push notification is sent to the caller's devices for its
 	// messages. Messages are still delivered to open streams and still count
 	// as unread. Muting again replaces the time. Errors: InvalidArgument (no
-	// channel id, or until in the past), NotFound (no such channel, or the
-	// caller is not a member).
+	// channel id, or until in the past), NotFound (no such channel),
+	// PermissionDenied (the caller is not a member).
 	MuteChannel(context.Context, *MuteChannelRequest) (*MuteChannelResponse, error)
 	// UnmuteChannel ends the caller's mute of a channel (idempotent).
 	// Errors: InvalidArgument (no channel id).
