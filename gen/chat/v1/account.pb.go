@@ -835,7 +835,7 @@ func (x *GetProfileResponse) GetProfile() *Profile {
 type UpdateProfileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// display_name: 1..64 characters, no control characters. It may be empty
-	// (left unchanged) only when hide_presence is set.
+	// (left unchanged) only when hide_presence or push_previews is set.
 	DisplayName string `protobuf:"bytes,1,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// hide_presence, when set, hides (true) or shows (false) the caller's
 	// online status to their contacts.
