@@ -98,3 +98,39 @@ type Push interface {
 	// (callers check Mute.Active), in ascending channel id order.
 	ListMutes(ctx context.Context, userID string) ([]Mute, error)
 }
+
+// PushJob is one committed message waiting to be pushed to one user's
+// devices (or, for a retry, to one device).
+type PushJob struct {
+	// ID is assigned by AddPushJobs: unique and increasing in the queue.
+	ID        uint64
+	UserID    string
+	ChannelID string
+	MessageID uint64
+	// Committed is when the message committed; the job's TTL runs from
+	// it.
+	Committed time.Time
+	// Due is when the job may be sent at the earliest (the end of its
+	// collapse window, or of a retry's back-off).
+	Due time.Time
+	// DeviceID, for a retry, is the one device it is for; empty for a new
+	// job (every device of the user).
+	DeviceID string
+	// Attempt counts the failed sends of a retry (0 for a new job).
+	Attempt uint32
+}
+
+// PushQueue is a durable queue of push jobs on the embedded store (the
+// cluster keeps its queue in Redis, server/push/redisqueue).
+type PushQueue interface {
+	// AddPushJobs appends jobs, assigning their IDs (in the slice). They
+	// are in the write-ahead log when it returns and on disk at the next
+	// synced write (at most a few milliseconds later while messages flow);
+	// it never waits for a sync itself.
+	AddPushJobs(ctx context.Context, jobs []PushJob) error
+	// PushJobs returns up to limit jobs in ID order, the oldest first.
+	PushJobs(ctx context.Context, limit int) ([]PushJob, error)
+	// DeletePushJobs removes jobs by ID (durably; a missing one is
+	// ignored).
+	DeletePushJobs(ctx context.Context, ids []uint64) error
+}

@@ -34,6 +34,7 @@ const (
 	tPushTarget  = 'P' // P user 0x00 device                     -> push target
 	tMute        = 'M' // M user 0x00 channel                    -> mute (until)
 	tPushSetting = 'S' // S user                                  -> push settings (previews)
+	tPushQueue   = 'Q' // Q be64(id)                             -> push job
 )
 
 // ErrInvalidID is returned (wrapped) when an id contains the byte 0x00,

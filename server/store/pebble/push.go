@@ -2,6 +2,7 @@ package pebble
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -209,4 +210,149 @@ func (s *Store) ListMutes(ctx context.Context, userID string) ([]store.Mute, err
 		return err
 	})
 	return out, err
+}
+
+// --- push queue: Q be64(id) -> 1 user, 2 channel, 3 message_id, 4 committed,
+// 5 due, 6 device, 7 attempt.
+
+var _ store.PushQueue = (*Store)(nil)
+
+func pushJobKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{tPushQueue}, id)
+}
+
+func encodePushJob(j *store.PushJob) []byte {
+	var b []byte
+	b = appendString(b, 1, j.UserID)
+	b = appendString(b, 2, j.ChannelID)
+	b = appendUint(b, 3, j.MessageID)
+	b = appendTime(b, 4, j.Committed)
+	b = appendTime(b, 5, j.Due)
+	b = appendString(b, 6, j.DeviceID)
+	return appendUint(b, 7, uint64(j.Attempt))
+}
+
+func decodePushJob(id uint64, b []byte) (store.PushJob, error) {
+	j := store.PushJob{ID: id}
+	err := walk(b, func(num protowire.Number, v uint64, p []byte) {
+		switch num {
+		case 1:
+			j.UserID = string(p)
+		case 2:
+			j.ChannelID = string(p)
+		case 3:
+			j.MessageID = v
+		case 4:
+			j.Committed = decodeTime(v)
+		case 5:
+			j.Due = decodeTime(v)
+		case 6:
+			j.DeviceID = string(p)
+		case 7:
+			j.Attempt = uint32(v)
+		}
+	})
+	return j, err
+}
+
+// nextPushJobID returns the next queue id: one more than the highest
+// stored, read once per Store, then counted in memory.
+func (s *Store) nextPushJobIDs(n int) (uint64, error) {
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
+	if !s.pushIDRead {
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tPushQueue}, UpperBound: []byte{tPushQueue + 1}})
+		if err != nil {
+			return 0, err
+		}
+		if it.Last() {
+			if k := it.Key(); len(k) == 9 {
+				s.pushID = beUint64(k[1:])
+			}
+		}
+		if err := it.Close(); err != nil {
+			return 0, err
+		}
+		s.pushIDRead = true
+	}
+	first := s.pushID + 1
+	s.pushID += uint64(n)
+	return first, nil
+}
+
+// AddPushJobs writes the jobs in one batch without waiting for a sync
+// (pebble.NoSync): they are in the WAL at once and on disk with the next
+// synced commit (every AppendBatch syncs).
+func (s *Store) AddPushJobs(ctx context.Context, jobs []store.PushJob) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	defer s.ops.RUnlock()
+	if len(jobs) == 0 {
+		return nil
+	}
+	first, err := s.nextPushJobIDs(len(jobs))
+	if err != nil {
+		return err
+	}
+	wb := s.db.NewBatch()
+	defer wb.Close()
+	for i := range jobs {
+		jobs[i].ID = first + uint64(i)
+		if err := wb.Set(pushJobKey(jobs[i].ID), encodePushJob(&jobs[i]), nil); err != nil {
+			return err
+		}
+	}
+	return wb.Commit(pebble.NoSync)
+}
+
+// PushJobs returns up to limit jobs, oldest first.
+func (s *Store) PushJobs(ctx context.Context, limit int) ([]store.PushJob, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	defer s.ops.RUnlock()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tPushQueue}, UpperBound: []byte{tPushQueue + 1}})
+	if err != nil {
+		return nil, err
+	}
+	var out []store.PushJob
+	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+		k := it.Key()
+		if len(k) != 9 {
+			it.Close()
+			return nil, errCorrupt
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return nil, err
+		}
+		j, err := decodePushJob(beUint64(k[1:]), v)
+		if err != nil {
+			it.Close()
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, it.Close()
+}
+
+// DeletePushJobs removes the jobs in one synced batch.
+func (s *Store) DeletePushJobs(ctx context.Context, ids []uint64) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	defer s.ops.RUnlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	wb := s.db.NewBatch()
+	defer wb.Close()
+	for _, id := range ids {
+		if err := wb.Delete(pushJobKey(id), nil); err != nil {
+			return err
+		}
+	}
+	return wb.Commit(pebble.Sync)
 }

@@ -24,7 +24,7 @@
 //	P user_id 0x00 device_id              -> push target (kind, address, keys, topic, ...)
 //	M user_id 0x00 channel_id             -> channel mute (until, absent = forever)
 //	S user_id                             -> push settings (previews)
-//	Q be64(due ms) be64(id)               -> queued push job (see PushQueue)
+//	Q be64(id)                            -> queued push job (store.PushQueue)
 //
 // Values are protobuf wire format (protowire) without the fields already in
 // the key; times have millisecond precision and are returned in UTC. An
@@ -101,6 +101,11 @@ type Store struct {
 	dir      string
 	log      *slog.Logger
 	flushed  flushes
+	// pushMu guards the push queue's id counter, read from the highest
+	// stored id on first use.
+	pushMu     sync.Mutex
+	pushID     uint64
+	pushIDRead bool
 }
 
 var _ store.Store = (*Store)(nil)
