@@ -109,6 +109,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	logFormat := fs.String("log-format", "text", "text or json")
 
 	var maxStreams *uint
+	var webPushHosts *string
 	if cmd == "migrate" {
 		fs.StringVar(&o.replicationClass, "replication-class", "SimpleStrategy", "keyspace replication: SimpleStrategy or NetworkTopologyStrategy (the factor then applies to every datacenter)")
 		fs.IntVar(&o.replicationFactor, "replication-factor", 3, "replicas of every row (1 for a single-node development cluster)")
@@ -134,6 +135,14 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		maxStreams = fs.Uint("max-concurrent-streams", uint(d.MaxConcurrentStreams), "HTTP/2 streams per connection (rapid-reset mitigation)")
 		fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; a listener of its own, off by default: never expose it publicly")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "bound on the graceful stop after SIGTERM")
+		// Push notifications (docs/push.md).
+		fs.BoolVar(&c.Push.Off, "push-off", false, "turn push notifications off")
+		fs.StringVar(&c.Push.VAPIDKeyFile, "vapid-key-file", "", "Web Push VAPID key pair (JSON), created if missing; every server of a cluster needs the same file (default: <data-dir>/vapid.json)")
+		fs.StringVar(&c.Push.VAPIDSubject, "vapid-subject", d.Push.VAPIDSubject, "VAPID sub claim: a mailto: or https: URI where push services can reach the operator")
+		webPushHosts = fs.String("push-webpush-hosts", strings.Join(d.Push.WebPushHosts, ","), "comma-separated allow-list of Web Push endpoint hosts (\"*.\" matches any subdomain); endpoints elsewhere are refused (SSRF)")
+		fs.DurationVar(&c.Push.Window, "push-collapse-window", d.Push.Window, "pushes of one channel to one device within this window become one")
+		fs.DurationVar(&c.Push.TTL, "push-ttl", d.Push.TTL, "a push not accepted by its provider within this time after the message is dropped")
+		fs.IntVar(&c.Push.Concurrency, "push-concurrency", d.Push.Concurrency, "requests in flight per push provider")
 	}
 	fs.Usage = func() {
 		if cmd == "migrate" {
@@ -162,6 +171,9 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	}
 	if maxStreams != nil {
 		c.MaxConcurrentStreams = uint32(*maxStreams)
+	}
+	if webPushHosts != nil {
+		c.Push.WebPushHosts = splitList(*webPushHosts)
 	}
 	// Zero means "the default" in app.Config; on the command line it is a
 	// mistake, not a request for the default.

@@ -89,3 +89,14 @@ func (s *Service) addMutes(ctx context.Context, user string, chs []*chatv1.Chann
 	}
 	return nil
 }
+
+// UnreadCounts returns user's unread count in channelID and in total, as
+// an UnreadEvent would carry them (each capped at the uint32 range); the
+// push dispatcher puts them in a push (count and APNs badge).
+func (s *Service) UnreadCounts(ctx context.Context, channelID, user string) (channel, total uint32, err error) {
+	ev, _, err := s.unreadEvent(ctx, channelID, user)
+	if err != nil {
+		return 0, 0, err
+	}
+	return ev.GetUnreadCount(), ev.GetTotalUnread(), nil
+}

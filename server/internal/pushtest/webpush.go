@@ -15,6 +15,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -75,6 +76,7 @@ type Captured struct {
 	Header http.Header
 	Body   []byte
 	Status int
+	Time   time.Time // when the request arrived
 }
 
 // StartWebPush starts web-push-testing (node
@@ -131,7 +133,7 @@ func StartWebPush(t testing.TB) *WebPush {
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	w.tls = httptest.NewTLSServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		c := Captured{Path: r.URL.Path, Header: r.Header.Clone(), Body: body}
+		c := Captured{Path: r.URL.Path, Header: r.Header.Clone(), Body: body, Time: time.Now()}
 		w.mu.Lock()
 		answer := w.answer
 		w.mu.Unlock()
@@ -173,6 +175,19 @@ func (w *WebPush) record(c Captured) {
 	w.mu.Lock()
 	w.requests = append(w.requests, c)
 	w.mu.Unlock()
+}
+
+// CertFile writes the proxy's certificate as PEM to a file of the test's
+// and returns its path: give it to a chatd process as SSL_CERT_FILE (Go
+// reads the system roots from it on Linux) so that it trusts the proxy.
+func (w *WebPush) CertFile(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "push-ca.pem")
+	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: w.tls.Certificate().Raw})
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // Origin is the TLS proxy's origin (https://127.0.0.1:<port>).

@@ -1,0 +1,75 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+
+	"github.com/chatd/chatd/server/account"
+	"github.com/chatd/chatd/server/push"
+	"github.com/chatd/chatd/server/push/webpush"
+	"github.com/chatd/chatd/server/sequence"
+	"github.com/chatd/chatd/server/store"
+)
+
+// buildPush builds the push providers that have credentials (logging
+// those that are off) and the dispatcher, and returns the sequencer's
+// publish callback with the dispatcher's commit hook after it. Push is off
+// with Config.Push.Off, and in cluster mode (its queue is the embedded
+// store's; see docs/push.md).
+func (a *App) buildPush(publish func([]sequence.Committed)) (func([]sequence.Committed), error) {
+	cfg := a.cfg.Push
+	if cfg.Off {
+		a.log.Info("push notifications off (--push-off)")
+		return publish, nil
+	}
+	queue, ok := a.store.(store.PushQueue)
+	if !ok {
+		a.log.Warn("push notifications off: the cluster push queue is not built yet (docs/push.md)")
+		return publish, nil
+	}
+	keyFile := cfg.VAPIDKeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(a.cfg.DataDir, "vapid.json")
+	}
+	keys, err := webpush.LoadOrCreateKeys(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("push: %w", err)
+	}
+	wp, err := webpush.New(webpush.Config{Keys: keys, Subject: cfg.VAPIDSubject, HTTPClient: cfg.HTTPClient})
+	if err != nil {
+		return nil, fmt.Errorf("push: %w", err)
+	}
+	providers := []push.Provider{wp}
+	a.log.Info("push provider webpush on", "vapid_key_file", keyFile)
+	a.log.Info("push provider fcm off: no credentials")
+	a.log.Info("push provider apns off: no credentials")
+
+	d, err := push.New(push.Config{
+		Store:     a.store,
+		Queue:     queue,
+		Providers: providers,
+		HasStream: a.hub.HasStream,
+		Unread: func(ctx context.Context, channelID, userID string) (uint32, uint32, error) {
+			return a.chatRef.Load().UnreadCounts(ctx, channelID, userID)
+		},
+		Window:      cfg.Window,
+		TTL:         cfg.TTL,
+		Concurrency: cfg.Concurrency,
+		Registerer:  a.registry,
+		Logger:      a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("push: %w", err)
+	}
+	a.push = d
+	kinds := make([]store.PushKind, 0, len(providers))
+	for _, p := range providers {
+		kinds = append(kinds, p.Kind())
+	}
+	a.pushAccount = account.PushConfig{Providers: kinds, WebPushHosts: cfg.WebPushHosts, VAPIDPublicKey: keys.PublicKey}
+	return func(b []sequence.Committed) {
+		publish(b)
+		d.Committed(b) // push hook: in-memory filter + bounded hand-off, never blocks
+	}, nil
+}
