@@ -116,4 +116,3 @@ func TestPayloadPreviews(t *testing.T) {
 		t.Fatalf("payload %s", s)
 	}
 }
-
