@@ -143,6 +143,11 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.DurationVar(&c.Push.Window, "push-collapse-window", d.Push.Window, "pushes of one channel to one device within this window become one")
 		fs.DurationVar(&c.Push.TTL, "push-ttl", d.Push.TTL, "a push not accepted by its provider within this time after the message is dropped")
 		fs.IntVar(&c.Push.Concurrency, "push-concurrency", d.Push.Concurrency, "requests in flight per push provider")
+		fs.StringVar(&c.Push.FCMCredentialsFile, "fcm-credentials-file", "", "Firebase service account key (JSON) for FCM; without it FCM is off")
+		fs.StringVar(&c.Push.FCMProjectID, "fcm-project-id", "", "Firebase project id (default: the one in the credentials)")
+		fs.StringVar(&c.Push.APNsKeyFile, "apns-key-file", "", "APNs token signing key (.p8); APNs is off without it, --apns-key-id and --apns-team-id")
+		fs.StringVar(&c.Push.APNsKeyID, "apns-key-id", "", "key id of --apns-key-file (10 characters, from the Apple developer account)")
+		fs.StringVar(&c.Push.APNsTeamID, "apns-team-id", "", "Apple developer team id (the iss of the provider token)")
 	}
 	fs.Usage = func() {
 		if cmd == "migrate" {

@@ -15,6 +15,7 @@ import (
 	"github.com/chatd/chatd/server/push"
 	"github.com/chatd/chatd/server/push/webpush"
 	"github.com/chatd/chatd/server/store/scylla"
+	"golang.org/x/oauth2"
 )
 
 // Store kinds.
@@ -162,6 +163,24 @@ type PushConfig struct {
 	// HTTPClient, if set, sends the Web Push requests (tests: a client
 	// that trusts their TLS push service). No flag.
 	HTTPClient *http.Client
+
+	// FCMCredentialsFile is the Firebase service account key (JSON);
+	// zero turns FCM off. FCMProjectID overrides the project of the
+	// credentials. FCMEndpoint and FCMTokenSource (no flags) point the SDK
+	// at a test server.
+	FCMCredentialsFile string
+	FCMProjectID       string
+	FCMEndpoint        string
+	FCMTokenSource     oauth2.TokenSource
+
+	// APNsKeyFile is the .p8 token signing key, APNsKeyID its key id and
+	// APNsTeamID the Apple team id; without all three APNs is off.
+	// APNsHost and APNsHTTPClient (no flags) point it at a test server.
+	APNsKeyFile    string
+	APNsKeyID      string
+	APNsTeamID     string
+	APNsHost       string
+	APNsHTTPClient *http.Client
 }
 
 // Defaults returns c with every zero field set to its default.

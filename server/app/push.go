@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/chatd/chatd/server/account"
 	"github.com/chatd/chatd/server/push"
+	"github.com/chatd/chatd/server/push/apns"
+	"github.com/chatd/chatd/server/push/fcm"
 	"github.com/chatd/chatd/server/push/webpush"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
@@ -42,8 +45,30 @@ func (a *App) buildPush(publish func([]sequence.Committed)) (func([]sequence.Com
 	}
 	providers := []push.Provider{wp}
 	a.log.Info("push provider webpush on", "vapid_key_file", keyFile)
-	a.log.Info("push provider fcm off: no credentials")
-	a.log.Info("push provider apns off: no credentials")
+	if cfg.FCMCredentialsFile == "" && cfg.FCMTokenSource == nil {
+		a.log.Info("push provider fcm off: no credentials (--fcm-credentials-file)")
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		p, err := fcm.New(ctx, fcm.Config{CredentialsFile: cfg.FCMCredentialsFile, ProjectID: cfg.FCMProjectID,
+			Endpoint: cfg.FCMEndpoint, TokenSource: cfg.FCMTokenSource})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("push: fcm: %w", err)
+		}
+		providers = append(providers, p)
+		a.log.Info("push provider fcm on")
+	}
+	if cfg.APNsKeyFile == "" || cfg.APNsKeyID == "" || cfg.APNsTeamID == "" {
+		a.log.Info("push provider apns off: no credentials (--apns-key-file, --apns-key-id, --apns-team-id)")
+	} else {
+		p, err := apns.New(apns.Config{KeyFile: cfg.APNsKeyFile, KeyID: cfg.APNsKeyID, TeamID: cfg.APNsTeamID,
+			Host: cfg.APNsHost, HTTPClient: cfg.APNsHTTPClient})
+		if err != nil {
+			return nil, fmt.Errorf("push: apns: %w", err)
+		}
+		providers = append(providers, p)
+		a.log.Info("push provider apns on", "key_id", cfg.APNsKeyID, "team_id", cfg.APNsTeamID)
+	}
 
 	d, err := push.New(push.Config{
 		Store:     a.store,

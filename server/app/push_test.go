@@ -18,6 +18,7 @@ import (
 	"github.com/chatd/chatd/server/app"
 	"github.com/chatd/chatd/server/internal/pushtest"
 	"github.com/chatd/chatd/server/push"
+	"golang.org/x/oauth2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -402,3 +403,68 @@ func TestPush_QueuedSurviveSIGKILL(t *testing.T) {
 }
 
 func timestampIn(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(time.Now().Add(d)) }
+
+// FCM and APNs targets get the same pushes through their local fakes;
+// an FCM UNREGISTERED answer deletes that target only.
+func TestPush_FCMAndAPNs(t *testing.T) {
+	f := pushtest.StartFCM(t)
+	ap := pushtest.StartAPNs(t)
+	a, err := app.New(app.Config{
+		GRPCAddr: "127.0.0.1:0",
+		HTTPAddr: "127.0.0.1:0",
+		DataDir:  t.TempDir(),
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Push: app.PushConfig{Window: 200 * time.Millisecond,
+			FCMProjectID: f.Project, FCMEndpoint: f.URL,
+			FCMTokenSource: oauth2.StaticTokenSource(&oauth2.Token{AccessToken: f.Token, TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}),
+			APNsKeyFile:    ap.KeyFile, APNsKeyID: ap.KeyID, APNsTeamID: ap.TeamID, APNsHost: ap.URL, APNsHTTPClient: ap.Client},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Start()
+	t.Cleanup(func() { _ = a.Close() })
+	cc := dial(t, a.GRPCAddr())
+	alice := signUpLogIn(t, cc, "alice", "laptop")
+	pixel := signUpLogIn(t, cc, "bob", "pixel")
+	iphone := logIn(t, cc, "bob", "iphone")
+	const apnsTok = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"
+	f.Register("fcm-token-1")
+	ap.Register(apnsTok, "com.example.chat")
+	set := func(u *user, pt *chatv1.PushTarget) {
+		if _, err := chatv1.NewAccountServiceClient(cc).SetPushTarget(u.ctx(context.Background()), &chatv1.SetPushTargetRequest{Target: pt}); err != nil {
+			t.Fatalf("SetPushTarget: %v", err)
+		}
+	}
+	set(pixel, &chatv1.PushTarget{Target: &chatv1.PushTarget_Fcm{Fcm: &chatv1.FcmTarget{Token: "fcm-token-1"}}})
+	set(iphone, &chatv1.PushTarget{Target: &chatv1.PushTarget_Apns{Apns: &chatv1.ApnsTarget{Token: apnsTok, Topic: "com.example.chat", Sandbox: true}}})
+	as := openStream(t, alice)
+	as.send("bob", "fa-1", "one")
+	waitFor(t, func() bool { return len(f.Accepted()) == 1 && len(ap.Accepted()) == 1 })
+	aps, _ := ap.Accepted()[0].Payload["aps"].(map[string]any)
+	if aps["badge"] != float64(1) || aps["thread-id"] != "dm:alice:bob" {
+		t.Fatalf("APNs payload %v", ap.Accepted()[0].Payload)
+	}
+	f.Unregister("fcm-token-1")
+	as.send("bob", "fa-2", "two")
+	waitMetric(t, a.HTTPAddr(), `chatd_push_targets_removed_total{provider="fcm"}`, 1)
+	waitFor(t, func() bool { return len(ap.Accepted()) == 2 })
+	if aps, _ := ap.Accepted()[1].Payload["aps"].(map[string]any); aps["badge"] != float64(2) {
+		t.Fatalf("second APNs badge %v, want 2", aps["badge"])
+	}
+	ts, err := a.Store().ListPushTargets(context.Background(), "bob")
+	if err != nil || len(ts) != 1 || ts[0].DeviceID != iphone.device {
+		t.Fatalf("bob's targets after UNREGISTERED: %+v %v, want only the iphone's", ts, err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 15s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
