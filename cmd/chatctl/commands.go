@@ -38,6 +38,9 @@ func (e *env) commands() []*cobra.Command {
 		withSub(e.devicesCmd(), e.devicesRevokeCmd()),
 		e.presenceCmd(),
 		e.watchCmd(),
+		e.pushCmd(),
+		e.muteCmd(),
+		e.unmuteCmd(),
 	}
 }
 
