@@ -10,6 +10,7 @@ import (
 	"github.com/chatd/chatd/server/push"
 	"github.com/chatd/chatd/server/push/apns"
 	"github.com/chatd/chatd/server/push/fcm"
+	"github.com/chatd/chatd/server/push/redisqueue"
 	"github.com/chatd/chatd/server/push/webpush"
 	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store"
@@ -17,18 +18,37 @@ import (
 
 // buildPush builds the push providers that have credentials (logging
 // those that are off) and the dispatcher, and returns the sequencer's
-// publish callback with the dispatcher's commit hook after it. Push is off
-// with Config.Push.Off, and in cluster mode (its queue is the embedded
-// store's; see docs/push.md).
+// publish callback with the dispatcher's commit hook after it. The queue
+// is the embedded store's on a single node and a Redis Stream in a
+// cluster. Push is off with Config.Push.Off.
 func (a *App) buildPush(publish func([]sequence.Committed)) (func([]sequence.Committed), error) {
 	cfg := a.cfg.Push
 	if cfg.Off {
 		a.log.Info("push notifications off (--push-off)")
 		return publish, nil
 	}
-	queue, ok := a.store.(store.PushQueue)
-	if !ok {
-		a.log.Warn("push notifications off: the cluster push queue is not built yet (docs/push.md)")
+	var queue store.PushQueue
+	var online func(ctx context.Context, userID string) (bool, error)
+	if q, ok := a.store.(store.PushQueue); ok {
+		queue = q // single node: the embedded store
+	} else if a.redis != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		q, err := redisqueue.New(ctx, redisqueue.Config{Client: a.redis, Key: a.cfg.RedisPrefix + "push", Consumer: a.cfg.ServerID})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("push: %w", err)
+		}
+		queue = q
+		// Devices on other servers: the presence engine knows them.
+		online = func(ctx context.Context, userID string) (bool, error) {
+			ps, err := a.presence.Engine().Get(ctx, []string{userID})
+			if err != nil || len(ps) == 0 {
+				return false, err
+			}
+			return ps[0].Online, nil
+		}
+	} else {
+		a.log.Warn("push notifications off: no queue for this store")
 		return publish, nil
 	}
 	keyFile := cfg.VAPIDKeyFile
@@ -75,6 +95,7 @@ func (a *App) buildPush(publish func([]sequence.Committed)) (func([]sequence.Com
 		Queue:     queue,
 		Providers: providers,
 		HasStream: a.hub.HasStream,
+		Online:    online,
 		Unread: func(ctx context.Context, channelID, userID string) (uint32, uint32, error) {
 			return a.chatRef.Load().UnreadCounts(ctx, channelID, userID)
 		},

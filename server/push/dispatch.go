@@ -46,6 +46,11 @@ type Config struct {
 	// Required. Called on the commit path for every recipient: it must
 	// be cheap and must not block.
 	HasStream func(userID string) bool
+	// Online, if set, reports whether the user has a device up on any
+	// server (cluster mode: the presence engine, one Redis round trip per
+	// due group, never on the commit path). A user online elsewhere gets
+	// no push (dropped "online"). A failure counts as offline.
+	Online func(ctx context.Context, userID string) (bool, error)
 	// Unread returns the user's unread count in the channel and in total
 	// (the APNs badge). Required.
 	Unread func(ctx context.Context, channelID, userID string) (channel, total uint32, err error)
@@ -366,6 +371,12 @@ func (d *Dispatcher) send(g *group) {
 	if d.cfg.HasStream(g.user) {
 		finish("online", nil)
 		return
+	}
+	if d.cfg.Online != nil {
+		if on, err := d.cfg.Online(ctx, g.user); err == nil && on {
+			finish("online", nil)
+			return
+		}
 	}
 	mutes, err := d.cfg.Store.ListMutes(ctx, g.user)
 	if err != nil {
