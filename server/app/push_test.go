@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -467,4 +468,69 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestCluster_C203: case C203 across two servers. Bob's laptop has a
+// stream on s2, his phone none; alice (on s1) messages him: no push (s1's
+// worker learns from presence that bob is up on s2). When the laptop
+// closes, the next message pushes once. The queue is the cluster's Redis
+// Stream.
+func TestCluster_C203(t *testing.T) {
+	w := pushtest.StartWebPush(t)
+	vapid := filepath.Join(t.TempDir(), "vapid.json") // shared by both servers, as the docs ask
+	c := newCluster(t, nil, "--push-webpush-hosts", w.Host, "--push-collapse-window", "300ms", "--vapid-key-file", vapid,
+		"--heartbeat-interval", "500ms", "--presence-grace", "2s") // presence sees the closed laptop within 2s
+	c.env = map[string][]string{"s1": {"SSL_CERT_FILE=" + w.CertFile(t)}, "s2": {"SSL_CERT_FILE=" + w.CertFile(t)}}
+	c.start("s1")
+	c.start("s2")
+	alice := signUpLogIn(t, c.cc("s1"), "alice", "laptop")
+	laptop := signUpLogIn(t, c.cc("s2"), "bob", "laptop")
+	phone := logIn(t, c.cc("s1"), "bob", "phone")
+	sub := registerWebPush(t, phone, w)
+	as := openStream(t, alice)
+	ls := openStream(t, laptop)
+	waitFor(t, func() bool { return pushMetric(t, c.servers["s2"].http, "chatd_hub_sessions") == 1 })
+	as.send("bob", "cc203-1", "while the laptop is open on s2")
+	waitFor(t, func() bool {
+		return pushMetric(t, c.servers["s1"].http, `chatd_push_dropped_total{reason="online"}`)+
+			pushMetric(t, c.servers["s2"].http, `chatd_push_dropped_total{reason="online"}`) >= 1
+	})
+	if ps := payloads(t, w, sub); len(ps) != 0 {
+		t.Fatalf("pushed while bob's laptop had a stream on s2: %+v\n%s", ps, c.stderr())
+	}
+	ls.cancel()
+	waitFor(t, func() bool { return pushMetric(t, c.servers["s2"].http, "chatd_hub_sessions") == 0 })
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 2; len(payloads(t, w, sub)) == 0; i++ {
+		// Presence may take a moment to see the laptop go: send until a
+		// push arrives, then check it is the only one.
+		if time.Now().After(deadline) {
+			t.Fatalf("no push after the laptop closed\n%s\n%s\n%s", pushMetrics(t, c.servers["s1"].http), pushMetrics(t, c.servers["s2"].http), c.stderr())
+		}
+		as.send("bob", fmt.Sprintf("cc203-%d", i), "after the laptop closed")
+		time.Sleep(time.Second)
+	}
+	time.Sleep(time.Second)
+	if ps := payloads(t, w, sub); len(ps) != 1 || ps[0].ChannelID != "dm:alice:bob" {
+		t.Fatalf("pushes %+v, want one for dm:alice:bob", ps)
+	}
+}
+
+// pushMetrics returns the chatd_push lines of a server's /metrics (for
+// failure reports).
+func pushMetrics(t *testing.T, httpAddr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "chatd_push") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
