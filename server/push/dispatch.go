@@ -25,6 +25,10 @@ const (
 	DefaultScanLimit = 10000
 	// DefaultPoll is how often the worker looks for due jobs.
 	DefaultPoll = 100 * time.Millisecond
+	// CloseGrace is how long Close lets sends in flight finish before it
+	// cancels them; the jobs of a canceled send stay queued and are sent
+	// after the next start.
+	CloseGrace = 5 * time.Second
 	// Retry back-off: BaseBackoff * 2^attempt, at most MaxBackoff, with
 	// full jitter (a uniformly random delay in [d/2, d]).
 	BaseBackoff = time.Second
@@ -92,6 +96,8 @@ type Dispatcher struct {
 	wake      chan struct{}
 	stop      chan struct{}
 	done      sync.WaitGroup
+	ctx       context.Context // canceled by Close after CloseGrace: ends sends in flight
+	cancel    context.CancelFunc
 	inflight  sync.Map // job id -> struct{}: jobs a send is working on
 	m         metrics
 	closeOnce sync.Once
@@ -138,6 +144,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		wake:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	for _, p := range cfg.Providers {
 		d.providers[p.Kind()] = &providerSlot{p: p, sem: make(chan struct{}, cfg.Concurrency)}
 	}
@@ -169,12 +176,16 @@ func (d *Dispatcher) Start() {
 }
 
 // Close stops the goroutines after the writer has queued what it holds
-// and the sends in flight have finished. Jobs still queued are sent after
-// the next start.
+// and the sends in flight have finished (those still running after
+// CloseGrace are canceled, their jobs left queued). Jobs still queued are
+// sent after the next start.
 func (d *Dispatcher) Close() {
 	d.closeOnce.Do(func() {
 		close(d.stop)
+		t := time.AfterFunc(CloseGrace, d.cancel)
 		d.done.Wait()
+		t.Stop()
+		d.cancel()
 	})
 }
 
@@ -348,7 +359,7 @@ func (d *Dispatcher) pass(sends *sync.WaitGroup) {
 // or the channel muted; otherwise push to every target (or to the retry's
 // one device), then queue retries and delete the group's jobs.
 func (d *Dispatcher) send(g *group) {
-	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.TTL)
+	ctx, cancel := context.WithTimeout(d.ctx, d.cfg.TTL)
 	defer cancel()
 	finish := func(reason string, retries []store.PushJob) {
 		if reason != "" {
@@ -429,6 +440,9 @@ func (d *Dispatcher) send(g *group) {
 		}()
 	}
 	wg.Wait()
+	if d.ctx.Err() != nil {
+		return // shutting down: the jobs stay queued and go out after the restart
+	}
 	finish("", retries)
 }
 
@@ -486,6 +500,9 @@ func (d *Dispatcher) sendOne(ctx context.Context, slot *providerSlot, n *Notific
 	}
 	err := slot.p.Send(ctx, n)
 	<-slot.sem
+	if d.ctx.Err() != nil {
+		return store.PushJob{}, false // shutting down: the caller leaves the jobs queued
+	}
 	kind := n.Target.Kind.String()
 	if err == nil {
 		d.m.sent.WithLabelValues(kind).Inc()

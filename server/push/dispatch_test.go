@@ -228,3 +228,33 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// Close cancels a send that hangs past CloseGrace and leaves its job
+// queued for the next start.
+func TestDispatcher_CloseLeavesHungSendQueued(t *testing.T) {
+	st, err := pebble.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	hung := &fakeProvider{kind: store.PushFCM, hold: time.Hour}
+	d, err := push.New(push.Config{Store: st, Queue: st, Providers: []push.Provider{hung}, Window: time.Millisecond, Poll: 10 * time.Millisecond,
+		HasStream: func(string) bool { return false },
+		Unread:    func(context.Context, string, string) (uint32, uint32, error) { return 1, 1, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Start()
+	r := &rig{st: st, d: d}
+	r.target(t, "bob", "phone", store.PushFCM)
+	r.message("bob", 1, time.Now())
+	waitUntil(t, "the send started", func() bool { return hung.inFlight.Load() == 1 })
+	t0 := time.Now()
+	d.Close()
+	if el := time.Since(t0); el > push.CloseGrace+2*time.Second {
+		t.Fatalf("Close took %v", el)
+	}
+	if js := queued(t, st); len(js) != 1 || js[0].UserID != "bob" {
+		t.Fatalf("queue after Close: %+v, want bob's job kept", js)
+	}
+}
