@@ -387,7 +387,7 @@ func TestPush_QueuedSurviveSIGKILL(t *testing.T) {
 	as.send("bob", "kill-1", "to bob")
 	as.send("carol", "kill-2", "to carol")
 	as.send("bob", "kill-3", "to bob again")
-	time.Sleep(300 * time.Millisecond) // the queue writer has written them (well inside the window)
+	waitMetric(t, p.http, "chatd_push_enqueued_total", 3) // queued, still inside the 3s window
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
