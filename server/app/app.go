@@ -45,6 +45,7 @@ import (
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/presencesvc"
+	"github.com/chatd/chatd/server/push"
 	"github.com/chatd/chatd/server/ratelimit"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/sequence"
@@ -102,8 +103,13 @@ type App struct {
 	auth     *auth.Authenticator
 	authRef  atomic.Pointer[auth.Authenticator] // auth, for the hub's router goroutine
 	chat     *chat.Service
-	health   *health.Server
-	registry *prometheus.Registry
+	chatRef  atomic.Pointer[chat.Service] // chat, for the push dispatcher's worker
+	push     *push.Dispatcher             // nil when push is off
+	// pushAccount is what the AccountService knows of push (providers on,
+	// allow-list, VAPID public key).
+	pushAccount account.PushConfig
+	health      *health.Server
+	registry    *prometheus.Registry
 
 	closers        []func() error              // cluster clients, closed after the router
 	redis          goredis.UniversalClient     // cluster mode only
@@ -229,8 +235,11 @@ func (a *App) buildEngines() error {
 		return fmt.Errorf("tracing: %w", err)
 	}
 	tracer := a.tracing.Tracer(tracerName) // nil when off
-	a.seq = sequence.New(a.store, deliver.NewTracedPublisher(a.router, cfg.Logger, tracer),
-		sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger, Tracer: tracer})
+	publish, err := a.buildPush(deliver.NewTracedPublisher(a.router, cfg.Logger, tracer))
+	if err != nil {
+		return err
+	}
+	a.seq = sequence.New(a.store, publish, sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger, Tracer: tracer})
 	a.presence, err = presence.NewTracker(presence.TrackerConfig{
 		Engine:            eng.presence,
 		Hidden:            presence.StoreHidden(a.store),
@@ -283,9 +292,11 @@ func (a *App) buildServices() error {
 		Tracer:     a.tracing.Tracer(tracerName),
 		Logger:     cfg.Logger,
 	})
+	a.chatRef.Store(a.chat)
 	accountSvc := account.New(account.Config{
 		Store: a.store,
 		Auth:  a.auth,
+		Push:  a.pushAccount,
 		OnLogout: func(userID, deviceID string) {
 			// This server's streams of the device end now; the other
 			// servers holding the user learn it from a revocation event on
@@ -558,6 +569,9 @@ func (a *App) Start() {
 	if a.adminServer != nil {
 		go func() { _ = a.adminServer.Serve(a.adminLis) }()
 	}
+	if a.push != nil {
+		a.push.Start()
+	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	a.logConfig()
 	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "pprof", a.PprofAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
@@ -650,6 +664,9 @@ func (a *App) closeResources() error {
 		a.seq.Close() // commits what is queued
 		st := a.seq.Stats()
 		a.log.Info("shutdown: sequencer flushed", "queued", queued, "messages_committed", st.Messages, "failed", st.Failed)
+	}
+	if a.push != nil {
+		a.push.Close() // after the sequencer: its last commits are queued
 	}
 	if a.presence != nil {
 		errs = append(errs, a.presence.Close())
