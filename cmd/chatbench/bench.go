@@ -229,6 +229,7 @@ type device struct {
 	acked  atomic.Uint64 // highest inbox_seq acked
 
 	window  chan struct{}            // sends in flight (closed loop)
+	free    chan *device             // pairs mode: d goes back here when its send is answered
 	replies chan *chatv1.ServerFrame // sync pages and sync errors
 }
 
@@ -381,6 +382,9 @@ func (b *bench) sentAt(cmid string) (time.Duration, bool) {
 }
 
 func (d *device) release() {
+	if d.free != nil {
+		d.free <- d // one send in flight: room for d, never blocks
+	}
 	if d.window != nil {
 		select {
 		case <-d.window:
