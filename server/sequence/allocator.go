@@ -249,21 +249,16 @@ func (l *LocalAllocator) Horizon(ctx context.Context, userID string) (uint64, er
 	if h, ok := l.heads.get(userID); ok {
 		return h, nil
 	}
-	sh, gen := l.heads.gen(userID)
-	h, err := l.st.LastInboxSeq(ctx, userID)
-	if err != nil {
-		return 0, err
-	}
-	return sh.learn(userID, h, gen), nil
+	return l.heads.load(userID, func() (uint64, error) { return l.st.LastInboxSeq(ctx, userID) })
 }
 
 // horizons is LocalAllocator's memory of the users' horizons: sharded
 // maps (readers of different users rarely share a lock), each shard
 // dropped whole when it outgrows its part of the cache limit. A value is
-// only ever raised: Commit raises it to the last seq of a written batch,
-// and a store read of a user not in memory is kept only if no drop of the
-// shard happened since the read began (a drop could otherwise let an old
-// read replace a newer committed value: the horizon would go backwards).
+// only ever raised: Commit raises it to the last seq of a written batch.
+// A user not in memory is read from the store while its shard is locked,
+// so no Commit runs between that read and keeping its result: the value
+// kept is the newest, and a horizon never goes backwards.
 type horizons struct {
 	shards [horizonShards]horizonShard
 }
@@ -273,7 +268,6 @@ const horizonShards = 64
 type horizonShard struct {
 	mu    sync.RWMutex
 	m     map[string]uint64
-	drops uint64 // times m was dropped
 	limit int
 }
 
@@ -299,28 +293,21 @@ func (h *horizons) get(user string) (uint64, bool) {
 	return v, ok
 }
 
-// gen returns the user's shard and its drop count, taken before a store
-// read whose result learn then keeps.
-func (h *horizons) gen(user string) (*horizonShard, uint64) {
+// load returns the user's horizon, reading it with read (the store) and
+// keeping it if it is not in memory; the shard stays locked meanwhile.
+func (h *horizons) load(user string, read func() (uint64, error)) (uint64, error) {
 	sh := h.shard(user)
-	sh.mu.RLock()
-	g := sh.drops
-	sh.mu.RUnlock()
-	return sh, g
-}
-
-// learn keeps v, read from the store after gen returned drops, unless the
-// shard was dropped since; it returns the user's horizon (at least v).
-func (sh *horizonShard) learn(user string, v, drops uint64) uint64 {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if cur, ok := sh.m[user]; ok {
-		return max(cur, v)
+	if v, ok := sh.m[user]; ok {
+		return v, nil
 	}
-	if sh.drops == drops {
-		sh.put(user, v)
+	v, err := read()
+	if err != nil {
+		return 0, err
 	}
-	return v
+	sh.put(user, v)
+	return v, nil
 }
 
 // raise sets the user's horizon to max(current, v).
@@ -336,7 +323,6 @@ func (h *horizons) raise(user string, v uint64) {
 func (sh *horizonShard) put(user string, v uint64) {
 	if _, ok := sh.m[user]; !ok && len(sh.m) >= sh.limit {
 		sh.m = make(map[string]uint64)
-		sh.drops++
 	}
 	sh.m[user] = v
 }
