@@ -36,6 +36,11 @@ const (
 // 3 MiB; grpc-go's default limit is 4 MiB) with room to spare.
 const maxRecvBytes = 16 << 20
 
+// recvWindow is a connection's and a stream's HTTP/2 receive window: a
+// whole sync page (chatd cuts them at 3 MiB) flows without waiting for a
+// window update.
+const recvWindow = 4 << 20
+
 // bench is one run: configuration, counters, latency histograms and the
 // simulated devices.
 type bench struct {
@@ -186,6 +191,10 @@ func dialOptions(local net.IP) []grpc.DialOption {
 		grpc.WithReadBufferSize(8 << 10),
 		grpc.WithWriteBufferSize(8 << 10),
 		grpc.WithSharedWriteBuffer(true),
+		// Static receive windows, as the SDK (client/) uses: no BDP ping
+		// after every frame the server sends (see docs/performance.md).
+		grpc.WithInitialWindowSize(recvWindow),
+		grpc.WithInitialConnWindowSize(recvWindow),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
 		grpc.WithDisableServiceConfig(),
 		grpc.WithUserAgent("chatbench"),
@@ -229,6 +238,7 @@ type device struct {
 	acked  atomic.Uint64 // highest inbox_seq acked
 
 	window  chan struct{}            // sends in flight (closed loop)
+	free    chan *device             // pairs mode: d goes back here when its send is answered
 	replies chan *chatv1.ServerFrame // sync pages and sync errors
 }
 
@@ -381,6 +391,9 @@ func (b *bench) sentAt(cmid string) (time.Duration, bool) {
 }
 
 func (d *device) release() {
+	if d.free != nil {
+		d.free <- d // one send in flight: room for d, never blocks
+	}
 	if d.window != nil {
 		select {
 		case <-d.window:

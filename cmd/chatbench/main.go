@@ -9,6 +9,7 @@
 //	setup        create the users and device tokens a later run needs
 //	connections  open N idle streams; server memory per connection
 //	direct       1:1 messages between random pairs
+//	pairs        the peer comparisons' shape: fixed sender -> receiver pairs, one in flight each
 //	group        messages to groups of --group-size members
 //	sync         devices come back after --backlog messages and sync them
 //
@@ -56,6 +57,7 @@ Subcommands:
   setup        create users and device tokens (cached in --token-cache)
   connections  open --conns idle streams; server memory per connection
   direct       1:1 messages between random pairs at --rate (0: as fast as acked)
+  pairs        --pairs fixed sender -> receiver pairs, one send in flight each, at --rate
   group        messages to --groups groups of --group-size members
   sync         devices come back after --backlog messages and sync them
 
@@ -82,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		mode = runConnections
 	case "direct":
 		mode = runDirect
+	case "pairs":
+		mode = runPairs
 	case "group":
 		mode = runGroup
 	case "sync":
@@ -164,6 +168,7 @@ type config struct {
 	drain          time.Duration
 	ackInterval    time.Duration
 	peers          int
+	pairs          int
 	groups         int
 	groupSize      int
 	backlog        int
@@ -216,6 +221,14 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		fs.Float64Var(&c.rate, "rate", 1000, "messages per second in total (0: every sending device keeps --window sends in flight)")
 		fs.IntVar(&c.window, "window", 4, "sends in flight per device with --rate 0")
 		fs.IntVar(&c.workers, "workers", 64, "sending goroutines with --rate > 0")
+		fs.IntVar(&c.size, "size", 100, "message text size in bytes")
+		fs.DurationVar(&c.drain, "drain", 15*time.Second, "after sending, wait at most this long for outstanding acks and deliveries")
+		fs.DurationVar(&c.ackInterval, "ack-interval", time.Second, "each device acks its highest received inbox_seq this often (0: never)")
+	case "pairs":
+		fs.IntVar(&c.pairs, "pairs", 500, "sender -> receiver pairs of distinct users (2 x pairs connections)")
+		fs.DurationVar(&c.duration, "duration", 30*time.Second, "how long to send")
+		fs.Float64Var(&c.rate, "rate", 1000, "messages per second in total (each sender has at most one in flight)")
+		fs.IntVar(&c.workers, "workers", 4, "sending goroutines")
 		fs.IntVar(&c.size, "size", 100, "message text size in bytes")
 		fs.DurationVar(&c.drain, "drain", 15*time.Second, "after sending, wait at most this long for outstanding acks and deliveries")
 		fs.DurationVar(&c.ackInterval, "ack-interval", time.Second, "each device acks its highest received inbox_seq this often (0: never)")
@@ -275,6 +288,12 @@ func (c *config) validate() error {
 	case "group":
 		check(c.groups >= 1, "--groups must be >= 1")
 		check(c.groupSize >= 2 && c.groupSize <= 100, "--group-size must be 2..100")
+	case "pairs":
+		check(c.pairs >= 1, "--pairs must be >= 1")
+		check(c.duration > 0, "--duration must be > 0")
+		check(c.rate > 0, "--rate must be > 0")
+		check(c.workers >= 1, "--workers must be >= 1")
+		check(c.size >= 1 && c.size <= 65536, "--size must be 1..65536 bytes")
 	case "sync":
 		check(c.users >= 1, "--users must be >= 1")
 		check(c.backlog >= 1, "--backlog must be >= 1")

@@ -78,6 +78,19 @@ const (
 	maxSendMsgBytes = 16 << 20
 )
 
+// Static HTTP/2 receive windows of the gRPC server (grpc.InitialWindowSize,
+// grpc.InitialConnWindowSize). Set, they turn off grpc-go's BDP estimator,
+// which otherwise answers the first DATA frame after each round trip with
+// a WINDOW_UPDATE and a PING that the client acks: on a chat stream, whose
+// frames are small and spaced out, that is nearly every frame a device
+// sends, a write and a read of the server's each (docs/performance.md,
+// issue 16). A stream's window holds one largest frame (maxRecvMsgBytes);
+// what a client may have unread at the server is bounded by them.
+const (
+	streamRecvWindow = maxRecvMsgBytes
+	connRecvWindow   = 4 * maxRecvMsgBytes
+)
+
 // publicMethods need no bearer token.
 var publicMethods = []string{
 	chatv1.AccountService_SignUp_FullMethodName,
@@ -384,6 +397,8 @@ func (a *App) newGRPCServer() *grpc.Server {
 		grpc.MaxConcurrentStreams(a.cfg.MaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		grpc.MaxSendMsgSize(maxSendMsgBytes),
+		grpc.InitialWindowSize(streamRecvWindow),
+		grpc.InitialConnWindowSize(connRecvWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
 		// Server pings detect half-open connections (a device that vanished
 		// without a FIN) within Time+Timeout.
