@@ -119,6 +119,10 @@ type Config struct {
 	// MaxConcurrentStreams per HTTP/2 connection (CVE-2023-44487 rapid reset
 	// mitigation). Zero means DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams uint32
+	// AllowedOrigins are the browser origins (scheme://host[:port]) other
+	// than chatd's own page that may call it through grpc-web (CORS) and
+	// grpc-web over WebSocket; "*" allows any. Zero: same origin only.
+	AllowedOrigins []string
 	// PprofAddr, if set, serves net/http/pprof's /debug/pprof/ on a
 	// listener of its own (host:port; bind it to loopback). Zero: off.
 	PprofAddr string

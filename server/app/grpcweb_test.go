@@ -1,0 +1,471 @@
+package app_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	be "encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/app"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"nhooyr.io/websocket"
+)
+
+// webChat is a Chat stream over grpc-web's WebSocket transport, spoken by
+// hand as a browser's client library does (see server/app/grpcweb.go for
+// the protocol). It implements chatv1.ChatService_ChatClient, so the
+// native tests' stream helpers drive it unchanged.
+type webChat struct {
+	ctx     context.Context
+	conn    *websocket.Conn
+	buf     []byte // server bytes not yet parsed into frames
+	header  metadata.MD
+	trailer metadata.MD
+	done    error // the stream's end, once known
+	sendMu  sync.Mutex
+}
+
+// dialWebChat opens method over grpc-web WebSocket at httpAddr with the
+// given request headers (origin: the Origin header, "" for none).
+func dialWebChat(ctx context.Context, httpAddr, method, origin string, headers map[string]string) (*webChat, *http.Response, error) {
+	h := http.Header{}
+	if origin != "" {
+		h.Set("Origin", origin)
+	}
+	conn, resp, err := websocket.Dial(ctx, "ws://"+httpAddr+method, &websocket.DialOptions{
+		Subprotocols: []string{"grpc-websockets"},
+		HTTPHeader:   h,
+	})
+	if err != nil {
+		return nil, resp, err
+	}
+	conn.SetReadLimit(1 << 24)
+	var hb strings.Builder
+	hb.WriteString("content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n")
+	for k, v := range headers {
+		fmt.Fprintf(&hb, "%s: %s\r\n", k, v)
+	}
+	if err := conn.Write(ctx, websocket.MessageBinary, []byte(hb.String())); err != nil {
+		return nil, resp, err
+	}
+	return &webChat{ctx: ctx, conn: conn}, resp, nil
+}
+
+func (w *webChat) sendBytes(b []byte) error {
+	w.sendMu.Lock()
+	defer w.sendMu.Unlock()
+	return w.conn.Write(w.ctx, websocket.MessageBinary, b)
+}
+
+func (w *webChat) Send(f *chatv1.ClientFrame) error { return w.SendMsg(f) }
+
+func (w *webChat) SendMsg(m any) error {
+	b, err := proto.Marshal(m.(proto.Message))
+	if err != nil {
+		return err
+	}
+	msg := make([]byte, 6+len(b)) // 0x00 (a message), then the gRPC length-prefixed message
+	be.BigEndian.PutUint32(msg[2:6], uint32(len(b)))
+	copy(msg[6:], b)
+	return w.sendBytes(msg)
+}
+
+func (w *webChat) CloseSend() error { return w.sendBytes([]byte{1}) }
+
+// next returns the next grpc-web frame: its flag byte and payload.
+func (w *webChat) next() (byte, []byte, error) {
+	for {
+		if len(w.buf) >= 5 {
+			n := int(be.BigEndian.Uint32(w.buf[1:5]))
+			if len(w.buf) >= 5+n {
+				flag, payload := w.buf[0], w.buf[5:5+n]
+				w.buf = w.buf[5+n:]
+				return flag, payload, nil
+			}
+		}
+		typ, b, err := w.conn.Read(w.ctx)
+		if err != nil {
+			return 0, nil, err
+		}
+		if typ != websocket.MessageBinary {
+			return 0, nil, fmt.Errorf("server sent a %v WebSocket message", typ)
+		}
+		w.buf = append(w.buf, b...)
+	}
+}
+
+func parseWebHeaders(b []byte) (metadata.MD, error) {
+	h, err := textproto.NewReader(bufio.NewReader(io.MultiReader(bytes.NewReader(b), strings.NewReader("\r\n")))).ReadMIMEHeader()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	md := metadata.MD{}
+	for k, vs := range h {
+		md[strings.ToLower(k)] = vs
+	}
+	return md, nil
+}
+
+// statusOf turns trailers into the call's status, as grpc-go's client
+// does: grpc-status, grpc-message and grpc-status-details-bin.
+func statusOf(md metadata.MD) error {
+	codeS := md.Get("grpc-status")
+	if len(codeS) == 0 {
+		return status.Error(codes.Internal, "trailers without grpc-status")
+	}
+	code, _ := strconv.Atoi(codeS[0])
+	if code == 0 {
+		return io.EOF
+	}
+	msg := ""
+	if m := md.Get("grpc-message"); len(m) > 0 {
+		msg = m[0] // percent-encoded (gRPC spec); our messages are plain ASCII
+	}
+	if d := md.Get("grpc-status-details-bin"); len(d) > 0 {
+		raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(d[0], "="))
+		if err == nil {
+			var p spb.Status
+			if proto.Unmarshal(raw, &p) == nil {
+				return status.FromProto(&p).Err()
+			}
+		}
+	}
+	return status.Error(codes.Code(code), msg)
+}
+
+func (w *webChat) Recv() (*chatv1.ServerFrame, error) {
+	f := new(chatv1.ServerFrame)
+	if err := w.RecvMsg(f); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (w *webChat) RecvMsg(m any) error {
+	if w.done != nil {
+		return w.done
+	}
+	for {
+		flag, payload, err := w.next()
+		if err != nil {
+			w.done = fmt.Errorf("stream closed without a status: %w", err)
+			return w.done
+		}
+		if flag&0x80 == 0 {
+			if w.header == nil {
+				w.done = errors.New("message before headers")
+				return w.done
+			}
+			return proto.Unmarshal(payload, m.(proto.Message))
+		}
+		md, err := parseWebHeaders(payload)
+		if err != nil {
+			w.done = err
+			return err
+		}
+		if w.header == nil && len(md.Get("grpc-status")) == 0 {
+			w.header = md
+			continue
+		}
+		w.trailer = md // trailers, or a trailers-only answer
+		w.done = statusOf(md)
+		return w.done
+	}
+}
+
+func (w *webChat) Header() (metadata.MD, error) { return w.header, nil }
+func (w *webChat) Trailer() metadata.MD         { return w.trailer }
+func (w *webChat) Context() context.Context     { return w.ctx }
+func (w *webChat) close()                       { _ = w.conn.Close(websocket.StatusNormalClosure, "") }
+
+// openWebStream opens u's Chat stream over grpc-web WebSocket and reads
+// its Welcome.
+func openWebStream(t *testing.T, httpAddr string, u *user) (*stream, *webChat) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	wc, _, err := dialWebChat(ctx, httpAddr, "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer " + u.token})
+	if err != nil {
+		cancel()
+		t.Fatalf("grpc-web Chat: %v", err)
+	}
+	t.Cleanup(func() { cancel(); wc.close() })
+	f, err := wc.Recv()
+	if err != nil || f.GetWelcome() == nil {
+		cancel()
+		t.Fatalf("grpc-web welcome: %v %v", f, err)
+	}
+	return &stream{t: t, s: wc, welcome: f.GetWelcome(), cancel: cancel}, wc
+}
+
+// recvDeliveries reads n live deliveries from st, skipping other frames.
+func recvDeliveries(t *testing.T, st *stream, n int) []*chatv1.Delivery {
+	t.Helper()
+	var out []*chatv1.Delivery
+	for len(out) < n {
+		f, err := st.s.Recv()
+		if err != nil {
+			t.Fatalf("after %d of %d deliveries: %v", len(out), n, err)
+		}
+		if d := f.GetDelivery(); d != nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// TestGRPCWeb_ExactlyOnceInOrder: the checks the native end-to-end tests
+// make (contiguous inbox seqs, every acked message once and in send order,
+// the stored cursor resumed, an idempotent resend stores nothing) over a
+// grpc-web WebSocket Chat stream: bob reads live deliveries, acks part of
+// them, drops the stream, misses more, reconnects and syncs.
+func TestGRPCWeb_ExactlyOnceInOrder(t *testing.T) {
+	a := startApp(t, t.TempDir())
+	cc := dial(t, a.GRPCAddr())
+	alice := signUpLogIn(t, cc, "alice", "phone")
+	bob := signUpLogIn(t, cc, "bob", "browser")
+	as := openStream(t, alice)
+
+	bs, bw := openWebStream(t, a.HTTPAddr(), bob)
+	const n1, n2, acked = 60, 40, 25
+	var acks []*chatv1.SendAck
+	for i := range n1 {
+		acks = append(acks, as.send("bob", fmt.Sprintf("w1-%d", i), fmt.Sprintf("live %d", i)))
+	}
+	live := recvDeliveries(t, bs, n1)
+	if err := seqsContiguous(live, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range live {
+		if d.GetMessage().GetMessageId() != acks[i].GetMessageId() {
+			t.Fatalf("live delivery %d is message %d, want %d", i, d.GetMessage().GetMessageId(), acks[i].GetMessageId())
+		}
+	}
+	if got := bs.ack(live[acked-1].GetInboxSeq()); got != acked {
+		t.Fatalf("cursor after ack = %d, want %d", got, acked)
+	}
+	// bob sends over grpc-web; a resend of the same client_message_id is
+	// the same message, stored once.
+	first := bs.send("alice", "from-web-1", "hi alice")
+	again := bs.send("alice", "from-web-1", "hi alice")
+	if first.GetMessageId() != again.GetMessageId() {
+		t.Fatalf("resend over grpc-web: %v then %v, want the same message", first, again)
+	}
+	bw.close()
+	bs.cancel()
+
+	for i := range n2 {
+		acks = append(acks, as.send("bob", fmt.Sprintf("w2-%d", i), fmt.Sprintf("missed %d", i)))
+	}
+	bs2, _ := openWebStream(t, a.HTTPAddr(), bob)
+	if bs2.welcome.GetCursor() != acked {
+		t.Fatalf("welcome cursor %d, want the acked %d", bs2.welcome.GetCursor(), acked)
+	}
+	ds := bs2.syncAll(bs2.welcome.GetCursor(), 7) // small pages: many round trips
+	// bob's inbox: the live messages he did not ack, his own message (every
+	// device of the sender gets it), the ones he missed.
+	var want []*chatv1.SendAck
+	want = append(want, acks[acked:n1]...)
+	want = append(want, first)
+	want = append(want, acks[n1:]...)
+	if len(ds) != len(want) {
+		t.Fatalf("sync after reconnect: %d deliveries, want %d: %v", len(ds), len(want), texts(ds))
+	}
+	if err := seqsContiguous(ds, acked); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range ds {
+		if d.GetMessage().GetMessageId() != want[i].GetMessageId() {
+			t.Fatalf("synced delivery %d is message %d, want %d", i, d.GetMessage().GetMessageId(), want[i].GetMessageId())
+		}
+	}
+	// Live again: the next message arrives once, right after the synced ones.
+	next := as.send("bob", "w3", "after sync")
+	d := recvDeliveries(t, bs2, 1)[0]
+	if d.GetMessage().GetMessageId() != next.GetMessageId() || d.GetInboxSeq() != ds[len(ds)-1].GetInboxSeq()+1 {
+		t.Fatalf("live after sync: %v, want message %d at seq %d", d, next.GetMessageId(), ds[len(ds)-1].GetInboxSeq()+1)
+	}
+	// alice got bob's grpc-web message once.
+	hist, err := chatv1.NewChatServiceClient(cc).GetHistory(alice.ctx(context.Background()), &chatv1.GetHistoryRequest{ToUser: "bob", PageSize: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := 0
+	for _, m := range hist.GetMessages() {
+		if m.GetClientMessageId() == "from-web-1" {
+			count++
+		}
+	}
+	if count != 1 {
+		t.Fatalf("bob's grpc-web message is in history %d times, want once", count)
+	}
+}
+
+// TestGRPCWeb_LiveErrorReachesClient: a server-side error on a live
+// grpc-web stream (the device logged out from another device) reaches the
+// client in the trailers with its code and ErrorInfo reason
+// (improbable-eng/grpc-web#543 and #663 lost them); so does an error
+// before the first message (a trailers-only answer: a bad token), and the
+// Unavailable of a graceful shutdown.
+func TestGRPCWeb_LiveErrorReachesClient(t *testing.T) {
+	a := startApp(t, t.TempDir())
+	cc := dial(t, a.GRPCAddr())
+	alice := signUpLogIn(t, cc, "alice", "phone")
+	bobWeb := signUpLogIn(t, cc, "bob", "browser")
+	bobPhone := logIn(t, cc, "bob", "phone")
+	as := openStream(t, alice)
+
+	bs, _ := openWebStream(t, a.HTTPAddr(), bobWeb)
+	as.send("bob", "e1", "before the log-out")
+	recvDeliveries(t, bs, 1)
+	if _, err := chatv1.NewAccountServiceClient(cc).RevokeDevice(bobPhone.ctx(context.Background()), &chatv1.RevokeDeviceRequest{DeviceId: bobWeb.device}); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for err == nil {
+		_, err = bs.s.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("live grpc-web stream after the device was revoked ended with %v, want Unauthenticated", err)
+	}
+	if reason := errorReason(err); reason != "DEVICE_REVOKED" {
+		t.Fatalf("reason %q (%v), want DEVICE_REVOKED", reason, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	wc, _, err := dialWebChat(ctx, a.HTTPAddr(), "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer not-a-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wc.close()
+	if _, err := wc.Recv(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("grpc-web Chat with a bad token: %v, want Unauthenticated", err)
+	}
+
+	// Graceful shutdown: the browser is told Unavailable (reconnect).
+	carol := signUpLogIn(t, cc, "carol", "browser")
+	cs, _ := openWebStream(t, a.HTTPAddr(), carol)
+	go func() { _ = a.Close() }()
+	for err = nil; err == nil; {
+		_, err = cs.s.Recv()
+	}
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("grpc-web stream at shutdown ended with %v, want Unavailable", err)
+	}
+}
+
+func errorReason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			return ei.GetReason()
+		}
+	}
+	return ""
+}
+
+// TestGRPCWeb_Origins: with no --allowed-origins only the page's own
+// origin (and non-browser clients, which send none) may open a grpc-web
+// WebSocket; a listed origin may; "*" allows any. Plain grpc-web (unary,
+// over HTTP) follows the same rule, and CORS answers only listed origins.
+func TestGRPCWeb_Origins(t *testing.T) {
+	for _, c := range []struct {
+		allowed []string
+		origin  string
+		ok      bool
+	}{
+		{nil, "", true},
+		{nil, "http://HOST", true},
+		{nil, "http://evil.example", false},
+		{[]string{"https://app.example"}, "https://app.example", true},
+		{[]string{"https://app.example"}, "http://evil.example", false},
+		{[]string{"*"}, "http://evil.example", true},
+	} {
+		t.Run(fmt.Sprintf("%v/%s", c.allowed, c.origin), func(t *testing.T) {
+			a, err := app.New(app.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
+				AllowedOrigins: c.allowed, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Start()
+			t.Cleanup(func() { _ = a.Close() })
+			origin := strings.Replace(c.origin, "HOST", a.HTTPAddr(), 1)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			wc, resp, err := dialWebChat(ctx, a.HTTPAddr(), "/chat.v1.DiscoveryService/GetEndpoints", origin, nil)
+			if c.ok {
+				if err != nil {
+					t.Fatalf("WebSocket from %q refused: %v", origin, err)
+				}
+				wc.close()
+			} else if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("WebSocket from %q: %v %v, want 403", origin, resp, err)
+			}
+
+			// Plain grpc-web unary call: Discovery.GetEndpoints.
+			req, _ := http.NewRequest("POST", "http://"+a.HTTPAddr()+"/chat.v1.DiscoveryService/GetEndpoints", bytes.NewReader([]byte{0, 0, 0, 0, 0}))
+			req.Header.Set("Content-Type", "application/grpc-web+proto")
+			req.Header.Set("X-Grpc-Web", "1")
+			if origin != "" {
+				req.Header.Set("Origin", origin)
+			}
+			hr, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(hr.Body)
+			hr.Body.Close()
+			if c.ok {
+				if hr.StatusCode != 200 || !bytes.Contains(body, []byte("grpc-status: 0\r\n")) {
+					t.Fatalf("grpc-web POST from %q: %d %q, want 200 and grpc-status 0", origin, hr.StatusCode, body)
+				}
+			} else if hr.StatusCode != http.StatusForbidden {
+				t.Fatalf("grpc-web POST from %q: %d, want 403", origin, hr.StatusCode)
+			}
+		})
+	}
+}
+
+// TestWebAppServed: / is the web app with a Content-Security-Policy that
+// allows no inline script, and its script is served from /assets/.
+func TestWebAppServed(t *testing.T) {
+	a := startApp(t, t.TempDir())
+	resp, err := http.Get("http://" + a.HTTPAddr() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	csp := resp.Header.Get("Content-Security-Policy")
+	if resp.StatusCode != 200 || !strings.Contains(csp, "script-src 'self'") || strings.Contains(csp, "unsafe-inline") {
+		t.Fatalf("GET /: %d, CSP %q", resp.StatusCode, csp)
+	}
+	if bytes.Contains(body, []byte("<script>")) || !bytes.Contains(body, []byte(`src="/assets/app.js"`)) {
+		t.Fatalf("index.html has an inline script or lacks /assets/app.js:\n%s", body)
+	}
+	resp, err = http.Get("http://" + a.HTTPAddr() + "/assets/app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Content-Type"), "javascript") {
+		t.Fatalf("GET /assets/app.js: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
