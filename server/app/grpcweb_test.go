@@ -1,212 +1,35 @@
 package app_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
-	be "encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/textproto"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/chatd/chatd/client/grpcweb"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/app"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"nhooyr.io/websocket"
 )
-
-// webChat is a Chat stream over grpc-web's WebSocket transport, spoken by
-// hand as a browser's client library does (see server/app/grpcweb.go for
-// the protocol). It implements chatv1.ChatService_ChatClient, so the
-// native tests' stream helpers drive it unchanged.
-type webChat struct {
-	ctx     context.Context
-	conn    *websocket.Conn
-	buf     []byte // server bytes not yet parsed into frames
-	header  metadata.MD
-	trailer metadata.MD
-	done    error // the stream's end, once known
-	sendMu  sync.Mutex
-}
-
-// dialWebChat opens method over grpc-web WebSocket at httpAddr with the
-// given request headers (origin: the Origin header, "" for none).
-func dialWebChat(ctx context.Context, httpAddr, method, origin string, headers map[string]string) (*webChat, *http.Response, error) {
-	h := http.Header{}
-	if origin != "" {
-		h.Set("Origin", origin)
-	}
-	conn, resp, err := websocket.Dial(ctx, "ws://"+httpAddr+method, &websocket.DialOptions{
-		Subprotocols: []string{"grpc-websockets"},
-		HTTPHeader:   h,
-	})
-	if err != nil {
-		return nil, resp, err
-	}
-	conn.SetReadLimit(1 << 24)
-	var hb strings.Builder
-	hb.WriteString("content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n")
-	for k, v := range headers {
-		fmt.Fprintf(&hb, "%s: %s\r\n", k, v)
-	}
-	if err := conn.Write(ctx, websocket.MessageBinary, []byte(hb.String())); err != nil {
-		return nil, resp, err
-	}
-	return &webChat{ctx: ctx, conn: conn}, resp, nil
-}
-
-func (w *webChat) sendBytes(b []byte) error {
-	w.sendMu.Lock()
-	defer w.sendMu.Unlock()
-	return w.conn.Write(w.ctx, websocket.MessageBinary, b)
-}
-
-func (w *webChat) Send(f *chatv1.ClientFrame) error { return w.SendMsg(f) }
-
-func (w *webChat) SendMsg(m any) error {
-	b, err := proto.Marshal(m.(proto.Message))
-	if err != nil {
-		return err
-	}
-	msg := make([]byte, 6+len(b)) // 0x00 (a message), then the gRPC length-prefixed message
-	be.BigEndian.PutUint32(msg[2:6], uint32(len(b)))
-	copy(msg[6:], b)
-	return w.sendBytes(msg)
-}
-
-func (w *webChat) CloseSend() error { return w.sendBytes([]byte{1}) }
-
-// next returns the next grpc-web frame: its flag byte and payload.
-func (w *webChat) next() (byte, []byte, error) {
-	for {
-		if len(w.buf) >= 5 {
-			n := int(be.BigEndian.Uint32(w.buf[1:5]))
-			if len(w.buf) >= 5+n {
-				flag, payload := w.buf[0], w.buf[5:5+n]
-				w.buf = w.buf[5+n:]
-				return flag, payload, nil
-			}
-		}
-		typ, b, err := w.conn.Read(w.ctx)
-		if err != nil {
-			return 0, nil, err
-		}
-		if typ != websocket.MessageBinary {
-			return 0, nil, fmt.Errorf("server sent a %v WebSocket message", typ)
-		}
-		w.buf = append(w.buf, b...)
-	}
-}
-
-func parseWebHeaders(b []byte) (metadata.MD, error) {
-	h, err := textproto.NewReader(bufio.NewReader(io.MultiReader(bytes.NewReader(b), strings.NewReader("\r\n")))).ReadMIMEHeader()
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	md := metadata.MD{}
-	for k, vs := range h {
-		md[strings.ToLower(k)] = vs
-	}
-	return md, nil
-}
-
-// statusOf turns trailers into the call's status, as grpc-go's client
-// does: grpc-status, grpc-message and grpc-status-details-bin.
-func statusOf(md metadata.MD) error {
-	codeS := md.Get("grpc-status")
-	if len(codeS) == 0 {
-		return status.Error(codes.Internal, "trailers without grpc-status")
-	}
-	code, _ := strconv.Atoi(codeS[0])
-	if code == 0 {
-		return io.EOF
-	}
-	msg := ""
-	if m := md.Get("grpc-message"); len(m) > 0 {
-		msg = m[0] // percent-encoded (gRPC spec); our messages are plain ASCII
-	}
-	if d := md.Get("grpc-status-details-bin"); len(d) > 0 {
-		raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(d[0], "="))
-		if err == nil {
-			var p spb.Status
-			if proto.Unmarshal(raw, &p) == nil {
-				return status.FromProto(&p).Err()
-			}
-		}
-	}
-	return status.Error(codes.Code(code), msg)
-}
-
-func (w *webChat) Recv() (*chatv1.ServerFrame, error) {
-	f := new(chatv1.ServerFrame)
-	if err := w.RecvMsg(f); err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-func (w *webChat) RecvMsg(m any) error {
-	if w.done != nil {
-		return w.done
-	}
-	for {
-		flag, payload, err := w.next()
-		if err != nil {
-			w.done = fmt.Errorf("stream closed without a status: %w", err)
-			return w.done
-		}
-		if flag&0x80 == 0 {
-			if w.header == nil {
-				w.done = errors.New("message before headers")
-				return w.done
-			}
-			return proto.Unmarshal(payload, m.(proto.Message))
-		}
-		md, err := parseWebHeaders(payload)
-		if err != nil {
-			w.done = err
-			return err
-		}
-		if w.header == nil && len(md.Get("grpc-status")) == 0 {
-			w.header = md
-			continue
-		}
-		w.trailer = md // trailers, or a trailers-only answer
-		w.done = statusOf(md)
-		return w.done
-	}
-}
-
-func (w *webChat) Header() (metadata.MD, error) { return w.header, nil }
-func (w *webChat) Trailer() metadata.MD         { return w.trailer }
-func (w *webChat) Context() context.Context     { return w.ctx }
-func (w *webChat) close()                       { _ = w.conn.Close(websocket.StatusNormalClosure, "") }
 
 // openWebStream opens u's Chat stream over grpc-web WebSocket and reads
 // its Welcome.
-func openWebStream(t *testing.T, httpAddr string, u *user) (*stream, *webChat) {
+func openWebStream(t *testing.T, httpAddr string, u *user) (*stream, *grpcweb.Stream) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	wc, _, err := dialWebChat(ctx, httpAddr, "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer " + u.token})
+	wc, _, err := grpcweb.Dial(ctx, httpAddr, "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer " + u.token})
 	if err != nil {
 		cancel()
 		t.Fatalf("grpc-web Chat: %v", err)
 	}
-	t.Cleanup(func() { cancel(); wc.close() })
+	t.Cleanup(func() { cancel(); wc.Close() })
 	f, err := wc.Recv()
 	if err != nil || f.GetWelcome() == nil {
 		cancel()
@@ -268,7 +91,7 @@ func TestGRPCWeb_ExactlyOnceInOrder(t *testing.T) {
 	if first.GetMessageId() != again.GetMessageId() {
 		t.Fatalf("resend over grpc-web: %v then %v, want the same message", first, again)
 	}
-	bw.close()
+	bw.Close()
 	bs.cancel()
 
 	for i := range n2 {
@@ -351,11 +174,11 @@ func TestGRPCWeb_LiveErrorReachesClient(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	wc, _, err := dialWebChat(ctx, a.HTTPAddr(), "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer not-a-token"})
+	wc, _, err := grpcweb.Dial(ctx, a.HTTPAddr(), "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer not-a-token"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer wc.close()
+	defer wc.Close()
 	if _, err := wc.Recv(); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("grpc-web Chat with a bad token: %v, want Unauthenticated", err)
 	}
@@ -409,12 +232,12 @@ func TestGRPCWeb_Origins(t *testing.T) {
 			origin := strings.Replace(c.origin, "HOST", a.HTTPAddr(), 1)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			wc, resp, err := dialWebChat(ctx, a.HTTPAddr(), "/chat.v1.DiscoveryService/GetEndpoints", origin, nil)
+			wc, resp, err := grpcweb.Dial(ctx, a.HTTPAddr(), "/chat.v1.DiscoveryService/GetEndpoints", origin, nil)
 			if c.ok {
 				if err != nil {
 					t.Fatalf("WebSocket from %q refused: %v", origin, err)
 				}
-				wc.close()
+				wc.Close()
 			} else if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 				t.Fatalf("WebSocket from %q: %v %v, want 403", origin, resp, err)
 			}
