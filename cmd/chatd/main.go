@@ -115,7 +115,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.IntVar(&o.replicationFactor, "replication-factor", 3, "replicas of every row (1 for a single-node development cluster)")
 	} else {
 		fs.StringVar(&c.GRPCAddr, "grpc-addr", d.GRPCAddr, "gRPC listen address (Chat stream, all services, reflection, health)")
-		fs.StringVar(&c.HTTPAddr, "http-addr", d.HTTPAddr, "HTTP listen address (REST gateway /v1/, /openapi.json, /healthz, /readyz, /metrics)")
+		fs.StringVar(&c.HTTPAddr, "http-addr", d.HTTPAddr, "HTTP listen address (REST gateway /v1/, /openapi.json, /healthz, /readyz, /metrics, grpc-web, the web app at /)")
 		fs.StringVar(&c.DataDir, "data-dir", d.DataDir, "directory of the embedded store and the token key")
 		fs.StringVar(&c.ServerID, "server-id", "", "name of this server, unique in a cluster (default: hostname:grpc-port)")
 		fs.StringVar(&c.AdvertiseGRPC, "advertise-grpc", "", "gRPC address handed to clients by Discovery (default: the bound address)")

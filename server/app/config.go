@@ -46,7 +46,8 @@ type Config struct {
 	// means DefaultGRPCAddr. Use "127.0.0.1:0" in tests.
 	GRPCAddr string
 	// HTTPAddr is the HTTP listener: REST gateway under /v1/,
-	// /openapi.json, /healthz, /readyz and /metrics. Zero means
+	// /openapi.json, /healthz, /readyz, /metrics, grpc-web (and over
+	// WebSocket) for every gRPC service, and the web app at /. Zero means
 	// DefaultHTTPAddr.
 	HTTPAddr string
 	// DataDir holds the embedded store and the token signing key. Zero
