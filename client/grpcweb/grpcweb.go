@@ -44,7 +44,7 @@ var _ chatv1.ChatService_ChatClient = (*Stream)(nil)
 // DialChat opens the Chat stream of the device whose bearer token is token
 // at httpAddr; see Dial.
 func DialChat(ctx context.Context, httpAddr, token string) (*Stream, error) {
-	s, _, err := Dial(ctx, httpAddr, "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer " + token})
+	s, _, err := Dial(ctx, httpAddr, "/chat.v1.ChatService/Chat", Options{Headers: map[string]string{"authorization": "Bearer " + token}})
 	return s, err
 }
 
@@ -63,20 +63,31 @@ type Stream struct {
 	sendMu  sync.Mutex
 }
 
+// Options of Dial.
+type Options struct {
+	// Headers are the request headers (e.g. "authorization": "Bearer <token>").
+	Headers map[string]string
+	// Origin is the Origin header of the handshake; "" sends none, as
+	// non-browser clients do.
+	Origin string
+	// HTTPClient makes the handshake; nil means http.DefaultClient.
+	HTTPClient *http.Client
+}
+
 // Dial opens method ("/chat.v1.ChatService/Chat") over grpc-web WebSocket
 // at httpAddr (host:port of chatd's HTTP listener) and sends the request
-// headers (e.g. "authorization": "Bearer <token>"); origin is the Origin
-// header of the handshake ("" for none, as non-browser clients send). The
-// returned response is the handshake's (a refused origin is a 403). The
-// stream lives until ctx is done, the server ends it, or Close.
-func Dial(ctx context.Context, httpAddr, method, origin string, headers map[string]string) (*Stream, *http.Response, error) {
+// headers. The returned response is the handshake's (a refused origin is a
+// 403). ctx bounds the whole stream: it lives until ctx is done, the
+// server ends it, or Close.
+func Dial(ctx context.Context, httpAddr, method string, o Options) (*Stream, *http.Response, error) {
 	h := http.Header{}
-	if origin != "" {
-		h.Set("Origin", origin)
+	if o.Origin != "" {
+		h.Set("Origin", o.Origin)
 	}
 	conn, resp, err := websocket.Dial(ctx, "ws://"+httpAddr+method, &websocket.DialOptions{
 		Subprotocols: []string{"grpc-websockets"},
 		HTTPHeader:   h,
+		HTTPClient:   o.HTTPClient,
 	})
 	if err != nil {
 		return nil, resp, err
@@ -84,7 +95,7 @@ func Dial(ctx context.Context, httpAddr, method, origin string, headers map[stri
 	conn.SetReadLimit(1 << 24)
 	var hb strings.Builder
 	hb.WriteString("content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n")
-	for k, v := range headers {
+	for k, v := range o.Headers {
 		fmt.Fprintf(&hb, "%s: %s\r\n", k, v)
 	}
 	if err := conn.Write(ctx, websocket.MessageBinary, []byte(hb.String())); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -24,7 +25,7 @@ import (
 func openWebStream(t *testing.T, httpAddr string, u *user) (*stream, *grpcweb.Stream) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	wc, _, err := grpcweb.Dial(ctx, httpAddr, "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer " + u.token})
+	wc, _, err := grpcweb.Dial(ctx, httpAddr, "/chat.v1.ChatService/Chat", grpcweb.Options{Headers: map[string]string{"authorization": "Bearer " + u.token}})
 	if err != nil {
 		cancel()
 		t.Fatalf("grpc-web Chat: %v", err)
@@ -174,7 +175,7 @@ func TestGRPCWeb_LiveErrorReachesClient(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	wc, _, err := grpcweb.Dial(ctx, a.HTTPAddr(), "/chat.v1.ChatService/Chat", "", map[string]string{"authorization": "Bearer not-a-token"})
+	wc, _, err := grpcweb.Dial(ctx, a.HTTPAddr(), "/chat.v1.ChatService/Chat", grpcweb.Options{Headers: map[string]string{"authorization": "Bearer not-a-token"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +233,7 @@ func TestGRPCWeb_Origins(t *testing.T) {
 			origin := strings.Replace(c.origin, "HOST", a.HTTPAddr(), 1)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			wc, resp, err := grpcweb.Dial(ctx, a.HTTPAddr(), "/chat.v1.DiscoveryService/GetEndpoints", origin, nil)
+			wc, resp, err := grpcweb.Dial(ctx, a.HTTPAddr(), "/chat.v1.DiscoveryService/GetEndpoints", grpcweb.Options{Origin: origin})
 			if c.ok {
 				if err != nil {
 					t.Fatalf("WebSocket from %q refused: %v", origin, err)
@@ -290,5 +291,134 @@ func TestWebAppServed(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Content-Type"), "javascript") {
 		t.Fatalf("GET /assets/app.js: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
+
+// startAppWith starts an in-process server with cfg on loopback ports.
+func startAppWith(t *testing.T, cfg app.Config) *app.App {
+	t.Helper()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := app.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Start()
+	t.Cleanup(func() { _ = a.Close() })
+	return a
+}
+
+// TestGRPCWeb_SlowConsumerAndFrameLimit: the bounded send queue and the
+// frame rate limit hold over grpc-web as over native gRPC. A browser that
+// stops reading (its socket's receive buffer small, as a busy tab's is
+// full) is disconnected with ResourceExhausted once its queue overflows,
+// without reason (not an eviction), and gets the rest by sync, in order;
+// frames beyond the burst get FrameError ResourceExhausted and the stream
+// stays open.
+func TestGRPCWeb_SlowConsumerAndFrameLimit(t *testing.T) {
+	a := startAppWith(t, app.Config{SendQueue: 16, FrameRate: 1e6, FrameBurst: 1 << 20})
+	cc := dial(t, a.GRPCAddr())
+	alice := signUpLogIn(t, cc, "alice", "phone")
+	bob := signUpLogIn(t, cc, "bob", "browser")
+	as := openStream(t, alice)
+
+	small := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(16 << 10)
+		}
+		return c, err
+	}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wc, _, err := grpcweb.Dial(ctx, a.HTTPAddr(), "/chat.v1.ChatService/Chat", grpcweb.Options{
+		Headers: map[string]string{"authorization": "Bearer " + bob.token}, HTTPClient: small})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wc.Close()
+	if f, err := wc.Recv(); err != nil || f.GetWelcome() == nil {
+		t.Fatalf("welcome: %v %v", f, err)
+	}
+	text := strings.Repeat("x", 60<<10)
+	const n = 160 // 9.6 MB: more than the kernel buffers between chatd and a reader that stopped
+	// alice sends in windows of 4 (her own stream's queue is small too: it
+	// carries a SendAck and her own copy of each message).
+	for i := 0; i < n; i += 4 {
+		for j := i; j < i+4; j++ {
+			if err := as.s.Send(&chatv1.ClientFrame{FrameId: uint64(j + 1), Payload: &chatv1.ClientFrame_Send{Send: &chatv1.SendMessage{
+				Target: &chatv1.SendMessage_ToUser{ToUser: "bob"}, ClientMessageId: fmt.Sprint("slow-", j), Text: fmt.Sprint(j+1, text)}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for acks := 0; acks < 4; {
+			f, err := as.s.Recv()
+			if err != nil {
+				t.Fatalf("alice after %d sends: %v", i, err)
+			}
+			if e := f.GetError(); e != nil {
+				t.Fatalf("alice's frame %d: %s", f.GetFrameId(), e.GetMessage())
+			}
+			if f.GetSendAck() != nil {
+				acks++
+			}
+		}
+	}
+	got := 0
+	for err = nil; err == nil; {
+		var f *chatv1.ServerFrame
+		if f, err = wc.Recv(); err == nil && f.GetDelivery() != nil {
+			if d := f.GetDelivery(); d.GetInboxSeq() != uint64(got+1) {
+				t.Fatalf("live delivery %d has seq %d", got+1, d.GetInboxSeq())
+			}
+			got++
+		}
+	}
+	if status.Code(err) != codes.ResourceExhausted || errorReason(err) != "" {
+		t.Fatalf("a grpc-web reader that stopped: %v (reason %q) after %d deliveries, want ResourceExhausted without reason", err, errorReason(err), got)
+	}
+	if got >= n {
+		t.Fatalf("got all %d deliveries: the queue never overflowed", got)
+	}
+	bs, _ := openWebStream(t, a.HTTPAddr(), bob)
+	ds := bs.syncAll(uint64(got), 50)
+	if len(ds) != n-got {
+		t.Fatalf("sync after the overflow: %d deliveries, want %d", len(ds), n-got)
+	}
+	if err := seqsContiguous(ds, uint64(got)); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range ds {
+		if !strings.HasPrefix(d.GetMessage().GetText(), fmt.Sprint(got+i+1, "x")) {
+			t.Fatalf("synced seq %d has text %.12q..., want message %d", d.GetInboxSeq(), d.GetMessage().GetText(), got+i+1)
+		}
+	}
+
+	// The frame limit: a device with a burst of 5 frames.
+	b := startAppWith(t, app.Config{FrameRate: 0.001, FrameBurst: 5})
+	cc2 := dial(t, b.GRPCAddr())
+	carol := signUpLogIn(t, cc2, "carol", "browser")
+	cs, cw := openWebStream(t, b.HTTPAddr(), carol)
+	for i := range 8 {
+		if err := cw.Send(&chatv1.ClientFrame{FrameId: uint64(i + 1), Payload: &chatv1.ClientFrame_Heartbeat{Heartbeat: &chatv1.Heartbeat{}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	limited := 0
+	for replies := 0; replies < 8; {
+		f, err := cs.s.Recv()
+		if err != nil {
+			t.Fatalf("after %d replies: %v", replies, err)
+		}
+		if f.GetFrameId() == 0 {
+			continue
+		}
+		replies++
+		if e := f.GetError(); e != nil && codes.Code(e.GetCode()) == codes.ResourceExhausted {
+			limited++
+		}
+	}
+	if limited != 3 {
+		t.Fatalf("%d of 8 frames limited with a burst of 5, want 3", limited)
 	}
 }
