@@ -22,6 +22,18 @@
 //	// The stream ended: s.Err() says why (see Session.Err). Reconnect with
 //	// c.Connect(ctx, client.WithResumeFrom(s)) and sync again.
 //
+// Most applications want OpenResilient instead of Connect: a Resilient
+// asks Discovery where to connect, follows a server's Drain frame, and
+// reconnects, resumes, resends and deduplicates across server restarts and
+// failures by itself, handing over one ordered stream of deliveries and
+// connection-state events:
+//
+//	res, err := client.OpenResilient(client.ResilientConfig{Servers: []string{"chat.example.com:9090"}, Token: token})
+//	if err != nil { ... }
+//	defer res.Close()
+//	for d := range res.Deliveries() { show(d); res.AckAsync(d.GetInboxSeq()) }
+//	// Closed: res.Err() says why (Unauthenticated: log in again).
+//
 // A session hands the device's inbox to the application as one sequence:
 // SyncAll's callback and then the Deliveries channel, in the order the
 // server sent the sync pages and live deliveries, each inbox entry once

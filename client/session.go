@@ -149,6 +149,7 @@ type Session struct {
 	typing     chan *chatv1.TypingEvent
 	receipts   chan *chatv1.ReceiptEvent
 	unread     chan *chatv1.UnreadEvent
+	drain      chan *chatv1.Drain // cap 1: the server's Drain frame
 
 	// hand carries live deliveries and the replies to SyncAll's requests,
 	// in the order the reader received them, to the hand-over goroutine:
@@ -336,6 +337,7 @@ func newSession(ctx context.Context, cancel context.CancelFunc, w *chatv1.Welcom
 		typing:     make(chan *chatv1.TypingEvent, max(o.typingBuffer, 1)),
 		receipts:   make(chan *chatv1.ReceiptEvent, max(o.eventBuffer, 1)),
 		unread:     make(chan *chatv1.UnreadEvent, max(o.eventBuffer, 1)),
+		drain:      make(chan *chatv1.Drain, 1),
 		hand:       make(chan handItem, handCap),
 		calls:      make(map[uint64]*call),
 		seen:       max(w.GetCursor(), o.resumeAfter),
@@ -390,6 +392,13 @@ func (s *Session) Deliveries() <-chan *chatv1.Delivery { return s.deliveries }
 // fit are dropped, since they are ephemeral. It is closed when the session
 // ends.
 func (s *Session) TypingEvents() <-chan *chatv1.TypingEvent { return s.typing }
+
+// Drained receives the server's Drain frame (capacity 1, never closed):
+// the server is going away and asks the device to reconnect elsewhere after
+// Drain.reconnect_delay_ms, to one of Drain.endpoints (see the Drain message
+// in chat.proto). The stream goes on until the server closes it (at the end
+// of its drain window) or Close; Resilient does all of this itself.
+func (s *Session) Drained() <-chan *chatv1.Drain { return s.drain }
 
 // Done is closed when the session has ended; Err then says why. The session
 // notices the end of the stream when its reader receives it, so while the
@@ -961,6 +970,12 @@ func (s *Session) dispatch(f *chatv1.ServerFrame) {
 		return
 	case *chatv1.ServerFrame_Welcome:
 		return // only the first frame is a Welcome; ignore repeats
+	case *chatv1.ServerFrame_Drain:
+		select {
+		case s.drain <- p.Drain:
+		default: // one is enough
+		}
+		return
 	case *chatv1.ServerFrame_AckResult:
 		raise(&s.cursor, p.AckResult.GetCursor())
 	}

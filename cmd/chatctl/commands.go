@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 
@@ -38,6 +39,7 @@ func (e *env) commands() []*cobra.Command {
 		withSub(e.devicesCmd(), e.devicesRevokeCmd()),
 		e.presenceCmd(),
 		e.watchCmd(),
+		e.serversCmd(),
 	}
 }
 
@@ -729,4 +731,39 @@ func (e *env) presenceCmd() *cobra.Command {
 			}
 			return showAll(e, resp.GetPresences(), e.printPresence)
 		})
+}
+
+func (e *env) serversCmd() *cobra.Command {
+	var zone *string
+	cmd := e.anonymousCommand("servers [--zone Z]", "list the chat servers Discovery recommends, best first, with zone, load and state", exactly(),
+		func(ctx context.Context, c *client.Client, _ []string) error {
+			resp, err := rpc(ctx, e, c.Discovery().GetEndpoints, &chatv1.GetEndpointsRequest{Zone: *zone})
+			if err != nil {
+				return err
+			}
+			return showAll(e, resp.GetEndpoints(), func(ep *chatv1.Endpoint) {
+				load := fmt.Sprint(ep.GetLoad())
+				if ep.GetCapacity() > 0 {
+					load += "/" + fmt.Sprint(ep.GetCapacity())
+				}
+				e.printf("%-16s %-22s %-22s zone=%-10s streams=%-12s %s %s\n", clean(ep.GetServerId()), clean(ep.GetGrpcAddress()),
+					clean(ep.GetHttpAddress()), orDash(clean(ep.GetZone())), load,
+					strings.TrimPrefix(ep.GetState().String(), "SERVER_STATE_"), clean(ep.GetVersion()))
+			})
+		})
+	cmd.Long = `Asks Discovery (no log-in needed) which chat servers to connect to and
+prints them best first, as a client would try them: serving servers only,
+your zone first (--zone, else the answering server's), then the ones with
+the most spare capacity. Each line: server id, gRPC address, HTTP address,
+zone, open streams (/capacity), state and version. With --json each line
+is an Endpoint object.`
+	zone = cmd.Flags().String("zone", "", "your zone `Z`: its servers are listed first (default: the answering server's zone)")
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

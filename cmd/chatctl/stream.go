@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/chatd/chatd/client"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/spf13/cobra"
@@ -70,9 +70,13 @@ func (e *env) listenCmd() *cobra.Command {
 		})
 	cmd.Long = `Like sync, then keeps the Chat stream open and prints each new message as it
 arrives (and "... is typing", receipt and read-state events), acking as it
-goes, until SIGINT or SIGTERM. Reconnects with exponential backoff (0.5s to
-30s) when the server shuts down (Unavailable) or drops the stream because
-the client was too slow (ResourceExhausted). Exits without reconnecting when
+goes, until SIGINT or SIGTERM. It survives servers going away (the Go
+SDK's client.Resilient): when its server drains (a rolling restart) it
+moves to the server named in the drain frame, and when the server dies or
+shuts down (Unavailable) or drops the stream because the client was too
+slow (ResourceExhausted) it reconnects to the servers Discovery recommends,
+with jittered exponential backoff (0.5s to 30s), resumes after the last
+message printed and says so on stderr. Exits without reconnecting when
 the same device opened a newer stream (another listen with the same
 --config-dir: the server closes the oldest), when the token expired or the
 device was logged out (Unauthenticated). With --json each line is a
@@ -81,28 +85,6 @@ ServerFrame object holding "delivery", "typing", "receipt" or "unread".`
 	return cmd
 }
 
-// retryable reports whether a stream error calls for a reconnect. An
-// eviction (client.IsEvicted: the device opened a newer stream) does not:
-// reconnecting would evict the newer one, which would reconnect in turn.
-func retryable(err error) bool {
-	if errors.Is(err, io.EOF) {
-		return true
-	}
-	if client.IsEvicted(err) {
-		return false
-	}
-	switch status.Code(err) {
-	case codes.Unavailable, codes.ResourceExhausted:
-		return true
-	}
-	return false
-}
-
-const (
-	minBackoff = 500 * time.Millisecond
-	maxBackoff = 30 * time.Second
-)
-
 // errEvicted ends listen when the server closed its stream because the
 // same device opened a newer one.
 var errEvicted = status.Error(codes.ResourceExhausted,
@@ -110,84 +92,60 @@ var errEvicted = status.Error(codes.ResourceExhausted,
 		"or another client logged in as this device) and the server closed this one, the oldest; "+
 		"run one listener per device, or log in again in another --config-dir for a device of its own")
 
-// listen runs sessions until ctx ends, reconnecting on retryable errors.
+// Backoff of the reconnections of listen and watch: jittered, exponential,
+// capped.
+const (
+	minBackoff = 500 * time.Millisecond
+	maxBackoff = 30 * time.Second
+)
+
+// listen runs the device's stream on a client.Resilient until ctx ends:
+// it syncs, prints what arrives and acks it, and the Resilient reconnects
+// (Discovery, drains, lost servers, backoff) and resumes by itself. It
+// reports each reconnection on stderr.
 func (e *env) listen(ctx context.Context, c *client.Client, limit int32) error {
-	backoff := minBackoff
-	var resume uint64        // highest inbox_seq printed so far
-	var prev *client.Session // the last session: its memory of messages printed
-	for {
-		opts := []client.SessionOption{client.WithResumeAfter(resume)}
-		if prev != nil {
-			opts = append(opts, client.WithResumeFrom(prev))
-		}
-		s, err := e.connect(ctx, c, opts...)
-		if err == nil {
-			backoff = minBackoff
-			err = e.listenSession(ctx, s, limit, &resume)
-			s.Close()
-			prev = s
-		}
-		if ctx.Err() != nil {
-			return nil // interrupted
-		}
-		if client.IsEvicted(err) {
-			return errEvicted
-		}
-		if !retryable(err) {
-			return err
-		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(2*backoff, maxBackoff)
-		st := toStatus(err)
-		if errors.Is(err, io.EOF) {
-			st = status.New(codes.Unavailable, "stream ended")
-		}
-		e.stderrf("chatctl: %s: %s (reconnecting in %s)\n", st.Code(), st.Message(), formatDuration(wait))
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		}
-	}
-}
-
-func (e *env) stderrf(format string, args ...any) {
-	fmt.Fprintf(e.stderr, format, args...)
-}
-
-// listenSession syncs, then prints live deliveries and typing events until
-// the session ends (its error) or ctx ends (nil, after flushing acks).
-func (e *env) listenSession(ctx context.Context, s *client.Session, limit int32, resume *uint64) error {
-	handle := func(d *chatv1.Delivery) error {
-		if err := e.frame(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: d}}, func() { e.printDelivery(d) }); err != nil {
-			return err
-		}
-		*resume = d.GetInboxSeq()
-		s.AckAsync(d.GetInboxSeq())
-		return nil
-	}
-	last, err := s.SyncAll(ctx, limit, handle)
+	res, err := client.OpenResilient(client.ResilientConfig{
+		Servers:    []string{e.serverAddr()},
+		Token:      c.Token(),
+		Username:   e.creds.Username,
+		SyncLimit:  limit,
+		MinBackoff: minBackoff,
+		MaxBackoff: maxBackoff,
+	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return e.flush(s)
-		}
 		return err
 	}
-	// After a reconnect, entries printed by the previous session but not yet
-	// acked are skipped by the sync (WithResumeAfter): ack them now.
-	s.AckAsync(last)
-	deliveries, typing := s.Deliveries(), s.TypingEvents()
-	receipts, unread := s.Receipts(), s.UnreadEvents()
+	defer res.Close()
+	connected := 0
+	events, typing := res.Events(), res.TypingEvents()
+	receipts, unread := res.Receipts(), res.UnreadEvents()
 	for {
 		select {
-		case d, ok := <-deliveries:
+		case d, ok := <-res.Deliveries():
 			if !ok {
-				return s.Err()
+				<-res.Done()
+				if client.IsEvicted(res.Err()) {
+					return errEvicted
+				}
+				return res.Err()
 			}
-			if err := handle(d); err != nil {
+			if err := e.frame(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{Delivery: d}}, func() { e.printDelivery(d) }); err != nil {
 				return err
+			}
+			res.AckAsync(d.GetInboxSeq())
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			switch ev.State {
+			case client.StateConnected:
+				if connected++; connected > 1 {
+					e.stderrf("chatctl: connected to %s (%s)\n", clean(ev.ServerID), ev.Addr)
+				}
+			case client.StateReconnecting:
+				st := toStatus(ev.Err)
+				e.stderrf("chatctl: %s: %s (reconnecting in %s)\n", st.Code(), st.Message(), formatDuration(ev.Delay))
 			}
 		case t, ok := <-typing:
 			if !ok {
@@ -226,9 +184,14 @@ func (e *env) listenSession(ctx context.Context, s *client.Session, limit int32,
 				return err
 			}
 		case <-ctx.Done():
-			return e.flush(s)
+			e.flush(res)
+			return nil // interrupted
 		}
 	}
+}
+
+func (e *env) stderrf(format string, args ...any) {
+	fmt.Fprintf(e.stderr, format, args...)
 }
 
 // frame prints one event of the stream: with --json a ServerFrame holding
@@ -239,14 +202,13 @@ func (e *env) frame(f *chatv1.ServerFrame, text func()) error {
 
 // flush waits (bounded by --timeout) for the pending acks; errors are
 // reported but do not fail an interrupted listen.
-func (e *env) flush(s *client.Session) error {
+func (e *env) flush(res *client.Resilient) {
 	fctx, cancel := context.WithTimeout(context.Background(), e.timeout)
 	defer cancel()
-	if err := s.Flush(fctx); err != nil {
+	if err := res.Flush(fctx); err != nil {
 		st := toStatus(err)
 		e.stderrf("chatctl: %s: %s (acking on exit)\n", st.Code(), st.Message())
 	}
-	return nil
 }
 
 func (e *env) watchCmd() *cobra.Command {
@@ -259,29 +221,78 @@ func (e *env) watchCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			stream, err := c.Presence().Subscribe(ctx, &chatv1.SubscribeRequest{UserIds: args})
-			if err != nil {
-				return err
-			}
-			for {
-				resp, err := stream.Recv()
-				if err != nil {
-					if ctx.Err() != nil || errors.Is(err, io.EOF) {
-						return nil
-					}
-					return err
-				}
-				if err := show(e, resp.GetPresence(), e.printPresence); err != nil {
-					return err
-				}
-			}
+			return e.watch(ctx, c, args)
 		})
 	cmd.Long = `Prints the current presence of each USER first, then every change. You
 may watch a user who has added you as a contact (or yourself).
 
 Without USER, watches your contacts who have added you back; it says so on
-stderr first, and fails if you have no contacts.`
+stderr first, and fails if you have no contacts. When the server restarts
+it subscribes again (jittered backoff, 0.5s to 30s) and prints the current
+presence again.`
 	return cmd
+}
+
+// watch prints presence until ctx ends. When the stream is lost (the
+// server restarts or drains: Unavailable, or an OK end) it subscribes again
+// with jittered exponential backoff (0.5 s to 30 s, reset by a stream that
+// delivered something), on a fresh connection; the server then sends the
+// current presence again first.
+func (e *env) watch(ctx context.Context, c *client.Client, users []string) error {
+	bo := &backoff.ExponentialBackOff{InitialInterval: minBackoff, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: maxBackoff}
+	bo.Reset()
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			nc, err := client.Dial(e.serverAddr(), client.WithToken(c.Token()))
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			c = nc
+		}
+		got, err := e.watchOnce(ctx, c, users)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if got {
+			bo.Reset()
+		}
+		if !errors.Is(err, io.EOF) && status.Code(err) != codes.Unavailable {
+			return err
+		}
+		wait := min(bo.NextBackOff(), maxBackoff)
+		st := toStatus(err)
+		if errors.Is(err, io.EOF) {
+			st = status.New(codes.Unavailable, "stream ended")
+		}
+		e.stderrf("chatctl: %s: %s (reconnecting in %s)\n", st.Code(), st.Message(), formatDuration(wait))
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+// watchOnce runs one Subscribe stream until it ends; got reports whether
+// it printed anything.
+func (e *env) watchOnce(ctx context.Context, c *client.Client, users []string) (got bool, err error) {
+	stream, err := c.Presence().Subscribe(ctx, &chatv1.SubscribeRequest{UserIds: users})
+	if err != nil {
+		return false, err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return got, err
+		}
+		got = true
+		if err := show(e, resp.GetPresence(), e.printPresence); err != nil {
+			return got, err
+		}
+	}
 }
 
 // announceContacts tells (on stderr) whom a watch without USER watches,

@@ -53,6 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg := o.cfg
+	cfg.Version = version
 	cfg.Logger = newLogger(stderr, o.logLevel, o.logFormat)
 	slog.SetDefault(cfg.Logger)
 
@@ -135,7 +136,13 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		maxStreams = fs.Uint("max-concurrent-streams", uint(d.MaxConcurrentStreams), "HTTP/2 streams per connection (rapid-reset mitigation)")
 		allowedOrigins = fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) besides chatd's own page that may call grpc-web and its WebSocket; '*' allows any (default: same origin only)")
 		fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; a listener of its own, off by default: never expose it publicly")
-		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "bound on the graceful stop after SIGTERM")
+		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "bound on the graceful stop after the drain window")
+		fs.StringVar(&c.Zone, "zone", d.Zone, "this server's zone (e.g. an availability zone): Discovery lists a client's own zone first")
+		fs.IntVar(&c.MaxStreams, "max-streams", d.MaxStreams, "capacity in Chat streams: past it new streams get ResourceExhausted with a retry delay, and Discovery never ranks this server first (0: no bound)")
+		fs.Float64Var(&c.StreamRate, "stream-rate", d.StreamRate, "admission: new Chat streams per second this server accepts (token bucket; 0: no bound); past it ResourceExhausted with a retry delay")
+		fs.IntVar(&c.StreamBurst, "stream-burst", d.StreamBurst, "admission: burst of new Chat streams above --stream-rate (0: max(1, stream-rate))")
+		fs.DurationVar(&c.DrainWindow, "drain-window", d.DrainWindow, "on SIGTERM or an admin drain, spread the devices' moves to other servers over this long, then close what is left")
+		fs.StringVar(&c.AdminAddr, "admin-addr", d.AdminAddr, "serve AdminService (DrainServer) on this gRPC address, e.g. 127.0.0.1:9190; off by default: never expose it publicly")
 	}
 	fs.Usage = func() {
 		if cmd == "migrate" {

@@ -35,6 +35,7 @@ import (
 	chatd "github.com/chatd/chatd"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/account"
+	"github.com/chatd/chatd/server/admission"
 	"github.com/chatd/chatd/server/auth"
 	"github.com/chatd/chatd/server/chat"
 	"github.com/chatd/chatd/server/deliver"
@@ -99,9 +100,18 @@ type App struct {
 	health   *health.Server
 	registry *prometheus.Registry
 
-	closers        []func() error          // cluster clients, closed after the router
-	redis          goredis.UniversalClient // cluster mode only
-	registryCloser func() error            // cluster: leaves the Discovery list
+	closers        []func() error              // cluster clients, closed after the router
+	redis          goredis.UniversalClient     // cluster mode only
+	registryCloser func() error                // cluster: leaves the Discovery list
+	registryBeat   func(context.Context) error // cluster: publishes the record now
+	draining       atomic.Bool                 // DRAINING: no new streams, devices told to move
+	admission      *admission.Controller
+	discReg        discovery.Registry
+	drainOnce      sync.Once
+	drained        chan struct{} // closed when a drain is over
+	drainStreams   int           // streams open when the drain began
+	adminLis       net.Listener  // nil unless Config.AdminAddr
+	adminServer    *grpc.Server
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -125,7 +135,7 @@ func New(cfg Config) (*App, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	a := &App{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 2)}
+	a := &App{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 2), drained: make(chan struct{})}
 	a.registry = prometheus.NewRegistry()
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, step := range []func() error{
@@ -167,6 +177,9 @@ func (a *App) listen() error {
 		return fmt.Errorf("listen HTTP %s: %w", a.cfg.HTTPAddr, err)
 	}
 	if err := a.listenPprof(); err != nil {
+		return err
+	}
+	if err := a.listenAdmin(); err != nil {
 		return err
 	}
 	if a.cfg.ServerID == "" {
@@ -296,26 +309,57 @@ func (a *App) buildServices() error {
 }
 
 // newDiscovery returns the Discovery service: this server alone, or (in
-// cluster mode) the servers registered in Redis, this one included.
+// cluster mode) the servers heartbeating in Redis, this one included.
 func (a *App) newDiscovery() (*discovery.Service, error) {
 	cfg := a.cfg
-	self := &chatv1.Endpoint{
-		ServerId:    cfg.ServerID,
-		GrpcAddress: firstNonEmpty(cfg.AdvertiseGRPC, a.grpcLis.Addr().String()),
-		HttpAddress: firstNonEmpty(cfg.AdvertiseHTTP, a.httpLis.Addr().String()),
-	}
-	load := func() uint64 { return uint64(a.hub.Count()) }
-	var reg discovery.Registry = discovery.Static{Self: self, LoadFunc: load}
+	var reg discovery.Registry = discovery.Local{Self: a.selfRecord}
 	if a.redis != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: a.redis, Prefix: cfg.RedisPrefix, Self: self, Load: load, Logger: cfg.Logger})
+		dr, err := discoveryredis.New(ctx, discoveryredis.Config{Client: a.redis, Prefix: cfg.RedisPrefix, Self: a.selfRecord, Logger: cfg.Logger})
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("discovery: %w", err)
 		}
-		a.registryCloser, reg = dr.Close, dr
+		a.registryCloser, a.registryBeat, reg = dr.Close, dr.Beat, dr
 	}
-	return discovery.New(reg), nil
+	a.discReg = reg
+	return discovery.New(discovery.Config{Registry: reg, Zone: cfg.Zone, Logger: cfg.Logger}), nil
+}
+
+// selfRecord is this server's Discovery record as of now.
+func (a *App) selfRecord() *chatv1.Endpoint {
+	st := chatv1.ServerState_SERVER_STATE_SERVING
+	if a.draining.Load() {
+		st = chatv1.ServerState_SERVER_STATE_DRAINING
+	}
+	return &chatv1.Endpoint{
+		ServerId:    a.cfg.ServerID,
+		GrpcAddress: firstNonEmpty(a.cfg.AdvertiseGRPC, a.grpcLis.Addr().String()),
+		HttpAddress: firstNonEmpty(a.cfg.AdvertiseHTTP, a.httpLis.Addr().String()),
+		Load:        uint64(a.hub.Count()),
+		Zone:        a.cfg.Zone,
+		Capacity:    uint64(a.cfg.MaxStreams),
+		State:       st,
+		Version:     a.cfg.Version,
+	}
+}
+
+// admitInterceptor refuses a new Chat stream that admission does not
+// admit (see server/admission): ResourceExhausted with a RetryInfo
+// detail (rate, capacity), or Unavailable (draining). Other streams pass.
+func (a *App) admitInterceptor() grpc.StreamServerInterceptor {
+	a.admission = admission.New(admission.Config{
+		Rate: a.cfg.StreamRate, Burst: a.cfg.StreamBurst,
+		Capacity: a.cfg.MaxStreams, Streams: a.hub.Count,
+	})
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if info.FullMethod == chatv1.ChatService_Chat_FullMethodName {
+			if d, err := a.admission.Admit(time.Now()); err != nil {
+				return grpcerr.WithRetryDelay(err, d)
+			}
+		}
+		return handler(srv, ss)
+	}
 }
 
 func (a *App) newGRPCServer() *grpc.Server {
@@ -346,6 +390,7 @@ func (a *App) newGRPCServer() *grpc.Server {
 			recovery.StreamServerInterceptor(rec),
 			a.auth.StreamInterceptor(),
 			ratelimit.StreamInterceptor(lim, nil), // stream opens, not frames
+			a.admitInterceptor(),                  // new Chat streams: rate, capacity, draining
 		),
 	)
 }
@@ -437,16 +482,25 @@ func (a *App) Start() {
 	if a.pprofServer != nil {
 		go func() { _ = a.pprofServer.Serve(a.pprofLis) }() // a profile listener failing does not stop the server
 	}
+	if a.adminServer != nil {
+		go func() { _ = a.adminServer.Serve(a.adminLis) }()
+	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "pprof", a.PprofAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
 }
 
-// Run starts the server and blocks until ctx is done (then shuts down
-// gracefully and returns nil) or a listener fails.
+// Run starts the server and blocks until ctx is done or a drain is asked
+// for (AdminService.DrainServer): it then drains (Drain: its devices move
+// to other servers over the drain window), shuts down gracefully and
+// returns nil. It also returns when a listener fails.
 func (a *App) Run(ctx context.Context) error {
 	a.Start()
 	select {
 	case <-ctx.Done():
+		a.Drain()
+		<-a.Drained()
+		return a.Close()
+	case <-a.drained:
 		return a.Close()
 	case err := <-a.serveErr:
 		cerr := a.Close()
@@ -496,6 +550,9 @@ func (a *App) Close() error {
 		if a.pprofServer != nil {
 			_ = a.pprofServer.Close()
 		}
+		if a.adminServer != nil {
+			a.adminServer.Stop()
+		}
 		a.closeErr = a.closeResources()
 		a.log.Info("chatd stopped")
 	})
@@ -525,7 +582,7 @@ func (a *App) closeResources() error {
 	if a.store != nil {
 		errs = append(errs, a.store.Close())
 	}
-	for _, l := range []net.Listener{a.grpcLis, a.httpLis, a.pprofLis} {
+	for _, l := range []net.Listener{a.grpcLis, a.httpLis, a.pprofLis, a.adminLis} {
 		if l != nil {
 			_ = l.Close()
 		}

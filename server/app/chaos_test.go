@@ -38,7 +38,7 @@ import (
 // delivery half of case C304 (a server killed under load: unacknowledged
 // sends resent with the same client_message_id are stored once, every
 // device ends with every message once); the reconnect backoff and
-// admission half belongs to the failover work.
+// admission half is TestCase_C303_C304 (failover_cluster_test.go).
 func TestCluster_Chaos(t *testing.T) {
 	c := newCluster(t, nil)
 	c.bin = faultBinary(t)

@@ -33,6 +33,7 @@ const (
 	DefaultUnaryTimeout         = 15 * time.Second
 	DefaultMaxConcurrentStreams = 64 // HTTP/2 streams per connection
 	DefaultShutdownTimeout      = 10 * time.Second
+	DefaultDrainWindow          = 30 * time.Second
 )
 
 // MinSendQueue is the smallest SendQueue Validate accepts, in frames.
@@ -75,6 +76,31 @@ type Config struct {
 	// service hands to clients. Zero means the bound listener addresses.
 	AdvertiseGRPC string
 	AdvertiseHTTP string
+	// Zone names this server's zone (e.g. a cloud availability zone):
+	// Discovery lists a client's own zone first, and a request without a
+	// zone hint gets this one. Zero: no zone.
+	Zone string
+	// Version is the build version this server reports in Discovery.
+	Version string
+	// MaxStreams is this server's capacity in Chat streams: past it new
+	// streams get ResourceExhausted with a retry delay, and Discovery
+	// never ranks it first. Zero means no bound.
+	MaxStreams int
+	// StreamRate and StreamBurst are the admission token bucket: new Chat
+	// streams per second this server accepts, and the burst above it;
+	// past it a new stream gets ResourceExhausted with the delay after
+	// which a token is free. Zero StreamRate means no bound; zero
+	// StreamBurst means max(1, StreamRate).
+	StreamRate  float64
+	StreamBurst int
+	// DrainWindow is how long a drain (SIGTERM, or AdminService.DrainServer)
+	// spreads its devices' moves over before it closes what is left. Zero
+	// means DefaultDrainWindow.
+	DrainWindow time.Duration
+	// AdminAddr, if set, serves AdminService (DrainServer) on a gRPC
+	// listener of its own; bind it to loopback or a private network. Zero:
+	// no admin listener.
+	AdminAddr string
 
 	// TokenTTL is the lifetime of a device's bearer token. Zero means
 	// auth.DefaultTokenTTL.
@@ -161,6 +187,7 @@ func (c Config) Defaults() Config {
 	orDefault(&c.UnaryTimeout, DefaultUnaryTimeout)
 	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
 	orDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	orDefault(&c.DrainWindow, DefaultDrainWindow)
 	orDefault(&c.Logger, slog.Default())
 	return c
 }
@@ -205,6 +232,9 @@ func (c Config) Validate() error {
 	}
 	if strings.ContainsAny(c.RedisPrefix, "{}") {
 		errs = append(errs, fmt.Errorf("redis prefix %q must not contain braces (they are Redis Cluster hash tags)", c.RedisPrefix))
+	}
+	if c.MaxStreams < 0 || c.StreamRate < 0 || c.StreamBurst < 0 || c.DrainWindow < 0 {
+		errs = append(errs, errors.New("max streams, stream rate, stream burst and drain window must not be negative"))
 	}
 	if c.FrameRate <= 0 || c.FrameBurst < 1 || c.UnaryRate <= 0 || c.UnaryBurst < 1 {
 		errs = append(errs, errors.New("rate limits must be positive"))

@@ -294,20 +294,6 @@ func TestWebAppServed(t *testing.T) {
 	}
 }
 
-// startAppWith starts an in-process server with cfg on loopback ports.
-func startAppWith(t *testing.T, cfg app.Config) *app.App {
-	t.Helper()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	a, err := app.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Start()
-	t.Cleanup(func() { _ = a.Close() })
-	return a
-}
-
 // TestGRPCWeb_SlowConsumerAndFrameLimit: the bounded send queue and the
 // frame rate limit hold over grpc-web as over native gRPC. A browser that
 // stops reading (its socket's receive buffer small, as a busy tab's is

@@ -101,7 +101,9 @@ func startChatd(t *testing.T, dataDir string, flags ...string) *proc {
 func startChatdWith(t *testing.T, bin string, env []string, dataDir string, flags ...string) *proc {
 	t.Helper()
 	p := &proc{grpc: "127.0.0.1:" + freePort(t), http: "127.0.0.1:" + freePort(t), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(bin, append([]string{"--data-dir", dataDir, "--http-addr", p.http}, flags...)...)
+	// A short drain window (a flag given later wins): a SIGTERM ends the
+	// process within about a second, as before drains existed.
+	p.cmd = exec.Command(bin, append([]string{"--data-dir", dataDir, "--http-addr", p.http, "--drain-window", "1s"}, flags...)...)
 	p.cmd.Env = append(append(os.Environ(), env...), "CHATD_GRPC_ADDR="+p.grpc) // the environment sets flags too
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -146,24 +148,36 @@ func (p *proc) wait(t *testing.T) error {
 	}
 }
 
-// TestGracefulShutdown: SIGTERM ends open streams with Unavailable (so
-// clients reconnect elsewhere) and the process exits 0.
+// TestGracefulShutdown: SIGTERM drains: every open stream gets a Drain
+// frame (reconnect elsewhere) within the drain window, new streams are
+// refused, what is left when the window is over ends with Unavailable, and
+// the process exits 0.
 func TestGracefulShutdown(t *testing.T) {
-	p := startChatd(t, t.TempDir())
+	p := startChatd(t, t.TempDir(), "--drain-window", "1s")
 	cc := dial(t, p.grpc)
 	alice := signUpLogIn(t, cc, "alice", "phone")
 	st := openStream(t, alice)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	drained := false
 	for {
-		_, err := st.s.Recv()
+		f, err := st.s.Recv()
 		if err != nil {
 			if status.Code(err) != codes.Unavailable {
 				t.Fatalf("stream ended with %v, want Unavailable", err)
 			}
 			break
 		}
+		if f.GetDrain() != nil {
+			drained = true
+			if err := openErr(alice); status.Code(err) != codes.Unavailable {
+				t.Fatalf("new stream while draining: %v, want Unavailable", err)
+			}
+		}
+	}
+	if !drained {
+		t.Fatal("the stream ended without a Drain frame")
 	}
 	if err := p.wait(t); err != nil {
 		t.Fatalf("chatd exit after SIGTERM: %v\n%s", err, p.stderr)

@@ -1,66 +1,215 @@
 // Package discovery tells clients which chat server to open their Chat
-// stream on. A single node answers with itself; a cluster registry (see
-// Registry) ranks the live servers.
+// stream on.
+//
+// Every chat server publishes a record of itself (a chatv1.Endpoint:
+// server id, gRPC and HTTP addresses, zone, capacity, open streams,
+// SERVING or DRAINING, version) through a Registry: itself alone on a
+// single node (Local), every live server of a cluster in Redis
+// (discovery/redis, a heartbeat with a lease of a few seconds). The
+// Registry keeps a View of the servers in memory, refreshed in the
+// background, so GetEndpoints costs no I/O.
+//
+// Ranking (Rank): serving servers only; the client's zone first (the
+// request's zone, else the answering server's); within it, a server with
+// room before a full one; the first is the less loaded of two servers
+// drawn at random among those with room (power of two choices, Mitzenmacher
+// 2001), the rest by load. Load is open streams over capacity, plus the
+// clients this server has sent to each since the view was refreshed (so
+// a burst of calls within one refresh does not all land on the server the
+// view says is emptiest).
 package discovery
 
 import (
 	"context"
 	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync/atomic"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
+// MaxFieldBytes bounds GetEndpointsRequest's username and zone.
+const MaxFieldBytes = 256
+
+// View is a registry's picture of the live servers at one moment. Servers
+// must not be modified. A View is shared by concurrent GetEndpoints calls
+// until the registry replaces it; given counts the clients sent to each
+// server from it (see Rank).
+type View struct {
+	Servers []*chatv1.Endpoint
+	given   []atomic.Int64
+}
+
+// NewView returns a View of servers (not copied).
+func NewView(servers []*chatv1.Endpoint) *View {
+	return &View{Servers: servers, given: make([]atomic.Int64, len(servers))}
+}
+
 // Registry lists the chat servers a client may connect to.
 type Registry interface {
-	// Endpoints returns the live servers, best first for username (which
-	// may be empty).
-	Endpoints(ctx context.Context, username string) ([]*chatv1.Endpoint, error)
+	// View returns the current view of the live servers, this one
+	// included (its own record as of its last report). It does no I/O
+	// and never returns nil.
+	View() *View
 }
 
-// Static is the single-node Registry: it always answers with Self, whose
-// Load is read from the LoadFunc at each call.
-type Static struct {
-	Self     *chatv1.Endpoint
-	LoadFunc func() uint64 // connected devices; may be nil
+// Local is the single-node Registry: the view is this server's own
+// record, read from Self at each call.
+type Local struct {
+	Self func() *chatv1.Endpoint
 }
 
-// Endpoints implements Registry.
-func (s Static) Endpoints(context.Context, string) ([]*chatv1.Endpoint, error) {
-	e := &chatv1.Endpoint{
-		ServerId:    s.Self.GetServerId(),
-		GrpcAddress: s.Self.GetGrpcAddress(),
-		HttpAddress: s.Self.GetHttpAddress(),
+// View implements Registry.
+func (l Local) View() *View { return NewView([]*chatv1.Endpoint{l.Self()}) }
+
+// Serving reports whether e accepts new streams: SERVING, or a record of a
+// server that predates the state field (UNSPECIFIED).
+func Serving(e *chatv1.Endpoint) bool {
+	return e.GetState() == chatv1.ServerState_SERVER_STATE_SERVING || e.GetState() == chatv1.ServerState_SERVER_STATE_UNSPECIFIED
+}
+
+// Full reports whether e is at its capacity (never, without one).
+func Full(e *chatv1.Endpoint) bool {
+	return e.GetCapacity() > 0 && e.GetLoad() >= e.GetCapacity()
+}
+
+// Rank returns the serving servers of v, best first for a client of zone
+// (see the package doc), and counts one client given to the first. A
+// server of another zone comes after every server of zone that has room;
+// full servers come last. rnd draws the two candidates (nil: the global
+// source). Rank returns nil when no server is serving.
+func Rank(v *View, zone string, rnd *rand.Rand) []*chatv1.Endpoint {
+	type cand struct {
+		i    int
+		e    *chatv1.Endpoint
+		tier int     // 0: zone with room, 1: other zone with room, 2: full
+		load float64 // effective streams / capacity
 	}
-	if s.LoadFunc != nil {
-		e.Load = s.LoadFunc()
+	cs := make([]cand, 0, len(v.Servers))
+	hasZone := false
+	for _, e := range v.Servers {
+		if Serving(e) && zone != "" && e.GetZone() == zone {
+			hasZone = true
+			break
+		}
 	}
-	return []*chatv1.Endpoint{e}, nil
+	for i, e := range v.Servers {
+		if !Serving(e) {
+			continue
+		}
+		streams := float64(e.GetLoad()) + float64(v.given[i].Load())
+		c := cand{i: i, e: e, load: streams / capOf(e)}
+		switch {
+		case e.GetCapacity() > 0 && streams >= float64(e.GetCapacity()):
+			c.tier = 2
+		case hasZone && e.GetZone() != zone:
+			c.tier = 1
+		}
+		cs = append(cs, c)
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(cs, func(a, b cand) int {
+		if a.tier != b.tier {
+			return a.tier - b.tier
+		}
+		switch {
+		case a.load < b.load:
+			return -1
+		case a.load > b.load:
+			return 1
+		}
+		return 0
+	})
+	// Power of two choices among the best tier's servers.
+	n := 0
+	for n < len(cs) && cs[n].tier == cs[0].tier {
+		n++
+	}
+	if n >= 2 && cs[0].tier < 2 {
+		x, y := randN(rnd, n), randN(rnd, n-1)
+		if y >= x {
+			y++
+		}
+		pick := x
+		if cs[y].load < cs[x].load || (cs[y].load == cs[x].load && randN(rnd, 2) == 0) {
+			pick = y
+		}
+		first := cs[pick]
+		copy(cs[1:pick+1], cs[:pick])
+		cs[0] = first
+	}
+	v.given[cs[0].i].Add(1)
+	out := make([]*chatv1.Endpoint, len(cs))
+	for i, c := range cs {
+		out[i] = c.e
+	}
+	return out
+}
+
+// unbounded is the capacity Rank assumes for a server without one.
+const unbounded = 1 << 20
+
+func capOf(e *chatv1.Endpoint) float64 {
+	if c := e.GetCapacity(); c > 0 {
+		return float64(c)
+	}
+	return unbounded
+}
+
+func randN(r *rand.Rand, n int) int {
+	if r != nil {
+		return r.IntN(n)
+	}
+	return rand.IntN(n)
 }
 
 // Service implements chatv1.DiscoveryServiceServer. It needs no
 // authentication: clients call it before they log in.
 type Service struct {
 	chatv1.UnimplementedDiscoveryServiceServer
-	reg Registry
+	reg  Registry
+	zone string
+	log  *slog.Logger
 }
 
-// New returns a Service answering from reg.
-func New(reg Registry) *Service { return &Service{reg: reg} }
+// Config configures a Service.
+type Config struct {
+	// Registry is where the servers come from. Required.
+	Registry Registry
+	// Zone is this server's zone: the default of a request's zone.
+	Zone string
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
 
-// GetEndpoints returns the endpoints, best first. Errors: InvalidArgument
-// for a username longer than 256 bytes, Unavailable when the registry
-// cannot be read.
+// New returns a Service answering from cfg.Registry.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Service{reg: cfg.Registry, zone: cfg.Zone, log: cfg.Logger}
+}
+
+// GetEndpoints returns the serving servers, best first (Rank), from the
+// registry's view (no I/O). Errors: InvalidArgument for a username or zone
+// longer than MaxFieldBytes, Unavailable when no server is serving.
 func (s *Service) GetEndpoints(ctx context.Context, req *chatv1.GetEndpointsRequest) (*chatv1.GetEndpointsResponse, error) {
-	if len(req.GetUsername()) > 256 {
-		return nil, status.Error(codes.InvalidArgument, "username exceeds 256 bytes")
+	if len(req.GetUsername()) > MaxFieldBytes {
+		return nil, status.Errorf(codes.InvalidArgument, "username exceeds %d bytes", MaxFieldBytes)
 	}
-	eps, err := s.reg.Endpoints(ctx, req.GetUsername())
-	if err != nil {
-		slog.ErrorContext(ctx, "discovery: registry", "err", err)
-		return nil, status.Error(codes.Unavailable, "server registry unavailable")
+	if len(req.GetZone()) > MaxFieldBytes {
+		return nil, status.Errorf(codes.InvalidArgument, "zone exceeds %d bytes", MaxFieldBytes)
 	}
+	zone := req.GetZone()
+	if zone == "" {
+		zone = s.zone
+	}
+	eps := Rank(s.reg.View(), zone, nil)
 	if len(eps) == 0 {
 		return nil, status.Error(codes.Unavailable, "no chat server is available")
 	}

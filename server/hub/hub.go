@@ -542,6 +542,21 @@ func (h *Hub) Shutdown(err error) {
 	}
 }
 
+// Sessions returns every registered session, in no particular order (a
+// drain walks them to move their devices off).
+func (h *Hub) Sessions() []*Session {
+	var all []*Session
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		for _, e := range sh.users {
+			all = append(all, e.sessions...)
+		}
+		sh.mu.RUnlock()
+	}
+	return all
+}
+
 // Count returns the number of registered sessions (connected devices).
 func (h *Hub) Count() int { return int(h.count.Load()) }
 

@@ -112,7 +112,8 @@ def start_chatd(chatd_bin, tmp_root, attempt):
     log_path = tmp_root / f"chatd-{attempt}.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [chatd_bin, "--grpc-addr", grpc_addr, "--http-addr", http_addr, "--data-dir", str(data)],
+        [chatd_bin, "--grpc-addr", grpc_addr, "--http-addr", http_addr, "--data-dir", str(data),
+         "--drain-window", "2s"],  # SIGTERM drains open streams for at most 2 s
         stdout=log, stderr=subprocess.STDOUT,
     )
     log.close()

@@ -1104,6 +1104,7 @@ type ServerFrame struct {
 	//	*ServerFrame_AckResult
 	//	*ServerFrame_Receipt
 	//	*ServerFrame_Unread
+	//	*ServerFrame_Drain
 	Payload       isServerFrame_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1243,6 +1244,15 @@ func (x *ServerFrame) GetUnread() *UnreadEvent {
 	return nil
 }
 
+func (x *ServerFrame) GetDrain() *Drain {
+	if x != nil {
+		if x, ok := x.Payload.(*ServerFrame_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 type isServerFrame_Payload interface {
 	isServerFrame_Payload()
 }
@@ -1291,6 +1301,12 @@ type ServerFrame_Unread struct {
 	Unread *UnreadEvent `protobuf:"bytes,11,opt,name=unread,proto3,oneof"`
 }
 
+type ServerFrame_Drain struct {
+	// drain: the server is going away (a restart). Reconnect elsewhere:
+	// see Drain.
+	Drain *Drain `protobuf:"bytes,12,opt,name=drain,proto3,oneof"`
+}
+
 func (*ServerFrame_Welcome) isServerFrame_Payload() {}
 
 func (*ServerFrame_SendAck) isServerFrame_Payload() {}
@@ -1310,6 +1326,78 @@ func (*ServerFrame_AckResult) isServerFrame_Payload() {}
 func (*ServerFrame_Receipt) isServerFrame_Payload() {}
 
 func (*ServerFrame_Unread) isServerFrame_Payload() {}
+
+func (*ServerFrame_Drain) isServerFrame_Payload() {}
+
+// Drain tells a device that its server is draining: it accepts no new
+// streams and will close this one within the drain window. The client
+// should wait reconnect_delay_ms (already jittered by the server, so that
+// the server's devices do not all arrive at once elsewhere), open a new
+// stream on one of endpoints (best first; empty: ask Discovery), resume
+// from its cursor (sync, then live) and resend its unacknowledged sends
+// with their client_message_id. Replies to frames already sent on this
+// stream still arrive until it ends; an HTTP/2 GOAWAY alone never reaches
+// a browser behind grpc-web, hence this frame.
+type Drain struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	ReconnectDelayMs uint32                 `protobuf:"varint,1,opt,name=reconnect_delay_ms,json=reconnectDelayMs,proto3" json:"reconnect_delay_ms,omitempty"`
+	Endpoints        []*Endpoint            `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// server_id names the draining server.
+	ServerId      string `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Drain) Reset() {
+	*x = Drain{}
+	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Drain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Drain) ProtoMessage() {}
+
+func (x *Drain) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Drain.ProtoReflect.Descriptor instead.
+func (*Drain) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Drain) GetReconnectDelayMs() uint32 {
+	if x != nil {
+		return x.ReconnectDelayMs
+	}
+	return 0
+}
+
+func (x *Drain) GetEndpoints() []*Endpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *Drain) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
 
 // Welcome is the first frame of every stream.
 type Welcome struct {
@@ -1332,7 +1420,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	mi := &file_chat_v1_chat_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1432,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[12]
+	mi := &file_chat_v1_chat_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1445,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{12}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Welcome) GetUserId() string {
@@ -1418,7 +1506,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_chat_v1_chat_proto_msgTypes[13]
+	mi := &file_chat_v1_chat_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1518,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[13]
+	mi := &file_chat_v1_chat_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1531,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{13}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SendAck) GetChannelId() string {
@@ -1497,7 +1585,7 @@ type SyncPage struct {
 
 func (x *SyncPage) Reset() {
 	*x = SyncPage{}
-	mi := &file_chat_v1_chat_proto_msgTypes[14]
+	mi := &file_chat_v1_chat_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1597,7 @@ func (x *SyncPage) String() string {
 func (*SyncPage) ProtoMessage() {}
 
 func (x *SyncPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[14]
+	mi := &file_chat_v1_chat_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1610,7 @@ func (x *SyncPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncPage.ProtoReflect.Descriptor instead.
 func (*SyncPage) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{14}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyncPage) GetDeliveries() []*Delivery {
@@ -1556,7 +1644,7 @@ type AckResult struct {
 
 func (x *AckResult) Reset() {
 	*x = AckResult{}
-	mi := &file_chat_v1_chat_proto_msgTypes[15]
+	mi := &file_chat_v1_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1656,7 @@ func (x *AckResult) String() string {
 func (*AckResult) ProtoMessage() {}
 
 func (x *AckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[15]
+	mi := &file_chat_v1_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1669,7 @@ func (x *AckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResult.ProtoReflect.Descriptor instead.
 func (*AckResult) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{15}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AckResult) GetCursor() uint64 {
@@ -1603,7 +1691,7 @@ type TypingEvent struct {
 
 func (x *TypingEvent) Reset() {
 	*x = TypingEvent{}
-	mi := &file_chat_v1_chat_proto_msgTypes[16]
+	mi := &file_chat_v1_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1703,7 @@ func (x *TypingEvent) String() string {
 func (*TypingEvent) ProtoMessage() {}
 
 func (x *TypingEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[16]
+	mi := &file_chat_v1_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1716,7 @@ func (x *TypingEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypingEvent.ProtoReflect.Descriptor instead.
 func (*TypingEvent) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{16}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TypingEvent) GetChannelId() string {
@@ -1661,7 +1749,7 @@ type HeartbeatAck struct {
 
 func (x *HeartbeatAck) Reset() {
 	*x = HeartbeatAck{}
-	mi := &file_chat_v1_chat_proto_msgTypes[17]
+	mi := &file_chat_v1_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1673,7 +1761,7 @@ func (x *HeartbeatAck) String() string {
 func (*HeartbeatAck) ProtoMessage() {}
 
 func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[17]
+	mi := &file_chat_v1_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1686,7 +1774,7 @@ func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatAck.ProtoReflect.Descriptor instead.
 func (*HeartbeatAck) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{17}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HeartbeatAck) GetServerTime() *timestamppb.Timestamp {
@@ -1715,7 +1803,7 @@ type ReceiptEvent struct {
 
 func (x *ReceiptEvent) Reset() {
 	*x = ReceiptEvent{}
-	mi := &file_chat_v1_chat_proto_msgTypes[18]
+	mi := &file_chat_v1_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1815,7 @@ func (x *ReceiptEvent) String() string {
 func (*ReceiptEvent) ProtoMessage() {}
 
 func (x *ReceiptEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[18]
+	mi := &file_chat_v1_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1828,7 @@ func (x *ReceiptEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiptEvent.ProtoReflect.Descriptor instead.
 func (*ReceiptEvent) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReceiptEvent) GetChannelId() string {
@@ -1796,7 +1884,7 @@ type UnreadEvent struct {
 
 func (x *UnreadEvent) Reset() {
 	*x = UnreadEvent{}
-	mi := &file_chat_v1_chat_proto_msgTypes[19]
+	mi := &file_chat_v1_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1896,7 @@ func (x *UnreadEvent) String() string {
 func (*UnreadEvent) ProtoMessage() {}
 
 func (x *UnreadEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[19]
+	mi := &file_chat_v1_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1909,7 @@ func (x *UnreadEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreadEvent.ProtoReflect.Descriptor instead.
 func (*UnreadEvent) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UnreadEvent) GetChannelId() string {
@@ -1878,7 +1966,7 @@ type FrameError struct {
 
 func (x *FrameError) Reset() {
 	*x = FrameError{}
-	mi := &file_chat_v1_chat_proto_msgTypes[20]
+	mi := &file_chat_v1_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +1978,7 @@ func (x *FrameError) String() string {
 func (*FrameError) ProtoMessage() {}
 
 func (x *FrameError) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[20]
+	mi := &file_chat_v1_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +1991,7 @@ func (x *FrameError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FrameError.ProtoReflect.Descriptor instead.
 func (*FrameError) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FrameError) GetCode() int32 {
@@ -1950,7 +2038,7 @@ type Channel struct {
 
 func (x *Channel) Reset() {
 	*x = Channel{}
-	mi := &file_chat_v1_chat_proto_msgTypes[21]
+	mi := &file_chat_v1_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1962,7 +2050,7 @@ func (x *Channel) String() string {
 func (*Channel) ProtoMessage() {}
 
 func (x *Channel) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[21]
+	mi := &file_chat_v1_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1975,7 +2063,7 @@ func (x *Channel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Channel.ProtoReflect.Descriptor instead.
 func (*Channel) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Channel) GetChannelId() string {
@@ -2072,7 +2160,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_v1_chat_proto_msgTypes[22]
+	mi := &file_chat_v1_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2084,7 +2172,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[22]
+	mi := &file_chat_v1_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2097,7 +2185,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Member) GetUserId() string {
@@ -2126,7 +2214,7 @@ type CreateGroupRequest struct {
 
 func (x *CreateGroupRequest) Reset() {
 	*x = CreateGroupRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[23]
+	mi := &file_chat_v1_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2226,7 @@ func (x *CreateGroupRequest) String() string {
 func (*CreateGroupRequest) ProtoMessage() {}
 
 func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[23]
+	mi := &file_chat_v1_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2239,7 @@ func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateGroupRequest) GetName() string {
@@ -2177,7 +2265,7 @@ type CreateGroupResponse struct {
 
 func (x *CreateGroupResponse) Reset() {
 	*x = CreateGroupResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[24]
+	mi := &file_chat_v1_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2277,7 @@ func (x *CreateGroupResponse) String() string {
 func (*CreateGroupResponse) ProtoMessage() {}
 
 func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[24]
+	mi := &file_chat_v1_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2290,7 @@ func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateGroupResponse) GetChannel() *Channel {
@@ -2225,7 +2313,7 @@ type AddMemberRequest struct {
 
 func (x *AddMemberRequest) Reset() {
 	*x = AddMemberRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[25]
+	mi := &file_chat_v1_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2237,7 +2325,7 @@ func (x *AddMemberRequest) String() string {
 func (*AddMemberRequest) ProtoMessage() {}
 
 func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[25]
+	mi := &file_chat_v1_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2250,7 +2338,7 @@ func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
 func (*AddMemberRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddMemberRequest) GetChannelId() string {
@@ -2283,7 +2371,7 @@ type AddMemberResponse struct {
 
 func (x *AddMemberResponse) Reset() {
 	*x = AddMemberResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[26]
+	mi := &file_chat_v1_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2383,7 @@ func (x *AddMemberResponse) String() string {
 func (*AddMemberResponse) ProtoMessage() {}
 
 func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[26]
+	mi := &file_chat_v1_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2396,7 @@ func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
 func (*AddMemberResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AddMemberResponse) GetChannel() *Channel {
@@ -2328,7 +2416,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[27]
+	mi := &file_chat_v1_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2340,7 +2428,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[27]
+	mi := &file_chat_v1_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2353,7 +2441,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveMemberRequest) GetChannelId() string {
@@ -2378,7 +2466,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[28]
+	mi := &file_chat_v1_chat_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2390,7 +2478,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[28]
+	mi := &file_chat_v1_chat_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2403,7 +2491,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{29}
 }
 
 type ListChannelsRequest struct {
@@ -2418,7 +2506,7 @@ type ListChannelsRequest struct {
 
 func (x *ListChannelsRequest) Reset() {
 	*x = ListChannelsRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[29]
+	mi := &file_chat_v1_chat_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2430,7 +2518,7 @@ func (x *ListChannelsRequest) String() string {
 func (*ListChannelsRequest) ProtoMessage() {}
 
 func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[29]
+	mi := &file_chat_v1_chat_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2443,7 +2531,7 @@ func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChannelsRequest.ProtoReflect.Descriptor instead.
 func (*ListChannelsRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{29}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListChannelsRequest) GetPageSize() int32 {
@@ -2473,7 +2561,7 @@ type ListChannelsResponse struct {
 
 func (x *ListChannelsResponse) Reset() {
 	*x = ListChannelsResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[30]
+	mi := &file_chat_v1_chat_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +2573,7 @@ func (x *ListChannelsResponse) String() string {
 func (*ListChannelsResponse) ProtoMessage() {}
 
 func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[30]
+	mi := &file_chat_v1_chat_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +2586,7 @@ func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChannelsResponse.ProtoReflect.Descriptor instead.
 func (*ListChannelsResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{30}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListChannelsResponse) GetChannels() []*Channel {
@@ -2538,7 +2626,7 @@ type GetChannelRequest struct {
 
 func (x *GetChannelRequest) Reset() {
 	*x = GetChannelRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[31]
+	mi := &file_chat_v1_chat_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2638,7 @@ func (x *GetChannelRequest) String() string {
 func (*GetChannelRequest) ProtoMessage() {}
 
 func (x *GetChannelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[31]
+	mi := &file_chat_v1_chat_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2651,7 @@ func (x *GetChannelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChannelRequest.ProtoReflect.Descriptor instead.
 func (*GetChannelRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{31}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetChannelRequest) GetChannelId() string {
@@ -2582,7 +2670,7 @@ type GetChannelResponse struct {
 
 func (x *GetChannelResponse) Reset() {
 	*x = GetChannelResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[32]
+	mi := &file_chat_v1_chat_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +2682,7 @@ func (x *GetChannelResponse) String() string {
 func (*GetChannelResponse) ProtoMessage() {}
 
 func (x *GetChannelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[32]
+	mi := &file_chat_v1_chat_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +2695,7 @@ func (x *GetChannelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChannelResponse.ProtoReflect.Descriptor instead.
 func (*GetChannelResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{32}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetChannelResponse) GetChannel() *Channel {
@@ -2642,7 +2730,7 @@ type GetHistoryRequest struct {
 
 func (x *GetHistoryRequest) Reset() {
 	*x = GetHistoryRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[33]
+	mi := &file_chat_v1_chat_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +2742,7 @@ func (x *GetHistoryRequest) String() string {
 func (*GetHistoryRequest) ProtoMessage() {}
 
 func (x *GetHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[33]
+	mi := &file_chat_v1_chat_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +2755,7 @@ func (x *GetHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{33}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetHistoryRequest) GetChannelId() string {
@@ -2728,7 +2816,7 @@ type GetHistoryResponse struct {
 
 func (x *GetHistoryResponse) Reset() {
 	*x = GetHistoryResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[34]
+	mi := &file_chat_v1_chat_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2740,7 +2828,7 @@ func (x *GetHistoryResponse) String() string {
 func (*GetHistoryResponse) ProtoMessage() {}
 
 func (x *GetHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[34]
+	mi := &file_chat_v1_chat_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2753,7 +2841,7 @@ func (x *GetHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{34}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetHistoryResponse) GetMessages() []*Message {
@@ -2788,7 +2876,7 @@ type MarkReadRequest struct {
 
 func (x *MarkReadRequest) Reset() {
 	*x = MarkReadRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[35]
+	mi := &file_chat_v1_chat_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2800,7 +2888,7 @@ func (x *MarkReadRequest) String() string {
 func (*MarkReadRequest) ProtoMessage() {}
 
 func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[35]
+	mi := &file_chat_v1_chat_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2813,7 +2901,7 @@ func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkReadRequest.ProtoReflect.Descriptor instead.
 func (*MarkReadRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{35}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MarkReadRequest) GetChannelId() string {
@@ -2839,7 +2927,7 @@ type MarkReadResponse struct {
 
 func (x *MarkReadResponse) Reset() {
 	*x = MarkReadResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[36]
+	mi := &file_chat_v1_chat_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2939,7 @@ func (x *MarkReadResponse) String() string {
 func (*MarkReadResponse) ProtoMessage() {}
 
 func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[36]
+	mi := &file_chat_v1_chat_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2952,7 @@ func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkReadResponse.ProtoReflect.Descriptor instead.
 func (*MarkReadResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{36}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MarkReadResponse) GetUnread() *UnreadEvent {
@@ -2886,7 +2974,7 @@ type EditMessageRequest struct {
 
 func (x *EditMessageRequest) Reset() {
 	*x = EditMessageRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[37]
+	mi := &file_chat_v1_chat_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +2986,7 @@ func (x *EditMessageRequest) String() string {
 func (*EditMessageRequest) ProtoMessage() {}
 
 func (x *EditMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[37]
+	mi := &file_chat_v1_chat_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +2999,7 @@ func (x *EditMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditMessageRequest.ProtoReflect.Descriptor instead.
 func (*EditMessageRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{37}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *EditMessageRequest) GetChannelId() string {
@@ -2951,7 +3039,7 @@ type EditMessageResponse struct {
 
 func (x *EditMessageResponse) Reset() {
 	*x = EditMessageResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[38]
+	mi := &file_chat_v1_chat_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3051,7 @@ func (x *EditMessageResponse) String() string {
 func (*EditMessageResponse) ProtoMessage() {}
 
 func (x *EditMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[38]
+	mi := &file_chat_v1_chat_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3064,7 @@ func (x *EditMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditMessageResponse.ProtoReflect.Descriptor instead.
 func (*EditMessageResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{38}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *EditMessageResponse) GetAck() *SendAck {
@@ -2998,7 +3086,7 @@ type DeleteMessageRequest struct {
 
 func (x *DeleteMessageRequest) Reset() {
 	*x = DeleteMessageRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[39]
+	mi := &file_chat_v1_chat_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3010,7 +3098,7 @@ func (x *DeleteMessageRequest) String() string {
 func (*DeleteMessageRequest) ProtoMessage() {}
 
 func (x *DeleteMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[39]
+	mi := &file_chat_v1_chat_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3023,7 +3111,7 @@ func (x *DeleteMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMessageRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMessageRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{39}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeleteMessageRequest) GetChannelId() string {
@@ -3063,7 +3151,7 @@ type DeleteMessageResponse struct {
 
 func (x *DeleteMessageResponse) Reset() {
 	*x = DeleteMessageResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[40]
+	mi := &file_chat_v1_chat_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3075,7 +3163,7 @@ func (x *DeleteMessageResponse) String() string {
 func (*DeleteMessageResponse) ProtoMessage() {}
 
 func (x *DeleteMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[40]
+	mi := &file_chat_v1_chat_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3088,7 +3176,7 @@ func (x *DeleteMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMessageResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMessageResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{40}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteMessageResponse) GetAck() *SendAck {
@@ -3107,7 +3195,7 @@ type GetReceiptsRequest struct {
 
 func (x *GetReceiptsRequest) Reset() {
 	*x = GetReceiptsRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[41]
+	mi := &file_chat_v1_chat_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3119,7 +3207,7 @@ func (x *GetReceiptsRequest) String() string {
 func (*GetReceiptsRequest) ProtoMessage() {}
 
 func (x *GetReceiptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[41]
+	mi := &file_chat_v1_chat_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3132,7 +3220,7 @@ func (x *GetReceiptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReceiptsRequest.ProtoReflect.Descriptor instead.
 func (*GetReceiptsRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{41}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetReceiptsRequest) GetChannelId() string {
@@ -3152,7 +3240,7 @@ type GetReceiptsResponse struct {
 
 func (x *GetReceiptsResponse) Reset() {
 	*x = GetReceiptsResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[42]
+	mi := &file_chat_v1_chat_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3164,7 +3252,7 @@ func (x *GetReceiptsResponse) String() string {
 func (*GetReceiptsResponse) ProtoMessage() {}
 
 func (x *GetReceiptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[42]
+	mi := &file_chat_v1_chat_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3177,7 +3265,7 @@ func (x *GetReceiptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReceiptsResponse.ProtoReflect.Descriptor instead.
 func (*GetReceiptsResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{42}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetReceiptsResponse) GetReceipts() []*ReceiptEvent {
@@ -3198,7 +3286,7 @@ type SetReadReceiptsRequest struct {
 
 func (x *SetReadReceiptsRequest) Reset() {
 	*x = SetReadReceiptsRequest{}
-	mi := &file_chat_v1_chat_proto_msgTypes[43]
+	mi := &file_chat_v1_chat_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3210,7 +3298,7 @@ func (x *SetReadReceiptsRequest) String() string {
 func (*SetReadReceiptsRequest) ProtoMessage() {}
 
 func (x *SetReadReceiptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[43]
+	mi := &file_chat_v1_chat_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3223,7 +3311,7 @@ func (x *SetReadReceiptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetReadReceiptsRequest.ProtoReflect.Descriptor instead.
 func (*SetReadReceiptsRequest) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{43}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetReadReceiptsRequest) GetHideReadReceipts() bool {
@@ -3242,7 +3330,7 @@ type SetReadReceiptsResponse struct {
 
 func (x *SetReadReceiptsResponse) Reset() {
 	*x = SetReadReceiptsResponse{}
-	mi := &file_chat_v1_chat_proto_msgTypes[44]
+	mi := &file_chat_v1_chat_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3254,7 +3342,7 @@ func (x *SetReadReceiptsResponse) String() string {
 func (*SetReadReceiptsResponse) ProtoMessage() {}
 
 func (x *SetReadReceiptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_v1_chat_proto_msgTypes[44]
+	mi := &file_chat_v1_chat_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3267,7 +3355,7 @@ func (x *SetReadReceiptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetReadReceiptsResponse.ProtoReflect.Descriptor instead.
 func (*SetReadReceiptsResponse) Descriptor() ([]byte, []int) {
-	return file_chat_v1_chat_proto_rawDescGZIP(), []int{44}
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SetReadReceiptsResponse) GetHideReadReceipts() bool {
@@ -3281,7 +3369,7 @@ var File_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
+	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x17chat/v1/discovery.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
@@ -3348,7 +3436,7 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"message_id\x18\x02 \x01(\x04R\tmessageId\x12*\n" +
 	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x15\n" +
-	"\x06for_me\x18\x04 \x01(\bR\x05forMe\"\xa6\x04\n" +
+	"\x06for_me\x18\x04 \x01(\bR\x05forMe\"\xce\x04\n" +
 	"\vServerFrame\x12\x19\n" +
 	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12,\n" +
 	"\awelcome\x18\x02 \x01(\v2\x10.chat.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -3362,8 +3450,13 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"ack_result\x18\t \x01(\v2\x12.chat.v1.AckResultH\x00R\tackResult\x121\n" +
 	"\areceipt\x18\n" +
 	" \x01(\v2\x15.chat.v1.ReceiptEventH\x00R\areceipt\x12.\n" +
-	"\x06unread\x18\v \x01(\v2\x14.chat.v1.UnreadEventH\x00R\x06unreadB\t\n" +
-	"\apayload\"\xc3\x01\n" +
+	"\x06unread\x18\v \x01(\v2\x14.chat.v1.UnreadEventH\x00R\x06unread\x12&\n" +
+	"\x05drain\x18\f \x01(\v2\x0e.chat.v1.DrainH\x00R\x05drainB\t\n" +
+	"\apayload\"\x83\x01\n" +
+	"\x05Drain\x12,\n" +
+	"\x12reconnect_delay_ms\x18\x01 \x01(\rR\x10reconnectDelayMs\x12/\n" +
+	"\tendpoints\x18\x02 \x03(\v2\x11.chat.v1.EndpointR\tendpoints\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\"\xc3\x01\n" +
 	"\aWelcome\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x16\n" +
@@ -3560,7 +3653,7 @@ func file_chat_v1_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_v1_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_chat_v1_chat_proto_goTypes = []any{
 	(ChannelType)(0),                // 0: chat.v1.ChannelType
 	(MemberRole)(0),                 // 1: chat.v1.MemberRole
@@ -3577,45 +3670,47 @@ var file_chat_v1_chat_proto_goTypes = []any{
 	(*EditMessage)(nil),             // 12: chat.v1.EditMessage
 	(*DeleteMessage)(nil),           // 13: chat.v1.DeleteMessage
 	(*ServerFrame)(nil),             // 14: chat.v1.ServerFrame
-	(*Welcome)(nil),                 // 15: chat.v1.Welcome
-	(*SendAck)(nil),                 // 16: chat.v1.SendAck
-	(*SyncPage)(nil),                // 17: chat.v1.SyncPage
-	(*AckResult)(nil),               // 18: chat.v1.AckResult
-	(*TypingEvent)(nil),             // 19: chat.v1.TypingEvent
-	(*HeartbeatAck)(nil),            // 20: chat.v1.HeartbeatAck
-	(*ReceiptEvent)(nil),            // 21: chat.v1.ReceiptEvent
-	(*UnreadEvent)(nil),             // 22: chat.v1.UnreadEvent
-	(*FrameError)(nil),              // 23: chat.v1.FrameError
-	(*Channel)(nil),                 // 24: chat.v1.Channel
-	(*Member)(nil),                  // 25: chat.v1.Member
-	(*CreateGroupRequest)(nil),      // 26: chat.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil),     // 27: chat.v1.CreateGroupResponse
-	(*AddMemberRequest)(nil),        // 28: chat.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),       // 29: chat.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),     // 30: chat.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),    // 31: chat.v1.RemoveMemberResponse
-	(*ListChannelsRequest)(nil),     // 32: chat.v1.ListChannelsRequest
-	(*ListChannelsResponse)(nil),    // 33: chat.v1.ListChannelsResponse
-	(*GetChannelRequest)(nil),       // 34: chat.v1.GetChannelRequest
-	(*GetChannelResponse)(nil),      // 35: chat.v1.GetChannelResponse
-	(*GetHistoryRequest)(nil),       // 36: chat.v1.GetHistoryRequest
-	(*GetHistoryResponse)(nil),      // 37: chat.v1.GetHistoryResponse
-	(*MarkReadRequest)(nil),         // 38: chat.v1.MarkReadRequest
-	(*MarkReadResponse)(nil),        // 39: chat.v1.MarkReadResponse
-	(*EditMessageRequest)(nil),      // 40: chat.v1.EditMessageRequest
-	(*EditMessageResponse)(nil),     // 41: chat.v1.EditMessageResponse
-	(*DeleteMessageRequest)(nil),    // 42: chat.v1.DeleteMessageRequest
-	(*DeleteMessageResponse)(nil),   // 43: chat.v1.DeleteMessageResponse
-	(*GetReceiptsRequest)(nil),      // 44: chat.v1.GetReceiptsRequest
-	(*GetReceiptsResponse)(nil),     // 45: chat.v1.GetReceiptsResponse
-	(*SetReadReceiptsRequest)(nil),  // 46: chat.v1.SetReadReceiptsRequest
-	(*SetReadReceiptsResponse)(nil), // 47: chat.v1.SetReadReceiptsResponse
-	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
+	(*Drain)(nil),                   // 15: chat.v1.Drain
+	(*Welcome)(nil),                 // 16: chat.v1.Welcome
+	(*SendAck)(nil),                 // 17: chat.v1.SendAck
+	(*SyncPage)(nil),                // 18: chat.v1.SyncPage
+	(*AckResult)(nil),               // 19: chat.v1.AckResult
+	(*TypingEvent)(nil),             // 20: chat.v1.TypingEvent
+	(*HeartbeatAck)(nil),            // 21: chat.v1.HeartbeatAck
+	(*ReceiptEvent)(nil),            // 22: chat.v1.ReceiptEvent
+	(*UnreadEvent)(nil),             // 23: chat.v1.UnreadEvent
+	(*FrameError)(nil),              // 24: chat.v1.FrameError
+	(*Channel)(nil),                 // 25: chat.v1.Channel
+	(*Member)(nil),                  // 26: chat.v1.Member
+	(*CreateGroupRequest)(nil),      // 27: chat.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),     // 28: chat.v1.CreateGroupResponse
+	(*AddMemberRequest)(nil),        // 29: chat.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),       // 30: chat.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),     // 31: chat.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),    // 32: chat.v1.RemoveMemberResponse
+	(*ListChannelsRequest)(nil),     // 33: chat.v1.ListChannelsRequest
+	(*ListChannelsResponse)(nil),    // 34: chat.v1.ListChannelsResponse
+	(*GetChannelRequest)(nil),       // 35: chat.v1.GetChannelRequest
+	(*GetChannelResponse)(nil),      // 36: chat.v1.GetChannelResponse
+	(*GetHistoryRequest)(nil),       // 37: chat.v1.GetHistoryRequest
+	(*GetHistoryResponse)(nil),      // 38: chat.v1.GetHistoryResponse
+	(*MarkReadRequest)(nil),         // 39: chat.v1.MarkReadRequest
+	(*MarkReadResponse)(nil),        // 40: chat.v1.MarkReadResponse
+	(*EditMessageRequest)(nil),      // 41: chat.v1.EditMessageRequest
+	(*EditMessageResponse)(nil),     // 42: chat.v1.EditMessageResponse
+	(*DeleteMessageRequest)(nil),    // 43: chat.v1.DeleteMessageRequest
+	(*DeleteMessageResponse)(nil),   // 44: chat.v1.DeleteMessageResponse
+	(*GetReceiptsRequest)(nil),      // 45: chat.v1.GetReceiptsRequest
+	(*GetReceiptsResponse)(nil),     // 46: chat.v1.GetReceiptsResponse
+	(*SetReadReceiptsRequest)(nil),  // 47: chat.v1.SetReadReceiptsRequest
+	(*SetReadReceiptsResponse)(nil), // 48: chat.v1.SetReadReceiptsResponse
+	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
+	(*Endpoint)(nil),                // 50: chat.v1.Endpoint
 }
 var file_chat_v1_chat_proto_depIdxs = []int32{
-	48, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
+	49, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 1: chat.v1.Message.kind:type_name -> chat.v1.MessageKind
-	48, // 2: chat.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
+	49, // 2: chat.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
 	3,  // 3: chat.v1.Delivery.message:type_name -> chat.v1.Message
 	6,  // 4: chat.v1.ClientFrame.send:type_name -> chat.v1.SendMessage
 	7,  // 5: chat.v1.ClientFrame.ack:type_name -> chat.v1.Ack
@@ -3625,66 +3720,68 @@ var file_chat_v1_chat_proto_depIdxs = []int32{
 	11, // 9: chat.v1.ClientFrame.mark_read:type_name -> chat.v1.MarkRead
 	12, // 10: chat.v1.ClientFrame.edit:type_name -> chat.v1.EditMessage
 	13, // 11: chat.v1.ClientFrame.delete:type_name -> chat.v1.DeleteMessage
-	15, // 12: chat.v1.ServerFrame.welcome:type_name -> chat.v1.Welcome
-	16, // 13: chat.v1.ServerFrame.send_ack:type_name -> chat.v1.SendAck
+	16, // 12: chat.v1.ServerFrame.welcome:type_name -> chat.v1.Welcome
+	17, // 13: chat.v1.ServerFrame.send_ack:type_name -> chat.v1.SendAck
 	4,  // 14: chat.v1.ServerFrame.delivery:type_name -> chat.v1.Delivery
-	17, // 15: chat.v1.ServerFrame.sync_page:type_name -> chat.v1.SyncPage
-	19, // 16: chat.v1.ServerFrame.typing:type_name -> chat.v1.TypingEvent
-	23, // 17: chat.v1.ServerFrame.error:type_name -> chat.v1.FrameError
-	20, // 18: chat.v1.ServerFrame.heartbeat_ack:type_name -> chat.v1.HeartbeatAck
-	18, // 19: chat.v1.ServerFrame.ack_result:type_name -> chat.v1.AckResult
-	21, // 20: chat.v1.ServerFrame.receipt:type_name -> chat.v1.ReceiptEvent
-	22, // 21: chat.v1.ServerFrame.unread:type_name -> chat.v1.UnreadEvent
-	48, // 22: chat.v1.SendAck.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 23: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
-	48, // 24: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
-	48, // 25: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	0,  // 26: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
-	25, // 27: chat.v1.Channel.members:type_name -> chat.v1.Member
-	48, // 28: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
-	48, // 29: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
-	3,  // 30: chat.v1.Channel.last_message:type_name -> chat.v1.Message
-	21, // 31: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
-	1,  // 32: chat.v1.Member.role:type_name -> chat.v1.MemberRole
-	24, // 33: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
-	1,  // 34: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
-	24, // 35: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
-	24, // 36: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
-	24, // 37: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
-	3,  // 38: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
-	22, // 39: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
-	16, // 40: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
-	16, // 41: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
-	21, // 42: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
-	5,  // 43: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
-	26, // 44: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
-	28, // 45: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
-	30, // 46: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
-	32, // 47: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
-	34, // 48: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
-	36, // 49: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
-	38, // 50: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
-	40, // 51: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
-	42, // 52: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
-	44, // 53: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
-	46, // 54: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
-	14, // 55: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
-	27, // 56: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
-	29, // 57: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
-	31, // 58: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
-	33, // 59: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
-	35, // 60: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
-	37, // 61: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
-	39, // 62: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
-	41, // 63: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
-	43, // 64: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
-	45, // 65: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
-	47, // 66: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
-	55, // [55:67] is the sub-list for method output_type
-	43, // [43:55] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	18, // 15: chat.v1.ServerFrame.sync_page:type_name -> chat.v1.SyncPage
+	20, // 16: chat.v1.ServerFrame.typing:type_name -> chat.v1.TypingEvent
+	24, // 17: chat.v1.ServerFrame.error:type_name -> chat.v1.FrameError
+	21, // 18: chat.v1.ServerFrame.heartbeat_ack:type_name -> chat.v1.HeartbeatAck
+	19, // 19: chat.v1.ServerFrame.ack_result:type_name -> chat.v1.AckResult
+	22, // 20: chat.v1.ServerFrame.receipt:type_name -> chat.v1.ReceiptEvent
+	23, // 21: chat.v1.ServerFrame.unread:type_name -> chat.v1.UnreadEvent
+	15, // 22: chat.v1.ServerFrame.drain:type_name -> chat.v1.Drain
+	50, // 23: chat.v1.Drain.endpoints:type_name -> chat.v1.Endpoint
+	49, // 24: chat.v1.SendAck.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 25: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
+	49, // 26: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
+	49, // 27: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	0,  // 28: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
+	26, // 29: chat.v1.Channel.members:type_name -> chat.v1.Member
+	49, // 30: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
+	49, // 31: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
+	3,  // 32: chat.v1.Channel.last_message:type_name -> chat.v1.Message
+	22, // 33: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
+	1,  // 34: chat.v1.Member.role:type_name -> chat.v1.MemberRole
+	25, // 35: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
+	1,  // 36: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
+	25, // 37: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
+	25, // 38: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
+	25, // 39: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
+	3,  // 40: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
+	23, // 41: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
+	17, // 42: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
+	17, // 43: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
+	22, // 44: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
+	5,  // 45: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
+	27, // 46: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
+	29, // 47: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
+	31, // 48: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
+	33, // 49: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
+	35, // 50: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
+	37, // 51: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
+	39, // 52: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
+	41, // 53: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
+	43, // 54: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
+	45, // 55: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
+	47, // 56: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
+	14, // 57: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
+	28, // 58: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
+	30, // 59: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
+	32, // 60: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
+	34, // 61: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
+	36, // 62: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
+	38, // 63: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
+	40, // 64: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
+	42, // 65: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
+	44, // 66: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
+	46, // 67: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
+	48, // 68: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
+	57, // [57:69] is the sub-list for method output_type
+	45, // [45:57] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_chat_v1_chat_proto_init() }
@@ -3692,6 +3789,7 @@ func file_chat_v1_chat_proto_init() {
 	if File_chat_v1_chat_proto != nil {
 		return
 	}
+	file_chat_v1_discovery_proto_init()
 	file_chat_v1_chat_proto_msgTypes[2].OneofWrappers = []any{
 		(*ClientFrame_Send)(nil),
 		(*ClientFrame_Ack)(nil),
@@ -3717,6 +3815,7 @@ func file_chat_v1_chat_proto_init() {
 		(*ServerFrame_AckResult)(nil),
 		(*ServerFrame_Receipt)(nil),
 		(*ServerFrame_Unread)(nil),
+		(*ServerFrame_Drain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3724,7 +3823,7 @@ func file_chat_v1_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_v1_chat_proto_rawDesc), len(file_chat_v1_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,10 +21,66 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ServerState is where a chat server is in its life.
+type ServerState int32
+
+const (
+	ServerState_SERVER_STATE_UNSPECIFIED ServerState = 0
+	// SERVING: accepts new streams.
+	ServerState_SERVER_STATE_SERVING ServerState = 1
+	// DRAINING: going away (a restart); accepts no new streams and moves its
+	// devices off (a Drain frame on each stream). Discovery never returns it.
+	ServerState_SERVER_STATE_DRAINING ServerState = 2
+)
+
+// Enum value maps for ServerState.
+var (
+	ServerState_name = map[int32]string{
+		0: "SERVER_STATE_UNSPECIFIED",
+		1: "SERVER_STATE_SERVING",
+		2: "SERVER_STATE_DRAINING",
+	}
+	ServerState_value = map[string]int32{
+		"SERVER_STATE_UNSPECIFIED": 0,
+		"SERVER_STATE_SERVING":     1,
+		"SERVER_STATE_DRAINING":    2,
+	}
+)
+
+func (x ServerState) Enum() *ServerState {
+	p := new(ServerState)
+	*p = x
+	return p
+}
+
+func (x ServerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ServerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_chat_v1_discovery_proto_enumTypes[0].Descriptor()
+}
+
+func (ServerState) Type() protoreflect.EnumType {
+	return &file_chat_v1_discovery_proto_enumTypes[0]
+}
+
+func (x ServerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ServerState.Descriptor instead.
+func (ServerState) EnumDescriptor() ([]byte, []int) {
+	return file_chat_v1_discovery_proto_rawDescGZIP(), []int{0}
+}
+
 type GetEndpointsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// username lets a cluster prefer a server near the user's other devices.
-	Username      string `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	Username string `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	// zone is the client's zone (e.g. "eu-west-1a"): servers of that zone are
+	// listed first. Empty: the zone of the server that answers.
+	Zone          string `protobuf:"bytes,2,opt,name=zone,proto3" json:"zone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -66,6 +122,13 @@ func (x *GetEndpointsRequest) GetUsername() string {
 	return ""
 }
 
+func (x *GetEndpointsRequest) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
 type Endpoint struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	ServerId string                 `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
@@ -73,8 +136,19 @@ type Endpoint struct {
 	GrpcAddress string `protobuf:"bytes,2,opt,name=grpc_address,json=grpcAddress,proto3" json:"grpc_address,omitempty"`
 	// http_address: host:port of the REST/grpc-web listener.
 	HttpAddress string `protobuf:"bytes,3,opt,name=http_address,json=httpAddress,proto3" json:"http_address,omitempty"`
-	// load: connected devices on that server, for client-side tie breaking.
-	Load          uint64 `protobuf:"varint,4,opt,name=load,proto3" json:"load,omitempty"`
+	// load: open Chat streams (connected devices) on that server when it
+	// last reported (every second or so).
+	Load uint64 `protobuf:"varint,4,opt,name=load,proto3" json:"load,omitempty"`
+	// zone: the server's zone (chatd --zone); empty if not set.
+	Zone string `protobuf:"bytes,5,opt,name=zone,proto3" json:"zone,omitempty"`
+	// capacity: the most Chat streams the server accepts (chatd
+	// --max-streams); 0 means no bound. A server at capacity answers new
+	// streams with ResourceExhausted and a retry delay.
+	Capacity uint64 `protobuf:"varint,6,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// state: SERVING or DRAINING.
+	State ServerState `protobuf:"varint,7,opt,name=state,proto3,enum=chat.v1.ServerState" json:"state,omitempty"`
+	// version: the server's build version.
+	Version       string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -137,6 +211,34 @@ func (x *Endpoint) GetLoad() uint64 {
 	return 0
 }
 
+func (x *Endpoint) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *Endpoint) GetCapacity() uint64 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *Endpoint) GetState() ServerState {
+	if x != nil {
+		return x.State
+	}
+	return ServerState_SERVER_STATE_UNSPECIFIED
+}
+
+func (x *Endpoint) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 type GetEndpointsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Endpoints     []*Endpoint            `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
@@ -185,16 +287,25 @@ var File_chat_v1_discovery_proto protoreflect.FileDescriptor
 
 const file_chat_v1_discovery_proto_rawDesc = "" +
 	"\n" +
-	"\x17chat/v1/discovery.proto\x12\achat.v1\"1\n" +
+	"\x17chat/v1/discovery.proto\x12\achat.v1\"E\n" +
 	"\x13GetEndpointsRequest\x12\x1a\n" +
-	"\busername\x18\x01 \x01(\tR\busername\"\x81\x01\n" +
+	"\busername\x18\x01 \x01(\tR\busername\x12\x12\n" +
+	"\x04zone\x18\x02 \x01(\tR\x04zone\"\xf7\x01\n" +
 	"\bEndpoint\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12!\n" +
 	"\fgrpc_address\x18\x02 \x01(\tR\vgrpcAddress\x12!\n" +
 	"\fhttp_address\x18\x03 \x01(\tR\vhttpAddress\x12\x12\n" +
-	"\x04load\x18\x04 \x01(\x04R\x04load\"G\n" +
+	"\x04load\x18\x04 \x01(\x04R\x04load\x12\x12\n" +
+	"\x04zone\x18\x05 \x01(\tR\x04zone\x12\x1a\n" +
+	"\bcapacity\x18\x06 \x01(\x04R\bcapacity\x12*\n" +
+	"\x05state\x18\a \x01(\x0e2\x14.chat.v1.ServerStateR\x05state\x12\x18\n" +
+	"\aversion\x18\b \x01(\tR\aversion\"G\n" +
 	"\x14GetEndpointsResponse\x12/\n" +
-	"\tendpoints\x18\x01 \x03(\v2\x11.chat.v1.EndpointR\tendpoints2_\n" +
+	"\tendpoints\x18\x01 \x03(\v2\x11.chat.v1.EndpointR\tendpoints*`\n" +
+	"\vServerState\x12\x1c\n" +
+	"\x18SERVER_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14SERVER_STATE_SERVING\x10\x01\x12\x19\n" +
+	"\x15SERVER_STATE_DRAINING\x10\x022_\n" +
 	"\x10DiscoveryService\x12K\n" +
 	"\fGetEndpoints\x12\x1c.chat.v1.GetEndpointsRequest\x1a\x1d.chat.v1.GetEndpointsResponseB+Z)github.com/chatd/chatd/gen/chat/v1;chatv1b\x06proto3"
 
@@ -210,21 +321,24 @@ func file_chat_v1_discovery_proto_rawDescGZIP() []byte {
 	return file_chat_v1_discovery_proto_rawDescData
 }
 
+var file_chat_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_chat_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_chat_v1_discovery_proto_goTypes = []any{
-	(*GetEndpointsRequest)(nil),  // 0: chat.v1.GetEndpointsRequest
-	(*Endpoint)(nil),             // 1: chat.v1.Endpoint
-	(*GetEndpointsResponse)(nil), // 2: chat.v1.GetEndpointsResponse
+	(ServerState)(0),             // 0: chat.v1.ServerState
+	(*GetEndpointsRequest)(nil),  // 1: chat.v1.GetEndpointsRequest
+	(*Endpoint)(nil),             // 2: chat.v1.Endpoint
+	(*GetEndpointsResponse)(nil), // 3: chat.v1.GetEndpointsResponse
 }
 var file_chat_v1_discovery_proto_depIdxs = []int32{
-	1, // 0: chat.v1.GetEndpointsResponse.endpoints:type_name -> chat.v1.Endpoint
-	0, // 1: chat.v1.DiscoveryService.GetEndpoints:input_type -> chat.v1.GetEndpointsRequest
-	2, // 2: chat.v1.DiscoveryService.GetEndpoints:output_type -> chat.v1.GetEndpointsResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	0, // 0: chat.v1.Endpoint.state:type_name -> chat.v1.ServerState
+	2, // 1: chat.v1.GetEndpointsResponse.endpoints:type_name -> chat.v1.Endpoint
+	1, // 2: chat.v1.DiscoveryService.GetEndpoints:input_type -> chat.v1.GetEndpointsRequest
+	3, // 3: chat.v1.DiscoveryService.GetEndpoints:output_type -> chat.v1.GetEndpointsResponse
+	3, // [3:4] is the sub-list for method output_type
+	2, // [2:3] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_chat_v1_discovery_proto_init() }
@@ -237,13 +351,14 @@ func file_chat_v1_discovery_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_v1_discovery_proto_rawDesc), len(file_chat_v1_discovery_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_chat_v1_discovery_proto_goTypes,
 		DependencyIndexes: file_chat_v1_discovery_proto_depIdxs,
+		EnumInfos:         file_chat_v1_discovery_proto_enumTypes,
 		MessageInfos:      file_chat_v1_discovery_proto_msgTypes,
 	}.Build()
 	File_chat_v1_discovery_proto = out.File

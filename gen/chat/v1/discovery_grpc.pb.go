@@ -29,8 +29,13 @@ const (
 // DiscoveryService tells a client which chat server to connect its stream to.
 // It needs no authentication.
 type DiscoveryServiceClient interface {
-	// GetEndpoints returns chat server endpoints, best first. A single node
-	// returns itself.
+	// GetEndpoints returns chat server endpoints, best first: serving servers
+	// only (never a draining or dead one), the client's zone first (the
+	// request's zone, else the answering server's), then the ones with the
+	// most spare capacity, with randomness among near-equals; a full server
+	// is never first. A single node returns itself. Answered from a view
+	// cached for about a second. Errors: InvalidArgument (username or zone
+	// over 256 bytes), Unavailable (no server is serving).
 	GetEndpoints(ctx context.Context, in *GetEndpointsRequest, opts ...grpc.CallOption) (*GetEndpointsResponse, error)
 }
 
@@ -59,8 +64,13 @@ func (c *discoveryServiceClient) GetEndpoints(ctx context.Context, in *GetEndpoi
 // DiscoveryService tells a client which chat server to connect its stream to.
 // It needs no authentication.
 type DiscoveryServiceServer interface {
-	// GetEndpoints returns chat server endpoints, best first. A single node
-	// returns itself.
+	// GetEndpoints returns chat server endpoints, best first: serving servers
+	// only (never a draining or dead one), the client's zone first (the
+	// request's zone, else the answering server's), then the ones with the
+	// most spare capacity, with randomness among near-equals; a full server
+	// is never first. A single node returns itself. Answered from a view
+	// cached for about a second. Errors: InvalidArgument (username or zone
+	// over 256 bytes), Unavailable (no server is serving).
 	GetEndpoints(context.Context, *GetEndpointsRequest) (*GetEndpointsResponse, error)
 	mustEmbedUnimplementedDiscoveryServiceServer()
 }

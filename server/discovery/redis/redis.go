@@ -1,15 +1,19 @@
 // Package redis is the cluster discovery.Registry: every chat server
-// registers its advertised endpoint and load in Redis under a lease that it
-// renews, and GetEndpoints lists the live servers, least loaded first. A
-// server that dies drops out when its lease expires (TTL, default 15 s).
+// heartbeats its record (a chatv1.Endpoint: addresses, zone, capacity,
+// open streams, state, version) into Redis under a lease, and reads every
+// live record back in the same beat, so the view that GetEndpoints ranks
+// is at most one Interval old and costs no Redis round trip per call. A
+// server that stops beating drops out when its lease lapses (TTL, default
+// 3 s); one that stops gracefully removes itself at once (Close), and one
+// that starts draining says so at once (Beat).
 //
 // Keys (one hash tag, so Redis Cluster keeps them on one slot):
 //
 //	{<prefix>endpoints}      ZSET  server_id → lease deadline (Redis clock, ms)
 //	{<prefix>endpoints}:<id> STRING the chatv1.Endpoint (protobuf), with PX = TTL
 //
-// Cost: one pipelined ZADD+SET per server per Interval; a lookup is one
-// ZRANGEBYSCORE and one MGET, cached in the server for CacheTTL (1 s).
+// Cost per server per Interval (1 s): TIME, one MULTI (SET, ZADD,
+// ZREMRANGEBYSCORE), one ZRANGEBYSCORE and one MGET of the live records.
 package redis
 
 import (
@@ -17,12 +21,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/discovery"
 	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
 )
@@ -30,26 +36,24 @@ import (
 // Defaults of Config.
 const (
 	DefaultPrefix   = "chatd:"
-	DefaultTTL      = 15 * time.Second
-	DefaultCacheTTL = time.Second
+	DefaultInterval = time.Second
+	DefaultTTL      = 3 * time.Second
 )
 
 // Config configures a Registry.
 type Config struct {
 	// Client is the cluster's Redis. Required; not closed by the Registry.
 	Client goredis.UniversalClient
-	// Self is this server's advertised endpoint (server_id and addresses).
-	// Required.
-	Self *chatv1.Endpoint
-	// Load reports this server's connected devices; may be nil.
-	Load func() uint64
+	// Self returns this server's current record (server_id and addresses
+	// required; load and state as of now). Required; called once per beat.
+	Self func() *chatv1.Endpoint
 	// Prefix starts every key; default DefaultPrefix.
 	Prefix string
-	// TTL is the lease: a server not renewed for TTL is not listed.
-	// Default 15 s; renewed every TTL/3.
+	// Interval between beats (and view refreshes); default DefaultInterval.
+	Interval time.Duration
+	// TTL is the lease: a server that has not beaten for TTL is not
+	// listed. Default DefaultTTL; at least 2 Intervals.
 	TTL time.Duration
-	// CacheTTL is how long a lookup result is reused; default 1 s.
-	CacheTTL time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -58,40 +62,44 @@ type Config struct {
 type Registry struct {
 	cfg     Config
 	zkey    string
+	id      string
 	stop    chan struct{}
 	stopped chan struct{}
 	once    sync.Once
+	beatMu  sync.Mutex // one beat at a time
 
-	mu       sync.Mutex
-	cached   []*chatv1.Endpoint
-	cachedAt time.Time
+	view  atomic.Pointer[discovery.View]
+	fresh atomic.Int64 // unix ns of the last successful read of the records
 }
 
-// New registers this server (one renewal before it returns, so that it is
-// listed at once) and keeps renewing its lease until Close.
+// New registers this server (one beat before it returns, so that it is
+// listed at once) and keeps beating until Close.
 func New(ctx context.Context, cfg Config) (*Registry, error) {
-	if cfg.Client == nil || cfg.Self.GetServerId() == "" {
-		return nil, errors.New("discovery/redis: Config.Client and Config.Self.ServerId are required")
+	if cfg.Client == nil || cfg.Self == nil || cfg.Self().GetServerId() == "" {
+		return nil, errors.New("discovery/redis: Config.Client and Config.Self (with a server id) are required")
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
 	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultTTL
 	}
-	if cfg.CacheTTL <= 0 {
-		cfg.CacheTTL = DefaultCacheTTL
-	}
+	cfg.TTL = max(cfg.TTL, 2*cfg.Interval)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	r := &Registry{
 		cfg:     cfg,
 		zkey:    "{" + cfg.Prefix + "endpoints}",
+		id:      cfg.Self().GetServerId(),
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
-	if err := r.renew(ctx); err != nil {
+	r.view.Store(discovery.NewView([]*chatv1.Endpoint{cfg.Self()}))
+	if err := r.Beat(ctx); err != nil {
 		return nil, fmt.Errorf("discovery/redis: register: %w", err)
 	}
 	go r.loop()
@@ -100,13 +108,15 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 
 func (r *Registry) key(id string) string { return r.zkey + ":" + id }
 
-// renew writes this server's endpoint and extends its lease.
-func (r *Registry) renew(ctx context.Context) error {
-	e := proto.Clone(r.cfg.Self).(*chatv1.Endpoint)
-	if r.cfg.Load != nil {
-		e.Load = r.cfg.Load()
-	}
-	b, err := proto.Marshal(e)
+// Beat writes this server's record now, extends its lease and refreshes
+// the view. It runs every Interval; call it directly when the record
+// changed in a way others must learn at once (the server started
+// draining). Errors are Redis's; the previous view stays.
+func (r *Registry) Beat(ctx context.Context) error {
+	r.beatMu.Lock()
+	defer r.beatMu.Unlock()
+	self := r.cfg.Self()
+	b, err := proto.Marshal(self)
 	if err != nil {
 		return err
 	}
@@ -114,92 +124,89 @@ func (r *Registry) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	deadline := now.Add(r.cfg.TTL).UnixMilli()
+	ms := now.UnixMilli()
+	var live *goredis.StringSliceCmd
 	_, err = r.cfg.Client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-		p.Set(ctx, r.key(e.GetServerId()), b, r.cfg.TTL)
-		p.ZAdd(ctx, r.zkey, goredis.Z{Score: float64(deadline), Member: e.GetServerId()})
-		p.ZRemRangeByScore(ctx, r.zkey, "-inf", "("+strconv.FormatInt(now.UnixMilli(), 10))
+		p.Set(ctx, r.key(r.id), b, r.cfg.TTL)
+		p.ZAdd(ctx, r.zkey, goredis.Z{Score: float64(now.Add(r.cfg.TTL).UnixMilli()), Member: r.id})
+		p.ZRemRangeByScore(ctx, r.zkey, "-inf", "("+strconv.FormatInt(ms, 10))
+		live = p.ZRangeByScore(ctx, r.zkey, &goredis.ZRangeBy{Min: strconv.FormatInt(ms, 10), Max: "+inf"})
 		return nil
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	servers := []*chatv1.Endpoint{self}
+	var keys []string
+	for _, id := range live.Val() {
+		if id != r.id {
+			keys = append(keys, r.key(id))
+		}
+	}
+	if len(keys) > 0 {
+		vals, err := r.cfg.Client.MGet(ctx, keys...).Result()
+		if err != nil {
+			return err
+		}
+		for _, v := range vals {
+			s, ok := v.(string)
+			if !ok {
+				continue // the record expired between the two reads
+			}
+			e := &chatv1.Endpoint{}
+			if proto.Unmarshal([]byte(s), e) != nil || e.GetServerId() == "" {
+				continue
+			}
+			servers = append(servers, e)
+		}
+	}
+	slices.SortFunc(servers, func(a, b *chatv1.Endpoint) int {
+		if a.GetServerId() < b.GetServerId() {
+			return -1
+		}
+		return 1
+	})
+	r.view.Store(discovery.NewView(servers))
+	r.fresh.Store(time.Now().UnixNano())
+	return nil
 }
 
 func (r *Registry) loop() {
 	defer close(r.stopped)
-	t := time.NewTicker(r.cfg.TTL / 3)
+	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.TTL/3)
-			if err := r.renew(ctx); err != nil {
-				r.cfg.Logger.Warn("discovery/redis: lease renewal failed", "err", err)
-			}
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.TTL)
+			err := r.Beat(ctx)
 			cancel()
+			if err != nil && !failing {
+				r.cfg.Logger.Warn("discovery/redis: heartbeat failed", "err", err)
+			} else if err == nil && failing {
+				r.cfg.Logger.Info("discovery/redis: heartbeat recovered")
+			}
+			failing = err != nil
 		}
 	}
 }
 
-// Endpoints returns the servers whose lease is live, least loaded first
-// (ties by server id). username is not used: any server may hold any
-// device, routing brings messages to it.
-func (r *Registry) Endpoints(ctx context.Context, _ string) ([]*chatv1.Endpoint, error) {
-	r.mu.Lock()
-	if r.cached != nil && time.Since(r.cachedAt) < r.cfg.CacheTTL {
-		out := r.cached
-		r.mu.Unlock()
-		return out, nil
+// View implements discovery.Registry: the servers read at the last beat,
+// with this server's record as of that beat. When no beat has succeeded
+// for TTL (Redis unreachable), the others' leases may have lapsed
+// unnoticed: the view is this server alone (current record).
+func (r *Registry) View() *discovery.View {
+	if time.Since(time.Unix(0, r.fresh.Load())) > r.cfg.TTL {
+		return discovery.NewView([]*chatv1.Endpoint{r.cfg.Self()})
 	}
-	r.mu.Unlock()
-
-	now, err := r.cfg.Client.Time(ctx).Result()
-	if err != nil {
-		return nil, err
-	}
-	ids, err := r.cfg.Client.ZRangeByScore(ctx, r.zkey, &goredis.ZRangeBy{
-		Min: strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf",
-	}).Result()
-	if err != nil {
-		return nil, err
-	}
-	var out []*chatv1.Endpoint
-	if len(ids) > 0 {
-		keys := make([]string, len(ids))
-		for i, id := range ids {
-			keys[i] = r.key(id)
-		}
-		vals, err := r.cfg.Client.MGet(ctx, keys...).Result()
-		if err != nil {
-			return nil, err
-		}
-		for _, v := range vals {
-			s, ok := v.(string)
-			if !ok {
-				continue // lease key expired between the two reads
-			}
-			e := &chatv1.Endpoint{}
-			if proto.Unmarshal([]byte(s), e) != nil {
-				continue
-			}
-			out = append(out, e)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].GetLoad() != out[j].GetLoad() {
-			return out[i].GetLoad() < out[j].GetLoad()
-		}
-		return out[i].GetServerId() < out[j].GetServerId()
-	})
-	r.mu.Lock()
-	r.cached, r.cachedAt = out, time.Now()
-	r.mu.Unlock()
-	return out, nil
+	return r.view.Load()
 }
 
-// Close stops renewing and removes this server from the list, so clients
-// stop being sent to it (used on graceful shutdown).
+// Close stops beating and removes this server from the list, so clients
+// stop being sent to it (graceful shutdown). Safe to call more than once.
 func (r *Registry) Close() error {
 	var err error
 	r.once.Do(func() {
@@ -207,17 +214,16 @@ func (r *Registry) Close() error {
 		<-r.stopped
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		id := r.cfg.Self.GetServerId()
 		_, err = r.cfg.Client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-			p.ZRem(ctx, r.zkey, id)
-			p.Del(ctx, r.key(id))
+			p.ZRem(ctx, r.zkey, r.id)
+			p.Del(ctx, r.key(r.id))
 			return nil
 		})
 	})
 	return err
 }
 
-// kill stops renewing without deregistering (tests: a server that died).
+// kill stops beating without deregistering (tests: a server that died).
 func (r *Registry) kill() {
 	r.once.Do(func() {
 		close(r.stop)

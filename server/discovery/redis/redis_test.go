@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/discovery"
 	"github.com/chatd/chatd/server/internal/testenv"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -32,60 +35,106 @@ func ids(eps []*chatv1.Endpoint) []string {
 	for _, e := range eps {
 		out = append(out, e.GetServerId())
 	}
+	slices.Sort(out)
 	return out
 }
 
-func TestRegistryListsLiveServersLeastLoadedFirst(t *testing.T) {
+// server is one registered test server whose load and state the test sets.
+type server struct {
+	id    string
+	load  atomic.Uint64
+	drain atomic.Bool
+	reg   *Registry
+}
+
+func (s *server) self() *chatv1.Endpoint {
+	st := chatv1.ServerState_SERVER_STATE_SERVING
+	if s.drain.Load() {
+		st = chatv1.ServerState_SERVER_STATE_DRAINING
+	}
+	return &chatv1.Endpoint{ServerId: s.id, GrpcAddress: s.id + ":9090", HttpAddress: s.id + ":8080",
+		Zone: "z-" + s.id, Capacity: 100, Load: s.load.Load(), State: st, Version: "test"}
+}
+
+// TestRegistry: every server sees every live record (load, zone, state)
+// within a beat; a draining server is ranked by nobody the moment it
+// beats; a graceful stop leaves at once; a server that stops beating
+// (killed) drops out within its TTL.
+func TestRegistry(t *testing.T) {
 	c := testClient(t)
 	ctx := context.Background()
 	p := prefix(t)
-	loads := map[string]uint64{"s1": 30, "s2": 10, "s3": 20}
-	regs := map[string]*Registry{}
-	for _, id := range []string{"s1", "s2", "s3"} {
-		load := loads[id]
-		r, err := New(ctx, Config{Client: c, Prefix: p, TTL: 900 * time.Millisecond, CacheTTL: time.Nanosecond,
-			Self: &chatv1.Endpoint{ServerId: id, GrpcAddress: id + ":9090", HttpAddress: id + ":8080"},
-			Load: func() uint64 { return load }})
+	t.Cleanup(func() {
+		_ = c.Del(ctx, "{"+p+"endpoints}", "{"+p+"endpoints}:s1", "{"+p+"endpoints}:s2", "{"+p+"endpoints}:s3").Err()
+	})
+	srv := map[string]*server{}
+	for i, id := range []string{"s1", "s2", "s3"} {
+		s := &server{id: id}
+		s.load.Store(uint64(10 * (i + 1)))
+		r, err := New(ctx, Config{Client: c, Prefix: p, Interval: 100 * time.Millisecond, TTL: 600 * time.Millisecond, Self: s.self})
 		if err != nil {
 			t.Fatal(err)
 		}
-		regs[id] = r
+		s.reg = r
+		srv[id] = s
 		t.Cleanup(func() { _ = r.Close() })
 	}
-	eps, err := regs["s1"].Endpoints(ctx, "")
-	if err != nil {
-		t.Fatal(err)
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("not within 5 s: %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
-	if got := ids(eps); len(got) != 3 || got[0] != "s2" || got[1] != "s3" || got[2] != "s1" {
-		t.Fatalf("endpoints %v, want [s2 s3 s1] (least loaded first)", got)
+	rank := func(id string) []string {
+		return ids(discovery.Rank(srv[id].reg.View(), "", nil))
 	}
-	if eps[0].GetGrpcAddress() != "s2:9090" || eps[0].GetLoad() != 10 {
-		t.Fatalf("endpoint %v", eps[0])
+	waitFor("s1 sees all three", func() bool { return slices.Equal(rank("s1"), []string{"s1", "s2", "s3"}) })
+	for _, e := range srv["s1"].reg.View().Servers {
+		if e.GetServerId() == "s2" && (e.GetLoad() != 20 || e.GetZone() != "z-s2" || e.GetCapacity() != 100 || e.GetVersion() != "test") {
+			t.Fatalf("s2 as s1 sees it: %v", e)
+		}
 	}
 
-	// A graceful stop leaves the list at once.
-	if err := regs["s2"].Close(); err != nil {
+	// Draining: its own view drops it at its Beat, the others' at their next.
+	srv["s2"].drain.Store(true)
+	if err := srv["s2"].reg.Beat(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eps, _ = regs["s1"].Endpoints(ctx, "")
-	if got := ids(eps); len(got) != 2 || got[0] != "s3" {
-		t.Fatalf("after closing s2: %v", got)
+	if got := rank("s2"); slices.Contains(got, "s2") {
+		t.Fatalf("draining s2 ranks itself: %v", got)
 	}
+	waitFor("s1 stops ranking draining s2", func() bool { return slices.Equal(rank("s1"), []string{"s1", "s3"}) })
 
-	// A server that dies drops out when its lease expires; the others stay
-	// (they renew every TTL/3).
-	regs["s3"].kill()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		eps, _ = regs["s1"].Endpoints(ctx, "")
-		if got := ids(eps); len(got) == 1 && got[0] == "s1" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dead s3 still listed: %v", ids(eps))
-		}
-		time.Sleep(100 * time.Millisecond)
+	// A graceful stop leaves the list at once (for the others: at their next beat).
+	if err := srv["s2"].reg.Close(); err != nil {
+		t.Fatal(err)
 	}
-	// Clean up the test's keys.
-	_ = c.Del(ctx, "{"+p+"endpoints}", "{"+p+"endpoints}:s1", "{"+p+"endpoints}:s3").Err()
+	waitFor("s2 gone from s1's view", func() bool { return len(srv["s1"].reg.View().Servers) == 2 })
+
+	// A server that dies drops out when its lease lapses.
+	died := time.Now()
+	srv["s3"].reg.kill()
+	waitFor("dead s3 dropped", func() bool { return slices.Equal(rank("s1"), []string{"s1"}) })
+	if d := time.Since(died); d > 2*time.Second {
+		t.Errorf("dead server listed for %v after its death (TTL 600ms)", d)
+	}
+}
+
+// TestRegistryStaleView: when the registry cannot reach Redis for longer
+// than the TTL, it ranks only itself (the others' leases may have lapsed).
+func TestRegistryStaleView(t *testing.T) {
+	r := &Registry{cfg: Config{TTL: time.Second, Self: (&server{id: "me"}).self}}
+	r.view.Store(discovery.NewView([]*chatv1.Endpoint{{ServerId: "other"}, {ServerId: "me"}}))
+	r.fresh.Store(time.Now().Add(-2 * time.Second).UnixNano())
+	if got := ids(r.View().Servers); !slices.Equal(got, []string{"me"}) {
+		t.Fatalf("stale view: %v", got)
+	}
+	r.fresh.Store(time.Now().UnixNano())
+	if got := ids(r.View().Servers); len(got) != 2 {
+		t.Fatalf("fresh view: %v", got)
+	}
 }

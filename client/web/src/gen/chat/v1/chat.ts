@@ -8,6 +8,7 @@
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
+import { Endpoint } from "./discovery.js";
 
 export const protobufPackage = "chat.v1";
 
@@ -349,7 +350,32 @@ export interface ServerFrame {
    * user's devices), with the resulting unread counts; also the reply to
    * a MarkRead frame.
    */
-  unread?: UnreadEvent | undefined;
+  unread?:
+    | UnreadEvent
+    | undefined;
+  /**
+   * drain: the server is going away (a restart). Reconnect elsewhere:
+   * see Drain.
+   */
+  drain?: Drain | undefined;
+}
+
+/**
+ * Drain tells a device that its server is draining: it accepts no new
+ * streams and will close this one within the drain window. The client
+ * should wait reconnect_delay_ms (already jittered by the server, so that
+ * the server's devices do not all arrive at once elsewhere), open a new
+ * stream on one of endpoints (best first; empty: ask Discovery), resume
+ * from its cursor (sync, then live) and resend its unacknowledged sends
+ * with their client_message_id. Replies to frames already sent on this
+ * stream still arrive until it ends; an HTTP/2 GOAWAY alone never reaches
+ * a browser behind grpc-web, hence this frame.
+ */
+export interface Drain {
+  reconnectDelayMs: number;
+  endpoints: Endpoint[];
+  /** server_id names the draining server. */
+  serverId: string;
 }
 
 /** Welcome is the first frame of every stream. */
@@ -2093,6 +2119,7 @@ function createBaseServerFrame(): ServerFrame {
     ackResult: undefined,
     receipt: undefined,
     unread: undefined,
+    drain: undefined,
   };
 }
 
@@ -2133,6 +2160,9 @@ export const ServerFrame: MessageFns<ServerFrame> = {
     }
     if (message.unread !== undefined) {
       UnreadEvent.encode(message.unread, writer.uint32(90).fork()).join();
+    }
+    if (message.drain !== undefined) {
+      Drain.encode(message.drain, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -2238,6 +2268,14 @@ export const ServerFrame: MessageFns<ServerFrame> = {
             message.unread = UnreadEvent.decode(reader, reader.uint32());
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.drain = Drain.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2279,6 +2317,7 @@ export const ServerFrame: MessageFns<ServerFrame> = {
         : undefined,
       receipt: isSet(object.receipt) ? ReceiptEvent.fromJSON(object.receipt) : undefined,
       unread: isSet(object.unread) ? UnreadEvent.fromJSON(object.unread) : undefined,
+      drain: isSet(object.drain) ? Drain.fromJSON(object.drain) : undefined,
     };
   },
 
@@ -2316,6 +2355,9 @@ export const ServerFrame: MessageFns<ServerFrame> = {
     }
     if (message.unread !== undefined) {
       obj.unread = UnreadEvent.toJSON(message.unread);
+    }
+    if (message.drain !== undefined) {
+      obj.drain = Drain.toJSON(message.drain);
     }
     return obj;
   },
@@ -2356,6 +2398,118 @@ export const ServerFrame: MessageFns<ServerFrame> = {
     message.unread = (object.unread !== undefined && object.unread !== null)
       ? UnreadEvent.fromPartial(object.unread)
       : undefined;
+    message.drain = (object.drain !== undefined && object.drain !== null) ? Drain.fromPartial(object.drain) : undefined;
+    return message;
+  },
+};
+
+function createBaseDrain(): Drain {
+  return { reconnectDelayMs: 0, endpoints: [], serverId: "" };
+}
+
+export const Drain: MessageFns<Drain> = {
+  encode(message: Drain, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reconnectDelayMs !== 0) {
+      writer.uint32(8).uint32(message.reconnectDelayMs);
+    }
+    for (const v of message.endpoints) {
+      Endpoint.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.serverId !== "") {
+      writer.uint32(26).string(message.serverId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Drain {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrain();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.reconnectDelayMs = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.endpoints.push(Endpoint.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.serverId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Drain {
+    return {
+      reconnectDelayMs: isSet(object.reconnectDelayMs)
+        ? globalThis.Number(object.reconnectDelayMs)
+        : isSet(object.reconnect_delay_ms)
+        ? globalThis.Number(object.reconnect_delay_ms)
+        : 0,
+      endpoints: globalThis.Array.isArray(object?.endpoints)
+        ? object.endpoints.map((e: any) => Endpoint.fromJSON(e))
+        : [],
+      serverId: isSet(object.serverId)
+        ? globalThis.String(object.serverId)
+        : isSet(object.server_id)
+        ? globalThis.String(object.server_id)
+        : "",
+    };
+  },
+
+  toJSON(message: Drain): unknown {
+    const obj: any = {};
+    if (message.reconnectDelayMs !== 0) {
+      obj.reconnectDelayMs = Math.round(message.reconnectDelayMs);
+    }
+    if (message.endpoints?.length) {
+      obj.endpoints = message.endpoints.map((e) => Endpoint.toJSON(e));
+    }
+    if (message.serverId !== "") {
+      obj.serverId = message.serverId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Drain>): Drain {
+    return Drain.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Drain>): Drain {
+    const message = createBaseDrain();
+    message.reconnectDelayMs = object.reconnectDelayMs ?? 0;
+    message.endpoints = object.endpoints?.map((e) => Endpoint.fromPartial(e)) || [];
+    message.serverId = object.serverId ?? "";
     return message;
   },
 };

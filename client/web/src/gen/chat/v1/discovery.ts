@@ -12,9 +12,59 @@ export const protobufPackage = "chat.v1";
 
 export const protobufFileName = "chat/v1/discovery.proto";
 
+/** ServerState is where a chat server is in its life. */
+export enum ServerState {
+  SERVER_STATE_UNSPECIFIED = 0,
+  /** SERVER_STATE_SERVING - SERVING: accepts new streams. */
+  SERVER_STATE_SERVING = 1,
+  /**
+   * SERVER_STATE_DRAINING - DRAINING: going away (a restart); accepts no new streams and moves its
+   * devices off (a Drain frame on each stream). Discovery never returns it.
+   */
+  SERVER_STATE_DRAINING = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function serverStateFromJSON(object: any): ServerState {
+  switch (object) {
+    case 0:
+    case "SERVER_STATE_UNSPECIFIED":
+      return ServerState.SERVER_STATE_UNSPECIFIED;
+    case 1:
+    case "SERVER_STATE_SERVING":
+      return ServerState.SERVER_STATE_SERVING;
+    case 2:
+    case "SERVER_STATE_DRAINING":
+      return ServerState.SERVER_STATE_DRAINING;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ServerState.UNRECOGNIZED;
+  }
+}
+
+export function serverStateToJSON(object: ServerState): string {
+  switch (object) {
+    case ServerState.SERVER_STATE_UNSPECIFIED:
+      return "SERVER_STATE_UNSPECIFIED";
+    case ServerState.SERVER_STATE_SERVING:
+      return "SERVER_STATE_SERVING";
+    case ServerState.SERVER_STATE_DRAINING:
+      return "SERVER_STATE_DRAINING";
+    case ServerState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface GetEndpointsRequest {
   /** username lets a cluster prefer a server near the user's other devices. */
   username: string;
+  /**
+   * zone is the client's zone (e.g. "eu-west-1a"): servers of that zone are
+   * listed first. Empty: the zone of the server that answers.
+   */
+  zone: string;
 }
 
 export interface Endpoint {
@@ -23,8 +73,23 @@ export interface Endpoint {
   grpcAddress: string;
   /** http_address: host:port of the REST/grpc-web listener. */
   httpAddress: string;
-  /** load: connected devices on that server, for client-side tie breaking. */
+  /**
+   * load: open Chat streams (connected devices) on that server when it
+   * last reported (every second or so).
+   */
   load: bigint;
+  /** zone: the server's zone (chatd --zone); empty if not set. */
+  zone: string;
+  /**
+   * capacity: the most Chat streams the server accepts (chatd
+   * --max-streams); 0 means no bound. A server at capacity answers new
+   * streams with ResourceExhausted and a retry delay.
+   */
+  capacity: bigint;
+  /** state: SERVING or DRAINING. */
+  state: ServerState;
+  /** version: the server's build version. */
+  version: string;
 }
 
 export interface GetEndpointsResponse {
@@ -32,13 +97,16 @@ export interface GetEndpointsResponse {
 }
 
 function createBaseGetEndpointsRequest(): GetEndpointsRequest {
-  return { username: "" };
+  return { username: "", zone: "" };
 }
 
 export const GetEndpointsRequest: MessageFns<GetEndpointsRequest> = {
   encode(message: GetEndpointsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.username !== "") {
       writer.uint32(10).string(message.username);
+    }
+    if (message.zone !== "") {
+      writer.uint32(18).string(message.zone);
     }
     return writer;
   },
@@ -64,6 +132,14 @@ export const GetEndpointsRequest: MessageFns<GetEndpointsRequest> = {
             message.username = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.zone = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -77,13 +153,19 @@ export const GetEndpointsRequest: MessageFns<GetEndpointsRequest> = {
   },
 
   fromJSON(object: any): GetEndpointsRequest {
-    return { username: isSet(object.username) ? globalThis.String(object.username) : "" };
+    return {
+      username: isSet(object.username) ? globalThis.String(object.username) : "",
+      zone: isSet(object.zone) ? globalThis.String(object.zone) : "",
+    };
   },
 
   toJSON(message: GetEndpointsRequest): unknown {
     const obj: any = {};
     if (message.username !== "") {
       obj.username = message.username;
+    }
+    if (message.zone !== "") {
+      obj.zone = message.zone;
     }
     return obj;
   },
@@ -94,12 +176,13 @@ export const GetEndpointsRequest: MessageFns<GetEndpointsRequest> = {
   fromPartial(object: DeepPartial<GetEndpointsRequest>): GetEndpointsRequest {
     const message = createBaseGetEndpointsRequest();
     message.username = object.username ?? "";
+    message.zone = object.zone ?? "";
     return message;
   },
 };
 
 function createBaseEndpoint(): Endpoint {
-  return { serverId: "", grpcAddress: "", httpAddress: "", load: 0n };
+  return { serverId: "", grpcAddress: "", httpAddress: "", load: 0n, zone: "", capacity: 0n, state: 0, version: "" };
 }
 
 export const Endpoint: MessageFns<Endpoint> = {
@@ -118,6 +201,21 @@ export const Endpoint: MessageFns<Endpoint> = {
         throw new globalThis.Error("value provided for field message.load of type uint64 too large");
       }
       writer.uint32(32).uint64(message.load);
+    }
+    if (message.zone !== "") {
+      writer.uint32(42).string(message.zone);
+    }
+    if (message.capacity !== 0n) {
+      if (BigInt.asUintN(64, message.capacity) !== message.capacity) {
+        throw new globalThis.Error("value provided for field message.capacity of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.capacity);
+    }
+    if (message.state !== 0) {
+      writer.uint32(56).int32(message.state);
+    }
+    if (message.version !== "") {
+      writer.uint32(66).string(message.version);
     }
     return writer;
   },
@@ -167,6 +265,38 @@ export const Endpoint: MessageFns<Endpoint> = {
             message.load = reader.uint64() as bigint;
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.zone = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.capacity = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -197,6 +327,10 @@ export const Endpoint: MessageFns<Endpoint> = {
         ? globalThis.String(object.http_address)
         : "",
       load: isSet(object.load) ? BigInt(object.load) : 0n,
+      zone: isSet(object.zone) ? globalThis.String(object.zone) : "",
+      capacity: isSet(object.capacity) ? BigInt(object.capacity) : 0n,
+      state: isSet(object.state) ? serverStateFromJSON(object.state) : 0,
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
     };
   },
 
@@ -214,6 +348,18 @@ export const Endpoint: MessageFns<Endpoint> = {
     if (message.load !== 0n) {
       obj.load = message.load.toString();
     }
+    if (message.zone !== "") {
+      obj.zone = message.zone;
+    }
+    if (message.capacity !== 0n) {
+      obj.capacity = message.capacity.toString();
+    }
+    if (message.state !== 0) {
+      obj.state = serverStateToJSON(message.state);
+    }
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
     return obj;
   },
 
@@ -226,6 +372,10 @@ export const Endpoint: MessageFns<Endpoint> = {
     message.grpcAddress = object.grpcAddress ?? "";
     message.httpAddress = object.httpAddress ?? "";
     message.load = (object.load !== undefined && object.load !== null) ? BigInt(object.load) : 0n;
+    message.zone = object.zone ?? "";
+    message.capacity = (object.capacity !== undefined && object.capacity !== null) ? BigInt(object.capacity) : 0n;
+    message.state = object.state ?? 0;
+    message.version = object.version ?? "";
     return message;
   },
 };
@@ -311,8 +461,13 @@ export const DiscoveryServiceDefinition = {
   fullName: "chat.v1.DiscoveryService",
   methods: {
     /**
-     * GetEndpoints returns chat server endpoints, best first. A single node
-     * returns itself.
+     * GetEndpoints returns chat server endpoints, best first: serving servers
+     * only (never a draining or dead one), the client's zone first (the
+     * request's zone, else the answering server's), then the ones with the
+     * most spare capacity, with randomness among near-equals; a full server
+     * is never first. A single node returns itself. Answered from a view
+     * cached for about a second. Errors: InvalidArgument (username or zone
+     * over 256 bytes), Unavailable (no server is serving).
      */
     getEndpoints: {
       name: "GetEndpoints",
@@ -327,8 +482,13 @@ export const DiscoveryServiceDefinition = {
 
 export interface DiscoveryServiceImplementation<CallContextExt = {}> {
   /**
-   * GetEndpoints returns chat server endpoints, best first. A single node
-   * returns itself.
+   * GetEndpoints returns chat server endpoints, best first: serving servers
+   * only (never a draining or dead one), the client's zone first (the
+   * request's zone, else the answering server's), then the ones with the
+   * most spare capacity, with randomness among near-equals; a full server
+   * is never first. A single node returns itself. Answered from a view
+   * cached for about a second. Errors: InvalidArgument (username or zone
+   * over 256 bytes), Unavailable (no server is serving).
    */
   getEndpoints(
     request: GetEndpointsRequest,
@@ -338,8 +498,13 @@ export interface DiscoveryServiceImplementation<CallContextExt = {}> {
 
 export interface DiscoveryServiceClient<CallOptionsExt = {}> {
   /**
-   * GetEndpoints returns chat server endpoints, best first. A single node
-   * returns itself.
+   * GetEndpoints returns chat server endpoints, best first: serving servers
+   * only (never a draining or dead one), the client's zone first (the
+   * request's zone, else the answering server's), then the ones with the
+   * most spare capacity, with randomness among near-equals; a full server
+   * is never first. A single node returns itself. Answered from a view
+   * cached for about a second. Errors: InvalidArgument (username or zone
+   * over 256 bytes), Unavailable (no server is serving).
    */
   getEndpoints(
     request: DeepPartial<GetEndpointsRequest>,

@@ -1,0 +1,148 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const (
+	serving  = chatv1.ServerState_SERVER_STATE_SERVING
+	draining = chatv1.ServerState_SERVER_STATE_DRAINING
+)
+
+func ep(id, zone string, load, capacity uint64, st chatv1.ServerState) *chatv1.Endpoint {
+	return &chatv1.Endpoint{ServerId: id, GrpcAddress: id + ":9090", Zone: zone, Load: load, Capacity: capacity, State: st}
+}
+
+func idsOf(eps []*chatv1.Endpoint) []string {
+	out := make([]string, len(eps))
+	for i, e := range eps {
+		out[i] = e.GetServerId()
+	}
+	return out
+}
+
+// TestRankNeverDrainingZoneFirstFullLast: whatever the draw, a draining
+// server is never listed, every server of the client's zone with room
+// comes before the others, and a full server is never first while one
+// has room.
+func TestRankNeverDrainingZoneFirstFullLast(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := range 2000 {
+		servers := []*chatv1.Endpoint{
+			ep("a1", "a", uint64(rnd.IntN(100)), 100, serving),
+			ep("a2", "a", uint64(rnd.IntN(100)), 100, serving),
+			ep("a3", "a", 5, 100, draining),
+			ep("b1", "b", uint64(rnd.IntN(100)), 100, serving),
+			ep("b2", "b", 0, 100, draining),
+			ep("full", "a", 100, 100, serving),
+			ep("old", "b", 1, 0, chatv1.ServerState_SERVER_STATE_UNSPECIFIED), // a record from before the state field
+		}
+		zone := []string{"a", "b", "", "nowhere"}[i%4]
+		got := idsOf(Rank(NewView(servers), zone, rnd))
+		if slices.Contains(got, "a3") || slices.Contains(got, "b2") {
+			t.Fatalf("zone %q: draining server listed: %v", zone, got)
+		}
+		if len(got) != 5 {
+			t.Fatalf("zone %q: %v, want the 5 serving servers", zone, got)
+		}
+		if got[len(got)-1] != "full" {
+			t.Fatalf("zone %q: the full server is not last: %v", zone, got)
+		}
+		if zone == "a" || zone == "b" {
+			for j, id := range got[:len(got)-1] {
+				inZone := servers[slices.IndexFunc(servers, func(e *chatv1.Endpoint) bool { return e.GetServerId() == id })].GetZone() == zone
+				if want := j < map[string]int{"a": 2, "b": 2}[zone]; inZone != want {
+					t.Fatalf("zone %q: %v: the zone's servers do not come first", zone, got)
+				}
+			}
+		}
+	}
+	// Only full servers: listed (the client will be told when to retry), never empty.
+	if got := idsOf(Rank(NewView([]*chatv1.Endpoint{ep("f1", "", 10, 10, serving), ep("f2", "", 12, 10, serving)}), "", nil)); len(got) != 2 {
+		t.Fatalf("all full: %v", got)
+	}
+	if got := Rank(NewView([]*chatv1.Endpoint{ep("d", "", 0, 0, draining)}), "", nil); got != nil {
+		t.Fatalf("only draining: %v, want nil", got)
+	}
+}
+
+// TestSpread1000Clients: 1,000 clients ask Discovery (any of three
+// servers, each ranking from its own view, refreshed from the servers'
+// real stream counts every 100 calls as a ~1 s cache would be under a
+// stampede of 300 clients a second) and connect to the first endpoint;
+// each server ends within 10 % of even. Repeated with several seeds, from
+// an empty cluster and from one where a server restarted empty.
+func TestSpread1000Clients(t *testing.T) {
+	for seed := range uint64(20) {
+		for _, start := range [][3]uint64{{0, 0, 0}, {400, 400, 0}} {
+			t.Run(fmt.Sprint(seed, start), func(t *testing.T) {
+				rnd := rand.New(rand.NewPCG(seed, 7))
+				streams := start
+				views := [3]*View{}
+				refresh := func(i int) {
+					var s []*chatv1.Endpoint
+					for j := range 3 {
+						s = append(s, ep(fmt.Sprint("s", j), "", streams[j], 2000, serving))
+					}
+					views[i] = NewView(s)
+				}
+				for i := range 3 {
+					refresh(i)
+				}
+				for n := range 1000 {
+					asked := rnd.IntN(3)
+					if n%100 == 0 {
+						refresh(asked)
+					}
+					first := Rank(views[asked], "", rnd)[0].GetServerId()
+					streams[first[1]-'0']++
+				}
+				total := start[0] + start[1] + start[2] + 1000
+				even := float64(total) / 3
+				for j, n := range streams {
+					if d := float64(n) - even; d > 0.1*even || d < -0.1*even {
+						t.Errorf("server s%d holds %d streams, even is %.0f (±10%%): %v", j, n, even, streams)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestGetEndpoints: the service's zone is the default zone; bad input is
+// InvalidArgument; no serving server is Unavailable.
+func TestGetEndpoints(t *testing.T) {
+	servers := []*chatv1.Endpoint{ep("x1", "x", 50, 100, serving), ep("y1", "y", 0, 100, serving)}
+	svc := New(Config{Registry: fixed{NewView(servers)}, Zone: "x"})
+	ctx := context.Background()
+	resp, err := svc.GetEndpoints(ctx, &chatv1.GetEndpointsRequest{})
+	if err != nil || resp.GetEndpoints()[0].GetServerId() != "x1" {
+		t.Fatalf("own zone x: %v %v", idsOf(resp.GetEndpoints()), err)
+	}
+	resp, err = svc.GetEndpoints(ctx, &chatv1.GetEndpointsRequest{Zone: "y"})
+	if err != nil || resp.GetEndpoints()[0].GetServerId() != "y1" {
+		t.Fatalf("hint y: %v %v", idsOf(resp.GetEndpoints()), err)
+	}
+	long := string(make([]byte, MaxFieldBytes+1))
+	for _, req := range []*chatv1.GetEndpointsRequest{{Zone: long}, {Username: long}} {
+		if _, err := svc.GetEndpoints(ctx, req); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("oversized field: %v", err)
+		}
+	}
+	svc = New(Config{Registry: fixed{NewView([]*chatv1.Endpoint{ep("d", "", 0, 0, draining)})}})
+	if _, err := svc.GetEndpoints(ctx, &chatv1.GetEndpointsRequest{}); status.Code(err) != codes.Unavailable {
+		t.Errorf("only a draining server: %v, want Unavailable", err)
+	}
+}
+
+type fixed struct{ v *View }
+
+func (f fixed) View() *View { return f.v }
