@@ -408,3 +408,35 @@ func TestGRPCWeb_SlowConsumerAndFrameLimit(t *testing.T) {
 		t.Fatalf("%d of 8 frames limited with a burst of 5, want 3", limited)
 	}
 }
+
+// TestGRPCWeb_Drain: a drain tells a grpc-web stream to move (a Drain
+// frame) as it tells a native one, and once the browser leaves, the drain
+// is over without waiting for its window.
+func TestGRPCWeb_Drain(t *testing.T) {
+	a := startAppWith(t, app.Config{DrainWindow: time.Minute})
+	cc := dial(t, a.GRPCAddr())
+	bob := signUpLogIn(t, cc, "bob", "browser")
+	bs, bw := openWebStream(t, a.HTTPAddr(), bob)
+	start := time.Now()
+	if n := a.Drain(); n != 1 {
+		t.Fatalf("Drain counted %d streams, want 1", n)
+	}
+	for {
+		f, err := bs.s.Recv()
+		if err != nil {
+			t.Fatalf("grpc-web stream ended without a Drain frame: %v", err)
+		}
+		if f.GetDrain() != nil {
+			break
+		}
+	}
+	bw.Close()
+	select {
+	case <-a.Drained():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the drain did not end after the browser left")
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("the drain took %v after the only stream left", d)
+	}
+}

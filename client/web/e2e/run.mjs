@@ -49,6 +49,7 @@ async function startChatd() {
       "--data-dir", dataDir,
       "--heartbeat-interval", "1s",
       "--presence-grace", `${GRACE_S}s`,
+      "--drain-window", "3s", // SIGTERM drains: every page gets a Drain frame within it and reconnects
       "--log-level", "warn",
     ],
     { stdio: ["ignore", "inherit", "inherit"] },
@@ -256,7 +257,7 @@ try {
     await alice2.getByRole("button", { name: "Remove carol" }).waitFor({ state: "detached" });
   });
 
-  await step("chatd restarts mid-conversation: both pages reconnect by themselves and lose nothing", async () => {
+  await step("chatd restarts mid-conversation (SIGTERM: a drain): both pages reconnect by themselves and lose nothing", async () => {
     await conv(alice2, DM).click();
     await conv(bob, DM).click();
     await message(alice2, "hi alice").waitFor();

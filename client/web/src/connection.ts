@@ -106,7 +106,8 @@ const RECENT_KEYS = 2048;
  * (onDelivery) and acking them. Sends carry a client_message_id and are
  * resent with the same id after a reconnect until their SendAck arrives,
  * so each is stored once. A lost stream is reopened with jittered
- * exponential backoff; UNAUTHENTICATED (token expired or device logged out)
+ * exponential backoff; a Drain frame closes the stream and reopens it after
+ * the delay the server asked for; UNAUTHENTICATED (token expired or device logged out)
  * and a STREAM_REPLACED eviction end the connection for good (onState
  * "closed" with the error).
  */
@@ -231,7 +232,7 @@ export class ChatConnection {
     let attempt = 0;
     while (!this.closed) {
       this.setState(attempt === 0 && !this.welcomeFrame ? "connecting" : "reconnecting");
-      const { live: wentLive, err } = await this.runStream();
+      const { live: wentLive, err, drainDelayMs } = await this.runStream();
       this.stopHeartbeat();
       if (this.closed) break;
       if (wentLive) attempt = 0;
@@ -243,13 +244,23 @@ export class ChatConnection {
         return;
       }
       this.setState("reconnecting", err ?? new ChatError(Status.UNAVAILABLE, "stream ended"));
-      await sleep(backoffDelay(this.o.backoff, attempt++, this.o.random));
+      if (drainDelayMs !== undefined) {
+        // The server is draining: reconnect after the delay it chose (spread
+        // over its clients), not a backoff: this is no failure.
+        attempt = 0;
+        await sleep(drainDelayMs);
+      } else {
+        await sleep(backoffDelay(this.o.backoff, attempt++, this.o.random));
+      }
     }
     this.setState("closed");
   }
 
-  /** runStream runs one stream to its end: whether it went live, and why it ended. */
-  private async runStream(): Promise<{ live: boolean; err: ChatError }> {
+  /**
+   * runStream runs one stream to its end: whether it went live, why it
+   * ended, and, when the server sent a Drain frame, the delay it asked for.
+   */
+  private async runStream(): Promise<{ live: boolean; err: ChatError; drainDelayMs?: number }> {
     const abort = new AbortController();
     const out = new AsyncQueue<ClientFrame>();
     this.abort = abort;
@@ -296,6 +307,14 @@ export class ChatConnection {
         if (r.done) break;
         this.lastHeard = Date.now();
         const f = r.value;
+        if (f.drain) {
+          // Drain (issue 14): the server is going away; leave now and come
+          // back after reconnect_delay_ms. A browser reconnects to the same
+          // origin (a load balancer in front picks another server); the
+          // endpoints of the frame are for native clients.
+          await syncDone.catch(() => {});
+          return { live, err: new ChatError(Status.UNAVAILABLE, `server ${f.drain.serverId} is draining`), drainDelayMs: f.drain.reconnectDelayMs };
+        }
         if (f.delivery) {
           if (syncing) held.push(f.delivery);
           else this.deliver(f.delivery);

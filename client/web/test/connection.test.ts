@@ -263,6 +263,25 @@ test("UNAUTHENTICATED ends the connection for good and fails pending sends", asy
   assert.ok(r instanceof ChatError ? r.code === Status.UNAUTHENTICATED : r.messageId > 0n, String(r));
 });
 
+test("a Drain frame closes the stream and reconnects after its delay, losing nothing", async () => {
+  const server = new FakeServer();
+  const got: Delivery[] = [];
+  // A backoff so long that only the drain's own delay can explain a quick reconnect.
+  const conn = connect(server, got, [], { backoff: { initialMs: 60_000, maxMs: 60_000, factor: 1, minMs: 60_000 } });
+  await until(() => conn.connectionState === "live", "live");
+  server.add("before");
+  await until(() => got.length === 1, "1 delivery");
+  const live = (server as unknown as { live: AsyncQueue<ServerFrame> }).live;
+  live.push({ frameId: 0n, drain: { reconnectDelayMs: 30, endpoints: [], serverId: "s1" } } as ServerFrame);
+  (server as unknown as { live: unknown }).live = undefined;
+  server.add("during");
+  const t0 = Date.now();
+  await until(() => server.opens === 2 && conn.connectionState === "live" && got.length === 2, "reconnect after the drain", 2000);
+  assert.ok(Date.now() - t0 >= 25, "waited the drain's delay");
+  assert.deepEqual(got.map((d) => d.message?.text), ["before", "during"]);
+  await conn.close();
+});
+
 test("backoff is jittered, grows exponentially and is capped", () => {
   const b = DEFAULT_BACKOFF;
   assert.equal(backoffDelay(b, 0, () => 0), b.minMs);
