@@ -176,7 +176,7 @@ class App {
       onReceipt: (r) => {
         const c = this.convs.get(r.channelId);
         if (!c) return;
-        c.receipts.set(r.userId, r);
+        this.mergeReceipt(c, r);
         if (r.channelId === this.selected) this.renderMessages(false);
       },
       onUnread: (u) => {
@@ -273,7 +273,7 @@ class App {
       for (const ch of r.channels) {
         const c = this.conv(ch.channelId, ch);
         c.channel = { ...ch, members: ch.members.length ? ch.members : c.channel.members };
-        for (const rc of ch.receipts) c.receipts.set(rc.userId, rc);
+        for (const rc of ch.receipts) this.mergeReceipt(c, rc);
       }
       this.el.listErr.textContent = "";
       this.renderList();
@@ -299,6 +299,13 @@ class App {
       this.convs.set(id, c);
     }
     return c;
+  }
+
+  /** mergeReceipt keeps each member's highest markers: an event carries the marker that moved (the other may be 0), and markers never move back. */
+  mergeReceipt(c: Conv, r: ReceiptEvent): void {
+    const old = c.receipts.get(r.userId);
+    const max = (a: bigint, b: bigint) => (a > b ? a : b);
+    c.receipts.set(r.userId, old ? { ...r, deliveredUpTo: max(old.deliveredUpTo, r.deliveredUpTo), readUpTo: max(old.readUpTo, r.readUpTo) } : r);
   }
 
   peerOf(c: Conv): string {

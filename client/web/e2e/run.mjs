@@ -158,12 +158,14 @@ try {
     await conv(bob, DM).filter({ hasText: "hello bob" }).waitFor({ timeout: 1000 });
   });
 
-  await step("bob opens it and answers; alice sees it within 1 s", async () => {
+  await step("bob opens it and answers; alice sees it within 1 s; bob sees it read", async () => {
     await conv(bob, DM).click();
     await message(bob, "hello bob").waitFor();
     await send(bob, "hi alice");
     await message(alice, "hi alice").waitFor({ timeout: 1000 });
     await message(bob, "hi alice").waitFor({ timeout: 1000 });
+    // alice has the conversation open: bob's message shows as read on his page.
+    await bob.locator("ol.messages li.mine", { hasText: "hi alice" }).locator(".tick", { hasText: "read" }).waitFor({ timeout: 3000 });
   });
 
   await step("typing shows on the other page", async () => {
@@ -303,6 +305,17 @@ try {
 } catch (e) {
   console.log("FAILED");
   console.error(e);
+  for (const [n, p] of Object.entries(pages)) {
+    const state = await p
+      .evaluate(() =>
+        JSON.stringify(
+          [...window.chatd.convs.values()].map((c) => ({ id: c.channel.channelId, last: c.channel.lastMessageId, read: c.channel.readUpTo, receipts: [...c.receipts.values()] })),
+          (k, v) => (typeof v === "bigint" ? v.toString() : v),
+        ),
+      )
+      .catch((err) => String(err));
+    console.error(`[${n}] state: ${state}`);
+  }
   for (const [n, p] of Object.entries(pages)) {
     if (p && !p.isClosed()) await p.screenshot({ path: join(ARTIFACTS, `failure-${n}.png`) }).catch(() => {});
   }
