@@ -283,6 +283,17 @@ class App {
     }
   }
 
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
+
+  /** scheduleRefresh reloads the conversation list once, 300 ms after the last call. */
+  scheduleRefresh(): void {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = undefined;
+      void this.refreshChannels();
+    }, 300);
+  }
+
   conv(id: string, ch?: Channel): Conv {
     let c = this.convs.get(id);
     if (!c) {
@@ -364,7 +375,9 @@ class App {
         else c.channel.unreadCount = (c.channel.unreadCount || 0) + 1;
       }
     }
-    if (!known || m.kind === MessageKind.MESSAGE_KIND_SYSTEM) void this.refreshChannels();
+    // The server's counts are authoritative (a local +1 can race a refresh
+    // that already counted the message): refresh soon after a burst.
+    if (!known || m.kind === MessageKind.MESSAGE_KIND_SYSTEM || m.channelId !== this.selected) this.scheduleRefresh();
     this.renderList();
     if (m.channelId === this.selected) {
       this.renderMessages(true);

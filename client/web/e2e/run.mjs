@@ -301,6 +301,26 @@ try {
     assert(out.includes("hello dave, from the browser"), `chatctl sync printed:\n${out}`);
   });
 
+  await step("unread count in the list, then history paged upward with nothing doubled", async () => {
+    chatctl("erin", "signup", "erin", "--password", "password-erin");
+    chatctl("erin", "login", "erin", "--password", "password-erin", "--device", "cli");
+    const n = 35; // more than the app's first page (30)
+    for (let i = 1; i <= n; i++) chatctl("erin", "send", "alice", `page ${i}`);
+    const erin = "dm:alice:erin";
+    await alice2.locator(`ul.channels button[data-channel="${erin}"][aria-label*="${n} unread"]`).waitFor({ timeout: 5000 });
+    await conv(alice2, erin).click();
+    await alice2.locator("ol.messages li .text").getByText(`page ${n}`, { exact: true }).waitFor();
+    const first = await texts(alice2);
+    assert(first.length === 30 && first[0] === `page ${n - 29}`, `the first page: ${JSON.stringify(first)}`);
+    await alice2.getByRole("button", { name: "Load older messages" }).click();
+    await alice2.locator("ol.messages li .text").getByText("page 1", { exact: true }).waitFor({ timeout: 3000 });
+    const all = await texts(alice2);
+    const want = Array.from({ length: n }, (_, i) => `page ${i + 1}`);
+    assert(JSON.stringify(all) === JSON.stringify(want), `after paging: ${JSON.stringify(all)}`);
+    assert((await alice2.getByRole("button", { name: "Load older messages" }).count()) === 0, "no older page is left, yet the button stays");
+    await alice2.locator(`ul.channels button[data-channel="${erin}"]:not([aria-label*="unread"])`).waitFor({ timeout: 3000 });
+  });
+
   console.log(`browser end-to-end: all ${stepNo} steps passed; screenshots in ${ARTIFACTS}`);
 } catch (e) {
   console.log("FAILED");
