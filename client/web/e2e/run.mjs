@@ -321,6 +321,17 @@ try {
     await alice2.locator(`ul.channels button[data-channel="${erin}"]:not([aria-label*="unread"])`).waitFor({ timeout: 3000 });
   });
 
+  await step("log out: the page returns to the log-in form and the device's token stops working", async () => {
+    const carol = pages.carol;
+    const token = await carol.evaluate(() => JSON.parse(localStorage.getItem("chatd.session") ?? "{}").accessToken);
+    assert(token, "no stored session");
+    await carol.getByRole("button", { name: "Log out" }).click();
+    await carol.locator("#username").waitFor();
+    assert((await carol.evaluate(() => localStorage.getItem("chatd.session"))) === null, "the session is still stored");
+    const r = await fetch(`${BASE}/v1/users/me`, { headers: { authorization: `Bearer ${token}` } });
+    assert(r.status === 401, `the logged-out token got ${r.status}, want 401`);
+  });
+
   console.log(`browser end-to-end: all ${stepNo} steps passed; screenshots in ${ARTIFACTS}`);
 } catch (e) {
   console.log("FAILED");
