@@ -3,7 +3,9 @@
 #   1. generated code in gen/ is up to date with proto/ (buf generate + diff)
 #   2. buf lint, buf breaking against main, gofmt, go vet
 #   3. the real services (Redis, the CQL server) are up: scripts/services.sh up
-#   4. every Go test, then the concurrency-heavy packages again under -race
+#   4. every Go test (the push tests need scripts/push-tools.sh: web-push-testing
+#      from npm, http-ece from PyPI, both pinned), then the concurrency-heavy
+#      packages again under -race
 #   5. the Python client suite (scripts/test-python.sh: pinned PyPI packages
 #      in .venv-test/, stubs generated from proto/, a real chatd)
 #   6. the web client suite (scripts/test-web.sh: TypeScript generated from
@@ -57,11 +59,14 @@ if [ -x scripts/services.sh ]; then
   set -a; eval "$(scripts/services.sh env)"; set +a
 fi
 
+step "tools: the push tests' Web Push service and http-ece (scripts/push-tools.sh)"
+scripts/push-tools.sh
+
 step "go test ./..."
 go test -count=1 -timeout 45m ./...
 
 step "go test -race (core packages)"
-go test -race -count=1 -timeout 20m ./server/hub/... ./server/deliver/... ./server/sequence/... ./server/router/... ./server/ratelimit/... ./server/store/... ./client/...
+go test -race -count=1 -timeout 20m ./server/hub/... ./server/push/ ./server/deliver/... ./server/sequence/... ./server/router/... ./server/ratelimit/... ./server/store/... ./client/...
 
 step "Python client suite (tests/python)"
 scripts/test-python.sh

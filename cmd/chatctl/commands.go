@@ -40,6 +40,9 @@ func (e *env) commands() []*cobra.Command {
 		e.presenceCmd(),
 		e.watchCmd(),
 		e.serversCmd(),
+		e.pushCmd(),
+		e.muteCmd(),
+		e.unmuteCmd(),
 	}
 }
 

@@ -111,6 +111,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 
 	var maxStreams *uint
 	allowedOrigins := new(string)
+	var webPushHosts *string
 	if cmd == "migrate" {
 		fs.StringVar(&o.replicationClass, "replication-class", "SimpleStrategy", "keyspace replication: SimpleStrategy or NetworkTopologyStrategy (the factor then applies to every datacenter)")
 		fs.IntVar(&o.replicationFactor, "replication-factor", 3, "replicas of every row (1 for a single-node development cluster)")
@@ -143,6 +144,19 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.IntVar(&c.StreamBurst, "stream-burst", d.StreamBurst, "admission: burst of new Chat streams above --stream-rate (0: max(1, stream-rate))")
 		fs.DurationVar(&c.DrainWindow, "drain-window", d.DrainWindow, "on SIGTERM or an admin drain, spread the devices' moves to other servers over this long, then close what is left")
 		fs.StringVar(&c.AdminAddr, "admin-addr", d.AdminAddr, "serve AdminService (DrainServer) on this gRPC address, e.g. 127.0.0.1:9190; off by default: never expose it publicly")
+		// Push notifications (docs/push.md).
+		fs.BoolVar(&c.Push.Off, "push-off", false, "turn push notifications off")
+		fs.StringVar(&c.Push.VAPIDKeyFile, "vapid-key-file", "", "Web Push VAPID key pair (JSON), created if missing; every server of a cluster needs the same file (default: <data-dir>/vapid.json)")
+		fs.StringVar(&c.Push.VAPIDSubject, "vapid-subject", d.Push.VAPIDSubject, "VAPID sub claim: a mailto: or https: URI where push services can reach the operator")
+		webPushHosts = fs.String("push-webpush-hosts", strings.Join(d.Push.WebPushHosts, ","), "comma-separated allow-list of Web Push endpoint hosts (\"*.\" matches any subdomain); endpoints elsewhere are refused (SSRF)")
+		fs.DurationVar(&c.Push.Window, "push-collapse-window", d.Push.Window, "pushes of one channel to one device within this window become one")
+		fs.DurationVar(&c.Push.TTL, "push-ttl", d.Push.TTL, "a push not accepted by its provider within this time after the message is dropped")
+		fs.IntVar(&c.Push.Concurrency, "push-concurrency", d.Push.Concurrency, "requests in flight per push provider")
+		fs.StringVar(&c.Push.FCMCredentialsFile, "fcm-credentials-file", "", "Firebase service account key (JSON) for FCM; without it FCM is off")
+		fs.StringVar(&c.Push.FCMProjectID, "fcm-project-id", "", "Firebase project id (default: the one in the credentials)")
+		fs.StringVar(&c.Push.APNsKeyFile, "apns-key-file", "", "APNs token signing key (.p8); APNs is off without it, --apns-key-id and --apns-team-id")
+		fs.StringVar(&c.Push.APNsKeyID, "apns-key-id", "", "key id of --apns-key-file (10 characters, from the Apple developer account)")
+		fs.StringVar(&c.Push.APNsTeamID, "apns-team-id", "", "Apple developer team id (the iss of the provider token)")
 	}
 	fs.Usage = func() {
 		if cmd == "migrate" {
@@ -171,6 +185,9 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	}
 	if maxStreams != nil {
 		c.MaxConcurrentStreams = uint32(*maxStreams)
+	}
+	if webPushHosts != nil {
+		c.Push.WebPushHosts = splitList(*webPushHosts)
 	}
 	// Zero means "the default" in app.Config; on the command line it is a
 	// mistake, not a request for the default.

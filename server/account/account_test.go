@@ -63,6 +63,7 @@ type opts struct {
 	cacheTTL    time.Duration
 	maxDevices  int
 	maxContacts int
+	push        account.PushConfig
 }
 
 // newEnv serves a real AccountService over gRPC on 127.0.0.1:0 behind the
@@ -88,7 +89,7 @@ func newEnv(t *testing.T, o opts) *env {
 	e.auth = a
 	e.svc = account.New(account.Config{
 		Store: e.st, Auth: a, OnLogout: e.logouts.add, Now: e.clk.Now,
-		MaxDevices: o.maxDevices, MaxContacts: o.maxContacts,
+		MaxDevices: o.maxDevices, MaxContacts: o.maxContacts, Push: o.push,
 	})
 	srv := grpc.NewServer( // interceptors as server/app installs them
 		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), a.UnaryInterceptor()),

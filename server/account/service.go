@@ -67,6 +67,9 @@ type Config struct {
 	// MaxContacts bounds one user's contact list. Default
 	// store.DefaultMaxContacts (1000).
 	MaxContacts int
+	// Push configures push target registration (zero: no provider, every
+	// target is refused with FailedPrecondition).
+	Push PushConfig
 }
 
 // Service implements chatv1.AccountServiceServer. It is safe for concurrent
@@ -83,6 +86,7 @@ type Service struct {
 	now              func() time.Time
 	maxDevices       int
 	maxContacts      int
+	push             PushConfig
 
 	dummyOnce sync.Once
 	dummyHash []byte
@@ -103,6 +107,7 @@ func New(cfg Config) *Service {
 		now:              cfg.Now,
 		maxDevices:       cfg.MaxDevices,
 		maxContacts:      cfg.MaxContacts,
+		push:             cfg.Push,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -304,14 +309,15 @@ func (s *Service) makeRoomForDevice(ctx context.Context, uid string) error {
 	return nil
 }
 
-// revoke marks d revoked durably, then in the local cache, then closes its
-// streams.
+// revoke marks d revoked durably, then in the local cache, removes its
+// push target, then closes its streams.
 func (s *Service) revoke(ctx context.Context, d *store.Device) error {
 	d.Revoked = true
 	if err := s.st.PutDevice(ctx, d); err != nil {
 		return internal(ctx, "revoke.PutDevice", err)
 	}
 	s.auth.Revoke(d.UserID, d.DeviceID)
+	s.removePushTarget(ctx, d.UserID, d.DeviceID)
 	if s.onLogout != nil {
 		s.onLogout(d.UserID, d.DeviceID)
 	}
@@ -449,6 +455,9 @@ func (s *Service) GetProfile(ctx context.Context, req *chatv1.GetProfileRequest)
 	pr := profile(u)
 	if uid == p.UserID {
 		pr.HidePresence = u.PresenceHidden
+		if pr.PushPreviews, err = s.st.PushPreviews(ctx, uid); err != nil {
+			return nil, internal(ctx, "GetProfile.PushPreviews", err)
+		}
 	}
 	return &chatv1.GetProfileResponse{Profile: pr}, nil
 }
@@ -479,7 +488,7 @@ func (s *Service) UpdateProfile(ctx context.Context, req *chatv1.UpdateProfileRe
 	}
 	// An empty display name leaves it unchanged only when the request
 	// changes something else.
-	setName := req.GetDisplayName() != "" || req.HidePresence == nil
+	setName := req.GetDisplayName() != "" || (req.HidePresence == nil && req.PushPreviews == nil)
 	var name string
 	if setName {
 		if name, err = cleanName(req.GetDisplayName(), "display name"); err != nil {
@@ -506,12 +515,20 @@ func (s *Service) UpdateProfile(ctx context.Context, req *chatv1.UpdateProfileRe
 			s.onPresenceHidden(p.UserID, hidden)
 		}
 	}
+	if req.PushPreviews != nil {
+		if err := s.st.SetPushPreviews(ctx, p.UserID, req.GetPushPreviews()); err != nil {
+			return nil, internal(ctx, "UpdateProfile.SetPushPreviews", err)
+		}
+	}
 	u, err := s.getUser(ctx, "UpdateProfile", p.UserID)
 	if err != nil {
 		return nil, err
 	}
 	pr := profile(u)
 	pr.HidePresence = u.PresenceHidden
+	if pr.PushPreviews, err = s.st.PushPreviews(ctx, p.UserID); err != nil {
+		return nil, internal(ctx, "UpdateProfile.PushPreviews", err)
+	}
 	return &chatv1.UpdateProfileResponse{Profile: pr}, nil
 }
 

@@ -45,6 +45,7 @@ import (
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/presence/presencesvc"
+	"github.com/chatd/chatd/server/push"
 	"github.com/chatd/chatd/server/ratelimit"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/sequence"
@@ -97,8 +98,13 @@ type App struct {
 	auth     *auth.Authenticator
 	authRef  atomic.Pointer[auth.Authenticator] // auth, for the hub's router goroutine
 	chat     *chat.Service
-	health   *health.Server
-	registry *prometheus.Registry
+	chatRef  atomic.Pointer[chat.Service] // chat, for the push dispatcher's worker
+	push     *push.Dispatcher             // nil when push is off
+	// pushAccount is what the AccountService knows of push (providers on,
+	// allow-list, VAPID public key).
+	pushAccount account.PushConfig
+	health      *health.Server
+	registry    *prometheus.Registry
 
 	closers        []func() error              // cluster clients, closed after the router
 	redis          goredis.UniversalClient     // cluster mode only
@@ -215,7 +221,11 @@ func (a *App) buildEngines() error {
 	}
 	a.router, a.closers, a.redis = eng.router, eng.closers, eng.redis
 	a.hub.SetRouter(a.router)
-	a.seq = sequence.New(a.store, deliver.NewPublisher(a.router, cfg.Logger), sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger})
+	publish, err := a.buildPush(deliver.NewPublisher(a.router, cfg.Logger))
+	if err != nil {
+		return err
+	}
+	a.seq = sequence.New(a.store, publish, sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger})
 	a.presence, err = presence.NewTracker(presence.TrackerConfig{
 		Engine:            eng.presence,
 		Hidden:            presence.StoreHidden(a.store),
@@ -266,9 +276,11 @@ func (a *App) buildServices() error {
 		FrameBurst: cfg.FrameBurst,
 		Registerer: a.registry,
 	})
+	a.chatRef.Store(a.chat)
 	accountSvc := account.New(account.Config{
 		Store: a.store,
 		Auth:  a.auth,
+		Push:  a.pushAccount,
 		OnLogout: func(userID, deviceID string) {
 			// This server's streams of the device end now; the other
 			// servers holding the user learn it from a revocation event on
@@ -485,6 +497,9 @@ func (a *App) Start() {
 	if a.adminServer != nil {
 		go func() { _ = a.adminServer.Serve(a.adminLis) }()
 	}
+	if a.push != nil {
+		a.push.Start()
+	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "pprof", a.PprofAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
 }
@@ -569,6 +584,9 @@ func (a *App) closeResources() error {
 	}
 	if a.seq != nil {
 		a.seq.Close()
+	}
+	if a.push != nil {
+		a.push.Close() // after the sequencer: its last commits are queued
 	}
 	if a.presence != nil {
 		errs = append(errs, a.presence.Close())

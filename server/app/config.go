@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"time"
 
@@ -11,7 +12,10 @@ import (
 	"github.com/chatd/chatd/server/chat"
 	"github.com/chatd/chatd/server/hub"
 	"github.com/chatd/chatd/server/presence"
+	"github.com/chatd/chatd/server/push"
+	"github.com/chatd/chatd/server/push/webpush"
 	"github.com/chatd/chatd/server/store/scylla"
+	"golang.org/x/oauth2"
 )
 
 // Store kinds.
@@ -157,8 +161,57 @@ type Config struct {
 	// DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 
+	// Push configures push notifications (docs/push.md).
+	Push PushConfig
+
 	// Logger; zero means slog.Default().
 	Logger *slog.Logger
+}
+
+// PushConfig configures push notifications: the providers' credentials
+// (a provider without them is off, and the server says so at start-up),
+// the Web Push endpoint allow-list and the dispatcher's knobs.
+type PushConfig struct {
+	// Off turns push off entirely (no dispatcher, every target refused).
+	Off bool
+	// VAPIDKeyFile holds the Web Push VAPID key pair, created if missing.
+	// Zero means DataDir/vapid.json. Every server of a cluster needs the
+	// same file.
+	VAPIDKeyFile string
+	// VAPIDSubject is the VAPID sub claim (mailto: or https: URI). Zero
+	// means webpush.DefaultSubject.
+	VAPIDSubject string
+	// WebPushHosts is the allow-list of Web Push endpoint hosts ("*."
+	// prefix: any subdomain). Zero means push.DefaultWebPushHosts.
+	WebPushHosts []string
+	// Window is the collapse window. Zero means push.DefaultCollapseWindow.
+	Window time.Duration
+	// TTL is how long a push is worth sending. Zero means push.DefaultTTL.
+	TTL time.Duration
+	// Concurrency bounds the sends in flight per provider. Zero means
+	// push.DefaultConcurrency.
+	Concurrency int
+	// HTTPClient, if set, sends the Web Push requests (tests: a client
+	// that trusts their TLS push service). No flag.
+	HTTPClient *http.Client
+
+	// FCMCredentialsFile is the Firebase service account key (JSON);
+	// zero turns FCM off. FCMProjectID overrides the project of the
+	// credentials. FCMEndpoint and FCMTokenSource (no flags) point the SDK
+	// at a test server.
+	FCMCredentialsFile string
+	FCMProjectID       string
+	FCMEndpoint        string
+	FCMTokenSource     oauth2.TokenSource
+
+	// APNsKeyFile is the .p8 token signing key, APNsKeyID its key id and
+	// APNsTeamID the Apple team id; without all three APNs is off.
+	// APNsHost and APNsHTTPClient (no flags) point it at a test server.
+	APNsKeyFile    string
+	APNsKeyID      string
+	APNsTeamID     string
+	APNsHost       string
+	APNsHTTPClient *http.Client
 }
 
 // Defaults returns c with every zero field set to its default.
@@ -188,6 +241,13 @@ func (c Config) Defaults() Config {
 	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
 	orDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	orDefault(&c.DrainWindow, DefaultDrainWindow)
+	orDefault(&c.Push.VAPIDSubject, webpush.DefaultSubject)
+	if c.Push.WebPushHosts == nil {
+		c.Push.WebPushHosts = push.DefaultWebPushHosts
+	}
+	orDefault(&c.Push.Window, push.DefaultCollapseWindow)
+	orDefault(&c.Push.TTL, push.DefaultTTL)
+	orDefault(&c.Push.Concurrency, push.DefaultConcurrency)
 	orDefault(&c.Logger, slog.Default())
 	return c
 }
@@ -235,6 +295,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxStreams < 0 || c.StreamRate < 0 || c.StreamBurst < 0 || c.DrainWindow < 0 {
 		errs = append(errs, errors.New("max streams, stream rate, stream burst and drain window must not be negative"))
+	}
+	if c.Push.Window < 0 || c.Push.TTL < time.Second || c.Push.Concurrency < 1 {
+		errs = append(errs, errors.New("push: window must be >= 0, ttl >= 1s, concurrency >= 1"))
 	}
 	if c.FrameRate <= 0 || c.FrameBurst < 1 || c.UnaryRate <= 0 || c.UnaryBurst < 1 {
 		errs = append(errs, errors.New("rate limits must be positive"))

@@ -346,6 +346,9 @@ func (s *Service) ListChannels(ctx context.Context, req *chatv1.ListChannelsRequ
 	if err := s.addState(ctx, p.UserID, resp); err != nil {
 		return nil, s.storeErr(ctx, "ListChannels.state", err)
 	}
+	if err := s.addMutes(ctx, p.UserID, resp.Channels); err != nil {
+		return nil, s.storeErr(ctx, "ListChannels.mutes", err)
+	}
 	return resp, nil
 }
 
@@ -370,6 +373,9 @@ func (s *Service) GetChannel(ctx context.Context, req *chatv1.GetChannelRequest)
 	c, err := s.loadChannel(ctx, ch, p.UserID)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.addMutes(ctx, p.UserID, []*chatv1.Channel{c}); err != nil {
+		return nil, s.storeErr(ctx, "GetChannel.mutes", err)
 	}
 	return &chatv1.GetChannelResponse{Channel: c}, nil
 }

@@ -590,3 +590,15 @@ func (h *Hub) Devices(userID string) []string {
 	}
 	return out
 }
+
+// HasStream reports whether userID has at least one open session here:
+// one read-locked map lookup, no allocation (the push dispatcher asks it
+// for every recipient of every committed message).
+func (h *Hub) HasStream(userID string) bool {
+	sh := h.shard(userID)
+	sh.mu.RLock()
+	e := sh.users[userID]
+	ok := e != nil && len(e.sessions) > 0
+	sh.mu.RUnlock()
+	return ok
+}

@@ -368,6 +368,7 @@ type Store interface {
 	Accounts
 	Channels
 	Conversations
+	Push
 	// Close flushes and releases the store.
 	Close() error
 }

@@ -30,7 +30,12 @@ type Profile struct {
 	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// hide_presence: the user shows as offline to everyone. Only set in the
 	// caller's own profile.
-	HidePresence  bool `protobuf:"varint,4,opt,name=hide_presence,json=hidePresence,proto3" json:"hide_presence,omitempty"`
+	HidePresence bool `protobuf:"varint,4,opt,name=hide_presence,json=hidePresence,proto3" json:"hide_presence,omitempty"`
+	// push_previews: pushes to the user's devices carry the sender and the
+	// first ~100 characters of the text (off by default: a push then says
+	// only "New message", the channel and the unread count). Only set in the
+	// caller's own profile.
+	PushPreviews  bool `protobuf:"varint,5,opt,name=push_previews,json=pushPreviews,proto3" json:"push_previews,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -89,6 +94,13 @@ func (x *Profile) GetCreatedAt() *timestamppb.Timestamp {
 func (x *Profile) GetHidePresence() bool {
 	if x != nil {
 		return x.HidePresence
+	}
+	return false
+}
+
+func (x *Profile) GetPushPreviews() bool {
+	if x != nil {
+		return x.PushPreviews
 	}
 	return false
 }
@@ -823,11 +835,14 @@ func (x *GetProfileResponse) GetProfile() *Profile {
 type UpdateProfileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// display_name: 1..64 characters, no control characters. It may be empty
-	// (left unchanged) only when hide_presence is set.
+	// (left unchanged) only when hide_presence or push_previews is set.
 	DisplayName string `protobuf:"bytes,1,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// hide_presence, when set, hides (true) or shows (false) the caller's
 	// online status to their contacts.
-	HidePresence  *bool `protobuf:"varint,2,opt,name=hide_presence,json=hidePresence,proto3,oneof" json:"hide_presence,omitempty"`
+	HidePresence *bool `protobuf:"varint,2,opt,name=hide_presence,json=hidePresence,proto3,oneof" json:"hide_presence,omitempty"`
+	// push_previews, when set, turns message previews in the caller's push
+	// notifications on (true) or off (false).
+	PushPreviews  *bool `protobuf:"varint,3,opt,name=push_previews,json=pushPreviews,proto3,oneof" json:"push_previews,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -872,6 +887,13 @@ func (x *UpdateProfileRequest) GetDisplayName() string {
 func (x *UpdateProfileRequest) GetHidePresence() bool {
 	if x != nil && x.HidePresence != nil {
 		return *x.HidePresence
+	}
+	return false
+}
+
+func (x *UpdateProfileRequest) GetPushPreviews() bool {
+	if x != nil && x.PushPreviews != nil {
+		return *x.PushPreviews
 	}
 	return false
 }
@@ -1168,17 +1190,662 @@ func (x *ListContactsResponse) GetContacts() []*Profile {
 	return nil
 }
 
+// PushTarget is where a device's push notifications go: exactly one of the
+// fields is set.
+type PushTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Target:
+	//
+	//	*PushTarget_WebPush
+	//	*PushTarget_Fcm
+	//	*PushTarget_Apns
+	Target        isPushTarget_Target `protobuf_oneof:"target"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushTarget) Reset() {
+	*x = PushTarget{}
+	mi := &file_chat_v1_account_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushTarget) ProtoMessage() {}
+
+func (x *PushTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushTarget.ProtoReflect.Descriptor instead.
+func (*PushTarget) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PushTarget) GetTarget() isPushTarget_Target {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *PushTarget) GetWebPush() *WebPushSubscription {
+	if x != nil {
+		if x, ok := x.Target.(*PushTarget_WebPush); ok {
+			return x.WebPush
+		}
+	}
+	return nil
+}
+
+func (x *PushTarget) GetFcm() *FcmTarget {
+	if x != nil {
+		if x, ok := x.Target.(*PushTarget_Fcm); ok {
+			return x.Fcm
+		}
+	}
+	return nil
+}
+
+func (x *PushTarget) GetApns() *ApnsTarget {
+	if x != nil {
+		if x, ok := x.Target.(*PushTarget_Apns); ok {
+			return x.Apns
+		}
+	}
+	return nil
+}
+
+type isPushTarget_Target interface {
+	isPushTarget_Target()
+}
+
+type PushTarget_WebPush struct {
+	WebPush *WebPushSubscription `protobuf:"bytes,1,opt,name=web_push,json=webPush,proto3,oneof"`
+}
+
+type PushTarget_Fcm struct {
+	Fcm *FcmTarget `protobuf:"bytes,2,opt,name=fcm,proto3,oneof"`
+}
+
+type PushTarget_Apns struct {
+	Apns *ApnsTarget `protobuf:"bytes,3,opt,name=apns,proto3,oneof"`
+}
+
+func (*PushTarget_WebPush) isPushTarget_Target() {}
+
+func (*PushTarget_Fcm) isPushTarget_Target() {}
+
+func (*PushTarget_Apns) isPushTarget_Target() {}
+
+// WebPushSubscription is a browser's PushSubscription as its toJSON()
+// gives it (RFC 8030, RFC 8291): send JSON.stringify(subscription) as
+// web_push.
+type WebPushSubscription struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// endpoint: the push service URL, https on an allowed push-service host
+	// (at most 2048 bytes).
+	Endpoint      string       `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Keys          *WebPushKeys `protobuf:"bytes,2,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WebPushSubscription) Reset() {
+	*x = WebPushSubscription{}
+	mi := &file_chat_v1_account_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebPushSubscription) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebPushSubscription) ProtoMessage() {}
+
+func (x *WebPushSubscription) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebPushSubscription.ProtoReflect.Descriptor instead.
+func (*WebPushSubscription) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *WebPushSubscription) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *WebPushSubscription) GetKeys() *WebPushKeys {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type WebPushKeys struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// p256dh: the subscription's P-256 public key, base64url (65 bytes
+	// uncompressed).
+	P256Dh string `protobuf:"bytes,1,opt,name=p256dh,proto3" json:"p256dh,omitempty"`
+	// auth: the 16-byte authentication secret, base64url.
+	Auth          string `protobuf:"bytes,2,opt,name=auth,proto3" json:"auth,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WebPushKeys) Reset() {
+	*x = WebPushKeys{}
+	mi := &file_chat_v1_account_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebPushKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebPushKeys) ProtoMessage() {}
+
+func (x *WebPushKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebPushKeys.ProtoReflect.Descriptor instead.
+func (*WebPushKeys) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *WebPushKeys) GetP256Dh() string {
+	if x != nil {
+		return x.P256Dh
+	}
+	return ""
+}
+
+func (x *WebPushKeys) GetAuth() string {
+	if x != nil {
+		return x.Auth
+	}
+	return ""
+}
+
+type FcmTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token: the FCM registration token (at most 4096 bytes).
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FcmTarget) Reset() {
+	*x = FcmTarget{}
+	mi := &file_chat_v1_account_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FcmTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FcmTarget) ProtoMessage() {}
+
+func (x *FcmTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FcmTarget.ProtoReflect.Descriptor instead.
+func (*FcmTarget) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *FcmTarget) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type ApnsTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token: the APNs device token, hex (at most 200 characters).
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// topic: the app's bundle id (apns-topic), e.g. "com.example.chat".
+	Topic string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	// sandbox: the token is from the development environment
+	// (api.sandbox.push.apple.com).
+	Sandbox       bool `protobuf:"varint,3,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApnsTarget) Reset() {
+	*x = ApnsTarget{}
+	mi := &file_chat_v1_account_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApnsTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApnsTarget) ProtoMessage() {}
+
+func (x *ApnsTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApnsTarget.ProtoReflect.Descriptor instead.
+func (*ApnsTarget) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ApnsTarget) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *ApnsTarget) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *ApnsTarget) GetSandbox() bool {
+	if x != nil {
+		return x.Sandbox
+	}
+	return false
+}
+
+type SetPushTargetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Target        *PushTarget            `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPushTargetRequest) Reset() {
+	*x = SetPushTargetRequest{}
+	mi := &file_chat_v1_account_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPushTargetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPushTargetRequest) ProtoMessage() {}
+
+func (x *SetPushTargetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPushTargetRequest.ProtoReflect.Descriptor instead.
+func (*SetPushTargetRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SetPushTargetRequest) GetTarget() *PushTarget {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+type SetPushTargetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Target        *PushTarget            `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPushTargetResponse) Reset() {
+	*x = SetPushTargetResponse{}
+	mi := &file_chat_v1_account_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPushTargetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPushTargetResponse) ProtoMessage() {}
+
+func (x *SetPushTargetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPushTargetResponse.ProtoReflect.Descriptor instead.
+func (*SetPushTargetResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SetPushTargetResponse) GetTarget() *PushTarget {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+type GetPushTargetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPushTargetRequest) Reset() {
+	*x = GetPushTargetRequest{}
+	mi := &file_chat_v1_account_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPushTargetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPushTargetRequest) ProtoMessage() {}
+
+func (x *GetPushTargetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPushTargetRequest.ProtoReflect.Descriptor instead.
+func (*GetPushTargetRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{31}
+}
+
+type GetPushTargetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// target: absent if the device has none.
+	Target        *PushTarget `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPushTargetResponse) Reset() {
+	*x = GetPushTargetResponse{}
+	mi := &file_chat_v1_account_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPushTargetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPushTargetResponse) ProtoMessage() {}
+
+func (x *GetPushTargetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPushTargetResponse.ProtoReflect.Descriptor instead.
+func (*GetPushTargetResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetPushTargetResponse) GetTarget() *PushTarget {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+type DeletePushTargetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePushTargetRequest) Reset() {
+	*x = DeletePushTargetRequest{}
+	mi := &file_chat_v1_account_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePushTargetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePushTargetRequest) ProtoMessage() {}
+
+func (x *DeletePushTargetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePushTargetRequest.ProtoReflect.Descriptor instead.
+func (*DeletePushTargetRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{33}
+}
+
+type DeletePushTargetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePushTargetResponse) Reset() {
+	*x = DeletePushTargetResponse{}
+	mi := &file_chat_v1_account_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePushTargetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePushTargetResponse) ProtoMessage() {}
+
+func (x *DeletePushTargetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePushTargetResponse.ProtoReflect.Descriptor instead.
+func (*DeletePushTargetResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{34}
+}
+
+type GetVapidPublicKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVapidPublicKeyRequest) Reset() {
+	*x = GetVapidPublicKeyRequest{}
+	mi := &file_chat_v1_account_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVapidPublicKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVapidPublicKeyRequest) ProtoMessage() {}
+
+func (x *GetVapidPublicKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVapidPublicKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetVapidPublicKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{35}
+}
+
+type GetVapidPublicKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// public_key: the uncompressed P-256 public key, base64url without
+	// padding (65 bytes decoded).
+	PublicKey     string `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVapidPublicKeyResponse) Reset() {
+	*x = GetVapidPublicKeyResponse{}
+	mi := &file_chat_v1_account_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVapidPublicKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVapidPublicKeyResponse) ProtoMessage() {}
+
+func (x *GetVapidPublicKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_account_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVapidPublicKeyResponse.ProtoReflect.Descriptor instead.
+func (*GetVapidPublicKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_account_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetVapidPublicKeyResponse) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
 var File_chat_v1_account_proto protoreflect.FileDescriptor
 
 const file_chat_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x15chat/v1/account.proto\x12\achat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n" +
+	"\x15chat/v1/account.proto\x12\achat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n" +
 	"\aProfile\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x129\n" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12#\n" +
-	"\rhide_presence\x18\x04 \x01(\bR\fhidePresence\"\xe4\x01\n" +
+	"\rhide_presence\x18\x04 \x01(\bR\fhidePresence\x12#\n" +
+	"\rpush_previews\x18\x05 \x01(\bR\fpushPreviews\"\xe4\x01\n" +
 	"\x06Device\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
@@ -1219,11 +1886,13 @@ const file_chat_v1_account_proto_rawDesc = "" +
 	"\x11GetProfileRequest\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\"@\n" +
 	"\x12GetProfileResponse\x12*\n" +
-	"\aprofile\x18\x01 \x01(\v2\x10.chat.v1.ProfileR\aprofile\"u\n" +
+	"\aprofile\x18\x01 \x01(\v2\x10.chat.v1.ProfileR\aprofile\"\xb1\x01\n" +
 	"\x14UpdateProfileRequest\x12!\n" +
 	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12(\n" +
-	"\rhide_presence\x18\x02 \x01(\bH\x00R\fhidePresence\x88\x01\x01B\x10\n" +
-	"\x0e_hide_presence\"C\n" +
+	"\rhide_presence\x18\x02 \x01(\bH\x00R\fhidePresence\x88\x01\x01\x12(\n" +
+	"\rpush_previews\x18\x03 \x01(\bH\x01R\fpushPreviews\x88\x01\x01B\x10\n" +
+	"\x0e_hide_presenceB\x10\n" +
+	"\x0e_push_previews\"C\n" +
 	"\x15UpdateProfileResponse\x12*\n" +
 	"\aprofile\x18\x01 \x01(\v2\x10.chat.v1.ProfileR\aprofile\"/\n" +
 	"\x11AddContactRequest\x12\x1a\n" +
@@ -1235,7 +1904,39 @@ const file_chat_v1_account_proto_rawDesc = "" +
 	"\x15RemoveContactResponse\"\x15\n" +
 	"\x13ListContactsRequest\"D\n" +
 	"\x14ListContactsResponse\x12,\n" +
-	"\bcontacts\x18\x01 \x03(\v2\x10.chat.v1.ProfileR\bcontacts2\xaf\x06\n" +
+	"\bcontacts\x18\x01 \x03(\v2\x10.chat.v1.ProfileR\bcontacts\"\xa4\x01\n" +
+	"\n" +
+	"PushTarget\x129\n" +
+	"\bweb_push\x18\x01 \x01(\v2\x1c.chat.v1.WebPushSubscriptionH\x00R\awebPush\x12&\n" +
+	"\x03fcm\x18\x02 \x01(\v2\x12.chat.v1.FcmTargetH\x00R\x03fcm\x12)\n" +
+	"\x04apns\x18\x03 \x01(\v2\x13.chat.v1.ApnsTargetH\x00R\x04apnsB\b\n" +
+	"\x06target\"[\n" +
+	"\x13WebPushSubscription\x12\x1a\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12(\n" +
+	"\x04keys\x18\x02 \x01(\v2\x14.chat.v1.WebPushKeysR\x04keys\"9\n" +
+	"\vWebPushKeys\x12\x16\n" +
+	"\x06p256dh\x18\x01 \x01(\tR\x06p256dh\x12\x12\n" +
+	"\x04auth\x18\x02 \x01(\tR\x04auth\"!\n" +
+	"\tFcmTarget\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"R\n" +
+	"\n" +
+	"ApnsTarget\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x14\n" +
+	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x18\n" +
+	"\asandbox\x18\x03 \x01(\bR\asandbox\"C\n" +
+	"\x14SetPushTargetRequest\x12+\n" +
+	"\x06target\x18\x01 \x01(\v2\x13.chat.v1.PushTargetR\x06target\"D\n" +
+	"\x15SetPushTargetResponse\x12+\n" +
+	"\x06target\x18\x01 \x01(\v2\x13.chat.v1.PushTargetR\x06target\"\x16\n" +
+	"\x14GetPushTargetRequest\"D\n" +
+	"\x15GetPushTargetResponse\x12+\n" +
+	"\x06target\x18\x01 \x01(\v2\x13.chat.v1.PushTargetR\x06target\"\x19\n" +
+	"\x17DeletePushTargetRequest\"\x1a\n" +
+	"\x18DeletePushTargetResponse\"\x1a\n" +
+	"\x18GetVapidPublicKeyRequest\":\n" +
+	"\x19GetVapidPublicKeyResponse\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\tR\tpublicKey2\x84\t\n" +
 	"\x0eAccountService\x129\n" +
 	"\x06SignUp\x12\x16.chat.v1.SignUpRequest\x1a\x17.chat.v1.SignUpResponse\x126\n" +
 	"\x05LogIn\x12\x15.chat.v1.LogInRequest\x1a\x16.chat.v1.LogInResponse\x129\n" +
@@ -1249,7 +1950,11 @@ const file_chat_v1_account_proto_rawDesc = "" +
 	"\n" +
 	"AddContact\x12\x1a.chat.v1.AddContactRequest\x1a\x1b.chat.v1.AddContactResponse\x12N\n" +
 	"\rRemoveContact\x12\x1d.chat.v1.RemoveContactRequest\x1a\x1e.chat.v1.RemoveContactResponse\x12K\n" +
-	"\fListContacts\x12\x1c.chat.v1.ListContactsRequest\x1a\x1d.chat.v1.ListContactsResponseB+Z)github.com/chatd/chatd/gen/chat/v1;chatv1b\x06proto3"
+	"\fListContacts\x12\x1c.chat.v1.ListContactsRequest\x1a\x1d.chat.v1.ListContactsResponse\x12N\n" +
+	"\rSetPushTarget\x12\x1d.chat.v1.SetPushTargetRequest\x1a\x1e.chat.v1.SetPushTargetResponse\x12N\n" +
+	"\rGetPushTarget\x12\x1d.chat.v1.GetPushTargetRequest\x1a\x1e.chat.v1.GetPushTargetResponse\x12W\n" +
+	"\x10DeletePushTarget\x12 .chat.v1.DeletePushTargetRequest\x1a!.chat.v1.DeletePushTargetResponse\x12Z\n" +
+	"\x11GetVapidPublicKey\x12!.chat.v1.GetVapidPublicKeyRequest\x1a\".chat.v1.GetVapidPublicKeyResponseB+Z)github.com/chatd/chatd/gen/chat/v1;chatv1b\x06proto3"
 
 var (
 	file_chat_v1_account_proto_rawDescOnce sync.Once
@@ -1263,7 +1968,7 @@ func file_chat_v1_account_proto_rawDescGZIP() []byte {
 	return file_chat_v1_account_proto_rawDescData
 }
 
-var file_chat_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_chat_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_chat_v1_account_proto_goTypes = []any{
 	(*Profile)(nil),                    // 0: chat.v1.Profile
 	(*Device)(nil),                     // 1: chat.v1.Device
@@ -1289,46 +1994,74 @@ var file_chat_v1_account_proto_goTypes = []any{
 	(*RemoveContactResponse)(nil),      // 21: chat.v1.RemoveContactResponse
 	(*ListContactsRequest)(nil),        // 22: chat.v1.ListContactsRequest
 	(*ListContactsResponse)(nil),       // 23: chat.v1.ListContactsResponse
-	(*timestamppb.Timestamp)(nil),      // 24: google.protobuf.Timestamp
+	(*PushTarget)(nil),                 // 24: chat.v1.PushTarget
+	(*WebPushSubscription)(nil),        // 25: chat.v1.WebPushSubscription
+	(*WebPushKeys)(nil),                // 26: chat.v1.WebPushKeys
+	(*FcmTarget)(nil),                  // 27: chat.v1.FcmTarget
+	(*ApnsTarget)(nil),                 // 28: chat.v1.ApnsTarget
+	(*SetPushTargetRequest)(nil),       // 29: chat.v1.SetPushTargetRequest
+	(*SetPushTargetResponse)(nil),      // 30: chat.v1.SetPushTargetResponse
+	(*GetPushTargetRequest)(nil),       // 31: chat.v1.GetPushTargetRequest
+	(*GetPushTargetResponse)(nil),      // 32: chat.v1.GetPushTargetResponse
+	(*DeletePushTargetRequest)(nil),    // 33: chat.v1.DeletePushTargetRequest
+	(*DeletePushTargetResponse)(nil),   // 34: chat.v1.DeletePushTargetResponse
+	(*GetVapidPublicKeyRequest)(nil),   // 35: chat.v1.GetVapidPublicKeyRequest
+	(*GetVapidPublicKeyResponse)(nil),  // 36: chat.v1.GetVapidPublicKeyResponse
+	(*timestamppb.Timestamp)(nil),      // 37: google.protobuf.Timestamp
 }
 var file_chat_v1_account_proto_depIdxs = []int32{
-	24, // 0: chat.v1.Profile.created_at:type_name -> google.protobuf.Timestamp
-	24, // 1: chat.v1.Device.created_at:type_name -> google.protobuf.Timestamp
-	24, // 2: chat.v1.Device.last_seen_at:type_name -> google.protobuf.Timestamp
+	37, // 0: chat.v1.Profile.created_at:type_name -> google.protobuf.Timestamp
+	37, // 1: chat.v1.Device.created_at:type_name -> google.protobuf.Timestamp
+	37, // 2: chat.v1.Device.last_seen_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: chat.v1.SignUpResponse.profile:type_name -> chat.v1.Profile
-	24, // 4: chat.v1.LogInResponse.expires_at:type_name -> google.protobuf.Timestamp
+	37, // 4: chat.v1.LogInResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 5: chat.v1.ListDevicesResponse.devices:type_name -> chat.v1.Device
 	0,  // 6: chat.v1.GetProfileResponse.profile:type_name -> chat.v1.Profile
 	0,  // 7: chat.v1.UpdateProfileResponse.profile:type_name -> chat.v1.Profile
 	0,  // 8: chat.v1.AddContactResponse.contact:type_name -> chat.v1.Profile
 	0,  // 9: chat.v1.ListContactsResponse.contacts:type_name -> chat.v1.Profile
-	2,  // 10: chat.v1.AccountService.SignUp:input_type -> chat.v1.SignUpRequest
-	4,  // 11: chat.v1.AccountService.LogIn:input_type -> chat.v1.LogInRequest
-	6,  // 12: chat.v1.AccountService.LogOut:input_type -> chat.v1.LogOutRequest
-	8,  // 13: chat.v1.AccountService.ListDevices:input_type -> chat.v1.ListDevicesRequest
-	10, // 14: chat.v1.AccountService.RevokeDevice:input_type -> chat.v1.RevokeDeviceRequest
-	12, // 15: chat.v1.AccountService.RevokeOtherDevices:input_type -> chat.v1.RevokeOtherDevicesRequest
-	14, // 16: chat.v1.AccountService.GetProfile:input_type -> chat.v1.GetProfileRequest
-	16, // 17: chat.v1.AccountService.UpdateProfile:input_type -> chat.v1.UpdateProfileRequest
-	18, // 18: chat.v1.AccountService.AddContact:input_type -> chat.v1.AddContactRequest
-	20, // 19: chat.v1.AccountService.RemoveContact:input_type -> chat.v1.RemoveContactRequest
-	22, // 20: chat.v1.AccountService.ListContacts:input_type -> chat.v1.ListContactsRequest
-	3,  // 21: chat.v1.AccountService.SignUp:output_type -> chat.v1.SignUpResponse
-	5,  // 22: chat.v1.AccountService.LogIn:output_type -> chat.v1.LogInResponse
-	7,  // 23: chat.v1.AccountService.LogOut:output_type -> chat.v1.LogOutResponse
-	9,  // 24: chat.v1.AccountService.ListDevices:output_type -> chat.v1.ListDevicesResponse
-	11, // 25: chat.v1.AccountService.RevokeDevice:output_type -> chat.v1.RevokeDeviceResponse
-	13, // 26: chat.v1.AccountService.RevokeOtherDevices:output_type -> chat.v1.RevokeOtherDevicesResponse
-	15, // 27: chat.v1.AccountService.GetProfile:output_type -> chat.v1.GetProfileResponse
-	17, // 28: chat.v1.AccountService.UpdateProfile:output_type -> chat.v1.UpdateProfileResponse
-	19, // 29: chat.v1.AccountService.AddContact:output_type -> chat.v1.AddContactResponse
-	21, // 30: chat.v1.AccountService.RemoveContact:output_type -> chat.v1.RemoveContactResponse
-	23, // 31: chat.v1.AccountService.ListContacts:output_type -> chat.v1.ListContactsResponse
-	21, // [21:32] is the sub-list for method output_type
-	10, // [10:21] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	25, // 10: chat.v1.PushTarget.web_push:type_name -> chat.v1.WebPushSubscription
+	27, // 11: chat.v1.PushTarget.fcm:type_name -> chat.v1.FcmTarget
+	28, // 12: chat.v1.PushTarget.apns:type_name -> chat.v1.ApnsTarget
+	26, // 13: chat.v1.WebPushSubscription.keys:type_name -> chat.v1.WebPushKeys
+	24, // 14: chat.v1.SetPushTargetRequest.target:type_name -> chat.v1.PushTarget
+	24, // 15: chat.v1.SetPushTargetResponse.target:type_name -> chat.v1.PushTarget
+	24, // 16: chat.v1.GetPushTargetResponse.target:type_name -> chat.v1.PushTarget
+	2,  // 17: chat.v1.AccountService.SignUp:input_type -> chat.v1.SignUpRequest
+	4,  // 18: chat.v1.AccountService.LogIn:input_type -> chat.v1.LogInRequest
+	6,  // 19: chat.v1.AccountService.LogOut:input_type -> chat.v1.LogOutRequest
+	8,  // 20: chat.v1.AccountService.ListDevices:input_type -> chat.v1.ListDevicesRequest
+	10, // 21: chat.v1.AccountService.RevokeDevice:input_type -> chat.v1.RevokeDeviceRequest
+	12, // 22: chat.v1.AccountService.RevokeOtherDevices:input_type -> chat.v1.RevokeOtherDevicesRequest
+	14, // 23: chat.v1.AccountService.GetProfile:input_type -> chat.v1.GetProfileRequest
+	16, // 24: chat.v1.AccountService.UpdateProfile:input_type -> chat.v1.UpdateProfileRequest
+	18, // 25: chat.v1.AccountService.AddContact:input_type -> chat.v1.AddContactRequest
+	20, // 26: chat.v1.AccountService.RemoveContact:input_type -> chat.v1.RemoveContactRequest
+	22, // 27: chat.v1.AccountService.ListContacts:input_type -> chat.v1.ListContactsRequest
+	29, // 28: chat.v1.AccountService.SetPushTarget:input_type -> chat.v1.SetPushTargetRequest
+	31, // 29: chat.v1.AccountService.GetPushTarget:input_type -> chat.v1.GetPushTargetRequest
+	33, // 30: chat.v1.AccountService.DeletePushTarget:input_type -> chat.v1.DeletePushTargetRequest
+	35, // 31: chat.v1.AccountService.GetVapidPublicKey:input_type -> chat.v1.GetVapidPublicKeyRequest
+	3,  // 32: chat.v1.AccountService.SignUp:output_type -> chat.v1.SignUpResponse
+	5,  // 33: chat.v1.AccountService.LogIn:output_type -> chat.v1.LogInResponse
+	7,  // 34: chat.v1.AccountService.LogOut:output_type -> chat.v1.LogOutResponse
+	9,  // 35: chat.v1.AccountService.ListDevices:output_type -> chat.v1.ListDevicesResponse
+	11, // 36: chat.v1.AccountService.RevokeDevice:output_type -> chat.v1.RevokeDeviceResponse
+	13, // 37: chat.v1.AccountService.RevokeOtherDevices:output_type -> chat.v1.RevokeOtherDevicesResponse
+	15, // 38: chat.v1.AccountService.GetProfile:output_type -> chat.v1.GetProfileResponse
+	17, // 39: chat.v1.AccountService.UpdateProfile:output_type -> chat.v1.UpdateProfileResponse
+	19, // 40: chat.v1.AccountService.AddContact:output_type -> chat.v1.AddContactResponse
+	21, // 41: chat.v1.AccountService.RemoveContact:output_type -> chat.v1.RemoveContactResponse
+	23, // 42: chat.v1.AccountService.ListContacts:output_type -> chat.v1.ListContactsResponse
+	30, // 43: chat.v1.AccountService.SetPushTarget:output_type -> chat.v1.SetPushTargetResponse
+	32, // 44: chat.v1.AccountService.GetPushTarget:output_type -> chat.v1.GetPushTargetResponse
+	34, // 45: chat.v1.AccountService.DeletePushTarget:output_type -> chat.v1.DeletePushTargetResponse
+	36, // 46: chat.v1.AccountService.GetVapidPublicKey:output_type -> chat.v1.GetVapidPublicKeyResponse
+	32, // [32:47] is the sub-list for method output_type
+	17, // [17:32] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_chat_v1_account_proto_init() }
@@ -1337,13 +2070,18 @@ func file_chat_v1_account_proto_init() {
 		return
 	}
 	file_chat_v1_account_proto_msgTypes[16].OneofWrappers = []any{}
+	file_chat_v1_account_proto_msgTypes[24].OneofWrappers = []any{
+		(*PushTarget_WebPush)(nil),
+		(*PushTarget_Fcm)(nil),
+		(*PushTarget_Apns)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_v1_account_proto_rawDesc), len(file_chat_v1_account_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,10 @@ const (
 	AccountService_AddContact_FullMethodName         = "/chat.v1.AccountService/AddContact"
 	AccountService_RemoveContact_FullMethodName      = "/chat.v1.AccountService/RemoveContact"
 	AccountService_ListContacts_FullMethodName       = "/chat.v1.AccountService/ListContacts"
+	AccountService_SetPushTarget_FullMethodName      = "/chat.v1.AccountService/SetPushTarget"
+	AccountService_GetPushTarget_FullMethodName      = "/chat.v1.AccountService/GetPushTarget"
+	AccountService_DeletePushTarget_FullMethodName   = "/chat.v1.AccountService/DeletePushTarget"
+	AccountService_GetVapidPublicKey_FullMethodName  = "/chat.v1.AccountService/GetVapidPublicKey"
 )
 
 // AccountServiceClient is the client API for AccountService service.
@@ -75,6 +79,28 @@ type AccountServiceClient interface {
 	RemoveContact(ctx context.Context, in *RemoveContactRequest, opts ...grpc.CallOption) (*RemoveContactResponse, error)
 	// ListContacts lists the caller's contacts.
 	ListContacts(ctx context.Context, in *ListContactsRequest, opts ...grpc.CallOption) (*ListContactsResponse, error)
+	// SetPushTarget registers the calling device's push target (one per
+	// device; a new one replaces the old): a Web Push subscription, an FCM
+	// registration token or an APNs device token. The device then gets a
+	// push for a message when it has no open Chat stream on any server at
+	// the moment the message commits, the message is not the caller's own
+	// and the channel is not muted (docs/push.md). Logging the device out or
+	// revoking it removes the target. Errors: InvalidArgument (no target, a
+	// Web Push endpoint that is not https or whose host is not an allowed
+	// push service, keys that are not base64url of the right length, a
+	// token or topic outside its limits; nothing is stored),
+	// FailedPrecondition (that provider is not configured on this server).
+	SetPushTarget(ctx context.Context, in *SetPushTargetRequest, opts ...grpc.CallOption) (*SetPushTargetResponse, error)
+	// GetPushTarget returns the calling device's push target (absent if it
+	// has none).
+	GetPushTarget(ctx context.Context, in *GetPushTargetRequest, opts ...grpc.CallOption) (*GetPushTargetResponse, error)
+	// DeletePushTarget removes the calling device's push target
+	// (idempotent).
+	DeletePushTarget(ctx context.Context, in *DeletePushTargetRequest, opts ...grpc.CallOption) (*DeletePushTargetResponse, error)
+	// GetVapidPublicKey returns the server's VAPID public key (RFC 8292), the
+	// applicationServerKey a browser passes to PushManager.subscribe. Errors:
+	// FailedPrecondition (Web Push is off on this server).
+	GetVapidPublicKey(ctx context.Context, in *GetVapidPublicKeyRequest, opts ...grpc.CallOption) (*GetVapidPublicKeyResponse, error)
 }
 
 type accountServiceClient struct {
@@ -195,6 +221,46 @@ func (c *accountServiceClient) ListContacts(ctx context.Context, in *ListContact
 	return out, nil
 }
 
+func (c *accountServiceClient) SetPushTarget(ctx context.Context, in *SetPushTargetRequest, opts ...grpc.CallOption) (*SetPushTargetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetPushTargetResponse)
+	err := c.cc.Invoke(ctx, AccountService_SetPushTarget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accountServiceClient) GetPushTarget(ctx context.Context, in *GetPushTargetRequest, opts ...grpc.CallOption) (*GetPushTargetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPushTargetResponse)
+	err := c.cc.Invoke(ctx, AccountService_GetPushTarget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accountServiceClient) DeletePushTarget(ctx context.Context, in *DeletePushTargetRequest, opts ...grpc.CallOption) (*DeletePushTargetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeletePushTargetResponse)
+	err := c.cc.Invoke(ctx, AccountService_DeletePushTarget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accountServiceClient) GetVapidPublicKey(ctx context.Context, in *GetVapidPublicKeyRequest, opts ...grpc.CallOption) (*GetVapidPublicKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetVapidPublicKeyResponse)
+	err := c.cc.Invoke(ctx, AccountService_GetVapidPublicKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AccountServiceServer is the server API for AccountService service.
 // All implementations must embed UnimplementedAccountServiceServer
 // for forward compatibility.
@@ -238,6 +304,28 @@ type AccountServiceServer interface {
 	RemoveContact(context.Context, *RemoveContactRequest) (*RemoveContactResponse, error)
 	// ListContacts lists the caller's contacts.
 	ListContacts(context.Context, *ListContactsRequest) (*ListContactsResponse, error)
+	// SetPushTarget registers the calling device's push target (one per
+	// device; a new one replaces the old): a Web Push subscription, an FCM
+	// registration token or an APNs device token. The device then gets a
+	// push for a message when it has no open Chat stream on any server at
+	// the moment the message commits, the message is not the caller's own
+	// and the channel is not muted (docs/push.md). Logging the device out or
+	// revoking it removes the target. Errors: InvalidArgument (no target, a
+	// Web Push endpoint that is not https or whose host is not an allowed
+	// push service, keys that are not base64url of the right length, a
+	// token or topic outside its limits; nothing is stored),
+	// FailedPrecondition (that provider is not configured on this server).
+	SetPushTarget(context.Context, *SetPushTargetRequest) (*SetPushTargetResponse, error)
+	// GetPushTarget returns the calling device's push target (absent if it
+	// has none).
+	GetPushTarget(context.Context, *GetPushTargetRequest) (*GetPushTargetResponse, error)
+	// DeletePushTarget removes the calling device's push target
+	// (idempotent).
+	DeletePushTarget(context.Context, *DeletePushTargetRequest) (*DeletePushTargetResponse, error)
+	// GetVapidPublicKey returns the server's VAPID public key (RFC 8292), the
+	// applicationServerKey a browser passes to PushManager.subscribe. Errors:
+	// FailedPrecondition (Web Push is off on this server).
+	GetVapidPublicKey(context.Context, *GetVapidPublicKeyRequest) (*GetVapidPublicKeyResponse, error)
 	mustEmbedUnimplementedAccountServiceServer()
 }
 
@@ -280,6 +368,18 @@ func (UnimplementedAccountServiceServer) RemoveContact(context.Context, *RemoveC
 }
 func (UnimplementedAccountServiceServer) ListContacts(context.Context, *ListContactsRequest) (*ListContactsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListContacts not implemented")
+}
+func (UnimplementedAccountServiceServer) SetPushTarget(context.Context, *SetPushTargetRequest) (*SetPushTargetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetPushTarget not implemented")
+}
+func (UnimplementedAccountServiceServer) GetPushTarget(context.Context, *GetPushTargetRequest) (*GetPushTargetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPushTarget not implemented")
+}
+func (UnimplementedAccountServiceServer) DeletePushTarget(context.Context, *DeletePushTargetRequest) (*DeletePushTargetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeletePushTarget not implemented")
+}
+func (UnimplementedAccountServiceServer) GetVapidPublicKey(context.Context, *GetVapidPublicKeyRequest) (*GetVapidPublicKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVapidPublicKey not implemented")
 }
 func (UnimplementedAccountServiceServer) mustEmbedUnimplementedAccountServiceServer() {}
 func (UnimplementedAccountServiceServer) testEmbeddedByValue()                        {}
@@ -500,6 +600,78 @@ func _AccountService_ListContacts_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccountService_SetPushTarget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetPushTargetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).SetPushTarget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_SetPushTarget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).SetPushTarget(ctx, req.(*SetPushTargetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AccountService_GetPushTarget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPushTargetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).GetPushTarget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_GetPushTarget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).GetPushTarget(ctx, req.(*GetPushTargetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AccountService_DeletePushTarget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeletePushTargetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).DeletePushTarget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_DeletePushTarget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).DeletePushTarget(ctx, req.(*DeletePushTargetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AccountService_GetVapidPublicKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVapidPublicKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).GetVapidPublicKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_GetVapidPublicKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).GetVapidPublicKey(ctx, req.(*GetVapidPublicKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AccountService_ServiceDesc is the grpc.ServiceDesc for AccountService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -550,6 +722,22 @@ var AccountService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListContacts",
 			Handler:    _AccountService_ListContacts_Handler,
+		},
+		{
+			MethodName: "SetPushTarget",
+			Handler:    _AccountService_SetPushTarget_Handler,
+		},
+		{
+			MethodName: "GetPushTarget",
+			Handler:    _AccountService_GetPushTarget_Handler,
+		},
+		{
+			MethodName: "DeletePushTarget",
+			Handler:    _AccountService_DeletePushTarget_Handler,
+		},
+		{
+			MethodName: "GetVapidPublicKey",
+			Handler:    _AccountService_GetVapidPublicKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

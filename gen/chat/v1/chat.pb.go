@@ -2031,7 +2031,11 @@ type Channel struct {
 	ReadUpTo uint64 `protobuf:"varint,11,opt,name=read_up_to,json=readUpTo,proto3" json:"read_up_to,omitempty"`
 	// receipts: the markers of the other members that have any (read_up_to
 	// is 0 for members who hide read receipts).
-	Receipts      []*ReceiptEvent `protobuf:"bytes,12,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	Receipts []*ReceiptEvent `protobuf:"bytes,12,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	// muted: the caller has muted the channel (no push notifications; see
+	// MuteChannel). muted_until is when the mute ends, absent if forever.
+	Muted         bool                   `protobuf:"varint,13,opt,name=muted,proto3" json:"muted,omitempty"`
+	MutedUntil    *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=muted_until,json=mutedUntil,proto3" json:"muted_until,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2146,6 +2150,20 @@ func (x *Channel) GetReadUpTo() uint64 {
 func (x *Channel) GetReceipts() []*ReceiptEvent {
 	if x != nil {
 		return x.Receipts
+	}
+	return nil
+}
+
+func (x *Channel) GetMuted() bool {
+	if x != nil {
+		return x.Muted
+	}
+	return false
+}
+
+func (x *Channel) GetMutedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.MutedUntil
 	}
 	return nil
 }
@@ -3365,6 +3383,192 @@ func (x *SetReadReceiptsResponse) GetHideReadReceipts() bool {
 	return false
 }
 
+type MuteChannelRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	// until: when the mute ends; absent means forever.
+	Until         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MuteChannelRequest) Reset() {
+	*x = MuteChannelRequest{}
+	mi := &file_chat_v1_chat_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MuteChannelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MuteChannelRequest) ProtoMessage() {}
+
+func (x *MuteChannelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MuteChannelRequest.ProtoReflect.Descriptor instead.
+func (*MuteChannelRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *MuteChannelRequest) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *MuteChannelRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+type MuteChannelResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	// until: when the mute ends; absent means forever.
+	Until         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MuteChannelResponse) Reset() {
+	*x = MuteChannelResponse{}
+	mi := &file_chat_v1_chat_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MuteChannelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MuteChannelResponse) ProtoMessage() {}
+
+func (x *MuteChannelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MuteChannelResponse.ProtoReflect.Descriptor instead.
+func (*MuteChannelResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *MuteChannelResponse) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *MuteChannelResponse) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+type UnmuteChannelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChannelId     string                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnmuteChannelRequest) Reset() {
+	*x = UnmuteChannelRequest{}
+	mi := &file_chat_v1_chat_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnmuteChannelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnmuteChannelRequest) ProtoMessage() {}
+
+func (x *UnmuteChannelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnmuteChannelRequest.ProtoReflect.Descriptor instead.
+func (*UnmuteChannelRequest) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *UnmuteChannelRequest) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+type UnmuteChannelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnmuteChannelResponse) Reset() {
+	*x = UnmuteChannelResponse{}
+	mi := &file_chat_v1_chat_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnmuteChannelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnmuteChannelResponse) ProtoMessage() {}
+
+func (x *UnmuteChannelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_v1_chat_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnmuteChannelResponse.ProtoReflect.Descriptor instead.
+func (*UnmuteChannelResponse) Descriptor() ([]byte, []int) {
+	return file_chat_v1_chat_proto_rawDescGZIP(), []int{49}
+}
+
 var File_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_chat_v1_chat_proto_rawDesc = "" +
@@ -3509,7 +3713,7 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"FrameError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x88\x04\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xdb\x04\n" +
 	"\aChannel\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12(\n" +
@@ -3526,7 +3730,10 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	" \x01(\bR\funreadCapped\x12\x1c\n" +
 	"\n" +
 	"read_up_to\x18\v \x01(\x04R\breadUpTo\x121\n" +
-	"\breceipts\x18\f \x03(\v2\x15.chat.v1.ReceiptEventR\breceipts\"J\n" +
+	"\breceipts\x18\f \x03(\v2\x15.chat.v1.ReceiptEventR\breceipts\x12\x14\n" +
+	"\x05muted\x18\r \x01(\bR\x05muted\x12;\n" +
+	"\vmuted_until\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"mutedUntil\"J\n" +
 	"\x06Member\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.chat.v1.MemberRoleR\x04role\"G\n" +
@@ -3607,7 +3814,19 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\x16SetReadReceiptsRequest\x12,\n" +
 	"\x12hide_read_receipts\x18\x01 \x01(\bR\x10hideReadReceipts\"G\n" +
 	"\x17SetReadReceiptsResponse\x12,\n" +
-	"\x12hide_read_receipts\x18\x01 \x01(\bR\x10hideReadReceipts*\\\n" +
+	"\x12hide_read_receipts\x18\x01 \x01(\bR\x10hideReadReceipts\"e\n" +
+	"\x12MuteChannelRequest\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x120\n" +
+	"\x05until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"f\n" +
+	"\x13MuteChannelResponse\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x120\n" +
+	"\x05until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"5\n" +
+	"\x14UnmuteChannelRequest\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\"\x17\n" +
+	"\x15UnmuteChannelResponse*\\\n" +
 	"\vChannelType\x12\x1c\n" +
 	"\x18CHANNEL_TYPE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13CHANNEL_TYPE_DIRECT\x10\x01\x12\x16\n" +
@@ -3623,7 +3842,7 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\x11MESSAGE_KIND_TEXT\x10\x01\x12\x15\n" +
 	"\x11MESSAGE_KIND_EDIT\x10\x02\x12\x17\n" +
 	"\x13MESSAGE_KIND_DELETE\x10\x03\x12\x17\n" +
-	"\x13MESSAGE_KIND_SYSTEM\x10\x042\xf6\x06\n" +
+	"\x13MESSAGE_KIND_SYSTEM\x10\x042\x90\b\n" +
 	"\vChatService\x126\n" +
 	"\x04Chat\x12\x14.chat.v1.ClientFrame\x1a\x14.chat.v1.ServerFrame(\x010\x01\x12H\n" +
 	"\vCreateGroup\x12\x1b.chat.v1.CreateGroupRequest\x1a\x1c.chat.v1.CreateGroupResponse\x12B\n" +
@@ -3638,7 +3857,9 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"\vEditMessage\x12\x1b.chat.v1.EditMessageRequest\x1a\x1c.chat.v1.EditMessageResponse\x12N\n" +
 	"\rDeleteMessage\x12\x1d.chat.v1.DeleteMessageRequest\x1a\x1e.chat.v1.DeleteMessageResponse\x12H\n" +
 	"\vGetReceipts\x12\x1b.chat.v1.GetReceiptsRequest\x1a\x1c.chat.v1.GetReceiptsResponse\x12T\n" +
-	"\x0fSetReadReceipts\x12\x1f.chat.v1.SetReadReceiptsRequest\x1a .chat.v1.SetReadReceiptsResponseB+Z)github.com/chatd/chatd/gen/chat/v1;chatv1b\x06proto3"
+	"\x0fSetReadReceipts\x12\x1f.chat.v1.SetReadReceiptsRequest\x1a .chat.v1.SetReadReceiptsResponse\x12H\n" +
+	"\vMuteChannel\x12\x1b.chat.v1.MuteChannelRequest\x1a\x1c.chat.v1.MuteChannelResponse\x12N\n" +
+	"\rUnmuteChannel\x12\x1d.chat.v1.UnmuteChannelRequest\x1a\x1e.chat.v1.UnmuteChannelResponseB+Z)github.com/chatd/chatd/gen/chat/v1;chatv1b\x06proto3"
 
 var (
 	file_chat_v1_chat_proto_rawDescOnce sync.Once
@@ -3653,7 +3874,7 @@ func file_chat_v1_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_v1_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_chat_v1_chat_proto_goTypes = []any{
 	(ChannelType)(0),                // 0: chat.v1.ChannelType
 	(MemberRole)(0),                 // 1: chat.v1.MemberRole
@@ -3704,13 +3925,17 @@ var file_chat_v1_chat_proto_goTypes = []any{
 	(*GetReceiptsResponse)(nil),     // 46: chat.v1.GetReceiptsResponse
 	(*SetReadReceiptsRequest)(nil),  // 47: chat.v1.SetReadReceiptsRequest
 	(*SetReadReceiptsResponse)(nil), // 48: chat.v1.SetReadReceiptsResponse
-	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
-	(*Endpoint)(nil),                // 50: chat.v1.Endpoint
+	(*MuteChannelRequest)(nil),      // 49: chat.v1.MuteChannelRequest
+	(*MuteChannelResponse)(nil),     // 50: chat.v1.MuteChannelResponse
+	(*UnmuteChannelRequest)(nil),    // 51: chat.v1.UnmuteChannelRequest
+	(*UnmuteChannelResponse)(nil),   // 52: chat.v1.UnmuteChannelResponse
+	(*timestamppb.Timestamp)(nil),   // 53: google.protobuf.Timestamp
+	(*Endpoint)(nil),                // 54: chat.v1.Endpoint
 }
 var file_chat_v1_chat_proto_depIdxs = []int32{
-	49, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
+	53, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 1: chat.v1.Message.kind:type_name -> chat.v1.MessageKind
-	49, // 2: chat.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
+	53, // 2: chat.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
 	3,  // 3: chat.v1.Delivery.message:type_name -> chat.v1.Message
 	6,  // 4: chat.v1.ClientFrame.send:type_name -> chat.v1.SendMessage
 	7,  // 5: chat.v1.ClientFrame.ack:type_name -> chat.v1.Ack
@@ -3731,57 +3956,64 @@ var file_chat_v1_chat_proto_depIdxs = []int32{
 	22, // 20: chat.v1.ServerFrame.receipt:type_name -> chat.v1.ReceiptEvent
 	23, // 21: chat.v1.ServerFrame.unread:type_name -> chat.v1.UnreadEvent
 	15, // 22: chat.v1.ServerFrame.drain:type_name -> chat.v1.Drain
-	50, // 23: chat.v1.Drain.endpoints:type_name -> chat.v1.Endpoint
-	49, // 24: chat.v1.SendAck.created_at:type_name -> google.protobuf.Timestamp
+	54, // 23: chat.v1.Drain.endpoints:type_name -> chat.v1.Endpoint
+	53, // 24: chat.v1.SendAck.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 25: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
-	49, // 26: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
-	49, // 27: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	53, // 26: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
+	53, // 27: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
 	0,  // 28: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
 	26, // 29: chat.v1.Channel.members:type_name -> chat.v1.Member
-	49, // 30: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
-	49, // 31: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
+	53, // 30: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
+	53, // 31: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
 	3,  // 32: chat.v1.Channel.last_message:type_name -> chat.v1.Message
 	22, // 33: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
-	1,  // 34: chat.v1.Member.role:type_name -> chat.v1.MemberRole
-	25, // 35: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
-	1,  // 36: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
-	25, // 37: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
-	25, // 38: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
-	25, // 39: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
-	3,  // 40: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
-	23, // 41: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
-	17, // 42: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
-	17, // 43: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
-	22, // 44: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
-	5,  // 45: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
-	27, // 46: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
-	29, // 47: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
-	31, // 48: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
-	33, // 49: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
-	35, // 50: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
-	37, // 51: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
-	39, // 52: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
-	41, // 53: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
-	43, // 54: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
-	45, // 55: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
-	47, // 56: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
-	14, // 57: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
-	28, // 58: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
-	30, // 59: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
-	32, // 60: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
-	34, // 61: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
-	36, // 62: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
-	38, // 63: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
-	40, // 64: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
-	42, // 65: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
-	44, // 66: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
-	46, // 67: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
-	48, // 68: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
-	57, // [57:69] is the sub-list for method output_type
-	45, // [45:57] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	53, // 34: chat.v1.Channel.muted_until:type_name -> google.protobuf.Timestamp
+	1,  // 35: chat.v1.Member.role:type_name -> chat.v1.MemberRole
+	25, // 36: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
+	1,  // 37: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
+	25, // 38: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
+	25, // 39: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
+	25, // 40: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
+	3,  // 41: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
+	23, // 42: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
+	17, // 43: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
+	17, // 44: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
+	22, // 45: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
+	53, // 46: chat.v1.MuteChannelRequest.until:type_name -> google.protobuf.Timestamp
+	53, // 47: chat.v1.MuteChannelResponse.until:type_name -> google.protobuf.Timestamp
+	5,  // 48: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
+	27, // 49: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
+	29, // 50: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
+	31, // 51: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
+	33, // 52: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
+	35, // 53: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
+	37, // 54: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
+	39, // 55: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
+	41, // 56: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
+	43, // 57: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
+	45, // 58: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
+	47, // 59: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
+	49, // 60: chat.v1.ChatService.MuteChannel:input_type -> chat.v1.MuteChannelRequest
+	51, // 61: chat.v1.ChatService.UnmuteChannel:input_type -> chat.v1.UnmuteChannelRequest
+	14, // 62: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
+	28, // 63: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
+	30, // 64: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
+	32, // 65: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
+	34, // 66: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
+	36, // 67: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
+	38, // 68: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
+	40, // 69: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
+	42, // 70: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
+	44, // 71: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
+	46, // 72: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
+	48, // 73: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
+	50, // 74: chat.v1.ChatService.MuteChannel:output_type -> chat.v1.MuteChannelResponse
+	52, // 75: chat.v1.ChatService.UnmuteChannel:output_type -> chat.v1.UnmuteChannelResponse
+	62, // [62:76] is the sub-list for method output_type
+	48, // [48:62] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_chat_v1_chat_proto_init() }
@@ -3823,7 +4055,7 @@ func file_chat_v1_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_v1_chat_proto_rawDesc), len(file_chat_v1_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   46,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,8 @@ const (
 	ChatService_DeleteMessage_FullMethodName   = "/chat.v1.ChatService/DeleteMessage"
 	ChatService_GetReceipts_FullMethodName     = "/chat.v1.ChatService/GetReceipts"
 	ChatService_SetReadReceipts_FullMethodName = "/chat.v1.ChatService/SetReadReceipts"
+	ChatService_MuteChannel_FullMethodName     = "/chat.v1.ChatService/MuteChannel"
+	ChatService_UnmuteChannel_FullMethodName   = "/chat.v1.ChatService/UnmuteChannel"
 )
 
 // ChatServiceClient is the client API for ChatService service.
@@ -126,6 +128,16 @@ type ChatServiceClient interface {
 	// user who hides them still has a read marker (it drives their unread
 	// counts), but other members see no read_up_to moving for them.
 	SetReadReceipts(ctx context.Context, in *SetReadReceiptsRequest, opts ...grpc.CallOption) (*SetReadReceiptsResponse, error)
+	// MuteChannel mutes a channel for the caller until a time, or forever:
+	// no push notification is sent to the caller's devices for its
+	// messages. Messages are still delivered to open streams and still count
+	// as unread. Muting again replaces the time. Errors: InvalidArgument (no
+	// channel id, or until in the past), NotFound (no such channel),
+	// PermissionDenied (the caller is not a member).
+	MuteChannel(ctx context.Context, in *MuteChannelRequest, opts ...grpc.CallOption) (*MuteChannelResponse, error)
+	// UnmuteChannel ends the caller's mute of a channel (idempotent).
+	// Errors: InvalidArgument (no channel id).
+	UnmuteChannel(ctx context.Context, in *UnmuteChannelRequest, opts ...grpc.CallOption) (*UnmuteChannelResponse, error)
 }
 
 type chatServiceClient struct {
@@ -259,6 +271,26 @@ func (c *chatServiceClient) SetReadReceipts(ctx context.Context, in *SetReadRece
 	return out, nil
 }
 
+func (c *chatServiceClient) MuteChannel(ctx context.Context, in *MuteChannelRequest, opts ...grpc.CallOption) (*MuteChannelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MuteChannelResponse)
+	err := c.cc.Invoke(ctx, ChatService_MuteChannel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *chatServiceClient) UnmuteChannel(ctx context.Context, in *UnmuteChannelRequest, opts ...grpc.CallOption) (*UnmuteChannelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnmuteChannelResponse)
+	err := c.cc.Invoke(ctx, ChatService_UnmuteChannel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ChatServiceServer is the server API for ChatService service.
 // All implementations must embed UnimplementedChatServiceServer
 // for forward compatibility.
@@ -352,6 +384,16 @@ type ChatServiceServer interface {
 	// user who hides them still has a read marker (it drives their unread
 	// counts), but other members see no read_up_to moving for them.
 	SetReadReceipts(context.Context, *SetReadReceiptsRequest) (*SetReadReceiptsResponse, error)
+	// MuteChannel mutes a channel for the caller until a time, or forever:
+	// no push notification is sent to the caller's devices for its
+	// messages. Messages are still delivered to open streams and still count
+	// as unread. Muting again replaces the time. Errors: InvalidArgument (no
+	// channel id, or until in the past), NotFound (no such channel),
+	// PermissionDenied (the caller is not a member).
+	MuteChannel(context.Context, *MuteChannelRequest) (*MuteChannelResponse, error)
+	// UnmuteChannel ends the caller's mute of a channel (idempotent).
+	// Errors: InvalidArgument (no channel id).
+	UnmuteChannel(context.Context, *UnmuteChannelRequest) (*UnmuteChannelResponse, error)
 	mustEmbedUnimplementedChatServiceServer()
 }
 
@@ -397,6 +439,12 @@ func (UnimplementedChatServiceServer) GetReceipts(context.Context, *GetReceiptsR
 }
 func (UnimplementedChatServiceServer) SetReadReceipts(context.Context, *SetReadReceiptsRequest) (*SetReadReceiptsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetReadReceipts not implemented")
+}
+func (UnimplementedChatServiceServer) MuteChannel(context.Context, *MuteChannelRequest) (*MuteChannelResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MuteChannel not implemented")
+}
+func (UnimplementedChatServiceServer) UnmuteChannel(context.Context, *UnmuteChannelRequest) (*UnmuteChannelResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnmuteChannel not implemented")
 }
 func (UnimplementedChatServiceServer) mustEmbedUnimplementedChatServiceServer() {}
 func (UnimplementedChatServiceServer) testEmbeddedByValue()                     {}
@@ -624,6 +672,42 @@ func _ChatService_SetReadReceipts_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ChatService_MuteChannel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MuteChannelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).MuteChannel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_MuteChannel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).MuteChannel(ctx, req.(*MuteChannelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ChatService_UnmuteChannel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnmuteChannelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).UnmuteChannel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_UnmuteChannel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).UnmuteChannel(ctx, req.(*UnmuteChannelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ChatService_ServiceDesc is the grpc.ServiceDesc for ChatService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -674,6 +758,14 @@ var ChatService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetReadReceipts",
 			Handler:    _ChatService_SetReadReceipts_Handler,
+		},
+		{
+			MethodName: "MuteChannel",
+			Handler:    _ChatService_MuteChannel_Handler,
+		},
+		{
+			MethodName: "UnmuteChannel",
+			Handler:    _ChatService_UnmuteChannel_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -31,6 +31,10 @@ const (
 	tRevision    = 'x' // x channel 0x00 be64(ref) be64(id)      -> revision
 	tSetting     = 's' // s user                                  -> conversation settings
 	tSkeleton    = 'n' // n store.UsernameSkeleton(user)          -> user
+	tPushTarget  = 'P' // P user 0x00 device                     -> push target
+	tMute        = 'M' // M user 0x00 channel                    -> mute (until)
+	tPushSetting = 'S' // S user                                  -> push settings (previews)
+	tPushQueue   = 'Q' // Q be64(id)                             -> push job
 )
 
 // ErrInvalidID is returned (wrapped) when an id contains the byte 0x00,

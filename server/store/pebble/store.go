@@ -21,6 +21,10 @@
 //	k channel_id 0x00 user_id 0x00 marker -> be64(message_id): receipts
 //	x channel_id 0x00 be64(ref) be64(id)  -> revision (kind, sender, for_user, text, created_at)
 //	s user_id                             -> conversation settings (hide read receipts)
+//	P user_id 0x00 device_id              -> push target (kind, address, keys, topic, ...)
+//	M user_id 0x00 channel_id             -> channel mute (until, absent = forever)
+//	S user_id                             -> push settings (previews)
+//	Q be64(id)                            -> queued push job (store.PushQueue)
 //
 // Values are protobuf wire format (protowire) without the fields already in
 // the key; times have millisecond precision and are returned in UTC. An
@@ -54,7 +58,8 @@
 // key-value helpers), codec.go (keys and values), messages.go
 // (AppendBatch, History, ...), inbox.go, dedup.go, cursors.go,
 // accounts.go (users, devices, contacts), channels.go (channels,
-// members), conversation.go (receipts, revisions, settings). The package
+// members), conversation.go (receipts, revisions, settings), push.go (push targets,
+// mutes, push settings, the push queue). The package
 // speaks Pebble only: it must not import gRPC, CQL or Redis packages, nor
 // any chatd package but store.
 package pebble
@@ -96,6 +101,11 @@ type Store struct {
 	dir      string
 	log      *slog.Logger
 	flushed  flushes
+	// pushMu guards the push queue's id counter, read from the highest
+	// stored id on first use.
+	pushMu     sync.Mutex
+	pushID     uint64
+	pushIDRead bool
 }
 
 var _ store.Store = (*Store)(nil)

@@ -84,6 +84,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Channels/ListUserChannelsPaging", testListUserChannelsPaging},
 	}
 	tests = append(tests, conversationTests...)
+	tests = append(tests, pushTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := open(t)

@@ -25,6 +25,13 @@ export interface Profile {
    * caller's own profile.
    */
   hidePresence: boolean;
+  /**
+   * push_previews: pushes to the user's devices carry the sender and the
+   * first ~100 characters of the text (off by default: a push then says
+   * only "New message", the channel and the unread count). Only set in the
+   * caller's own profile.
+   */
+  pushPreviews: boolean;
 }
 
 export interface Device {
@@ -112,14 +119,21 @@ export interface GetProfileResponse {
 export interface UpdateProfileRequest {
   /**
    * display_name: 1..64 characters, no control characters. It may be empty
-   * (left unchanged) only when hide_presence is set.
+   * (left unchanged) only when hide_presence or push_previews is set.
    */
   displayName: string;
   /**
    * hide_presence, when set, hides (true) or shows (false) the caller's
    * online status to their contacts.
    */
-  hidePresence?: boolean | undefined;
+  hidePresence?:
+    | boolean
+    | undefined;
+  /**
+   * push_previews, when set, turns message previews in the caller's push
+   * notifications on (true) or off (false).
+   */
+  pushPreviews?: boolean | undefined;
 }
 
 export interface UpdateProfileResponse {
@@ -148,8 +162,92 @@ export interface ListContactsResponse {
   contacts: Profile[];
 }
 
+/**
+ * PushTarget is where a device's push notifications go: exactly one of the
+ * fields is set.
+ */
+export interface PushTarget {
+  webPush?: WebPushSubscription | undefined;
+  fcm?: FcmTarget | undefined;
+  apns?: ApnsTarget | undefined;
+}
+
+/**
+ * WebPushSubscription is a browser's PushSubscription as its toJSON()
+ * gives it (RFC 8030, RFC 8291): send JSON.stringify(subscription) as
+ * web_push.
+ */
+export interface WebPushSubscription {
+  /**
+   * endpoint: the push service URL, https on an allowed push-service host
+   * (at most 2048 bytes).
+   */
+  endpoint: string;
+  keys: WebPushKeys | undefined;
+}
+
+export interface WebPushKeys {
+  /**
+   * p256dh: the subscription's P-256 public key, base64url (65 bytes
+   * uncompressed).
+   */
+  p256dh: string;
+  /** auth: the 16-byte authentication secret, base64url. */
+  auth: string;
+}
+
+export interface FcmTarget {
+  /** token: the FCM registration token (at most 4096 bytes). */
+  token: string;
+}
+
+export interface ApnsTarget {
+  /** token: the APNs device token, hex (at most 200 characters). */
+  token: string;
+  /** topic: the app's bundle id (apns-topic), e.g. "com.example.chat". */
+  topic: string;
+  /**
+   * sandbox: the token is from the development environment
+   * (api.sandbox.push.apple.com).
+   */
+  sandbox: boolean;
+}
+
+export interface SetPushTargetRequest {
+  target: PushTarget | undefined;
+}
+
+export interface SetPushTargetResponse {
+  target: PushTarget | undefined;
+}
+
+export interface GetPushTargetRequest {
+}
+
+export interface GetPushTargetResponse {
+  /** target: absent if the device has none. */
+  target: PushTarget | undefined;
+}
+
+export interface DeletePushTargetRequest {
+}
+
+export interface DeletePushTargetResponse {
+}
+
+export interface GetVapidPublicKeyRequest {
+}
+
+export interface GetVapidPublicKeyResponse {
+  /**
+   * public_key: the uncompressed P-256 public key, base64url without
+   * padding (65 bytes decoded).
+   */
+  publicKey: string;
+}
+
 function createBaseProfile(): Profile {
-  return { userId: "", displayName: "", createdAt: undefined, hidePresence: false };
+  return { userId: "", displayName: "", createdAt: undefined, hidePresence: false, pushPreviews: false };
 }
 
 export const Profile: MessageFns<Profile> = {
@@ -165,6 +263,9 @@ export const Profile: MessageFns<Profile> = {
     }
     if (message.hidePresence !== false) {
       writer.uint32(32).bool(message.hidePresence);
+    }
+    if (message.pushPreviews !== false) {
+      writer.uint32(40).bool(message.pushPreviews);
     }
     return writer;
   },
@@ -214,6 +315,14 @@ export const Profile: MessageFns<Profile> = {
             message.hidePresence = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.pushPreviews = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -248,6 +357,11 @@ export const Profile: MessageFns<Profile> = {
         : isSet(object.hide_presence)
         ? globalThis.Boolean(object.hide_presence)
         : false,
+      pushPreviews: isSet(object.pushPreviews)
+        ? globalThis.Boolean(object.pushPreviews)
+        : isSet(object.push_previews)
+        ? globalThis.Boolean(object.push_previews)
+        : false,
     };
   },
 
@@ -265,6 +379,9 @@ export const Profile: MessageFns<Profile> = {
     if (message.hidePresence !== false) {
       obj.hidePresence = message.hidePresence;
     }
+    if (message.pushPreviews !== false) {
+      obj.pushPreviews = message.pushPreviews;
+    }
     return obj;
   },
 
@@ -277,6 +394,7 @@ export const Profile: MessageFns<Profile> = {
     message.displayName = object.displayName ?? "";
     message.createdAt = object.createdAt ?? undefined;
     message.hidePresence = object.hidePresence ?? false;
+    message.pushPreviews = object.pushPreviews ?? false;
     return message;
   },
 };
@@ -1469,7 +1587,7 @@ export const GetProfileResponse: MessageFns<GetProfileResponse> = {
 };
 
 function createBaseUpdateProfileRequest(): UpdateProfileRequest {
-  return { displayName: "", hidePresence: undefined };
+  return { displayName: "", hidePresence: undefined, pushPreviews: undefined };
 }
 
 export const UpdateProfileRequest: MessageFns<UpdateProfileRequest> = {
@@ -1479,6 +1597,9 @@ export const UpdateProfileRequest: MessageFns<UpdateProfileRequest> = {
     }
     if (message.hidePresence !== undefined) {
       writer.uint32(16).bool(message.hidePresence);
+    }
+    if (message.pushPreviews !== undefined) {
+      writer.uint32(24).bool(message.pushPreviews);
     }
     return writer;
   },
@@ -1512,6 +1633,14 @@ export const UpdateProfileRequest: MessageFns<UpdateProfileRequest> = {
             message.hidePresence = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pushPreviews = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1536,6 +1665,11 @@ export const UpdateProfileRequest: MessageFns<UpdateProfileRequest> = {
         : isSet(object.hide_presence)
         ? globalThis.Boolean(object.hide_presence)
         : undefined,
+      pushPreviews: isSet(object.pushPreviews)
+        ? globalThis.Boolean(object.pushPreviews)
+        : isSet(object.push_previews)
+        ? globalThis.Boolean(object.push_previews)
+        : undefined,
     };
   },
 
@@ -1547,6 +1681,9 @@ export const UpdateProfileRequest: MessageFns<UpdateProfileRequest> = {
     if (message.hidePresence !== undefined) {
       obj.hidePresence = message.hidePresence;
     }
+    if (message.pushPreviews !== undefined) {
+      obj.pushPreviews = message.pushPreviews;
+    }
     return obj;
   },
 
@@ -1557,6 +1694,7 @@ export const UpdateProfileRequest: MessageFns<UpdateProfileRequest> = {
     const message = createBaseUpdateProfileRequest();
     message.displayName = object.displayName ?? "";
     message.hidePresence = object.hidePresence ?? undefined;
+    message.pushPreviews = object.pushPreviews ?? undefined;
     return message;
   },
 };
@@ -2006,6 +2144,943 @@ export const ListContactsResponse: MessageFns<ListContactsResponse> = {
   },
 };
 
+function createBasePushTarget(): PushTarget {
+  return { webPush: undefined, fcm: undefined, apns: undefined };
+}
+
+export const PushTarget: MessageFns<PushTarget> = {
+  encode(message: PushTarget, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webPush !== undefined) {
+      WebPushSubscription.encode(message.webPush, writer.uint32(10).fork()).join();
+    }
+    if (message.fcm !== undefined) {
+      FcmTarget.encode(message.fcm, writer.uint32(18).fork()).join();
+    }
+    if (message.apns !== undefined) {
+      ApnsTarget.encode(message.apns, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushTarget {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushTarget();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webPush = WebPushSubscription.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fcm = FcmTarget.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.apns = ApnsTarget.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushTarget {
+    return {
+      webPush: isSet(object.webPush)
+        ? WebPushSubscription.fromJSON(object.webPush)
+        : isSet(object.web_push)
+        ? WebPushSubscription.fromJSON(object.web_push)
+        : undefined,
+      fcm: isSet(object.fcm) ? FcmTarget.fromJSON(object.fcm) : undefined,
+      apns: isSet(object.apns) ? ApnsTarget.fromJSON(object.apns) : undefined,
+    };
+  },
+
+  toJSON(message: PushTarget): unknown {
+    const obj: any = {};
+    if (message.webPush !== undefined) {
+      obj.webPush = WebPushSubscription.toJSON(message.webPush);
+    }
+    if (message.fcm !== undefined) {
+      obj.fcm = FcmTarget.toJSON(message.fcm);
+    }
+    if (message.apns !== undefined) {
+      obj.apns = ApnsTarget.toJSON(message.apns);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PushTarget>): PushTarget {
+    return PushTarget.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PushTarget>): PushTarget {
+    const message = createBasePushTarget();
+    message.webPush = (object.webPush !== undefined && object.webPush !== null)
+      ? WebPushSubscription.fromPartial(object.webPush)
+      : undefined;
+    message.fcm = (object.fcm !== undefined && object.fcm !== null) ? FcmTarget.fromPartial(object.fcm) : undefined;
+    message.apns = (object.apns !== undefined && object.apns !== null)
+      ? ApnsTarget.fromPartial(object.apns)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWebPushSubscription(): WebPushSubscription {
+  return { endpoint: "", keys: undefined };
+}
+
+export const WebPushSubscription: MessageFns<WebPushSubscription> = {
+  encode(message: WebPushSubscription, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.endpoint !== "") {
+      writer.uint32(10).string(message.endpoint);
+    }
+    if (message.keys !== undefined) {
+      WebPushKeys.encode(message.keys, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WebPushSubscription {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWebPushSubscription();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.keys = WebPushKeys.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WebPushSubscription {
+    return {
+      endpoint: isSet(object.endpoint) ? globalThis.String(object.endpoint) : "",
+      keys: isSet(object.keys) ? WebPushKeys.fromJSON(object.keys) : undefined,
+    };
+  },
+
+  toJSON(message: WebPushSubscription): unknown {
+    const obj: any = {};
+    if (message.endpoint !== "") {
+      obj.endpoint = message.endpoint;
+    }
+    if (message.keys !== undefined) {
+      obj.keys = WebPushKeys.toJSON(message.keys);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WebPushSubscription>): WebPushSubscription {
+    return WebPushSubscription.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WebPushSubscription>): WebPushSubscription {
+    const message = createBaseWebPushSubscription();
+    message.endpoint = object.endpoint ?? "";
+    message.keys = (object.keys !== undefined && object.keys !== null)
+      ? WebPushKeys.fromPartial(object.keys)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWebPushKeys(): WebPushKeys {
+  return { p256dh: "", auth: "" };
+}
+
+export const WebPushKeys: MessageFns<WebPushKeys> = {
+  encode(message: WebPushKeys, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.p256dh !== "") {
+      writer.uint32(10).string(message.p256dh);
+    }
+    if (message.auth !== "") {
+      writer.uint32(18).string(message.auth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WebPushKeys {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWebPushKeys();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.p256dh = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.auth = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WebPushKeys {
+    return {
+      p256dh: isSet(object.p256dh) ? globalThis.String(object.p256dh) : "",
+      auth: isSet(object.auth) ? globalThis.String(object.auth) : "",
+    };
+  },
+
+  toJSON(message: WebPushKeys): unknown {
+    const obj: any = {};
+    if (message.p256dh !== "") {
+      obj.p256dh = message.p256dh;
+    }
+    if (message.auth !== "") {
+      obj.auth = message.auth;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WebPushKeys>): WebPushKeys {
+    return WebPushKeys.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WebPushKeys>): WebPushKeys {
+    const message = createBaseWebPushKeys();
+    message.p256dh = object.p256dh ?? "";
+    message.auth = object.auth ?? "";
+    return message;
+  },
+};
+
+function createBaseFcmTarget(): FcmTarget {
+  return { token: "" };
+}
+
+export const FcmTarget: MessageFns<FcmTarget> = {
+  encode(message: FcmTarget, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FcmTarget {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFcmTarget();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FcmTarget {
+    return { token: isSet(object.token) ? globalThis.String(object.token) : "" };
+  },
+
+  toJSON(message: FcmTarget): unknown {
+    const obj: any = {};
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<FcmTarget>): FcmTarget {
+    return FcmTarget.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<FcmTarget>): FcmTarget {
+    const message = createBaseFcmTarget();
+    message.token = object.token ?? "";
+    return message;
+  },
+};
+
+function createBaseApnsTarget(): ApnsTarget {
+  return { token: "", topic: "", sandbox: false };
+}
+
+export const ApnsTarget: MessageFns<ApnsTarget> = {
+  encode(message: ApnsTarget, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    if (message.topic !== "") {
+      writer.uint32(18).string(message.topic);
+    }
+    if (message.sandbox !== false) {
+      writer.uint32(24).bool(message.sandbox);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ApnsTarget {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseApnsTarget();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.topic = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sandbox = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ApnsTarget {
+    return {
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      topic: isSet(object.topic) ? globalThis.String(object.topic) : "",
+      sandbox: isSet(object.sandbox) ? globalThis.Boolean(object.sandbox) : false,
+    };
+  },
+
+  toJSON(message: ApnsTarget): unknown {
+    const obj: any = {};
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.topic !== "") {
+      obj.topic = message.topic;
+    }
+    if (message.sandbox !== false) {
+      obj.sandbox = message.sandbox;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ApnsTarget>): ApnsTarget {
+    return ApnsTarget.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ApnsTarget>): ApnsTarget {
+    const message = createBaseApnsTarget();
+    message.token = object.token ?? "";
+    message.topic = object.topic ?? "";
+    message.sandbox = object.sandbox ?? false;
+    return message;
+  },
+};
+
+function createBaseSetPushTargetRequest(): SetPushTargetRequest {
+  return { target: undefined };
+}
+
+export const SetPushTargetRequest: MessageFns<SetPushTargetRequest> = {
+  encode(message: SetPushTargetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== undefined) {
+      PushTarget.encode(message.target, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetPushTargetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetPushTargetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = PushTarget.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetPushTargetRequest {
+    return { target: isSet(object.target) ? PushTarget.fromJSON(object.target) : undefined };
+  },
+
+  toJSON(message: SetPushTargetRequest): unknown {
+    const obj: any = {};
+    if (message.target !== undefined) {
+      obj.target = PushTarget.toJSON(message.target);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SetPushTargetRequest>): SetPushTargetRequest {
+    return SetPushTargetRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SetPushTargetRequest>): SetPushTargetRequest {
+    const message = createBaseSetPushTargetRequest();
+    message.target = (object.target !== undefined && object.target !== null)
+      ? PushTarget.fromPartial(object.target)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetPushTargetResponse(): SetPushTargetResponse {
+  return { target: undefined };
+}
+
+export const SetPushTargetResponse: MessageFns<SetPushTargetResponse> = {
+  encode(message: SetPushTargetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== undefined) {
+      PushTarget.encode(message.target, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetPushTargetResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetPushTargetResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = PushTarget.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetPushTargetResponse {
+    return { target: isSet(object.target) ? PushTarget.fromJSON(object.target) : undefined };
+  },
+
+  toJSON(message: SetPushTargetResponse): unknown {
+    const obj: any = {};
+    if (message.target !== undefined) {
+      obj.target = PushTarget.toJSON(message.target);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SetPushTargetResponse>): SetPushTargetResponse {
+    return SetPushTargetResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SetPushTargetResponse>): SetPushTargetResponse {
+    const message = createBaseSetPushTargetResponse();
+    message.target = (object.target !== undefined && object.target !== null)
+      ? PushTarget.fromPartial(object.target)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetPushTargetRequest(): GetPushTargetRequest {
+  return {};
+}
+
+export const GetPushTargetRequest: MessageFns<GetPushTargetRequest> = {
+  encode(_: GetPushTargetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetPushTargetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetPushTargetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetPushTargetRequest {
+    return {};
+  },
+
+  toJSON(_: GetPushTargetRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetPushTargetRequest>): GetPushTargetRequest {
+    return GetPushTargetRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<GetPushTargetRequest>): GetPushTargetRequest {
+    const message = createBaseGetPushTargetRequest();
+    return message;
+  },
+};
+
+function createBaseGetPushTargetResponse(): GetPushTargetResponse {
+  return { target: undefined };
+}
+
+export const GetPushTargetResponse: MessageFns<GetPushTargetResponse> = {
+  encode(message: GetPushTargetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== undefined) {
+      PushTarget.encode(message.target, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetPushTargetResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetPushTargetResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = PushTarget.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetPushTargetResponse {
+    return { target: isSet(object.target) ? PushTarget.fromJSON(object.target) : undefined };
+  },
+
+  toJSON(message: GetPushTargetResponse): unknown {
+    const obj: any = {};
+    if (message.target !== undefined) {
+      obj.target = PushTarget.toJSON(message.target);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetPushTargetResponse>): GetPushTargetResponse {
+    return GetPushTargetResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetPushTargetResponse>): GetPushTargetResponse {
+    const message = createBaseGetPushTargetResponse();
+    message.target = (object.target !== undefined && object.target !== null)
+      ? PushTarget.fromPartial(object.target)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeletePushTargetRequest(): DeletePushTargetRequest {
+  return {};
+}
+
+export const DeletePushTargetRequest: MessageFns<DeletePushTargetRequest> = {
+  encode(_: DeletePushTargetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeletePushTargetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeletePushTargetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeletePushTargetRequest {
+    return {};
+  },
+
+  toJSON(_: DeletePushTargetRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeletePushTargetRequest>): DeletePushTargetRequest {
+    return DeletePushTargetRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<DeletePushTargetRequest>): DeletePushTargetRequest {
+    const message = createBaseDeletePushTargetRequest();
+    return message;
+  },
+};
+
+function createBaseDeletePushTargetResponse(): DeletePushTargetResponse {
+  return {};
+}
+
+export const DeletePushTargetResponse: MessageFns<DeletePushTargetResponse> = {
+  encode(_: DeletePushTargetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeletePushTargetResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeletePushTargetResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeletePushTargetResponse {
+    return {};
+  },
+
+  toJSON(_: DeletePushTargetResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeletePushTargetResponse>): DeletePushTargetResponse {
+    return DeletePushTargetResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<DeletePushTargetResponse>): DeletePushTargetResponse {
+    const message = createBaseDeletePushTargetResponse();
+    return message;
+  },
+};
+
+function createBaseGetVapidPublicKeyRequest(): GetVapidPublicKeyRequest {
+  return {};
+}
+
+export const GetVapidPublicKeyRequest: MessageFns<GetVapidPublicKeyRequest> = {
+  encode(_: GetVapidPublicKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetVapidPublicKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetVapidPublicKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetVapidPublicKeyRequest {
+    return {};
+  },
+
+  toJSON(_: GetVapidPublicKeyRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetVapidPublicKeyRequest>): GetVapidPublicKeyRequest {
+    return GetVapidPublicKeyRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<GetVapidPublicKeyRequest>): GetVapidPublicKeyRequest {
+    const message = createBaseGetVapidPublicKeyRequest();
+    return message;
+  },
+};
+
+function createBaseGetVapidPublicKeyResponse(): GetVapidPublicKeyResponse {
+  return { publicKey: "" };
+}
+
+export const GetVapidPublicKeyResponse: MessageFns<GetVapidPublicKeyResponse> = {
+  encode(message: GetVapidPublicKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.publicKey !== "") {
+      writer.uint32(10).string(message.publicKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetVapidPublicKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetVapidPublicKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.publicKey = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetVapidPublicKeyResponse {
+    return {
+      publicKey: isSet(object.publicKey)
+        ? globalThis.String(object.publicKey)
+        : isSet(object.public_key)
+        ? globalThis.String(object.public_key)
+        : "",
+    };
+  },
+
+  toJSON(message: GetVapidPublicKeyResponse): unknown {
+    const obj: any = {};
+    if (message.publicKey !== "") {
+      obj.publicKey = message.publicKey;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetVapidPublicKeyResponse>): GetVapidPublicKeyResponse {
+    return GetVapidPublicKeyResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetVapidPublicKeyResponse>): GetVapidPublicKeyResponse {
+    const message = createBaseGetVapidPublicKeyResponse();
+    message.publicKey = object.publicKey ?? "";
+    return message;
+  },
+};
+
 /**
  * AccountService manages accounts, device sessions, profiles and contacts.
  * It is also served as REST/JSON under /v1/ by the gateway (see
@@ -2138,6 +3213,64 @@ export const AccountServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * SetPushTarget registers the calling device's push target (one per
+     * device; a new one replaces the old): a Web Push subscription, an FCM
+     * registration token or an APNs device token. The device then gets a
+     * push for a message when it has no open Chat stream on any server at
+     * the moment the message commits, the message is not the caller's own
+     * and the channel is not muted (docs/push.md). Logging the device out or
+     * revoking it removes the target. Errors: InvalidArgument (no target, a
+     * Web Push endpoint that is not https or whose host is not an allowed
+     * push service, keys that are not base64url of the right length, a
+     * token or topic outside its limits; nothing is stored),
+     * FailedPrecondition (that provider is not configured on this server).
+     */
+    setPushTarget: {
+      name: "SetPushTarget",
+      requestType: SetPushTargetRequest as typeof SetPushTargetRequest,
+      requestStream: false,
+      responseType: SetPushTargetResponse as typeof SetPushTargetResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * GetPushTarget returns the calling device's push target (absent if it
+     * has none).
+     */
+    getPushTarget: {
+      name: "GetPushTarget",
+      requestType: GetPushTargetRequest as typeof GetPushTargetRequest,
+      requestStream: false,
+      responseType: GetPushTargetResponse as typeof GetPushTargetResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * DeletePushTarget removes the calling device's push target
+     * (idempotent).
+     */
+    deletePushTarget: {
+      name: "DeletePushTarget",
+      requestType: DeletePushTargetRequest as typeof DeletePushTargetRequest,
+      requestStream: false,
+      responseType: DeletePushTargetResponse as typeof DeletePushTargetResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * GetVapidPublicKey returns the server's VAPID public key (RFC 8292), the
+     * applicationServerKey a browser passes to PushManager.subscribe. Errors:
+     * FailedPrecondition (Web Push is off on this server).
+     */
+    getVapidPublicKey: {
+      name: "GetVapidPublicKey",
+      requestType: GetVapidPublicKeyRequest as typeof GetVapidPublicKeyRequest,
+      requestStream: false,
+      responseType: GetVapidPublicKeyResponse as typeof GetVapidPublicKeyResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -2211,6 +3344,48 @@ export interface AccountServiceImplementation<CallContextExt = {}> {
     request: ListContactsRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<ListContactsResponse>>;
+  /**
+   * SetPushTarget registers the calling device's push target (one per
+   * device; a new one replaces the old): a Web Push subscription, an FCM
+   * registration token or an APNs device token. The device then gets a
+   * push for a message when it has no open Chat stream on any server at
+   * the moment the message commits, the message is not the caller's own
+   * and the channel is not muted (docs/push.md). Logging the device out or
+   * revoking it removes the target. Errors: InvalidArgument (no target, a
+   * Web Push endpoint that is not https or whose host is not an allowed
+   * push service, keys that are not base64url of the right length, a
+   * token or topic outside its limits; nothing is stored),
+   * FailedPrecondition (that provider is not configured on this server).
+   */
+  setPushTarget(
+    request: SetPushTargetRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<SetPushTargetResponse>>;
+  /**
+   * GetPushTarget returns the calling device's push target (absent if it
+   * has none).
+   */
+  getPushTarget(
+    request: GetPushTargetRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<GetPushTargetResponse>>;
+  /**
+   * DeletePushTarget removes the calling device's push target
+   * (idempotent).
+   */
+  deletePushTarget(
+    request: DeletePushTargetRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<DeletePushTargetResponse>>;
+  /**
+   * GetVapidPublicKey returns the server's VAPID public key (RFC 8292), the
+   * applicationServerKey a browser passes to PushManager.subscribe. Errors:
+   * FailedPrecondition (Web Push is off on this server).
+   */
+  getVapidPublicKey(
+    request: GetVapidPublicKeyRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<GetVapidPublicKeyResponse>>;
 }
 
 export interface AccountServiceClient<CallOptionsExt = {}> {
@@ -2283,6 +3458,48 @@ export interface AccountServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ListContactsRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<ListContactsResponse>;
+  /**
+   * SetPushTarget registers the calling device's push target (one per
+   * device; a new one replaces the old): a Web Push subscription, an FCM
+   * registration token or an APNs device token. The device then gets a
+   * push for a message when it has no open Chat stream on any server at
+   * the moment the message commits, the message is not the caller's own
+   * and the channel is not muted (docs/push.md). Logging the device out or
+   * revoking it removes the target. Errors: InvalidArgument (no target, a
+   * Web Push endpoint that is not https or whose host is not an allowed
+   * push service, keys that are not base64url of the right length, a
+   * token or topic outside its limits; nothing is stored),
+   * FailedPrecondition (that provider is not configured on this server).
+   */
+  setPushTarget(
+    request: DeepPartial<SetPushTargetRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<SetPushTargetResponse>;
+  /**
+   * GetPushTarget returns the calling device's push target (absent if it
+   * has none).
+   */
+  getPushTarget(
+    request: DeepPartial<GetPushTargetRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<GetPushTargetResponse>;
+  /**
+   * DeletePushTarget removes the calling device's push target
+   * (idempotent).
+   */
+  deletePushTarget(
+    request: DeepPartial<DeletePushTargetRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<DeletePushTargetResponse>;
+  /**
+   * GetVapidPublicKey returns the server's VAPID public key (RFC 8292), the
+   * applicationServerKey a browser passes to PushManager.subscribe. Errors:
+   * FailedPrecondition (Web Push is off on this server).
+   */
+  getVapidPublicKey(
+    request: DeepPartial<GetVapidPublicKeyRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<GetVapidPublicKeyResponse>;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;

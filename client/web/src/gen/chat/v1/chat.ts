@@ -526,6 +526,12 @@ export interface Channel {
    * is 0 for members who hide read receipts).
    */
   receipts: ReceiptEvent[];
+  /**
+   * muted: the caller has muted the channel (no push notifications; see
+   * MuteChannel). muted_until is when the mute ends, absent if forever.
+   */
+  muted: boolean;
+  mutedUntil: Date | undefined;
 }
 
 export interface Member {
@@ -677,6 +683,25 @@ export interface SetReadReceiptsRequest {
 
 export interface SetReadReceiptsResponse {
   hideReadReceipts: boolean;
+}
+
+export interface MuteChannelRequest {
+  channelId: string;
+  /** until: when the mute ends; absent means forever. */
+  until: Date | undefined;
+}
+
+export interface MuteChannelResponse {
+  channelId: string;
+  /** until: when the mute ends; absent means forever. */
+  until: Date | undefined;
+}
+
+export interface UnmuteChannelRequest {
+  channelId: string;
+}
+
+export interface UnmuteChannelResponse {
 }
 
 function createBaseMessage(): Message {
@@ -3621,6 +3646,8 @@ function createBaseChannel(): Channel {
     unreadCapped: false,
     readUpTo: 0n,
     receipts: [],
+    muted: false,
+    mutedUntil: undefined,
   };
 }
 
@@ -3667,6 +3694,12 @@ export const Channel: MessageFns<Channel> = {
     }
     for (const v of message.receipts) {
       ReceiptEvent.encode(v!, writer.uint32(98).fork()).join();
+    }
+    if (message.muted !== false) {
+      writer.uint32(104).bool(message.muted);
+    }
+    if (message.mutedUntil !== undefined) {
+      Timestamp.encode(toTimestamp(message.mutedUntil), writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -3780,6 +3813,22 @@ export const Channel: MessageFns<Channel> = {
             message.receipts.push(ReceiptEvent.decode(reader, reader.uint32()));
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.muted = reader.bool();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.mutedUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3840,6 +3889,12 @@ export const Channel: MessageFns<Channel> = {
       receipts: globalThis.Array.isArray(object?.receipts)
         ? object.receipts.map((e: any) => ReceiptEvent.fromJSON(e))
         : [],
+      muted: isSet(object.muted) ? globalThis.Boolean(object.muted) : false,
+      mutedUntil: isSet(object.mutedUntil)
+        ? fromJsonTimestamp(object.mutedUntil)
+        : isSet(object.muted_until)
+        ? fromJsonTimestamp(object.muted_until)
+        : undefined,
     };
   },
 
@@ -3881,6 +3936,12 @@ export const Channel: MessageFns<Channel> = {
     if (message.receipts?.length) {
       obj.receipts = message.receipts.map((e) => ReceiptEvent.toJSON(e));
     }
+    if (message.muted !== false) {
+      obj.muted = message.muted;
+    }
+    if (message.mutedUntil !== undefined) {
+      obj.mutedUntil = message.mutedUntil.toISOString();
+    }
     return obj;
   },
 
@@ -3905,6 +3966,8 @@ export const Channel: MessageFns<Channel> = {
     message.unreadCapped = object.unreadCapped ?? false;
     message.readUpTo = (object.readUpTo !== undefined && object.readUpTo !== null) ? BigInt(object.readUpTo) : 0n;
     message.receipts = object.receipts?.map((e) => ReceiptEvent.fromPartial(e)) || [];
+    message.muted = object.muted ?? false;
+    message.mutedUntil = object.mutedUntil ?? undefined;
     return message;
   },
 };
@@ -5989,6 +6052,309 @@ export const SetReadReceiptsResponse: MessageFns<SetReadReceiptsResponse> = {
   },
 };
 
+function createBaseMuteChannelRequest(): MuteChannelRequest {
+  return { channelId: "", until: undefined };
+}
+
+export const MuteChannelRequest: MessageFns<MuteChannelRequest> = {
+  encode(message: MuteChannelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.channelId !== "") {
+      writer.uint32(10).string(message.channelId);
+    }
+    if (message.until !== undefined) {
+      Timestamp.encode(toTimestamp(message.until), writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MuteChannelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMuteChannelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.channelId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.until = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MuteChannelRequest {
+    return {
+      channelId: isSet(object.channelId)
+        ? globalThis.String(object.channelId)
+        : isSet(object.channel_id)
+        ? globalThis.String(object.channel_id)
+        : "",
+      until: isSet(object.until) ? fromJsonTimestamp(object.until) : undefined,
+    };
+  },
+
+  toJSON(message: MuteChannelRequest): unknown {
+    const obj: any = {};
+    if (message.channelId !== "") {
+      obj.channelId = message.channelId;
+    }
+    if (message.until !== undefined) {
+      obj.until = message.until.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MuteChannelRequest>): MuteChannelRequest {
+    return MuteChannelRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MuteChannelRequest>): MuteChannelRequest {
+    const message = createBaseMuteChannelRequest();
+    message.channelId = object.channelId ?? "";
+    message.until = object.until ?? undefined;
+    return message;
+  },
+};
+
+function createBaseMuteChannelResponse(): MuteChannelResponse {
+  return { channelId: "", until: undefined };
+}
+
+export const MuteChannelResponse: MessageFns<MuteChannelResponse> = {
+  encode(message: MuteChannelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.channelId !== "") {
+      writer.uint32(10).string(message.channelId);
+    }
+    if (message.until !== undefined) {
+      Timestamp.encode(toTimestamp(message.until), writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MuteChannelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMuteChannelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.channelId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.until = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MuteChannelResponse {
+    return {
+      channelId: isSet(object.channelId)
+        ? globalThis.String(object.channelId)
+        : isSet(object.channel_id)
+        ? globalThis.String(object.channel_id)
+        : "",
+      until: isSet(object.until) ? fromJsonTimestamp(object.until) : undefined,
+    };
+  },
+
+  toJSON(message: MuteChannelResponse): unknown {
+    const obj: any = {};
+    if (message.channelId !== "") {
+      obj.channelId = message.channelId;
+    }
+    if (message.until !== undefined) {
+      obj.until = message.until.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MuteChannelResponse>): MuteChannelResponse {
+    return MuteChannelResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MuteChannelResponse>): MuteChannelResponse {
+    const message = createBaseMuteChannelResponse();
+    message.channelId = object.channelId ?? "";
+    message.until = object.until ?? undefined;
+    return message;
+  },
+};
+
+function createBaseUnmuteChannelRequest(): UnmuteChannelRequest {
+  return { channelId: "" };
+}
+
+export const UnmuteChannelRequest: MessageFns<UnmuteChannelRequest> = {
+  encode(message: UnmuteChannelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.channelId !== "") {
+      writer.uint32(10).string(message.channelId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UnmuteChannelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUnmuteChannelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.channelId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UnmuteChannelRequest {
+    return {
+      channelId: isSet(object.channelId)
+        ? globalThis.String(object.channelId)
+        : isSet(object.channel_id)
+        ? globalThis.String(object.channel_id)
+        : "",
+    };
+  },
+
+  toJSON(message: UnmuteChannelRequest): unknown {
+    const obj: any = {};
+    if (message.channelId !== "") {
+      obj.channelId = message.channelId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UnmuteChannelRequest>): UnmuteChannelRequest {
+    return UnmuteChannelRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UnmuteChannelRequest>): UnmuteChannelRequest {
+    const message = createBaseUnmuteChannelRequest();
+    message.channelId = object.channelId ?? "";
+    return message;
+  },
+};
+
+function createBaseUnmuteChannelResponse(): UnmuteChannelResponse {
+  return {};
+}
+
+export const UnmuteChannelResponse: MessageFns<UnmuteChannelResponse> = {
+  encode(_: UnmuteChannelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UnmuteChannelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUnmuteChannelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): UnmuteChannelResponse {
+    return {};
+  },
+
+  toJSON(_: UnmuteChannelResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<UnmuteChannelResponse>): UnmuteChannelResponse {
+    return UnmuteChannelResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<UnmuteChannelResponse>): UnmuteChannelResponse {
+    const message = createBaseUnmuteChannelResponse();
+    return message;
+  },
+};
+
 /**
  * ChatService carries messages. One bidirectional Chat stream per device
  * (authenticated with `authorization: Bearer <token>` metadata); the unary
@@ -6189,6 +6555,34 @@ export const ChatServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * MuteChannel mutes a channel for the caller until a time, or forever:
+     * no push notification is sent to the caller's devices for its
+     * messages. Messages are still delivered to open streams and still count
+     * as unread. Muting again replaces the time. Errors: InvalidArgument (no
+     * channel id, or until in the past), NotFound (no such channel),
+     * PermissionDenied (the caller is not a member).
+     */
+    muteChannel: {
+      name: "MuteChannel",
+      requestType: MuteChannelRequest as typeof MuteChannelRequest,
+      requestStream: false,
+      responseType: MuteChannelResponse as typeof MuteChannelResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * UnmuteChannel ends the caller's mute of a channel (idempotent).
+     * Errors: InvalidArgument (no channel id).
+     */
+    unmuteChannel: {
+      name: "UnmuteChannel",
+      requestType: UnmuteChannelRequest as typeof UnmuteChannelRequest,
+      requestStream: false,
+      responseType: UnmuteChannelResponse as typeof UnmuteChannelResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -6329,6 +6723,26 @@ export interface ChatServiceImplementation<CallContextExt = {}> {
     request: SetReadReceiptsRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<SetReadReceiptsResponse>>;
+  /**
+   * MuteChannel mutes a channel for the caller until a time, or forever:
+   * no push notification is sent to the caller's devices for its
+   * messages. Messages are still delivered to open streams and still count
+   * as unread. Muting again replaces the time. Errors: InvalidArgument (no
+   * channel id, or until in the past), NotFound (no such channel),
+   * PermissionDenied (the caller is not a member).
+   */
+  muteChannel(
+    request: MuteChannelRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<MuteChannelResponse>>;
+  /**
+   * UnmuteChannel ends the caller's mute of a channel (idempotent).
+   * Errors: InvalidArgument (no channel id).
+   */
+  unmuteChannel(
+    request: UnmuteChannelRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<UnmuteChannelResponse>>;
 }
 
 export interface ChatServiceClient<CallOptionsExt = {}> {
@@ -6468,6 +6882,26 @@ export interface ChatServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<SetReadReceiptsRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<SetReadReceiptsResponse>;
+  /**
+   * MuteChannel mutes a channel for the caller until a time, or forever:
+   * no push notification is sent to the caller's devices for its
+   * messages. Messages are still delivered to open streams and still count
+   * as unread. Muting again replaces the time. Errors: InvalidArgument (no
+   * channel id, or until in the past), NotFound (no such channel),
+   * PermissionDenied (the caller is not a member).
+   */
+  muteChannel(
+    request: DeepPartial<MuteChannelRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<MuteChannelResponse>;
+  /**
+   * UnmuteChannel ends the caller's mute of a channel (idempotent).
+   * Errors: InvalidArgument (no channel id).
+   */
+  unmuteChannel(
+    request: DeepPartial<UnmuteChannelRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<UnmuteChannelResponse>;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
