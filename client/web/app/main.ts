@@ -272,7 +272,11 @@ class App {
       const r = await this.clients.chat.listChannels({ pageSize: 200 });
       for (const ch of r.channels) {
         const c = this.conv(ch.channelId, ch);
-        c.channel = { ...ch, members: ch.members.length ? ch.members : c.channel.members };
+        // Markers only move forward: a list fetched before a local mark-read
+        // must not move it back.
+        const read = c.channel.readUpTo && c.channel.readUpTo > ch.readUpTo ? c.channel.readUpTo : ch.readUpTo;
+        const unread = read > ch.readUpTo ? 0 : ch.unreadCount;
+        c.channel = { ...ch, readUpTo: read, unreadCount: unread, members: ch.members.length ? ch.members : c.channel.members };
         for (const rc of ch.receipts) this.mergeReceipt(c, rc);
       }
       this.el.listErr.textContent = "";
@@ -414,9 +418,10 @@ class App {
     if (!id || (c.channel.readUpTo && c.channel.readUpTo >= id)) return;
     c.channel.readUpTo = id;
     c.channel.unreadCount = 0;
-    this.conn.markRead(c.channel.channelId, id).catch(() => {
-      this.clients.chat.markRead({ channelId: c.channel.channelId, messageId: id }).catch(() => {});
-    });
+    // A unary call: it does not depend on the stream being up at this
+    // moment, and a read marker only moves forward, so a retry is safe.
+    const req = { channelId: c.channel.channelId, messageId: id };
+    this.clients.chat.markRead(req).catch(() => setTimeout(() => this.clients.chat.markRead(req).catch(() => {}), 1000));
   }
 
   async select(id: string): Promise<void> {

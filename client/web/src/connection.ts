@@ -405,9 +405,10 @@ export class ChatConnection {
     this.stopHeartbeat();
     this.lastHeard = Date.now();
     this.heartbeat = setInterval(() => {
-      // Nothing heard for two intervals and a half: the connection is dead
-      // even if the socket has not noticed; reconnect.
-      if (Date.now() - this.lastHeard > intervalMs * 2.5) {
+      // Nothing heard for two intervals and a half (at least 10 s: a busy
+      // page's timers run late): the connection is dead even if the socket
+      // has not noticed; reconnect.
+      if (Date.now() - this.lastHeard > Math.max(intervalMs * 2.5, 10_000)) {
         abort.abort();
         return;
       }
