@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chatd/chatd/client/grpcweb"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -277,7 +278,13 @@ func (d *device) openOnce(ctx context.Context) error {
 	tctx, tcancel := context.WithTimeout(ctx, d.b.cfg.connectTimeout)
 	stop := context.AfterFunc(tctx, cancel)
 	t0 := time.Now()
-	stream, err := chatv1.NewChatServiceClient(d.cc).Chat(sctx)
+	var stream grpc.BidiStreamingClient[chatv1.ClientFrame, chatv1.ServerFrame]
+	var err error
+	if web := d.b.cfg.grpcWeb; len(web) > 0 {
+		stream, err = grpcweb.DialChat(sctx, web[d.idx%len(web)], d.tok.Token)
+	} else {
+		stream, err = chatv1.NewChatServiceClient(d.cc).Chat(sctx)
+	}
 	var first *chatv1.ServerFrame
 	if err == nil {
 		first, err = stream.Recv()

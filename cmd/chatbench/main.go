@@ -138,6 +138,7 @@ type config struct {
 
 	// Common.
 	servers        []string
+	grpcWeb        []string // HTTP addresses: Chat streams over grpc-web WebSocket instead of gRPC
 	metrics        []string
 	serverPIDs     []int
 	userPrefix     string
@@ -180,8 +181,9 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 	c := &config{cmd: cmd}
 	fs := flag.NewFlagSet("chatbench "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var servers, metrics, pids, local string
+	var servers, metrics, pids, local, grpcWeb string
 	fs.StringVar(&servers, "servers", "127.0.0.1:9090", "comma-separated chatd gRPC addresses; devices are spread across them round-robin")
+	fs.StringVar(&grpcWeb, "grpcweb", "", "comma-separated chatd HTTP addresses (e.g. 127.0.0.1:8080): open the Chat streams over grpc-web's WebSocket transport there, as browsers do, instead of native gRPC (unary calls stay on --servers); device i uses the i-th address round-robin")
 	fs.StringVar(&metrics, "metrics", "", "comma-separated chatd /metrics URLs (e.g. http://127.0.0.1:8080/metrics) for server CPU and memory; summed over a cluster")
 	fs.StringVar(&pids, "server-pid", "", "comma-separated chatd process ids: also read their VmRSS from /proc")
 	fs.StringVar(&c.userPrefix, "user-prefix", "cb", "user names are <prefix>-<n>; the same prefix reuses users and tokens across runs")
@@ -247,6 +249,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	c.servers = splitList(servers)
+	c.grpcWeb = splitList(grpcWeb)
 	c.metrics = splitList(metrics)
 	for _, p := range splitList(pids) {
 		n, err := strconv.Atoi(p)

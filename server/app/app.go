@@ -138,6 +138,7 @@ type App struct {
 	pprofLis         net.Listener // nil unless Config.PprofAddr
 	pprofServer      *http.Server
 	gatewayConn      *grpc.ClientConn
+	webStreams       webStreams // grpc-web WebSocket calls in progress (grpcweb.go)
 
 	serveErr  chan error
 	closeOnce sync.Once
@@ -482,8 +483,9 @@ func (a *App) newHTTPServer() error {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{Registry: a.registry}))
+	a.mountWebApp(mux) // the web app at / (webapp.go)
 	a.httpServer = &http.Server{
-		Handler:           mux,
+		Handler:           a.grpcWebHandler(mux), // grpc-web for browsers, the rest to mux (grpcweb.go)
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -563,6 +565,7 @@ func (a *App) Close() error {
 		}
 		a.health.Shutdown()
 		a.hub.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect"))
+		a.webStreams.wait(webStreamDrain) // their Unavailable reaches browsers before GracefulStop
 		stopped := make(chan struct{})
 		go func() { a.grpcServer.GracefulStop(); close(stopped) }()
 		select {
