@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: help build run test test-short test-python fuzz generate lint breaking fmt vet bench services-up services-down clean
+.PHONY: help build run test test-short test-python test-web test-browser web fuzz generate lint breaking fmt vet bench services-up services-down clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ test: ## the whole suite: generated code up to date, lint, all Go tests (starts 
 
 test-python: ## the Python client suite: stubs from proto/ by grpcio-tools, pytest against a real chatd
 	./scripts/test-python.sh
+
+web: ## rebuild the TypeScript generated from proto/ and the web app bundle embedded in chatd (client/web; npm)
+	cd client/web && npm ci --no-audit --no-fund --loglevel=error && npm run generate && npm run build:app
+
+test-web: ## the TypeScript client suite: generated code and bundle up to date, unit tests (scripts/test-web.sh)
+	./scripts/test-web.sh
+
+test-browser: ## the web app in Debian's chromium (playwright-core) against a real chatd and chatctl
+	./scripts/test-browser.sh
 
 fuzz: ## run every Go fuzz target briefly, or for FUZZTIME each (e.g. make fuzz FUZZTIME=10m)
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh

@@ -9,7 +9,11 @@
 #   5. the Python client suite (scripts/test-python.sh: pinned PyPI packages
 #      in .venv-test/, stubs generated from proto/, a real chatd), with
 #      schemathesis against the REST surface's /openapi.json
-#   6. every Go fuzz target for a short execution budget (scripts/fuzz.sh; FUZZTIME)
+#   6. the web client suite (scripts/test-web.sh: TypeScript generated from
+#      proto/ and the embedded web app bundle up to date, SDK unit tests)
+#   7. the browser end-to-end test (scripts/test-browser.sh: Debian's
+#      chromium by apt-get, playwright-core, a real chatd and chatctl)
+#   8. every Go fuzz target for a short execution budget (scripts/fuzz.sh; FUZZTIME)
 # With CI=true a missing service is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +71,12 @@ go test -race -count=1 -timeout 20m ./server/hub/... ./server/push/ ./server/del
 
 step "Python client suite and schemathesis (tests/python)"
 scripts/test-python.sh
+
+step "web client suite (client/web: generated TypeScript, bundle, unit tests)"
+scripts/test-web.sh
+
+step "browser end-to-end test (chromium + playwright-core, scripts/test-browser.sh)"
+scripts/test-browser.sh
 
 step "fuzz targets, a short execution budget each (scripts/fuzz.sh)"
 scripts/fuzz.sh

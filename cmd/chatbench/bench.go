@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chatd/chatd/client/grpcweb"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -35,6 +36,11 @@ const (
 // maxRecvBytes lets a device receive full sync pages (chatd cuts them at
 // 3 MiB; grpc-go's default limit is 4 MiB) with room to spare.
 const maxRecvBytes = 16 << 20
+
+// recvWindow is a connection's and a stream's HTTP/2 receive window: a
+// whole sync page (chatd cuts them at 3 MiB) flows without waiting for a
+// window update.
+const recvWindow = 4 << 20
 
 // bench is one run: configuration, counters, latency histograms and the
 // simulated devices.
@@ -186,6 +192,10 @@ func dialOptions(local net.IP) []grpc.DialOption {
 		grpc.WithReadBufferSize(8 << 10),
 		grpc.WithWriteBufferSize(8 << 10),
 		grpc.WithSharedWriteBuffer(true),
+		// Static receive windows, as the SDK (client/) uses: no BDP ping
+		// after every frame the server sends (see docs/performance.md).
+		grpc.WithInitialWindowSize(recvWindow),
+		grpc.WithInitialConnWindowSize(recvWindow),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
 		grpc.WithDisableServiceConfig(),
 		grpc.WithUserAgent("chatbench"),
@@ -229,6 +239,7 @@ type device struct {
 	acked  atomic.Uint64 // highest inbox_seq acked
 
 	window  chan struct{}            // sends in flight (closed loop)
+	free    chan *device             // pairs mode: d goes back here when its send is answered
 	replies chan *chatv1.ServerFrame // sync pages and sync errors
 }
 
@@ -267,7 +278,13 @@ func (d *device) openOnce(ctx context.Context) error {
 	tctx, tcancel := context.WithTimeout(ctx, d.b.cfg.connectTimeout)
 	stop := context.AfterFunc(tctx, cancel)
 	t0 := time.Now()
-	stream, err := chatv1.NewChatServiceClient(d.cc).Chat(sctx)
+	var stream grpc.BidiStreamingClient[chatv1.ClientFrame, chatv1.ServerFrame]
+	var err error
+	if web := d.b.cfg.grpcWeb; len(web) > 0 {
+		stream, err = grpcweb.DialChat(sctx, web[d.idx%len(web)], d.tok.Token)
+	} else {
+		stream, err = chatv1.NewChatServiceClient(d.cc).Chat(sctx)
+	}
 	var first *chatv1.ServerFrame
 	if err == nil {
 		first, err = stream.Recv()
@@ -381,6 +398,9 @@ func (b *bench) sentAt(cmid string) (time.Duration, bool) {
 }
 
 func (d *device) release() {
+	if d.free != nil {
+		d.free <- d // one send in flight: room for d, never blocks
+	}
 	if d.window != nil {
 		select {
 		case <-d.window:

@@ -174,6 +174,25 @@ func TestDirectPacedAndCachedTokens(t *testing.T) {
 	}
 }
 
+// TestPairs checks the pairs shape: every send from a sender reaches its
+// own receiver (and the sender's device), the pacer keeps the rate, and
+// the CPU per message is reported.
+func TestPairs(t *testing.T) {
+	e := newEnv(t)
+	r, plot, _ := e.run("pairs", "--pairs", "5", "--rate", "200", "--duration", "1500ms")
+	checkLoad(t, r, 2)
+	checkPNG(t, plot)
+	if r.Echoes != r.Accepted {
+		t.Errorf("deliveries to the sending device %d, want one per message = %d", r.Echoes, r.Accepted)
+	}
+	if r.Sent < 100 {
+		t.Errorf("sent %d at 200/s for 1.5s, want at least 100", r.Sent)
+	}
+	if r.ServerCPUMsPerMsg <= 0 || r.ClientCPUMsPerMsg <= 0 {
+		t.Errorf("CPU per message: server %v ms, chatbench %v ms", r.ServerCPUMsPerMsg, r.ClientCPUMsPerMsg)
+	}
+}
+
 func TestGroup(t *testing.T) {
 	e := newEnv(t)
 	r, plot, _ := e.run("group", "--groups", "2", "--group-size", "3", "--devices", "1", "--rate", "0", "--window", "2", "--duration", "1s")

@@ -29,6 +29,9 @@ type loadRun struct {
 	pick    target
 	// prepare, if set, runs once the devices are open and live.
 	prepare func(context.Context) error
+	// free, if set, holds the senders with no send in flight (pairs
+	// mode): sends are paced to --rate and each goes to a free sender.
+	free chan *device
 }
 
 // text returns the message text: --size bytes of printable ASCII.
@@ -79,7 +82,9 @@ func (b *bench) runLoad(ctx context.Context, rep *Report, lr loadRun) (*Report, 
 	start := time.Now()
 	cpu0 := cpuTime()
 	var wg sync.WaitGroup
-	if c.rate > 0 {
+	if lr.free != nil {
+		b.pairsPaced(sendCtx, &wg, lr.free, lr.pick, text)
+	} else if c.rate > 0 {
 		b.paced(sendCtx, &wg, senders, lr.pick, text)
 	} else {
 		for _, d := range senders {
@@ -126,10 +131,12 @@ func (b *bench) runLoad(ctx context.Context, rep *Report, lr loadRun) (*Report, 
 	stopTick()
 	rep.DurationSec = wall.Seconds()
 	rep.ClientCPUCores = clientCPU(cpu0, wall)
+	clientUsed := cpuTime() - cpu0
 	b.fill(rep, sendSec)
 	if aerr == nil {
 		rep.Server = serverFigures(before, after, wall)
 	}
+	rep.perMessage(clientUsed)
 	return rep, nil
 }
 

@@ -9,6 +9,7 @@
 //	setup        create the users and device tokens a later run needs
 //	connections  open N idle streams; server memory per connection
 //	direct       1:1 messages between random pairs
+//	pairs        the peer comparisons' shape: fixed sender -> receiver pairs, one in flight each
 //	group        messages to groups of --group-size members
 //	sync         devices come back after --backlog messages and sync them
 //
@@ -56,6 +57,7 @@ Subcommands:
   setup        create users and device tokens (cached in --token-cache)
   connections  open --conns idle streams; server memory per connection
   direct       1:1 messages between random pairs at --rate (0: as fast as acked)
+  pairs        --pairs fixed sender -> receiver pairs, one send in flight each, at --rate
   group        messages to --groups groups of --group-size members
   sync         devices come back after --backlog messages and sync them
 
@@ -82,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		mode = runConnections
 	case "direct":
 		mode = runDirect
+	case "pairs":
+		mode = runPairs
 	case "group":
 		mode = runGroup
 	case "sync":
@@ -134,6 +138,7 @@ type config struct {
 
 	// Common.
 	servers        []string
+	grpcWeb        []string // HTTP addresses: Chat streams over grpc-web WebSocket instead of gRPC
 	metrics        []string
 	serverPIDs     []int
 	userPrefix     string
@@ -164,6 +169,7 @@ type config struct {
 	drain          time.Duration
 	ackInterval    time.Duration
 	peers          int
+	pairs          int
 	groups         int
 	groupSize      int
 	backlog        int
@@ -175,8 +181,9 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 	c := &config{cmd: cmd}
 	fs := flag.NewFlagSet("chatbench "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var servers, metrics, pids, local string
+	var servers, metrics, pids, local, grpcWeb string
 	fs.StringVar(&servers, "servers", "127.0.0.1:9090", "comma-separated chatd gRPC addresses; devices are spread across them round-robin")
+	fs.StringVar(&grpcWeb, "grpcweb", "", "comma-separated chatd HTTP addresses (e.g. 127.0.0.1:8080): open the Chat streams over grpc-web's WebSocket transport there, as browsers do, instead of native gRPC (unary calls stay on --servers); device i uses the i-th address round-robin")
 	fs.StringVar(&metrics, "metrics", "", "comma-separated chatd /metrics URLs (e.g. http://127.0.0.1:8080/metrics) for server CPU and memory; summed over a cluster")
 	fs.StringVar(&pids, "server-pid", "", "comma-separated chatd process ids: also read their VmRSS from /proc")
 	fs.StringVar(&c.userPrefix, "user-prefix", "cb", "user names are <prefix>-<n>; the same prefix reuses users and tokens across runs")
@@ -219,6 +226,14 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		fs.IntVar(&c.size, "size", 100, "message text size in bytes")
 		fs.DurationVar(&c.drain, "drain", 15*time.Second, "after sending, wait at most this long for outstanding acks and deliveries")
 		fs.DurationVar(&c.ackInterval, "ack-interval", time.Second, "each device acks its highest received inbox_seq this often (0: never)")
+	case "pairs":
+		fs.IntVar(&c.pairs, "pairs", 500, "sender -> receiver pairs of distinct users (2 x pairs connections)")
+		fs.DurationVar(&c.duration, "duration", 30*time.Second, "how long to send")
+		fs.Float64Var(&c.rate, "rate", 1000, "messages per second in total (each sender has at most one in flight)")
+		fs.IntVar(&c.workers, "workers", 4, "sending goroutines")
+		fs.IntVar(&c.size, "size", 100, "message text size in bytes")
+		fs.DurationVar(&c.drain, "drain", 15*time.Second, "after sending, wait at most this long for outstanding acks and deliveries")
+		fs.DurationVar(&c.ackInterval, "ack-interval", time.Second, "each device acks its highest received inbox_seq this often (0: never)")
 	case "sync":
 		fs.IntVar(&c.users, "users", 10, "devices that come back and sync (one user each); as many sender users send them the backlog")
 		fs.IntVar(&c.backlog, "backlog", 1000, "messages waiting for each syncing device")
@@ -234,6 +249,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	c.servers = splitList(servers)
+	c.grpcWeb = splitList(grpcWeb)
 	c.metrics = splitList(metrics)
 	for _, p := range splitList(pids) {
 		n, err := strconv.Atoi(p)
@@ -275,6 +291,12 @@ func (c *config) validate() error {
 	case "group":
 		check(c.groups >= 1, "--groups must be >= 1")
 		check(c.groupSize >= 2 && c.groupSize <= 100, "--group-size must be 2..100")
+	case "pairs":
+		check(c.pairs >= 1, "--pairs must be >= 1")
+		check(c.duration > 0, "--duration must be > 0")
+		check(c.rate > 0, "--rate must be > 0")
+		check(c.workers >= 1, "--workers must be >= 1")
+		check(c.size >= 1 && c.size <= 65536, "--size must be 1..65536 bytes")
 	case "sync":
 		check(c.users >= 1, "--users must be >= 1")
 		check(c.backlog >= 1, "--backlog must be >= 1")

@@ -51,6 +51,12 @@ type Report struct {
 	// ClientCPUCores is this process's CPU time over the measured phase /
 	// wall time: the load generator shares the machine with the server.
 	ClientCPUCores float64 `json:"client_cpu_cores"`
+	// ServerCPUMsPerMsg and ClientCPUMsPerMsg are the CPU time of the
+	// server (process_cpu_seconds_total, summed over a cluster) and of
+	// chatbench over the measured phase divided by the accepted messages,
+	// in ms (direct, group and pairs runs).
+	ServerCPUMsPerMsg float64 `json:"server_cpu_ms_per_msg,omitempty"`
+	ClientCPUMsPerMsg float64 `json:"client_cpu_ms_per_msg,omitempty"`
 
 	// Machine is the load of the whole (shared) machine: /proc/loadavg and
 	// /proc/pressure/cpu ("some" avg10: % of time runnable tasks waited
@@ -278,6 +284,7 @@ func printTable(r *Report, w io.Writer) {
 	if r.ClientCPUCores > 0 {
 		row("chatbench CPU", "%.2f cores", r.ClientCPUCores)
 	}
+	r.perMessageRow(row)
 	if len(r.Errors) == 0 {
 		row("errors", "none")
 	} else {

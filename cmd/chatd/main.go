@@ -111,13 +111,14 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	logFormat := fs.String("log-format", "text", "text or json")
 
 	var maxStreams *uint
+	allowedOrigins := new(string)
 	var webPushHosts *string
 	if cmd == "migrate" {
 		fs.StringVar(&o.replicationClass, "replication-class", "SimpleStrategy", "keyspace replication: SimpleStrategy or NetworkTopologyStrategy (the factor then applies to every datacenter)")
 		fs.IntVar(&o.replicationFactor, "replication-factor", 3, "replicas of every row (1 for a single-node development cluster)")
 	} else {
 		fs.StringVar(&c.GRPCAddr, "grpc-addr", d.GRPCAddr, "gRPC listen address (Chat stream, all services, reflection, health)")
-		fs.StringVar(&c.HTTPAddr, "http-addr", d.HTTPAddr, "HTTP listen address (REST gateway /v1/, /openapi.json, /healthz, /readyz, /metrics)")
+		fs.StringVar(&c.HTTPAddr, "http-addr", d.HTTPAddr, "HTTP listen address (REST gateway /v1/, /openapi.json, /healthz, /readyz, /metrics, grpc-web, the web app at /)")
 		fs.StringVar(&c.DataDir, "data-dir", d.DataDir, "directory of the embedded store and the token key")
 		fs.StringVar(&c.ServerID, "server-id", "", "name of this server, unique in a cluster (default: hostname:grpc-port)")
 		fs.StringVar(&c.AdvertiseGRPC, "advertise-grpc", "", "gRPC address handed to clients by Discovery (default: the bound address)")
@@ -136,6 +137,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.DurationVar(&c.UnaryTimeout, "unary-timeout", d.UnaryTimeout, "deadline of unary calls")
 		maxStreams = fs.Uint("max-concurrent-streams", uint(d.MaxConcurrentStreams), "HTTP/2 streams per connection (rapid-reset mitigation)")
 		fs.StringVar(&c.Tracing.Endpoint, "otlp-endpoint", d.Tracing.Endpoint, "export OpenTelemetry traces by OTLP/gRPC (plaintext) to this collector, e.g. 127.0.0.1:4317; off by default")
+		allowedOrigins = fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) besides chatd's own page that may call grpc-web and its WebSocket; '*' allows any (default: same origin only)")
 		fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; a listener of its own, off by default: never expose it publicly")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "bound on the graceful stop after the drain window")
 		fs.StringVar(&c.Zone, "zone", d.Zone, "this server's zone (e.g. an availability zone): Discovery lists a client's own zone first")
@@ -199,6 +201,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 	}
 	c.Scylla.Hosts = splitList(*scyllaHosts)
 	c.RedisAddrs = splitList(*redisAddrs)
+	c.AllowedOrigins = splitList(*allowedOrigins)
 	cl, err := gocql.ParseConsistencyWrapper(*consistency)
 	if err != nil {
 		return o, fmt.Errorf("--scylla-consistency: %w", err)

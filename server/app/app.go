@@ -81,6 +81,19 @@ const (
 	maxSendMsgBytes = 16 << 20
 )
 
+// Static HTTP/2 receive windows of the gRPC server (grpc.InitialWindowSize,
+// grpc.InitialConnWindowSize). Set, they turn off grpc-go's BDP estimator,
+// which otherwise answers the first DATA frame after each round trip with
+// a WINDOW_UPDATE and a PING that the client acks: on a chat stream, whose
+// frames are small and spaced out, that is nearly every frame a device
+// sends, a write and a read of the server's each (docs/performance.md,
+// issue 16). A stream's window holds one largest frame (maxRecvMsgBytes);
+// what a client may have unread at the server is bounded by them.
+const (
+	streamRecvWindow = maxRecvMsgBytes
+	connRecvWindow   = 4 * maxRecvMsgBytes
+)
+
 // publicMethods need no bearer token.
 var publicMethods = []string{
 	chatv1.AccountService_SignUp_FullMethodName,
@@ -130,6 +143,7 @@ type App struct {
 	pprofLis         net.Listener // nil unless Config.PprofAddr
 	pprofServer      *http.Server
 	gatewayConn      *grpc.ClientConn
+	webStreams       webStreams // grpc-web WebSocket calls in progress (grpcweb.go)
 
 	serveErr  chan error
 	closeOnce sync.Once
@@ -401,6 +415,8 @@ func (a *App) newGRPCServer() *grpc.Server {
 		grpc.MaxConcurrentStreams(a.cfg.MaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		grpc.MaxSendMsgSize(maxSendMsgBytes),
+		grpc.InitialWindowSize(streamRecvWindow),
+		grpc.InitialConnWindowSize(connRecvWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
 		// Server pings detect half-open connections (a device that vanished
 		// without a FIN) within Time+Timeout.
@@ -541,8 +557,9 @@ func (a *App) newHTTPServer() error {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{Registry: a.registry}))
+	a.mountWebApp(mux) // the web app at / (webapp.go)
 	a.httpServer = &http.Server{
-		Handler:           mux,
+		Handler:           a.grpcWebHandler(mux), // grpc-web for browsers, the rest to mux (grpcweb.go)
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -624,6 +641,7 @@ func (a *App) Close() error {
 		a.health.Shutdown()
 		streams := a.hub.Count()
 		a.hub.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect").WithReason(store.ReasonServerShutdown))
+		a.webStreams.wait(webStreamDrain) // their Unavailable reaches browsers before GracefulStop
 		a.log.Info("shutdown: streams closed", "streams", streams)
 		stopped := make(chan struct{})
 		go func() { a.grpcServer.GracefulStop(); close(stopped) }()

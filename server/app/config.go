@@ -52,7 +52,8 @@ type Config struct {
 	// means DefaultGRPCAddr. Use "127.0.0.1:0" in tests.
 	GRPCAddr string
 	// HTTPAddr is the HTTP listener: REST gateway under /v1/,
-	// /openapi.json, /healthz, /readyz and /metrics. Zero means
+	// /openapi.json, /healthz, /readyz, /metrics, grpc-web (and over
+	// WebSocket) for every gRPC service, and the web app at /. Zero means
 	// DefaultHTTPAddr.
 	HTTPAddr string
 	// DataDir holds the embedded store and the token signing key. Zero
@@ -153,6 +154,10 @@ type Config struct {
 	// Tracing exports OpenTelemetry spans (OTLP/gRPC to Tracing.Endpoint);
 	// the zero value is off, and off costs nothing. ServerID is filled in.
 	Tracing tracing.Config
+	// AllowedOrigins are the browser origins (scheme://host[:port]) other
+	// than chatd's own page that may call it through grpc-web (CORS) and
+	// grpc-web over WebSocket; "*" allows any. Zero: same origin only.
+	AllowedOrigins []string
 	// PprofAddr, if set, serves net/http/pprof's /debug/pprof/ on a
 	// listener of its own (host:port; bind it to loopback). Zero: off.
 	PprofAddr string

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -633,4 +634,56 @@ func TestFrameErrorField(t *testing.T) {
 			t.Errorf("cmid %q: details %v, want the field %s", cmid, fe.GetDetails(), want)
 		}
 	}
+}
+
+// inboxCounter counts the chat service's inbox reads.
+type inboxCounter struct {
+	store.Store
+	reads atomic.Int64
+}
+
+func (c *inboxCounter) Inbox(ctx context.Context, userID string, afterSeq uint64, limit int) ([]store.Delivery, bool, error) {
+	c.reads.Add(1)
+	return c.Store.Inbox(ctx, userID, afterSeq, limit)
+}
+
+// TestAckMarkersFromWhatWasSent: a device that acks what its stream was
+// sent live moves its delivery markers (the sender sees "delivered")
+// without the server reading the inbox back; an ack of entries sent
+// before the stream opened still reads it.
+func TestAckMarkersFromWhatWasSent(t *testing.T) {
+	var counter *inboxCounter
+	e := newEnv(t, envConfig{wrap: func(st store.Store) store.Store {
+		counter = &inboxCounter{Store: st}
+		return counter
+	}})
+	e.users("alice", "bob")
+	alice := e.open("alice", "a-phone")
+	bob := e.open("bob", "b-phone")
+	const ch = "dm:alice:bob"
+	acks := []*chatv1.SendAck{alice.ackOf(alice.sendTo("bob", "first", "hello"))}
+	acks = append(acks, alice.sendN(ch, 4, "m")...)
+	ds := bob.deliveries(5)
+	before := counter.reads.Load()
+	bob.reply(bob.ack(ds[2].GetInboxSeq()))
+	alice.receiptWhere("bob delivered 3", func(r *chatv1.ReceiptEvent) bool {
+		return r.GetUserId() == "bob" && r.GetDeliveredUpTo() == acks[2].GetMessageId()
+	})
+	bob.reply(bob.ack(ds[4].GetInboxSeq()))
+	alice.receiptWhere("bob delivered 5", func(r *chatv1.ReceiptEvent) bool {
+		return r.GetUserId() == "bob" && r.GetDeliveredUpTo() == acks[4].GetMessageId()
+	})
+	if n := counter.reads.Load() - before; n != 0 {
+		t.Fatalf("two acks of live deliveries read the inbox %d times, want 0", n)
+	}
+
+	// A new stream of bob's that did not send these entries: its ack of
+	// them reads the inbox.
+	alice.sendN(ch, 2, "n")
+	bob.deliveries(2)
+	bob.close()
+	bob2 := e.open("bob", "b-phone")
+	before = counter.reads.Load()
+	bob2.reply(bob2.ack(bob2.welcome.GetHeadSeq()))
+	waitFor(t, func() bool { return counter.reads.Load() > before })
 }

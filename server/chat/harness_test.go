@@ -70,6 +70,9 @@ type envConfig struct {
 	alloc func(store.Messages) sequence.Allocator
 	// tracer, if set, is the service's and the sequencer's tracer.
 	tracer trace.Tracer
+	// wrap, if set, wraps the store the chat service uses (not the
+	// sequencer's), e.g. to count its reads.
+	wrap func(store.Store) store.Store
 }
 
 func newEnv(t testing.TB, ec envConfig) *env {
@@ -104,8 +107,12 @@ func newEnv(t testing.TB, ec envConfig) *env {
 		alloc = ec.alloc(st)
 	}
 	e.seq = sequence.New(st, e.publish, sequence.Options{Allocator: alloc, Tracer: ec.tracer})
+	var svcStore store.Store = st
+	if ec.wrap != nil {
+		svcStore = ec.wrap(st)
+	}
 	svc := New(Config{
-		Store: st, Sequencer: e.seq, Hub: h, Router: e.router,
+		Store: svcStore, Sequencer: e.seq, Hub: h, Router: e.router,
 		Sessions:   e.auth,
 		ServerID:   "test-1",
 		SendQueue:  ec.sendQueue,

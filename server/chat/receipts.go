@@ -9,6 +9,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/auth"
+	"github.com/chatd/chatd/server/deliver"
 	"github.com/chatd/chatd/server/router"
 	"github.com/chatd/chatd/server/store"
 )
@@ -164,9 +165,10 @@ func (s *Service) SetReadReceipts(ctx context.Context, req *chatv1.SetReadReceip
 // cur] (at most the newest MaxDeliveredScan entries), it raises the user's
 // delivery marker to the highest message_id acked there and routes a
 // ReceiptEvent (read_up_to 0: unchanged) to the authors of those entries.
-// Failures are logged: delivery markers are advisory and the next ack
-// moves them again.
-func (s *Service) noteDelivered(ctx context.Context, user string, prev, cur uint64) {
+// The entries come from sent (what the device's stream sent it, when that
+// covers the range) or else from the inbox. Failures are logged: delivery
+// markers are advisory and the next ack moves them again.
+func (s *Service) noteDelivered(ctx context.Context, user string, prev, cur uint64, sent *deliver.SentLog) {
 	if cur <= prev {
 		return
 	}
@@ -174,12 +176,27 @@ func (s *Service) noteDelivered(ctx context.Context, user string, prev, cur uint
 	if cur-prev > MaxDeliveredScan {
 		from = cur - MaxDeliveredScan
 	}
-	ds, _, err := s.st.Inbox(ctx, user, from, int(cur-from))
-	if err != nil {
-		if !errors.Is(err, context.Canceled) {
-			s.log.Warn("chat: reading acked inbox entries failed; delivery markers not moved", "user_id", user, "err", err)
+	var ents []deliver.SentEntry
+	ok := false
+	if sent != nil {
+		ents, ok = sent.Acked(from, cur)
+	}
+	if !ok {
+		ds, _, err := s.st.Inbox(ctx, user, from, int(cur-from))
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				s.log.Warn("chat: reading acked inbox entries failed; delivery markers not moved", "user_id", user, "err", err)
+			}
+			return
 		}
-		return
+		ents = make([]deliver.SentEntry, 0, len(ds))
+		for _, d := range ds {
+			if d.Seq > cur {
+				break
+			}
+			m := d.Message
+			ents = append(ents, deliver.SentEntry{Seq: d.Seq, ChannelID: m.ChannelID, MessageID: m.MessageID, SenderID: m.SenderID})
+		}
 	}
 	type chState struct {
 		top     uint64
@@ -187,11 +204,7 @@ func (s *Service) noteDelivered(ctx context.Context, user string, prev, cur uint
 	}
 	var order []string
 	chans := map[string]*chState{}
-	for _, d := range ds {
-		if d.Seq > cur {
-			break
-		}
-		m := d.Message
+	for _, m := range ents {
 		if m.SenderID == user {
 			continue
 		}

@@ -78,6 +78,11 @@ type stream struct {
 	// d is the stream's delivery state: what has been sent, what is held
 	// back (server/deliver owns the ordering rules).
 	d *deliver.Stream
+
+	// sent is what the writer sent in order and the device has not acked
+	// yet: the reader's acks move the delivery markers from it, without
+	// reading the inbox (shared by both goroutines; it locks itself).
+	sent deliver.SentLog
 }
 
 // Chat serves one device's stream. See the proto for the protocol. The
@@ -149,7 +154,7 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		opened:   time.Now(),
 	}
 	st.d = deliver.NewStream(deliver.Config{
-		UserID: p.UserID, Send: st.send, Inbox: s.st, Heads: s.seq, Done: sess.Done(),
+		UserID: p.UserID, Send: st.send, Inbox: s.st, Heads: s.seq, Done: sess.Done(), Log: &st.sent,
 	})
 	// Two goroutines per stream: the reader, and this handler goroutine,
 	// which writes. The reader blocks in Recv, which only returns (for
@@ -522,7 +527,9 @@ func (st *stream) handleAck(id uint64, a *chatv1.Ack) error {
 	if cur > st.acked {
 		prev := st.acked
 		st.acked = cur
-		s.noteDelivered(st.ctx, st.p.UserID, prev, cur)
+		s.noteDelivered(st.ctx, st.p.UserID, prev, cur, &st.sent)
+	} else {
+		st.sent.Acked(cur, cur) // forget what the device has
 	}
 	return nil
 }

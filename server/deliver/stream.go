@@ -27,6 +27,8 @@ type Config struct {
 	// RecheckInterval is how often a stream waiting for a pending seq
 	// reads the horizon again; default DefaultRecheckInterval.
 	RecheckInterval time.Duration
+	// Log, if not nil, records the entries sent in order (see SentLog).
+	Log *SentLog
 }
 
 // Stream is the delivery state of one device stream: which inbox entries
@@ -56,6 +58,7 @@ type Stream struct {
 	heads    HeadReader
 	done     <-chan struct{}
 	interval time.Duration
+	log      *SentLog
 
 	live bool
 	// sentUpTo: every inbox entry <= sentUpTo has been sent (or does not
@@ -89,7 +92,7 @@ func NewStream(cfg Config) *Stream {
 	if cfg.Send == nil || cfg.Inbox == nil || cfg.Heads == nil {
 		panic("deliver: Config.Send, Inbox and Heads are required")
 	}
-	s := &Stream{user: cfg.UserID, send: cfg.Send, inbox: cfg.Inbox, heads: cfg.Heads, done: cfg.Done, interval: cfg.RecheckInterval}
+	s := &Stream{user: cfg.UserID, send: cfg.Send, inbox: cfg.Inbox, heads: cfg.Heads, done: cfg.Done, interval: cfg.RecheckInterval, log: cfg.Log}
 	if s.interval <= 0 {
 		s.interval = DefaultRecheckInterval
 	}
@@ -130,6 +133,7 @@ func (s *Stream) Start(ctx context.Context, cursor, head uint64) error {
 		return nil
 	}
 	s.live, s.sentUpTo, s.liveFrom = true, head, head
+	s.log.restart(head)
 	h, err := s.heads.Head(ctx, s.user)
 	if err != nil {
 		return &Error{ErrHorizon, err}
@@ -162,6 +166,7 @@ func (s *Stream) Deliver(ctx context.Context, f *chatv1.ServerFrame) error {
 			return err
 		}
 		s.sentUpTo = q
+		s.log.add(q, f)
 		return s.drainParked()
 	}
 	s.park(f, q)
@@ -198,6 +203,7 @@ func (s *Stream) drainParked() error {
 			return err
 		}
 		s.sentUpTo = p.seq
+		s.log.add(p.seq, p.frame)
 	}
 	s.settle()
 	return nil
@@ -235,6 +241,7 @@ func (s *Stream) Advance(ctx context.Context) error {
 			return err
 		}
 		s.sentUpTo = p.seq
+		s.log.add(p.seq, p.frame)
 		s.parked[0] = parkedDelivery{}
 		s.parked = s.parked[1:]
 	}
@@ -300,16 +307,19 @@ func (s *Stream) fillThrough(ctx context.Context, target uint64, probe bool) err
 				more = false
 				break
 			}
-			if err := s.send(DeliveryFrame(d)); err != nil {
+			f := DeliveryFrame(d)
+			if err := s.send(f); err != nil {
 				return err
 			}
 			s.sentUpTo = d.Seq
+			s.log.add(d.Seq, f)
 		}
 		if !more || len(ds) == 0 {
 			break
 		}
 	}
 	s.sentUpTo = max(s.sentUpTo, target)
+	s.log.skip(s.sentUpTo)
 	return nil
 }
 
@@ -399,7 +409,10 @@ func (s *Stream) Sync(ctx context.Context, frameID, after uint64, limit int) (in
 	if err := s.send(&chatv1.ServerFrame{FrameId: frameID, Payload: &chatv1.ServerFrame_SyncPage{SyncPage: page}}); err != nil {
 		return 0, err
 	}
-	s.sentUpTo = max(s.sentUpTo, last)
+	if last > s.sentUpTo {
+		s.sentUpTo = last
+		s.log.restart(last) // the page's entries are not in the log
+	}
 	if !more && !s.live {
 		s.live, s.liveFrom = true, s.sentUpTo
 	}

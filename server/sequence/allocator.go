@@ -3,7 +3,9 @@ package sequence
 import (
 	"context"
 	"errors"
+	"hash/maphash"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/chatd/chatd/server/store"
@@ -132,7 +134,9 @@ type KeyReleaser interface {
 // store (LastMessageID, LastInboxSeq) the first time they are needed. Seqs
 // are dense (1, 2, 3, ...; Abort drops the caches so that the seqs of a
 // failed batch are handed out again: nothing of it was written), and
-// Horizon is the store's last inbox seq.
+// Horizon is the store's last inbox seq, answered from memory: Commit
+// records each user's last committed seq, and a user not recorded yet is
+// read from the store once (see horizons).
 //
 // It relies on the sequencer's single goroutine committing batches in
 // allocation order, so only one sequencer may use the store: it is not
@@ -144,6 +148,7 @@ type LocalAllocator struct {
 	limit   int
 	lastMsg map[string]uint64
 	lastSeq map[string]uint64
+	heads   horizons
 }
 
 var _ Allocator = (*LocalAllocator)(nil)
@@ -155,7 +160,9 @@ func NewLocalAllocator(st store.Messages) *LocalAllocator {
 }
 
 func newLocal(st store.Messages, limit int) *LocalAllocator {
-	return &LocalAllocator{st: st, limit: limit, lastMsg: make(map[string]uint64), lastSeq: make(map[string]uint64)}
+	l := &LocalAllocator{st: st, limit: limit, lastMsg: make(map[string]uint64), lastSeq: make(map[string]uint64)}
+	l.heads.init(limit)
+	return l
 }
 
 // Allocate implements Allocator: message ids max(last+1, unix_ms<<16) and
@@ -200,8 +207,13 @@ func (l *LocalAllocator) Allocate(ctx context.Context, now time.Time, channels, 
 	return a, nil
 }
 
-// Commit implements Allocator; it never fails. It bounds the caches.
-func (l *LocalAllocator) Commit(context.Context, *Allocation) error {
+// Commit implements Allocator; it never fails. It records the users'
+// horizons (the batch is written: its seqs are final) and bounds the
+// caches.
+func (l *LocalAllocator) Commit(_ context.Context, a *Allocation) error {
+	for u, r := range a.Users {
+		l.heads.raise(u, r.Last)
+	}
 	if len(l.lastMsg) > l.limit {
 		l.lastMsg = make(map[string]uint64)
 	}
@@ -229,7 +241,88 @@ func (l *LocalAllocator) Claim(context.Context, []ClaimKey, time.Duration) (*Cla
 // Release implements Allocator: a no-op.
 func (l *LocalAllocator) Release(context.Context, *Claims) {}
 
-// Horizon implements Allocator: the store's last inbox seq of the user.
+// Horizon implements Allocator: the store's last inbox seq of the user,
+// from memory once known (Commit keeps it current); the first call for a
+// user not committed to since the cache was last dropped reads the store.
+// Errors are the store's.
 func (l *LocalAllocator) Horizon(ctx context.Context, userID string) (uint64, error) {
-	return l.st.LastInboxSeq(ctx, userID)
+	if h, ok := l.heads.get(userID); ok {
+		return h, nil
+	}
+	return l.heads.load(userID, func() (uint64, error) { return l.st.LastInboxSeq(ctx, userID) })
+}
+
+// horizons is LocalAllocator's memory of the users' horizons: sharded
+// maps (readers of different users rarely share a lock), each shard
+// dropped whole when it outgrows its part of the cache limit. A value is
+// only ever raised: Commit raises it to the last seq of a written batch.
+// A user not in memory is read from the store while its shard is locked,
+// so no Commit runs between that read and keeping its result: the value
+// kept is the newest, and a horizon never goes backwards.
+type horizons struct {
+	shards [horizonShards]horizonShard
+}
+
+const horizonShards = 64
+
+type horizonShard struct {
+	mu    sync.RWMutex
+	m     map[string]uint64
+	limit int
+}
+
+func (h *horizons) init(limit int) {
+	per := max(limit/horizonShards, 1)
+	for i := range h.shards {
+		h.shards[i].m = make(map[string]uint64)
+		h.shards[i].limit = per
+	}
+}
+
+func (h *horizons) shard(user string) *horizonShard {
+	return &h.shards[maphash.String(horizonSeed, user)%horizonShards]
+}
+
+var horizonSeed = maphash.MakeSeed()
+
+func (h *horizons) get(user string) (uint64, bool) {
+	sh := h.shard(user)
+	sh.mu.RLock()
+	v, ok := sh.m[user]
+	sh.mu.RUnlock()
+	return v, ok
+}
+
+// load returns the user's horizon, reading it with read (the store) and
+// keeping it if it is not in memory; the shard stays locked meanwhile.
+func (h *horizons) load(user string, read func() (uint64, error)) (uint64, error) {
+	sh := h.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if v, ok := sh.m[user]; ok {
+		return v, nil
+	}
+	v, err := read()
+	if err != nil {
+		return 0, err
+	}
+	sh.put(user, v)
+	return v, nil
+}
+
+// raise sets the user's horizon to max(current, v).
+func (h *horizons) raise(user string, v uint64) {
+	sh := h.shard(user)
+	sh.mu.Lock()
+	if cur, ok := sh.m[user]; !ok || v > cur {
+		sh.put(user, v)
+	}
+	sh.mu.Unlock()
+}
+
+func (sh *horizonShard) put(user string, v uint64) {
+	if _, ok := sh.m[user]; !ok && len(sh.m) >= sh.limit {
+		sh.m = make(map[string]uint64)
+	}
+	sh.m[user] = v
 }

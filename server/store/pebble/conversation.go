@@ -121,17 +121,21 @@ type markerWrite struct {
 }
 
 // AdvanceReceipts raises the given markers to max(stored, given), in one
-// fsync'd batch. The read-modify-write of each marker holds its key's
-// stripe lock (stripes locked in ascending order, so concurrent calls
-// cannot deadlock).
+// batch: fsync'd when it moves a read marker, not fsync'd (pebble.NoSync,
+// like AdvanceCursor) when it moves only delivery markers, which every
+// Ack moves: see "Durability and concurrency" in the package doc. The
+// read-modify-write of each marker holds its key's stripe lock (stripes
+// locked in ascending order, so concurrent calls cannot deadlock).
 func (s *Store) AdvanceReceipts(ctx context.Context, rs []store.Receipt) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
 	defer s.ops.RUnlock()
 	var ws []markerWrite
+	sync := false // only delivery markers: see the package doc
 	for i := range rs {
 		r := &rs[i]
+		sync = sync || r.ReadUpTo > 0 || r.ReadShownUpTo > 0
 		if r.ChannelID == "" || r.UserID == "" {
 			return ErrInvalidID
 		}
@@ -182,6 +186,9 @@ func (s *Store) AdvanceReceipts(ctx context.Context, rs []store.Receipt) error {
 	}
 	if n == 0 {
 		return nil
+	}
+	if !sync {
+		return wb.Commit(pebble.NoSync)
 	}
 	return wb.Commit(pebble.Sync)
 }

@@ -36,7 +36,7 @@
 //
 // Every write is one Pebble batch committed with pebble.Sync, so it is on
 // disk when the method returns; Pebble's commit pipeline coalesces the WAL
-// fsyncs of concurrent commits (group commit). The one exception is
+// fsyncs of concurrent commits (group commit). One exception is
 // AdvanceCursor, committed with pebble.NoSync: it is in the WAL (and seen
 // by every reader) when the method returns, and on disk at the next synced
 // commit or at Close, but a crash before either may lose the last advances.
@@ -44,6 +44,10 @@
 // by inbox seq); every message itself was fsync'd by AppendBatch before it
 // could be delivered and acked. Syncing every Ack put one fsync per ack in
 // the queue of the WAL that the group commits of sends wait on.
+// AdvanceReceipts that moves only delivery markers (what each Ack does) is
+// committed the same way: a crash may roll a delivery marker back to an
+// earlier ack, which the device's next ack moves again; a batch that moves
+// a read marker (MarkRead) is fsync'd.
 //
 // Check-then-write operations (CreateUser, UpdateDisplayName, PutDevice,
 // AdvanceCursor, CreateChannel, AddMember, RemoveMember) hold one of 256
