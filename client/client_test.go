@@ -501,7 +501,7 @@ func TestSlowConsumerIsDisconnectedAndRecoversBySync(t *testing.T) {
 	if status.Code(bs.Err()) != codes.ResourceExhausted {
 		t.Fatalf("Err = %v after %d deliveries, want ResourceExhausted", bs.Err(), got)
 	}
-	if client.IsEvicted(bs.Err()) || client.Reason(bs.Err()) != "" {
+	if client.IsEvicted(bs.Err()) || client.Reason(bs.Err()) != client.ReasonSlowConsumer {
 		t.Fatalf("an overflow reads as an eviction: reason %q", client.Reason(bs.Err()))
 	}
 	if got >= n || bs.LastSeq() != uint64(got) {

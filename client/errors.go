@@ -23,6 +23,15 @@ const (
 	// ReasonDeviceRevoked (Unauthenticated): the device was logged out, by
 	// itself or by another device of the user; log in again.
 	ReasonDeviceRevoked = "DEVICE_REVOKED"
+	// ReasonSlowConsumer (ResourceExhausted): the stream's send queue
+	// overflowed; reconnect and sync.
+	ReasonSlowConsumer = "SLOW_CONSUMER"
+	// ReasonRateLimited (ResourceExhausted): too many calls, stream opens
+	// or frames; wait the RetryInfo delay before retrying.
+	ReasonRateLimited = "RATE_LIMITED"
+	// ReasonServerShutdown (Unavailable): the server is stopping;
+	// reconnect (through Discovery).
+	ReasonServerShutdown = "SERVER_SHUTDOWN"
 )
 
 // Reason returns the reason of the google.rpc.ErrorInfo detail (of domain

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Python client suite (tests/python): stubs generated from proto/ by
-# grpcio-tools, pytest against a chatd built from this tree.
+# grpcio-tools, pytest against a chatd built from this tree; and
+# schemathesis against that chatd's /openapi.json (test_rest_schema.py).
 #
 # The pinned packages of tests/python/requirements.txt live in a venv,
 # .venv-test/ (git-ignored), created on first use and re-used until the

@@ -7,7 +7,8 @@
 #      from npm, http-ece from PyPI, both pinned), then the concurrency-heavy
 #      packages again under -race
 #   5. the Python client suite (scripts/test-python.sh: pinned PyPI packages
-#      in .venv-test/, stubs generated from proto/, a real chatd)
+#      in .venv-test/, stubs generated from proto/, a real chatd), with
+#      schemathesis against the REST surface's /openapi.json
 #   6. the web client suite (scripts/test-web.sh: TypeScript generated from
 #      proto/ and the embedded web app bundle up to date, SDK unit tests)
 #   7. the browser end-to-end test (scripts/test-browser.sh: Debian's
@@ -68,7 +69,7 @@ go test -count=1 -timeout 45m ./...
 step "go test -race (core packages)"
 go test -race -count=1 -timeout 20m ./server/hub/... ./server/push/ ./server/deliver/... ./server/sequence/... ./server/router/... ./server/ratelimit/... ./server/store/... ./client/...
 
-step "Python client suite (tests/python)"
+step "Python client suite and schemathesis (tests/python)"
 scripts/test-python.sh
 
 step "web client suite (client/web: generated TypeScript, bundle, unit tests)"

@@ -21,6 +21,7 @@ import (
 
 	"github.com/chatd/chatd/server/app"
 	"github.com/chatd/chatd/server/store/scylla"
+	"github.com/chatd/chatd/server/tracing"
 	"github.com/gocql/gocql"
 )
 
@@ -135,6 +136,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.IntVar(&c.UnaryBurst, "unary-burst", d.UnaryBurst, "burst of unary calls above unary-rate")
 		fs.DurationVar(&c.UnaryTimeout, "unary-timeout", d.UnaryTimeout, "deadline of unary calls")
 		maxStreams = fs.Uint("max-concurrent-streams", uint(d.MaxConcurrentStreams), "HTTP/2 streams per connection (rapid-reset mitigation)")
+		fs.StringVar(&c.Tracing.Endpoint, "otlp-endpoint", d.Tracing.Endpoint, "export OpenTelemetry traces by OTLP/gRPC (plaintext) to this collector, e.g. 127.0.0.1:4317; off by default")
 		allowedOrigins = fs.String("allowed-origins", "", "comma-separated browser origins (scheme://host[:port]) besides chatd's own page that may call grpc-web and its WebSocket; '*' allows any (default: same origin only)")
 		fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; a listener of its own, off by default: never expose it publicly")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "bound on the graceful stop after the drain window")
@@ -205,6 +207,9 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("--scylla-consistency: %w", err)
 	}
 	c.Scylla.Consistency = cl
+	if *logFormat != "text" && *logFormat != "json" {
+		return o, fmt.Errorf("--log-format must be text or json, got %q", *logFormat)
+	}
 	o.logLevel, o.logFormat = *logLevel, *logFormat
 	return o, nil
 }
@@ -239,8 +244,9 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 		lv = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: lv}
+	// Records logged with a traced context carry trace_id and span_id.
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(tracing.LogHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(tracing.LogHandler(slog.NewTextHandler(w, opts)))
 }

@@ -434,7 +434,7 @@ func (s *Service) ListDevices(ctx context.Context, _ *chatv1.ListDevicesRequest)
 
 // GetProfile returns the public profile of the named user (any spelling that
 // canonicalises to the user id), or the caller's own when the username is
-// Me ("me"); the caller's own profile also carries hide_presence. Errors:
+// Me ("me") or empty; the caller's own profile also carries hide_presence. Errors:
 // Unauthenticated, InvalidArgument (not a valid username), NotFound "user
 // not found".
 func (s *Service) GetProfile(ctx context.Context, req *chatv1.GetProfileRequest) (*chatv1.GetProfileResponse, error) {
@@ -443,7 +443,7 @@ func (s *Service) GetProfile(ctx context.Context, req *chatv1.GetProfileRequest)
 		return nil, err
 	}
 	uid := p.UserID
-	if req.GetUsername() != Me {
+	if name := req.GetUsername(); name != Me && name != "" {
 		if uid, err = canonicalUsername(req.GetUsername()); err != nil {
 			return nil, err
 		}
@@ -462,8 +462,8 @@ func (s *Service) GetProfile(ctx context.Context, req *chatv1.GetProfileRequest)
 	return &chatv1.GetProfileResponse{Profile: pr}, nil
 }
 
-// Me is the username GetProfile reads as the caller ("GET /v1/users/me"
-// over REST). It is never a username: usernames have at least 3
+// Me is the username GetProfile reads as the caller, as it reads an empty
+// one ("GET /v1/users/me" over REST). It is never a username: usernames have at least 3
 // characters.
 const Me = "me"
 

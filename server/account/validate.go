@@ -5,11 +5,9 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"golang.org/x/text/unicode/norm"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
+	"github.com/chatd/chatd/server/grpcerr"
 	"github.com/chatd/chatd/server/store"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Input limits of the account service. Characters are Unicode code points
@@ -22,18 +20,22 @@ const (
 )
 
 var (
-	errPassword = status.Error(codes.InvalidArgument,
-		"password must be 8 to 1024 bytes")
-	errPasswordTooLong = status.Error(codes.InvalidArgument,
-		"password must be at most 1024 bytes")
+	errPassword        = invalid("password", "password must be 8 to 1024 bytes")
+	errPasswordTooLong = invalid("password", "password must be at most 1024 bytes")
 )
+
+// invalid is the InvalidArgument status of a broken input rule, with a
+// google.rpc.BadRequest detail naming the request field (grpcerr.Details).
+func invalid(field, format string, args ...any) error {
+	return grpcerr.Status(store.Errorf(store.CodeInvalid, format, args...).WithField(field))
+}
 
 // canonicalUsername is store.CanonicalUsername with its error as the
 // client sees it: InvalidArgument naming the rule.
 func canonicalUsername(s string) (string, error) {
 	id, err := store.CanonicalUsername(s)
 	if err != nil {
-		return "", status.Error(codes.InvalidArgument, err.Error())
+		return "", invalid("username", "%s", err.Error())
 	}
 	return id, nil
 }
@@ -44,7 +46,7 @@ func canonicalUsername(s string) (string, error) {
 func newUsername(s string) (string, error) {
 	id, err := store.NewUsername(s)
 	if err != nil {
-		return "", status.Error(codes.InvalidArgument, err.Error())
+		return "", invalid("username", "%s", err.Error())
 	}
 	return id, nil
 }
@@ -69,7 +71,7 @@ func cleanName(s, what string) (string, error) {
 		return "", nameErr(what)
 	}
 	if !utf8.ValidString(s) {
-		return "", status.Errorf(codes.InvalidArgument, "%s must be valid UTF-8", what)
+		return "", invalid(fieldOf(what), "%s must be valid UTF-8", what)
 	}
 	s = norm.NFC.String(strings.TrimSpace(s))
 	n := 0
@@ -80,7 +82,7 @@ func cleanName(s, what string) (string, error) {
 		}
 		if unicode.Is(unicode.Cc, r) || unicode.Is(unicode.Cf, r) ||
 			unicode.Is(unicode.Zl, r) || unicode.Is(unicode.Zp, r) {
-			return "", status.Errorf(codes.InvalidArgument,
+			return "", invalid(fieldOf(what),
 				"%s must not contain control or format characters (found U+%04X)", what, r)
 		}
 	}
@@ -91,6 +93,9 @@ func cleanName(s, what string) (string, error) {
 }
 
 func nameErr(what string) error {
-	return status.Errorf(codes.InvalidArgument,
-		"%s must be 1 to 64 characters with at least one visible character", what)
+	return invalid(fieldOf(what), "%s must be 1 to 64 characters with at least one visible character", what)
 }
+
+// fieldOf is the proto field name of a name's description: "display
+// name" -> "display_name".
+func fieldOf(what string) string { return strings.ReplaceAll(what, " ", "_") }

@@ -18,6 +18,22 @@ import (
 type restRoute struct {
 	segs    []string // "{name}" matches any one segment
 	methods []string // upper case
+	// bodies: the methods whose operation takes a JSON body, and its
+	// schema's properties.
+	bodies map[string]bodySchema
+}
+
+// propSchema is what the REST edge checks of a body property.
+type propSchema struct {
+	typ      string   // JSON type: string, boolean, integer, array, object
+	enum     []string // the values a string may take, if limited
+	nonEmpty bool     // minLength >= 1: a string may not be ""
+}
+
+// bodySchema is what the REST edge checks of a JSON body (see restEdge).
+type bodySchema struct {
+	props    map[string]propSchema // the documented properties
+	required []string              // those the document marks required
 }
 
 // restRoutes is the REST surface as the OpenAPI document (generated from
@@ -27,24 +43,69 @@ type restRoutes []restRoute
 
 // parseRESTRoutes reads the paths of an OpenAPI v2 document.
 func parseRESTRoutes(doc []byte) (restRoutes, error) {
+	type schema struct {
+		Ref        string            `json:"$ref"`
+		Required   []string          `json:"required"`
+		Type       string            `json:"type"`
+		Enum       []string          `json:"enum"`
+		MinLength  int               `json:"minLength"`
+		Properties map[string]schema `json:"properties"`
+	}
 	var d struct {
-		Paths map[string]map[string]json.RawMessage `json:"paths"`
+		Paths map[string]map[string]struct {
+			Parameters []struct {
+				In     string `json:"in"`
+				Schema schema `json:"schema"`
+			} `json:"parameters"`
+		} `json:"paths"`
+		Definitions map[string]schema `json:"definitions"`
 	}
 	if err := json.Unmarshal(doc, &d); err != nil {
 		return nil, fmt.Errorf("openapi: %w", err)
 	}
 	var rs restRoutes
 	for p, ops := range d.Paths {
-		r := restRoute{segs: strings.Split(strings.Trim(p, "/"), "/")}
-		for m := range ops {
+		r := restRoute{segs: strings.Split(strings.Trim(p, "/"), "/"), bodies: map[string]bodySchema{}}
+		for m, op := range ops {
 			switch m := strings.ToUpper(m); m {
 			case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
 				r.methods = append(r.methods, m)
+				for _, prm := range op.Parameters {
+					if prm.In != "body" {
+						continue
+					}
+					sc := prm.Schema
+					if ref, ok := strings.CutPrefix(sc.Ref, "#/definitions/"); ok {
+						sc = d.Definitions[ref]
+					}
+					b := bodySchema{props: map[string]propSchema{}, required: sc.Required}
+					for k, p := range sc.Properties {
+						if ref, ok := strings.CutPrefix(p.Ref, "#/definitions/"); ok {
+							p = d.Definitions[ref]
+						}
+						b.props[k] = propSchema{typ: p.Type, enum: p.Enum, nonEmpty: p.MinLength > 0}
+					}
+					r.bodies[m] = b
+				}
 			}
 		}
 		rs = append(rs, r)
 	}
 	return rs, nil
+}
+
+// body reports whether the operation of method on path takes a JSON body,
+// and its schema.
+func (rs restRoutes) body(method, path string) (bodySchema, bool) {
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	for _, r := range rs {
+		if r.match(segs) {
+			if b, ok := r.bodies[method]; ok {
+				return b, true
+			}
+		}
+	}
+	return bodySchema{}, false
 }
 
 // allowed returns the methods some route accepts for path (sorted, no

@@ -52,12 +52,15 @@ import (
 	"github.com/chatd/chatd/server/store"
 	"github.com/chatd/chatd/server/store/pebble"
 	"github.com/chatd/chatd/server/store/scylla"
+	"github.com/chatd/chatd/server/tracing"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	goredis "github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -102,6 +105,8 @@ var publicMethods = []string{
 type App struct {
 	cfg Config
 	log *slog.Logger
+
+	tracing *tracing.Provider // off unless cfg.Tracing says where to export
 
 	store    store.Store
 	seq      *sequence.Sequencer
@@ -177,11 +182,15 @@ func (a *App) openStore() error {
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	t0 := time.Now()
 	st, err := openStore(a.cfg)
 	if err != nil {
 		return err
 	}
 	a.store = st
+	// The embedded store replays its write-ahead log in Open: this is how
+	// long recovery took.
+	a.log.Info("store opened", "store", a.cfg.Store, "took_ms", time.Since(t0).Milliseconds())
 	return nil
 }
 
@@ -234,11 +243,17 @@ func (a *App) buildEngines() error {
 	}
 	a.router, a.closers, a.redis = eng.router, eng.closers, eng.redis
 	a.hub.SetRouter(a.router)
-	publish, err := a.buildPush(deliver.NewPublisher(a.router, cfg.Logger))
+	tcfg := cfg.Tracing
+	tcfg.ServerID = cfg.ServerID
+	if a.tracing, err = tracing.New(tcfg); err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	tracer := a.tracing.Tracer(tracerName) // nil when off
+	publish, err := a.buildPush(deliver.NewTracedPublisher(a.router, cfg.Logger, tracer))
 	if err != nil {
 		return err
 	}
-	a.seq = sequence.New(a.store, publish, sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger})
+	a.seq = sequence.New(a.store, publish, sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger, Tracer: tracer})
 	a.presence, err = presence.NewTracker(presence.TrackerConfig{
 		Engine:            eng.presence,
 		Hidden:            presence.StoreHidden(a.store),
@@ -288,6 +303,8 @@ func (a *App) buildServices() error {
 		FrameRate:  cfg.FrameRate,
 		FrameBurst: cfg.FrameBurst,
 		Registerer: a.registry,
+		Tracer:     a.tracing.Tracer(tracerName),
+		Logger:     cfg.Logger,
 	})
 	a.chatRef.Store(a.chat)
 	accountSvc := account.New(account.Config{
@@ -419,13 +436,61 @@ func (a *App) newGRPCServer() *grpc.Server {
 			ratelimit.StreamInterceptor(lim, nil), // stream opens, not frames
 			a.admitInterceptor(),                  // new Chat streams: rate, capacity, draining
 		),
+		a.traceHandler(),
 	)
 }
 
+// logConfig logs the configuration the server runs with, once, at start:
+// stable keys, no secrets (the token key file's path, never the key).
+func (a *App) logConfig() {
+	c := a.cfg
+	tracingTo := "off"
+	if c.Tracing.Endpoint != "" {
+		tracingTo = c.Tracing.Endpoint
+	} else if c.Tracing.Exporter != nil {
+		tracingTo = "exporter"
+	}
+	a.log.Info("config",
+		"store", c.Store, "server_id", c.ServerID, "data_dir", c.DataDir,
+		"grpc_addr", a.GRPCAddr(), "http_addr", a.HTTPAddr(), "pprof_addr", a.PprofAddr(),
+		"scylla_hosts", strings.Join(c.Scylla.Hosts, ","), "scylla_keyspace", c.Scylla.Keyspace,
+		"redis_addrs", strings.Join(c.RedisAddrs, ","), "redis_prefix", c.RedisPrefix,
+		"token_key_file", c.TokenKeyFile, "token_ttl", c.TokenTTL.String(),
+		"heartbeat_interval", c.HeartbeatInterval.String(), "presence_grace", c.PresenceGrace.String(),
+		"edit_window", c.EditWindow.String(), "max_streams_per_device", c.MaxStreamsPerDevice,
+		"send_queue", c.SendQueue, "frame_rate", c.FrameRate, "frame_burst", c.FrameBurst,
+		"unary_rate", c.UnaryRate, "unary_burst", c.UnaryBurst, "unary_timeout", c.UnaryTimeout.String(),
+		"max_concurrent_streams", c.MaxConcurrentStreams, "shutdown_timeout", c.ShutdownTimeout.String(),
+		"tracing", tracingTo)
+}
+
+// tracerName names chatd's tracer (the instrumentation scope of its own
+// spans).
+const tracerName = "github.com/chatd/chatd"
+
+// traceHandler is the gRPC server's OpenTelemetry stats handler (a span
+// per RPC, the parent of chatd's own spans; traceparent read from the
+// metadata) when tracing is on; an empty option otherwise.
+func (a *App) traceHandler() grpc.ServerOption {
+	if !a.tracing.Enabled() {
+		return grpc.EmptyServerOption{}
+	}
+	return grpc.StatsHandler(otelgrpc.NewServerHandler(
+		otelgrpc.WithTracerProvider(a.tracing.TracerProvider()),
+		otelgrpc.WithPropagators(tracing.Propagator())))
+}
+
 func (a *App) newHTTPServer() error {
-	conn, err := grpc.NewClient(dialTarget(a.grpcLis.Addr()),
+	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSendMsgBytes)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSendMsgBytes)),
+	}
+	if a.tracing.Enabled() { // the REST call's trace continues in the gRPC call
+		dialOpts = append(dialOpts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(a.tracing.TracerProvider()),
+			otelgrpc.WithPropagators(tracing.Propagator()))))
+	}
+	conn, err := grpc.NewClient(dialTarget(a.grpcLis.Addr()), dialOpts...)
 	if err != nil {
 		return fmt.Errorf("gateway dial: %w", err)
 	}
@@ -445,6 +510,9 @@ func (a *App) newHTTPServer() error {
 		// of any other method (the fallback is for clients that cannot
 		// send long GET URLs; ours send JSON).
 		runtime.WithDisablePathLengthFallback(),
+		// RFC 6750 challenges on 401; no Grpc-Metadata-Content-Type.
+		runtime.WithErrorHandler(restErrors),
+		runtime.WithOutgoingHeaderMatcher(restHeaders),
 	)
 	ctx := context.Background()
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
@@ -458,7 +526,13 @@ func (a *App) newHTTPServer() error {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", http.MaxBytesHandler(validUTF8(gw), maxRecvMsgBytes))
+	var rest http.Handler = validUTF8(&restEdge{routes: routes, mux: gw, next: gw, maxBytes: maxRecvMsgBytes})
+	if a.tracing.Enabled() { // a span per REST request (traceparent read)
+		rest = otelhttp.NewHandler(rest, "rest",
+			otelhttp.WithTracerProvider(a.tracing.TracerProvider()),
+			otelhttp.WithPropagators(tracing.Propagator()))
+	}
+	mux.Handle("/v1/", rest)
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(chatd.OpenAPI)
@@ -516,6 +590,7 @@ func (a *App) Start() {
 		a.push.Start()
 	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	a.logConfig()
 	a.log.Info("chatd serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "pprof", a.PprofAddr(), "server_id", a.cfg.ServerID, "data_dir", a.cfg.DataDir)
 }
 
@@ -564,8 +639,10 @@ func (a *App) Close() error {
 			_ = a.registryCloser() // clients stop being sent here first
 		}
 		a.health.Shutdown()
-		a.hub.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect"))
+		streams := a.hub.Count()
+		a.hub.Shutdown(store.Errorf(store.CodeUnavailable, "server shutting down, reconnect").WithReason(store.ReasonServerShutdown))
 		a.webStreams.wait(webStreamDrain) // their Unavailable reaches browsers before GracefulStop
+		a.log.Info("shutdown: streams closed", "streams", streams)
 		stopped := make(chan struct{})
 		go func() { a.grpcServer.GracefulStop(); close(stopped) }()
 		select {
@@ -584,6 +661,9 @@ func (a *App) Close() error {
 			a.adminServer.Stop()
 		}
 		a.closeErr = a.closeResources()
+		if err := a.tracing.Shutdown(ctx); err != nil { // flush buffered spans
+			a.log.Warn("tracing: flushing spans failed", "err", err)
+		}
 		a.log.Info("chatd stopped")
 	})
 	return a.closeErr
@@ -598,7 +678,10 @@ func (a *App) closeResources() error {
 		errs = append(errs, a.gatewayConn.Close())
 	}
 	if a.seq != nil {
-		a.seq.Close()
+		queued := a.seq.Stats().Queued
+		a.seq.Close() // commits what is queued
+		st := a.seq.Stats()
+		a.log.Info("shutdown: sequencer flushed", "queued", queued, "messages_committed", st.Messages, "failed", st.Failed)
 	}
 	if a.push != nil {
 		a.push.Close() // after the sequencer: its last commits are queued

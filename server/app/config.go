@@ -15,6 +15,7 @@ import (
 	"github.com/chatd/chatd/server/push"
 	"github.com/chatd/chatd/server/push/webpush"
 	"github.com/chatd/chatd/server/store/scylla"
+	"github.com/chatd/chatd/server/tracing"
 	"golang.org/x/oauth2"
 )
 
@@ -150,6 +151,9 @@ type Config struct {
 	// MaxConcurrentStreams per HTTP/2 connection (CVE-2023-44487 rapid reset
 	// mitigation). Zero means DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams uint32
+	// Tracing exports OpenTelemetry spans (OTLP/gRPC to Tracing.Endpoint);
+	// the zero value is off, and off costs nothing. ServerID is filled in.
+	Tracing tracing.Config
 	// AllowedOrigins are the browser origins (scheme://host[:port]) other
 	// than chatd's own page that may call it through grpc-web (CORS) and
 	// grpc-web over WebSocket; "*" allows any. Zero: same origin only.

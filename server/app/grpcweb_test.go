@@ -360,8 +360,8 @@ func TestGRPCWeb_SlowConsumerAndFrameLimit(t *testing.T) {
 			got++
 		}
 	}
-	if status.Code(err) != codes.ResourceExhausted || errorReason(err) != "" {
-		t.Fatalf("a grpc-web reader that stopped: %v (reason %q) after %d deliveries, want ResourceExhausted without reason", err, errorReason(err), got)
+	if status.Code(err) != codes.ResourceExhausted || errorReason(err) != "SLOW_CONSUMER" {
+		t.Fatalf("a grpc-web reader that stopped: %v (reason %q) after %d deliveries, want ResourceExhausted SLOW_CONSUMER", err, errorReason(err), got)
 	}
 	if got >= n {
 		t.Fatalf("got all %d deliveries: the queue never overflowed", got)

@@ -42,11 +42,11 @@ func TestCluster_KeyReuse(t *testing.T) {
 	if ack, _ := out["ack"].(map[string]any); code != http.StatusOK || ack["duplicate"] != true || ack["messageId"] != edited["messageId"] {
 		t.Fatalf("edit retried over REST: %d %v; want the duplicate of %v", code, out, edited)
 	}
-	if code, out = restCall(t, base, "PATCH", path, a2.u.token, map[string]string{"clientMessageId": "E", "text": "text A?"}); code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(out["message"]), "client_message_id reused for a different message") {
-		t.Fatalf("edit reusing a key over REST: %d %v; want 400 naming the clash", code, out)
+	if code, out = restCall(t, base, "PATCH", path, a2.u.token, map[string]string{"clientMessageId": "E", "text": "text A?"}); code != http.StatusConflict || !strings.Contains(fmt.Sprint(out["message"]), "client_message_id reused for a different message") {
+		t.Fatalf("edit reusing a key over REST: %d %v; want 409 naming the clash", code, out)
 	}
-	if code, out = restCall(t, base, "PATCH", path, a2.u.token, map[string]string{"clientMessageId": "K", "text": "text A"}); code != http.StatusBadRequest {
-		t.Fatalf("edit reusing a send's key over REST: %d %v; want 400", code, out)
+	if code, out = restCall(t, base, "PATCH", path, a2.u.token, map[string]string{"clientMessageId": "K", "text": "text A"}); code != http.StatusConflict {
+		t.Fatalf("edit reusing a send's key over REST: %d %v; want 409", code, out)
 	}
 
 	carol := openConv(t, c, nil, "carol", "c-phone", "s2")

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/chatd/chatd"
+	"github.com/chatd/chatd/server/chat"
 )
 
 // TestRESTGetMyProfile (issue 11, item 10): GET /v1/users/me is the
@@ -122,5 +123,154 @@ func TestRESTMethodNotAllowed(t *testing.T) {
 		if resp := do("POST", p, ""); resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(resp.Header.Get("Allow"), "GET") {
 			t.Errorf("POST %s: %d, Allow %q; want 405 allowing GET", p, resp.StatusCode, resp.Header.Get("Allow"))
 		}
+	}
+}
+
+// TestRESTEdge (issue 17): the HTTP rules the gateway does not apply
+// itself, each as schemathesis and RFC 9110 / RFC 6750 expect them.
+func TestRESTEdge(t *testing.T) {
+	a := startApp(t, t.TempDir())
+	base := "http://" + a.HTTPAddr()
+	if code, out := restCall(t, a.HTTPAddr(), "POST", "/v1/accounts", "", map[string]string{"username": "carol", "password": "longpassword", "displayName": "Carol"}); code != 200 {
+		t.Fatalf("sign up: %d %v", code, out)
+	}
+	_, out := restCall(t, a.HTTPAddr(), "POST", "/v1/sessions", "", map[string]string{"username": "carol", "password": "longpassword", "deviceName": "curl"})
+	token, _ := out["accessToken"].(string)
+	do := func(method, path, auth, ctype, body string) (*http.Response, map[string]any) {
+		t.Helper()
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, err := http.NewRequest(method, base+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		raw, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatalf("%s %s: not JSON: %q", method, path, raw)
+		}
+		return resp, m
+	}
+	field := func(m map[string]any) string {
+		ds, _ := m["details"].([]any)
+		for _, d := range ds {
+			d, _ := d.(map[string]any)
+			if strings.HasSuffix(d["@type"].(string), "google.rpc.BadRequest") {
+				v, _ := d["fieldViolations"].([]any)
+				if len(v) > 0 {
+					f, _ := v[0].(map[string]any)["field"].(string)
+					return f
+				}
+			}
+		}
+		return ""
+	}
+	bearer := "Bearer " + token
+
+	// RFC 6750 3: no credentials, no error code; a bad token, invalid_token.
+	if resp, _ := do("GET", "/v1/users/me", "", "", ""); resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != `Bearer realm="chatd"` {
+		t.Errorf("no token: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	}
+	if resp, _ := do("GET", "/v1/users/me", "Bearer forged", "", ""); resp.StatusCode != 401 ||
+		!strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), `Bearer realm="chatd", error="invalid_token", error_description="`) {
+		t.Errorf("forged token: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	}
+	// No gRPC transport header on a REST answer.
+	if resp, _ := do("GET", "/v1/users/me", bearer, "", ""); resp.StatusCode != 200 || resp.Header.Get("Grpc-Metadata-Content-Type") != "" {
+		t.Errorf("GET /v1/users/me: %d, Grpc-Metadata-Content-Type %q", resp.StatusCode, resp.Header.Get("Grpc-Metadata-Content-Type"))
+	}
+	// 415 for a body that is not JSON; 413 for one over the limit.
+	if resp, m := do("PUT", "/v1/users/me/read-receipts", bearer, "text/plain", `{"hideReadReceipts":true}`); resp.StatusCode != 415 {
+		t.Errorf("text/plain: %d %v", resp.StatusCode, m)
+	}
+	if resp, m := do("PATCH", "/v1/users/me", bearer, "application/json", strings.Repeat(" ", 4<<20+1)); resp.StatusCode != 413 {
+		t.Errorf("4 MiB + 1: %d %v", resp.StatusCode, m)
+	}
+	// An empty body, a missing required property, a null, a wrong JSON
+	// type, an empty string, a value outside the enum: 400 naming the field,
+	// and nothing changed.
+	for _, c := range []struct{ method, path, body, field string }{
+		{"PUT", "/v1/users/me/read-receipts", "", "*"},
+		{"PUT", "/v1/users/me/read-receipts", "{}", "hide_read_receipts"},
+		{"PUT", "/v1/users/me/read-receipts", `{"hideReadReceipts":null}`, "hide_read_receipts"},
+		{"PATCH", "/v1/users/me", `{"displayName":null}`, "display_name"},
+		{"PATCH", "/v1/users/me", `{"displayName":"","hidePresence":false}`, "display_name"},
+		{"PATCH", "/v1/users/me", `{"displayName":5}`, "display_name"},
+		{"POST", "/v1/channels/dm:carol:carol/read", `{"messageId":0}`, "message_id"},
+		{"POST", "/v1/groups", `{"name":"g","memberIds":null}`, "member_ids"},
+	} {
+		resp, m := do(c.method, c.path, bearer, "application/json", c.body)
+		if resp.StatusCode != 400 || field(m) != c.field {
+			t.Errorf("%s %s %s: %d %v; want 400 with field %q", c.method, c.path, c.body, resp.StatusCode, m, c.field)
+		}
+	}
+	if _, m := do("GET", "/v1/users/me", bearer, "", ""); m["profile"].(map[string]any)["displayName"] != "Carol" {
+		t.Errorf("profile changed: %v", m)
+	}
+	// The caller's own profile at /v1/users/me and /v1/users/ (empty
+	// username); no body needed to revoke the other devices.
+	if resp, m := do("GET", "/v1/users/", bearer, "", ""); resp.StatusCode != 200 || m["profile"].(map[string]any)["userId"] != "carol" {
+		t.Errorf("GET /v1/users/: %d %v", resp.StatusCode, m)
+	}
+	if resp, m := do("POST", "/v1/users/me/devices:revokeOthers", bearer, "", ""); resp.StatusCode != 200 {
+		t.Errorf("revokeOthers without a body: %d %v", resp.StatusCode, m)
+	}
+}
+
+// TestOpenAPIDocument (issue 17): the served document names itself, says
+// which operations need the bearer token, and carries the rules
+// protoc-gen-openapiv2 leaves out (query bounds, a narrowed enum).
+func TestOpenAPIDocument(t *testing.T) {
+	var d struct {
+		Info                map[string]any            `json:"info"`
+		SecurityDefinitions map[string]map[string]any `json:"securityDefinitions"`
+		Paths               map[string]map[string]struct {
+			Security   *[]any           `json:"security"`
+			Parameters []map[string]any `json:"parameters"`
+			Responses  map[string]any   `json:"responses"`
+		} `json:"paths"`
+		Definitions map[string]map[string]any `json:"definitions"`
+	}
+	if err := json.Unmarshal(chatd.OpenAPI, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Info["title"] != "chatd REST API" || d.Info["version"] != "v1" || d.SecurityDefinitions["bearer"]["in"] != "header" {
+		t.Fatalf("info %v, security definitions %v", d.Info, d.SecurityDefinitions)
+	}
+	for path, ops := range d.Paths {
+		for m, op := range ops {
+			public := path == "/v1/accounts" || path == "/v1/sessions" && m == "post" || path == "/v1/endpoints"
+			if public != (op.Security != nil && len(*op.Security) == 0) {
+				t.Errorf("%s %s: security %v", m, path, op.Security)
+			}
+			for _, code := range []string{"200", "400", "401", "404", "409", "413", "415", "429"} {
+				if op.Responses[code] == nil {
+					t.Errorf("%s %s: no %s response", m, path, code)
+				}
+			}
+			for _, p := range op.Parameters {
+				if p["name"] == "pageSize" && (p["minimum"] != float64(0) || p["maximum"] != float64(500) ||
+					chat.MaxChannelsPage != 500 || chat.MaxHistoryPage != 500) {
+					t.Errorf("%s %s: pageSize %v", m, path, p)
+				}
+			}
+		}
+	}
+	role := d.Definitions["ChatServiceAddMemberBody"]["properties"].(map[string]any)["role"].(map[string]any)
+	if role["$ref"] != nil || len(role["enum"].([]any)) != 3 {
+		t.Errorf("AddMember role: %v", role)
 	}
 }

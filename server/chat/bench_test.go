@@ -1,11 +1,16 @@
 package chat
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/sequence"
@@ -13,7 +18,11 @@ import (
 )
 
 func benchSend(b *testing.B, group bool) {
-	e := newEnv(b, envConfig{frameRate: 1e9, frameBurst: 1 << 30})
+	benchSendWith(b, group, nil)
+}
+
+func benchSendWith(b *testing.B, group bool, tracer trace.Tracer) {
+	e := newEnv(b, envConfig{frameRate: 1e9, frameBurst: 1 << 30, tracer: tracer})
 	e.users("alice", "bob", "carol")
 	target := "bob"
 	if group {
@@ -53,6 +62,16 @@ func BenchmarkPipelinedDirectSend(b *testing.B) { benchSend(b, false) }
 
 // BenchmarkPipelinedGroupSend: the same into a 3-member group.
 func BenchmarkPipelinedGroupSend(b *testing.B) { benchSend(b, true) }
+
+// BenchmarkPipelinedDirectSendTracing: BenchmarkPipelinedDirectSend with
+// tracing on (every send sampled, spans to an exporter that drops them):
+// what tracing costs when on. Off is BenchmarkPipelinedDirectSend itself
+// (a nil tracer: no span work at all); docs/operations.md has the figures.
+func BenchmarkPipelinedDirectSendTracing(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	benchSendWith(b, false, tp.Tracer("bench"))
+}
 
 // BenchmarkAck: the ack path of one device (Ack frame -> head check,
 // cursor advance, delivery markers, AckResult) over real gRPC + pebble,

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -132,6 +133,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// Tracer, if set, records a "chat.send" span per send, edit or delete
+	// frame (from the frame until its reply is queued), the parent of the
+	// sequencer's spans (sequence.Options.Tracer). nil: no tracing work.
+	Tracer trace.Tracer
 }
 
 // Service implements chatv1.ChatServiceServer. It is safe for concurrent
@@ -157,6 +162,7 @@ type Service struct {
 	editWin   time.Duration
 	now       func() time.Time
 	log       *slog.Logger
+	tracer    trace.Tracer
 	metrics   *Metrics
 	frames    *ratelimit.Limiter // client frames per device
 	typing    *ratelimit.Limiter // typing frames per device and channel
@@ -189,6 +195,7 @@ func New(cfg Config) *Service {
 		editWin:   cfg.EditWindow,
 		now:       cfg.Now,
 		log:       cfg.Logger,
+		tracer:    cfg.Tracer,
 		users:     newKnownSet(knownUsersCap),
 		directs:   newKnownSet(knownDirectsCap),
 	}
@@ -229,10 +236,16 @@ func New(cfg Config) *Service {
 // if one was given).
 func (s *Service) Metrics() *Metrics { return s.metrics }
 
+// frameInterval is the time one frame token takes to refill (1/frame
+// rate): the RetryInfo of a frame refused by the rate limit.
+func (s *Service) frameInterval() time.Duration {
+	return max(time.Millisecond, time.Duration(float64(time.Second)/s.frameRate))
+}
+
 func frameError(frameID uint64, err error) *chatv1.ServerFrame {
 	st := grpcerr.Convert(err)
 	return &chatv1.ServerFrame{FrameId: frameID, Payload: &chatv1.ServerFrame_Error{
-		Error: &chatv1.FrameError{Code: int32(st.Code()), Message: st.Message()},
+		Error: &chatv1.FrameError{Code: int32(st.Code()), Message: st.Message(), Details: st.Proto().GetDetails()},
 	}}
 }
 

@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
 	"sync/atomic"
 	"time"
 
@@ -352,10 +353,45 @@ func (s *Service) historyPage(ctx context.Context, channelID, viewer string, bef
 			resp.NextMessageId = after
 		}
 	}
+	capHistoryBytes(resp, forward)
 	if resp.Messages == nil {
 		resp.Messages = []*chatv1.Message{}
 	}
 	return resp, nil
+}
+
+// MaxHistoryPageBytes bounds the encoded messages of one GetHistory page,
+// as MaxSyncPageBytes bounds a sync page: 100 texts of 64 KiB (5.25 MB)
+// would exceed the 4 MiB a gRPC client receives by default.
+const MaxHistoryPageBytes = MaxSyncPageBytes
+
+// capHistoryBytes cuts a page whose messages encode to more than
+// MaxHistoryPageBytes, keeping at least one: a backward page keeps its
+// newest messages, a forward page its oldest, and the page then has more,
+// continuing after (before) the last message kept.
+func capHistoryBytes(resp *chatv1.GetHistoryResponse, forward bool) {
+	ms := resp.Messages
+	total := 0
+	for i := range ms {
+		// Walk from the end the reader came from.
+		j := len(ms) - 1 - i
+		if forward {
+			j = i
+		}
+		total += proto.Size(ms[j]) + 4 // + tag and length of the field
+		if total <= MaxHistoryPageBytes || i == 0 {
+			continue
+		}
+		if forward {
+			resp.Messages = ms[:j]
+			resp.NextMessageId = ms[j-1].GetMessageId()
+		} else {
+			resp.Messages = ms[j+1:]
+			resp.NextMessageId = ms[j+1].GetMessageId()
+		}
+		resp.More = true
+		return
+	}
 }
 
 // addState fills in the viewer's conversation state of every channel of

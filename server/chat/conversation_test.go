@@ -3,12 +3,15 @@ package chat
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/store"
@@ -521,6 +524,115 @@ func TestUnreadCapped(t *testing.T) {
 	resp2, err := e.client.MarkRead(e.ctx("bob", "b1"), &chatv1.MarkReadRequest{ChannelId: ch})
 	if err != nil || resp2.GetUnread().GetUnreadCount() != 0 || resp2.GetUnread().GetUnreadCapped() || resp2.GetUnread().GetTotalCapped() {
 		t.Fatalf("MarkRead: %v %v", resp2, err)
+	}
+}
+
+// TestHistoryByteCap (issue 17): a page of 100 texts of 64 KiB (5.25 MB
+// encoded) stops near MaxHistoryPageBytes, under the 4 MiB a gRPC client
+// receives by default, and paging both ways still returns every message
+// once, in order.
+func TestHistoryByteCap(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	alice := e.open("alice", "a1")
+	const ch, n = "dm:alice:bob", 100
+	text := strings.Repeat("x", MaxTextBytes)
+	ids := make([]uint64, n)
+	for i := range n {
+		ids[i] = alice.ackOf(alice.sendTo("bob", fmt.Sprint("big", i), text)).GetMessageId()
+	}
+	ctx := e.ctx("alice", "a1")
+	for _, forward := range []bool{false, true} {
+		var got []uint64
+		req := &chatv1.GetHistoryRequest{ChannelId: ch, PageSize: n}
+		if forward {
+			req.AfterMessageId = ids[0] - 1
+		}
+		for pages := 0; ; pages++ {
+			resp, err := e.client.GetHistory(ctx, req) // default 4 MiB receive limit
+			if err != nil {
+				t.Fatalf("forward %v, page %d: %v", forward, pages, err)
+			}
+			if s := proto.Size(resp); s > MaxHistoryPageBytes+MaxTextBytes {
+				t.Fatalf("page of %d bytes", s)
+			}
+			var page []uint64
+			for _, m := range resp.GetMessages() {
+				page = append(page, m.GetMessageId())
+			}
+			if forward {
+				got = append(got, page...)
+				req.AfterMessageId = resp.GetNextMessageId()
+			} else {
+				got = append(page, got...)
+				req.BeforeMessageId = resp.GetNextMessageId()
+			}
+			if !resp.GetMore() {
+				break
+			}
+			if pages > n {
+				t.Fatal("paging does not end")
+			}
+		}
+		if !slices.Equal(got, ids) {
+			t.Fatalf("forward %v: got %d ids %v, want %v", forward, len(got), got, ids)
+		}
+	}
+}
+
+// TestFrameErrorDetails (issue 17): a FrameError carries the google.rpc
+// details of its error: a frame over the rate limit says RATE_LIMITED
+// (ErrorInfo, domain chatd) and how long to wait (RetryInfo, 1/rate).
+func TestFrameErrorDetails(t *testing.T) {
+	e := newEnv(t, envConfig{frameRate: 10, frameBurst: 1})
+	e.users("alice", "bob")
+	alice := e.open("alice", "a1")
+	alice.ackOf(alice.sendTo("bob", "r0", "one"))
+	var fe *chatv1.FrameError
+	for i := 1; fe == nil && i < 50; i++ {
+		f := alice.reply(alice.sendTo("bob", fmt.Sprint("r", i), "again"))
+		fe = f.GetError()
+	}
+	if fe == nil || codes.Code(fe.GetCode()) != codes.ResourceExhausted {
+		t.Fatalf("no rate-limited FrameError: %v", fe)
+	}
+	var info errdetails.ErrorInfo
+	var retry errdetails.RetryInfo
+	for _, d := range fe.GetDetails() {
+		switch {
+		case d.MessageIs(&info):
+			_ = d.UnmarshalTo(&info)
+		case d.MessageIs(&retry):
+			_ = d.UnmarshalTo(&retry)
+		}
+	}
+	if info.GetReason() != store.ReasonRateLimited || info.GetDomain() != "chatd" || retry.GetRetryDelay().AsDuration() != 100*time.Millisecond {
+		t.Fatalf("details %v", fe.GetDetails())
+	}
+}
+
+// TestFrameErrorField (issue 17): a send refused for its text names the
+// field in a google.rpc.BadRequest.
+func TestFrameErrorField(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	alice := e.open("alice", "a1")
+	for cmid, want := range map[string]string{"long": "send.text", "": "send.client_message_id"} {
+		text := strings.Repeat("x", MaxTextBytes+1)
+		if cmid == "" {
+			text = "hi"
+		}
+		fe := alice.errOf(alice.sendTo("bob", cmid, text), codes.InvalidArgument)
+		var bad errdetails.BadRequest
+		for _, d := range fe.GetDetails() {
+			if d.MessageIs(&bad) {
+				_ = d.UnmarshalTo(&bad)
+			}
+		}
+		if len(bad.GetFieldViolations()) != 1 || bad.GetFieldViolations()[0].GetField() != want ||
+			bad.GetFieldViolations()[0].GetDescription() != fe.GetMessage() {
+			t.Errorf("cmid %q: details %v, want the field %s", cmid, fe.GetDetails(), want)
+		}
 	}
 }
 

@@ -232,7 +232,12 @@ func (st *stream) handleRevision(id uint64, r revision) error {
 		s.metrics.Duplicates.Inc()
 		return st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_SendAck{SendAck: dup}})
 	}
-	return st.submit(id, req)
+	name := "chat.edit"
+	if r.delete {
+		name = "chat.delete"
+	}
+	ctx, span := st.startSpan(name)
+	return st.submitTraced(ctx, span, id, req)
 }
 
 func (st *stream) handleEdit(id uint64, m *chatv1.EditMessage) error {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -67,6 +68,8 @@ type envConfig struct {
 	// alloc, if set, returns the sequencer's allocator (default: the
 	// single-node one).
 	alloc func(store.Messages) sequence.Allocator
+	// tracer, if set, is the service's and the sequencer's tracer.
+	tracer trace.Tracer
 	// wrap, if set, wraps the store the chat service uses (not the
 	// sequencer's), e.g. to count its reads.
 	wrap func(store.Store) store.Store
@@ -103,7 +106,7 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	if ec.alloc != nil {
 		alloc = ec.alloc(st)
 	}
-	e.seq = sequence.New(st, e.publish, sequence.Options{Allocator: alloc})
+	e.seq = sequence.New(st, e.publish, sequence.Options{Allocator: alloc, Tracer: ec.tracer})
 	var svcStore store.Store = st
 	if ec.wrap != nil {
 		svcStore = ec.wrap(st)
@@ -116,6 +119,7 @@ func newEnv(t testing.TB, ec envConfig) *env {
 		FrameRate:  ec.frameRate,
 		FrameBurst: ec.frameBurst,
 		Now:        ec.now,
+		Tracer:     ec.tracer,
 	})
 	e.svc = svc
 	e.srv = grpc.NewServer(

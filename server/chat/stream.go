@@ -5,9 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -50,11 +55,12 @@ type sendReply struct{}
 
 // stream is one device's Chat stream.
 type stream struct {
-	s    *Service
-	gs   chatv1.ChatService_ChatServer
-	ctx  context.Context
-	p    auth.Principal
-	sess *hub.Session
+	s      *Service
+	gs     chatv1.ChatService_ChatServer
+	ctx    context.Context
+	p      auth.Principal
+	sess   *hub.Session
+	opened time.Time // for the log line of a stream the server ends
 
 	// pc is the device's presence connection (nil without presence).
 	pc *presence.Conn
@@ -145,6 +151,7 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 		cursor:   dev.Cursor,
 		head:     head,
 		pc:       pc,
+		opened:   time.Now(),
 	}
 	st.d = deliver.NewStream(deliver.Config{
 		UserID: p.UserID, Send: st.send, Inbox: s.st, Heads: s.seq, Done: sess.Done(), Log: &st.sent,
@@ -157,7 +164,54 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 	go func() { readerErr <- st.readLoop() }()
 	err = st.writeLoop(readerErr, expired)
 	clean = err == nil
+	s.logClosed(ctx, p, err, time.Since(st.opened))
 	return err
+}
+
+// logClosed logs a stream the server ended (not one the client closed or
+// cancelled): who, why (reason: slow_consumer, token_expired, revoked,
+// evicted, rate_limited, heartbeat_timeout, server_shutdown, or the gRPC
+// code in snake case) and after how long.
+func (s *Service) logClosed(ctx context.Context, p auth.Principal, err error, open time.Duration) {
+	if err == nil {
+		return
+	}
+	code := grpcerr.Code(err)
+	if code == codes.Canceled || errors.Is(err, context.Canceled) {
+		return
+	}
+	s.log.InfoContext(ctx, "stream closed by server",
+		"user_id", p.UserID, "device_id", p.DeviceID,
+		"reason", closeReason(err, code), "code", code.String(), "open_ms", open.Milliseconds())
+}
+
+// closeReason names why the server ended a stream, for logs.
+func closeReason(err error, code codes.Code) string {
+	switch grpcerr.Reason(err) {
+	case store.ReasonSlowConsumer:
+		return "slow_consumer"
+	case store.ReasonTokenExpired:
+		return "token_expired"
+	case store.ReasonDeviceRevoked:
+		return "revoked"
+	case store.ReasonStreamReplaced:
+		return "evicted"
+	case store.ReasonRateLimited:
+		return "rate_limited"
+	case store.ReasonServerShutdown:
+		return "server_shutdown"
+	}
+	if errors.Is(err, errHeartbeatTimeout) {
+		return "heartbeat_timeout"
+	}
+	var b strings.Builder
+	for i, r := range code.String() {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToLower(r))
+	}
+	return b.String()
 }
 
 // endStatus is the error the stream ends with once its session is closed.
@@ -168,9 +222,9 @@ func (st *stream) endStatus() error {
 	err := st.sess.Err()
 	if errors.Is(err, hub.ErrOverflow) {
 		if t := st.lastLimited.Load(); t != 0 && time.Since(time.Unix(0, t)) < 2*time.Second {
-			return status.Errorf(codes.ResourceExhausted,
+			return grpcerr.Status(store.Errorf(store.CodeResourceExhausted,
 				"frame rate exceeded: at most %g frames/s (burst %d), and the replies to the rejected frames filled the send queue; slow down and reconnect",
-				st.s.frameRate, st.s.burst)
+				st.s.frameRate, st.s.burst).WithReason(store.ReasonRateLimited).WithRetryAfter(st.s.frameInterval()))
 		}
 	}
 	return err
@@ -403,8 +457,9 @@ func (st *stream) handleFrame(f *chatv1.ClientFrame) error {
 	if !s.frames.AllowAt(st.key, s.now()) {
 		st.lastLimited.Store(time.Now().UnixNano())
 		s.metrics.Frames.WithLabelValues("rate_limited").Inc()
-		return st.replyErr(id, status.Errorf(codes.ResourceExhausted,
-			"frame rate exceeded: at most %g frames/s (burst %d); frame dropped", s.frameRate, s.burst))
+		return st.replyErr(id, store.Errorf(store.CodeResourceExhausted,
+			"frame rate exceeded: at most %g frames/s (burst %d); frame dropped", s.frameRate, s.burst).
+			WithReason(store.ReasonRateLimited).WithRetryAfter(s.frameInterval()))
 	}
 	if reason, bad := malformed(f); bad {
 		s.metrics.Frames.WithLabelValues("malformed").Inc()
@@ -481,17 +536,18 @@ func (st *stream) handleAck(id uint64, a *chatv1.Ack) error {
 
 func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 	s := st.s
+	ctx, span := st.startSpan("chat.send")
 	if err := checkClientMessageID(m.GetClientMessageId()); err != nil {
-		return st.replyErr(id, err)
+		return st.replyErr(id, endSpan(span, grpcerr.WithField(err, "send.client_message_id")))
 	}
 	if err := checkText(m.GetText()); err != nil {
-		return st.replyErr(id, err)
+		return st.replyErr(id, endSpan(span, grpcerr.WithField(err, "send.text")))
 	}
-	channelID, members, err := s.resolveTarget(st.ctx, st.p.UserID, m)
+	channelID, members, err := s.resolveTarget(ctx, st.p.UserID, m)
 	if err != nil {
-		return st.replyErr(id, err)
+		return st.replyErr(id, endSpan(span, err))
 	}
-	return st.submit(id, &sequence.Request{
+	return st.submitTraced(ctx, span, id, &sequence.Request{
 		ChannelID:       channelID,
 		SenderID:        st.p.UserID,
 		SenderDeviceID:  st.p.DeviceID,
@@ -507,16 +563,43 @@ func (st *stream) handleSend(id uint64, m *chatv1.SendMessage) error {
 // (bounding its unacknowledged sends), and queues the frame's SendAck, or
 // its FrameError, to the writer once the batch has committed.
 func (st *stream) submit(id uint64, req *sequence.Request) error {
+	return st.submitTraced(st.ctx, nil, id, req)
+}
+
+// startSpan starts a span of a frame when tracing is on: its context (the
+// stream's when off) and the span (nil when off).
+func (st *stream) startSpan(name string) (context.Context, trace.Span) {
+	if st.s.tracer == nil {
+		return st.ctx, nil
+	}
+	return st.s.tracer.Start(st.ctx, name, trace.WithAttributes(attribute.String("chat.user_id", st.p.UserID)))
+}
+
+// endSpan ends span (if any) with err as its status, and returns err.
+func endSpan(span trace.Span, err error) error {
+	if span != nil {
+		if err != nil {
+			span.SetStatus(otelcodes.Error, grpcerr.Code(err).String())
+		}
+		span.End()
+	}
+	return err
+}
+
+// submitTraced is submit under ctx; span (may be nil) ends when the
+// frame's reply is queued.
+func (st *stream) submitTraced(ctx context.Context, span trace.Span, id uint64, req *sequence.Request) error {
 	s := st.s
 	select {
 	case st.inflight <- struct{}{}:
 	case <-st.sess.Done():
-		return st.sess.Err()
+		return endSpan(span, st.sess.Err())
 	case <-st.ctx.Done():
-		return status.FromContextError(st.ctx.Err()).Err()
+		return endSpan(span, status.FromContextError(st.ctx.Err()).Err())
 	}
 	t0 := time.Now()
-	err := s.seq.SubmitContext(st.ctx, req, func(r sequence.Result) {
+	err := s.seq.SubmitContext(ctx, req, func(r sequence.Result) {
+		defer endSpan(span, r.Err)
 		// On the sequencer goroutine: never block. The in-flight slot is
 		// released by the writer once the reply is on the wire, so a
 		// device that pipelines sends faster than it reads is slowed down
@@ -540,7 +623,7 @@ func (st *stream) submit(id uint64, req *sequence.Request) error {
 	})
 	if err != nil {
 		<-st.inflight
-		return err
+		return endSpan(span, err)
 	}
 	return nil
 }

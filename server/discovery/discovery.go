@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -196,11 +197,14 @@ func New(cfg Config) *Service {
 }
 
 // GetEndpoints returns the serving servers, best first (Rank), from the
-// registry's view (no I/O). Errors: InvalidArgument for a username or zone
-// longer than MaxFieldBytes, Unavailable when no server is serving.
+// registry's view (no I/O). Errors: InvalidArgument for a username that is
+// not empty and not a valid one (store.CanonicalUsername) or a zone longer
+// than MaxFieldBytes, Unavailable when no server is serving.
 func (s *Service) GetEndpoints(ctx context.Context, req *chatv1.GetEndpointsRequest) (*chatv1.GetEndpointsResponse, error) {
-	if len(req.GetUsername()) > MaxFieldBytes {
-		return nil, status.Errorf(codes.InvalidArgument, "username exceeds %d bytes", MaxFieldBytes)
+	if u := req.GetUsername(); u != "" {
+		if _, err := store.CanonicalUsername(u); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
 	}
 	if len(req.GetZone()) > MaxFieldBytes {
 		return nil, status.Errorf(codes.InvalidArgument, "zone exceeds %d bytes", MaxFieldBytes)

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/chatd/chatd/server/store"
 )
@@ -53,8 +55,8 @@ func CodeOf(c store.Code) codes.Code {
 // Status returns err as a gRPC status error:
 //   - nil for nil;
 //   - for an *store.Error in err's chain, its Code's gRPC code with its
-//     Message (the cause is not sent) and, when it has a Reason, a
-//     google.rpc.ErrorInfo detail {reason: Reason, domain: Domain};
+//     Message (the cause is not sent) and its Details (ErrorInfo,
+//     BadRequest, RetryInfo);
 //   - a gRPC status error unchanged;
 //   - for context.Canceled / DeadlineExceeded, Canceled / DeadlineExceeded
 //     (as status.FromContextError, and as gRPC does for a handler's
@@ -69,8 +71,8 @@ func Status(err error) error {
 	var e *store.Error
 	if errors.As(err, &e) {
 		st := status.New(CodeOf(e.Code), e.Message)
-		if e.Reason != "" {
-			if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: e.Reason, Domain: Domain}); derr == nil {
+		if ds := Details(e); len(ds) > 0 {
+			if d, derr := st.WithDetails(ds...); derr == nil {
 				st = d
 			}
 		}
@@ -83,6 +85,29 @@ func Status(err error) error {
 		return status.FromContextError(err).Err()
 	}
 	return err
+}
+
+// Details returns the google.rpc error details of a domain error, the one
+// table of what a client reads besides the code and message:
+//   - google.rpc.ErrorInfo {reason: e.Reason, domain: Domain} when e has
+//     a Reason;
+//   - google.rpc.BadRequest with one field violation {field: e.Field,
+//     description: e.Message} when e.Field is set;
+//   - google.rpc.RetryInfo {retry_delay: e.RetryAfter} when it is positive.
+func Details(e *store.Error) []protoadapt.MessageV1 {
+	var ds []protoadapt.MessageV1
+	if e.Reason != "" {
+		ds = append(ds, &errdetails.ErrorInfo{Reason: e.Reason, Domain: Domain})
+	}
+	if e.Field != "" {
+		ds = append(ds, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: e.Field, Description: e.Message},
+		}})
+	}
+	if e.RetryAfter > 0 {
+		ds = append(ds, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
+	}
+	return ds
 }
 
 // Convert is Status as a *status.Status (OK for nil).

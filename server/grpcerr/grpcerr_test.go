@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -119,5 +120,35 @@ func TestReason(t *testing.T) {
 	plain := status.Convert(grpcerr.Status(store.Errorf(store.CodeResourceExhausted, "overflow")))
 	if len(plain.Details()) != 0 || grpcerr.Reason(plain.Err()) != "" {
 		t.Fatalf("an error without a reason got details %v", plain.Details())
+	}
+}
+
+// TestDetails (issue 17): a field and a retry delay of a domain error
+// reach the client as google.rpc.BadRequest and google.rpc.RetryInfo,
+// beside the ErrorInfo of its reason.
+func TestDetails(t *testing.T) {
+	err := store.Errorf(store.CodeResourceExhausted, "slow down").WithReason(store.ReasonRateLimited).
+		WithRetryAfter(20 * time.Millisecond).WithField("send.text")
+	st := status.Convert(grpcerr.Status(err))
+	var info *errdetails.ErrorInfo
+	var bad *errdetails.BadRequest
+	var retry *errdetails.RetryInfo
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			info = d
+		case *errdetails.BadRequest:
+			bad = d
+		case *errdetails.RetryInfo:
+			retry = d
+		}
+	}
+	if info.GetReason() != store.ReasonRateLimited || len(bad.GetFieldViolations()) != 1 ||
+		bad.GetFieldViolations()[0].GetField() != "send.text" || bad.GetFieldViolations()[0].GetDescription() != "slow down" ||
+		retry.GetRetryDelay().AsDuration() != 20*time.Millisecond {
+		t.Fatalf("details %v", st.Details())
+	}
+	if ds := grpcerr.Details(store.Errorf(store.CodeInvalid, "plain")); len(ds) != 0 {
+		t.Fatalf("a plain error got details %v", ds)
 	}
 }

@@ -39,3 +39,23 @@ func RetryDelay(err error) (time.Duration, bool) {
 	}
 	return 0, false
 }
+
+// WithField returns err as Status makes it, with a google.rpc.BadRequest
+// detail naming field (the request field at fault, a proto field path
+// such as "send.text") and the status message as its description,
+// besides any detail it already has. For a domain error prefer
+// store.Error.WithField; this is for the services' own status errors. An
+// empty field, or an err Status leaves as a plain error, returns
+// Status(err) unchanged.
+func WithField(err error, field string) error {
+	err = Status(err)
+	st, ok := status.FromError(err)
+	if !ok || st == nil || field == "" {
+		return err
+	}
+	v := &errdetails.BadRequest_FieldViolation{Field: field, Description: st.Message()}
+	if ds, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{v}}); derr == nil {
+		return ds.Err()
+	}
+	return err
+}

@@ -42,7 +42,7 @@ const OverflowMessage = "send queue overflow: the device is not reading; reconne
 var (
 	// ErrOverflow (CodeResourceExhausted) closes a session whose send
 	// queue overflowed.
-	ErrOverflow = store.Errorf(store.CodeResourceExhausted, OverflowMessage)
+	ErrOverflow = store.Errorf(store.CodeResourceExhausted, OverflowMessage).WithReason(store.ReasonSlowConsumer)
 	// ErrTooManyStreams (CodeResourceExhausted) closes the oldest session
 	// of a device that opened more than the allowed number of streams. Its
 	// Reason, store.ReasonStreamReplaced, tells clients not to reconnect

@@ -123,10 +123,25 @@ func (l *Limiter) Len() int {
 // KeyFunc returns the rate-limit key of a call; "" exempts the call.
 type KeyFunc func(ctx context.Context, fullMethod string) string
 
-var errLimited = store.Errorf(store.CodeResourceExhausted, "rate limit exceeded")
+var errLimited = store.Errorf(store.CodeResourceExhausted, "rate limit exceeded").WithReason(store.ReasonRateLimited)
+
+// RetryAfter is how long a caller that was refused waits for the next
+// token: one token interval (1/rate), at least a millisecond; zero for an
+// unlimited Limiter. It is the google.rpc.RetryInfo of a refusal.
+func (l *Limiter) RetryAfter() time.Duration {
+	if l.limit == rate.Inf || l.limit <= 0 {
+		return 0
+	}
+	return max(time.Millisecond, time.Duration(float64(time.Second)/float64(l.limit)))
+}
+
+// limited is the error of a refused call: CodeResourceExhausted, reason
+// RATE_LIMITED, RetryAfter the token interval.
+func (l *Limiter) limited() error { return errLimited.WithRetryAfter(l.RetryAfter()) }
 
 // UnaryInterceptor rejects calls whose key has no token left with
-// CodeResourceExhausted "rate limit exceeded" (a *store.Error: grpcerr's
+// CodeResourceExhausted "rate limit exceeded", reason
+// store.ReasonRateLimited and RetryAfter (a *store.Error: grpcerr's
 // interceptor, installed before this one, turns it into the
 // ResourceExhausted status). keyFn nil means DefaultKey. Put it after the
 // auth interceptor so that the Principal is in the context.
@@ -136,7 +151,7 @@ func UnaryInterceptor(l *Limiter, keyFn func(ctx context.Context, fullMethod str
 	}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if k := keyFn(ctx, info.FullMethod); k != "" && !l.Allow(k) {
-			return nil, errLimited
+			return nil, l.limited()
 		}
 		return handler(ctx, req)
 	}
@@ -150,7 +165,7 @@ func StreamInterceptor(l *Limiter, keyFn func(ctx context.Context, fullMethod st
 	}
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if k := keyFn(ss.Context(), info.FullMethod); k != "" && !l.Allow(k) {
-			return errLimited
+			return l.limited()
 		}
 		return handler(srv, ss)
 	}

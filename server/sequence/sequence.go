@@ -68,6 +68,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/store"
 )
@@ -115,6 +119,12 @@ type Options struct {
 	OnBatch func(requests, messages int, commit time.Duration)
 	// Logger receives commit failures; default slog.Default().
 	Logger *slog.Logger
+	// Tracer, if set, records for every request submitted with a sampled
+	// span in its context a "sequence" span (child of it: from submit to
+	// the end of its batch) and a "store.commit" span (child of that: the
+	// batch's AppendBatch), and hands the sequence span to publish
+	// (Committed.Trace). nil: no tracing work at all.
+	Tracer trace.Tracer
 }
 
 // Request asks to store one message in a channel and place it in the inbox
@@ -170,6 +180,9 @@ type Result struct {
 type Committed struct {
 	Message *store.Message
 	Inbox   []store.InboxEntry
+	// Trace is the request's "sequence" span when it was traced (see
+	// Options.Tracer); invalid otherwise.
+	Trace trace.SpanContext
 }
 
 // Stats are cumulative counters of a Sequencer, safe to read at any time.
@@ -196,6 +209,10 @@ type item struct {
 	// (see "Dedup pre-check").
 	prechecked bool
 	mark       uint64
+	// The submitter's sampled span and when it was submitted (tracing
+	// on only).
+	span   trace.SpanContext
+	queued time.Time
 }
 
 // Sequencer is the group-commit sequencer. Methods are safe for concurrent
@@ -305,6 +322,11 @@ func (s *Sequencer) SubmitContext(ctx context.Context, req *Request, done func(R
 		done = func(Result) {}
 	}
 	it := item{req: req, done: done}
+	if s.opts.Tracer != nil {
+		if sc := trace.SpanContextFromContext(ctx); sc.IsSampled() {
+			it.span, it.queued = sc, time.Now()
+		}
+	}
 	if s.precheck && req.ClientMessageID != "" && req.ChannelID != "" && req.SenderID != "" {
 		// Dedup pre-check (see the package doc): mark is read before the
 		// lookup, so a commit the lookup misses is put after mark.
@@ -702,10 +724,12 @@ func (s *Sequencer) process(batch []item) {
 	}
 
 	failure := errCommit
+	var t0 time.Time
+	var took time.Duration
 	if failErr == nil && (len(b.Messages) > 0 || len(b.Inbox) > 0) {
-		t0 := time.Now()
+		t0 = time.Now()
 		failErr = s.st.AppendBatch(ctx, &b)
-		took := time.Since(t0)
+		took = time.Since(t0)
 		if failErr != nil {
 			s.abort(a)
 		} else if failErr = s.commit(ctx, a, &b); failErr != nil {
@@ -718,6 +742,8 @@ func (s *Sequencer) process(batch []item) {
 			}
 		}
 	}
+	spans := s.traceBatch(batch, ps, committed, t0, took, failErr)
+	defer endSpans(spans)
 	if failErr != nil {
 		s.log.Error("sequence: commit failed; failing batch", "requests", len(batch), "err", failErr)
 		s.release(claims)
@@ -753,6 +779,50 @@ func (s *Sequencer) process(batch []item) {
 			s.failed.Add(1)
 		}
 		batch[i].done(p.res)
+	}
+}
+
+// traceBatch starts the spans of the traced requests of a batch (none
+// when tracing is off or no request was traced): a "sequence" span per
+// request from its submit time, and under it a "store.commit" span of the
+// batch's write (if there was one), ended now. The sequence spans end
+// when the batch is done (endSpans); their contexts go to publish in
+// Committed.Trace.
+func (s *Sequencer) traceBatch(batch []item, ps []pending, committed []Committed, t0 time.Time, took time.Duration, failErr error) []trace.Span {
+	if s.opts.Tracer == nil {
+		return nil
+	}
+	var spans []trace.Span
+	for i := range batch {
+		it := &batch[i]
+		if !it.span.IsValid() {
+			continue
+		}
+		ctx, sp := s.opts.Tracer.Start(trace.ContextWithSpanContext(context.Background(), it.span), "sequence",
+			trace.WithTimestamp(it.queued),
+			trace.WithAttributes(attribute.Int("chat.batch.requests", len(batch)), attribute.String("chat.channel_id", it.req.ChannelID)))
+		if !t0.IsZero() {
+			_, c := s.opts.Tracer.Start(ctx, "store.commit", trace.WithTimestamp(t0),
+				trace.WithAttributes(attribute.Int("chat.batch.messages", len(committed))))
+			if failErr != nil {
+				c.SetStatus(codes.Error, failErr.Error())
+			}
+			c.End(trace.WithTimestamp(t0.Add(took)))
+		}
+		if failErr != nil {
+			sp.SetStatus(codes.Error, failErr.Error())
+		}
+		if c := ps[i].commit; c >= 0 && c < len(committed) {
+			committed[c].Trace = sp.SpanContext()
+		}
+		spans = append(spans, sp)
+	}
+	return spans
+}
+
+func endSpans(spans []trace.Span) {
+	for _, sp := range spans {
+		sp.End()
 	}
 }
 

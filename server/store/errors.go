@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code classifies a domain error: what went wrong, in terms a caller can
@@ -36,11 +37,20 @@ const (
 // must tell it apart from other errors of the same code; the edge sends it
 // as a google.rpc.ErrorInfo detail (server/grpcerr). Reasons are part of
 // the API: once published, one is never renamed.
+//
+// Field, when set, names the request field that broke a rule (the proto
+// field name, a path such as "send.text" for a nested one, "*" for the
+// whole body); the edge sends it as a google.rpc.BadRequest field
+// violation. RetryAfter, when positive, is how long the client should wait
+// before retrying (a rate limit); the edge sends it as a
+// google.rpc.RetryInfo detail.
 type Error struct {
-	Code    Code
-	Message string
-	Err     error
-	Reason  string
+	Code       Code
+	Message    string
+	Err        error
+	Reason     string
+	Field      string
+	RetryAfter time.Duration
 }
 
 // Reasons of the errors that carry one (Error.Reason). They are documented
@@ -54,6 +64,15 @@ const (
 	// ReasonDeviceRevoked: the device was logged out (by itself or by
 	// another device of the user).
 	ReasonDeviceRevoked = "DEVICE_REVOKED"
+	// ReasonRateLimited: too many calls or frames; wait RetryAfter (a
+	// google.rpc.RetryInfo) before retrying.
+	ReasonRateLimited = "RATE_LIMITED"
+	// ReasonSlowConsumer: the stream's send queue overflowed (the device
+	// did not read fast enough); reconnect and sync.
+	ReasonSlowConsumer = "SLOW_CONSUMER"
+	// ReasonServerShutdown: the server is stopping; reconnect (to another
+	// server, see Discovery).
+	ReasonServerShutdown = "SERVER_SHUTDOWN"
 )
 
 // Errorf returns an *Error with code and the formatted message.
@@ -65,6 +84,20 @@ func Errorf(code Code, format string, args ...any) *Error {
 func (e *Error) WithReason(reason string) *Error {
 	c := *e
 	c.Reason = reason
+	return &c
+}
+
+// WithField returns a copy of e with Field set to field.
+func (e *Error) WithField(field string) *Error {
+	c := *e
+	c.Field = field
+	return &c
+}
+
+// WithRetryAfter returns a copy of e with RetryAfter set to d.
+func (e *Error) WithRetryAfter(d time.Duration) *Error {
+	c := *e
+	c.RetryAfter = d
 	return &c
 }
 

@@ -105,27 +105,28 @@ def chatd_bin(tmp_root):
     return str(out)
 
 
-def start_chatd(chatd_bin, tmp_root, attempt):
+def start_chatd(chatd_bin, tmp_root, attempt, name="chatd", extra=()):
     grpc_addr = f"127.0.0.1:{free_port()}"
     http_addr = f"127.0.0.1:{free_port()}"
-    data = tmp_root / f"data-{attempt}"
-    log_path = tmp_root / f"chatd-{attempt}.log"
+    data = tmp_root / f"data-{name}-{attempt}"
+    log_path = tmp_root / f"{name}-{attempt}.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [chatd_bin, "--grpc-addr", grpc_addr, "--http-addr", http_addr, "--data-dir", str(data),
-         "--drain-window", "2s"],  # SIGTERM drains open streams for at most 2 s
+         "--drain-window", "2s",  # SIGTERM drains open streams for at most 2 s
+         *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )
     log.close()
     return Server(proc, grpc_addr, http_addr, log_path)
 
 
-@pytest.fixture(scope="session")
-def server(chatd_bin, tmp_root):
-    """A single-node chatd, SERVING. Retries on other ports if one was taken
-    between choosing it and chatd binding it."""
+def run_chatd(chatd_bin, tmp_root, name="chatd", extra=()):
+    """A single-node chatd, SERVING, until the generator is closed (then a
+    graceful stop that must succeed). Retries on other ports if one was
+    taken between choosing it and chatd binding it."""
     for attempt in range(3):
-        srv = start_chatd(chatd_bin, tmp_root, attempt)
+        srv = start_chatd(chatd_bin, tmp_root, attempt, name, extra)
         channel = grpc.insecure_channel(srv.grpc_addr)
         serving = False
         deadline = time.monotonic() + 30
@@ -154,6 +155,12 @@ def server(chatd_bin, tmp_root):
         pytest.fail("chatd did not stop within 20 s of SIGTERM:\n" + srv.log())
     if code != 0:
         pytest.fail(f"chatd exited with {code} after SIGTERM:\n" + srv.log())
+
+
+@pytest.fixture(scope="session")
+def server(chatd_bin, tmp_root):
+    """The single-node chatd of the gRPC client tests."""
+    yield from run_chatd(chatd_bin, tmp_root)
 
 
 @pytest.fixture(scope="session")

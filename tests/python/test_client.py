@@ -396,3 +396,46 @@ def test_strangers(channel, accounts):
     # The member can.
     h = chat.GetHistory(chat_pb2.GetHistoryRequest(channel_id=g.channel_id), metadata=member.md("laptop"), timeout=WAIT)
     assert "members only" in [m.text for m in h.messages]
+
+
+def test_error_details(channel, run_id):
+    """google.rpc error details (grpc-status-details-bin) read by a stack
+    nobody here wrote, with grpcio-status: a bad sign-up names its field in
+    a BadRequest; a token of a logged-out device says DEVICE_REVOKED in an
+    ErrorInfo of domain chatd."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    def details(err):
+        st = rpc_status.from_call(err)
+        assert st is not None, f"no details on {err.code()} {err.details()}"
+        out = {}
+        for d in st.details:
+            for cls in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
+                if d.Is(cls.DESCRIPTOR):
+                    m = cls()
+                    d.Unpack(m)
+                    out[cls.__name__] = m
+        return out
+
+    acc = account_pb2_grpc.AccountServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as e:
+        acc.SignUp(account_pb2.SignUpRequest(username="-x" + run_id, password="longpassword", display_name="D"), timeout=WAIT)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = details(e.value)["BadRequest"]
+    assert [v.field for v in bad.field_violations] == ["username"], bad
+
+    with pytest.raises(grpc.RpcError) as e:
+        acc.SignUp(account_pb2.SignUpRequest(username="d" + run_id, password="short", display_name="D"), timeout=WAIT)
+    assert details(e.value)["BadRequest"].field_violations[0].field == "password"
+
+    user = "det" + run_id
+    acc.SignUp(account_pb2.SignUpRequest(username=user, password="longpassword", display_name="D"), timeout=WAIT)
+    tok = acc.LogIn(account_pb2.LogInRequest(username=user, password="longpassword", device_name="d"), timeout=WAIT).access_token
+    md = [("authorization", "Bearer " + tok)]
+    acc.LogOut(account_pb2.LogOutRequest(), metadata=md, timeout=WAIT)
+    with pytest.raises(grpc.RpcError) as e:
+        acc.ListDevices(account_pb2.ListDevicesRequest(), metadata=md, timeout=WAIT)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    info = details(e.value)["ErrorInfo"]
+    assert (info.reason, info.domain) == ("DEVICE_REVOKED", "chatd"), info

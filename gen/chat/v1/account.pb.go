@@ -744,8 +744,8 @@ func (x *RevokeOtherDevicesResponse) GetRevokedDeviceIds() []string {
 
 type GetProfileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// username: any spelling of a username, or "me" for the caller (never
-	// a username: they have at least 3 characters).
+	// username: any spelling of a username, or "me" or empty for the caller
+	// ("me" is never a username: they have at least 3 characters).
 	Username      string `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -9,6 +9,7 @@ package chatv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1958,8 +1959,14 @@ func (x *UnreadEvent) GetTotalCapped() bool {
 type FrameError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// code is a google.rpc.Code (gRPC status code) value.
-	Code          int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Code    int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// details are the google.rpc error details a unary error of the same
+	// cause carries in grpc-status-details-bin (google.rpc.Status.details):
+	// ErrorInfo (domain "chatd") with a reason such as RATE_LIMITED,
+	// RetryInfo (how long to wait before sending again), BadRequest (the
+	// field at fault). See docs/clients.md.
+	Details       []*anypb.Any `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2006,6 +2013,13 @@ func (x *FrameError) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *FrameError) GetDetails() []*anypb.Any {
+	if x != nil {
+		return x.Details
+	}
+	return nil
 }
 
 type Channel struct {
@@ -3573,7 +3587,7 @@ var File_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x17chat/v1/discovery.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
+	"\x12chat/v1/chat.proto\x12\achat.v1\x1a\x17chat/v1/discovery.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x1d\n" +
@@ -3709,11 +3723,12 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"read_up_to\x18\x03 \x01(\x04R\breadUpTo\x12!\n" +
 	"\ftotal_unread\x18\x04 \x01(\rR\vtotalUnread\x12#\n" +
 	"\runread_capped\x18\x05 \x01(\bR\funreadCapped\x12!\n" +
-	"\ftotal_capped\x18\x06 \x01(\bR\vtotalCapped\":\n" +
+	"\ftotal_capped\x18\x06 \x01(\bR\vtotalCapped\"j\n" +
 	"\n" +
 	"FrameError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xdb\x04\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails\"\xdb\x04\n" +
 	"\aChannel\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\tR\tchannelId\x12(\n" +
@@ -3931,6 +3946,7 @@ var file_chat_v1_chat_proto_goTypes = []any{
 	(*UnmuteChannelResponse)(nil),   // 52: chat.v1.UnmuteChannelResponse
 	(*timestamppb.Timestamp)(nil),   // 53: google.protobuf.Timestamp
 	(*Endpoint)(nil),                // 54: chat.v1.Endpoint
+	(*anypb.Any)(nil),               // 55: google.protobuf.Any
 }
 var file_chat_v1_chat_proto_depIdxs = []int32{
 	53, // 0: chat.v1.Message.created_at:type_name -> google.protobuf.Timestamp
@@ -3961,59 +3977,60 @@ var file_chat_v1_chat_proto_depIdxs = []int32{
 	4,  // 25: chat.v1.SyncPage.deliveries:type_name -> chat.v1.Delivery
 	53, // 26: chat.v1.TypingEvent.expires_at:type_name -> google.protobuf.Timestamp
 	53, // 27: chat.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	0,  // 28: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
-	26, // 29: chat.v1.Channel.members:type_name -> chat.v1.Member
-	53, // 30: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
-	53, // 31: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
-	3,  // 32: chat.v1.Channel.last_message:type_name -> chat.v1.Message
-	22, // 33: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
-	53, // 34: chat.v1.Channel.muted_until:type_name -> google.protobuf.Timestamp
-	1,  // 35: chat.v1.Member.role:type_name -> chat.v1.MemberRole
-	25, // 36: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
-	1,  // 37: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
-	25, // 38: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
-	25, // 39: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
-	25, // 40: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
-	3,  // 41: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
-	23, // 42: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
-	17, // 43: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
-	17, // 44: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
-	22, // 45: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
-	53, // 46: chat.v1.MuteChannelRequest.until:type_name -> google.protobuf.Timestamp
-	53, // 47: chat.v1.MuteChannelResponse.until:type_name -> google.protobuf.Timestamp
-	5,  // 48: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
-	27, // 49: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
-	29, // 50: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
-	31, // 51: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
-	33, // 52: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
-	35, // 53: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
-	37, // 54: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
-	39, // 55: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
-	41, // 56: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
-	43, // 57: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
-	45, // 58: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
-	47, // 59: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
-	49, // 60: chat.v1.ChatService.MuteChannel:input_type -> chat.v1.MuteChannelRequest
-	51, // 61: chat.v1.ChatService.UnmuteChannel:input_type -> chat.v1.UnmuteChannelRequest
-	14, // 62: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
-	28, // 63: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
-	30, // 64: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
-	32, // 65: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
-	34, // 66: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
-	36, // 67: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
-	38, // 68: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
-	40, // 69: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
-	42, // 70: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
-	44, // 71: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
-	46, // 72: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
-	48, // 73: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
-	50, // 74: chat.v1.ChatService.MuteChannel:output_type -> chat.v1.MuteChannelResponse
-	52, // 75: chat.v1.ChatService.UnmuteChannel:output_type -> chat.v1.UnmuteChannelResponse
-	62, // [62:76] is the sub-list for method output_type
-	48, // [48:62] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	55, // 28: chat.v1.FrameError.details:type_name -> google.protobuf.Any
+	0,  // 29: chat.v1.Channel.type:type_name -> chat.v1.ChannelType
+	26, // 30: chat.v1.Channel.members:type_name -> chat.v1.Member
+	53, // 31: chat.v1.Channel.created_at:type_name -> google.protobuf.Timestamp
+	53, // 32: chat.v1.Channel.last_activity_at:type_name -> google.protobuf.Timestamp
+	3,  // 33: chat.v1.Channel.last_message:type_name -> chat.v1.Message
+	22, // 34: chat.v1.Channel.receipts:type_name -> chat.v1.ReceiptEvent
+	53, // 35: chat.v1.Channel.muted_until:type_name -> google.protobuf.Timestamp
+	1,  // 36: chat.v1.Member.role:type_name -> chat.v1.MemberRole
+	25, // 37: chat.v1.CreateGroupResponse.channel:type_name -> chat.v1.Channel
+	1,  // 38: chat.v1.AddMemberRequest.role:type_name -> chat.v1.MemberRole
+	25, // 39: chat.v1.AddMemberResponse.channel:type_name -> chat.v1.Channel
+	25, // 40: chat.v1.ListChannelsResponse.channels:type_name -> chat.v1.Channel
+	25, // 41: chat.v1.GetChannelResponse.channel:type_name -> chat.v1.Channel
+	3,  // 42: chat.v1.GetHistoryResponse.messages:type_name -> chat.v1.Message
+	23, // 43: chat.v1.MarkReadResponse.unread:type_name -> chat.v1.UnreadEvent
+	17, // 44: chat.v1.EditMessageResponse.ack:type_name -> chat.v1.SendAck
+	17, // 45: chat.v1.DeleteMessageResponse.ack:type_name -> chat.v1.SendAck
+	22, // 46: chat.v1.GetReceiptsResponse.receipts:type_name -> chat.v1.ReceiptEvent
+	53, // 47: chat.v1.MuteChannelRequest.until:type_name -> google.protobuf.Timestamp
+	53, // 48: chat.v1.MuteChannelResponse.until:type_name -> google.protobuf.Timestamp
+	5,  // 49: chat.v1.ChatService.Chat:input_type -> chat.v1.ClientFrame
+	27, // 50: chat.v1.ChatService.CreateGroup:input_type -> chat.v1.CreateGroupRequest
+	29, // 51: chat.v1.ChatService.AddMember:input_type -> chat.v1.AddMemberRequest
+	31, // 52: chat.v1.ChatService.RemoveMember:input_type -> chat.v1.RemoveMemberRequest
+	33, // 53: chat.v1.ChatService.ListChannels:input_type -> chat.v1.ListChannelsRequest
+	35, // 54: chat.v1.ChatService.GetChannel:input_type -> chat.v1.GetChannelRequest
+	37, // 55: chat.v1.ChatService.GetHistory:input_type -> chat.v1.GetHistoryRequest
+	39, // 56: chat.v1.ChatService.MarkRead:input_type -> chat.v1.MarkReadRequest
+	41, // 57: chat.v1.ChatService.EditMessage:input_type -> chat.v1.EditMessageRequest
+	43, // 58: chat.v1.ChatService.DeleteMessage:input_type -> chat.v1.DeleteMessageRequest
+	45, // 59: chat.v1.ChatService.GetReceipts:input_type -> chat.v1.GetReceiptsRequest
+	47, // 60: chat.v1.ChatService.SetReadReceipts:input_type -> chat.v1.SetReadReceiptsRequest
+	49, // 61: chat.v1.ChatService.MuteChannel:input_type -> chat.v1.MuteChannelRequest
+	51, // 62: chat.v1.ChatService.UnmuteChannel:input_type -> chat.v1.UnmuteChannelRequest
+	14, // 63: chat.v1.ChatService.Chat:output_type -> chat.v1.ServerFrame
+	28, // 64: chat.v1.ChatService.CreateGroup:output_type -> chat.v1.CreateGroupResponse
+	30, // 65: chat.v1.ChatService.AddMember:output_type -> chat.v1.AddMemberResponse
+	32, // 66: chat.v1.ChatService.RemoveMember:output_type -> chat.v1.RemoveMemberResponse
+	34, // 67: chat.v1.ChatService.ListChannels:output_type -> chat.v1.ListChannelsResponse
+	36, // 68: chat.v1.ChatService.GetChannel:output_type -> chat.v1.GetChannelResponse
+	38, // 69: chat.v1.ChatService.GetHistory:output_type -> chat.v1.GetHistoryResponse
+	40, // 70: chat.v1.ChatService.MarkRead:output_type -> chat.v1.MarkReadResponse
+	42, // 71: chat.v1.ChatService.EditMessage:output_type -> chat.v1.EditMessageResponse
+	44, // 72: chat.v1.ChatService.DeleteMessage:output_type -> chat.v1.DeleteMessageResponse
+	46, // 73: chat.v1.ChatService.GetReceipts:output_type -> chat.v1.GetReceiptsResponse
+	48, // 74: chat.v1.ChatService.SetReadReceipts:output_type -> chat.v1.SetReadReceiptsResponse
+	50, // 75: chat.v1.ChatService.MuteChannel:output_type -> chat.v1.MuteChannelResponse
+	52, // 76: chat.v1.ChatService.UnmuteChannel:output_type -> chat.v1.UnmuteChannelResponse
+	63, // [63:77] is the sub-list for method output_type
+	49, // [49:63] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_chat_v1_chat_proto_init() }

@@ -61,12 +61,19 @@ type ChatServiceClient interface {
 	// that a client can tell them apart from others of the same code:
 	//   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
 	//     stream and this, its oldest, was closed. Do not reconnect: the
-	//     reconnect would close the next stream of the device, and so on. A
-	//     queue overflow (also ResourceExhausted) has no reason: reconnect.
+	//     reconnect would close the next stream of the device, and so on.
+	//   - SLOW_CONSUMER (ResourceExhausted): the send queue overflowed (the
+	//     device did not read fast enough): reconnect and sync.
+	//   - RATE_LIMITED (ResourceExhausted): the send queue filled with the
+	//     replies to frames refused by the frame rate limit; a
+	//     google.rpc.RetryInfo says how long to wait. Also the reason of a
+	//     FrameError of a refused frame, and of a unary call or stream open
+	//     over the per-user rate limit.
 	//   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
 	//   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
 	//     itself or by another device of the user (RevokeDevice,
 	//     RevokeOtherDevices); log in again.
+	//   - SERVER_SHUTDOWN (Unavailable): the server is stopping; reconnect.
 	//
 	// Reasons are never renamed; new ones may be added, so treat an unknown
 	// reason as no reason.
@@ -91,7 +98,10 @@ type ChatServiceClient interface {
 	// GetChannel returns one channel with its members. Errors: NotFound if it
 	// does not exist, PermissionDenied for non-members.
 	GetChannel(ctx context.Context, in *GetChannelRequest, opts ...grpc.CallOption) (*GetChannelResponse, error)
-	// GetHistory pages through a channel's messages by message_id.
+	// GetHistory pages through a channel's messages by message_id. A page
+	// holds at most page_size messages and stops near 3 MB of encoded
+	// messages (as a sync page does), so that it fits the 4 MiB a gRPC client
+	// receives by default: then more is set and next_message_id continues.
 	// Errors: NotFound if the channel does not exist, PermissionDenied for
 	// non-members, InvalidArgument for a bad page size.
 	GetHistory(ctx context.Context, in *GetHistoryRequest, opts ...grpc.CallOption) (*GetHistoryResponse, error)
@@ -131,8 +141,9 @@ type ChatServiceClient interface {
 	// MuteChannel mutes a channel for the caller until a time, or forever:
 	// no push notification is sent to the caller's devices for its
 	// messages. Messages are still delivered to open streams and still count
-	// as unread. Muting again replaces the time. Errors: InvalidArgument (no
-	// channel id, or until in the past), NotFound (no such channel),
+	// as unread. Muting again replaces the time; an until that is not in the
+	// future ends the mute at once (the reply's until says when it ended).
+	// Errors: InvalidArgument (no channel id), NotFound (no such channel),
 	// PermissionDenied (the caller is not a member).
 	MuteChannel(ctx context.Context, in *MuteChannelRequest, opts ...grpc.CallOption) (*MuteChannelResponse, error)
 	// UnmuteChannel ends the caller's mute of a channel (idempotent).
@@ -317,12 +328,19 @@ type ChatServiceServer interface {
 	// that a client can tell them apart from others of the same code:
 	//   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
 	//     stream and this, its oldest, was closed. Do not reconnect: the
-	//     reconnect would close the next stream of the device, and so on. A
-	//     queue overflow (also ResourceExhausted) has no reason: reconnect.
+	//     reconnect would close the next stream of the device, and so on.
+	//   - SLOW_CONSUMER (ResourceExhausted): the send queue overflowed (the
+	//     device did not read fast enough): reconnect and sync.
+	//   - RATE_LIMITED (ResourceExhausted): the send queue filled with the
+	//     replies to frames refused by the frame rate limit; a
+	//     google.rpc.RetryInfo says how long to wait. Also the reason of a
+	//     FrameError of a refused frame, and of a unary call or stream open
+	//     over the per-user rate limit.
 	//   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
 	//   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
 	//     itself or by another device of the user (RevokeDevice,
 	//     RevokeOtherDevices); log in again.
+	//   - SERVER_SHUTDOWN (Unavailable): the server is stopping; reconnect.
 	//
 	// Reasons are never renamed; new ones may be added, so treat an unknown
 	// reason as no reason.
@@ -347,7 +365,10 @@ type ChatServiceServer interface {
 	// GetChannel returns one channel with its members. Errors: NotFound if it
 	// does not exist, PermissionDenied for non-members.
 	GetChannel(context.Context, *GetChannelRequest) (*GetChannelResponse, error)
-	// GetHistory pages through a channel's messages by message_id.
+	// GetHistory pages through a channel's messages by message_id. A page
+	// holds at most page_size messages and stops near 3 MB of encoded
+	// messages (as a sync page does), so that it fits the 4 MiB a gRPC client
+	// receives by default: then more is set and next_message_id continues.
 	// Errors: NotFound if the channel does not exist, PermissionDenied for
 	// non-members, InvalidArgument for a bad page size.
 	GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error)
@@ -387,8 +408,9 @@ type ChatServiceServer interface {
 	// MuteChannel mutes a channel for the caller until a time, or forever:
 	// no push notification is sent to the caller's devices for its
 	// messages. Messages are still delivered to open streams and still count
-	// as unread. Muting again replaces the time. Errors: InvalidArgument (no
-	// channel id, or until in the past), NotFound (no such channel),
+	// as unread. Muting again replaces the time; an until that is not in the
+	// future ends the mute at once (the reply's until says when it ended).
+	// Errors: InvalidArgument (no channel id), NotFound (no such channel),
 	// PermissionDenied (the caller is not a member).
 	MuteChannel(context.Context, *MuteChannelRequest) (*MuteChannelResponse, error)
 	// UnmuteChannel ends the caller's mute of a channel (idempotent).

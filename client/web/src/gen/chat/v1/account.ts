@@ -106,8 +106,8 @@ export interface RevokeOtherDevicesResponse {
 
 export interface GetProfileRequest {
   /**
-   * username: any spelling of a username, or "me" for the caller (never
-   * a username: they have at least 3 characters).
+   * username: any spelling of a username, or "me" or empty for the caller
+   * ("me" is never a username: they have at least 3 characters).
    */
   username: string;
 }

@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
+import { Any } from "../../google/protobuf/any.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Endpoint } from "./discovery.js";
 
@@ -491,6 +492,14 @@ export interface FrameError {
   /** code is a google.rpc.Code (gRPC status code) value. */
   code: number;
   message: string;
+  /**
+   * details are the google.rpc error details a unary error of the same
+   * cause carries in grpc-status-details-bin (google.rpc.Status.details):
+   * ErrorInfo (domain "chatd") with a reason such as RATE_LIMITED,
+   * RetryInfo (how long to wait before sending again), BadRequest (the
+   * field at fault). See docs/clients.md.
+   */
+  details: Any[];
 }
 
 export interface Channel {
@@ -3548,7 +3557,7 @@ export const UnreadEvent: MessageFns<UnreadEvent> = {
 };
 
 function createBaseFrameError(): FrameError {
-  return { code: 0, message: "" };
+  return { code: 0, message: "", details: [] };
 }
 
 export const FrameError: MessageFns<FrameError> = {
@@ -3558,6 +3567,9 @@ export const FrameError: MessageFns<FrameError> = {
     }
     if (message.message !== "") {
       writer.uint32(18).string(message.message);
+    }
+    for (const v of message.details) {
+      Any.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -3591,6 +3603,14 @@ export const FrameError: MessageFns<FrameError> = {
             message.message = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.details.push(Any.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3607,6 +3627,7 @@ export const FrameError: MessageFns<FrameError> = {
     return {
       code: isSet(object.code) ? globalThis.Number(object.code) : 0,
       message: isSet(object.message) ? globalThis.String(object.message) : "",
+      details: globalThis.Array.isArray(object?.details) ? object.details.map((e: any) => Any.fromJSON(e)) : [],
     };
   },
 
@@ -3618,6 +3639,9 @@ export const FrameError: MessageFns<FrameError> = {
     if (message.message !== "") {
       obj.message = message.message;
     }
+    if (message.details?.length) {
+      obj.details = message.details.map((e) => Any.toJSON(e));
+    }
     return obj;
   },
 
@@ -3628,6 +3652,7 @@ export const FrameError: MessageFns<FrameError> = {
     const message = createBaseFrameError();
     message.code = object.code ?? 0;
     message.message = object.message ?? "";
+    message.details = object.details?.map((e) => Any.fromPartial(e)) || [];
     return message;
   },
 };
@@ -6384,12 +6409,19 @@ export const ChatServiceDefinition = {
      * that a client can tell them apart from others of the same code:
      *   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
      *     stream and this, its oldest, was closed. Do not reconnect: the
-     *     reconnect would close the next stream of the device, and so on. A
-     *     queue overflow (also ResourceExhausted) has no reason: reconnect.
+     *     reconnect would close the next stream of the device, and so on.
+     *   - SLOW_CONSUMER (ResourceExhausted): the send queue overflowed (the
+     *     device did not read fast enough): reconnect and sync.
+     *   - RATE_LIMITED (ResourceExhausted): the send queue filled with the
+     *     replies to frames refused by the frame rate limit; a
+     *     google.rpc.RetryInfo says how long to wait. Also the reason of a
+     *     FrameError of a refused frame, and of a unary call or stream open
+     *     over the per-user rate limit.
      *   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
      *   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
      *     itself or by another device of the user (RevokeDevice,
      *     RevokeOtherDevices); log in again.
+     *   - SERVER_SHUTDOWN (Unavailable): the server is stopping; reconnect.
      * Reasons are never renamed; new ones may be added, so treat an unknown
      * reason as no reason.
      *
@@ -6465,7 +6497,10 @@ export const ChatServiceDefinition = {
       options: {},
     },
     /**
-     * GetHistory pages through a channel's messages by message_id.
+     * GetHistory pages through a channel's messages by message_id. A page
+     * holds at most page_size messages and stops near 3 MB of encoded
+     * messages (as a sync page does), so that it fits the 4 MiB a gRPC client
+     * receives by default: then more is set and next_message_id continues.
      * Errors: NotFound if the channel does not exist, PermissionDenied for
      * non-members, InvalidArgument for a bad page size.
      */
@@ -6559,8 +6594,9 @@ export const ChatServiceDefinition = {
      * MuteChannel mutes a channel for the caller until a time, or forever:
      * no push notification is sent to the caller's devices for its
      * messages. Messages are still delivered to open streams and still count
-     * as unread. Muting again replaces the time. Errors: InvalidArgument (no
-     * channel id, or until in the past), NotFound (no such channel),
+     * as unread. Muting again replaces the time; an until that is not in the
+     * future ends the mute at once (the reply's until says when it ended).
+     * Errors: InvalidArgument (no channel id), NotFound (no such channel),
      * PermissionDenied (the caller is not a member).
      */
     muteChannel: {
@@ -6606,12 +6642,19 @@ export interface ChatServiceImplementation<CallContextExt = {}> {
    * that a client can tell them apart from others of the same code:
    *   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
    *     stream and this, its oldest, was closed. Do not reconnect: the
-   *     reconnect would close the next stream of the device, and so on. A
-   *     queue overflow (also ResourceExhausted) has no reason: reconnect.
+   *     reconnect would close the next stream of the device, and so on.
+   *   - SLOW_CONSUMER (ResourceExhausted): the send queue overflowed (the
+   *     device did not read fast enough): reconnect and sync.
+   *   - RATE_LIMITED (ResourceExhausted): the send queue filled with the
+   *     replies to frames refused by the frame rate limit; a
+   *     google.rpc.RetryInfo says how long to wait. Also the reason of a
+   *     FrameError of a refused frame, and of a unary call or stream open
+   *     over the per-user rate limit.
    *   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
    *   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
    *     itself or by another device of the user (RevokeDevice,
    *     RevokeOtherDevices); log in again.
+   *   - SERVER_SHUTDOWN (Unavailable): the server is stopping; reconnect.
    * Reasons are never renamed; new ones may be added, so treat an unknown
    * reason as no reason.
    *
@@ -6660,7 +6703,10 @@ export interface ChatServiceImplementation<CallContextExt = {}> {
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<GetChannelResponse>>;
   /**
-   * GetHistory pages through a channel's messages by message_id.
+   * GetHistory pages through a channel's messages by message_id. A page
+   * holds at most page_size messages and stops near 3 MB of encoded
+   * messages (as a sync page does), so that it fits the 4 MiB a gRPC client
+   * receives by default: then more is set and next_message_id continues.
    * Errors: NotFound if the channel does not exist, PermissionDenied for
    * non-members, InvalidArgument for a bad page size.
    */
@@ -6727,8 +6773,9 @@ export interface ChatServiceImplementation<CallContextExt = {}> {
    * MuteChannel mutes a channel for the caller until a time, or forever:
    * no push notification is sent to the caller's devices for its
    * messages. Messages are still delivered to open streams and still count
-   * as unread. Muting again replaces the time. Errors: InvalidArgument (no
-   * channel id, or until in the past), NotFound (no such channel),
+   * as unread. Muting again replaces the time; an until that is not in the
+   * future ends the mute at once (the reply's until says when it ended).
+   * Errors: InvalidArgument (no channel id), NotFound (no such channel),
    * PermissionDenied (the caller is not a member).
    */
   muteChannel(
@@ -6765,12 +6812,19 @@ export interface ChatServiceClient<CallOptionsExt = {}> {
    * that a client can tell them apart from others of the same code:
    *   - STREAM_REPLACED (ResourceExhausted): the same device opened a newer
    *     stream and this, its oldest, was closed. Do not reconnect: the
-   *     reconnect would close the next stream of the device, and so on. A
-   *     queue overflow (also ResourceExhausted) has no reason: reconnect.
+   *     reconnect would close the next stream of the device, and so on.
+   *   - SLOW_CONSUMER (ResourceExhausted): the send queue overflowed (the
+   *     device did not read fast enough): reconnect and sync.
+   *   - RATE_LIMITED (ResourceExhausted): the send queue filled with the
+   *     replies to frames refused by the frame rate limit; a
+   *     google.rpc.RetryInfo says how long to wait. Also the reason of a
+   *     FrameError of a refused frame, and of a unary call or stream open
+   *     over the per-user rate limit.
    *   - TOKEN_EXPIRED (Unauthenticated): the token expired; log in again.
    *   - DEVICE_REVOKED (Unauthenticated): the device was logged out, by
    *     itself or by another device of the user (RevokeDevice,
    *     RevokeOtherDevices); log in again.
+   *   - SERVER_SHUTDOWN (Unavailable): the server is stopping; reconnect.
    * Reasons are never renamed; new ones may be added, so treat an unknown
    * reason as no reason.
    *
@@ -6819,7 +6873,10 @@ export interface ChatServiceClient<CallOptionsExt = {}> {
     options?: CallOptions & CallOptionsExt,
   ): Promise<GetChannelResponse>;
   /**
-   * GetHistory pages through a channel's messages by message_id.
+   * GetHistory pages through a channel's messages by message_id. A page
+   * holds at most page_size messages and stops near 3 MB of encoded
+   * messages (as a sync page does), so that it fits the 4 MiB a gRPC client
+   * receives by default: then more is set and next_message_id continues.
    * Errors: NotFound if the channel does not exist, PermissionDenied for
    * non-members, InvalidArgument for a bad page size.
    */
@@ -6886,8 +6943,9 @@ export interface ChatServiceClient<CallOptionsExt = {}> {
    * MuteChannel mutes a channel for the caller until a time, or forever:
    * no push notification is sent to the caller's devices for its
    * messages. Messages are still delivered to open streams and still count
-   * as unread. Muting again replaces the time. Errors: InvalidArgument (no
-   * channel id, or until in the past), NotFound (no such channel),
+   * as unread. Muting again replaces the time; an until that is not in the
+   * future ends the mute at once (the reply's until says when it ended).
+   * Errors: InvalidArgument (no channel id), NotFound (no such channel),
    * PermissionDenied (the caller is not a member).
    */
   muteChannel(
