@@ -58,8 +58,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.Logger = newLogger(stderr, o.logLevel, o.logFormat)
 	slog.SetDefault(cfg.Logger)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// The first SIGINT or SIGTERM drains (--drain-window); a second one cuts
+	// the drain short and stops at once (still flushing what was accepted).
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	second := make(chan struct{})
+	go func() {
+		<-sigs
+		stop()
+		<-sigs
+		close(second)
+	}()
 	if cmd == "migrate" {
 		if err := app.Migrate(ctx, cfg, o.replicationClass, o.replicationFactor); err != nil {
 			cfg.Logger.Error("migrate failed", "err", err)
@@ -73,6 +85,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cfg.Logger.Error("start failed", "err", err)
 		return 1
 	}
+	go func() {
+		select {
+		case <-second:
+			a.Hurry()
+		case <-a.Drained():
+		}
+	}()
 	if err := a.Run(ctx); err != nil {
 		cfg.Logger.Error("chatd stopped with error", "err", err)
 		return 1

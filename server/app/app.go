@@ -133,8 +133,10 @@ type App struct {
 	discReg        discovery.Registry
 	drainOnce      sync.Once
 	drained        chan struct{} // closed when a drain is over
-	drainStreams   int           // streams open when the drain began
-	adminLis       net.Listener  // nil unless Config.AdminAddr
+	hurry          chan struct{} // closed by Hurry: stop waiting for the drain
+	hurryOnce      sync.Once
+	drainStreams   int          // streams open when the drain began
+	adminLis       net.Listener // nil unless Config.AdminAddr
 	adminServer    *grpc.Server
 
 	grpcLis, httpLis net.Listener
@@ -159,7 +161,7 @@ func New(cfg Config) (*App, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	a := &App{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 2), drained: make(chan struct{})}
+	a := &App{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 2), drained: make(chan struct{}), hurry: make(chan struct{})}
 	a.registry = prometheus.NewRegistry()
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, step := range []func() error{
@@ -603,7 +605,11 @@ func (a *App) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		a.Drain()
-		<-a.Drained()
+		select {
+		case <-a.Drained():
+		case <-a.hurry:
+			a.log.Info("drain cut short (second signal): closing the streams left now", "streams_left", a.hub.Count())
+		}
 		return a.Close()
 	case <-a.drained:
 		return a.Close()

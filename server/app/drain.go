@@ -65,6 +65,14 @@ func (a *App) Drain() int {
 	return n
 }
 
+// Hurry cuts a drain short: Run stops waiting for the drain window and
+// closes at once as Close does (the streams left end with Unavailable,
+// in-flight sends finish, the sequencer flushes its last group commit, so
+// nothing acknowledged is lost). chatd calls it on a second SIGTERM or
+// SIGINT, as operators expect of a second Ctrl-C. Safe to call more than
+// once, and before a drain (the next drain then ends at once).
+func (a *App) Hurry() { a.hurryOnce.Do(func() { close(a.hurry) }) }
+
 // Drained is closed when a drain has moved every device off or its window
 // is over.
 func (a *App) Drained() <-chan struct{} { return a.drained }

@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd/chatd/client"
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/store"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -181,6 +183,67 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if err := p.wait(t); err != nil {
 		t.Fatalf("chatd exit after SIGTERM: %v\n%s", err, p.stderr)
+	}
+}
+
+// TestSecondSignalCutsDrainShort: a second SIGTERM during a drain stops
+// chatd at once, long before its drain window (here 5 minutes) is over: the
+// stream left ends with Unavailable (SERVER_SHUTDOWN), a message
+// acknowledged during the
+// drain is kept, and the process exits 0.
+func TestSecondSignalCutsDrainShort(t *testing.T) {
+	dir := t.TempDir()
+	// A silent stream is not closed for 10 minutes either: only the second
+	// signal can end this drain early.
+	p := startChatd(t, dir, "--drain-window", "5m", "--presence-grace", "10m")
+	cc := dial(t, p.grpc)
+	alice := signUpLogIn(t, cc, "alice", "phone")
+	signUpLogIn(t, cc, "bob", "phone")
+	st := openStream(t, alice)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := st.s.Recv()
+		if err != nil {
+			t.Fatalf("stream ended before its Drain frame: %v", err)
+		}
+		if f.GetDrain() != nil {
+			break
+		}
+	}
+	ack := st.send("bob", "drain-1", "sent while draining") // a draining server still accepts sends on open streams
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := st.s.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-ended:
+		if status.Code(err) != codes.Unavailable || client.Reason(err) != store.ReasonServerShutdown {
+			t.Fatalf("stream ended with %v (reason %q), want Unavailable SERVER_SHUTDOWN", err, client.Reason(err))
+		}
+	case <-time.After(30 * time.Second): // the drain window is 5 minutes
+		t.Fatalf("the stream was still open 30 s after the second SIGTERM\n%s", p.stderr)
+	}
+	if err := p.wait(t); err != nil { // fails after 30 s, far inside the 5 minute window
+		t.Fatalf("chatd exit after a second SIGTERM: %v\n%s", err, p.stderr)
+	}
+	p2 := startChatd(t, dir)
+	hist, err := chatv1.NewChatServiceClient(dial(t, p2.grpc)).GetHistory(alice.withConn(dial(t, p2.grpc)).ctx(context.Background()),
+		&chatv1.GetHistoryRequest{ToUser: "bob", PageSize: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(hist.GetMessages()); n != 1 || hist.GetMessages()[0].GetMessageId() != ack.GetMessageId() {
+		t.Fatalf("history after the cut-short drain: %v, want the one acknowledged message %d", hist.GetMessages(), ack.GetMessageId())
 	}
 }
 
