@@ -296,7 +296,21 @@ type group struct {
 // pass reads the queue and starts a send for every group whose earliest
 // job is due: the whole group (jobs not due yet included) becomes one
 // push with the newest message and the current unread count.
+//
+// The jobs of sends in flight are skipped by the marks taken before the
+// read: a send that finishes while the read is under way deletes its jobs
+// and clears its marks, and the read may still return those jobs; checked
+// against the marks of after the read they would be sent twice. Only pass
+// starts sends, so no mark appears during the read.
 func (d *Dispatcher) pass(sends *sync.WaitGroup) {
+	var busy map[uint64]struct{}
+	d.inflight.Range(func(k, _ any) bool {
+		if busy == nil {
+			busy = make(map[uint64]struct{})
+		}
+		busy[k.(uint64)] = struct{}{}
+		return true
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	jobs, err := d.cfg.Queue.PushJobs(ctx, DefaultScanLimit)
 	cancel()
@@ -315,7 +329,7 @@ func (d *Dispatcher) pass(sends *sync.WaitGroup) {
 	groups := make(map[key]*group)
 	var order []*group
 	for _, j := range jobs {
-		if _, busy := d.inflight.Load(j.ID); busy {
+		if _, ok := busy[j.ID]; ok {
 			continue
 		}
 		k := key{j.UserID, j.ChannelID, j.DeviceID}

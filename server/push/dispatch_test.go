@@ -258,3 +258,76 @@ func TestDispatcher_CloseLeavesHungSendQueued(t *testing.T) {
 		t.Fatalf("queue after Close: %+v, want bob's job kept", js)
 	}
 }
+
+// stallQueue is the rig's queue with one read held back: after armed is
+// set, the next PushJobs that finds jobs returns them only after a
+// DeletePushJobs has completed (and the sender has had time to clear its
+// in-flight marks), as a slow queue read racing a send that finishes.
+type stallQueue struct {
+	store.PushQueue
+	armed   atomic.Bool
+	deleted chan struct{}
+}
+
+func (q *stallQueue) PushJobs(ctx context.Context, limit int) ([]store.PushJob, error) {
+	js, err := q.PushQueue.PushJobs(ctx, limit)
+	if len(js) > 0 && q.armed.CompareAndSwap(true, false) {
+		<-q.deleted
+		time.Sleep(50 * time.Millisecond)
+	}
+	return js, err
+}
+
+func (q *stallQueue) DeletePushJobs(ctx context.Context, ids []uint64) error {
+	err := q.PushQueue.DeletePushJobs(ctx, ids)
+	select {
+	case q.deleted <- struct{}{}:
+	default:
+	}
+	return err
+}
+
+// A queue read that started while a group was being sent, and returns
+// after that send deleted the group's jobs, must not send the group
+// again (seen end to end in TestCluster_Push/BurstCollapses: a third push
+// from two servers, the Redis read racing the send's XACK).
+func TestDispatcher_ReadRacingSendNoDuplicate(t *testing.T) {
+	st, err := pebble.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	q := &stallQueue{PushQueue: st, deleted: make(chan struct{}, 1)}
+	p := &fakeProvider{kind: store.PushFCM, hold: 50 * time.Millisecond}
+	p.answer = func(*push.Notification) error { return nil }
+	d, err := push.New(push.Config{Store: st, Queue: q, Providers: []push.Provider{&armingProvider{p, q}},
+		HasStream: func(string) bool { return false },
+		Unread:    func(context.Context, string, string) (uint32, uint32, error) { return 1, 1, nil },
+		Poll:      10 * time.Millisecond, Window: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Start()
+	t.Cleanup(d.Close)
+	r := &rig{st: st, d: d}
+	r.target(t, "bob", "phone", store.PushFCM)
+	r.message("bob", 1, time.Now())
+	waitUntil(t, "the push sent", func() bool { return p.count() >= 1 })
+	waitUntil(t, "queue drained", func() bool { return len(queued(t, st)) == 0 })
+	time.Sleep(200 * time.Millisecond)
+	if n := p.count(); n != 1 {
+		t.Fatalf("%d sends of one push, want 1", n)
+	}
+}
+
+// armingProvider arms the stall of q when a send starts, so the worker's
+// next read overlaps the send.
+type armingProvider struct {
+	*fakeProvider
+	q *stallQueue
+}
+
+func (a *armingProvider) Send(ctx context.Context, n *push.Notification) error {
+	a.q.armed.Store(true)
+	return a.fakeProvider.Send(ctx, n)
+}
