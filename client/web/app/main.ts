@@ -333,23 +333,32 @@ class App {
     return c.channel.type === ChannelType.CHANNEL_TYPE_DIRECT ? this.peerOf(c) : c.channel.name || c.channel.channelId;
   }
 
-  /** watchPresence subscribes to the presence of every 1:1 peer (each added as a contact, so that they see ours). */
+  /**
+   * watchPresence subscribes to the presence of the 1:1 peers. Each peer is
+   * added as a contact first (so that they see ours), then the page
+   * subscribes with an empty user list: the server sends the presence of
+   * every contact who has added us back and leaves the others out. Naming
+   * the peers instead would fail the whole stream with PermissionDenied
+   * for one peer who has not added us, and hide everyone's dot.
+   */
   async watchPresence(): Promise<void> {
     const peers = [...this.convs.values()].map((c) => this.peerOf(c)).filter((p) => p && p !== this.me.userId);
     const key = [...new Set(peers)].sort().join(",");
+    const adds: Promise<unknown>[] = [];
     for (const p of peers) {
       if (this.contactsAdded.has(p)) continue;
       this.contactsAdded.add(p);
-      this.clients.account.addContact({ username: p }).catch(() => this.contactsAdded.delete(p));
+      adds.push(this.clients.account.addContact({ username: p }).catch(() => this.contactsAdded.delete(p)));
     }
     if (key === this.presenceUsers || !key) return;
     this.presenceUsers = key;
     this.presenceAbort?.abort();
     const abort = new AbortController();
     this.presenceAbort = abort;
+    await Promise.all(adds); // the subscription lists contacts as they are when it opens
     for (let attempt = 0; !abort.signal.aborted; attempt++) {
       try {
-        for await (const r of this.clients.presenceStream.subscribe({ userIds: key.split(",") }, { signal: abort.signal })) {
+        for await (const r of this.clients.presenceStream.subscribe({ userIds: [] }, { signal: abort.signal })) {
           attempt = 0;
           if (r.presence) {
             this.presence.set(r.presence.userId, r.presence);
@@ -357,8 +366,11 @@ class App {
             this.renderHead();
           }
         }
-      } catch {
-        // Reconnect below (the stream ends at a server restart).
+      } catch (e) {
+        // A server restart ends the stream: reconnect below. A refusal
+        // that a retry cannot change ends the subscription.
+        const code = toChatError(e).code;
+        if (code === Status.PERMISSION_DENIED || code === Status.UNAUTHENTICATED || code === Status.INVALID_ARGUMENT) return;
       }
       await new Promise((res) => setTimeout(res, Math.min(10_000, 500 * 2 ** attempt) * Math.random() + 200));
     }

@@ -299,6 +299,11 @@ try {
       if (!out.includes("from the browser")) await sleep(100);
     }
     assert(out.includes("hello dave, from the browser"), `chatctl sync printed:\n${out}`);
+    // dave (chatctl) never added alice as a contact, so his presence stays
+    // hidden from her; after a reload bob's dot must still show (a peer who
+    // has not added you back must not hide everyone's presence).
+    await alice2.reload();
+    await alice2.locator('.dot[data-presence="bob"][data-online="true"]').waitFor({ timeout: 5000 });
   });
 
   await step("unread count in the list, then history paged upward with nothing doubled", async () => {
