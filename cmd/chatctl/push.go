@@ -139,22 +139,33 @@ func (e *env) pushVapidKeyCmd() *cobra.Command {
 func (e *env) muteCmd() *cobra.Command {
 	var dur time.Duration
 	var until string
-	cmd := e.command("mute TARGET [--for DURATION | --until TIME]", "mute a channel: no push notifications for it (it still counts unread)", exactly("TARGET"),
+	var cmd *cobra.Command
+	cmd = e.command("mute TARGET [--for DURATION | --until TIME]", "mute a channel: no push notifications for it (it still counts unread)", exactly("TARGET"),
 		func(ctx context.Context, c *client.Client, args []string) error {
-			ch, err := e.resolveChannel(ctx, c, args[0])
-			if err != nil {
-				return err
-			}
-			req := &chatv1.MuteChannelRequest{ChannelId: ch}
+			var end time.Time
 			switch {
-			case dur > 0:
-				req.Until = timestamppb.New(time.Now().Add(dur))
+			case cmd.Flags().Changed("for"):
+				if dur <= 0 {
+					return usagef("--for wants a positive duration (e.g. 8h), not %v; without --for the mute lasts until 'chatctl unmute'", dur)
+				}
+				end = time.Now().Add(dur)
 			case until != "":
 				t, err := time.Parse(time.RFC3339, until)
 				if err != nil {
 					return usagef("--until wants an RFC 3339 time (2030-01-02T15:04:05Z): %v", err)
 				}
-				req.Until = timestamppb.New(t)
+				if !t.After(time.Now()) {
+					return usagef("--until %s is not in the future", until)
+				}
+				end = t
+			}
+			ch, err := e.resolveChannel(ctx, c, args[0])
+			if err != nil {
+				return err
+			}
+			req := &chatv1.MuteChannelRequest{ChannelId: ch}
+			if !end.IsZero() {
+				req.Until = timestamppb.New(end)
 			}
 			resp, err := rpc(ctx, e, c.Chat().MuteChannel, req)
 			if err != nil {

@@ -53,6 +53,16 @@ func TestPushAndMute(t *testing.T) {
 		t.Fatalf("mute --for: %q", out)
 	}
 	bob.ok("unmute", "alice")
+	// A mute that would end at once is a usage error, and mutes nothing
+	// (before: --for 0s or -1h muted forever).
+	for _, args := range [][]string{{"--for", "0s"}, {"--for", "-1h"}, {"--until", "2020-01-01T00:00:00Z"}} {
+		if errOut := bob.fails(2, append([]string{"mute", "alice"}, args...)...); !strings.Contains(errOut, "--") {
+			t.Fatalf("mute %v: %q", args, errOut)
+		}
+	}
+	if out := bob.ok("--json", "channels"); strings.Contains(out, `"muted"`) {
+		t.Fatalf("channels after refused mutes: %q", out)
+	}
 	if out := bob.ok("--json", "channels"); strings.Contains(out, `"muted"`) {
 		t.Fatalf("channels after unmute: %q", out)
 	}
