@@ -23,6 +23,7 @@ import (
 	"github.com/chatd/chatd/server/store/scylla"
 	"github.com/chatd/chatd/server/tracing"
 	"github.com/gocql/gocql"
+	"google.golang.org/grpc/grpclog"
 )
 
 func main() {
@@ -57,6 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.Version = version
 	cfg.Logger = newLogger(stderr, o.logLevel, o.logFormat)
 	slog.SetDefault(cfg.Logger)
+	grpclog.SetLoggerV2(app.GRPCLogger(cfg.Logger)) // grpc-go's and grpc-web's lines in the same format
 
 	// The first SIGINT or SIGTERM drains (--drain-window); a second one cuts
 	// the drain short and stops at once (still flushing what was accepted).

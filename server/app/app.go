@@ -463,6 +463,11 @@ func (a *App) logConfig() {
 		"send_queue", c.SendQueue, "frame_rate", c.FrameRate, "frame_burst", c.FrameBurst,
 		"unary_rate", c.UnaryRate, "unary_burst", c.UnaryBurst, "unary_timeout", c.UnaryTimeout.String(),
 		"max_concurrent_streams", c.MaxConcurrentStreams, "shutdown_timeout", c.ShutdownTimeout.String(),
+		"zone", c.Zone, "max_streams", c.MaxStreams, "stream_rate", c.StreamRate, "stream_burst", c.StreamBurst,
+		"drain_window", c.DrainWindow.String(), "admin_addr", c.AdminAddr,
+		"allowed_origins", strings.Join(c.AllowedOrigins, ","),
+		"push", !c.Push.Off, "push_webpush_hosts", strings.Join(c.Push.WebPushHosts, ","),
+		"push_collapse_window", c.Push.Window.String(), "push_ttl", c.Push.TTL.String(), "push_concurrency", c.Push.Concurrency,
 		"tracing", tracingTo)
 }
 

@@ -87,7 +87,7 @@ func TestLogsJSON(t *testing.T) {
 	}
 	for msg, keys := range map[string][]string{
 		"store opened":                {"store", "took_ms"},
-		"config":                      {"store", "server_id", "grpc_addr", "http_addr", "token_ttl", "frame_rate", "unary_rate", "send_queue", "tracing"},
+		"config":                      {"store", "server_id", "grpc_addr", "http_addr", "token_ttl", "frame_rate", "unary_rate", "send_queue", "tracing", "drain_window", "allowed_origins", "push"},
 		"chatd serving":               {"grpc", "http", "server_id"},
 		"stream closed by server":     {"user_id", "device_id", "reason", "code", "open_ms"},
 		"shutdown: streams closed":    {"streams"},

@@ -3,12 +3,14 @@ package app_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"nhooyr.io/websocket"
 )
 
 var (
@@ -360,4 +363,43 @@ func TestMain(m *testing.M) {
 		_ = os.RemoveAll(binDir)
 	}
 	os.Exit(code)
+}
+
+// TestLogsJSONIncludeGRPCLines: with --log-format json every line chatd
+// writes is JSON, also grpc-go's and the grpc-web wrapper's own (grpclog):
+// a WebSocket closed before its first message, which any client can cause
+// without a token, used to print a plain-text "ERROR: Unable to read first
+// websocket message" line.
+func TestLogsJSONIncludeGRPCLines(t *testing.T) {
+	p := startChatd(t, t.TempDir(), "--log-format", "json", "--log-level", "debug")
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, _, err := websocket.Dial(ctx, "ws://"+p.http+"/chat.v1.ChatService/Chat", &websocket.DialOptions{Subprotocols: []string{"grpc-websockets"}})
+		if err != nil {
+			cancel()
+			t.Fatalf("websocket upgrade: %v", err)
+		}
+		_ = conn.CloseNow()
+		cancel()
+	}
+	time.Sleep(500 * time.Millisecond) // the server notices the closes
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t); err != nil {
+		t.Fatalf("chatd exit: %v\n%s", err, p.stderr)
+	}
+	grpcLines := 0
+	for _, line := range strings.Split(strings.TrimSpace(p.stderr.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("a log line is not JSON: %q\nall:\n%s", line, p.stderr)
+		}
+		if m["component"] == "grpc" {
+			grpcLines++
+		}
+	}
+	if grpcLines == 0 {
+		t.Fatalf("no grpc-go line reached the JSON log (at debug level some always do):\n%s", p.stderr)
+	}
 }
