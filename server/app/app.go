@@ -247,6 +247,7 @@ func (a *App) buildEngines() error {
 	a.hub.SetRouter(a.router)
 	tcfg := cfg.Tracing
 	tcfg.ServerID = cfg.ServerID
+	tcfg.Logger = a.log
 	if a.tracing, err = tracing.New(tcfg); err != nil {
 		return fmt.Errorf("tracing: %w", err)
 	}
@@ -672,13 +673,20 @@ func (a *App) Close() error {
 			a.adminServer.Stop()
 		}
 		a.closeErr = a.closeResources()
-		if err := a.tracing.Shutdown(ctx); err != nil { // flush buffered spans
+		// Flush buffered spans, for at most tracingFlushTimeout: a collector
+		// that is down must not hold the exit for the whole shutdown timeout.
+		tctx, tcancel := context.WithTimeout(ctx, tracingFlushTimeout)
+		if err := a.tracing.Shutdown(tctx); err != nil {
 			a.log.Warn("tracing: flushing spans failed", "err", err)
 		}
+		tcancel()
 		a.log.Info("chatd stopped")
 	})
 	return a.closeErr
 }
+
+// tracingFlushTimeout bounds the flush of buffered spans at shutdown.
+const tracingFlushTimeout = 2 * time.Second
 
 func (a *App) closeResources() error {
 	var errs []error

@@ -20,6 +20,7 @@ import (
 	"context"
 	"log/slog"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/propagation"
@@ -46,6 +47,10 @@ type Config struct {
 	ServiceName string
 	// ServerID is the service.instance.id resource attribute.
 	ServerID string
+	// Logger receives the SDK's errors (an export that failed: the
+	// collector is down or refused the spans) at Warn, with
+	// component=tracing. Zero means slog.Default().
+	Logger *slog.Logger
 }
 
 // Provider is the process's tracing: its TracerProvider when on.
@@ -68,6 +73,17 @@ func New(cfg Config) (*Provider, error) {
 		attribute.String("service.name", cfg.ServiceName),
 		attribute.String("service.instance.id", cfg.ServerID),
 	)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "tracing")
+	// The SDK reports export failures through the global error handler,
+	// which otherwise prints them through the log package (at INFO once
+	// slog is the default): an operator wants them as warnings.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("tracing: export failed; spans dropped", "err", err)
+	}))
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	if cfg.Exporter != nil {
 		opts = append(opts, sdktrace.WithSyncer(cfg.Exporter))
