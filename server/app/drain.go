@@ -13,6 +13,7 @@ import (
 	"github.com/chatd/chatd/server/hub"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 )
 
 // Draining moves this server's devices to the others before it stops:
@@ -140,6 +141,7 @@ func (a *App) listenAdmin() error {
 	a.adminLis = l
 	a.adminServer = grpc.NewServer()
 	chatv1.RegisterAdminServiceServer(a.adminServer, adminService{a: a})
+	reflection.Register(a.adminServer) // grpcurl works on it without the .proto files
 	return nil
 }
 

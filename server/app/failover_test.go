@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/chatd/chatd/server/app"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -102,6 +104,23 @@ func TestAdminDrain(t *testing.T) {
 	if _, err := chatv1.NewAdminServiceClient(cc).DrainServer(context.Background(), &chatv1.DrainServerRequest{}); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("DrainServer on the public port: %v, want Unimplemented", err)
 	}
+	// The admin listener serves reflection, so that grpcurl needs no .proto
+	// files for the command docs/operations.md shows.
+	rs, err := reflectionpb.NewServerReflectionClient(dial(t, a.AdminAddr())).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	lr, err := rs.Recv()
+	if err != nil {
+		t.Fatalf("reflection on the admin listener: %v", err)
+	}
+	if !slices.ContainsFunc(lr.GetListServicesResponse().GetService(), func(s *reflectionpb.ServiceResponse) bool { return s.GetName() == "chat.v1.AdminService" }) {
+		t.Fatalf("reflection lists %v, want chat.v1.AdminService", lr.GetListServicesResponse().GetService())
+	}
+	_ = rs.CloseSend()
 	start := time.Now()
 	resp, err := chatv1.NewAdminServiceClient(dial(t, a.AdminAddr())).DrainServer(context.Background(), &chatv1.DrainServerRequest{})
 	if err != nil {
