@@ -282,6 +282,11 @@ func (c Config) Validate() error {
 	if c.SendQueue < MinSendQueue {
 		errs = append(errs, fmt.Errorf("send queue %d is under %d frames", c.SendQueue, MinSendQueue))
 	}
+	for _, o := range c.AllowedOrigins {
+		if err := checkOrigin(o); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	switch c.Store {
 	case StorePebble:
 	case StoreScylla:

@@ -1,9 +1,11 @@
 package app
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -101,6 +103,29 @@ func (w *webStreams) wait(d time.Duration) {
 type originPolicy struct {
 	any     bool
 	allowed []string
+}
+
+// checkOrigin accepts "*" or a serialized origin as browsers send it in
+// the Origin header (RFC 6454 6.2): http or https, a host, an optional
+// port, nothing else (no path, query, fragment or user info). "null" (sent
+// by sandboxed frames and file: pages) is refused: allowing it would let
+// any such page in.
+func checkOrigin(o string) error {
+	o = strings.TrimRight(strings.TrimSpace(o), "/")
+	if o == "*" {
+		return nil
+	}
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" ||
+		u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(o, "?") || strings.HasSuffix(o, "#") {
+		return fmt.Errorf("allowed origin %q: want scheme://host[:port] (http or https, e.g. https://chat.example.com) or *", o)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("allowed origin %q: port %q is not 1-65535", o, p)
+		}
+	}
+	return nil
 }
 
 func newOriginPolicy(origins []string) originPolicy {

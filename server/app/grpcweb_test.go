@@ -440,3 +440,29 @@ func TestGRPCWeb_Drain(t *testing.T) {
 		t.Fatalf("the drain took %v after the only stream left", d)
 	}
 }
+
+// TestAllowedOriginsValidated: --allowed-origins takes "*" or serialized
+// origins (RFC 6454 6.2) only; anything else stops the start-up with an
+// error naming the entry, instead of never matching ("app.example.com",
+// a path) or matching every sandboxed page ("null").
+func TestAllowedOriginsValidated(t *testing.T) {
+	for _, bad := range []string{"null", "app.example.com", "https://x.example/path", "ftp://x.example", "https://user@x.example", "https://x.example:99999", "https://x.example?q"} {
+		cfg := app.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), AllowedOrigins: []string{bad}}
+		a, err := app.New(cfg)
+		if err == nil {
+			_ = a.Close()
+			t.Fatalf("allowed origin %q accepted", bad)
+		}
+		if !strings.Contains(err.Error(), "allowed origin") {
+			t.Fatalf("allowed origin %q: error %v does not name it", bad, err)
+		}
+	}
+	for _, good := range []string{"*", "https://chat.example.com", "http://127.0.0.1:8080", "https://chat.example.com/", "HTTPS://Chat.Example.com:443"} {
+		cfg := app.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), AllowedOrigins: []string{good}}
+		a, err := app.New(cfg)
+		if err != nil {
+			t.Fatalf("allowed origin %q refused: %v", good, err)
+		}
+		_ = a.Close()
+	}
+}
