@@ -538,15 +538,20 @@ func (d *Dispatcher) sendOne(ctx context.Context, slot *providerSlot, n *Notific
 		due := time.Now().Add(delay)
 		if due.Sub(g.committed) > d.cfg.TTL {
 			d.m.dropped.WithLabelValues("ttl").Inc()
+			d.log.Warn("push: dropped, its TTL would pass before the next try", "provider", kind, "user_id", n.Target.UserID, "device_id", n.Target.DeviceID,
+				"target", Redact(n.Target.Address), "attempt", attempt, "status", pe.Status, "err", RedactErr(pe.Err))
 			return store.PushJob{}, false
 		}
 		d.m.retried.WithLabelValues(kind).Inc()
+		// One line per try (bounded by the backoff): why pushes are not going out.
+		d.log.Info("push: temporary failure, will retry", "provider", kind, "user_id", n.Target.UserID, "device_id", n.Target.DeviceID,
+			"target", Redact(n.Target.Address), "attempt", attempt, "retry_in", delay.Round(time.Millisecond).String(), "status", pe.Status, "reason", pe.Reason, "err", RedactErr(pe.Err))
 		return store.PushJob{UserID: g.user, ChannelID: g.channel, MessageID: g.newest.MessageID, Committed: g.committed,
 			Due: due, DeviceID: n.Target.DeviceID, Attempt: attempt}, true
 	default:
 		d.m.dropped.WithLabelValues("rejected").Inc()
 		d.log.Warn("push: provider refused a push", "provider", kind, "user_id", n.Target.UserID, "device_id", n.Target.DeviceID,
-			"target", Redact(n.Target.Address), "status", pe.Status, "reason", pe.Reason, "err", pe.Err)
+			"target", Redact(n.Target.Address), "status", pe.Status, "reason", pe.Reason, "err", RedactErr(pe.Err))
 		return store.PushJob{}, false
 	}
 }

@@ -227,6 +227,21 @@ func Redact(s string) string {
 	return fmt.Sprintf("%s…(%d bytes)", s[:8], len(s))
 }
 
+// RedactErr is err's text for a log line without the request URL: net/http
+// wraps transport errors in a *url.Error whose text holds the whole URL,
+// and a Web Push endpoint URL (an FCM token in the path, for FCM's legacy
+// URLs too) is a credential for that device. Nil gives "".
+func RedactErr(err error) string {
+	if err == nil {
+		return ""
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Op + " " + Redact(ue.URL) + ": " + ue.Err.Error()
+	}
+	return err.Error()
+}
+
 // Limits of a push target's fields, in bytes.
 const (
 	MaxEndpointBytes = 2048

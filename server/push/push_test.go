@@ -1,6 +1,7 @@
 package push
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -98,5 +99,25 @@ func TestPreviewAndCollapseKey(t *testing.T) {
 	}
 	if k == CollapseKey("dm:alice:carol") || k != CollapseKey("dm:alice:bob") {
 		t.Fatal("collapse keys are not per channel")
+	}
+}
+
+// TestRedactErr: a transport error's text holds the request URL, which for
+// Web Push is the device's subscription (a credential); the log keeps only
+// its first bytes.
+func TestRedactErr(t *testing.T) {
+	endpoint := "https://fcm.googleapis.com/fcm/send/SECRET-SUBSCRIPTION-TOKEN"
+	_, err := http.Post(endpoint[:8]+"127.0.0.1:1/fcm/send/SECRET-SUBSCRIPTION-TOKEN", "text/plain", nil)
+	if err == nil {
+		t.Fatal("a post to a closed port succeeded")
+	}
+	if !strings.Contains(err.Error(), "SECRET") {
+		t.Fatalf("net/http's error %q does not hold the URL: the test proves nothing", err)
+	}
+	if got := RedactErr(err); strings.Contains(got, "SECRET") || !strings.Contains(got, "Post") {
+		t.Fatalf("RedactErr = %q", got)
+	}
+	if RedactErr(nil) != "" || RedactErr(errors.New("plain")) != "plain" {
+		t.Fatal("RedactErr of nil or a plain error")
 	}
 }
