@@ -694,8 +694,15 @@ func (e *env) channelsCmd() *cobra.Command {
 					total = count(resp.GetTotalUnread(), resp.GetTotalCapped())
 				}
 				if err := showAll(e, resp.GetChannels(), func(ch *chatv1.Channel) {
-					e.printf("%s  %s  %s  unread %s  last activity %s\n", clean(ch.GetChannelId()), channelType(ch.GetType()),
-						clean(ch.GetName()), count(ch.GetUnreadCount(), ch.GetUnreadCapped()), formatTime(ch.GetLastActivityAt()))
+					muted := ""
+					if ch.GetMuted() {
+						muted = "  muted"
+						if u := ch.GetMutedUntil(); u != nil {
+							muted += " until " + formatTime(u)
+						}
+					}
+					e.printf("%s  %s  %s  unread %s  last activity %s%s\n", clean(ch.GetChannelId()), channelType(ch.GetType()),
+						clean(ch.GetName()), count(ch.GetUnreadCount(), ch.GetUnreadCapped()), formatTime(ch.GetLastActivityAt()), muted)
 				}); err != nil {
 					return err
 				}
@@ -709,7 +716,8 @@ func (e *env) channelsCmd() *cobra.Command {
 			return nil
 		})
 	cmd.Long = `One line per channel: id, type, name, unread count ("N+" when the server
-stopped counting at its cap), last activity; then your total unread count.
+stopped counting at its cap), last activity, "muted" (and until when) for a
+channel you muted; then your total unread count.
 With --json each line is a Channel object (unreadCount, readUpTo,
 lastMessage, receipts), and nothing else.
 

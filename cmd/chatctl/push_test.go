@@ -49,6 +49,9 @@ func TestPushAndMute(t *testing.T) {
 	if out := bob.ok("--json", "channels"); !strings.Contains(out, `"muted":true`) {
 		t.Fatalf("channels after mute: %q", out)
 	}
+	if out := bob.ok("channels"); !strings.Contains(out, "  muted\n") {
+		t.Fatalf("channels (text) after mute: %q", out)
+	}
 	if out := bob.ok("mute", "alice", "--for", "8h"); !strings.HasPrefix(out, "muted dm:alice:bob until ") {
 		t.Fatalf("mute --for: %q", out)
 	}
