@@ -37,6 +37,9 @@ type propSchema struct {
 type bodySchema struct {
 	props    map[string]propSchema // the documented properties
 	required []string              // those the document marks required
+	// closed: additionalProperties false, an unknown property is refused
+	// (else ignored, as protojson's DiscardUnknown does).
+	closed bool
 }
 
 // restRoutes is the REST surface as the OpenAPI document (generated from
@@ -48,6 +51,7 @@ type restRoutes []restRoute
 func parseRESTRoutes(doc []byte) (restRoutes, error) {
 	type schema struct {
 		Ref        string            `json:"$ref"`
+		Additional any               `json:"additionalProperties"`
 		Required   []string          `json:"required"`
 		Type       string            `json:"type"`
 		Enum       []string          `json:"enum"`
@@ -83,7 +87,7 @@ func parseRESTRoutes(doc []byte) (restRoutes, error) {
 					}
 					var props func(sc schema, depth int) bodySchema
 					props = func(sc schema, depth int) bodySchema {
-						b := bodySchema{props: map[string]propSchema{}, required: sc.Required}
+						b := bodySchema{props: map[string]propSchema{}, required: sc.Required, closed: sc.Additional == false}
 						for k, p := range sc.Properties {
 							if ref, ok := strings.CutPrefix(p.Ref, "#/definitions/"); ok {
 								p = d.Definitions[ref]

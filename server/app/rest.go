@@ -135,18 +135,23 @@ func (e *restEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkObject checks the properties of the JSON object obj against sc:
-// each is a documented one (by its JSON name, or the proto field name
-// protojson also reads) and checkProp accepts its value; an object-typed
-// property's own properties likewise. prefix is the proto field path of
-// obj ("" for the body, "web_push." inside a property). An unknown
-// property is refused rather than ignored: a misspelt field (upToMessageId
-// for messageId) would otherwise leave its field unset, and MarkRead
-// without a message id marks the whole channel read.
+// checkProp accepts the value of each documented one (by its JSON name, or
+// the proto field name protojson also reads); an object-typed property's
+// own properties likewise. prefix is the proto field path of obj ("" for
+// the body, "web_push." inside a property). Where the document closes the
+// object (additionalProperties false: every body but the browser's
+// PushSubscription JSON, see openapi.go) an unknown property is refused
+// rather than ignored: a misspelt field (upToMessageId for messageId)
+// would otherwise leave its field unset, and MarkRead without a message id
+// marks the whole channel read.
 func checkObject(prefix string, sc bodySchema, obj map[string]json.RawMessage) error {
 	for k, v := range obj {
 		ps, known := sc.props[k]
 		if !known && snakeCase(lowerCamel(k)) == k {
 			ps, known = sc.props[lowerCamel(k)]
+		}
+		if !known && !sc.closed {
+			continue // ignored (protojson DiscardUnknown)
 		}
 		if !known {
 			names := slices.Sorted(maps.Keys(sc.props))

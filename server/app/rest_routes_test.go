@@ -1,7 +1,11 @@
 package app_test
 
 import (
+	"crypto/ecdh"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -250,6 +254,7 @@ func TestRESTEdge(t *testing.T) {
 		{"PATCH", "/v1/users/me", `{"displayName":"X","nickname":"x"}`, "nickname"},
 		{"PATCH", "/v1/users/me", `{"display_name":"X","Display_Name":"x"}`, "Display_Name"},
 		{"PUT", "/v1/devices/current/push", `{"fcm":{"token":"t","ttl":5}}`, "fcm.ttl"},
+		{"PUT", "/v1/devices/current/push", `{"webPush":{"endpoint":"https://fcm.googleapis.com/x","expirationTime":null,"keys":{"p256dh":"a","auth":"b","x":1}}}`, "web_push.keys.x"},
 		{"PATCH", "/v1/users/me", `{"displayName":"X"} xyz`, "*"},
 		{"PATCH", "/v1/users/me", `{"displayName":"X"}{"displayName":"Y"}`, "*"},
 	} {
@@ -257,6 +262,17 @@ func TestRESTEdge(t *testing.T) {
 		if resp.StatusCode != 400 || field(m) != c.field {
 			t.Errorf("%s %s %s: %d %v; want 400 with field %q", c.method, c.path, c.body, resp.StatusCode, m, c.field)
 		}
+	}
+	// JSON.stringify(pushSubscription) as account.proto says to send it:
+	// expirationTime is not refused (web push is not configured here: 409).
+	key, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := fmt.Sprintf(`{"webPush":{"endpoint":"https://fcm.googleapis.com/x","expirationTime":null,"keys":{"p256dh":%q,"auth":%q}}}`,
+		base64.RawURLEncoding.EncodeToString(key.PublicKey().Bytes()), base64.RawURLEncoding.EncodeToString(make([]byte, 16)))
+	if resp, m := do("PUT", "/v1/devices/current/push", bearer, "application/json", sub); resp.StatusCode == 400 {
+		t.Errorf("a browser's subscription JSON: %d %v; want no 400", resp.StatusCode, m)
 	}
 	if _, m := do("GET", "/v1/users/me", bearer, "", ""); m["profile"].(map[string]any)["displayName"] != "Carol" {
 		t.Errorf("profile changed: %v", m)
@@ -281,12 +297,23 @@ func TestOpenAPIDocument(t *testing.T) {
 		Paths               map[string]map[string]struct {
 			Security   *[]any           `json:"security"`
 			Parameters []map[string]any `json:"parameters"`
-			Responses  map[string]any   `json:"responses"`
+			Responses  map[string]struct {
+				Description string                    `json:"description"`
+				Headers     map[string]map[string]any `json:"headers"`
+			} `json:"responses"`
 		} `json:"paths"`
 		Definitions map[string]map[string]any `json:"definitions"`
 	}
 	if err := json.Unmarshal(chatd.OpenAPI, &d); err != nil {
 		t.Fatal(err)
+	}
+	if desc, _ := d.Info["description"].(string); !strings.Contains(desc, "262144 bytes") || strings.Contains(desc, "4 MiB") {
+		t.Errorf("info description %q: want the real body limit, 262144 bytes", desc)
+	}
+	// Inside a body, closed too; but a browser's PushSubscription JSON
+	// (expirationTime besides what the document names) stays open.
+	if keys, push := d.Definitions["v1WebPushKeys"], d.Definitions["v1WebPushSubscription"]; keys["additionalProperties"] != false || push["additionalProperties"] != nil {
+		t.Errorf("v1WebPushKeys %v, v1WebPushSubscription %v: want closed, open", keys["additionalProperties"], push["additionalProperties"])
 	}
 	if d.Info["title"] != "chatd REST API" || d.Info["version"] != "v1" || d.SecurityDefinitions["bearer"]["in"] != "header" {
 		t.Fatalf("info %v, security definitions %v", d.Info, d.SecurityDefinitions)
@@ -298,11 +325,26 @@ func TestOpenAPIDocument(t *testing.T) {
 				t.Errorf("%s %s: security %v", m, path, op.Security)
 			}
 			for _, code := range []string{"200", "400", "401", "404", "409", "413", "415", "429"} {
-				if op.Responses[code] == nil {
+				if _, ok := op.Responses[code]; !ok {
 					t.Errorf("%s %s: no %s response", m, path, code)
 				}
 			}
+			// The limit restEdge enforces (maxRecvMsgBytes), the headers
+			// it sends.
+			if d := op.Responses["413"].Description; !strings.Contains(d, "262144 bytes") {
+				t.Errorf("%s %s: 413 says %q; want the real limit, 262144 bytes", m, path, d)
+			}
+			if op.Responses["429"].Headers["Retry-After"]["type"] != "integer" || op.Responses["401"].Headers["WWW-Authenticate"] == nil {
+				t.Errorf("%s %s: 429 headers %v, 401 headers %v", m, path, op.Responses["429"].Headers, op.Responses["401"].Headers)
+			}
 			for _, p := range op.Parameters {
+				// Unknown body properties are refused: the document says so.
+				sc, _ := p["schema"].(map[string]any)
+				if ref, ok := sc["$ref"].(string); ok && p["in"] == "body" {
+					if def := d.Definitions[strings.TrimPrefix(ref, "#/definitions/")]; def["additionalProperties"] != false {
+						t.Errorf("%s %s: body %s without additionalProperties false", m, path, ref)
+					}
+				}
 				if p["name"] == "pageSize" && (p["minimum"] != float64(0) || p["maximum"] != float64(500) ||
 					chat.MaxChannelsPage != 500 || chat.MaxHistoryPage != 500) {
 					t.Errorf("%s %s: pageSize %v", m, path, p)
