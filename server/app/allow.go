@@ -28,12 +28,18 @@ type propSchema struct {
 	typ      string   // JSON type: string, boolean, integer, array, object
 	enum     []string // the values a string may take, if limited
 	nonEmpty bool     // minLength >= 1: a string may not be ""
+	// object: the properties of an object-typed property (a $ref to a
+	// definition with properties), nil for any other type.
+	object *bodySchema
 }
 
 // bodySchema is what the REST edge checks of a JSON body (see restEdge).
 type bodySchema struct {
 	props    map[string]propSchema // the documented properties
 	required []string              // those the document marks required
+	// closed: additionalProperties false, an unknown property is refused
+	// (else ignored, as protojson's DiscardUnknown does).
+	closed bool
 }
 
 // restRoutes is the REST surface as the OpenAPI document (generated from
@@ -45,6 +51,7 @@ type restRoutes []restRoute
 func parseRESTRoutes(doc []byte) (restRoutes, error) {
 	type schema struct {
 		Ref        string            `json:"$ref"`
+		Additional any               `json:"additionalProperties"`
 		Required   []string          `json:"required"`
 		Type       string            `json:"type"`
 		Enum       []string          `json:"enum"`
@@ -78,14 +85,23 @@ func parseRESTRoutes(doc []byte) (restRoutes, error) {
 					if ref, ok := strings.CutPrefix(sc.Ref, "#/definitions/"); ok {
 						sc = d.Definitions[ref]
 					}
-					b := bodySchema{props: map[string]propSchema{}, required: sc.Required}
-					for k, p := range sc.Properties {
-						if ref, ok := strings.CutPrefix(p.Ref, "#/definitions/"); ok {
-							p = d.Definitions[ref]
+					var props func(sc schema, depth int) bodySchema
+					props = func(sc schema, depth int) bodySchema {
+						b := bodySchema{props: map[string]propSchema{}, required: sc.Required, closed: sc.Additional == false}
+						for k, p := range sc.Properties {
+							if ref, ok := strings.CutPrefix(p.Ref, "#/definitions/"); ok {
+								p = d.Definitions[ref]
+							}
+							ps := propSchema{typ: p.Type, enum: p.Enum, nonEmpty: p.MinLength > 0}
+							if p.Type == "object" && len(p.Properties) > 0 && depth < 8 {
+								o := props(p, depth+1)
+								ps.object = &o
+							}
+							b.props[k] = ps
 						}
-						b.props[k] = propSchema{typ: p.Type, enum: p.Enum, nonEmpty: p.MinLength > 0}
+						return b
 					}
-					r.bodies[m] = b
+					r.bodies[m] = props(sc, 0)
 				}
 			}
 		}
@@ -109,7 +125,8 @@ func (rs restRoutes) body(method, path string) (bodySchema, bool) {
 }
 
 // allowed returns the methods some route accepts for path (sorted, no
-// duplicates), none if no route matches it.
+// duplicates), none if no route matches it. HEAD is there wherever GET is
+// (restEdge answers it as GET without the body, RFC 9110 9.3.2).
 func (rs restRoutes) allowed(path string) []string {
 	segs := strings.Split(strings.Trim(path, "/"), "/")
 	var out []string
@@ -117,6 +134,9 @@ func (rs restRoutes) allowed(path string) []string {
 		if r.match(segs) {
 			out = append(out, r.methods...)
 		}
+	}
+	if slices.Contains(out, http.MethodGet) {
+		out = append(out, http.MethodHead)
 	}
 	slices.Sort(out)
 	return slices.Compact(out)

@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -25,11 +28,20 @@ import (
 // apply itself, checked before the gateway decodes a request. Each answer
 // is a google.rpc.Status body as the gateway writes its own errors.
 //
+//   - HEAD on a path that accepts GET is that GET without the content
+//     (RFC 9110 9.3.2).
 //   - A body over maxBytes is 413 Content Too Large (RFC 9110 15.5.14),
-//     not the gateway's 400 for a failed read.
+//     not the gateway's 400 for a failed read. Its code is
+//     ResourceExhausted, what grpc-go answers a gRPC message over
+//     MaxRecvMsgSize (no gRPC code maps to 413 in the gateway's
+//     runtime.HTTPStatusFromCode).
 //   - A body sent with a Content-Type other than JSON (application/json
 //     or application/*+json) is 415 Unsupported Media Type (RFC 9110
-//     15.5.16); no Content-Type is read as JSON.
+//     15.5.16); no Content-Type is read as JSON. Its code is
+//     InvalidArgument, what grpc-go's transport sends with its own 415
+//     for a request that is not application/grpc.
+//   - Only one JSON value, with no data after it; an unknown property
+//     (not in the document, at any depth) is 400 naming it.
 //   - An operation that takes a body (the OpenAPI document's) answers
 //     400 with a google.rpc.BadRequest detail when the body is empty, a
 //     property the document marks required is missing, a property is
@@ -48,9 +60,16 @@ type restEdge struct {
 }
 
 func (e *restEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodHead && slices.Contains(e.routes.allowed(r.URL.EscapedPath()), http.MethodGet) {
+		// HEAD is GET without the content (RFC 9110 9.3.2): the gateway
+		// serves the GET; net/http sends its status and headers and drops
+		// the body, as it does for any HEAD request.
+		r = r.Clone(r.Context())
+		r.Method = http.MethodGet
+	}
 	schema, hasBody := e.routes.body(r.Method, r.URL.EscapedPath())
 	if r.ContentLength > e.maxBytes {
-		e.fail(w, r, http.StatusRequestEntityTooLarge, store.Errorf(store.CodeInvalid,
+		e.fail(w, r, http.StatusRequestEntityTooLarge, store.Errorf(store.CodeResourceExhausted,
 			"request body exceeds %d bytes", e.maxBytes))
 		return
 	}
@@ -64,7 +83,7 @@ func (e *restEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			e.fail(w, r, http.StatusRequestEntityTooLarge, store.Errorf(store.CodeInvalid,
+			e.fail(w, r, http.StatusRequestEntityTooLarge, store.Errorf(store.CodeResourceExhausted,
 				"request body exceeds %d bytes", e.maxBytes))
 			return
 		}
@@ -81,21 +100,23 @@ func (e *restEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"this operation needs a JSON object body").WithField("*"))
 		return
 	}
+	// One JSON value and nothing after it: the gateway's decoder reads the
+	// first value and would ignore the rest ({...} xyz, two objects).
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var first json.RawMessage
+	if dec.Decode(&first) == nil {
+		if _, err := dec.Token(); err != io.EOF {
+			e.fail(w, r, http.StatusBadRequest, store.Errorf(store.CodeInvalid,
+				"the body has data after its JSON value: send one JSON object").WithField("*"))
+			return
+		}
+	}
 	var obj map[string]json.RawMessage
 	// Not an object: the gateway's decoder answers that (400).
 	if json.Unmarshal(body, &obj) == nil {
-		for k, v := range obj {
-			typ, known := schema.props[k]
-			if !known {
-				typ, known = schema.props[lowerCamel(k)]
-			}
-			if !known {
-				continue // ignored (protojson DiscardUnknown)
-			}
-			if err := checkProp(k, typ, bytes.TrimSpace(v)); err != nil {
-				e.fail(w, r, http.StatusBadRequest, err)
-				return
-			}
+		if err := checkObject("", schema, obj); err != nil {
+			e.fail(w, r, http.StatusBadRequest, err)
+			return
 		}
 		for _, p := range schema.required {
 			_, ok := obj[p]
@@ -111,6 +132,46 @@ func (e *restEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	e.next.ServeHTTP(w, r)
+}
+
+// checkObject checks the properties of the JSON object obj against sc:
+// checkProp accepts the value of each documented one (by its JSON name, or
+// the proto field name protojson also reads); an object-typed property's
+// own properties likewise. prefix is the proto field path of obj ("" for
+// the body, "web_push." inside a property). Where the document closes the
+// object (additionalProperties false: every body but the browser's
+// PushSubscription JSON, see openapi.go) an unknown property is refused
+// rather than ignored: a misspelt field (upToMessageId for messageId)
+// would otherwise leave its field unset, and MarkRead without a message id
+// marks the whole channel read.
+func checkObject(prefix string, sc bodySchema, obj map[string]json.RawMessage) error {
+	for k, v := range obj {
+		ps, known := sc.props[k]
+		if !known && snakeCase(lowerCamel(k)) == k {
+			ps, known = sc.props[lowerCamel(k)]
+		}
+		if !known && !sc.closed {
+			continue // ignored (protojson DiscardUnknown)
+		}
+		if !known {
+			names := slices.Sorted(maps.Keys(sc.props))
+			return store.Errorf(store.CodeInvalid, "unknown property %q: this object has %s",
+				prefix+k, strings.Join(names, ", ")).WithField(prefix + k)
+		}
+		v = bytes.TrimSpace(v)
+		if err := checkProp(prefix+k, ps, v); err != nil {
+			return err
+		}
+		if ps.object != nil && len(v) > 0 && v[0] == '{' {
+			var inner map[string]json.RawMessage
+			if json.Unmarshal(v, &inner) == nil {
+				if err := checkObject(prefix+snakeCase(lowerCamel(k))+".", *ps.object, inner); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // fail writes err (a domain error, with its details) with HTTP status code.
@@ -226,11 +287,26 @@ func lowerCamel(s string) string {
 // FailedPrecondition (the state of what the request names does not allow
 // it) is 409 Conflict (RFC 9110 15.5.10) rather than the gateway's 400,
 // which stays for requests that are wrong whatever the state.
+//
+// An error with a google.rpc.RetryInfo (a rate limit's 429) carries its
+// retry_delay as Retry-After (RFC 9110 10.2.3): whole seconds, rounded
+// up, at least 1.
 func restErrors(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	if status.Code(err) == codes.FailedPrecondition {
 		err = &runtime.HTTPStatusError{HTTPStatus: http.StatusConflict, Err: err}
 	}
+	if d, ok := grpcerr.RetryDelay(err); ok {
+		w.Header().Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d), 10))
+	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, &challengeWriter{ResponseWriter: w, r: r}, r, err)
+}
+
+// retryAfterSeconds is d as a Retry-After delay-seconds (RFC 9110
+// 10.2.3, a non-negative integer): whole seconds rounded up, at least 1
+// (0 would invite an immediate retry the limiter refuses again).
+func retryAfterSeconds(d time.Duration) int64 {
+	s := int64((d + time.Second - 1) / time.Second)
+	return max(s, 1)
 }
 
 // Realm is the realm of chatd's bearer challenges (RFC 6750 3).

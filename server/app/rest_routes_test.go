@@ -1,15 +1,23 @@
 package app_test
 
 import (
+	"crypto/ecdh"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chatd/chatd"
+	"github.com/chatd/chatd/server/app"
 	"github.com/chatd/chatd/server/chat"
 )
 
@@ -71,13 +79,13 @@ func TestRESTMethodNotAllowed(t *testing.T) {
 		}
 		raw, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusMethodNotAllowed && strings.HasPrefix(path, "/v1/") && !json.Valid(raw) {
+		if resp.StatusCode == http.StatusMethodNotAllowed && strings.HasPrefix(path, "/v1/") && method != "HEAD" && !json.Valid(raw) {
 			t.Errorf("%s %s: 405 body is not JSON: %q", method, path, raw)
 		}
 		return resp
 	}
 	param := regexp.MustCompile(`\{[^}]+\}`)
-	methods := []string{"DELETE", "GET", "PATCH", "POST", "PUT"}
+	methods := []string{"DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"}
 	tried := 0
 	for tmpl := range doc.Paths {
 		path := param.ReplaceAllString(tmpl, "x1")
@@ -98,6 +106,9 @@ func TestRESTMethodNotAllowed(t *testing.T) {
 		if len(allowed) == 0 {
 			t.Errorf("%s: no method accepted", path)
 		}
+		if slices.Contains(allowed, "GET") != slices.Contains(allowed, "HEAD") {
+			t.Errorf("%s: accepted %v; want HEAD wherever GET (RFC 9110 9.3.2)", path, allowed)
+		}
 		for _, m := range refused {
 			tried++
 			if got := allow[m]; got != strings.Join(allowed, ", ") {
@@ -116,8 +127,8 @@ func TestRESTMethodNotAllowed(t *testing.T) {
 	if resp := do("GET", "/v1/users/me", ""); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("GET /v1/users/me without a token: %d; want 401 (an accepted method)", resp.StatusCode)
 	}
-	if resp := do("POST", "/v1/users/me", ""); resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, PATCH" {
-		t.Errorf("POST /v1/users/me: %d, Allow %q; want 405, GET, PATCH", resp.StatusCode, resp.Header.Get("Allow"))
+	if resp := do("POST", "/v1/users/me", ""); resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD, PATCH" {
+		t.Errorf("POST /v1/users/me: %d, Allow %q; want 405, GET, HEAD, PATCH", resp.StatusCode, resp.Header.Get("Allow"))
 	}
 	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/openapi.json"} {
 		if resp := do("POST", p, ""); resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(resp.Header.Get("Allow"), "GET") {
@@ -192,12 +203,37 @@ func TestRESTEdge(t *testing.T) {
 	if resp, _ := do("GET", "/v1/users/me", bearer, "", ""); resp.StatusCode != 200 || resp.Header.Get("Grpc-Metadata-Content-Type") != "" {
 		t.Errorf("GET /v1/users/me: %d, Grpc-Metadata-Content-Type %q", resp.StatusCode, resp.Header.Get("Grpc-Metadata-Content-Type"))
 	}
-	// 415 for a body that is not JSON; 413 for one over the limit.
-	if resp, m := do("PUT", "/v1/users/me/read-receipts", bearer, "text/plain", `{"hideReadReceipts":true}`); resp.StatusCode != 415 {
-		t.Errorf("text/plain: %d %v", resp.StatusCode, m)
+	// 415 for a body that is not JSON (InvalidArgument, as grpc-go's own
+	// 415); 413 for one over the limit, 256 KiB (ResourceExhausted, as
+	// grpc-go answers a message over MaxRecvMsgSize), and not for one at it.
+	if resp, m := do("PUT", "/v1/users/me/read-receipts", bearer, "text/plain", `{"hideReadReceipts":true}`); resp.StatusCode != 415 || m["code"] != float64(3) {
+		t.Errorf("text/plain: %d %v; want 415, code 3", resp.StatusCode, m)
 	}
-	if resp, m := do("PATCH", "/v1/users/me", bearer, "application/json", strings.Repeat(" ", 4<<20+1)); resp.StatusCode != 413 {
-		t.Errorf("4 MiB + 1: %d %v", resp.StatusCode, m)
+	if resp, m := do("PATCH", "/v1/users/me", bearer, "application/json", strings.Repeat(" ", 256<<10+1)); resp.StatusCode != 413 || m["code"] != float64(8) {
+		t.Errorf("256 KiB + 1: %d %v; want 413, code 8", resp.StatusCode, m)
+	}
+	if resp, m := do("PATCH", "/v1/users/me", bearer, "application/json", strings.Repeat(" ", 256<<10)); resp.StatusCode != 400 {
+		t.Errorf("256 KiB of spaces: %d %v; want 400 (an empty body, not 413)", resp.StatusCode, m)
+	}
+	// HEAD is GET without the content (RFC 9110 9.3.2).
+	head := func(auth string) (*http.Response, []byte) {
+		req, _ := http.NewRequest("HEAD", base+"/v1/users/me", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return resp, raw
+	}
+	if resp, raw := head(bearer); resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" || len(raw) != 0 {
+		t.Errorf("HEAD /v1/users/me: %d %q %q; want 200, application/json, no body", resp.StatusCode, resp.Header.Get("Content-Type"), raw)
+	}
+	if resp, _ := head(""); resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != `Bearer realm="chatd"` {
+		t.Errorf("HEAD /v1/users/me without a token: %d %q; want 401 with the challenge", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 	}
 	// An empty body, a missing required property, a null, a wrong JSON
 	// type, an empty string, a value outside the enum: 400 naming the field,
@@ -211,11 +247,32 @@ func TestRESTEdge(t *testing.T) {
 		{"PATCH", "/v1/users/me", `{"displayName":5}`, "display_name"},
 		{"POST", "/v1/channels/dm:carol:carol/read", `{"messageId":0}`, "message_id"},
 		{"POST", "/v1/groups", `{"name":"g","memberIds":null}`, "member_ids"},
+		// An unknown property, at the top or inside an object, is refused,
+		// not ignored (MarkRead without messageId marks the whole channel
+		// read); so is anything after the JSON value.
+		{"POST", "/v1/channels/dm:carol:carol/read", `{"upToMessageId":"1"}`, "upToMessageId"},
+		{"PATCH", "/v1/users/me", `{"displayName":"X","nickname":"x"}`, "nickname"},
+		{"PATCH", "/v1/users/me", `{"display_name":"X","Display_Name":"x"}`, "Display_Name"},
+		{"PUT", "/v1/devices/current/push", `{"fcm":{"token":"t","ttl":5}}`, "fcm.ttl"},
+		{"PUT", "/v1/devices/current/push", `{"webPush":{"endpoint":"https://fcm.googleapis.com/x","expirationTime":null,"keys":{"p256dh":"a","auth":"b","x":1}}}`, "web_push.keys.x"},
+		{"PATCH", "/v1/users/me", `{"displayName":"X"} xyz`, "*"},
+		{"PATCH", "/v1/users/me", `{"displayName":"X"}{"displayName":"Y"}`, "*"},
 	} {
 		resp, m := do(c.method, c.path, bearer, "application/json", c.body)
 		if resp.StatusCode != 400 || field(m) != c.field {
 			t.Errorf("%s %s %s: %d %v; want 400 with field %q", c.method, c.path, c.body, resp.StatusCode, m, c.field)
 		}
+	}
+	// JSON.stringify(pushSubscription) as account.proto says to send it:
+	// expirationTime is not refused (web push is not configured here: 409).
+	key, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := fmt.Sprintf(`{"webPush":{"endpoint":"https://fcm.googleapis.com/x","expirationTime":null,"keys":{"p256dh":%q,"auth":%q}}}`,
+		base64.RawURLEncoding.EncodeToString(key.PublicKey().Bytes()), base64.RawURLEncoding.EncodeToString(make([]byte, 16)))
+	if resp, m := do("PUT", "/v1/devices/current/push", bearer, "application/json", sub); resp.StatusCode == 400 {
+		t.Errorf("a browser's subscription JSON: %d %v; want no 400", resp.StatusCode, m)
 	}
 	if _, m := do("GET", "/v1/users/me", bearer, "", ""); m["profile"].(map[string]any)["displayName"] != "Carol" {
 		t.Errorf("profile changed: %v", m)
@@ -240,12 +297,23 @@ func TestOpenAPIDocument(t *testing.T) {
 		Paths               map[string]map[string]struct {
 			Security   *[]any           `json:"security"`
 			Parameters []map[string]any `json:"parameters"`
-			Responses  map[string]any   `json:"responses"`
+			Responses  map[string]struct {
+				Description string                    `json:"description"`
+				Headers     map[string]map[string]any `json:"headers"`
+			} `json:"responses"`
 		} `json:"paths"`
 		Definitions map[string]map[string]any `json:"definitions"`
 	}
 	if err := json.Unmarshal(chatd.OpenAPI, &d); err != nil {
 		t.Fatal(err)
+	}
+	if desc, _ := d.Info["description"].(string); !strings.Contains(desc, "262144 bytes") || strings.Contains(desc, "4 MiB") {
+		t.Errorf("info description %q: want the real body limit, 262144 bytes", desc)
+	}
+	// Inside a body, closed too; but a browser's PushSubscription JSON
+	// (expirationTime besides what the document names) stays open.
+	if keys, push := d.Definitions["v1WebPushKeys"], d.Definitions["v1WebPushSubscription"]; keys["additionalProperties"] != false || push["additionalProperties"] != nil {
+		t.Errorf("v1WebPushKeys %v, v1WebPushSubscription %v: want closed, open", keys["additionalProperties"], push["additionalProperties"])
 	}
 	if d.Info["title"] != "chatd REST API" || d.Info["version"] != "v1" || d.SecurityDefinitions["bearer"]["in"] != "header" {
 		t.Fatalf("info %v, security definitions %v", d.Info, d.SecurityDefinitions)
@@ -257,11 +325,26 @@ func TestOpenAPIDocument(t *testing.T) {
 				t.Errorf("%s %s: security %v", m, path, op.Security)
 			}
 			for _, code := range []string{"200", "400", "401", "404", "409", "413", "415", "429"} {
-				if op.Responses[code] == nil {
+				if _, ok := op.Responses[code]; !ok {
 					t.Errorf("%s %s: no %s response", m, path, code)
 				}
 			}
+			// The limit restEdge enforces (maxRecvMsgBytes), the headers
+			// it sends.
+			if d := op.Responses["413"].Description; !strings.Contains(d, "262144 bytes") {
+				t.Errorf("%s %s: 413 says %q; want the real limit, 262144 bytes", m, path, d)
+			}
+			if op.Responses["429"].Headers["Retry-After"]["type"] != "integer" || op.Responses["401"].Headers["WWW-Authenticate"] == nil {
+				t.Errorf("%s %s: 429 headers %v, 401 headers %v", m, path, op.Responses["429"].Headers, op.Responses["401"].Headers)
+			}
 			for _, p := range op.Parameters {
+				// Unknown body properties are refused: the document says so.
+				sc, _ := p["schema"].(map[string]any)
+				if ref, ok := sc["$ref"].(string); ok && p["in"] == "body" {
+					if def := d.Definitions[strings.TrimPrefix(ref, "#/definitions/")]; def["additionalProperties"] != false {
+						t.Errorf("%s %s: body %s without additionalProperties false", m, path, ref)
+					}
+				}
 				if p["name"] == "pageSize" && (p["minimum"] != float64(0) || p["maximum"] != float64(500) ||
 					chat.MaxChannelsPage != 500 || chat.MaxHistoryPage != 500) {
 					t.Errorf("%s %s: pageSize %v", m, path, p)
@@ -273,4 +356,59 @@ func TestOpenAPIDocument(t *testing.T) {
 	if role["$ref"] != nil || len(role["enum"].([]any)) != 3 {
 		t.Errorf("AddMember role: %v", role)
 	}
+}
+
+// TestRESTRetryAfter: a 429 with a google.rpc.RetryInfo carries its delay
+// as Retry-After (RFC 9110 10.2.3): whole seconds, rounded up, at least 1
+// (the delay here is under a second: truncated it would be 0).
+func TestRESTRetryAfter(t *testing.T) {
+	a := startAppWith(t, app.Config{UnaryRate: 3, UnaryBurst: 5})
+	if code, out := restCall(t, a.HTTPAddr(), "POST", "/v1/accounts", "", map[string]string{"username": "carol", "password": "longpassword", "displayName": "Carol"}); code != 200 {
+		t.Fatalf("sign up: %d %v", code, out)
+	}
+	_, out := restCall(t, a.HTTPAddr(), "POST", "/v1/sessions", "", map[string]string{"username": "carol", "password": "longpassword", "deviceName": "curl"})
+	token, _ := out["accessToken"].(string)
+	for i := 0; i < 50; i++ {
+		req, _ := http.NewRequest("GET", "http://"+a.HTTPAddr()+"/v1/users/me", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			if h := resp.Header.Get("Retry-After"); h != "" {
+				t.Fatalf("200 with Retry-After %q", h)
+			}
+			continue
+		}
+		if resp.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("GET /v1/users/me: %d %s", resp.StatusCode, raw)
+		}
+		var st struct {
+			Details []struct {
+				Type       string `json:"@type"`
+				RetryDelay string `json:"retryDelay"`
+			} `json:"details"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			t.Fatal(err)
+		}
+		var delay time.Duration
+		for _, d := range st.Details {
+			if strings.HasSuffix(d.Type, "google.rpc.RetryInfo") {
+				delay, _ = time.ParseDuration(d.RetryDelay)
+			}
+		}
+		if delay <= 0 {
+			t.Fatalf("429 without a RetryInfo delay: %s", raw)
+		}
+		want := max(int64(math.Ceil(delay.Seconds())), 1)
+		if got := resp.Header.Get("Retry-After"); got != strconv.FormatInt(want, 10) {
+			t.Fatalf("429 with RetryInfo %v: Retry-After %q; want %d", delay, got, want)
+		}
+		return
+	}
+	t.Fatal("no 429 after 50 calls at 3/s with a burst of 5")
 }

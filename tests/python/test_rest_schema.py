@@ -119,15 +119,16 @@ def test_http_details(base):
     code, h, _ = call(base, "GET", "/v1/users/me", headers=auth)
     assert code == 200 and h.get("Grpc-Metadata-Content-Type") is None
 
-    # 415 for a body that is not JSON, 413 for one over 4 MiB.
+    # 415 for a body that is not JSON, 413 for one over 256 KiB (262144
+    # bytes, the server's gRPC message limit).
     code, _, out = call(base, "PUT", "/v1/users/me/read-receipts", b'{"hideReadReceipts":true}',
                         dict(auth, **{"Content-Type": "text/plain"}))
     assert code == 415, out
     # (Headers only: the server answers from Content-Length, then closes
-    # the connection rather than read 4 MiB it refuses.)
+    # the connection rather than read a body it refuses.)
     conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
     conn.putrequest("PATCH", "/v1/users/me")
-    for k, v in dict(auth, **{"Content-Type": "application/json", "Content-Length": str(4 << 20 | 1)}).items():
+    for k, v in dict(auth, **{"Content-Type": "application/json", "Content-Length": str((256 << 10) + 1)}).items():
         conn.putheader(k, v)
     conn.endheaders()
     resp = conn.getresponse()
