@@ -253,6 +253,14 @@ func TestErrorsAndUsage(t *testing.T) {
 		t.Errorf("profile of unknown user: %q", errOut)
 	}
 	alice.fails(2, "send", "bob")
+	// An empty positional argument is a usage error naming it, not a
+	// server error in the SDK's words.
+	if errOut := alice.fails(2, "send", "", "hi"); !strings.Contains(errOut, "TARGET is empty") {
+		t.Errorf("send with an empty target: %q", errOut)
+	}
+	if errOut := alice.fails(2, "presence", "bob", " "); !strings.Contains(errOut, "USER is empty") {
+		t.Errorf("presence with an empty user: %q", errOut)
+	}
 	alice.fails(2, "frobnicate")
 	alice.fails(2, "sync", "--limit", "5000")
 	alice.fails(2, "sync", "--no-such-flag")

@@ -117,7 +117,7 @@ func withSub(cmd *cobra.Command, subs ...*cobra.Command) *cobra.Command {
 func exactly(names ...string) cobra.PositionalArgs {
 	return func(_ *cobra.Command, args []string) error {
 		if len(args) == len(names) {
-			return nil
+			return noneEmpty(args, names)
 		}
 		want := strings.Join(names, " ")
 		if want == "" {
@@ -133,8 +133,31 @@ func atLeast(n int, names string) cobra.PositionalArgs {
 		if len(args) < n {
 			return usagef("want %s, got %d argument(s)", names, len(args))
 		}
-		return nil
+		var placeholders []string // "at least one USER" names USER
+		for _, w := range strings.Fields(names) {
+			if w == strings.ToUpper(w) {
+				placeholders = append(placeholders, w)
+			}
+		}
+		return noneEmpty(args, placeholders)
 	}
+}
+
+// noneEmpty refuses an empty positional argument (`chatctl send "" hi`) as
+// a usage error naming it, before anything reaches the server.
+func noneEmpty(args, names []string) error {
+	for i, a := range args {
+		if strings.TrimSpace(a) == "" {
+			name := fmt.Sprintf("argument %d", i+1)
+			if i < len(names) {
+				name = strings.TrimSuffix(names[i], "...")
+			} else if len(names) > 0 {
+				name = strings.TrimSuffix(names[len(names)-1], "...") // the repeated last one
+			}
+			return usagef("%s is empty", name)
+		}
+	}
+	return nil
 }
 
 // atMost accepts up to n positional arguments, described by names.
