@@ -239,6 +239,14 @@ func TestPush_MutedChannelGetsNone(t *testing.T) {
 	if lc, err := chat.ListChannels(ctx, &chatv1.ListChannelsRequest{}); err != nil || lc.GetChannels()[0].GetMuted() {
 		t.Fatalf("after a mute until the past: %v %v, want not muted", lc, err)
 	}
+	// 0001-01-01 (what a Go client's zero time.Time becomes) is a time in
+	// the past as well, not "forever".
+	if _, err := chat.MuteChannel(ctx, &chatv1.MuteChannelRequest{ChannelId: "dm:alice:bob", Until: timestamppb.New(time.Time{})}); err != nil {
+		t.Fatalf("MuteChannel until 0001-01-01: %v", err)
+	}
+	if lc, err := chat.ListChannels(ctx, &chatv1.ListChannelsRequest{}); err != nil || lc.GetChannels()[0].GetMuted() {
+		t.Fatalf("after a mute until 0001-01-01: %v %v, want not muted", lc, err)
+	}
 	_, err = chat.MuteChannel(ctx, &chatv1.MuteChannelRequest{ChannelId: "g:nope"})
 	if c := status.Code(err); c != codes.NotFound {
 		t.Fatalf("MuteChannel of an unknown channel: %v, want NotFound", err)

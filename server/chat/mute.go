@@ -38,7 +38,9 @@ func (s *Service) MuteChannel(ctx context.Context, req *chatv1.MuteChannelReques
 	if _, err := s.memberOf(ctx, req.GetChannelId(), p.UserID); err != nil {
 		return nil, err
 	}
-	if !until.IsZero() && !until.After(time.Now()) { // already over: unmuted
+	// Already over: unmuted. A given until of 0001-01-01 (Go's zero time)
+	// is a time in the past too, not "forever" (that is an absent until).
+	if req.Until != nil && !until.After(time.Now()) {
 		if err := s.st.DeleteMute(ctx, p.UserID, req.GetChannelId()); err != nil {
 			return nil, s.storeErr(ctx, "DeleteMute", err)
 		}
@@ -48,7 +50,7 @@ func (s *Service) MuteChannel(ctx context.Context, req *chatv1.MuteChannelReques
 		return nil, s.storeErr(ctx, "SetMute", err)
 	}
 	resp := &chatv1.MuteChannelResponse{ChannelId: req.GetChannelId()}
-	if !until.IsZero() {
+	if req.Until != nil {
 		resp.Until = timestamppb.New(until)
 	}
 	return resp, nil
