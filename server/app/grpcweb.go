@@ -120,18 +120,42 @@ func checkOrigin(o string) error {
 		u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(o, "?") || strings.HasSuffix(o, "#") {
 		return fmt.Errorf("allowed origin %q: want scheme://host[:port] (http or https, e.g. https://chat.example.com) or *", o)
 	}
+	host := u.Hostname()
+	switch {
+	case strings.Contains(host, "*"):
+		return fmt.Errorf("allowed origin %q: no wildcards in a host (a browser sends one origin; list each, or *)", o)
+	case strings.IndexFunc(host, func(r rune) bool { return r > 0x7f }) >= 0:
+		return fmt.Errorf("allowed origin %q: write the host in its ASCII (punycode, xn--) form, as browsers send it", o)
+	case strings.HasSuffix(host, "."):
+		return fmt.Errorf("allowed origin %q: no trailing dot in the host", o)
+	case strings.HasSuffix(u.Host, ":"):
+		return fmt.Errorf("allowed origin %q: empty port", o)
+	}
 	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("allowed origin %q: port %q is not 1-65535", o, p)
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 || strings.HasPrefix(p, "0") {
+			return fmt.Errorf("allowed origin %q: port %q is not 1-65535 (as a browser writes it)", o, p)
 		}
 	}
 	return nil
 }
 
+// normalOrigin is o as a browser sends it in Origin: lower case, without
+// the scheme's default port (RFC 6454 6.2 omits it).
+func normalOrigin(o string) string {
+	o = strings.ToLower(strings.TrimRight(strings.TrimSpace(o), "/"))
+	if h, ok := strings.CutPrefix(o, "https://"); ok {
+		return "https://" + strings.TrimSuffix(h, ":443")
+	}
+	if h, ok := strings.CutPrefix(o, "http://"); ok {
+		return "http://" + strings.TrimSuffix(h, ":80")
+	}
+	return o
+}
+
 func newOriginPolicy(origins []string) originPolicy {
 	var p originPolicy
 	for _, o := range origins {
-		o = strings.ToLower(strings.TrimRight(strings.TrimSpace(o), "/"))
+		o = normalOrigin(o)
 		switch o {
 		case "":
 		case "*":

@@ -221,6 +221,9 @@ func TestGRPCWeb_Origins(t *testing.T) {
 		{[]string{"https://app.example"}, "https://app.example", true},
 		{[]string{"https://app.example"}, "http://evil.example", false},
 		{[]string{"*"}, "http://evil.example", true},
+		// A listed default port matches the Origin browsers send without it.
+		{[]string{"https://app.example:443"}, "https://app.example", true},
+		{[]string{"HTTP://App.Example:80/"}, "http://app.example", true},
 	} {
 		t.Run(fmt.Sprintf("%v/%s", c.allowed, c.origin), func(t *testing.T) {
 			a, err := app.New(app.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
@@ -446,7 +449,8 @@ func TestGRPCWeb_Drain(t *testing.T) {
 // error naming the entry, instead of never matching ("app.example.com",
 // a path) or matching every sandboxed page ("null").
 func TestAllowedOriginsValidated(t *testing.T) {
-	for _, bad := range []string{"null", "app.example.com", "https://x.example/path", "ftp://x.example", "https://user@x.example", "https://x.example:99999", "https://x.example?q"} {
+	for _, bad := range []string{"null", "app.example.com", "https://x.example/path", "ftp://x.example", "https://user@x.example", "https://x.example:99999", "https://x.example?q",
+		"https://*.example.com", "https://bücher.example", "https://x.com:", "https://x.com:0080", "https://x.com."} {
 		cfg := app.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), AllowedOrigins: []string{bad}}
 		a, err := app.New(cfg)
 		if err == nil {
