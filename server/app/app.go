@@ -400,7 +400,11 @@ func (a *App) admitInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if info.FullMethod == chatv1.ChatService_Chat_FullMethodName {
 			if d, err := a.admission.Admit(time.Now()); err != nil {
-				return grpcerr.WithRetryDelay(err, d)
+				var se *store.Error
+				if errors.As(err, &se) {
+					return se.WithRetryAfter(d) // grpcerr's interceptor adds the RetryInfo
+				}
+				return err
 			}
 		}
 		return handler(srv, ss)

@@ -5,25 +5,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 )
-
-// WithRetryDelay returns err as Status makes it, with a google.rpc.RetryInfo
-// detail whose retry_delay is d (gRPC's way of saying when to retry, as
-// the AIP-193 error model has it), besides any detail it already has. A
-// delay of 0 or less, or an err Status leaves as a plain error, returns
-// Status(err) unchanged.
-func WithRetryDelay(err error, d time.Duration) error {
-	err = Status(err)
-	st, ok := status.FromError(err)
-	if !ok || st == nil || d <= 0 {
-		return err
-	}
-	if ds, derr := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)}); derr == nil {
-		return ds.Err()
-	}
-	return err
-}
 
 // RetryDelay returns the retry_delay of err's google.rpc.RetryInfo detail,
 // and whether it has one.
