@@ -306,6 +306,35 @@ try {
     await alice2.locator('.dot[data-presence="bob"][data-online="true"]').waitFor({ timeout: 5000 });
   });
 
+  await step("C302: markup sent from chatctl is shown as text on the page; no script runs", async () => {
+    const evil = [`<img src=x onerror="window.__xss=2">`, `<script>window.__xss=3</script>`];
+    for (const t of evil) chatctl("dave", "send", "alice", t);
+    for (const t of evil) await message(alice2, t).waitFor({ timeout: 2000 });
+    const xss = await alice2.evaluate(() => window.__xss);
+    const injected = await alice2.locator("ol.messages img, ol.messages script").count();
+    assert(xss === undefined && injected === 0, `markup from chatctl was rendered (xss=${xss}, elements=${injected})`);
+  });
+
+  await step("C301: a reload while messages arrive shows every message once, in order, and live delivery resumes", async () => {
+    const n = 12;
+    const sender = (async () => {
+      for (let i = 0; i < n; i++) {
+        chatctl("dave", "send", "alice", `c301 ${i}`);
+        await sleep(50);
+      }
+    })();
+    await sleep(150);
+    await alice2.reload();
+    await sender;
+    await alice2.locator('.conn[data-state="live"]').waitFor({ timeout: 10_000 });
+    await message(alice2, `c301 ${n - 1}`).waitFor({ timeout: 5000 });
+    const got = (await texts(alice2)).filter((t) => t.startsWith("c301 "));
+    const want = Array.from({ length: n }, (_, i) => `c301 ${i}`);
+    assert(JSON.stringify(got) === JSON.stringify(want), `after a reload under traffic: ${JSON.stringify(got)}`);
+    chatctl("dave", "send", "alice", "c301 live");
+    await message(alice2, "c301 live").waitFor({ timeout: 2000 });
+  });
+
   await step("unread count in the list, then history paged upward with nothing doubled", async () => {
     chatctl("erin", "signup", "erin", "--password", "password-erin");
     chatctl("erin", "login", "erin", "--password", "password-erin", "--device", "cli");
