@@ -341,7 +341,7 @@ class App {
    * the peers instead would fail the whole stream with PermissionDenied
    * for one peer who has not added us, and hide everyone's dot.
    */
-  async watchPresence(): Promise<void> {
+  async watchPresence(recheckMs = 2000): Promise<void> {
     const peers = [...this.convs.values()].map((c) => this.peerOf(c)).filter((p) => p && p !== this.me.userId);
     const key = [...new Set(peers)].sort().join(",");
     const adds: Promise<unknown>[] = [];
@@ -356,6 +356,14 @@ class App {
     const abort = new AbortController();
     this.presenceAbort = abort;
     await Promise.all(adds); // the subscription lists contacts as they are when it opens
+    // A peer who adds us back later is not in that list: while some peer's
+    // presence is missing, subscribe again after a growing delay (capped at
+    // a minute), as the old per-peer subscription's retries did.
+    setTimeout(() => {
+      if (abort.signal.aborted || peers.every((p) => this.presence.has(p))) return;
+      this.presenceUsers = "";
+      void this.watchPresence(Math.min(recheckMs * 2, 60_000));
+    }, recheckMs);
     for (let attempt = 0; !abort.signal.aborted; attempt++) {
       try {
         for await (const r of this.clients.presenceStream.subscribe({ userIds: [] }, { signal: abort.signal })) {

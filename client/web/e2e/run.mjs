@@ -184,8 +184,9 @@ try {
     assert(xss === undefined && imgs === 0, `the message was rendered as HTML (xss=${xss}, img=${imgs})`);
   });
 
-  await step("presence: bob's page shows alice online", async () => {
+  await step("presence: bob's page shows alice online, and alice's page bob (who added her back after her page subscribed)", async () => {
     await bob.locator('.dot[data-presence="alice"][data-online="true"]').waitFor({ timeout: 5000 });
+    await alice.locator('.dot[data-presence="bob"][data-online="true"]').waitFor({ timeout: 5000 });
   });
 
   await step("an edit and a delete show on the other page", async () => {
