@@ -1,0 +1,103 @@
+package chat
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+)
+
+// countingListener counts the Write calls (write syscalls: grpc flushes
+// its buffer with one Write) of every connection it accepts, per
+// connection in accept order.
+type countingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []*atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	n := new(atomic.Int64)
+	l.mu.Lock()
+	l.conns = append(l.conns, n)
+	l.mu.Unlock()
+	return &countingConn{Conn: c, writes: n}, nil
+}
+
+func (l *countingListener) total() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var t int64
+	for _, n := range l.conns {
+		t += n.Load()
+	}
+	return t
+}
+
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// A send's echo to the sending device and its SendAck leave in one write:
+// the writer holds the echo back until the SendAck is popped (stream.held).
+// Written as they come they are two flushes (two write syscalls) per send
+// unless the scheduler happens to run the writer late. Every frame still
+// arrives, in the order echo then SendAck. Only the sending device is
+// connected (on its own connection), so every server write counted is
+// its.
+func TestEchoAndSendAckShareOneWrite(t *testing.T) {
+	lis := &countingListener{}
+	// Static flow-control windows on both sides, as server/app and the SDK
+	// set them: no BDP pings, so every write counted carries frames.
+	e := newEnv(t, envConfig{
+		listener:   func(l net.Listener) net.Listener { lis.Listener = l; return lis },
+		serverOpts: []grpc.ServerOption{grpc.InitialWindowSize(256 << 10), grpc.InitialConnWindowSize(1 << 20)},
+	})
+	e.users("alice", "bob")
+	cc, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(4<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	a := e.openOn(chatv1.NewChatServiceClient(cc), "alice", "phone", true)
+	// Warm up: the direct channel exists, the stream is live.
+	a.ackOf(a.sendTo("bob", "warm", "hi"))
+	a.deliveries(1)
+	const n = 200
+	before := lis.total()
+	for i := range n {
+		id := a.sendTo("bob", fmt.Sprintf("m%d", i), "hello")
+		// The echo comes first, then the SendAck, as before.
+		f := a.next()
+		if f.GetDelivery().GetMessage().GetClientMessageId() != fmt.Sprintf("m%d", i) {
+			t.Fatalf("send %d: first frame %v, want the echo", i, f)
+		}
+		if g := a.next(); g.GetFrameId() != id || g.GetSendAck() == nil {
+			t.Fatalf("send %d: second frame %v, want the SendAck", i, g)
+		}
+	}
+	writes := lis.total() - before
+	t.Logf("%d sends: %d server writes (%.2f per send)", n, writes, float64(writes)/n)
+	// One write per send; a few more when the transport's writer ran
+	// between the two frames (a loaded machine). Without the hold: ~2.
+	if writes > n*3/2 {
+		t.Fatalf("%d server writes for %d sends: echo and SendAck were not written together", writes, n)
+	}
+}
