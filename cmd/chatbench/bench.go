@@ -625,7 +625,8 @@ func closeAll(devs []*device) {
 // (the server's, from Welcome, unless --heartbeat); a device busy sending
 // skips one. Acks (every --ack-interval, each device on its own phase of
 // it unless --ack-aligned) send each device's highest received inbox_seq
-// when it moved.
+// when it moved, without asking for a reply (Ack.no_reply) as the SDK's
+// periodic auto-ack does, unless --ack-reply.
 func (b *bench) background(devs []*device) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -691,7 +692,7 @@ func (b *bench) background(devs []*device) (stop func()) {
 					if want <= d.acked.Load() || !d.mu.TryLock() {
 						continue
 					}
-					f := &chatv1.ClientFrame{FrameId: kindAck<<kindShift | d.nextID.Add(1), Payload: &chatv1.ClientFrame_Ack{Ack: &chatv1.Ack{InboxSeq: want}}}
+					f := &chatv1.ClientFrame{FrameId: kindAck<<kindShift | d.nextID.Add(1), Payload: &chatv1.ClientFrame_Ack{Ack: &chatv1.Ack{InboxSeq: want, NoReply: !b.cfg.ackReply}}}
 					if d.stream.Send(f) == nil {
 						d.acked.Store(want)
 					}

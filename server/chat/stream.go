@@ -619,8 +619,10 @@ func (st *stream) handleAck(id uint64, a *chatv1.Ack) error {
 		}
 		return st.replyErr(id, s.storeErr(st.ctx, "Chat.AdvanceCursor", err))
 	}
-	if err := st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_AckResult{AckResult: &chatv1.AckResult{Cursor: cur}}}); err != nil {
-		return err
+	if !a.GetNoReply() {
+		if err := st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_AckResult{AckResult: &chatv1.AckResult{Cursor: cur}}}); err != nil {
+			return err
+		}
 	}
 	if cur > st.acked {
 		prev := st.acked

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
@@ -100,4 +101,41 @@ func TestEchoAndSendAckShareOneWrite(t *testing.T) {
 	if writes > n*3/2 {
 		t.Fatalf("%d server writes for %d sends: echo and SendAck were not written together", writes, n)
 	}
+}
+
+// An Ack with no_reply moves the cursor like any ack but is answered only
+// when it fails: no AckResult (one frame, one write less per background
+// ack), and still a FrameError for an ack beyond the head.
+func TestAckNoReply(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	a := e.open("alice", "phone")
+	b := e.open("bob", "phone")
+	for i := range 3 {
+		a.ackOf(a.sendTo("bob", fmt.Sprintf("m%d", i), "hi"))
+	}
+	ds := b.deliveries(3)
+	id := b.frameID()
+	b.sendFrame(&chatv1.ClientFrame{FrameId: id, Payload: &chatv1.ClientFrame_Ack{Ack: &chatv1.Ack{InboxSeq: ds[1].GetInboxSeq(), NoReply: true}}})
+	// A heartbeat after it: its reply comes after anything the ack caused.
+	hb := b.heartbeat()
+	for {
+		f := b.next()
+		if f.GetFrameId() == hb {
+			break
+		}
+		if f.GetFrameId() == id {
+			t.Fatalf("no_reply ack answered: %v", f)
+		}
+	}
+	// The cursor moved: a reconnect's Welcome carries it.
+	b.close()
+	b2 := e.open("bob", "phone")
+	if got := b2.welcome.GetCursor(); got != ds[1].GetInboxSeq() {
+		t.Fatalf("cursor after a no_reply ack = %d, want %d", got, ds[1].GetInboxSeq())
+	}
+	// A failing one is still answered.
+	id = b2.frameID()
+	b2.sendFrame(&chatv1.ClientFrame{FrameId: id, Payload: &chatv1.ClientFrame_Ack{Ack: &chatv1.Ack{InboxSeq: 1 << 40, NoReply: true}}})
+	b2.errOf(id, codes.FailedPrecondition)
 }
