@@ -78,6 +78,10 @@ type envConfig struct {
 	listener func(net.Listener) net.Listener
 	// serverOpts are added to the gRPC server's options.
 	serverOpts []grpc.ServerOption
+	// afterPublish, if set, runs on the sequencer goroutine after each
+	// batch's publish, before its done callbacks (e.g. a pause, as when
+	// the goroutine loses its core on a loaded machine).
+	afterPublish func()
 }
 
 func newEnv(t testing.TB, ec envConfig) *env {
@@ -111,7 +115,11 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	if ec.alloc != nil {
 		alloc = ec.alloc(st)
 	}
-	e.seq = sequence.New(st, e.publish, sequence.Options{Allocator: alloc, Tracer: ec.tracer})
+	publish := e.publish
+	if ec.afterPublish != nil {
+		publish = func(b []sequence.Committed) { e.publish(b); ec.afterPublish() }
+	}
+	e.seq = sequence.New(st, publish, sequence.Options{Allocator: alloc, Tracer: ec.tracer})
 	var svcStore store.Store = st
 	if ec.wrap != nil {
 		svcStore = ec.wrap(st)
