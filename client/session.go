@@ -96,7 +96,9 @@ func WithMaxInFlight(n int) SessionOption {
 // hands to the application (a Delivery placed into the Deliveries channel,
 // or one passed to SyncAll's callback that returned nil). At most one Ack is
 // sent per interval (0: as soon as the previous Ack completed); acks in
-// between are coalesced into the highest seq.
+// between are coalesced into the highest seq. With an interval the acks ask
+// for no reply (Ack.no_reply), so Session.Cursor moves only with Ack or
+// Flush, which wait for the server's AckResult.
 //
 // Auto-ack means at-most-once processing if the application crashes:
 // deliveries still buffered in the channel are acked but not yet processed.
@@ -1165,15 +1167,28 @@ func (s *Session) heartbeatLoop() {
 
 func (s *Session) ackLoop() {
 	defer s.wg.Done()
+	var sent uint64 // highest seq acked without a reply
 	for {
 		select {
 		case <-s.ackKick:
 		case <-s.ctx.Done():
 			return
 		}
-		if want := s.ackWant.Load(); want > s.cursor.Load() {
+		if want := s.ackWant.Load(); want > s.cursor.Load() && want > sent {
 			ctx, cancel := context.WithTimeout(s.ctx, autoAckTimeout)
-			_, _ = s.Ack(ctx, want)
+			if s.opts.autoAckEvery > 0 {
+				// Periodic: nothing waits for the reply, so ask for none
+				// (Ack.no_reply: a frame less for the server to write);
+				// the interval paces the acks. A lost one is made good by
+				// the next; Flush still waits for a confirmed cursor.
+				if _, err := s.enqueue(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Ack{
+					Ack: &chatv1.Ack{InboxSeq: want, NoReply: true},
+				}}, false); err == nil {
+					sent = want
+				}
+			} else {
+				_, _ = s.Ack(ctx, want)
+			}
 			cancel()
 		}
 		if s.opts.autoAckEvery > 0 {

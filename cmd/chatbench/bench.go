@@ -623,8 +623,10 @@ func closeAll(devs []*device) {
 // background runs the heartbeat and ack loops of the open devices until
 // the returned stop is called. Heartbeats are spread over the interval
 // (the server's, from Welcome, unless --heartbeat); a device busy sending
-// skips one. Acks (every --ack-interval) send each device's highest
-// received inbox_seq when it moved.
+// skips one. Acks (every --ack-interval, each device on its own phase of
+// it unless --ack-aligned) send each device's highest received inbox_seq
+// when it moved, without asking for a reply (Ack.no_reply) as the SDK's
+// periodic auto-ack does, unless --ack-reply.
 func (b *bench) background(devs []*device) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -662,18 +664,27 @@ func (b *bench) background(devs []*device) (stop func()) {
 		}
 	}()
 	if iv := b.cfg.ackInterval; iv > 0 {
+		// Each device acks on its own phase of the interval, as devices
+		// whose auto-ack timers started when each connected do; with
+		// --ack-aligned every device acks at the same moment, a burst of
+		// len(devs) acks once per interval.
+		slots := slots
+		if b.cfg.ackAligned {
+			slots = 1
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := time.NewTicker(iv)
+			t := time.NewTicker(iv / time.Duration(slots))
 			defer t.Stop()
-			for {
+			for tick := 0; ; tick++ {
 				select {
 				case <-done:
 					return
 				case <-t.C:
 				}
-				for _, d := range devs {
+				for i := tick % slots; i < len(devs); i += slots {
+					d := devs[i]
 					if d.stream == nil {
 						continue
 					}
@@ -681,7 +692,7 @@ func (b *bench) background(devs []*device) (stop func()) {
 					if want <= d.acked.Load() || !d.mu.TryLock() {
 						continue
 					}
-					f := &chatv1.ClientFrame{FrameId: kindAck<<kindShift | d.nextID.Add(1), Payload: &chatv1.ClientFrame_Ack{Ack: &chatv1.Ack{InboxSeq: want}}}
+					f := &chatv1.ClientFrame{FrameId: kindAck<<kindShift | d.nextID.Add(1), Payload: &chatv1.ClientFrame_Ack{Ack: &chatv1.Ack{InboxSeq: want, NoReply: !b.cfg.ackReply}}}
 					if d.stream.Send(f) == nil {
 						d.acked.Store(want)
 					}

@@ -168,6 +168,8 @@ type config struct {
 	size           int
 	drain          time.Duration
 	ackInterval    time.Duration
+	ackAligned     bool
+	ackReply       bool
 	peers          int
 	pairs          int
 	groups         int
@@ -226,6 +228,8 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		fs.IntVar(&c.size, "size", 100, "message text size in bytes")
 		fs.DurationVar(&c.drain, "drain", 15*time.Second, "after sending, wait at most this long for outstanding acks and deliveries")
 		fs.DurationVar(&c.ackInterval, "ack-interval", time.Second, "each device acks its highest received inbox_seq this often (0: never)")
+		fs.BoolVar(&c.ackAligned, "ack-aligned", false, "every device acks at the same moment of --ack-interval (a burst), instead of each on its own phase as independent devices do")
+		fs.BoolVar(&c.ackReply, "ack-reply", false, "acks ask for an AckResult (without it they set Ack.no_reply, as the SDK's periodic auto-ack does)")
 	case "pairs":
 		fs.IntVar(&c.pairs, "pairs", 500, "sender -> receiver pairs of distinct users (2 x pairs connections)")
 		fs.DurationVar(&c.duration, "duration", 30*time.Second, "how long to send")
@@ -234,6 +238,8 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		fs.IntVar(&c.size, "size", 100, "message text size in bytes")
 		fs.DurationVar(&c.drain, "drain", 15*time.Second, "after sending, wait at most this long for outstanding acks and deliveries")
 		fs.DurationVar(&c.ackInterval, "ack-interval", time.Second, "each device acks its highest received inbox_seq this often (0: never)")
+		fs.BoolVar(&c.ackAligned, "ack-aligned", false, "every device acks at the same moment of --ack-interval (a burst), instead of each on its own phase as independent devices do")
+		fs.BoolVar(&c.ackReply, "ack-reply", false, "acks ask for an AckResult (without it they set Ack.no_reply, as the SDK's periodic auto-ack does)")
 	case "sync":
 		fs.IntVar(&c.users, "users", 10, "devices that come back and sync (one user each); as many sender users send them the backlog")
 		fs.IntVar(&c.backlog, "backlog", 1000, "messages waiting for each syncing device")

@@ -24,7 +24,7 @@ func runPairs(ctx context.Context, b *bench) (*Report, error) {
 	c := b.cfg
 	n := c.pairs
 	rep := b.newReport()
-	rep.Workload = map[string]any{"pairs": n, "conns": 2 * n, "rate": c.rate, "duration": c.duration.String(), "size": c.size, "ack_interval": c.ackInterval.String()}
+	rep.Workload = map[string]any{"pairs": n, "conns": 2 * n, "rate": c.rate, "duration": c.duration.String(), "size": c.size, "ack_interval": c.ackInterval.String(), "ack_aligned": c.ackAligned, "ack_reply": c.ackReply}
 	toks, err := b.ensureTokens(ctx, 2*n, 1)
 	if err != nil {
 		return rep, err

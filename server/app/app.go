@@ -256,7 +256,7 @@ func (a *App) buildEngines() error {
 	if err != nil {
 		return err
 	}
-	a.seq = sequence.New(a.store, publish, sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger, Tracer: tracer})
+	a.seq = sequence.New(a.store, publish, sequence.Options{Allocator: eng.allocator, Logger: cfg.Logger, Tracer: tracer, CommitLinger: cfg.CommitLinger})
 	a.presence, err = presence.NewTracker(presence.TrackerConfig{
 		Engine:            eng.presence,
 		Hidden:            presence.StoreHidden(a.store),
@@ -469,7 +469,7 @@ func (a *App) logConfig() {
 		"unary_rate", c.UnaryRate, "unary_burst", c.UnaryBurst, "unary_timeout", c.UnaryTimeout.String(),
 		"max_concurrent_streams", c.MaxConcurrentStreams, "shutdown_timeout", c.ShutdownTimeout.String(),
 		"zone", c.Zone, "max_streams", c.MaxStreams, "stream_rate", c.StreamRate, "stream_burst", c.StreamBurst,
-		"drain_window", c.DrainWindow.String(), "admin_addr", c.AdminAddr,
+		"drain_window", c.DrainWindow.String(), "admin_addr", c.AdminAddr, "commit_linger", c.CommitLinger.String(),
 		"allowed_origins", strings.Join(c.AllowedOrigins, ","),
 		"push", !c.Push.Off, "push_webpush_hosts", strings.Join(c.Push.WebPushHosts, ","),
 		"push_collapse_window", c.Push.Window.String(), "push_ttl", c.Push.TTL.String(), "push_concurrency", c.Push.Concurrency,

@@ -14,6 +14,7 @@ import (
 	"github.com/chatd/chatd/server/presence"
 	"github.com/chatd/chatd/server/push"
 	"github.com/chatd/chatd/server/push/webpush"
+	"github.com/chatd/chatd/server/sequence"
 	"github.com/chatd/chatd/server/store/scylla"
 	"github.com/chatd/chatd/server/tracing"
 	"golang.org/x/oauth2"
@@ -102,6 +103,11 @@ type Config struct {
 	// spreads its devices' moves over before it closes what is left. Zero
 	// means DefaultDrainWindow.
 	DrainWindow time.Duration
+	// CommitLinger is how long the sequencer's group commit waits for more
+	// sends, under load only (see sequence.Options.CommitLinger): fewer
+	// fsyncs per message for at most this much latency. Zero means
+	// sequence.DefaultCommitLinger; negative turns it off.
+	CommitLinger time.Duration
 	// AdminAddr, if set, serves AdminService (DrainServer) on a gRPC
 	// listener of its own; bind it to loopback or a private network. Zero:
 	// no admin listener.
@@ -245,6 +251,7 @@ func (c Config) Defaults() Config {
 	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
 	orDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	orDefault(&c.DrainWindow, DefaultDrainWindow)
+	orDefault(&c.CommitLinger, sequence.DefaultCommitLinger)
 	orDefault(&c.Push.VAPIDSubject, webpush.DefaultSubject)
 	if c.Push.WebPushHosts == nil {
 		c.Push.WebPushHosts = push.DefaultWebPushHosts

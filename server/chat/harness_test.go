@@ -73,6 +73,15 @@ type envConfig struct {
 	// wrap, if set, wraps the store the chat service uses (not the
 	// sequencer's), e.g. to count its reads.
 	wrap func(store.Store) store.Store
+	// listener, if set, wraps the gRPC server's listener (e.g. to count
+	// its connections' writes).
+	listener func(net.Listener) net.Listener
+	// serverOpts are added to the gRPC server's options.
+	serverOpts []grpc.ServerOption
+	// afterPublish, if set, runs on the sequencer goroutine after each
+	// batch's publish, before its done callbacks (e.g. a pause, as when
+	// the goroutine loses its core on a loaded machine).
+	afterPublish func()
 }
 
 func newEnv(t testing.TB, ec envConfig) *env {
@@ -106,7 +115,11 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	if ec.alloc != nil {
 		alloc = ec.alloc(st)
 	}
-	e.seq = sequence.New(st, e.publish, sequence.Options{Allocator: alloc, Tracer: ec.tracer})
+	publish := e.publish
+	if ec.afterPublish != nil {
+		publish = func(b []sequence.Committed) { e.publish(b); ec.afterPublish() }
+	}
+	e.seq = sequence.New(st, publish, sequence.Options{Allocator: alloc, Tracer: ec.tracer})
 	var svcStore store.Store = st
 	if ec.wrap != nil {
 		svcStore = ec.wrap(st)
@@ -122,18 +135,21 @@ func newEnv(t testing.TB, ec envConfig) *env {
 		Tracer:     ec.tracer,
 	})
 	e.svc = svc
-	e.srv = grpc.NewServer(
+	e.srv = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.ForceServerCodecV2(Codec()),
-		grpc.MaxRecvMsgSize(256<<10),
+		grpc.MaxRecvMsgSize(256 << 10),
 		grpc.ChainUnaryInterceptor(grpcerr.UnaryServerInterceptor(), e.auth.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(grpcerr.StreamServerInterceptor(), e.auth.StreamInterceptor()),
-	)
+	}, ec.serverOpts...)...)
 	chatv1.RegisterChatServiceServer(e.srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.addr = lis.Addr().String()
+	if ec.listener != nil {
+		lis = ec.listener(lis)
+	}
 	go e.srv.Serve(lis)
 	e.cc, err = grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
@@ -50,8 +51,14 @@ type syncOp struct {
 }
 
 // sendReply marks a SendAck or send FrameError: after writing it the
-// writer releases the send's in-flight slot.
-type sendReply struct{}
+// writer releases the send's in-flight slot. cmid is the request's
+// client_message_id (see stream.pend).
+type sendReply struct{ cmid string }
+
+// maxHeldEchoes bounds the deliveries a writer holds back while it waits
+// for the SendAck of the device's own send (see stream.held); beyond it
+// they go out at once.
+const maxHeldEchoes = 64
 
 // stream is one device's Chat stream.
 type stream struct {
@@ -83,6 +90,21 @@ type stream struct {
 	// yet: the reader's acks move the delivery markers from it, without
 	// reading the inbox (shared by both goroutines; it locks itself).
 	sent deliver.SentLog
+
+	// One write for a send's echo and its SendAck. The sequencer routes a
+	// committed message (its echo to the sending device among the
+	// deliveries) and then answers the send, microseconds apart; written
+	// as they come, the echo and the SendAck are two HTTP/2 flushes, two
+	// write syscalls. So while a send of this stream is unanswered, the
+	// writer holds back the echo of that send (and the deliveries queued
+	// after it, to keep their order) until the SendAck is popped, then
+	// writes them and the SendAck together: the same frames in the same
+	// order as before, in one flush. pend counts this stream's submitted,
+	// unanswered client_message_ids (reader adds, writer removes; nil until
+	// the first send); held is writer-only.
+	pendMu sync.Mutex
+	pend   map[string]int
+	held   []*chatv1.ServerFrame
 }
 
 // Chat serves one device's stream. See the proto for the protocol. The
@@ -362,19 +384,95 @@ func (st *stream) handleItem(it hub.Item) error {
 	case syncOp:
 		return st.doSync(op)
 	case sendReply:
+		if st.answered(op.cmid) {
+			if err := st.flushHeld(); err != nil {
+				<-st.inflight
+				return err
+			}
+		}
 		err := st.send(it.Frame)
 		<-st.inflight
 		return err
 	default:
 		return nil
 	}
-	if it.Frame.GetDelivery() != nil {
+	if d := it.Frame.GetDelivery(); d != nil {
+		if len(st.held) > 0 || st.ownPending(d.GetMessage()) {
+			if len(st.held) < maxHeldEchoes {
+				st.held = append(st.held, it.Frame)
+				return nil
+			}
+			if err := st.flushHeld(); err != nil {
+				return err
+			}
+		}
 		if err := st.d.Deliver(st.ctx, it.Frame); err != nil {
 			return st.deliverErr(err, false)
 		}
 		return nil
 	}
 	return st.send(it.Frame)
+}
+
+// pending notes a request of this stream submitted under cmid (reader).
+func (st *stream) pending(cmid string) {
+	st.pendMu.Lock()
+	if st.pend == nil {
+		st.pend = make(map[string]int)
+	}
+	st.pend[cmid]++
+	st.pendMu.Unlock()
+}
+
+// unpend forgets one submission of cmid (reader, writer, or the
+// sequencer's callback when the stream is closing).
+func (st *stream) unpend(cmid string) {
+	st.pendMu.Lock()
+	if n := st.pend[cmid]; n > 1 {
+		st.pend[cmid] = n - 1
+	} else {
+		delete(st.pend, cmid)
+	}
+	st.pendMu.Unlock()
+}
+
+// answered is unpend on the writer when the reply to cmid is popped: it
+// reports whether held deliveries must now go out (the one that started
+// the hold no longer waits for an unanswered send).
+func (st *stream) answered(cmid string) bool {
+	st.unpend(cmid)
+	if len(st.held) == 0 {
+		return false
+	}
+	return !st.ownPending(st.held[0].GetDelivery().GetMessage())
+}
+
+// ownPending reports whether m is the echo of a send of this stream still
+// waiting for its SendAck (writer).
+func (st *stream) ownPending(m *chatv1.Message) bool {
+	if m.GetSenderDeviceId() != st.p.DeviceID || m.GetSenderId() != st.p.UserID {
+		return false
+	}
+	st.pendMu.Lock()
+	n := st.pend[m.GetClientMessageId()]
+	st.pendMu.Unlock()
+	return n > 0
+}
+
+// flushHeld writes the held deliveries, in order (writer).
+func (st *stream) flushHeld() error {
+	held := st.held
+	st.held = st.held[:0]
+	for i, f := range held {
+		held[i] = nil
+		if err := st.d.Deliver(st.ctx, f); err != nil {
+			return st.deliverErr(err, false)
+		}
+	}
+	if cap(st.held) > maxHeldEchoes {
+		st.held = nil
+	}
+	return nil
 }
 
 // doSync answers a SyncRequest with one page of the inbox (see
@@ -521,8 +619,10 @@ func (st *stream) handleAck(id uint64, a *chatv1.Ack) error {
 		}
 		return st.replyErr(id, s.storeErr(st.ctx, "Chat.AdvanceCursor", err))
 	}
-	if err := st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_AckResult{AckResult: &chatv1.AckResult{Cursor: cur}}}); err != nil {
-		return err
+	if !a.GetNoReply() {
+		if err := st.reply(&chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_AckResult{AckResult: &chatv1.AckResult{Cursor: cur}}}); err != nil {
+			return err
+		}
 	}
 	if cur > st.acked {
 		prev := st.acked
@@ -598,6 +698,8 @@ func (st *stream) submitTraced(ctx context.Context, span trace.Span, id uint64, 
 		return endSpan(span, status.FromContextError(st.ctx.Err()).Err())
 	}
 	t0 := time.Now()
+	cmid := req.ClientMessageID
+	st.pending(cmid)
 	err := s.seq.SubmitContext(ctx, req, func(r sequence.Result) {
 		defer endSpan(span, r.Err)
 		// On the sequencer goroutine: never block. The in-flight slot is
@@ -617,11 +719,13 @@ func (st *stream) submitTraced(ctx context.Context, span trace.Span, id uint64, 
 			s.metrics.SendLatency.Observe(time.Since(t0).Seconds())
 			f = &chatv1.ServerFrame{FrameId: id, Payload: &chatv1.ServerFrame_SendAck{SendAck: sendAckOf(r)}}
 		}
-		if !st.sess.TryEnqueue(hub.Item{Frame: f, Op: sendReply{}}) {
+		if !st.sess.TryEnqueue(hub.Item{Frame: f, Op: sendReply{cmid: cmid}}) {
+			st.unpend(cmid)
 			<-st.inflight // the stream is closing: nobody will write it
 		}
 	})
 	if err != nil {
+		st.unpend(cmid)
 		<-st.inflight
 		return endSpan(span, err)
 	}

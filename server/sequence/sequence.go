@@ -82,6 +82,11 @@ const (
 	DefaultMaxBatch   = 512
 	DefaultCacheLimit = 1 << 20
 	DefaultDedupCache = 1 << 16
+	// DefaultCommitLinger is the linger servers use (server/app); the zero
+	// Options.CommitLinger means none. About two fsyncs of this project's
+	// disk at p50 (0.4 ms each): at 1,000 msg/s it about halves the
+	// commits, and costs a send at most this much latency, only under load.
+	DefaultCommitLinger = time.Millisecond
 )
 
 // Options tune a Sequencer. Zero values take the defaults above.
@@ -92,6 +97,19 @@ type Options struct {
 	// MaxBatch is the largest number of requests written by one
 	// AppendBatch.
 	MaxBatch int
+	// CommitLinger is how long a batch that is not full waits for more
+	// requests before it is written, counted from when the sequencer took
+	// its first request; it lingers only under load: when the previous
+	// batch finished less than CommitLinger before that (requests come at
+	// least about that often). Each batch is one durable write (an fsync
+	// on the embedded store, a CQL batch in a cluster), so at a steady
+	// rate r a linger L writes about r·L+1 messages per commit instead of
+	// about 1, for at most L more latency per send; an idle server never
+	// waits. Zero or negative: no linger (a batch is written as soon as
+	// the queue is empty). The group commit delays of PostgreSQL
+	// (commit_delay) and MySQL (binlog_group_commit_sync_delay) work the
+	// same way.
+	CommitLinger time.Duration
 	// CacheLimit bounds each id cache of the default LocalAllocator
 	// (channels' last message_id, users' last inbox seq), in entries. When
 	// a cache grows past it, it is dropped and reloaded lazily from the
@@ -433,17 +451,27 @@ func (s *Sequencer) Close() {
 func (s *Sequencer) run() {
 	defer close(s.stopped)
 	batch := make([]item, 0, s.opts.MaxBatch)
+	linger := s.opts.CommitLinger
+	var timer *time.Timer
+	if linger > 0 {
+		timer = time.NewTimer(linger)
+		timer.Stop()
+		defer timer.Stop()
+	}
+	var finished time.Time // when the previous batch was done
 	for {
 		it, ok := <-s.queue
 		if !ok {
 			return
 		}
 		batch = append(batch[:0], it)
+		open := true
 	drain:
 		for len(batch) < s.opts.MaxBatch {
 			select {
 			case it, ok := <-s.queue:
 				if !ok {
+					open = false
 					break drain
 				}
 				batch = append(batch, it)
@@ -451,9 +479,35 @@ func (s *Sequencer) run() {
 				break drain
 			}
 		}
+		if linger > 0 && open && len(batch) < s.opts.MaxBatch && time.Since(finished) < linger {
+			batch = s.linger(batch, timer, linger)
+		}
 		s.process(batch)
 		clear(batch) // drop references for the GC
+		if linger > 0 {
+			finished = time.Now()
+		}
 	}
+}
+
+// linger adds to batch the requests that arrive within d (until the batch
+// is full or the queue closes) and returns it. t is the sequencer's
+// stopped timer; it is stopped again on return.
+func (s *Sequencer) linger(batch []item, t *time.Timer, d time.Duration) []item {
+	t.Reset(d)
+	defer t.Stop()
+	for len(batch) < s.opts.MaxBatch {
+		select {
+		case it, ok := <-s.queue:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, it)
+		case <-t.C:
+			return batch
+		}
+	}
+	return batch
 }
 
 // pending is the per-request state of one batch.

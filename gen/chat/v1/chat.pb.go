@@ -709,8 +709,14 @@ func (*SendMessage_ChannelId) isSendMessage_Target() {}
 // Welcome.head_seq; the entries up to it are not readable yet); the stream
 // stays open.
 type Ack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	InboxSeq      uint64                 `protobuf:"varint,1,opt,name=inbox_seq,json=inboxSeq,proto3" json:"inbox_seq,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	InboxSeq uint64                 `protobuf:"varint,1,opt,name=inbox_seq,json=inboxSeq,proto3" json:"inbox_seq,omitempty"`
+	// no_reply: answer only a failure (the FrameError above), never with an
+	// AckResult. For periodic background acks, where nothing waits for the
+	// reply: it saves the server a frame (a write) per ack. An ack is
+	// idempotent, so a lost one is made good by the next; the cursor it set
+	// shows in the next Welcome and in any later AckResult.
+	NoReply       bool `protobuf:"varint,2,opt,name=no_reply,json=noReply,proto3" json:"no_reply,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -750,6 +756,13 @@ func (x *Ack) GetInboxSeq() uint64 {
 		return x.InboxSeq
 	}
 	return 0
+}
+
+func (x *Ack) GetNoReply() bool {
+	if x != nil {
+		return x.NoReply
+	}
+	return false
 }
 
 // SyncRequest asks for the inbox entries after a cursor, one page.
@@ -3626,9 +3639,10 @@ const file_chat_v1_chat_proto_rawDesc = "" +
 	"channel_id\x18\x02 \x01(\tH\x00R\tchannelId\x12*\n" +
 	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x12\n" +
 	"\x04text\x18\x04 \x01(\tR\x04textB\b\n" +
-	"\x06target\"\"\n" +
+	"\x06target\"=\n" +
 	"\x03Ack\x12\x1b\n" +
-	"\tinbox_seq\x18\x01 \x01(\x04R\binboxSeq\"@\n" +
+	"\tinbox_seq\x18\x01 \x01(\x04R\binboxSeq\x12\x19\n" +
+	"\bno_reply\x18\x02 \x01(\bR\anoReply\"@\n" +
 	"\vSyncRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"'\n" +

@@ -273,6 +273,14 @@ export interface SendMessage {
  */
 export interface Ack {
   inboxSeq: bigint;
+  /**
+   * no_reply: answer only a failure (the FrameError above), never with an
+   * AckResult. For periodic background acks, where nothing waits for the
+   * reply: it saves the server a frame (a write) per ack. An ack is
+   * idempotent, so a lost one is made good by the next; the cursor it set
+   * shows in the next Welcome and in any later AckResult.
+   */
+  noReply: boolean;
 }
 
 /** SyncRequest asks for the inbox entries after a cursor, one page. */
@@ -1484,7 +1492,7 @@ export const SendMessage: MessageFns<SendMessage> = {
 };
 
 function createBaseAck(): Ack {
-  return { inboxSeq: 0n };
+  return { inboxSeq: 0n, noReply: false };
 }
 
 export const Ack: MessageFns<Ack> = {
@@ -1494,6 +1502,9 @@ export const Ack: MessageFns<Ack> = {
         throw new globalThis.Error("value provided for field message.inboxSeq of type uint64 too large");
       }
       writer.uint32(8).uint64(message.inboxSeq);
+    }
+    if (message.noReply !== false) {
+      writer.uint32(16).bool(message.noReply);
     }
     return writer;
   },
@@ -1519,6 +1530,14 @@ export const Ack: MessageFns<Ack> = {
             message.inboxSeq = reader.uint64() as bigint;
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.noReply = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1538,6 +1557,11 @@ export const Ack: MessageFns<Ack> = {
         : isSet(object.inbox_seq)
         ? BigInt(object.inbox_seq)
         : 0n,
+      noReply: isSet(object.noReply)
+        ? globalThis.Boolean(object.noReply)
+        : isSet(object.no_reply)
+        ? globalThis.Boolean(object.no_reply)
+        : false,
     };
   },
 
@@ -1545,6 +1569,9 @@ export const Ack: MessageFns<Ack> = {
     const obj: any = {};
     if (message.inboxSeq !== 0n) {
       obj.inboxSeq = message.inboxSeq.toString();
+    }
+    if (message.noReply !== false) {
+      obj.noReply = message.noReply;
     }
     return obj;
   },
@@ -1555,6 +1582,7 @@ export const Ack: MessageFns<Ack> = {
   fromPartial(object: DeepPartial<Ack>): Ack {
     const message = createBaseAck();
     message.inboxSeq = (object.inboxSeq !== undefined && object.inboxSeq !== null) ? BigInt(object.inboxSeq) : 0n;
+    message.noReply = object.noReply ?? false;
     return message;
   },
 };
