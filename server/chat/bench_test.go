@@ -3,7 +3,12 @@ package chat
 import (
 	"context"
 	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -11,6 +16,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/sequence"
@@ -141,4 +148,126 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkGroupFanout: the fan-out and write path of a group message,
+// over real gRPC + pebble: one member sends into a group of 100, each
+// member with one live device (the sender's own included) reading every
+// frame. "one-at-a-time" sends the next message once the 100 deliveries
+// of the last one arrived (the paced load of chatbench group, one message
+// per group commit), "pipelined" sends them all at once (batches of many
+// messages). An op is one message = 100 deliveries; per delivery it
+// reports the process's CPU (server and clients together:
+// cpu-ns/delivery), heap allocations (allocs/delivery) and write syscalls
+// (writes/delivery, from /proc/self/io: how many frames go out per write;
+// the clients' writes are the sends and window updates).
+func BenchmarkGroupFanout(b *testing.B) {
+	const members = 100
+	e := newEnv(b, envConfig{frameRate: 1e9, frameBurst: 1 << 30, sendQueue: 1 << 16})
+	names := make([]string, members)
+	for i := range names {
+		names[i] = fmt.Sprintf("m%03d", i)
+	}
+	e.users(names...)
+	ch := e.group(names[0], names[1:]...)
+	// delivered counts the deliveries; arrived is signalled when it
+	// reaches want.
+	var delivered, want atomic.Int64
+	arrived := make(chan struct{}, 1)
+	devs := make([]*dev, members)
+	for i, n := range names {
+		// Each device on its own connection, as devices are, with static
+		// flow-control windows as the SDK's (no BDP ping per received
+		// frame).
+		cc, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(4<<20))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { cc.Close() })
+		d := e.openOn(chatv1.NewChatServiceClient(cc), n, "d", false)
+		devs[i] = d
+		go func() {
+			for {
+				f, err := d.stream.Recv()
+				if err != nil {
+					return
+				}
+				if f.GetDelivery() != nil && delivered.Add(1) == want.Load() {
+					arrived <- struct{}{}
+				}
+			}
+		}()
+	}
+	sender := devs[0]
+	frameID := uint64(0)
+	send := func() error {
+		frameID++
+		return sender.stream.Send(&chatv1.ClientFrame{FrameId: frameID, Payload: &chatv1.ClientFrame_Send{Send: &chatv1.SendMessage{
+			Target: &chatv1.SendMessage_ChannelId{ChannelId: ch}, ClientMessageId: fmt.Sprint(frameID),
+			Text: "see you at the station at half past six, bring the tickets"}}})
+	}
+	// waitDelivered waits until n deliveries arrived in all; expect(n)
+	// must be called before the sends that make them up.
+	expect := func(n int64) { want.Store(n) }
+	waitDelivered := func(n int64) {
+		for delivered.Load() < n {
+			select {
+			case <-arrived:
+			case <-time.After(time.Minute):
+				b.Fatalf("%d of %d deliveries", delivered.Load(), n)
+			}
+		}
+	}
+	run := func(b *testing.B, pipelined bool) {
+		var ms0, ms1 runtime.MemStats
+		runtime.ReadMemStats(&ms0)
+		base := delivered.Load()
+		w0, c0 := writeSyscalls(), processCPU()
+		b.ResetTimer()
+		if pipelined {
+			expect(base + int64(members*b.N))
+			go func() {
+				for range b.N {
+					if send() != nil {
+						return
+					}
+				}
+			}()
+		} else {
+			for i := range b.N {
+				expect(base + int64(members*(i+1)))
+				if err := send(); err != nil {
+					b.Fatal(err)
+				}
+				waitDelivered(base + int64(members*(i+1)))
+			}
+		}
+		waitDelivered(base + int64(members*b.N))
+		b.StopTimer()
+		cpu, writes := processCPU()-c0, writeSyscalls()-w0
+		runtime.ReadMemStats(&ms1)
+		n := float64(members * b.N)
+		b.ReportMetric(float64(cpu.Nanoseconds())/n, "cpu-ns/delivery")
+		b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/n, "allocs/delivery")
+		b.ReportMetric(float64(writes)/n, "writes/delivery")
+	}
+	b.Run("one-at-a-time", func(b *testing.B) { run(b, false) })
+	b.Run("pipelined", func(b *testing.B) { run(b, true) })
+}
+
+// writeSyscalls is this process's write syscalls so far (syscw of
+// /proc/self/io; 0 where it cannot be read).
+func writeSyscalls() int64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "syscw: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }

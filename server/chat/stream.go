@@ -763,18 +763,28 @@ func (s *Service) resolveTarget(ctx context.Context, sender string, m *chatv1.Se
 		if err := checkChannelID(t.ChannelId); err != nil {
 			return "", nil, err
 		}
-		if _, err := s.memberOf(ctx, t.ChannelId, sender); err != nil {
-			return "", nil, err
+		// One read: the member list says whether the sender is a member;
+		// only a sender not in it (rare) costs the reads that say why.
+		for range 2 {
+			ms, err := s.st.ListMembers(ctx, t.ChannelId)
+			if err != nil {
+				return "", nil, s.storeErr(ctx, "Send.ListMembers", err)
+			}
+			ids := make([]string, len(ms))
+			in := false
+			for i := range ms {
+				ids[i] = ms[i].UserID
+				in = in || ids[i] == sender
+			}
+			if in {
+				return t.ChannelId, ids, nil
+			}
+			if _, err := s.memberOf(ctx, t.ChannelId, sender); err != nil {
+				return "", nil, err
+			}
+			// Joined between the two reads: read the list again.
 		}
-		ms, err := s.st.ListMembers(ctx, t.ChannelId)
-		if err != nil {
-			return "", nil, s.storeErr(ctx, "Send.ListMembers", err)
-		}
-		ids := make([]string, len(ms))
-		for i := range ms {
-			ids[i] = ms[i].UserID
-		}
-		return t.ChannelId, ids, nil
+		return "", nil, errNotMember
 	default:
 		return "", nil, errNoTarget
 	}

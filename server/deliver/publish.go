@@ -52,12 +52,7 @@ func NewTracedPublisher(r router.Router, logger *slog.Logger, tracer trace.Trace
 		for i := range batch {
 			msg := MessageProto(batch[i].Message)
 			for _, e := range batch[i].Inbox {
-				events = append(events, router.Event{
-					UserID: e.UserID,
-					Frame: &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{
-						Delivery: &chatv1.Delivery{InboxSeq: e.Seq, Message: msg},
-					}},
-				})
+				events = append(events, router.Event{UserID: e.UserID, Frame: newDeliveryFrame(e.Seq, msg)})
 			}
 		}
 		if tracer != nil && trace.SpanContextFromContext(ctx).IsValid() {
@@ -111,7 +106,23 @@ func MessageProto(m *store.Message) *chatv1.Message {
 
 // DeliveryFrame is the live Delivery frame of an inbox entry.
 func DeliveryFrame(d store.Delivery) *chatv1.ServerFrame {
-	return &chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Delivery{
-		Delivery: &chatv1.Delivery{InboxSeq: d.Seq, Message: MessageProto(d.Message)},
-	}}
+	return newDeliveryFrame(d.Seq, MessageProto(d.Message))
+}
+
+// deliveryFrameAlloc is a Delivery frame's three parts in one allocation
+// (a fan-out builds one frame per member).
+type deliveryFrameAlloc struct {
+	frame   chatv1.ServerFrame
+	payload chatv1.ServerFrame_Delivery
+	d       chatv1.Delivery
+}
+
+// newDeliveryFrame is the Delivery frame of inbox seq of msg (shared, not
+// copied), allocated at once.
+func newDeliveryFrame(seq uint64, msg *chatv1.Message) *chatv1.ServerFrame {
+	a := &deliveryFrameAlloc{}
+	a.d.InboxSeq, a.d.Message = seq, msg
+	a.payload.Delivery = &a.d
+	a.frame.Payload = &a.payload
+	return &a.frame
 }
