@@ -115,32 +115,37 @@ type stream struct {
 // Unavailable (server shutting down, or storage failing) or the client's
 // cancellation; when the client half-closes, in-flight sends are
 // acknowledged and the stream ends OK.
-func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
-	// The opening's work is in open, so that its locals are not part of
-	// this frame: the handler goroutine waits in writeLoop, under this
-	// frame, for the stream's whole life, and the runtime shrinks a
-	// goroutine's stack only while a quarter of it is enough (see
-	// docs/performance.md, "Idle connections").
+func (s *Service) Chat(gs chatv1.ChatService_ChatServer) (err error) {
+	// The opening's work is in open and the end's in close, so that their
+	// locals are not part of this frame: the handler goroutine waits in
+	// writeLoop, under this frame, for the stream's whole life, and the
+	// runtime shrinks a goroutine's stack only while a quarter of it is
+	// enough (see docs/performance.md, "Issue 16: idle memory per
+	// connection").
 	st, err := s.open(gs)
 	if err != nil {
 		return err
 	}
-	clean := false
-	defer func() { st.close(clean) }()
-	var expired <-chan struct{}
-	if st.pc != nil {
-		expired = st.pc.Expired()
-	}
+	ended := false // false in close: writeLoop panicked
+	defer func() { st.close(err, ended) }()
 	// Two goroutines per stream: the reader, and this handler goroutine,
 	// which writes. The reader blocks in Recv, which only returns (for
 	// good) once this handler has returned, so the writer must be the one
 	// that can end the stream.
 	readerErr := make(chan error, 1)
 	go func() { readerErr <- st.readLoop() }()
-	err = st.writeLoop(readerErr, expired)
-	clean = err == nil
-	s.logClosed(st.ctx, st.p, err, time.Since(st.opened))
+	err = st.writeLoop(readerErr, st.heartbeatExpired())
+	ended = true
 	return err
+}
+
+// heartbeatExpired fires when the device missed its heartbeats (nil
+// without presence).
+func (st *stream) heartbeatExpired() <-chan struct{} {
+	if st.pc == nil {
+		return nil
+	}
+	return st.pc.Expired()
 }
 
 // open checks the stream's principal and device, reads its cursor and
@@ -208,12 +213,18 @@ func (s *Service) open(gs chatv1.ChatService_ChatServer) (*stream, error) {
 	return st, nil
 }
 
-// close releases what open registered; clean: the client half-closed and
-// the stream ended OK (presence goes offline at once).
-func (st *stream) close(clean bool) {
+// close logs a stream the server ended and releases what open
+// registered. err is the status the stream ends with, ended false when
+// the writer did not return (it panicked). A clean end (ended, err nil:
+// the client half-closed) takes the device offline at once; any other
+// leaves it online for the grace period.
+func (st *stream) close(err error, ended bool) {
+	if ended {
+		st.s.logClosed(st.ctx, st.p, err, time.Since(st.opened))
+	}
 	st.s.metrics.StreamsOpen.Dec()
 	if st.pc != nil {
-		st.pc.Close(clean)
+		st.pc.Close(ended && err == nil)
 	}
 	st.s.hub.Unregister(st.sess)
 }
