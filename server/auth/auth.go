@@ -293,15 +293,27 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 // Long-lived stream handlers must call Validate on every frame they accept.
 func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if a.IsPublic(info.FullMethod) {
-			return handler(srv, ss)
-		}
-		p, err := a.Authenticate(ss.Context())
+		ss, err := a.Stream(ss, info.FullMethod)
 		if err != nil {
 			return err
 		}
-		return handler(srv, &principalStream{ServerStream: ss, ctx: NewContext(ss.Context(), p)})
+		return handler(srv, ss)
 	}
+}
+
+// Stream is StreamInterceptor's check as a function, for a server that
+// runs its stream checks in one interceptor: it authenticates a stream of
+// fullMethod when it opens and returns ss with the Principal in its
+// Context (ss itself for a public method), or Authenticate's error.
+func (a *Authenticator) Stream(ss grpc.ServerStream, fullMethod string) (grpc.ServerStream, error) {
+	if a.IsPublic(fullMethod) {
+		return ss, nil
+	}
+	p, err := a.Authenticate(ss.Context())
+	if err != nil {
+		return nil, err
+	}
+	return &principalStream{ServerStream: ss, ctx: NewContext(ss.Context(), p)}, nil
 }
 
 type principalStream struct {

@@ -115,14 +115,51 @@ type stream struct {
 // Unavailable (server shutting down, or storage failing) or the client's
 // cancellation; when the client half-closes, in-flight sends are
 // acknowledged and the stream ends OK.
-func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
-	ctx := gs.Context()
-	p, err := principal(ctx)
+func (s *Service) Chat(gs chatv1.ChatService_ChatServer) (err error) {
+	// The opening's work is in open and the end's in close, so that their
+	// locals are not part of this frame: the handler goroutine waits in
+	// writeLoop, under this frame, for the stream's whole life, and the
+	// runtime shrinks a goroutine's stack only while a quarter of it is
+	// enough (see docs/performance.md, "Issue 16: idle memory per
+	// connection").
+	st, err := s.open(gs)
 	if err != nil {
 		return err
 	}
+	ended := false // false in close: writeLoop panicked
+	defer func() { st.close(err, ended) }()
+	// Two goroutines per stream: the reader, and this handler goroutine,
+	// which writes. The reader blocks in Recv, which only returns (for
+	// good) once this handler has returned, so the writer must be the one
+	// that can end the stream.
+	readerErr := make(chan error, 1)
+	go func() { readerErr <- st.readLoop() }()
+	err = st.writeLoop(readerErr, st.heartbeatExpired())
+	ended = true
+	return err
+}
+
+// heartbeatExpired fires when the device missed its heartbeats (nil
+// without presence).
+func (st *stream) heartbeatExpired() <-chan struct{} {
+	if st.pc == nil {
+		return nil
+	}
+	return st.pc.Expired()
+}
+
+// open checks the stream's principal and device, reads its cursor and
+// head, registers its session and presence, and returns the stream, or the
+// status the stream ends with (nothing stays registered then). Call close
+// when the stream ends.
+func (s *Service) open(gs chatv1.ChatService_ChatServer) (*stream, error) {
+	ctx := gs.Context()
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.validate(ctx, p); err != nil {
-		return err
+		return nil, err
 	}
 	// Cursor and head first, then register: every message committed after
 	// the head read is either routed to the registered session or found by
@@ -130,40 +167,35 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 	dev, err := s.st.GetDevice(ctx, p.UserID, p.DeviceID)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return errUnknownDevice
+			return nil, errUnknownDevice
 		}
-		return s.storeErr(ctx, "Chat.GetDevice", err)
+		return nil, s.storeErr(ctx, "Chat.GetDevice", err)
 	}
 	// The stored device is read fresh here: a device revoked on another
 	// server opens no stream even while this server's revocation cache
 	// still trusts it.
 	if dev.Revoked {
-		return errUnknownDevice
+		return nil, errUnknownDevice
 	}
 	head, err := s.seq.Head(ctx, p.UserID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sess, err := s.hub.Register(ctx, p.UserID, p.DeviceID, s.sendQueue)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer s.hub.Unregister(sess)
 	// Presence: online from now on; a clean end (the client half-closed)
 	// takes the device offline at once, any other end leaves it online for
-	// the grace period so that a quick reconnect does not flap.
+	// the grace period so that a quick reconnect does not flap (close).
 	var pc *presence.Conn
-	var expired <-chan struct{}
-	clean := false
 	if s.presence != nil {
 		if pc, err = s.presence.Connect(ctx, p.UserID, p.DeviceID); err != nil {
-			return err
+			s.hub.Unregister(sess)
+			return nil, err
 		}
-		expired = pc.Expired()
-		defer func() { pc.Close(clean) }()
 	}
 	s.metrics.StreamsOpen.Inc()
-	defer s.metrics.StreamsOpen.Dec()
 
 	st := &stream{
 		s: s, gs: gs, ctx: ctx, p: p, sess: sess,
@@ -178,16 +210,23 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) error {
 	st.d = deliver.NewStream(deliver.Config{
 		UserID: p.UserID, Send: st.send, Inbox: s.st, Heads: s.seq, Done: sess.Done(), Log: &st.sent,
 	})
-	// Two goroutines per stream: the reader, and this handler goroutine,
-	// which writes. The reader blocks in Recv, which only returns (for
-	// good) once this handler has returned, so the writer must be the one
-	// that can end the stream.
-	readerErr := make(chan error, 1)
-	go func() { readerErr <- st.readLoop() }()
-	err = st.writeLoop(readerErr, expired)
-	clean = err == nil
-	s.logClosed(ctx, p, err, time.Since(st.opened))
-	return err
+	return st, nil
+}
+
+// close logs a stream the server ended and releases what open
+// registered. err is the status the stream ends with, ended false when
+// the writer did not return (it panicked). A clean end (ended, err nil:
+// the client half-closed) takes the device offline at once; any other
+// leaves it online for the grace period.
+func (st *stream) close(err error, ended bool) {
+	if ended {
+		st.s.logClosed(st.ctx, st.p, err, time.Since(st.opened))
+	}
+	st.s.metrics.StreamsOpen.Dec()
+	if st.pc != nil {
+		st.pc.Close(ended && err == nil)
+	}
+	st.s.hub.Unregister(st.sess)
 }
 
 // logClosed logs a stream the server ended (not one the client closed or
@@ -297,16 +336,7 @@ func (st *stream) send(f *chatv1.ServerFrame) error {
 // flight was acknowledged and written). readerErr delivers the reader's
 // end; expired fires when the device missed its heartbeats.
 func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) error {
-	s := st.s
-	err := st.send(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Welcome{Welcome: &chatv1.Welcome{
-		UserId:              st.p.UserID,
-		DeviceId:            st.p.DeviceID,
-		Cursor:              st.cursor,
-		HeadSeq:             st.head,
-		HeartbeatIntervalMs: uint32(s.heartbeat / time.Millisecond),
-		ServerId:            s.serverID,
-	}}})
-	if err != nil {
+	if err := st.sendWelcome(); err != nil {
 		return err
 	}
 	defer st.d.Stop()
@@ -358,6 +388,23 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 			}
 		}
 	}
+}
+
+// sendWelcome sends the stream's first frame. It is a function of its own
+// (never inlined) to keep its temporaries out of writeLoop's frame, under
+// which the handler goroutine waits for the stream's whole life.
+//
+//go:noinline
+func (st *stream) sendWelcome() error {
+	s := st.s
+	return st.send(&chatv1.ServerFrame{Payload: &chatv1.ServerFrame_Welcome{Welcome: &chatv1.Welcome{
+		UserId:              st.p.UserID,
+		DeviceId:            st.p.DeviceID,
+		Cursor:              st.cursor,
+		HeadSeq:             st.head,
+		HeartbeatIntervalMs: uint32(s.heartbeat / time.Millisecond),
+		ServerId:            s.serverID,
+	}}})
 }
 
 // drain writes every item queued now, in order.

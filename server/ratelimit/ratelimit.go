@@ -164,11 +164,26 @@ func StreamInterceptor(l *Limiter, keyFn func(ctx context.Context, fullMethod st
 		keyFn = DefaultKey
 	}
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if k := keyFn(ss.Context(), info.FullMethod); k != "" && !l.Allow(k) {
-			return l.limited()
+		if err := l.CheckStream(ss.Context(), info.FullMethod, keyFn); err != nil {
+			return err
 		}
 		return handler(srv, ss)
 	}
+}
+
+// CheckStream is StreamInterceptor's check as a function, for a server
+// that runs its stream checks in one interceptor: nil when the stream of
+// fullMethod may open, else the error StreamInterceptor returns (a
+// *store.Error, CodeResourceExhausted with RetryAfter). It takes a token
+// of the key's bucket. keyFn nil means DefaultKey.
+func (l *Limiter) CheckStream(ctx context.Context, fullMethod string, keyFn func(ctx context.Context, fullMethod string) string) error {
+	if keyFn == nil {
+		keyFn = DefaultKey
+	}
+	if k := keyFn(ctx, fullMethod); k != "" && !l.Allow(k) {
+		return l.limited()
+	}
+	return nil
 }
 
 // DefaultKey keys a call by "user:<user_id>" when the context carries an
