@@ -237,6 +237,7 @@ type Store struct {
 	// process has written (bucketKey.channel holds the user id).
 	inboxParts bucketCache
 	ttl        int // dedup TTL in seconds
+	stats      *stmtStats
 }
 
 var _ store.Store = (*Store)(nil)
@@ -250,7 +251,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := connect(ctx, cfg.cluster(cfg.Keyspace))
+	stats := &stmtStats{}
+	cl := cfg.cluster(cfg.Keyspace)
+	cl.QueryObserver, cl.BatchObserver = stats, stats
+	sess, err := connect(ctx, cl)
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +269,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		sess.Close()
 		return nil, fmt.Errorf("scylla store: open: %w", err)
 	}
-	return &Store{cfg: cfg, sess: sess, ttl: int(cfg.DedupTTL / time.Second)}, nil
+	return &Store{cfg: cfg, sess: sess, stats: stats, ttl: int(cfg.DedupTTL / time.Second)}, nil
 }
 
 func connect(ctx context.Context, cl *gocql.ClusterConfig) (gocqlx.Session, error) {
