@@ -257,7 +257,6 @@ func inboxArgs(e *store.InboxEntry) []any {
 	return []any{e.UserID, inboxBucket(e.Seq), int64(e.Seq), e.ChannelID, encID(e.MessageID)}
 }
 
-
 // chunkInbox groups inbox entries by partition (runs of at most
 // maxBatchStmts rows) and splits the chunks into those of each user's
 // lowest partition in the batch and the rest.

@@ -236,8 +236,10 @@ type Store struct {
 	// inboxParts remembers the inbox_buckets rows (user, partition) this
 	// process has written (bucketKey.channel holds the user id).
 	inboxParts bucketCache
-	ttl        int // dedup TTL in seconds
-	stats      *stmtStats
+	// cursors remembers device cursors for AdvanceCursor.
+	cursors cursorCache
+	ttl     int // dedup TTL in seconds
+	stats   *stmtStats
 }
 
 var _ store.Store = (*Store)(nil)

@@ -569,3 +569,54 @@ func TestAppendBatchRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestAdvanceCursorRequests: once a device's cursor is known, an ack that
+// advances it is one write and an ack at or below it no request; the
+// stored cursor never goes down, also when another process (another
+// Store) advanced it meanwhile.
+func TestAdvanceCursorRequests(t *testing.T) {
+	s := openClean(t)
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.PutDevice(ctx, &store.Device{UserID: "u", DeviceID: "d", Name: "n", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	count := func() (n uint64) {
+		r, _ := s.StatementCounts()
+		for _, v := range r {
+			n += v
+		}
+		return n
+	}
+	adv := func(st *Store, seq, want uint64, wantReq uint64) {
+		t.Helper()
+		r0 := count()
+		got, err := st.AdvanceCursor(ctx, "u", "d", seq)
+		if err != nil || got != want {
+			t.Fatalf("AdvanceCursor(%d) = %d, %v; want %d", seq, got, err, want)
+		}
+		if st == s {
+			if n := count() - r0; n != wantReq {
+				t.Fatalf("AdvanceCursor(%d) took %d CQL requests, want %d", seq, n, wantReq)
+			}
+		}
+	}
+	adv(s, 5, 5, 2) // unknown: read, write
+	adv(s, 9, 9, 1) // known: write only
+	adv(s, 7, 9, 0) // at or below: nothing
+	adv(s, 10, 10, 1)
+	other, err := Open(ctx, testConfig(t, keyspace(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	adv(other, 20, 20, 0) // another process reads 10, writes 20
+	adv(s, 15, 15, 1)     // this one writes 15 at timestamp 15: below 20, it loses
+	d, err := s.GetDevice(ctx, "u", "d")
+	if err != nil || d.Cursor != 20 {
+		t.Fatalf("stored cursor = %+v, %v; want 20", d, err)
+	}
+	if _, err := s.AdvanceCursor(ctx, "u", "nope", 3); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown device: %v, want ErrNotFound", err)
+	}
+}
