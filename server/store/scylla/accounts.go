@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gocql/gocql"
+
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -338,8 +340,9 @@ func (s *Store) ListDevices(ctx context.Context, userID string) ([]*store.Device
 //
 // The store remembers, for cursorCacheTTL, the cursor it last read or
 // wrote for each device (devices are never deleted, so a device seen once
-// exists): an ack then costs one write (seq above it) or no request at all
-// (seq at or below it) instead of a read and a write. Only when another
+// exists): an ack then costs one write (seq above it; concurrent calls'
+// writes go together, see coalescer) or no request at all (seq at or
+// below it) instead of a read and a write. Only when another
 // process (another chatd of the cluster) advanced the same device's
 // cursor within that time can the result be below the stored cursor (it
 // is then max(seq, the cursor this process knew)); the stored cursor is
@@ -376,7 +379,8 @@ func (s *Store) AdvanceCursor(ctx context.Context, userID, deviceID string, seq 
 		}
 		return c, nil
 	}
-	if err := s.exec(ctx, stmtSetCursor, int64(seq), int64(seq), userID, deviceID); err != nil {
+	err := s.coal.write(ctx, []gocql.BatchEntry{{Stmt: stmtSetCursor, Args: []any{int64(seq), int64(seq), userID, deviceID}, Idempotent: true}})
+	if err != nil {
 		return 0, err
 	}
 	s.cursors.put(key, seq, time.Now())

@@ -238,8 +238,10 @@ type Store struct {
 	inboxParts bucketCache
 	// cursors remembers device cursors for AdvanceCursor.
 	cursors cursorCache
-	ttl     int // dedup TTL in seconds
-	stats   *stmtStats
+	// coal sends the per-ack writes of concurrent callers together.
+	coal  coalescer
+	ttl   int // dedup TTL in seconds
+	stats *stmtStats
 }
 
 var _ store.Store = (*Store)(nil)
@@ -271,7 +273,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		sess.Close()
 		return nil, fmt.Errorf("scylla store: open: %w", err)
 	}
-	return &Store{cfg: cfg, sess: sess, stats: stats, ttl: int(cfg.DedupTTL / time.Second)}, nil
+	st := &Store{cfg: cfg, sess: sess, stats: stats, ttl: int(cfg.DedupTTL / time.Second)}
+	st.coal.s = st
+	return st, nil
 }
 
 func connect(ctx context.Context, cl *gocql.ClusterConfig) (gocqlx.Session, error) {

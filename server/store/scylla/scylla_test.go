@@ -620,3 +620,52 @@ func TestAdvanceCursorRequests(t *testing.T) {
 		t.Fatalf("unknown device: %v, want ErrNotFound", err)
 	}
 }
+
+// TestCoalescedAckWrites: concurrent cursor and receipt writes (the
+// per-ack writes) go together in multi-partition batches, each stored.
+func TestCoalescedAckWrites(t *testing.T) {
+	s := openClean(t)
+	defer s.Close()
+	ctx := context.Background()
+	const n = 200
+	for i := range n {
+		if err := s.PutDevice(ctx, &store.Device{UserID: fmt.Sprintf("u%d", i), DeviceID: "d", Name: "n", CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.AdvanceCursor(ctx, fmt.Sprintf("u%d", i), "d", 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requests := func() (n uint64) {
+		r, _ := s.StatementCounts()
+		for _, v := range r {
+			n += v
+		}
+		return n
+	}
+	r0 := requests()
+	err := parallel.Do(ctx, n, n, func(ctx context.Context, i int) error {
+		u := fmt.Sprintf("u%d", i)
+		if c, err := s.AdvanceCursor(ctx, u, "d", uint64(100+i)); err != nil || c != uint64(100+i) {
+			return fmt.Errorf("AdvanceCursor(%s) = %d, %v", u, c, err)
+		}
+		return s.AdvanceReceipts(ctx, []store.Receipt{{ChannelID: fmt.Sprintf("c%d", i%7), UserID: u, DeliveredUpTo: uint64(1000 + i), ReadUpTo: uint64(500 + i)}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := requests() - r0; got >= 2*n {
+		t.Errorf("%d concurrent acks took %d CQL requests, want fewer than %d", n, got, 2*n)
+	}
+	for i := range n {
+		u := fmt.Sprintf("u%d", i)
+		d, err := s.GetDevice(ctx, u, "d")
+		if err != nil || d.Cursor != uint64(100+i) {
+			t.Fatalf("%s cursor = %+v, %v; want %d", u, d, err, 100+i)
+		}
+		r, err := s.GetReceipt(ctx, fmt.Sprintf("c%d", i%7), u)
+		if err != nil || r.DeliveredUpTo != uint64(1000+i) || r.ReadUpTo != uint64(500+i) {
+			t.Fatalf("%s receipt = %+v, %v", u, r, err)
+		}
+	}
+}
