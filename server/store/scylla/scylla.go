@@ -16,9 +16,10 @@
 //   - message_id columns store id XOR 2^63 as bigint, so that signed CQL
 //     order equals unsigned order over the whole uint64 range. Inbox seqs
 //     and cursors are stored as they are and must be below 2^63.
-//   - AppendBatch is idempotent and ordered in three steps (messages, then
-//     inbox entries, then dedup records), each step made of single-partition
-//     unlogged batches written concurrently. An error may leave a prefix of
+//   - AppendBatch is idempotent and ordered in three steps (dedup records,
+//     then messages, then inbox entries), each step one multi-partition
+//     unlogged batch (more when it exceeds the batch limits), so a group
+//     commit is three CQL requests. An error may leave a prefix of
 //     the steps written; the caller acks nothing in that case and a replay
 //     rewrites the same rows.
 //   - Check-and-insert operations use lightweight transactions (Paxos):
