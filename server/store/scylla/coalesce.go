@@ -10,10 +10,10 @@ import (
 
 // coalescer sends the small idempotent writes of concurrent callers
 // (device cursors, receipt markers: one per ack) together, as group
-// commit does for messages: the first caller with nothing in flight
-// sends at once; callers arriving while a send is in flight queue, and
-// the next send carries every queued write as one multi-partition
-// unlogged batch (stmtWriter). Under load an ack then costs a fraction of
+// commit does for messages: a write with nothing in flight is sent at
+// once; writes arriving while a send is in flight queue, and the next
+// send carries every queued write as one multi-partition unlogged batch
+// (stmtWriter). Under load an ack then costs a fraction of
 // a CQL request; alone it costs one, with no added wait.
 //
 // Every write it carries is idempotent and a max register (its value is
@@ -37,26 +37,23 @@ func (c *coalescer) write(ctx context.Context, groups ...[]gocql.BatchEntry) err
 	w := &coalesced{groups: groups, done: make(chan error, 1)}
 	c.mu.Lock()
 	c.pending = append(c.pending, w)
-	if c.sending {
-		c.mu.Unlock()
-		select {
-		case err := <-w.done:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if !c.sending {
+		c.sending = true
+		go c.run()
 	}
-	c.sending = true
 	c.mu.Unlock()
-	c.flush(ctx)
-	return <-w.done
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
-// flush sends what is pending until nothing is; it runs on the caller
-// that found no send in flight, and bounds each send by cfg.Timeout
-// whatever that caller's context.
-func (c *coalescer) flush(ctx context.Context) {
-	ctx = context.WithoutCancel(ctx)
+// run sends what is pending until nothing is, then ends: a goroutine
+// exists only while there are writes, and no caller is kept sending
+// others' writes. Each send is bounded by cfg.Timeout per attempt.
+func (c *coalescer) run() {
 	for {
 		c.mu.Lock()
 		ws := c.pending
@@ -73,7 +70,7 @@ func (c *coalescer) flush(ctx context.Context) {
 				sw.add(g...)
 			}
 		}
-		sctx, cancel := context.WithTimeout(ctx, c.s.cfg.Timeout*time.Duration(c.s.cfg.Retries+1))
+		sctx, cancel := context.WithTimeout(context.Background(), c.s.cfg.Timeout*time.Duration(c.s.cfg.Retries+1))
 		err := c.s.writeAll(sctx, &sw)
 		cancel()
 		for _, w := range ws {
