@@ -363,10 +363,9 @@ func (s *Store) ListMembers(ctx context.Context, channelID string) ([]store.Memb
 // skipping the first offset and returning at most limit (limit <= 0:
 // none).
 //
-// It reads the user's reverse index (user_channels) and, per channel,
-// concurrently, its newest message (two reads, see newest; a third, the
-// channel's creation row, for a channel without messages), then sorts:
-// O(n) reads and O(n log n) work in the user's channel count.
+// It reads the user's reverse index (user_channels) and one activity row
+// per channel, concurrently, then sorts: O(n) reads and O(n log n) work in
+// the user's channel count.
 func (s *Store) ListUserChannels(ctx context.Context, userID string, offset, limit int) ([]store.ChannelActivity, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
@@ -382,15 +381,6 @@ func (s *Store) ListUserChannels(ctx context.Context, userID string, offset, lim
 	acts := make([]store.ChannelActivity, len(ids))
 	err = parallel.Do(ctx, len(ids), 16, func(ctx context.Context, i int) error {
 		acts[i].ChannelID = ids[i]
-		id, t, found, err := s.newest(ctx, ids[i])
-		if err != nil {
-			return err
-		}
-		if found {
-			acts[i].LastMessageID, acts[i].LastActivity = id, t
-			return nil
-		}
-		// No message: the channel's creation row (id 0, its CreatedAt).
 		var mid int64
 		var at time.Time
 		ok, err := s.scan1(ctx, stmtActivity, []any{ids[i]}, &mid, &at)

@@ -33,7 +33,6 @@ const (
 	stmtBucketsAtMost  = `SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket <= ?`
 	stmtBucketsAtLeast = `SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket >= ? ORDER BY bucket ASC`
 	stmtLastActivity   = `SELECT message_id FROM channel_activity WHERE channel_id = ? LIMIT 1`
-	stmtNewestInBucket = `SELECT message_id, created_at FROM messages WHERE channel_id = ? AND bucket = ? LIMIT 1`
 	stmtInsertInboxIdx = `INSERT INTO inbox_buckets (user_id, bucket) VALUES (?, ?)`
 	stmtInboxIdxFrom   = `SELECT bucket FROM inbox_buckets WHERE user_id = ? AND bucket >= ?`
 	stmtInboxIdxDesc   = `SELECT bucket FROM inbox_buckets WHERE user_id = ? ORDER BY bucket DESC`
@@ -153,6 +152,11 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 		}
 	}
 	if len(b.Messages) > 0 {
+		type act struct {
+			ch string
+			m  *store.Message
+		}
+		var acts []act
 		for _, m := range b.Messages {
 			w.add(gocql.BatchEntry{Stmt: stmtInsertMessage, Args: messageArgs(m), Idempotent: true})
 			if isRevision(m) {
@@ -163,6 +167,25 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 				bucketRows = append(bucketRows, k)
 				w.add(gocql.BatchEntry{Stmt: stmtInsertBucket, Args: []any{k.channel, k.bucket}, Idempotent: true})
 			}
+			found := false
+			for i := range acts {
+				if acts[i].ch == m.ChannelID {
+					found = true
+					if m.MessageID >= acts[i].m.MessageID {
+						acts[i].m = m
+					}
+					break
+				}
+			}
+			if !found {
+				acts = append(acts, act{m.ChannelID, m})
+			}
+		}
+		for _, a := range acts {
+			// The insert and its trim stay in one request (one mutation of
+			// the partition): the trim alone would leave no activity row.
+			w.add(gocql.BatchEntry{Stmt: stmtInsertAct, Args: []any{a.ch, encID(a.m.MessageID), ts(a.m.CreatedAt)}, Idempotent: true},
+				gocql.BatchEntry{Stmt: stmtTrimAct, Args: []any{a.ch, encID(a.m.MessageID)}, Idempotent: true})
 		}
 	}
 	if err := s.writeAll(ctx, &w); err != nil {
@@ -269,9 +292,8 @@ func chunkInbox(es []store.InboxEntry) (first, later []chunk) {
 
 // ---------------------------------------------------------------- reads
 
-// LastMessageID returns the highest message_id written to the channel, 0
-// if none: the first row of its newest non-empty message partition (two
-// single-partition reads, see newest).
+// LastMessageID returns the highest message_id written to the channel (its
+// activity row), 0 if none. One single-partition read.
 func (s *Store) LastMessageID(ctx context.Context, channelID string) (uint64, error) {
 	if err := s.check(ctx); err != nil {
 		return 0, err
@@ -279,45 +301,12 @@ func (s *Store) LastMessageID(ctx context.Context, channelID string) (uint64, er
 	if channelID == "" {
 		return 0, nil
 	}
-	id, _, found, err := s.newest(ctx, channelID)
-	if err != nil || found {
-		return id, err
-	}
-	// Rows written before messages were read this way (or a channel
-	// without messages: its creation row holds id 0).
 	var v int64
 	ok, err := s.scan1(ctx, stmtLastActivity, []any{channelID}, &v)
 	if err != nil || !ok {
 		return 0, err
 	}
 	return decID(v), nil
-}
-
-// newest returns the channel's newest message row's id and created_at:
-// the first row (message_id DESC) of the newest partition listed in
-// channel_buckets that holds one. A bucket row without messages (left by
-// a batch that failed half way) costs one more read. AppendBatch writes
-// no per-message activity row: this is what ListUserChannels and
-// LastMessageID read instead.
-func (s *Store) newest(ctx context.Context, channelID string) (id uint64, at time.Time, found bool, err error) {
-	q := s.q(ctx, stmtBucketsDesc, channelID).PageSize(4)
-	defer q.Release()
-	it := q.Iter()
-	var b int64
-	for it.Scan(&b) {
-		var v int64
-		var t time.Time
-		ok, err := s.scan1(ctx, stmtNewestInBucket, []any{channelID, b}, &v, &t)
-		if err != nil {
-			it.Close()
-			return 0, time.Time{}, false, err
-		}
-		if ok {
-			it.Close()
-			return decID(v), utc(t), true, nil
-		}
-	}
-	return 0, time.Time{}, false, it.Close()
 }
 
 // lastSeqIn returns the highest seq in one inbox partition.
