@@ -345,3 +345,28 @@ func TestHistQuantiles(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterFigures: the CQL counters are kept per statement label, an
+// --extra-pid's CPU is read from /proc, and both become per-message
+// figures.
+func TestClusterFigures(t *testing.T) {
+	in := "# HELP x\nchatd_cql_statements_total{statement=\"INSERT inbox\"} 40\nchatd_cql_statements_total{statement=\"SELECT dedup\"} 10\nchatd_cql_requests_total{statement=\"INSERT inbox\"} 5\nprocess_cpu_seconds_total 2\nother_total{a=\"b\"} 3\n"
+	m, err := parseMetrics(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m[`chatd_cql_statements_total{statement="INSERT inbox"}`] != 40 || m[mCPU] != 2 || len(m) != 4 {
+		t.Fatalf("parsed %v", m)
+	}
+	cpu, err := procCPU(os.Getpid())
+	if err != nil || cpu < 0 {
+		t.Fatalf("procCPU: %v %v", cpu, err)
+	}
+	before := map[string]float64{`chatd_cql_statements_total{statement="INSERT inbox"}`: 0, extraCPUPrefix + "redis": 1}
+	r := &Report{Accepted: 10, Server: &ServerFigures{Before: before, After: m}}
+	r.Server.After[extraCPUPrefix+"redis"] = 1.5
+	r.perMessage(0)
+	if r.CQLStatementsPerMsg != 5 || r.CQLPerMsg["SELECT dedup"] != 1 || r.CQLRequestsPerMsg != 0.5 || r.ProcessCPUMsPerMsg["redis"] != 50 {
+		t.Fatalf("per message: %+v %v %v", r.CQLPerMsg, r.CQLRequestsPerMsg, r.ProcessCPUMsPerMsg)
+	}
+}

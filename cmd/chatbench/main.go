@@ -172,6 +172,7 @@ type config struct {
 	ackReply       bool
 	peers          int
 	pairs          int
+	extraPIDs      []namedPID
 	groups         int
 	groupSize      int
 	backlog        int
@@ -183,11 +184,12 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 	c := &config{cmd: cmd}
 	fs := flag.NewFlagSet("chatbench "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var servers, metrics, pids, local, grpcWeb string
+	var servers, metrics, pids, extra, local, grpcWeb string
 	fs.StringVar(&servers, "servers", "127.0.0.1:9090", "comma-separated chatd gRPC addresses; devices are spread across them round-robin")
 	fs.StringVar(&grpcWeb, "grpcweb", "", "comma-separated chatd HTTP addresses (e.g. 127.0.0.1:8080): open the Chat streams over grpc-web's WebSocket transport there, as browsers do, instead of native gRPC (unary calls stay on --servers); device i uses the i-th address round-robin")
 	fs.StringVar(&metrics, "metrics", "", "comma-separated chatd /metrics URLs (e.g. http://127.0.0.1:8080/metrics) for server CPU and memory; summed over a cluster")
 	fs.StringVar(&pids, "server-pid", "", "comma-separated chatd process ids: also read their VmRSS from /proc")
+	fs.StringVar(&extra, "extra-pid", "", "comma-separated name=pid of other processes of the deployment (e.g. redis=123,cassandra=456): report each one's CPU per message, from /proc/<pid>/stat")
 	fs.StringVar(&c.userPrefix, "user-prefix", "cb", "user names are <prefix>-<n>; the same prefix reuses users and tokens across runs")
 	fs.StringVar(&c.password, "password", "chatbench-password", "password of the simulated users")
 	fs.StringVar(&c.tokenCache, "token-cache", "chatbench-tokens.json", "file caching device tokens across runs (\"\" to disable)")
@@ -264,6 +266,14 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 		}
 		c.serverPIDs = append(c.serverPIDs, n)
 	}
+	for _, p := range splitList(extra) {
+		name, v, ok := strings.Cut(p, "=")
+		n, err := strconv.Atoi(v)
+		if !ok || name == "" || err != nil || n <= 0 {
+			return nil, fmt.Errorf("--extra-pid: want name=pid, got %q", p)
+		}
+		c.extraPIDs = append(c.extraPIDs, namedPID{name, n})
+	}
 	if local == "auto" {
 		c.localAddrs = []string{"auto"}
 	} else {
@@ -330,4 +340,10 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// namedPID is one --extra-pid.
+type namedPID struct {
+	name string
+	pid  int
 }

@@ -33,7 +33,18 @@ const (
 	mOverflows  = "chatd_send_queue_overflows_total"
 	// pidRSS is the VmRSS of --server-pid from /proc (not a Prometheus name).
 	pidRSS = "proc_vmrss_bytes"
+	// mCQLStatements and mCQLRequests are labelled ({statement="..."}): the
+	// scrape keeps every series, keyed by name and labels.
+	mCQLStatements = "chatd_cql_statements_total"
+	mCQLRequests   = "chatd_cql_requests_total"
+	// extraCPUPrefix + name is the CPU seconds (utime+stime from
+	// /proc/<pid>/stat) of an --extra-pid (not a Prometheus name).
+	extraCPUPrefix = "proc_cpu_seconds:"
 )
+
+// wantLabelled are the labelled series kept from a scrape (each label set
+// under its own key, e.g. chatd_cql_statements_total{statement="INSERT inbox"}).
+var wantLabelled = map[string]bool{mCQLStatements: true, mCQLRequests: true}
 
 // wantMetrics are the series kept from a scrape (others are dropped).
 var wantMetrics = map[string]bool{
@@ -53,9 +64,19 @@ func parseMetrics(r io.Reader) (map[string]float64, error) {
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		name, rest, ok := strings.Cut(line, " ")
-		if !ok || !wantMetrics[name] {
-			continue
+		var name, rest string
+		var ok bool
+		if i := strings.IndexByte(line, '{'); i > 0 && wantLabelled[line[:i]] {
+			j := strings.LastIndexByte(line, '}')
+			if j < i {
+				continue
+			}
+			name, rest, ok = line[:j+1], line[j+1:], true
+		} else {
+			name, rest, ok = strings.Cut(line, " ")
+			if !ok || !wantMetrics[name] {
+				continue
+			}
 		}
 		val, _, _ := strings.Cut(strings.TrimSpace(rest), " ")
 		v, err := strconv.ParseFloat(val, 64)
@@ -112,7 +133,7 @@ func procRSS(pid int) (float64, error) {
 // returns their sums (a cluster reports totals). It is nil with no
 // --metrics and no --server-pid.
 func (b *bench) scrape(ctx context.Context) (map[string]float64, error) {
-	if len(b.cfg.metrics) == 0 && len(b.cfg.serverPIDs) == 0 {
+	if len(b.cfg.metrics) == 0 && len(b.cfg.serverPIDs) == 0 && len(b.cfg.extraPIDs) == 0 {
 		return nil, nil
 	}
 	sum := make(map[string]float64)
@@ -132,7 +153,42 @@ func (b *bench) scrape(ctx context.Context) (map[string]float64, error) {
 		}
 		sum[pidRSS] += v
 	}
+	for _, p := range b.cfg.extraPIDs {
+		v, err := procCPU(p.pid)
+		if err != nil {
+			return nil, fmt.Errorf("--extra-pid %s=%d: %w", p.name, p.pid, err)
+		}
+		sum[extraCPUPrefix+p.name] += v
+	}
 	return sum, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on
+// every Linux architecture Go supports (sysconf(_SC_CLK_TCK)).
+const clockTicks = 100
+
+// procCPU returns the user+system CPU seconds of pid (all its threads),
+// from fields 14 and 15 of /proc/<pid>/stat.
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	return float64(ut+st) / clockTicks, nil
 }
 
 // scrapeMedian takes n scrapes every interval and returns, per series, the

@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -114,9 +118,39 @@ func (r *Report) perMessage(clientCPU time.Duration) {
 		return
 	}
 	if s := r.Server; s != nil {
-		r.ServerCPUMsPerMsg = (s.After[mCPU] - s.Before[mCPU]) * 1000 / float64(r.Accepted)
+		n := float64(r.Accepted)
+		r.ServerCPUMsPerMsg = (s.After[mCPU] - s.Before[mCPU]) * 1000 / n
+		for k, v := range s.After {
+			d := v - s.Before[k]
+			switch {
+			case strings.HasPrefix(k, extraCPUPrefix):
+				if r.ProcessCPUMsPerMsg == nil {
+					r.ProcessCPUMsPerMsg = map[string]float64{}
+				}
+				r.ProcessCPUMsPerMsg[strings.TrimPrefix(k, extraCPUPrefix)] = d * 1000 / n
+			case strings.HasPrefix(k, mCQLStatements+"{"):
+				if d == 0 {
+					continue
+				}
+				if r.CQLPerMsg == nil {
+					r.CQLPerMsg = map[string]float64{}
+				}
+				r.CQLPerMsg[labelValue(k)] = d / n
+				r.CQLStatementsPerMsg += d / n
+			case strings.HasPrefix(k, mCQLRequests+"{"):
+				r.CQLRequestsPerMsg += d / n
+			}
+		}
 	}
 	r.ClientCPUMsPerMsg = clientCPU.Seconds() * 1000 / float64(r.Accepted)
+}
+
+// labelValue returns the first label's value of a series key
+// name{label="value"}.
+func labelValue(k string) string {
+	_, v, _ := strings.Cut(k, "\"")
+	v, _, _ = strings.Cut(v, "\"")
+	return v
 }
 
 func (r *Report) perMessageRow(row func(k, format string, a ...any)) {
@@ -124,4 +158,22 @@ func (r *Report) perMessageRow(row func(k, format string, a ...any)) {
 		return
 	}
 	row("CPU per message", "server %.3f ms, chatbench %.3f ms (CPU time over the measured phase / accepted)", r.ServerCPUMsPerMsg, r.ClientCPUMsPerMsg)
+	if len(r.ProcessCPUMsPerMsg) > 0 {
+		names := slices.Sorted(maps.Keys(r.ProcessCPUMsPerMsg))
+		var ps []string
+		sum := r.ServerCPUMsPerMsg
+		for _, k := range names {
+			ps = append(ps, fmt.Sprintf("%s %.3f ms", k, r.ProcessCPUMsPerMsg[k]))
+			sum += r.ProcessCPUMsPerMsg[k]
+		}
+		row("CPU per message, others", "%s; with the servers %.3f ms", strings.Join(ps, ", "), sum)
+	}
+	if r.CQLStatementsPerMsg > 0 {
+		names := slices.Sorted(maps.Keys(r.CQLPerMsg))
+		var ps []string
+		for _, k := range names {
+			ps = append(ps, fmt.Sprintf("%s %.2f", k, r.CQLPerMsg[k]))
+		}
+		row("CQL per message", "%.2f statements in %.2f requests: %s", r.CQLStatementsPerMsg, r.CQLRequestsPerMsg, strings.Join(ps, ", "))
+	}
 }

@@ -57,6 +57,16 @@ type Report struct {
 	// in ms (direct, group and pairs runs).
 	ServerCPUMsPerMsg float64 `json:"server_cpu_ms_per_msg,omitempty"`
 	ClientCPUMsPerMsg float64 `json:"client_cpu_ms_per_msg,omitempty"`
+	// ProcessCPUMsPerMsg is the CPU time of each --extra-pid over the
+	// measured phase per accepted message, in ms, by its name.
+	ProcessCPUMsPerMsg map[string]float64 `json:"process_cpu_ms_per_msg,omitempty"`
+	// CQLStatementsPerMsg and CQLRequestsPerMsg are the CQL statements
+	// and requests (a batch is one request) the servers sent per accepted
+	// message (cluster mode); CQLPerMsg splits the statements by verb and
+	// table.
+	CQLStatementsPerMsg float64            `json:"cql_statements_per_msg,omitempty"`
+	CQLRequestsPerMsg   float64            `json:"cql_requests_per_msg,omitempty"`
+	CQLPerMsg           map[string]float64 `json:"cql_statements_per_msg_by_statement,omitempty"`
 
 	// Machine is the load of the whole (shared) machine: /proc/loadavg and
 	// /proc/pressure/cpu ("some" avg10: % of time runnable tasks waited

@@ -41,6 +41,9 @@ func (a *App) newEngines(ctx context.Context, handler router.Handler) (*engines,
 	if !ok {
 		return nil, errors.New("cluster mode needs the scylla store")
 	}
+	if err := sc.RegisterMetrics(a.registry); err != nil {
+		return nil, fmt.Errorf("cql metrics: %w", err)
+	}
 	e := &engines{}
 	fail := func(err error) (*engines, error) {
 		for _, c := range e.closers {

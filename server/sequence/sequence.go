@@ -76,6 +76,16 @@ import (
 	"github.com/chatd/chatd/server/store"
 )
 
+// lookupConcurrency bounds the store dedup lookups of one batch in flight.
+const lookupConcurrency = 32
+
+// dedupLookup is the outcome of one store.LookupDedup of a batch.
+type dedupLookup struct {
+	done bool // looked up (false: not needed)
+	d    *store.Dedup
+	err  error
+}
+
 // Defaults for Options fields left zero.
 const (
 	DefaultQueueSize  = 8192
@@ -255,6 +265,7 @@ type Sequencer struct {
 	dedup              *lru
 	dedupPuts          atomic.Uint64 // entries put into dedup (commits, hits), ever
 	precheck           bool          // single writer: dedup lookups before queueing
+	lookups            []dedupLookup // per claimIdx: the batch's store dedup lookups
 	claimKeys          []ClaimKey
 	claimIdx           []int // claimKeys[i] is the key of batch[claimIdx[i]]
 
@@ -609,19 +620,36 @@ func (s *Sequencer) process(batch []item) {
 			}
 		}
 	}
-	for _, i := range s.claimIdx {
+	// The store lookups of the batch's new keys run concurrently: one
+	// round trip of latency per batch instead of one per send (in cluster
+	// mode every new send is looked up here, see "Dedup pre-check").
+	if failErr == nil && len(s.claimIdx) > 0 {
+		s.lookups = slices.Grow(s.lookups[:0], len(s.claimIdx))[:len(s.claimIdx)]
+		clear(s.lookups)
+		_ = parallel.Do(ctx, len(s.claimIdx), lookupConcurrency, func(ctx context.Context, j int) error {
+			i := s.claimIdx[j]
+			if !ps[i].fresh {
+				return nil
+			}
+			if it := &batch[i]; it.prechecked && s.dedupPuts.Load()-it.mark <= uint64(s.dedup.half) {
+				return nil // not in the store at the pre-check; the LRU has every commit since
+			}
+			req := batch[i].req
+			d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
+			s.lookups[j] = dedupLookup{done: true, d: d, err: err}
+			return nil
+		})
+	}
+	for j, i := range s.claimIdx {
 		p := &ps[i]
 		if failErr != nil {
 			break
 		}
-		if !p.fresh {
+		if !p.fresh || !s.lookups[j].done {
 			continue
 		}
-		if it := &batch[i]; it.prechecked && s.dedupPuts.Load()-it.mark <= uint64(s.dedup.half) {
-			continue // not in the store at the pre-check; the LRU has every commit since
-		}
 		req := batch[i].req
-		d, err := s.st.LookupDedup(ctx, req.SenderID, req.ClientMessageID)
+		d, err := s.lookups[j].d, s.lookups[j].err
 		switch {
 		case err == nil:
 			p.fresh = false

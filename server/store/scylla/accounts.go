@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
+
+	"github.com/gocql/gocql"
 
 	"github.com/chatd/chatd/server/store"
 )
@@ -333,8 +336,18 @@ func (s *Store) ListDevices(ctx context.Context, userID string) ([]*store.Device
 //
 // No lightweight transaction: the cursor cell is written with the write
 // timestamp equal to its value, so among concurrent or reordered writes
-// the highest cursor wins on every replica (ties carry equal values). One
-// read (existence and current value) and at most one write.
+// the highest cursor wins on every replica (ties carry equal values).
+//
+// The store remembers, for cursorCacheTTL, the cursor it last read or
+// wrote for each device (devices are never deleted, so a device seen once
+// exists): an ack then costs one write (seq above it; concurrent calls'
+// writes go together, see coalescer) or no request at all (seq at or
+// below it) instead of a read and a write. Only when another
+// process (another chatd of the cluster) advanced the same device's
+// cursor within that time can the result be below the stored cursor (it
+// is then max(seq, the cursor this process knew)); the stored cursor is
+// never lowered. Otherwise, and on a cache miss: one read (existence and
+// current value) and at most one write.
 func (s *Store) AdvanceCursor(ctx context.Context, userID, deviceID string, seq uint64) (uint64, error) {
 	if err := s.check(ctx); err != nil {
 		return 0, err
@@ -345,25 +358,87 @@ func (s *Store) AdvanceCursor(ctx context.Context, userID, deviceID string, seq 
 	if userID == "" {
 		return 0, store.ErrNotFound
 	}
-	var cur *int64
-	ok, err := s.scan1(ctx, stmtGetCursor, []any{userID, deviceID}, &cur)
+	key := userID + "\x00" + deviceID
+	c, known := s.cursors.get(key, time.Now())
+	if !known {
+		var cur *int64
+		ok, err := s.scan1(ctx, stmtGetCursor, []any{userID, deviceID}, &cur)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return 0, store.ErrNotFound
+		}
+		if cur != nil && *cur > 0 {
+			c = uint64(*cur)
+		}
+	}
+	if seq <= c {
+		if !known {
+			s.cursors.put(key, c, time.Now())
+		}
+		return c, nil
+	}
+	err := s.coal.write(ctx, []gocql.BatchEntry{{Stmt: stmtSetCursor, Args: []any{int64(seq), int64(seq), userID, deviceID}, Idempotent: true}})
 	if err != nil {
 		return 0, err
 	}
-	if !ok {
-		return 0, store.ErrNotFound
-	}
-	c := uint64(0)
-	if cur != nil && *cur > 0 {
-		c = uint64(*cur)
-	}
-	if seq <= c {
-		return c, nil
-	}
-	if err := s.exec(ctx, stmtSetCursor, int64(seq), int64(seq), userID, deviceID); err != nil {
-		return 0, err
-	}
+	s.cursors.put(key, seq, time.Now())
 	return seq, nil
+}
+
+// cursorCacheTTL is how long AdvanceCursor trusts the cursor it last read
+// or wrote for a device before reading it again.
+const cursorCacheTTL = 30 * time.Second
+
+// cursorCache maps "user\x00device" to the cursor this process last read
+// or wrote, with the time it did. Sharded, bounded: a shard that reaches
+// its limit is cleared.
+type cursorCache struct {
+	shards [32]cursorShard
+}
+
+type cursorShard struct {
+	mu sync.Mutex
+	m  map[string]cursorEntry
+}
+
+type cursorEntry struct {
+	cursor uint64
+	at     time.Time
+}
+
+const cursorShardLimit = 1 << 14
+
+func (c *cursorCache) shard(k string) *cursorShard {
+	h := uint32(2166136261)
+	for i := 0; i < len(k); i++ {
+		h = (h ^ uint32(k[i])) * 16777619
+	}
+	return &c.shards[h%uint32(len(c.shards))]
+}
+
+func (c *cursorCache) get(k string, now time.Time) (uint64, bool) {
+	sh := c.shard(k)
+	sh.mu.Lock()
+	e, ok := sh.m[k]
+	sh.mu.Unlock()
+	if !ok || now.Sub(e.at) > cursorCacheTTL {
+		return 0, false
+	}
+	return e.cursor, true
+}
+
+func (c *cursorCache) put(k string, cursor uint64, now time.Time) {
+	sh := c.shard(k)
+	sh.mu.Lock()
+	if sh.m == nil || len(sh.m) >= cursorShardLimit {
+		sh.m = make(map[string]cursorEntry)
+	}
+	if e, ok := sh.m[k]; !ok || cursor >= e.cursor || now.Sub(e.at) > cursorCacheTTL {
+		sh.m[k] = cursorEntry{cursor, now}
+	}
+	sh.mu.Unlock()
 }
 
 // AddContact records that userID has contactID as a contact (idempotent).

@@ -8,7 +8,6 @@ import (
 
 	"github.com/gocql/gocql"
 
-	"github.com/chatd/chatd/server/internal/parallel"
 	"github.com/chatd/chatd/server/store"
 )
 
@@ -94,19 +93,19 @@ func (s *Store) Revisions(ctx context.Context, channelID string, from, to uint64
 }
 
 // AdvanceReceipts raises the given markers without reading them: each
-// marker write is one single-partition unlogged batch that inserts the
-// row (channel, user, marker, value) and deletes the rows of lower value
-// with a range tombstone. The tombstone covers only values below the one
-// written with it, so the highest value ever written survives any order
-// of concurrent or replayed writes (a max register without a lightweight
-// transaction). The receipts of one channel share a partition: markers
-// of the same channel go in one batch. Channels are written concurrently.
+// marker write inserts the row (channel, user, marker, value) and deletes
+// the rows of lower value with a range tombstone, in the same request
+// (one mutation of the partition). The tombstone covers only values below
+// the one written with it, so the highest value ever written survives any
+// order of concurrent or replayed writes (a max register without a
+// lightweight transaction). The writes of concurrent calls go together
+// as multi-partition unlogged batches (coalescer): one request for many
+// acks under load.
 func (s *Store) AdvanceReceipts(ctx context.Context, rs []store.Receipt) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
-	byChannel := map[string][]gocql.BatchEntry{}
-	var order []string
+	var groups [][]gocql.BatchEntry
 	for i := range rs {
 		r := &rs[i]
 		if r.ChannelID == "" || r.UserID == "" {
@@ -119,27 +118,15 @@ func (s *Store) AdvanceReceipts(ctx context.Context, rs []store.Receipt) error {
 			if m.v == 0 {
 				continue
 			}
-			if _, ok := byChannel[r.ChannelID]; !ok {
-				order = append(order, r.ChannelID)
-			}
-			byChannel[r.ChannelID] = append(byChannel[r.ChannelID],
-				gocql.BatchEntry{Stmt: stmtInsertMarker, Args: []any{r.ChannelID, r.UserID, m.kind, encID(m.v)}, Idempotent: true},
-				gocql.BatchEntry{Stmt: stmtTrimMarker, Args: []any{r.ChannelID, r.UserID, m.kind, encID(m.v)}, Idempotent: true})
+			groups = append(groups, []gocql.BatchEntry{
+				{Stmt: stmtInsertMarker, Args: []any{r.ChannelID, r.UserID, m.kind, encID(m.v)}, Idempotent: true},
+				{Stmt: stmtTrimMarker, Args: []any{r.ChannelID, r.UserID, m.kind, encID(m.v)}, Idempotent: true}})
 		}
 	}
-	return parallel.Do(ctx, len(order), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
-		entries := byChannel[order[i]]
-		for len(entries) > 0 {
-			n := min(len(entries), maxBatchStmts)
-			bt := s.batch(ctx)
-			bt.Entries = entries[:n]
-			if err := s.sess.Session.ExecuteBatch(bt); err != nil {
-				return err
-			}
-			entries = entries[n:]
-		}
+	if len(groups) == 0 {
 		return nil
-	})
+	}
+	return s.coal.write(ctx, groups...)
 }
 
 func applyMarker(r *store.Receipt, kind int8, v uint64) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/gocql/gocql"
@@ -43,13 +42,14 @@ const (
 	stmtInboxAt        = `SELECT channel_id, message_id FROM inbox WHERE user_id = ? AND bucket = ? AND seq = ?`
 )
 
-// Limits of the unlogged batches AppendBatch sends: each holds rows of one
-// partition only (one mutation on the replicas, no batchlog) and stays
-// below Cassandra's default batch_size_fail_threshold (50 KiB) unless one
-// row alone is larger, in which case it is sent as a plain statement.
+// Limits of the unlogged batches AppendBatch sends (one per write step,
+// more when a step is larger, see stmtWriter): each stays below
+// Cassandra's default batch_size_fail_threshold (50 KiB) unless one row
+// alone is larger. No batchlog: unlogged batches are atomic per partition
+// only, which is all AppendBatch relies on.
 const (
-	maxBatchStmts = 32
-	maxBatchBytes = 32 << 10
+	maxBatchStmts = 64
+	maxBatchBytes = 40 << 10
 	// maxInList bounds "message_id IN ?" lists (ScyllaDB's default
 	// max_clustering_key_restrictions_per_query is 100).
 	maxInList = 100
@@ -69,14 +69,18 @@ type chunk struct {
 }
 
 // AppendBatch writes the batch durably (acknowledged by cfg.Consistency
-// replicas) in three ordered steps, each a set of concurrent
-// single-partition writes (unlogged batches):
+// replicas) in three ordered steps, each one multi-partition unlogged
+// batch (several, sent concurrently, when a step exceeds maxBatchStmts
+// or maxBatchBytes; see stmtWriter):
 //
 //  1. the dedup records, with their placements (TTL cfg.DedupTTL);
 //  2. the messages, their channels' bucket index rows and activity rows,
-//     and the revision index rows of EDIT and DELETE messages;
+//     the revision index rows of EDIT and DELETE messages, and the inbox
+//     partition index rows (inbox_buckets) this process has not written;
 //  3. the inbox entries (a user's entries in its lower inbox partition
 //     before those in the next one, when a batch spans two).
+//
+// A group commit of n messages is thus three CQL requests, not ~5n.
 //
 // It is atomic only per partition. If it returns an error (or the server
 // dies during it), a prefix of the steps (and part of the failing step)
@@ -122,37 +126,46 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 		}
 	}
 
-	// The inbox partition index rows this process has not written yet go
-	// alongside steps 1 and 2 and are durable before step 3 writes an
-	// inbox row (see Inbox).
-	waitIdx := s.startInboxIndex(ctx, b.Inbox)
-	defer waitIdx()
-
 	// Step 1: dedup records, so that nothing of a send is visible before
 	// its client_message_id is known.
 	if len(b.Dedup) > 0 {
-		err := parallel.Do(ctx, len(b.Dedup), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
-			return s.exec(ctx, stmtInsertDedup, dedupArgs(&b.Dedup[i], s.ttl)...)
-		})
-		if err != nil {
+		var w stmtWriter
+		for i := range b.Dedup {
+			w.add(gocql.BatchEntry{Stmt: stmtInsertDedup, Args: dedupArgs(&b.Dedup[i], s.ttl), Idempotent: true})
+		}
+		if err := s.writeAll(ctx, &w); err != nil {
 			return fmt.Errorf("scylla store: append dedup: %w", err)
 		}
 	}
 	s.afterStep(StepDedup, b)
 
-	// Step 2: messages, bucket index, activity.
+	// Step 2: messages, bucket index, activity, revisions, and the inbox
+	// partition index rows this process has not written yet (durable
+	// before step 3 writes an inbox row in them, see Inbox).
+	var w stmtWriter
+	var bucketRows, idxRows []bucketKey
+	for i := range b.Inbox {
+		k := bucketKey{b.Inbox[i].UserID, inboxBucket(b.Inbox[i].Seq)}
+		if !s.inboxParts.has(k) && !slices.Contains(idxRows, k) {
+			idxRows = append(idxRows, k)
+			w.add(gocql.BatchEntry{Stmt: stmtInsertInboxIdx, Args: []any{k.channel, k.bucket}, Idempotent: true})
+		}
+	}
 	if len(b.Messages) > 0 {
-		msgChunks := chunkMessages(b.Messages)
 		type act struct {
 			ch string
 			m  *store.Message
 		}
 		var acts []act
-		var bucketRows []partKey
 		for _, m := range b.Messages {
+			w.add(gocql.BatchEntry{Stmt: stmtInsertMessage, Args: messageArgs(m), Idempotent: true})
+			if isRevision(m) {
+				w.add(gocql.BatchEntry{Stmt: stmtInsertRevision, Args: revisionArgs(m), Idempotent: true})
+			}
 			k := bucketKey{m.ChannelID, messageBucket(m.MessageID)}
-			if !s.buckets.has(k) && !slices.Contains(bucketRows, partKey{k.channel, k.bucket}) {
-				bucketRows = append(bucketRows, partKey{k.channel, k.bucket})
+			if !s.buckets.has(k) && !slices.Contains(bucketRows, k) {
+				bucketRows = append(bucketRows, k)
+				w.add(gocql.BatchEntry{Stmt: stmtInsertBucket, Args: []any{k.channel, k.bucket}, Idempotent: true})
 			}
 			found := false
 			for i := range acts {
@@ -168,55 +181,40 @@ func (s *Store) AppendBatch(ctx context.Context, b *store.Batch) error {
 				acts = append(acts, act{m.ChannelID, m})
 			}
 		}
-		var revs []*store.Message
-		for _, m := range b.Messages {
-			if isRevision(m) {
-				revs = append(revs, m)
-			}
+		for _, a := range acts {
+			// The insert and its trim stay in one request (one mutation of
+			// the partition): the trim alone would leave no activity row.
+			w.add(gocql.BatchEntry{Stmt: stmtInsertAct, Args: []any{a.ch, encID(a.m.MessageID), ts(a.m.CreatedAt)}, Idempotent: true},
+				gocql.BatchEntry{Stmt: stmtTrimAct, Args: []any{a.ch, encID(a.m.MessageID)}, Idempotent: true})
 		}
-		n1, n2 := len(msgChunks), len(msgChunks)+len(bucketRows)
-		n3 := n2 + len(acts)
-		err := parallel.Do(ctx, n3+len(revs), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
-			switch {
-			case i >= n3:
-				return s.exec(ctx, stmtInsertRevision, revisionArgs(revs[i-n3])...)
-			case i < n1:
-				return s.writeMessages(ctx, b.Messages, msgChunks[i].idx)
-			case i < n2:
-				p := bucketRows[i-n1]
-				if err := s.exec(ctx, stmtInsertBucket, p.id, p.bucket); err != nil {
-					return err
-				}
-				s.buckets.add(bucketKey{p.id, p.bucket})
-				return nil
-			default:
-				a := acts[i-n2]
-				bt := s.batch(ctx)
-				bt.Entries = append(bt.Entries,
-					gocql.BatchEntry{Stmt: stmtInsertAct, Args: []any{a.ch, encID(a.m.MessageID), ts(a.m.CreatedAt)}, Idempotent: true},
-					gocql.BatchEntry{Stmt: stmtTrimAct, Args: []any{a.ch, encID(a.m.MessageID)}, Idempotent: true})
-				return s.sess.Session.ExecuteBatch(bt)
-			}
-		})
-		if err != nil {
-			return fmt.Errorf("scylla store: append messages: %w", err)
+	}
+	if err := s.writeAll(ctx, &w); err != nil {
+		if len(b.Messages) == 0 {
+			return fmt.Errorf("scylla store: append inbox index: %w", err)
 		}
+		return fmt.Errorf("scylla store: append messages: %w", err)
+	}
+	for _, k := range bucketRows {
+		s.buckets.add(k)
+	}
+	for _, k := range idxRows {
+		s.inboxParts.add(k)
 	}
 	s.afterStep(StepMessages, b)
 
 	// Step 3: inbox entries; a user's next inbox partition only after its
 	// lower one, so that a partial failure never leaves a gap at a
 	// partition boundary (see Inbox and LastInboxSeq).
-	if err := waitIdx(); err != nil {
-		return fmt.Errorf("scylla store: append inbox index: %w", err)
-	}
 	if len(b.Inbox) > 0 {
 		first, later := chunkInbox(b.Inbox)
 		for _, cs := range [][]chunk{first, later} {
-			err := parallel.Do(ctx, len(cs), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
-				return s.writeInbox(ctx, b.Inbox, cs[i].idx)
-			})
-			if err != nil {
+			var w stmtWriter
+			for _, c := range cs {
+				for _, i := range c.idx {
+					w.add(gocql.BatchEntry{Stmt: stmtInsertInbox, Args: inboxArgs(&b.Inbox[i]), Idempotent: true})
+				}
+			}
+			if err := s.writeAll(ctx, &w); err != nil {
 				return fmt.Errorf("scylla store: append inbox: %w", err)
 			}
 		}
@@ -246,34 +244,6 @@ func dedupArgs(d *store.Dedup, ttl int) []any {
 	return []any{d.SenderID, d.ClientMessageID, d.ChannelID, encID(d.MessageID), ts(d.CreatedAt), users, seqs, int64(d.Fingerprint), ttl}
 }
 
-// startInboxIndex writes, concurrently with the caller, the
-// inbox_buckets rows of the batch's inbox partitions that this process
-// has not written before, and returns a function that waits for them (and
-// returns their error; it may be called more than once).
-func (s *Store) startInboxIndex(ctx context.Context, es []store.InboxEntry) func() error {
-	var parts []bucketKey
-	for i := range es {
-		k := bucketKey{es[i].UserID, inboxBucket(es[i].Seq)}
-		if !s.inboxParts.has(k) && !slices.Contains(parts, k) {
-			parts = append(parts, k)
-		}
-	}
-	if len(parts) == 0 {
-		return func() error { return nil }
-	}
-	done := make(chan error, 1)
-	go func() {
-		done <- parallel.Do(ctx, len(parts), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
-			if err := s.exec(ctx, stmtInsertInboxIdx, parts[i].channel, parts[i].bucket); err != nil {
-				return err
-			}
-			s.inboxParts.add(parts[i])
-			return nil
-		})
-	}()
-	return sync.OnceValue(func() error { return <-done })
-}
-
 func (s *Store) batch(ctx context.Context) *gocql.Batch {
 	return s.sess.Session.Batch(gocql.UnloggedBatch).WithContext(ctx)
 }
@@ -283,54 +253,8 @@ func messageArgs(m *store.Message) []any {
 		m.ClientMessageID, m.Text, ts(m.CreatedAt), int8(m.Kind), encID(m.RefMessageID), m.ForUser}
 }
 
-func (s *Store) writeMessages(ctx context.Context, msgs []*store.Message, idx []int) error {
-	if len(idx) == 1 {
-		return s.exec(ctx, stmtInsertMessage, messageArgs(msgs[idx[0]])...)
-	}
-	bt := s.batch(ctx)
-	bt.Entries = make([]gocql.BatchEntry, 0, len(idx))
-	for _, i := range idx {
-		bt.Entries = append(bt.Entries, gocql.BatchEntry{Stmt: stmtInsertMessage, Args: messageArgs(msgs[i]), Idempotent: true})
-	}
-	return s.sess.Session.ExecuteBatch(bt)
-}
-
 func inboxArgs(e *store.InboxEntry) []any {
 	return []any{e.UserID, inboxBucket(e.Seq), int64(e.Seq), e.ChannelID, encID(e.MessageID)}
-}
-
-func (s *Store) writeInbox(ctx context.Context, es []store.InboxEntry, idx []int) error {
-	if len(idx) == 1 {
-		return s.exec(ctx, stmtInsertInbox, inboxArgs(&es[idx[0]])...)
-	}
-	bt := s.batch(ctx)
-	bt.Entries = make([]gocql.BatchEntry, 0, len(idx))
-	for _, i := range idx {
-		bt.Entries = append(bt.Entries, gocql.BatchEntry{Stmt: stmtInsertInbox, Args: inboxArgs(&es[i]), Idempotent: true})
-	}
-	return s.sess.Session.ExecuteBatch(bt)
-}
-
-// chunkMessages groups messages by partition, in runs of at most
-// maxBatchStmts rows and about maxBatchBytes bytes.
-func chunkMessages(msgs []*store.Message) []chunk {
-	var out []chunk
-	open := map[partKey]int{} // partition -> index in out of its open chunk
-	size := map[partKey]int{}
-	for i, m := range msgs {
-		p := partKey{m.ChannelID, messageBucket(m.MessageID)}
-		n := 128 + len(m.Text) + len(m.SenderID) + len(m.SenderDeviceID) + len(m.ClientMessageID) + len(m.ChannelID)
-		j, ok := open[p]
-		if !ok || len(out[j].idx) >= maxBatchStmts || size[p]+n > maxBatchBytes {
-			out = append(out, chunk{part: p})
-			j = len(out) - 1
-			open[p] = j
-			size[p] = 0
-		}
-		out[j].idx = append(out[j].idx, i)
-		size[p] += n
-	}
-	return out
 }
 
 // chunkInbox groups inbox entries by partition (runs of at most
@@ -800,4 +724,79 @@ func (s *Store) InboxEntryAt(ctx context.Context, userID string, seq uint64) (*s
 	}
 	e.MessageID = decID(id)
 	return e, nil
+}
+
+// ---------------------------------------------------------------- writer
+
+// stmtWriter collects the statements of one write step. writeAll sends
+// them as few multi-partition unlogged batches as the batch limits allow
+// (maxBatchStmts statements, about maxBatchBytes bytes each): one request
+// per step for a typical group commit instead of one per partition,
+// which is what the CQL server's CPU per message is made of. An unlogged
+// batch is atomic per partition only, exactly like the concurrent
+// single-partition writes it replaces: after an error any subset of its
+// partitions may be written, and the steps' order is what the guarantees
+// of AppendBatch rest on.
+type stmtWriter struct {
+	groups [][]gocql.BatchEntry // each group goes in one request
+	sizes  []int
+	n      int // statements
+}
+
+// add appends statements that must go in the same request (one
+// partition's insert and trim: one mutation).
+func (w *stmtWriter) add(es ...gocql.BatchEntry) {
+	// Cassandra measures a batch by its mutations' data size, which is
+	// several times the values' bytes (measured on 5.0: ~400 B per inbox
+	// row, ~1.9 KiB per message with its activity row and trim): count
+	// 200 B per statement and 64 B per value on top of the values.
+	size := 0
+	for _, e := range es {
+		size += 200
+		for _, a := range e.Args {
+			size += 64
+			switch v := a.(type) {
+			case string:
+				size += len(v)
+			case []string:
+				for _, x := range v {
+					size += len(x) + 64
+				}
+			case []int64:
+				size += 72 * len(v)
+			}
+		}
+	}
+	w.groups = append(w.groups, es)
+	w.sizes = append(w.sizes, size)
+	w.n += len(es)
+}
+
+// writeAll sends w's statements, the chunks concurrently (at most
+// cfg.WriteConcurrency at once), and returns the first error.
+func (s *Store) writeAll(ctx context.Context, w *stmtWriter) error {
+	if w.n == 0 {
+		return nil
+	}
+	var chunks [][]gocql.BatchEntry
+	var cur []gocql.BatchEntry
+	size := 0
+	for i, g := range w.groups {
+		if len(cur) > 0 && (len(cur)+len(g) > maxBatchStmts || size+w.sizes[i] > maxBatchBytes) {
+			chunks = append(chunks, cur)
+			cur, size = nil, 0
+		}
+		cur = append(cur, g...)
+		size += w.sizes[i]
+	}
+	chunks = append(chunks, cur)
+	return parallel.Do(ctx, len(chunks), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
+		c := chunks[i]
+		if len(c) == 1 {
+			return s.exec(ctx, c[0].Stmt, c[0].Args...)
+		}
+		bt := s.batch(ctx)
+		bt.Entries = c
+		return s.sess.Session.ExecuteBatch(bt)
+	})
 }

@@ -16,9 +16,10 @@
 //   - message_id columns store id XOR 2^63 as bigint, so that signed CQL
 //     order equals unsigned order over the whole uint64 range. Inbox seqs
 //     and cursors are stored as they are and must be below 2^63.
-//   - AppendBatch is idempotent and ordered in three steps (messages, then
-//     inbox entries, then dedup records), each step made of single-partition
-//     unlogged batches written concurrently. An error may leave a prefix of
+//   - AppendBatch is idempotent and ordered in three steps (dedup records,
+//     then messages, then inbox entries), each step one multi-partition
+//     unlogged batch (more when it exceeds the batch limits), so a group
+//     commit is three CQL requests. An error may leave a prefix of
 //     the steps written; the caller acks nothing in that case and a replay
 //     rewrites the same rows.
 //   - Check-and-insert operations use lightweight transactions (Paxos):
@@ -236,7 +237,12 @@ type Store struct {
 	// inboxParts remembers the inbox_buckets rows (user, partition) this
 	// process has written (bucketKey.channel holds the user id).
 	inboxParts bucketCache
-	ttl        int // dedup TTL in seconds
+	// cursors remembers device cursors for AdvanceCursor.
+	cursors cursorCache
+	// coal sends the per-ack writes of concurrent callers together.
+	coal  coalescer
+	ttl   int // dedup TTL in seconds
+	stats *stmtStats
 }
 
 var _ store.Store = (*Store)(nil)
@@ -250,7 +256,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := connect(ctx, cfg.cluster(cfg.Keyspace))
+	stats := &stmtStats{}
+	cl := cfg.cluster(cfg.Keyspace)
+	cl.QueryObserver, cl.BatchObserver = stats, stats
+	sess, err := connect(ctx, cl)
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +274,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		sess.Close()
 		return nil, fmt.Errorf("scylla store: open: %w", err)
 	}
-	return &Store{cfg: cfg, sess: sess, ttl: int(cfg.DedupTTL / time.Second)}, nil
+	st := &Store{cfg: cfg, sess: sess, stats: stats, ttl: int(cfg.DedupTTL / time.Second)}
+	st.coal.s = st
+	return st, nil
 }
 
 func connect(ctx context.Context, cl *gocql.ClusterConfig) (gocqlx.Session, error) {

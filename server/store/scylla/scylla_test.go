@@ -495,31 +495,177 @@ func TestChunkInboxOrder(t *testing.T) {
 	}
 }
 
-func TestChunkMessagesBounds(t *testing.T) {
-	var ms []*store.Message
-	big := strings.Repeat("x", 20<<10)
-	for i := range 10 {
-		ms = append(ms, &store.Message{ChannelID: "c", MessageID: uint64(i + 1), Text: big})
+// TestAppendBatchRequests: a group commit is one request per write step
+// (a few more when a step exceeds the batch limits), every row readable
+// after it, and batches near the size limits are accepted by the server
+// (Cassandra fails a batch over batch_size_fail_threshold, 50 KiB).
+func TestAppendBatchRequests(t *testing.T) {
+	s := openClean(t)
+	defer s.Close()
+	ctx := context.Background()
+	requests := func() (n uint64) {
+		r, _ := s.StatementCounts()
+		for _, v := range r {
+			n += v
+		}
+		return n
 	}
-	for i := range 40 {
-		ms = append(ms, &store.Message{ChannelID: "d", MessageID: uint64(i + 1), Text: "y"})
+	// 20 sends to 20 channels (a pairs-shaped group commit): 20 dedup
+	// records, 20 messages with bucket and activity rows, 40 inbox rows.
+	build := func(n int, text string, base uint64) *store.Batch {
+		b := &store.Batch{}
+		for i := range n {
+			ch := fmt.Sprintf("ch%d", i)
+			id := base + uint64(i)
+			m := &store.Message{ChannelID: ch, MessageID: id, SenderID: fmt.Sprintf("u%d", i), SenderDeviceID: "d", ClientMessageID: fmt.Sprintf("c%d-%d", i, id), Text: text, CreatedAt: time.UnixMilli(int64(id >> 16)).UTC(), Kind: store.KindText}
+			b.Messages = append(b.Messages, m)
+			in := []store.Placement{{UserID: m.SenderID, Seq: id}, {UserID: fmt.Sprintf("v%d", i), Seq: id}}
+			for _, p := range in {
+				b.Inbox = append(b.Inbox, store.InboxEntry{UserID: p.UserID, Seq: p.Seq, ChannelID: ch, MessageID: id})
+			}
+			b.Dedup = append(b.Dedup, store.Dedup{SenderID: m.SenderID, ClientMessageID: m.ClientMessageID, ChannelID: ch, MessageID: id, CreatedAt: m.CreatedAt, Inbox: in})
+		}
+		return b
 	}
-	cs := chunkMessages(ms)
-	total := 0
-	for _, c := range cs {
-		size := 0
-		for _, i := range c.idx {
-			size += len(ms[i].Text)
-			if ms[i].ChannelID != c.part.id {
-				t.Fatal("mixed partitions")
+	base := uint64(time.Now().UnixMilli()) << 16
+	r0 := requests()
+	if err := s.AppendBatch(ctx, build(20, strings.Repeat("t", 100), base)); err != nil {
+		t.Fatal(err)
+	}
+	// 3 steps; the first write of 20 channels' bucket rows and 40 inbox
+	// partitions' index rows makes step 2 larger than one batch.
+	if n := requests() - r0; n > 6 {
+		t.Fatalf("a batch of 20 sends took %d CQL requests, want at most 6", n)
+	}
+	r0 = requests()
+	if err := s.AppendBatch(ctx, build(20, strings.Repeat("t", 100), base+100)); err != nil {
+		t.Fatal(err)
+	}
+	if n := requests() - r0; n != 3 {
+		t.Fatalf("a second batch of 20 sends took %d CQL requests, want 3 (one per step)", n)
+	}
+	// The largest batch the sequencer writes (512 sends) with large texts:
+	// split below the server's limits, every row stored.
+	big := build(512, strings.Repeat("x", 2000), base+1000)
+	if err := s.AppendBatch(ctx, big); err != nil {
+		t.Fatalf("large batch: %v", err)
+	}
+	for _, m := range big.Messages {
+		got, err := s.GetMessage(ctx, m.ChannelID, m.MessageID)
+		if err != nil || got.Text != m.Text {
+			t.Fatalf("message %s/%d after a large batch: %v", m.ChannelID, m.MessageID, err)
+		}
+	}
+	for _, e := range big.Inbox {
+		got, err := s.InboxEntryAt(ctx, e.UserID, e.Seq)
+		if err != nil || got.MessageID != e.MessageID {
+			t.Fatalf("inbox %s/%d after a large batch: %+v %v", e.UserID, e.Seq, got, err)
+		}
+	}
+	for _, d := range big.Dedup {
+		got, err := s.LookupDedup(ctx, d.SenderID, d.ClientMessageID)
+		if err != nil || got.MessageID != d.MessageID {
+			t.Fatalf("dedup %s/%s after a large batch: %v", d.SenderID, d.ClientMessageID, err)
+		}
+	}
+}
+
+// TestAdvanceCursorRequests: once a device's cursor is known, an ack that
+// advances it is one write and an ack at or below it no request; the
+// stored cursor never goes down, also when another process (another
+// Store) advanced it meanwhile.
+func TestAdvanceCursorRequests(t *testing.T) {
+	s := openClean(t)
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.PutDevice(ctx, &store.Device{UserID: "u", DeviceID: "d", Name: "n", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	count := func() (n uint64) {
+		r, _ := s.StatementCounts()
+		for _, v := range r {
+			n += v
+		}
+		return n
+	}
+	adv := func(st *Store, seq, want uint64, wantReq uint64) {
+		t.Helper()
+		r0 := count()
+		got, err := st.AdvanceCursor(ctx, "u", "d", seq)
+		if err != nil || got != want {
+			t.Fatalf("AdvanceCursor(%d) = %d, %v; want %d", seq, got, err, want)
+		}
+		if st == s {
+			if n := count() - r0; n != wantReq {
+				t.Fatalf("AdvanceCursor(%d) took %d CQL requests, want %d", seq, n, wantReq)
 			}
 		}
-		if len(c.idx) > maxBatchStmts || (len(c.idx) > 1 && size > maxBatchBytes) {
-			t.Fatalf("chunk of %d rows, %d bytes", len(c.idx), size)
-		}
-		total += len(c.idx)
 	}
-	if total != len(ms) {
-		t.Fatalf("chunks hold %d rows, want %d", total, len(ms))
+	adv(s, 5, 5, 2) // unknown: read, write
+	adv(s, 9, 9, 1) // known: write only
+	adv(s, 7, 9, 0) // at or below: nothing
+	adv(s, 10, 10, 1)
+	other, err := Open(ctx, testConfig(t, keyspace(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	adv(other, 20, 20, 0) // another process reads 10, writes 20
+	adv(s, 15, 15, 1)     // this one writes 15 at timestamp 15: below 20, it loses
+	d, err := s.GetDevice(ctx, "u", "d")
+	if err != nil || d.Cursor != 20 {
+		t.Fatalf("stored cursor = %+v, %v; want 20", d, err)
+	}
+	if _, err := s.AdvanceCursor(ctx, "u", "nope", 3); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown device: %v, want ErrNotFound", err)
+	}
+}
+
+// TestCoalescedAckWrites: concurrent cursor and receipt writes (the
+// per-ack writes) go together in multi-partition batches, each stored.
+func TestCoalescedAckWrites(t *testing.T) {
+	s := openClean(t)
+	defer s.Close()
+	ctx := context.Background()
+	const n = 200
+	for i := range n {
+		if err := s.PutDevice(ctx, &store.Device{UserID: fmt.Sprintf("u%d", i), DeviceID: "d", Name: "n", CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.AdvanceCursor(ctx, fmt.Sprintf("u%d", i), "d", 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requests := func() (n uint64) {
+		r, _ := s.StatementCounts()
+		for _, v := range r {
+			n += v
+		}
+		return n
+	}
+	r0 := requests()
+	err := parallel.Do(ctx, n, n, func(ctx context.Context, i int) error {
+		u := fmt.Sprintf("u%d", i)
+		if c, err := s.AdvanceCursor(ctx, u, "d", uint64(100+i)); err != nil || c != uint64(100+i) {
+			return fmt.Errorf("AdvanceCursor(%s) = %d, %v", u, c, err)
+		}
+		return s.AdvanceReceipts(ctx, []store.Receipt{{ChannelID: fmt.Sprintf("c%d", i%7), UserID: u, DeliveredUpTo: uint64(1000 + i), ReadUpTo: uint64(500 + i)}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := requests() - r0; got >= 2*n {
+		t.Errorf("%d concurrent acks took %d CQL requests, want fewer than %d", n, got, 2*n)
+	}
+	for i := range n {
+		u := fmt.Sprintf("u%d", i)
+		d, err := s.GetDevice(ctx, u, "d")
+		if err != nil || d.Cursor != uint64(100+i) {
+			t.Fatalf("%s cursor = %+v, %v; want %d", u, d, err, 100+i)
+		}
+		r, err := s.GetReceipt(ctx, fmt.Sprintf("c%d", i%7), u)
+		if err != nil || r.DeliveredUpTo != uint64(1000+i) || r.ReadUpTo != uint64(500+i) {
+			t.Fatalf("%s receipt = %+v, %v", u, r, err)
+		}
 	}
 }
