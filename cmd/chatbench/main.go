@@ -38,6 +38,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -107,6 +108,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 1
 	}
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "chatbench:", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "chatbench:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
 	load0, press0 := machineLoad()
 	rep, err := mode(ctx, b)
 	if rep != nil {
@@ -149,6 +163,7 @@ type config struct {
 	localAddrs     []string
 	connsPerAddr   int
 	jsonOut        string
+	cpuProfile     string
 	plotOut        string
 	quiet          bool
 	connectTimeout time.Duration
@@ -198,6 +213,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&local, "local-addrs", "auto", "comma-separated source IPs for connections, round-robin (\"auto\": 127.0.0.2, 127.0.0.3, ... when more than --conns-per-addr connections go to loopback; \"\" the kernel's choice)")
 	fs.IntVar(&c.connsPerAddr, "conns-per-addr", 25000, "connections per source IP when --local-addrs=auto (a source IP has ~28k ephemeral ports)")
 	fs.StringVar(&c.jsonOut, "json", "", "write the report as JSON to this file")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write chatbench's own CPU profile (go tool pprof) to this file")
 	fs.StringVar(&c.plotOut, "plot", "", "write a PNG plot (latency distribution, throughput over time) to this file")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress line")
 	fs.DurationVar(&c.connectTimeout, "connect-timeout", 30*time.Second, "bound on opening one stream (until its Welcome)")
