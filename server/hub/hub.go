@@ -79,8 +79,8 @@ type Config struct {
 	// Registering one more closes the device's oldest session with
 	// ResourceExhausted (see TooManyStreamsMessage): a client that
 	// reconnects before the server has noticed its old connection is gone
-	// keeps working, and one device token cannot pile up streams (~33 KB
-	// each).
+	// keeps working, and one device token cannot pile up streams (~44 KB
+	// each with its connection, docs/performance.md).
 	MaxStreamsPerDevice int
 	// OnRevoke, if set, is called (from Deliver, so it must not block)
 	// for every revocation event (router.Event.RevokeDeviceID) this server
