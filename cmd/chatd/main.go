@@ -166,7 +166,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.Float64Var(&c.StreamRate, "stream-rate", d.StreamRate, "admission: new Chat streams per second this server accepts (token bucket; 0: no bound); past it ResourceExhausted with a retry delay")
 		fs.IntVar(&c.StreamBurst, "stream-burst", d.StreamBurst, "admission: burst of new Chat streams above --stream-rate (0: max(1, stream-rate))")
 		fs.DurationVar(&c.DrainWindow, "drain-window", d.DrainWindow, "on SIGTERM or an admin drain, spread the devices' moves to other servers over this long, then close what is left")
-		fs.DurationVar(&c.CommitLinger, "commit-linger", d.CommitLinger, "under load, a group commit waits this long for more sends before its fsync: fewer fsyncs per message for at most this much latency (negative: off)")
+		fs.DurationVar(&c.CommitLinger, "commit-linger", d.CommitLinger, "under load from several senders, a group commit waits this long for more sends before its fsync: fewer fsyncs per message for at most this much latency (0: the default; negative: off; at most 100ms)")
 		fs.StringVar(&c.AdminAddr, "admin-addr", d.AdminAddr, "serve AdminService (DrainServer) on this gRPC address, e.g. 127.0.0.1:9190; off by default: never expose it publicly")
 		// Push notifications (docs/push.md).
 		fs.BoolVar(&c.Push.Off, "push-off", false, "turn push notifications off")

@@ -106,7 +106,8 @@ type Config struct {
 	// CommitLinger is how long the sequencer's group commit waits for more
 	// sends, under load only (see sequence.Options.CommitLinger): fewer
 	// fsyncs per message for at most this much latency. Zero means
-	// sequence.DefaultCommitLinger; negative turns it off.
+	// sequence.DefaultCommitLinger; negative turns it off; Validate
+	// refuses more than sequence.MaxCommitLinger.
 	CommitLinger time.Duration
 	// AdminAddr, if set, serves AdminService (DrainServer) on a gRPC
 	// listener of its own; bind it to loopback or a private network. Zero:
@@ -308,6 +309,9 @@ func (c Config) Validate() error {
 	}
 	if strings.ContainsAny(c.RedisPrefix, "{}") {
 		errs = append(errs, fmt.Errorf("redis prefix %q must not contain braces (they are Redis Cluster hash tags)", c.RedisPrefix))
+	}
+	if c.CommitLinger > sequence.MaxCommitLinger {
+		errs = append(errs, fmt.Errorf("commit linger %v is above %v: it is added to a send's latency under load", c.CommitLinger, sequence.MaxCommitLinger))
 	}
 	if c.MaxStreams < 0 || c.StreamRate < 0 || c.StreamBurst < 0 || c.DrainWindow < 0 {
 		errs = append(errs, errors.New("max streams, stream rate, stream burst and drain window must not be negative"))

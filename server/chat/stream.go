@@ -484,14 +484,17 @@ func (st *stream) unpend(cmid string) {
 }
 
 // answered is unpend on the writer when the reply to cmid is popped: it
-// reports whether held deliveries must now go out (the one that started
-// the hold no longer waits for an unanswered send).
+// reports whether held deliveries must now go out, before that reply: the
+// one that started the hold is the echo of this send (the same
+// client_message_id: its reply comes first, also when the key is in
+// flight more than once), or no longer waits for an unanswered send.
 func (st *stream) answered(cmid string) bool {
 	st.unpend(cmid)
 	if len(st.held) == 0 {
 		return false
 	}
-	return !st.ownPending(st.held[0].GetDelivery().GetMessage())
+	m := st.held[0].GetDelivery().GetMessage()
+	return m.GetClientMessageId() == cmid || !st.ownPending(m)
 }
 
 // ownPending reports whether m is the echo of a send of this stream still

@@ -3,6 +3,7 @@ package chat
 import (
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -179,4 +180,42 @@ func staticClient(t testing.TB, addr string) chatv1.ChatServiceClient {
 	}
 	t.Cleanup(func() { cc.Close() })
 	return chatv1.NewChatServiceClient(cc)
+}
+
+// The same client_message_id sent twice in a row (a resend before the
+// first reply): the echo still comes before the first SendAck (found by
+// the tryout: the held echo waited for both replies, so the first SendAck
+// overtook its echo).
+func TestEchoBeforeSendAckWhenKeyInFlightTwice(t *testing.T) {
+	e := newEnv(t, envConfig{afterPublish: func() { time.Sleep(2 * time.Millisecond) }})
+	e.users("alice", "bob")
+	a := e.open("alice", "phone")
+	a.ackOf(a.sendTo("bob", "warm", "hi"))
+	a.deliveries(1)
+	for i := range 20 {
+		cmid := fmt.Sprintf("dup-%d", i)
+		id1 := a.sendTo("bob", cmid, "hello")
+		id2 := a.sendTo("bob", cmid, "hello")
+		var order []string
+		for len(order) < 3 {
+			f := a.next()
+			switch {
+			case f.GetDelivery() != nil:
+				order = append(order, "echo")
+			case f.GetFrameId() == id1:
+				order = append(order, "ack1")
+			case f.GetFrameId() == id2:
+				if !f.GetSendAck().GetDuplicate() {
+					t.Fatalf("second send of %s: %v, want a duplicate SendAck", cmid, f)
+				}
+				order = append(order, "ack2")
+			}
+		}
+		// The duplicate may be answered from the store as soon as the
+		// first is durable, even before the first's echo is routed; but
+		// the first's SendAck never overtakes its echo.
+		if slices.Index(order, "echo") > slices.Index(order, "ack1") {
+			t.Fatalf("%s sent twice: frames %v: the SendAck came before its echo", cmid, order)
+		}
+	}
 }

@@ -97,6 +97,9 @@ const (
 	// disk at p50 (0.4 ms each): at 1,000 msg/s it about halves the
 	// commits, and costs a send at most this much latency, only under load.
 	DefaultCommitLinger = time.Millisecond
+	// MaxCommitLinger bounds Options.CommitLinger (New clamps to it): a
+	// linger is a fraction of a send's latency budget, never seconds.
+	MaxCommitLinger = 100 * time.Millisecond
 )
 
 // Options tune a Sequencer. Zero values take the defaults above.
@@ -109,16 +112,19 @@ type Options struct {
 	MaxBatch int
 	// CommitLinger is how long a batch that is not full waits for more
 	// requests before it is written, counted from when the sequencer took
-	// its first request; it lingers only under load: when the previous
-	// batch finished less than CommitLinger before that (requests come at
-	// least about that often). Each batch is one durable write (an fsync
-	// on the embedded store, a CQL batch in a cluster), so at a steady
-	// rate r a linger L writes about r·L+1 messages per commit instead of
-	// about 1, for at most L more latency per send; an idle server never
-	// waits. Zero or negative: no linger (a batch is written as soon as
-	// the queue is empty). The group commit delays of PostgreSQL
-	// (commit_delay) and MySQL (binlog_group_commit_sync_delay) work the
-	// same way.
+	// its first request. It lingers only under load from several senders:
+	// when the previous batch finished less than CommitLinger before that,
+	// and it held more than one request or another one was queued by the
+	// time it finished (so requests arrive independently of the commits).
+	// A lone sender that waits for each ack before its next send never
+	// waits, nor does an idle server. Each batch is one durable write (an
+	// fsync on the embedded store, a CQL batch in a cluster), so at a
+	// steady rate r a linger L writes about r·L+1 messages per commit
+	// instead of about 1, for at most L more latency per send. Zero or
+	// negative: no linger (a batch is written as soon as the queue is
+	// empty); at most MaxCommitLinger. The group commit delays of
+	// PostgreSQL (commit_delay, commit_siblings) and MySQL
+	// (binlog_group_commit_sync_delay) work the same way.
 	CommitLinger time.Duration
 	// CacheLimit bounds each id cache of the default LocalAllocator
 	// (channels' last message_id, users' last inbox seq), in entries. When
@@ -296,6 +302,7 @@ func New(st store.Messages, publish func(batch []Committed), opts Options) *Sequ
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	opts.CommitLinger = min(opts.CommitLinger, MaxCommitLinger)
 	if opts.StoreTimeout <= 0 {
 		opts.StoreTimeout = 10 * time.Second
 	}
@@ -470,6 +477,7 @@ func (s *Sequencer) run() {
 		defer timer.Stop()
 	}
 	var finished time.Time // when the previous batch was done
+	loaded := false        // it held several requests, or more were queued by its end
 	for {
 		it, ok := <-s.queue
 		if !ok {
@@ -490,14 +498,15 @@ func (s *Sequencer) run() {
 				break drain
 			}
 		}
-		if linger > 0 && open && len(batch) < s.opts.MaxBatch && time.Since(finished) < linger {
+		if linger > 0 && loaded && open && len(batch) < s.opts.MaxBatch && time.Since(finished) < linger {
 			batch = s.linger(batch, timer, linger)
 		}
 		s.process(batch)
-		clear(batch) // drop references for the GC
 		if linger > 0 {
 			finished = time.Now()
+			loaded = len(batch) > 1 || len(s.queue) > 0
 		}
+		clear(batch) // drop references for the GC
 	}
 }
 
