@@ -425,6 +425,53 @@ func TestAutoAckAdvancesCursor(t *testing.T) {
 	}
 }
 
+// WithAutoAck(interval) acks without asking for a reply; an ack the
+// server refuses (here: the frame rate limit, after a burst of typing
+// frames) is sent again, so the cursor still reaches the last delivery
+// (found by the tryout: a refused no-reply ack was never retried when no
+// later delivery came).
+func TestAutoAckIntervalRetriesRefusedAck(t *testing.T) {
+	a := startServer(t, app.Config{FrameRate: 20, FrameBurst: 10})
+	ctx := testContext(t)
+	alice, bob := newUser(t, ctx, a.GRPCAddr(), "alice"), newUser(t, ctx, a.GRPCAddr(), "bob")
+	as := connect(t, ctx, alice)
+	bs := connect(t, ctx, bob, client.WithAutoAck(100*time.Millisecond))
+	stored := func() uint64 {
+		devs, err := bob.Account().ListDevices(ctx, &chatv1.ListDevicesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return devs.GetDevices()[0].GetCursor()
+	}
+	waitStored := func(want uint64) {
+		t.Helper()
+		for stored() != want {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("stored cursor %d, want %d", stored(), want)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	if _, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "one"}); err != nil {
+		t.Fatal(err)
+	}
+	ch := next(t, ctx, bs).GetMessage().GetChannelId()
+	waitStored(1)
+	time.Sleep(200 * time.Millisecond) // past the acker's interval
+	// Use up bob's frame budget, then a delivery: its ack is refused.
+	for range 30 {
+		if err := bs.Typing(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "two"}); err != nil {
+		t.Fatal(err)
+	}
+	next(t, ctx, bs)
+	waitStored(2)
+}
+
 func TestLogOutEndsStreamUnauthenticated(t *testing.T) {
 	a := startServer(t, app.Config{})
 	ctx := testContext(t)

@@ -183,6 +183,11 @@ type Session struct {
 	cursor  atomic.Uint64 // highest cursor confirmed by the server
 	ackWant atomic.Uint64 // highest seq passed to AckAsync
 	ackKick chan struct{}
+	// The frame_id of the last Ack sent without a reply (auto-ack with an
+	// interval), and whether the server refused it (a FrameError for it):
+	// the ack loop then sends it again.
+	noReplyAck    atomic.Uint64
+	noReplyFailed atomic.Bool
 
 	dupDropped     atomic.Uint64
 	heldBack       atomic.Uint64
@@ -984,6 +989,15 @@ func (s *Session) dispatch(f *chatv1.ServerFrame) {
 	if f.GetFrameId() == 0 {
 		return // an unsolicited reply or error has no caller
 	}
+	if f.GetError() != nil && f.GetFrameId() == s.noReplyAck.Load() {
+		// The background ack failed (e.g. rate limited): ack again.
+		s.noReplyFailed.Store(true)
+		select {
+		case s.ackKick <- struct{}{}:
+		default:
+		}
+		return
+	}
 	if c := s.takeCall(f.GetFrameId()); c != nil {
 		if c.turn != nil {
 			s.queueHand(handItem{f: f, c: c}) // SyncAll's reply: in order with deliveries
@@ -1174,6 +1188,9 @@ func (s *Session) ackLoop() {
 		case <-s.ctx.Done():
 			return
 		}
+		if s.noReplyFailed.Swap(false) {
+			sent = 0 // the last one was refused: send it again
+		}
 		if want := s.ackWant.Load(); want > s.cursor.Load() && want > sent {
 			ctx, cancel := context.WithTimeout(s.ctx, autoAckTimeout)
 			if s.opts.autoAckEvery > 0 {
@@ -1181,9 +1198,11 @@ func (s *Session) ackLoop() {
 				// (Ack.no_reply: a frame less for the server to write);
 				// the interval paces the acks. A lost one is made good by
 				// the next; Flush still waits for a confirmed cursor.
-				if _, err := s.enqueue(ctx, &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Ack{
+				f := &chatv1.ClientFrame{Payload: &chatv1.ClientFrame_Ack{
 					Ack: &chatv1.Ack{InboxSeq: want, NoReply: true},
-				}}, false); err == nil {
+				}}
+				if _, err := s.enqueue(ctx, f, false); err == nil {
+					s.noReplyAck.Store(f.GetFrameId())
 					sent = want
 				}
 			} else {
