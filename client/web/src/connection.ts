@@ -217,7 +217,7 @@ export class ChatConnection {
 
   /** ack moves the device's cursor to seq (done for you with autoAck). */
   ack(seq: bigint): Promise<bigint> {
-    return this.request(this.frame({ ack: { inboxSeq: seq } }), false).then((f) => f.ackResult?.cursor ?? 0n);
+    return this.request(this.frame({ ack: { inboxSeq: seq, noReply: false } }), false).then((f) => f.ackResult?.cursor ?? 0n);
   }
 
   // --- the stream loop ---
