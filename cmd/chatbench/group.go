@@ -18,7 +18,7 @@ func runGroup(ctx context.Context, b *bench) (*Report, error) {
 	c := b.cfg
 	rep := b.newReport()
 	users := c.groups * c.groupSize
-	rep.Workload = map[string]any{"groups": c.groups, "group_size": c.groupSize, "devices": c.devices, "rate": c.rate, "duration": c.duration.String(), "size": c.size}
+	rep.Workload = map[string]any{"groups": c.groups, "group_size": c.groupSize, "devices": c.devices, "rate": c.rate, "duration": c.duration.String(), "size": c.size, "ack_interval": c.ackInterval.String(), "ack_aligned": c.ackAligned, "ack_reply": c.ackReply}
 	if c.rate == 0 {
 		rep.Workload["window"] = c.window
 	}

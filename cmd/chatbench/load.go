@@ -229,7 +229,7 @@ func (b *bench) paced(ctx context.Context, wg *sync.WaitGroup, senders []*device
 func runDirect(ctx context.Context, b *bench) (*Report, error) {
 	c := b.cfg
 	rep := b.newReport()
-	rep.Workload = map[string]any{"users": c.users, "devices": c.devices, "rate": c.rate, "duration": c.duration.String(), "size": c.size}
+	rep.Workload = map[string]any{"users": c.users, "devices": c.devices, "rate": c.rate, "duration": c.duration.String(), "size": c.size, "ack_interval": c.ackInterval.String(), "ack_aligned": c.ackAligned, "ack_reply": c.ackReply}
 	if c.rate == 0 {
 		rep.Workload["window"] = c.window
 	}

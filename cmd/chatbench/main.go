@@ -308,6 +308,7 @@ func (c *config) validate() error {
 	check(len(c.servers) > 0, "--servers: at least one address")
 	check(c.setupConc >= 1 && c.connectConc >= 1, "concurrency flags must be >= 1")
 	check(c.connsPerAddr >= 1, "--conns-per-addr must be >= 1")
+	check(c.ackInterval >= 0, "--ack-interval must be >= 0 (0: never ack)")
 	check(c.devices >= 0 && c.devices <= 100, "--devices must be 1..100 (chatd keeps 100 devices per user)")
 	switch c.cmd {
 	case "setup":
