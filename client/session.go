@@ -898,6 +898,11 @@ func (s *Session) enqueueWith(ctx context.Context, f *chatv1.ClientFrame, c *cal
 		c.release = func() { <-s.inflight }
 	}
 	f.FrameId = s.nextID.Add(1)
+	if a := f.GetAck(); a != nil && a.GetNoReply() {
+		// Before the frame can reach the server: its FrameError, if any,
+		// must find the id (see dispatch).
+		s.noReplyAck.Store(f.FrameId)
+	}
 	if c != nil {
 		s.mu.Lock()
 		if s.ended {
@@ -1202,7 +1207,6 @@ func (s *Session) ackLoop() {
 					Ack: &chatv1.Ack{InboxSeq: want, NoReply: true},
 				}}
 				if _, err := s.enqueue(ctx, f, false); err == nil {
-					s.noReplyAck.Store(f.GetFrameId())
 					sent = want
 				}
 			} else {
