@@ -431,13 +431,13 @@ func (st *stream) handleItem(it hub.Item) error {
 	case syncOp:
 		return st.doSync(op)
 	case sendReply:
+		var err error
 		if st.answered(op.cmid) {
-			if err := st.flushHeld(); err != nil {
-				<-st.inflight
-				return err
-			}
+			err = st.flushHeld()
 		}
-		err := st.send(it.Frame)
+		if err == nil {
+			err = st.send(it.Frame)
+		}
 		<-st.inflight
 		return err
 	default:
@@ -518,9 +518,6 @@ func (st *stream) flushHeld() error {
 		if err := st.d.Deliver(st.ctx, f); err != nil {
 			return st.deliverErr(err, false)
 		}
-	}
-	if cap(st.held) > maxHeldEchoes {
-		st.held = nil
 	}
 	return nil
 }
