@@ -366,9 +366,18 @@ func (a *App) newDiscovery() (*discovery.Service, error) {
 			return nil, fmt.Errorf("discovery: %w", err)
 		}
 		a.registryCloser, a.registryBeat, reg = dr.Close, dr.Beat, dr
+		// Discovery hands this record to clients of every server: an
+		// address to listen on (":9090") names the client's own machine.
+		// Only this server's answers can repair it (from the host the
+		// client reached it by); the others' cannot.
+		self := a.selfRecord()
+		if discovery.Unspecified(self.GetGrpcAddress()) || discovery.Unspecified(self.GetHttpAddress()) {
+			a.log.Warn("cluster: this server listens on every interface and has no advertise address; other servers' Discovery answers will name an address clients cannot dial: set --advertise-grpc and --advertise-http",
+				"grpc_address", self.GetGrpcAddress(), "http_address", self.GetHttpAddress())
+		}
 	}
 	a.discReg = reg
-	return discovery.New(discovery.Config{Registry: reg, Zone: cfg.Zone, Logger: cfg.Logger}), nil
+	return discovery.New(discovery.Config{Registry: reg, Zone: cfg.Zone, ServerID: cfg.ServerID, Logger: cfg.Logger}), nil
 }
 
 // selfRecord is this server's Discovery record as of now.

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
+	"github.com/chatd/chatd/server/app"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	rpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -61,6 +64,47 @@ func TestDiscoveryReturnsSelf(t *testing.T) {
 	}
 	if len(resp.GetEndpoints()) != 1 || resp.GetEndpoints()[0].GetGrpcAddress() != a.GRPCAddr() || resp.GetEndpoints()[0].GetServerId() != a.ServerID() {
 		t.Fatalf("endpoints = %v, want this server %s", resp.GetEndpoints(), a.GRPCAddr())
+	}
+}
+
+// TestDiscoveryOnEveryInterface: a server listening on every interface
+// without an advertise address (chatd's defaults, ":9090") tells a client
+// the host it reached the server by, over gRPC and through the REST
+// gateway (from the Host header), never "[::]:9090", which would name the
+// client's own machine.
+func TestDiscoveryOnEveryInterface(t *testing.T) {
+	a, err := app.New(app.Config{GRPCAddr: ":0", HTTPAddr: ":0", DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Start()
+	t.Cleanup(func() { _ = a.Close() })
+	_, gport, _ := net.SplitHostPort(a.GRPCAddr())
+	_, hport, _ := net.SplitHostPort(a.HTTPAddr())
+	cc := dial(t, "127.0.0.1:"+gport)
+	resp, err := chatv1.NewDiscoveryServiceClient(cc).GetEndpoints(context.Background(), &chatv1.GetEndpointsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := resp.GetEndpoints()[0]
+	if e.GetGrpcAddress() != "127.0.0.1:"+gport || e.GetHttpAddress() != "127.0.0.1:"+hport {
+		t.Errorf("over gRPC: %s, %s; want 127.0.0.1:%s, 127.0.0.1:%s", e.GetGrpcAddress(), e.GetHttpAddress(), gport, hport)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+hport+"/v1/endpoints", nil)
+	req.Host = "chat.example.com:" + hport
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var body struct {
+		Endpoints []struct{ GrpcAddress, HttpAddress string }
+	}
+	if err := json.NewDecoder(res.Body).Decode(&body); err != nil || res.StatusCode != http.StatusOK || len(body.Endpoints) != 1 {
+		t.Fatalf("REST: %d %v %+v", res.StatusCode, err, body)
+	}
+	if got := body.Endpoints[0]; got.GrpcAddress != "chat.example.com:"+gport || got.HttpAddress != "chat.example.com:"+hport {
+		t.Errorf("over REST with Host chat.example.com: %+v", got)
 	}
 }
 

@@ -79,7 +79,10 @@ type Config struct {
 	// means the host name and the bound gRPC port.
 	ServerID string
 	// AdvertiseGRPC and AdvertiseHTTP are the addresses the Discovery
-	// service hands to clients. Zero means the bound listener addresses.
+	// service hands to clients. Zero means the bound listener addresses;
+	// when those listen on every interface (":9090"), this server answers
+	// with the host the client reached it by and the bound port (see
+	// discovery.Service.GetEndpoints). A cluster must set them.
 	AdvertiseGRPC string
 	AdvertiseHTTP string
 	// Zone names this server's zone (e.g. a cloud availability zone):

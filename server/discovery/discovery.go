@@ -23,13 +23,18 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"slices"
+	"strings"
 	"sync/atomic"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/store"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // MaxFieldBytes bounds GetEndpointsRequest's username and zone.
@@ -175,6 +180,7 @@ type Service struct {
 	chatv1.UnimplementedDiscoveryServiceServer
 	reg  Registry
 	zone string
+	self string
 	log  *slog.Logger
 }
 
@@ -184,6 +190,11 @@ type Config struct {
 	Registry Registry
 	// Zone is this server's zone: the default of a request's zone.
 	Zone string
+	// ServerID is this server's id. When its own record's address has an
+	// unspecified host (it listens on all interfaces, ":9090", and was
+	// given no advertise address), GetEndpoints answers with the host the
+	// client reached it by instead (see GetEndpoints). Empty: never.
+	ServerID string
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -193,13 +204,23 @@ func New(cfg Config) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Service{reg: cfg.Registry, zone: cfg.Zone, log: cfg.Logger}
+	return &Service{reg: cfg.Registry, zone: cfg.Zone, self: cfg.ServerID, log: cfg.Logger}
 }
 
 // GetEndpoints returns the serving servers, best first (Rank), from the
 // registry's view (no I/O). Errors: InvalidArgument for a username that is
 // not empty and not a valid one (store.CanonicalUsername) or a zone longer
 // than MaxFieldBytes, Unavailable when no server is serving.
+//
+// An address with an unspecified host ("0.0.0.0:9090", "[::]:9090",
+// ":9090": a server listening on every interface without an advertise
+// address) is no address a client elsewhere can dial: it names the
+// client's own machine. In this server's own record such a host is
+// replaced by the one the client reached this server by (the request's
+// x-forwarded-host, set by the REST gateway from the HTTP Host header,
+// else its :authority, RFC 9113 section 8.3.1), keeping the record's
+// port. Other servers' records are returned as they are: a cluster must
+// advertise addresses (the server warns at start-up).
 func (s *Service) GetEndpoints(ctx context.Context, req *chatv1.GetEndpointsRequest) (*chatv1.GetEndpointsResponse, error) {
 	if u := req.GetUsername(); u != "" {
 		if _, err := store.CanonicalUsername(u); err != nil {
@@ -217,5 +238,66 @@ func (s *Service) GetEndpoints(ctx context.Context, req *chatv1.GetEndpointsRequ
 	if len(eps) == 0 {
 		return nil, status.Error(codes.Unavailable, "no chat server is available")
 	}
+	for i, e := range eps {
+		if s.self != "" && e.GetServerId() == s.self && (Unspecified(e.GetGrpcAddress()) || Unspecified(e.GetHttpAddress())) {
+			if host := requestHost(ctx); host != "" {
+				c := proto.CloneOf(e) // the view's records are shared
+				c.GrpcAddress = withHost(c.GrpcAddress, host)
+				c.HttpAddress = withHost(c.HttpAddress, host)
+				eps[i] = c
+			}
+		}
+	}
 	return &chatv1.GetEndpointsResponse{Endpoints: eps}, nil
+}
+
+// Unspecified reports whether addr ("host:port") has an empty or
+// unspecified host (0.0.0.0, ::): an address to listen on, not one to
+// dial from elsewhere. An address that does not parse is not.
+func Unspecified(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+// withHost returns addr with its host replaced by host when it is
+// unspecified (see Unspecified), else addr.
+func withHost(addr, host string) string {
+	if !Unspecified(addr) {
+		return addr
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	return net.JoinHostPort(host, port)
+}
+
+// requestHost is the host (no port) the client reached this server by:
+// the first x-forwarded-host, else :authority; "" when neither names a
+// usable host (missing, unspecified, or too long).
+func requestHost(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, k := range []string{"x-forwarded-host", ":authority"} {
+		v := md.Get(k)
+		if len(v) == 0 {
+			continue
+		}
+		h := strings.TrimSpace(strings.Split(v[0], ",")[0])
+		if hh, _, err := net.SplitHostPort(h); err == nil {
+			h = hh
+		}
+		h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+		if h == "" || len(h) > 253 || strings.ContainsAny(h, " /@?#") {
+			continue
+		}
+		if ip := net.ParseIP(h); ip != nil && ip.IsUnspecified() {
+			continue
+		}
+		return h
+	}
+	return ""
 }

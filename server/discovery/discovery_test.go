@@ -9,6 +9,7 @@ import (
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -146,3 +147,67 @@ func TestGetEndpoints(t *testing.T) {
 type fixed struct{ v *View }
 
 func (f fixed) View() *View { return f.v }
+
+// TestGetEndpointsUnspecifiedHost: this server's record with an address
+// to listen on (":9090", "0.0.0.0:9090", "[::]:9090") is answered with
+// the host the client reached it by (x-forwarded-host first, then
+// :authority), keeping the record's ports; a specified address, another
+// server's record and a request that names no usable host are left as
+// they are; the shared view is never modified.
+func TestGetEndpointsUnspecifiedHost(t *testing.T) {
+	self := &chatv1.Endpoint{ServerId: "me", GrpcAddress: "[::]:9090", HttpAddress: ":8080", State: serving}
+	other := &chatv1.Endpoint{ServerId: "peer", GrpcAddress: "0.0.0.0:9091", HttpAddress: "0.0.0.0:8081", State: serving, Capacity: 1, Load: 1}
+	svc := New(Config{Registry: fixed{NewView([]*chatv1.Endpoint{self, other})}, ServerID: "me"})
+	in := func(kv ...string) context.Context {
+		return metadata.NewIncomingContext(context.Background(), metadata.Pairs(kv...))
+	}
+	for _, tc := range []struct {
+		name       string
+		ctx        context.Context
+		grpc, http string
+	}{
+		{"authority with port", in(":authority", "chat.example.com:9090"), "chat.example.com:9090", "chat.example.com:8080"},
+		{"authority IPv6", in(":authority", "[2001:db8::1]:9090"), "[2001:db8::1]:9090", "[2001:db8::1]:8080"},
+		{"authority without port", in(":authority", "10.1.2.3"), "10.1.2.3:9090", "10.1.2.3:8080"},
+		{"gateway's forwarded host first", in(":authority", "127.0.0.1:9090", "x-forwarded-host", "chat.example.com:8080"), "chat.example.com:9090", "chat.example.com:8080"},
+		{"unspecified authority", in(":authority", "0.0.0.0:9090"), "[::]:9090", ":8080"},
+		{"garbage authority", in(":authority", "a b/c@d"), "[::]:9090", ":8080"},
+		{"no metadata", context.Background(), "[::]:9090", ":8080"},
+	} {
+		resp, err := svc.GetEndpoints(tc.ctx, &chatv1.GetEndpointsRequest{})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		eps := resp.GetEndpoints()
+		if len(eps) != 2 || eps[0].GetServerId() != "me" {
+			t.Fatalf("%s: endpoints %v", tc.name, idsOf(eps))
+		}
+		if eps[0].GetGrpcAddress() != tc.grpc || eps[0].GetHttpAddress() != tc.http {
+			t.Errorf("%s: self = %s, %s; want %s, %s", tc.name, eps[0].GetGrpcAddress(), eps[0].GetHttpAddress(), tc.grpc, tc.http)
+		}
+		if eps[1].GetGrpcAddress() != "0.0.0.0:9091" {
+			t.Errorf("%s: another server's record rewritten: %s", tc.name, eps[1].GetGrpcAddress())
+		}
+	}
+	if self.GetGrpcAddress() != "[::]:9090" || self.GetHttpAddress() != ":8080" {
+		t.Errorf("the view's record was modified: %v", self)
+	}
+	// A specified address is never rewritten.
+	fixedAddr := &chatv1.Endpoint{ServerId: "me", GrpcAddress: "192.0.2.7:9090", HttpAddress: "192.0.2.7:8080", State: serving}
+	svc = New(Config{Registry: fixed{NewView([]*chatv1.Endpoint{fixedAddr})}, ServerID: "me"})
+	resp, err := svc.GetEndpoints(in(":authority", "chat.example.com:9090"), &chatv1.GetEndpointsRequest{})
+	if err != nil || resp.GetEndpoints()[0].GetGrpcAddress() != "192.0.2.7:9090" {
+		t.Errorf("specified address: %v %v", resp.GetEndpoints(), err)
+	}
+}
+
+func TestUnspecified(t *testing.T) {
+	for addr, want := range map[string]bool{
+		":9090": true, "0.0.0.0:9090": true, "[::]:9090": true, "[0:0::0]:1": true,
+		"127.0.0.1:9090": false, "[::1]:9090": false, "chat.example.com:9090": false, "": false, "nonsense": false,
+	} {
+		if got := Unspecified(addr); got != want {
+			t.Errorf("Unspecified(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
