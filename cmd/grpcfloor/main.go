@@ -126,7 +126,6 @@ func main() {
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	go func() { log.Fatal(http.ListenAndServe(*httpAddr, mux)) }()
 
 	gs := grpc.NewServer(opts...)
 	if *mode == "relay" {
@@ -146,6 +145,9 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// /metrics answers once the gRPC port listens (and the commit log is
+	// ready): a script may wait for it.
+	go func() { log.Fatal(http.ListenAndServe(*httpAddr, mux)) }()
 	fmt.Fprintf(os.Stderr, "grpcfloor: gRPC %s, HTTP %s, mode %s, pid %d, options %v\n", lis.Addr(), *httpAddr, *mode, os.Getpid(), os.Args[1:])
 	log.Fatal(gs.Serve(lis))
 }
