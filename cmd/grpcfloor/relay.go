@@ -132,7 +132,9 @@ type relayStream struct {
 
 	// sent is what the writer wrote and the device has not acked yet
 	// (seq order): an ack turns it into delivery receipts to the authors,
-	// as chatd's deliver.SentLog does.
+	// as chatd's deliver.SentLog does. Unbounded for a device that never
+	// acks (chatd bounds its log and reads the inbox past it): a
+	// measuring tool's shortcut.
 	smu  sync.Mutex
 	sent []sentEntry
 

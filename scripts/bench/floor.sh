@@ -21,7 +21,9 @@
 # directory with 1,000 users set up once, created when missing, ~2.5 min),
 # RATES, ROUNDS, DURATION (sending phase per run), VARIANTS (default
 # "relay fsync chatd"), LINGER (commit linger of the fsync relay, default
-# chatd's 1ms), PROFILE (a rate: profile every variant there first). Ports: chatd 21090/21080
+# chatd's 1ms), PROFILE (a rate: profile every variant there first),
+# PROFILE_SECONDS (default 10; the profile starts 8 s into the run, so
+# DURATION must be at least 8 s longer). Ports: chatd 21090/21080
 # (pprof 21070), grpcfloor 21490/21480. Output: one JSON report per run in
 # $WORK/runs/ and the table on stdout (also $WORK/table.md).
 set -euo pipefail
@@ -34,6 +36,7 @@ DURATION=${DURATION:-20s}
 VARIANTS=${VARIANTS:-"relay fsync chatd"}
 LINGER=${LINGER:-1ms}
 PROFILE=${PROFILE:-}
+PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 for b in chatd grpcfloor chatbench; do
 	[[ -x $BIN/$b ]] || { echo "floor.sh: $BIN/$b missing: go build -o bin/$b ./cmd/$b" >&2; exit 1; }
 done
@@ -93,7 +96,7 @@ run() { # $1 variant, $2 rate, $3 round ("profile": a profiled run, not in the t
 	io0=$(grep -E '^sysc[rw]' "/proc/$PID/io" | awk '{print $2}' | paste -sd' ')
 	local prof=
 	if [[ $round == profile ]]; then
-		(sleep 8 && curl -fsS -o "$WORK/profile-$v-$rate.pb.gz" "http://$pprof/debug/pprof/profile?seconds=10") &
+		(sleep 8 && curl -fsS -o "$WORK/profile-$v-$rate.pb.gz" "http://$pprof/debug/pprof/profile?seconds=$PROFILE_SECONDS") &
 		prof=$!
 	fi
 	"$BIN/chatbench" pairs --pairs 500 --rate "$rate" --duration "$DURATION" --servers "$grpc" \
