@@ -85,7 +85,8 @@ run() { # $1 variant, $2 rate, $3 round ("profile": a profiled run, not in the t
 	relay | fsync)
 		local extra=()
 		[[ $v == fsync ]] && extra=(--fsync-file "$WORK/relay.log" --commit-linger "$LINGER")
-		"$BIN/grpcfloor" --mode relay --chatd-options --grpc-addr 127.0.0.1:21490 --http-addr 127.0.0.1:21480 \
+		# --heartbeat: chatd's default interval (presence.DefaultHeartbeatInterval)
+		"$BIN/grpcfloor" --mode relay --chatd-options --heartbeat 25s --grpc-addr 127.0.0.1:21490 --http-addr 127.0.0.1:21480 \
 			"${extra[@]}" >"$WORK/server.log" 2>&1 &
 		grpc=127.0.0.1:21490 http=127.0.0.1:21480 pprof=127.0.0.1:21480 tokens=$WORK/tokens-floor.json ;;
 	esac
