@@ -68,10 +68,7 @@ func openCommitLog(path string, size int64, linger time.Duration, m *relayMetric
 }
 
 // submit queues s for the next commit, waiting while the queue is full.
-func (l *commitLog) submit(s *send) bool {
-	l.queue <- s
-	return true
-}
+func (l *commitLog) submit(s *send) { l.queue <- s }
 
 func (l *commitLog) run() {
 	batch := make([]*send, 0, commitMaxBatch)
@@ -137,7 +134,7 @@ func (l *commitLog) commit(batch []*send) {
 	l.off += int64(len(b))
 	if err != nil {
 		for _, s := range batch {
-			s.from.enqueue(frameError(s.frameID, errRelayClosing))
+			s.from.enqueue(frameError(s.frameID, errCommit))
 		}
 		return
 	}

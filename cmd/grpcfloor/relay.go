@@ -30,7 +30,7 @@ var (
 	errBadTarget    = status.Error(codes.InvalidArgument, "send: only to_user is served by the relay")
 	errSelf         = status.Error(codes.InvalidArgument, "cannot send a direct message to yourself")
 	errUnsupported  = status.Error(codes.Unimplemented, "frame kind not served by the relay")
-	errRelayClosing = status.Error(codes.Unavailable, "relay shutting down")
+	errCommit       = status.Error(codes.Unavailable, "commit log write or fdatasync failed; retry")
 )
 
 // relay is the --mode relay ChatService: the frames chatd sends on the
@@ -298,9 +298,7 @@ func (st *relayStream) handleSend(id uint64, m *chatv1.SendMessage) {
 	r := st.r
 	s := &send{from: st, frameID: id, to: r.user(to), ch: r.channel(st.u.id, to), cmid: m.GetClientMessageId(), text: m.GetText()}
 	if r.log != nil {
-		if !r.log.submit(s) {
-			st.enqueue(frameError(id, errRelayClosing))
-		}
+		r.log.submit(s)
 		return
 	}
 	// No durability: number, deliver and answer at once, on the reader.
