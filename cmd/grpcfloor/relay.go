@@ -24,13 +24,13 @@ import (
 const relayQueueSize = 1024
 
 var (
-	errNoToken      = status.Error(codes.Unauthenticated, "no bearer token in the authorization metadata")
-	errOverflow     = status.Error(codes.ResourceExhausted, "send queue overflow: the device does not read")
-	errBeyondHead   = status.Error(codes.FailedPrecondition, "ack beyond inbox head")
-	errBadTarget    = status.Error(codes.InvalidArgument, "send: only to_user is served by the relay")
-	errSelf         = status.Error(codes.InvalidArgument, "cannot send a direct message to yourself")
-	errUnsupported  = status.Error(codes.Unimplemented, "frame kind not served by the relay")
-	errCommit       = status.Error(codes.Unavailable, "commit log write or fdatasync failed; retry")
+	errNoToken     = status.Error(codes.Unauthenticated, "no bearer token in the authorization metadata")
+	errOverflow    = status.Error(codes.ResourceExhausted, "send queue overflow: the device does not read")
+	errBeyondHead  = status.Error(codes.FailedPrecondition, "ack beyond inbox head")
+	errBadTarget   = status.Error(codes.InvalidArgument, "send: only to_user is served by the relay")
+	errSelf        = status.Error(codes.InvalidArgument, "cannot send a direct message to yourself")
+	errUnsupported = status.Error(codes.Unimplemented, "frame kind not served by the relay")
+	errCommit      = status.Error(codes.Unavailable, "commit log write or fdatasync failed; retry")
 )
 
 // relay is the --mode relay ChatService: the frames chatd sends on the
