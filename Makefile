@@ -8,7 +8,7 @@ BUF := .tools/node_modules/.bin/buf
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-build: ## build chatd, chatctl, chatbench and grpcfloor (a bare grpc-go server, for the idle-memory floor) into bin/
+build: ## build chatd, chatctl, chatbench and grpcfloor (a bare grpc-go server, for the idle-memory and CPU-per-message floors) into bin/
 	$(GO) build -o bin/ ./cmd/...
 
 run: build ## run chatd on its embedded defaults (gRPC :9090, HTTP :8080, ./data)

@@ -1,24 +1,52 @@
 // Command grpcfloor is a bare grpc-go server of chat.v1's ChatService, for
-// measuring the memory floor of an idle Chat stream that grpc-go allows:
-// the same wire protocol and client (chatbench connections) as chatd,
-// none of chatd's state. It is a measuring tool, not a server to deploy.
+// measuring the floors grpc-go allows: the same wire protocol and client
+// (chatbench) as chatd, none of chatd's state. It is a measuring tool, not
+// a server to deploy.
 //
-// Its Chat handler sends a Welcome and then, on the handler goroutine,
-// receives frames and answers each heartbeat with a HeartbeatAck (--mode
-// recv: one goroutine of its own per stream, the least a grpc-go bidi
-// handler can hold), or does the same on a second goroutine while the
-// handler waits in a select (--mode two: chatd's shape before issue 16).
+// --mode recv and --mode two measure the memory of an idle Chat stream:
+// the Chat handler sends a Welcome and then, on the handler goroutine,
+// receives frames and answers each heartbeat with a HeartbeatAck (recv:
+// one goroutine of its own per stream, the least a grpc-go bidi handler
+// can hold), or does the same on a second goroutine while the handler
+// waits in a select (two: chatd's shape before issue 16).
+//
+// --mode relay measures the CPU per message of the pairs shape
+// (`chatbench pairs`): it serves what chatd sends there, from memory, with
+// chatd's goroutines per stream — a reader goroutine handling the
+// client's frames and the handler goroutine writing from a bounded queue
+// (1,024 frames; a stream that overflows it ends) — so that the floor is
+// comparable. The token names the user; a SendMessage to_user gets a
+// message_id in its direct channel and a seq in each inbox, its Delivery
+// goes to the recipient's streams and the echo to the sender's, the echo
+// and the SendAck queued together (one flush, as chatd writes them); an
+// Ack moves the device's cursor, is answered with AckResult unless
+// no_reply, and sends each author of the newly acked messages one
+// delivered ReceiptEvent per channel (chatd's noteDelivered); heartbeats
+// are answered; a SyncRequest gets an empty last page (no history:
+// a device is live from its inbox head). Without --fsync-file the reader
+// numbers, delivers and answers a send at once; with it every send is
+// appended to that file and made durable by fdatasync in group commits on
+// one goroutine (lingering under load from several senders as chatd's
+// sequencer does, --commit-linger) before it is delivered and answered.
+// The commits are counted under chatd's metric names
+// (chatd_sequencer_batches_total, chatd_sequencer_messages_total) so that
+// chatbench reports messages per commit.
+//
 // AccountService's SignUp and LogIn answer at once (any name, any
-// password, a fixed token) so that chatbench can set up its devices; the
-// Chat stream does not check the token.
+// password); LogIn's token is "<username>/<device name>", also the device
+// id. The relay reads it from the stream's "authorization: Bearer" metadata
+// as chatd's clients send it; the other modes do not check it.
 //
 // Usage:
 //
-//	grpcfloor --grpc-addr 127.0.0.1:9490 --http-addr 127.0.0.1:8490 [grpc options]
-//	chatbench connections --servers 127.0.0.1:9490 --metrics http://127.0.0.1:8490/metrics ...
+//	grpcfloor --grpc-addr 127.0.0.1:21490 --http-addr 127.0.0.1:21480 [--mode relay [--fsync-file F]] [grpc options]
+//	chatbench pairs --servers 127.0.0.1:21490 --metrics http://127.0.0.1:21480/metrics ...
 //
 // The HTTP address serves /metrics (the Go and process collectors, as
-// chatd's) and /debug/pprof/.
+// chatd's) and /debug/pprof/. docs/performance.md has the figures
+// ("Issue 16: idle memory per connection, and the floor grpc-go allows";
+// "The floor: a bare grpc-go relay on the same shape") and
+// scripts/bench/floor.sh runs the relay against chatd.
 package main
 
 import (
@@ -45,7 +73,10 @@ import (
 func main() {
 	grpcAddr := flag.String("grpc-addr", "127.0.0.1:9490", "gRPC listen address")
 	httpAddr := flag.String("http-addr", "127.0.0.1:8490", "HTTP listen address (/metrics, /debug/pprof/)")
-	mode := flag.String("mode", "recv", "recv: the handler goroutine receives (one goroutine per stream); two: a reader goroutine receives while the handler waits (chatd's shape before issue 16)")
+	mode := flag.String("mode", "recv", "recv: the handler goroutine receives (one goroutine per stream); two: a reader goroutine receives while the handler waits (chatd's shape before issue 16); relay: serve chatbench pairs from memory (see the package doc)")
+	fsyncFile := flag.String("fsync-file", "", "relay: make every send durable in this file (created, truncated, filled with --log-size zeros) with an fdatasync per group commit before delivering it ('': no durability)")
+	logSize := flag.Int64("log-size", defaultLogSize, "relay: size of the --fsync-file ring in bytes")
+	linger := flag.Duration("commit-linger", defaultCommitLinger, "relay with --fsync-file: how long a group commit waits for more sends under load from several senders, as chatd's --commit-linger (0: none)")
 	chatdOpts := flag.Bool("chatd-options", false, "chatd's transport options: static windows 256 KiB per stream, 1 MiB per connection; keepalive 60 s/20 s; max 64 concurrent streams")
 	readBuf := flag.Int("read-buffer", -1, "grpc.ReadBufferSize in bytes (-1: grpc's default, 32 KiB; 0: unbuffered reads)")
 	writeBuf := flag.Int("write-buffer", -1, "grpc.WriteBufferSize in bytes (-1: grpc's default, 32 KiB; 0: every frame written at once)")
@@ -82,8 +113,11 @@ func main() {
 	if *workers > 0 {
 		opts = append(opts, grpc.NumStreamWorkers(uint32(*workers)))
 	}
-	if *mode != "recv" && *mode != "two" {
-		log.Fatalf("grpcfloor: --mode must be recv or two, not %q", *mode)
+	if *mode != "recv" && *mode != "two" && *mode != "relay" {
+		log.Fatalf("grpcfloor: --mode must be recv, two or relay, not %q", *mode)
+	}
+	if *fsyncFile != "" && *mode != "relay" {
+		log.Fatalf("grpcfloor: --fsync-file needs --mode relay")
 	}
 
 	reg := prometheus.NewRegistry()
@@ -92,16 +126,29 @@ func main() {
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	go func() { log.Fatal(http.ListenAndServe(*httpAddr, mux)) }()
 
 	gs := grpc.NewServer(opts...)
-	chatv1.RegisterChatServiceServer(gs, &chatSrv{mode: *mode, heartbeat: *heartbeat})
+	if *mode == "relay" {
+		var cl *commitLog
+		if *fsyncFile != "" {
+			var err error
+			if cl, err = openCommitLog(*fsyncFile, *logSize, *linger, newRelayMetrics(reg)); err != nil {
+				log.Fatal(err)
+			}
+		}
+		chatv1.RegisterChatServiceServer(gs, newRelay(*heartbeat, cl))
+	} else {
+		chatv1.RegisterChatServiceServer(gs, &chatSrv{mode: *mode, heartbeat: *heartbeat})
+	}
 	chatv1.RegisterAccountServiceServer(gs, &accountSrv{})
 	lis, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Fprintf(os.Stderr, "grpcfloor: gRPC %s, HTTP %s, mode %s, options %v\n", lis.Addr(), *httpAddr, *mode, os.Args[1:])
+	// /metrics answers once the gRPC port listens (and the commit log is
+	// ready): a script may wait for it.
+	go func() { log.Fatal(http.ListenAndServe(*httpAddr, mux)) }()
+	fmt.Fprintf(os.Stderr, "grpcfloor: gRPC %s, HTTP %s, mode %s, pid %d, options %v\n", lis.Addr(), *httpAddr, *mode, os.Getpid(), os.Args[1:])
 	log.Fatal(gs.Serve(lis))
 }
 
@@ -114,7 +161,8 @@ func (accountSrv) SignUp(context.Context, *chatv1.SignUpRequest) (*chatv1.SignUp
 }
 
 func (accountSrv) LogIn(_ context.Context, r *chatv1.LogInRequest) (*chatv1.LogInResponse, error) {
-	return &chatv1.LogInResponse{AccessToken: "grpcfloor", DeviceId: r.GetUsername() + "/" + r.GetDeviceName()}, nil
+	tok := relayToken(r.GetUsername(), r.GetDeviceName())
+	return &chatv1.LogInResponse{AccessToken: tok, DeviceId: tok}, nil
 }
 
 type chatSrv struct {
