@@ -20,7 +20,8 @@
 # disk to measure, default /tmp/chatd-floor; holds data0, the chatd data
 # directory with 1,000 users set up once, created when missing, ~2.5 min),
 # RATES, ROUNDS, DURATION (sending phase per run), VARIANTS (default
-# "relay fsync chatd"), LINGER (commit linger of the fsync relay, default
+# "relay fsync chatd"; "chatd0" runs $BIN/chatd0, another chatd build, as
+# chatd is run, for a before/after comparison), LINGER (commit linger of the fsync relay, default
 # chatd's 1ms), PROFILE (a rate: profile every variant there first),
 # PROFILE_SECONDS (default 10; the profile starts 8 s into the run, so
 # DURATION must be at least 8 s longer). Ports: chatd 21090/21080
@@ -78,9 +79,9 @@ fi
 run() { # $1 variant, $2 rate, $3 round ("profile": a profiled run, not in the table)
 	local v=$1 rate=$2 round=$3 grpc http pprof tokens
 	case $v in
-	chatd)
+	chatd | chatd0)
 		rm -rf "$WORK/copy" && cp -r "$WORK/data0" "$WORK/copy"
-		"$BIN/chatd" "${CHATD_FLAGS[@]}" --data-dir "$WORK/copy" >"$WORK/server.log" 2>&1 &
+		"$BIN/$v" "${CHATD_FLAGS[@]}" --data-dir "$WORK/copy" >"$WORK/server.log" 2>&1 &
 		grpc=127.0.0.1:21090 http=127.0.0.1:21080 pprof=127.0.0.1:21070 tokens=$WORK/tokens.json ;;
 	relay | fsync)
 		local extra=()
@@ -128,7 +129,7 @@ done
 python3 - "$WORK/runs" "$RATES" "$VARIANTS" <<'PY' | tee "$WORK/table.md"
 import json, os, statistics, sys
 runs, rates, variants = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-names = {"relay": "bare grpc-go relay", "fsync": "relay + fdatasync per commit", "chatd": "chatd"}
+names = {"relay": "bare grpc-go relay", "fsync": "relay + fdatasync per commit", "chatd": "chatd", "chatd0": "chatd (before: bin/chatd0)"}
 def med(xs): return statistics.median(xs) if xs else float("nan")
 print("| msg/s | server | accepted msg/s [runs] | p50 ms | p99 ms [runs] (median) | server CPU ms per msg [runs] (median) | chatbench CPU ms per msg | msgs per fsync | server writes / reads per msg | load avg |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
