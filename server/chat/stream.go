@@ -86,6 +86,9 @@ type stream struct {
 	// back (server/deliver owns the ordering rules).
 	d *deliver.Stream
 
+	// eof is set by the reader when the client half-closed (see read).
+	eof atomic.Bool
+
 	// sent is what the writer sent in order and the device has not acked
 	// yet: the reader's acks move the delivery markers from it, without
 	// reading the inbox (shared by both goroutines; it locks itself).
@@ -132,20 +135,49 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) (err error) {
 	// which writes. The reader blocks in Recv, which only returns (for
 	// good) once this handler has returned, so the writer must be the one
 	// that can end the stream.
-	readerErr := make(chan error, 1)
-	go func() { readerErr <- st.readLoop() }()
-	err = st.writeLoop(readerErr, st.heartbeatExpired())
+	go st.read()
+	err = st.writeLoop()
 	ended = true
 	return err
 }
 
-// heartbeatExpired fires when the device missed its heartbeats (nil
-// without presence).
-func (st *stream) heartbeatExpired() <-chan struct{} {
-	if st.pc == nil {
+// read runs the stream's reader until Recv fails or a frame ends the
+// stream, and hands its end to the writer without a channel: an error
+// closes the session with it (the writer then ends the stream with the
+// session's error: the reader's, or whatever closed the session first, as
+// an overflow while the reader waited), the client's half-close (io.EOF)
+// sets eof and wakes the writer. So the writer's select waits on no
+// channel of the reader's (each case waited on costs an idle stream a
+// parked sudog).
+func (st *stream) read() {
+	err := st.readLoop()
+	if err == io.EOF {
+		st.eof.Store(true)
+		st.sess.Wake()
+		return
+	}
+	st.sess.Close(err)
+}
+
+// watchExpiry makes the session close when the device misses its
+// heartbeats (errHeartbeatTimeout) and when its token expires
+// (auth.ErrExpired), and returns the token timer to stop (nil without an
+// expiry): callbacks rather than channels in writeLoop's select, so that
+// an idle stream parks on fewer of them. It is a function of its own
+// (never inlined) to keep its temporaries out of writeLoop's frame.
+//
+//go:noinline
+func (st *stream) watchExpiry() *time.Timer {
+	sess := st.sess
+	if st.pc != nil {
+		st.pc.OnExpire(func() { sess.Close(errHeartbeatTimeout) })
+	}
+	if st.p.ExpiresAt.IsZero() {
 		return nil
 	}
-	return st.pc.Expired()
+	// One timer per stream, no goroutine: the stream ends at the moment
+	// its token expires, not at its next frame.
+	return time.AfterFunc(time.Until(st.p.ExpiresAt), func() { sess.Close(auth.ErrExpired) })
 }
 
 // open checks the stream's principal and device, reads its cursor and
@@ -333,19 +365,16 @@ func (st *stream) send(f *chatv1.ServerFrame) error {
 // writeLoop sends the Welcome, catches the device up and then writes
 // every queued item until the stream ends: it returns the status the
 // stream ends with (nil when the client half-closed and everything in
-// flight was acknowledged and written). readerErr delivers the reader's
-// end; expired fires when the device missed its heartbeats.
-func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) error {
+// flight was acknowledged and written). The reader's end, a missed
+// heartbeat and the token's expiry reach it through the session (see read
+// and watchExpiry).
+func (st *stream) writeLoop() error {
 	if err := st.sendWelcome(); err != nil {
 		return err
 	}
 	defer st.d.Stop()
-	// The stream ends at the moment its token expires (one timer per
-	// stream, ~100 bytes, no goroutine), not at its next frame.
-	var expiry <-chan time.Time
-	if t, c := st.p.ExpiryTimer(); t != nil {
+	if t := st.watchExpiry(); t != nil {
 		defer t.Stop()
-		expiry = c
 	}
 	// Up to date: live from the head (the deliverer sends what was
 	// committed between the head read and the registration). Behind: the
@@ -358,24 +387,15 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 	// after writing its reply) and what was queued by then is sent.
 	closing := false
 	for {
+		if !closing && st.eof.Load() {
+			closing = true
+		}
 		if closing && len(st.inflight) == 0 {
 			return st.drain()
 		}
 		select {
 		case <-st.sess.Done():
 			return st.endStatus()
-		case <-expired:
-			return errHeartbeatTimeout
-		case <-expiry:
-			return auth.ErrExpired
-		case err := <-readerErr:
-			if err != io.EOF {
-				if st.sess.Err() != nil {
-					return st.endStatus() // e.g. closed by overflow while the reader waited
-				}
-				return err
-			}
-			closing, readerErr = true, nil
 		case <-st.ctx.Done():
 			return status.FromContextError(st.ctx.Err()).Err()
 		case <-st.d.Recheck():
