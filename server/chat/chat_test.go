@@ -3,9 +3,11 @@ package chat
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -419,5 +421,55 @@ func TestSyncAfterLiveDoesNotRepeat(t *testing.T) {
 	b2 := e.open("bob", "b1")
 	if ds, _ := b2.syncAll(b2.welcome.GetCursor(), 10); len(ds) != 3 {
 		t.Fatalf("a new stream synced %d deliveries, want the 3 un-acked ones", len(ds))
+	}
+}
+
+// TestReaderHandover: with the reader handing over to a fresh goroutine
+// after every heartbeat, heartbeats interleaved with sends are all
+// answered, the messages arrive in order, exactly one reader runs per
+// open stream, and a half-close still ends the stream OK.
+func TestReaderHandover(t *testing.T) {
+	defer func(d time.Duration) { freshReaderEvery = d }(freshReaderEvery)
+	freshReaderEvery = 0
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	a := e.open("alice", "a1")
+	b := e.open("bob", "b1")
+	const n = 30
+	var hbs, sends []uint64
+	for i := range n {
+		hbs = append(hbs, a.heartbeat())
+		sends = append(sends, a.sendTo("bob", fmt.Sprint(i), fmt.Sprint("m", i)))
+	}
+	for i := range n {
+		if f := a.reply(hbs[i]); f.GetHeartbeatAck() == nil {
+			t.Fatalf("reply to heartbeat %d: %v", i, f)
+		}
+		a.ackOf(sends[i])
+	}
+	ds := b.deliveries(n)
+	for i, d := range ds {
+		if got, want := d.GetMessage().GetText(), fmt.Sprint("m", i); got != want {
+			t.Fatalf("delivery %d: %q, want %q", i, got, want)
+		}
+	}
+	if got := readers(); got != 2 {
+		t.Fatalf("%d readers running for 2 open streams", got)
+	}
+	a.stream.CloseSend()
+	if st := a.ended(); st.Code() != codes.OK {
+		t.Fatalf("after CloseSend: %v", st)
+	}
+}
+
+// readers counts the goroutines running a stream's readLoop.
+func readers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "chat.(*stream).readLoop(")
+		}
+		buf = make([]byte, 2*len(buf))
 	}
 }

@@ -79,6 +79,7 @@ type stream struct {
 	key      string        // rate-limit key of the device: user 0x00 device
 	inflight chan struct{} // semaphore of unacknowledged sends
 	acked    uint64        // the device's cursor as of its last Ack (delivery markers)
+	freshAt  int64         // unix ns of the reader's last handover (see readLoop)
 
 	// Writer state (writer goroutine only).
 	cursor, head uint64
@@ -149,8 +150,15 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) (err error) {
 // sets eof and wakes the writer. So the writer's select waits on no
 // channel of the reader's (each case waited on costs an idle stream a
 // parked sudog).
+//
+// After a heartbeat the reader hands over to a fresh goroutine (at most
+// once per freshReaderEvery): see readLoop.
 func (st *stream) read() {
 	err := st.readLoop()
+	if err == errFreshReader {
+		go st.read()
+		return
+	}
 	if err == io.EOF {
 		st.eof.Store(true)
 		st.sess.Wake()
@@ -586,6 +594,29 @@ func (st *stream) deliverErr(err error, starting bool) error {
 
 // ------------------------------------------------------------------ reader
 
+// errFreshReader: readLoop returns it to have read continue on a fresh
+// goroutine.
+var errFreshReader = errors.New("chat: reader continues on a fresh goroutine")
+
+// freshReaderEvery bounds how often a reader hands over to a fresh
+// goroutine after a heartbeat (a variable for tests).
+var freshReaderEvery = time.Second
+
+// readLoop reads and handles frames until Recv fails or a frame ends the
+// stream (its error), or returns errFreshReader after a heartbeat.
+//
+// Why: the reader rests in grpc's Recv under ~2 KB of grpc's frames, plus
+// the runtime's 800-byte guard, more than a quarter of an 8 KB stack, so
+// once the handling of a frame has grown its stack to 8 KB (a heartbeat's
+// session check reads the device from the store once per
+// RevocationCacheTTL, and now and then that read needs more than 4 KB) the
+// runtime can never shrink it back, and the 4 KB slot it left stays free
+// in its stack span: ~8 KB more for the stream's whole life. A fresh
+// goroutine starts from the runtime's 2 KB stack and the grown one is
+// freed. Only after a heartbeat, the frame of an idle device, and at most
+// once per freshReaderEvery, so the message path never pays for it; the
+// handover keeps the frames in order (the next Recv is on the new
+// goroutine, after this one is done with the frame).
 func (st *stream) readLoop() error {
 	for {
 		f, err := st.gs.Recv()
@@ -597,6 +628,12 @@ func (st *stream) readLoop() error {
 		}
 		if err := st.handleFrame(f); err != nil {
 			return err
+		}
+		if _, hb := f.GetPayload().(*chatv1.ClientFrame_Heartbeat); hb {
+			if now := time.Now().UnixNano(); now-st.freshAt >= int64(freshReaderEvery) {
+				st.freshAt = now
+				return errFreshReader
+			}
 		}
 	}
 }
