@@ -425,9 +425,10 @@ func TestSyncAfterLiveDoesNotRepeat(t *testing.T) {
 }
 
 // TestReaderHandover: with the reader handing over to a fresh goroutine
-// after every heartbeat, heartbeats interleaved with sends are all
-// answered, the messages arrive in order, exactly one reader runs per
-// open stream, and a half-close still ends the stream OK.
+// after every heartbeat, alice's reader runs on another goroutine after her
+// heartbeats (bob's, who sent none, on the same), heartbeats interleaved
+// with sends are all answered, the messages arrive in order, exactly one
+// reader runs per open stream, and a half-close still ends the stream OK.
 func TestReaderHandover(t *testing.T) {
 	defer func(d time.Duration) { freshReaderEvery = d }(freshReaderEvery)
 	freshReaderEvery = 0
@@ -435,6 +436,7 @@ func TestReaderHandover(t *testing.T) {
 	e.users("alice", "bob")
 	a := e.open("alice", "a1")
 	b := e.open("bob", "b1")
+	before := readerIDs(t, 2)
 	const n = 30
 	var hbs, sends []uint64
 	for i := range n {
@@ -453,8 +455,15 @@ func TestReaderHandover(t *testing.T) {
 			t.Fatalf("delivery %d: %q, want %q", i, got, want)
 		}
 	}
-	if got := readers(); got != 2 {
-		t.Fatalf("%d readers running for 2 open streams", got)
+	after := readerIDs(t, 2)
+	same := 0
+	for id := range after {
+		if before[id] {
+			same++
+		}
+	}
+	if same != 1 {
+		t.Fatalf("readers %v before the heartbeats, %v after: %d the same, want 1 (bob's)", before, after, same)
 	}
 	a.stream.CloseSend()
 	if st := a.ended(); st.Code() != codes.OK {
@@ -462,14 +471,34 @@ func TestReaderHandover(t *testing.T) {
 	}
 }
 
-// readers counts the goroutines running a stream's readLoop.
-func readers() int {
-	buf := make([]byte, 1<<20)
+// readerIDs returns the ids of the goroutines running a stream's
+// readLoop, once there are want of them (failing the test if that takes
+// over 5 s: more or fewer readers than open streams).
+func readerIDs(t *testing.T, want int) map[string]bool {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return strings.Count(string(buf[:n]), "chat.(*stream).readLoop(")
+		buf := make([]byte, 1<<20)
+		for {
+			n := runtime.Stack(buf, true)
+			if n < len(buf) {
+				buf = buf[:n]
+				break
+			}
+			buf = make([]byte, 2*len(buf))
 		}
-		buf = make([]byte, 2*len(buf))
+		ids := map[string]bool{}
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "chat.(*stream).readLoop(") {
+				ids[strings.Fields(g)[1]] = true // "goroutine N [...]:"
+			}
+		}
+		if len(ids) == want {
+			return ids
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stream readers running, want %d", len(ids), want)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
