@@ -3,9 +3,11 @@ package chat
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -419,5 +421,84 @@ func TestSyncAfterLiveDoesNotRepeat(t *testing.T) {
 	b2 := e.open("bob", "b1")
 	if ds, _ := b2.syncAll(b2.welcome.GetCursor(), 10); len(ds) != 3 {
 		t.Fatalf("a new stream synced %d deliveries, want the 3 un-acked ones", len(ds))
+	}
+}
+
+// TestReaderHandover: with the reader handing over to a fresh goroutine
+// after every heartbeat, alice's reader runs on another goroutine after her
+// heartbeats (bob's, who sent none, on the same), heartbeats interleaved
+// with sends are all answered, the messages arrive in order, exactly one
+// reader runs per open stream, and a half-close still ends the stream OK.
+func TestReaderHandover(t *testing.T) {
+	defer func(d time.Duration) { freshReaderEvery = d }(freshReaderEvery)
+	freshReaderEvery = 0
+	e := newEnv(t, envConfig{})
+	e.users("alice", "bob")
+	a := e.open("alice", "a1")
+	b := e.open("bob", "b1")
+	before := readerIDs(t, 2)
+	const n = 30
+	var hbs, sends []uint64
+	for i := range n {
+		hbs = append(hbs, a.heartbeat())
+		sends = append(sends, a.sendTo("bob", fmt.Sprint(i), fmt.Sprint("m", i)))
+	}
+	for i := range n {
+		if f := a.reply(hbs[i]); f.GetHeartbeatAck() == nil {
+			t.Fatalf("reply to heartbeat %d: %v", i, f)
+		}
+		a.ackOf(sends[i])
+	}
+	ds := b.deliveries(n)
+	for i, d := range ds {
+		if got, want := d.GetMessage().GetText(), fmt.Sprint("m", i); got != want {
+			t.Fatalf("delivery %d: %q, want %q", i, got, want)
+		}
+	}
+	after := readerIDs(t, 2)
+	same := 0
+	for id := range after {
+		if before[id] {
+			same++
+		}
+	}
+	if same != 1 {
+		t.Fatalf("readers %v before the heartbeats, %v after: %d the same, want 1 (bob's)", before, after, same)
+	}
+	a.stream.CloseSend()
+	if st := a.ended(); st.Code() != codes.OK {
+		t.Fatalf("after CloseSend: %v", st)
+	}
+}
+
+// readerIDs returns the ids of the goroutines running a stream's
+// readLoop, once there are want of them (failing the test if that takes
+// over 5 s: more or fewer readers than open streams).
+func readerIDs(t *testing.T, want int) map[string]bool {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		for {
+			n := runtime.Stack(buf, true)
+			if n < len(buf) {
+				buf = buf[:n]
+				break
+			}
+			buf = make([]byte, 2*len(buf))
+		}
+		ids := map[string]bool{}
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "chat.(*stream).readLoop(") {
+				ids[strings.Fields(g)[1]] = true // "goroutine N [...]:"
+			}
+		}
+		if len(ids) == want {
+			return ids
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stream readers running, want %d", len(ids), want)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

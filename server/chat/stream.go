@@ -79,12 +79,16 @@ type stream struct {
 	key      string        // rate-limit key of the device: user 0x00 device
 	inflight chan struct{} // semaphore of unacknowledged sends
 	acked    uint64        // the device's cursor as of its last Ack (delivery markers)
+	freshAt  int64         // unix ns of the reader's last handover (see readLoop)
 
 	// Writer state (writer goroutine only).
 	cursor, head uint64
 	// d is the stream's delivery state: what has been sent, what is held
 	// back (server/deliver owns the ordering rules).
 	d *deliver.Stream
+
+	// eof is set by the reader when the client half-closed (see read).
+	eof atomic.Bool
 
 	// sent is what the writer sent in order and the device has not acked
 	// yet: the reader's acks move the delivery markers from it, without
@@ -132,20 +136,56 @@ func (s *Service) Chat(gs chatv1.ChatService_ChatServer) (err error) {
 	// which writes. The reader blocks in Recv, which only returns (for
 	// good) once this handler has returned, so the writer must be the one
 	// that can end the stream.
-	readerErr := make(chan error, 1)
-	go func() { readerErr <- st.readLoop() }()
-	err = st.writeLoop(readerErr, st.heartbeatExpired())
+	go st.read()
+	err = st.writeLoop()
 	ended = true
 	return err
 }
 
-// heartbeatExpired fires when the device missed its heartbeats (nil
-// without presence).
-func (st *stream) heartbeatExpired() <-chan struct{} {
-	if st.pc == nil {
+// read runs the stream's reader until Recv fails or a frame ends the
+// stream, and hands its end to the writer without a channel: an error
+// closes the session with it (the writer then ends the stream with the
+// session's error: the reader's, or whatever closed the session first, as
+// an overflow while the reader waited), the client's half-close (io.EOF)
+// sets eof and wakes the writer. So the writer's select waits on no
+// channel of the reader's (each case waited on costs an idle stream a
+// parked sudog).
+//
+// After a heartbeat the reader hands over to a fresh goroutine (at most
+// once per freshReaderEvery): see readLoop.
+func (st *stream) read() {
+	err := st.readLoop()
+	if err == errFreshReader {
+		go st.read()
+		return
+	}
+	if err == io.EOF {
+		st.eof.Store(true)
+		st.sess.Wake()
+		return
+	}
+	st.sess.Close(err)
+}
+
+// watchExpiry makes the session close when the device misses its
+// heartbeats (errHeartbeatTimeout) and when its token expires
+// (auth.ErrExpired), and returns the token timer to stop (nil without an
+// expiry): callbacks rather than channels in writeLoop's select, so that
+// an idle stream parks on fewer of them. It is a function of its own
+// (never inlined) to keep its temporaries out of writeLoop's frame.
+//
+//go:noinline
+func (st *stream) watchExpiry() *time.Timer {
+	sess := st.sess
+	if st.pc != nil {
+		st.pc.OnExpire(func() { sess.Close(errHeartbeatTimeout) })
+	}
+	if st.p.ExpiresAt.IsZero() {
 		return nil
 	}
-	return st.pc.Expired()
+	// One timer per stream, no goroutine: the stream ends at the moment
+	// its token expires, not at its next frame.
+	return time.AfterFunc(time.Until(st.p.ExpiresAt), func() { sess.Close(auth.ErrExpired) })
 }
 
 // open checks the stream's principal and device, reads its cursor and
@@ -333,19 +373,16 @@ func (st *stream) send(f *chatv1.ServerFrame) error {
 // writeLoop sends the Welcome, catches the device up and then writes
 // every queued item until the stream ends: it returns the status the
 // stream ends with (nil when the client half-closed and everything in
-// flight was acknowledged and written). readerErr delivers the reader's
-// end; expired fires when the device missed its heartbeats.
-func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) error {
+// flight was acknowledged and written). The reader's end, a missed
+// heartbeat and the token's expiry reach it through the session (see read
+// and watchExpiry).
+func (st *stream) writeLoop() error {
 	if err := st.sendWelcome(); err != nil {
 		return err
 	}
 	defer st.d.Stop()
-	// The stream ends at the moment its token expires (one timer per
-	// stream, ~100 bytes, no goroutine), not at its next frame.
-	var expiry <-chan time.Time
-	if t, c := st.p.ExpiryTimer(); t != nil {
+	if t := st.watchExpiry(); t != nil {
 		defer t.Stop()
-		expiry = c
 	}
 	// Up to date: live from the head (the deliverer sends what was
 	// committed between the head read and the registration). Behind: the
@@ -358,24 +395,15 @@ func (st *stream) writeLoop(readerErr <-chan error, expired <-chan struct{}) err
 	// after writing its reply) and what was queued by then is sent.
 	closing := false
 	for {
+		if !closing && st.eof.Load() {
+			closing = true
+		}
 		if closing && len(st.inflight) == 0 {
 			return st.drain()
 		}
 		select {
 		case <-st.sess.Done():
 			return st.endStatus()
-		case <-expired:
-			return errHeartbeatTimeout
-		case <-expiry:
-			return auth.ErrExpired
-		case err := <-readerErr:
-			if err != io.EOF {
-				if st.sess.Err() != nil {
-					return st.endStatus() // e.g. closed by overflow while the reader waited
-				}
-				return err
-			}
-			closing, readerErr = true, nil
 		case <-st.ctx.Done():
 			return status.FromContextError(st.ctx.Err()).Err()
 		case <-st.d.Recheck():
@@ -566,6 +594,29 @@ func (st *stream) deliverErr(err error, starting bool) error {
 
 // ------------------------------------------------------------------ reader
 
+// errFreshReader: readLoop returns it to have read continue on a fresh
+// goroutine.
+var errFreshReader = errors.New("chat: reader continues on a fresh goroutine")
+
+// freshReaderEvery bounds how often a reader hands over to a fresh
+// goroutine after a heartbeat (a variable for tests).
+var freshReaderEvery = time.Second
+
+// readLoop reads and handles frames until Recv fails or a frame ends the
+// stream (its error), or returns errFreshReader after a heartbeat.
+//
+// Why: the reader rests in grpc's Recv under ~2 KB of grpc's frames, plus
+// the runtime's 800-byte guard, more than a quarter of an 8 KB stack, so
+// once the handling of a frame has grown its stack to 8 KB (a heartbeat's
+// session check reads the device from the store once per
+// RevocationCacheTTL, and now and then that read needs more than 4 KB) the
+// runtime can never shrink it back, and the 4 KB slot it left stays free
+// in its stack span: ~8 KB more for the stream's whole life. A fresh
+// goroutine starts from the runtime's 2 KB stack and the grown one is
+// freed. Only after a heartbeat, the frame of an idle device, and at most
+// once per freshReaderEvery, so the message path never pays for it; the
+// handover keeps the frames in order (the next Recv is on the new
+// goroutine, after this one is done with the frame).
 func (st *stream) readLoop() error {
 	for {
 		f, err := st.gs.Recv()
@@ -577,6 +628,12 @@ func (st *stream) readLoop() error {
 		}
 		if err := st.handleFrame(f); err != nil {
 			return err
+		}
+		if _, hb := f.GetPayload().(*chatv1.ClientFrame_Heartbeat); hb {
+			if now := time.Now().UnixNano(); now-st.freshAt >= int64(freshReaderEvery) {
+				st.freshAt = now
+				return errFreshReader
+			}
 		}
 	}
 }

@@ -183,7 +183,10 @@ type Session struct {
 	n     int           // items queued
 	max   int           // bound
 	ready chan struct{} // cap 1: signalled when an item is pushed
-	space chan struct{} // cap 1: signalled when an item is popped
+	// space (cap 1) is signalled when an item is popped; made by the first
+	// Enqueue that finds the queue full (most sessions never do), nil
+	// until then. Guarded by mu.
+	space chan struct{}
 }
 
 // initialQueue is the ring's first allocation, in items.
@@ -214,10 +217,13 @@ func (s *Session) Pop() (Item, bool) {
 	s.buf[s.head] = Item{}
 	s.head = (s.head + 1) % len(s.buf)
 	s.n--
+	space := s.space
 	s.mu.Unlock()
-	select {
-	case s.space <- struct{}{}:
-	default:
+	if space != nil {
+		select {
+		case space <- struct{}{}:
+		default:
+		}
 	}
 	return it, true
 }
@@ -253,6 +259,11 @@ func (s *Session) signalReady() {
 	default:
 	}
 }
+
+// Wake signals Ready without queueing an item, so that a writer waiting
+// on Ready looks at state of its own (e.g. its reader ended); Pop then
+// reports false if nothing is queued. It never blocks.
+func (s *Session) Wake() { s.signalReady() }
 
 // Done is closed when the session is closed.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -323,19 +334,23 @@ func (s *Session) Enqueue(ctx context.Context, it Item) error {
 		s.mu.Lock()
 		ok := s.push(it)
 		room := s.n < s.max
+		if !ok && s.space == nil {
+			s.space = make(chan struct{}, 1)
+		}
+		space := s.space
 		s.mu.Unlock()
 		if ok {
 			s.signalReady()
-			if room { // pass a wake-up on to another waiter
+			if room && space != nil { // pass a wake-up on to another waiter
 				select {
-				case s.space <- struct{}{}:
+				case space <- struct{}{}:
 				default:
 				}
 			}
 			return nil
 		}
 		select {
-		case <-s.space:
+		case <-space:
 		case <-s.done:
 			return s.Err()
 		case <-ctx.Done():
@@ -358,7 +373,7 @@ func (h *Hub) Register(ctx context.Context, userID, deviceID string, queueSize i
 		queueSize = DefaultQueueSize
 	}
 	s := &Session{userID: userID, deviceID: deviceID, hub: h, max: queueSize,
-		done: make(chan struct{}), ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+		done: make(chan struct{}), ready: make(chan struct{}, 1)}
 	sh := h.shard(userID)
 	sh.mu.Lock()
 	e := sh.users[userID]

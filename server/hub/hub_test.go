@@ -388,3 +388,28 @@ func TestMaxStreamsPerDeviceDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestWake: Wake signals Ready with nothing queued (Pop then reports
+// false), never blocks, and does not queue or lose items.
+func TestWake(t *testing.T) {
+	h, _ := newHub(t, hub.Config{})
+	s := register(t, h, "u", "d", 4)
+	s.Wake()
+	s.Wake() // a second one before the writer looks: no block
+	select {
+	case <-s.Ready():
+	default:
+		t.Fatal("Ready not signalled by Wake")
+	}
+	if it, ok := s.Pop(); ok {
+		t.Fatalf("Pop after Wake returned an item: %+v", it)
+	}
+	if !s.TryEnqueue(hub.Item{Frame: frame(7)}) {
+		t.Fatal("TryEnqueue failed")
+	}
+	s.Wake()
+	<-s.Ready()
+	if it, ok := s.Pop(); !ok || it.Frame.GetFrameId() != 7 {
+		t.Fatalf("Pop = %+v, %v; want frame 7", it, ok)
+	}
+}

@@ -141,7 +141,12 @@ type Conn struct {
 	d        *device
 	lastBeat atomic.Int64 // since t.epoch, ns
 	state    int          // guarded by d.u.mu
+	// expired (made by the first Expired call) is closed and onExpire
+	// (set by OnExpire) called when the Conn expires; both nil until
+	// asked for, so that a stream that uses neither holds neither.
+	// Guarded by d.u.mu.
 	expired  chan struct{}
+	onExpire func()
 }
 
 var (
@@ -297,7 +302,7 @@ func (t *Tracker) Connect(ctx context.Context, userID, deviceID string) (*Conn, 
 	}
 	clear(d.conns[len(kept):])
 	d.conns = kept
-	c := &Conn{t: t, d: d, state: connOpen, expired: make(chan struct{})}
+	c := &Conn{t: t, d: d, state: connOpen}
 	c.lastBeat.Store(int64(t.now()))
 	d.conns = append(d.conns, c)
 	t.conns.Add(1)
@@ -316,7 +321,34 @@ func (c *Conn) Beat() {
 // while open: the device is down; the stream should end (e.g. with
 // Unavailable "heartbeat timeout") so that its memory is freed. A later
 // Beat does not bring it back: the client reconnects.
-func (c *Conn) Expired() <-chan struct{} { return c.expired }
+func (c *Conn) Expired() <-chan struct{} {
+	c.d.u.mu.Lock()
+	defer c.d.u.mu.Unlock()
+	if c.expired == nil {
+		c.expired = make(chan struct{})
+		if c.state == connExpired {
+			close(c.expired)
+		}
+	}
+	return c.expired
+}
+
+// OnExpire arranges for f to be called once when the stream expires (see
+// Expired), in place of waiting on Expired: a callback costs a stream no
+// channel and no waiting goroutine's select case. f is called on the
+// Tracker's goroutine with the device's lock held, so it must not block
+// nor call into the Tracker (closing a channel or a session is fine); if
+// the Conn has already expired, f is called at once. Call it at most once
+// per Conn.
+func (c *Conn) OnExpire(f func()) {
+	c.d.u.mu.Lock()
+	defer c.d.u.mu.Unlock()
+	if c.state == connExpired {
+		f()
+		return
+	}
+	c.onExpire = f
+}
 
 // LastActive returns when the stream was last heard from.
 func (c *Conn) LastActive() time.Time { return c.t.wall(time.Duration(c.lastBeat.Load())) }
@@ -476,7 +508,13 @@ func (t *Tracker) reconcile(ctx context.Context, d *device) {
 		if lb+t.grace <= nowD {
 			if c.state == connOpen {
 				c.state = connExpired
-				close(c.expired)
+				if c.expired != nil {
+					close(c.expired)
+				}
+				if c.onExpire != nil {
+					c.onExpire()
+					c.onExpire = nil
+				}
 			} else {
 				c.state = connClosed
 			}

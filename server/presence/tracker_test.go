@@ -129,3 +129,59 @@ func BenchmarkConnectedDevice(b *testing.B) {
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(b.N), "heap-bytes/device")
 	runtime.KeepAlive(conns)
 }
+
+// TestOnExpire: the callback of a silent stream runs once, when its Conn
+// expires (as Expired is closed, which a later Expired call still sees);
+// one set after the expiry runs at once; a cleanly closed stream's never
+// runs.
+func TestOnExpire(t *testing.T) {
+	tr, err := presence.NewTracker(presence.TrackerConfig{
+		Engine: local.New(), HeartbeatInterval: 20 * time.Millisecond, Grace: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx := context.Background()
+	silent, err := tr.Connect(ctx, "alice", "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clean, err := tr.Connect(ctx, "bob", "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls, cleanCalls atomic.Int32
+	fired := make(chan struct{})
+	silent.OnExpire(func() {
+		if calls.Add(1) == 1 {
+			close(fired)
+		}
+	})
+	clean.OnExpire(func() { cleanCalls.Add(1) })
+	clean.Close(true)
+	select {
+	case <-fired:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnExpire not called within 10s of a 100ms grace")
+	}
+	select {
+	case <-silent.Expired(): // made after the expiry: closed already
+	default:
+		t.Fatal("Expired not closed after OnExpire ran")
+	}
+	late := make(chan struct{})
+	silent.OnExpire(func() { close(late) })
+	select {
+	case <-late:
+	default:
+		t.Fatal("OnExpire on an expired Conn did not run at once")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("OnExpire callback ran %d times, want 1", n)
+	}
+	if n := cleanCalls.Load(); n != 0 {
+		t.Fatalf("OnExpire of a cleanly closed Conn ran %d times", n)
+	}
+}
