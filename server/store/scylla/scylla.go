@@ -105,9 +105,9 @@ type Config struct {
 	// each request is written at once. The store already sends few, large
 	// requests (one batch per write step, coalesced acks), so the
 	// coalescer saved few writes and cost a timer and two goroutine
-	// wake-ups per flush: with it, the client spent 0.37–0.42 ms of CPU per
+	// wake-ups per flush: with it, the client spent 0.30–0.42 ms of CPU per
 	// message of the pairs shape at 500 msg/s in BenchmarkCQLFloor/chatd,
-	// without it 0.22–0.26 ms, the CQL server's CPU level
+	// without it 0.20–0.26 ms, the CQL server's CPU level
 	// (docs/performance.md, "Cost per message").
 	WriteCoalesceWait time.Duration
 	// WriteConcurrency bounds the requests one AppendBatch keeps in
