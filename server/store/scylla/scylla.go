@@ -107,8 +107,10 @@ type Config struct {
 	// coalescer saved few writes and cost a timer and two goroutine
 	// wake-ups per flush: with it, the client spent 0.30–0.42 ms of CPU per
 	// message of the pairs shape at 500 msg/s in BenchmarkCQLFloor/chatd,
-	// without it 0.20–0.26 ms, the CQL server's CPU level
-	// (docs/performance.md, "Cost per message").
+	// without it 0.20–0.26 ms, the CQL server's CPU level. In chatd the
+	// quicker round trips also shrink the group commits, so the cluster's
+	// CPU per message stayed level while send → delivery p50 fell from
+	// 14.6 to 5.0 ms (docs/performance.md, "The floor").
 	WriteCoalesceWait time.Duration
 	// WriteConcurrency bounds the requests one AppendBatch keeps in
 	// flight. Default 32.
