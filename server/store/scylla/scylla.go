@@ -99,6 +99,19 @@ type Config struct {
 	// Lightweight transactions are never retried by the driver once they
 	// may have executed; the store resolves their outcome itself.
 	Retries int
+	// WriteCoalesceWait is how long the driver holds a request to write
+	// it together with others on the same connection (gocql's
+	// WriteCoalesceWaitTime, whose own default is 200 µs). Default 0: off,
+	// each request is written at once. The store already sends few, large
+	// requests (one batch per write step, coalesced acks), so the
+	// coalescer saved few writes and cost a timer and two goroutine
+	// wake-ups per flush: with it, the client spent 0.30–0.42 ms of CPU per
+	// message of the pairs shape at 500 msg/s in BenchmarkCQLFloor/chatd,
+	// without it 0.20–0.26 ms, the CQL server's CPU level. In chatd the
+	// quicker round trips also shrink the group commits, so the cluster's
+	// CPU per message stayed level while send → delivery p50 fell from
+	// 14.6 to 5.0 ms (docs/performance.md, "The floor").
+	WriteCoalesceWait time.Duration
 	// WriteConcurrency bounds the requests one AppendBatch keeps in
 	// flight. Default 32.
 	WriteConcurrency int
@@ -185,6 +198,9 @@ func (c Config) withDefaults() (Config, error) {
 	} else if c.Retries < 0 {
 		c.Retries = 0
 	}
+	if c.WriteCoalesceWait < 0 {
+		c.WriteCoalesceWait = 0
+	}
 	if c.WriteConcurrency <= 0 {
 		c.WriteConcurrency = DefaultWriteConcurrency
 	}
@@ -212,6 +228,7 @@ func (c Config) cluster(keyspace string) *gocql.ClusterConfig {
 	cl.WriteTimeout = c.Timeout
 	cl.ConnectTimeout = c.ConnectTimeout
 	cl.NumConns = c.NumConns
+	cl.WriteCoalesceWaitTime = c.WriteCoalesceWait
 	cl.MaxWaitSchemaAgreement = 2 * time.Minute
 	var fallback gocql.HostSelectionPolicy
 	if c.LocalDC != "" {
