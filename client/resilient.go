@@ -619,6 +619,19 @@ func (r *Resilient) discover() []*chatv1.Endpoint {
 			r.mu.Lock()
 			r.known = dedup(append(append([]string{addr}, addrsOf(eps)...), r.cfg.Servers...))
 			r.mu.Unlock()
+			// The servers named first, then the seeds they did not name:
+			// a server may name addresses this client cannot dial (one
+			// behind a port mapping or a proxy that advertises its own).
+			named := make(map[string]bool, len(eps))
+			for _, e := range eps {
+				named[e.GetGrpcAddress()] = true
+			}
+			for _, a := range r.cfg.Servers {
+				if !named[a] {
+					named[a] = true
+					eps = append(eps, &chatv1.Endpoint{GrpcAddress: a})
+				}
+			}
 			return eps
 		}
 	}

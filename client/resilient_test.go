@@ -189,3 +189,33 @@ func TestResilientStopsWhenRevoked(t *testing.T) {
 		t.Fatalf("send after stop: %v", err)
 	}
 }
+
+// TestResilientFallsBackToSeeds: when the servers Discovery names cannot
+// be dialled from here (a server behind a port mapping or a proxy that
+// advertises an address of its own side), the session opens on the seed
+// address it was given, after trying them.
+func TestResilientFallsBackToSeeds(t *testing.T) {
+	a, err := app.New(app.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
+		AdvertiseGRPC: "127.0.0.1:1", Logger: slog.New(slog.DiscardHandler)}) // port 1: refused
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Start()
+	t.Cleanup(func() { _ = a.Close() })
+	ctx := testContext(t)
+	alice := newUser(t, ctx, a.GRPCAddr(), "alice")
+	bob := newUser(t, ctx, a.GRPCAddr(), "bob")
+	res, err := client.OpenResilient(client.ResilientConfig{Servers: []string{a.GRPCAddr()}, Token: bob.Token(), MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Close()
+	as := connect(t, ctx, alice)
+	defer as.Close()
+	if _, err := as.Send(ctx, client.SendParams{ToUser: "bob", Text: "through the seed"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := collect(t, res, 1); got[0].GetMessage().GetText() != "through the seed" {
+		t.Fatalf("delivery %v", got[0])
+	}
+}

@@ -67,6 +67,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -372,7 +373,7 @@ func (a *App) newDiscovery() (*discovery.Service, error) {
 		// client reached it by); the others' cannot.
 		self := a.selfRecord()
 		if discovery.Unspecified(self.GetGrpcAddress()) || discovery.Unspecified(self.GetHttpAddress()) {
-			a.log.Warn("cluster: this server listens on every interface and has no advertise address; other servers' Discovery answers will name an address clients cannot dial: set --advertise-grpc and --advertise-http",
+			a.log.Warn("cluster: this server's Discovery record names an address to listen on, not one to dial (no host, 0.0.0.0 or ::): other servers' Discovery answers will hand it to clients, who cannot reach it; set --advertise-grpc and --advertise-http to addresses clients can dial",
 				"grpc_address", self.GetGrpcAddress(), "http_address", self.GetHttpAddress())
 		}
 	}
@@ -561,6 +562,12 @@ func (a *App) newHTTPServer() error {
 		// RFC 6750 challenges on 401; no Grpc-Metadata-Content-Type.
 		runtime.WithErrorHandler(restErrors),
 		runtime.WithOutgoingHeaderMatcher(restHeaders),
+		// The Host a REST client reached this server by, for Discovery's
+		// answer (discovery.HTTPHostKey): the gateway's own :authority is
+		// the loopback it dials.
+		runtime.WithMetadata(func(_ context.Context, r *http.Request) metadata.MD {
+			return metadata.Pairs(discovery.HTTPHostKey, r.Host)
+		}),
 	)
 	ctx := context.Background()
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{

@@ -90,21 +90,41 @@ func TestDiscoveryOnEveryInterface(t *testing.T) {
 	if e.GetGrpcAddress() != "127.0.0.1:"+gport || e.GetHttpAddress() != "127.0.0.1:"+hport {
 		t.Errorf("over gRPC: %s, %s; want 127.0.0.1:%s, 127.0.0.1:%s", e.GetGrpcAddress(), e.GetHttpAddress(), gport, hport)
 	}
-	req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+hport+"/v1/endpoints", nil)
-	req.Host = "chat.example.com:" + hport
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	rest := func(host string, header http.Header) string {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+hport+"/v1/endpoints", nil)
+		req.Host = host
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var body struct {
+			Endpoints []struct{ GrpcAddress, HttpAddress string }
+		}
+		if err := json.NewDecoder(res.Body).Decode(&body); err != nil || res.StatusCode != http.StatusOK || len(body.Endpoints) != 1 {
+			t.Fatalf("REST: %d %v %+v", res.StatusCode, err, body)
+		}
+		return body.Endpoints[0].GrpcAddress + " " + body.Endpoints[0].HttpAddress
 	}
-	defer res.Body.Close()
-	var body struct {
-		Endpoints []struct{ GrpcAddress, HttpAddress string }
+	if got, want := rest("chat.example.com:"+hport, nil), "chat.example.com:"+gport+" chat.example.com:"+hport; got != want {
+		t.Errorf("over REST with Host chat.example.com: %s, want %s", got, want)
 	}
-	if err := json.NewDecoder(res.Body).Decode(&body); err != nil || res.StatusCode != http.StatusOK || len(body.Endpoints) != 1 {
-		t.Fatalf("REST: %d %v %+v", res.StatusCode, err, body)
+	// Through a port mapping (Host names another port): that port.
+	if got, want := rest("chat.example.com:443", nil), "chat.example.com:"+gport+" chat.example.com:443"; got != want {
+		t.Errorf("over REST with Host chat.example.com:443: %s, want %s", got, want)
 	}
-	if got := body.Endpoints[0]; got.GrpcAddress != "chat.example.com:"+gport || got.HttpAddress != "chat.example.com:"+hport {
-		t.Errorf("over REST with Host chat.example.com: %+v", got)
+	// A client's X-Forwarded-Host is not the Host (a cache keyed by Host
+	// must not store another host's answer), nor is a metadata header of
+	// its own: the second leaves the listen addresses as they are.
+	if got, want := rest("chat.example.com:"+hport, http.Header{"X-Forwarded-Host": {"evil.example"}}), "chat.example.com:"+gport+" chat.example.com:"+hport; got != want {
+		t.Errorf("with X-Forwarded-Host: %s, want %s", got, want)
+	}
+	if got := rest("chat.example.com:"+hport, http.Header{"Grpc-Metadata-X-Chatd-Http-Host": {"evil.example"}}); strings.Contains(got, "evil") || strings.Contains(got, "127.0.0.1") {
+		t.Errorf("with a client's own metadata header: %s", got)
 	}
 }
 

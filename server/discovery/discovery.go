@@ -25,6 +25,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -215,12 +216,15 @@ func New(cfg Config) *Service {
 // An address with an unspecified host ("0.0.0.0:9090", "[::]:9090",
 // ":9090": a server listening on every interface without an advertise
 // address) is no address a client elsewhere can dial: it names the
-// client's own machine. In this server's own record such a host is
-// replaced by the one the client reached this server by (the request's
-// x-forwarded-host, set by the REST gateway from the HTTP Host header,
-// else its :authority, RFC 9113 section 8.3.1), keeping the record's
-// port. Other servers' records are returned as they are: a cluster must
-// advertise addresses (the server warns at start-up).
+// client's own machine. In this server's own record such an address is
+// replaced by the one the client reached this server by (see reachedBy):
+// over gRPC the request's :authority (RFC 9113 section 8.3.1) is the gRPC
+// address, port included (a client behind a port mapping keeps it), and
+// its host with this server's HTTP port the HTTP address; through the
+// REST gateway the HTTP Host header (HTTPHostKey) is the HTTP address and
+// its host with this server's gRPC port the gRPC address. Other servers'
+// records are returned as they are: a cluster must advertise addresses
+// (the server warns at start-up).
 func (s *Service) GetEndpoints(ctx context.Context, req *chatv1.GetEndpointsRequest) (*chatv1.GetEndpointsResponse, error) {
 	if u := req.GetUsername(); u != "" {
 		if _, err := store.CanonicalUsername(u); err != nil {
@@ -240,10 +244,9 @@ func (s *Service) GetEndpoints(ctx context.Context, req *chatv1.GetEndpointsRequ
 	}
 	for i, e := range eps {
 		if s.self != "" && e.GetServerId() == s.self && (Unspecified(e.GetGrpcAddress()) || Unspecified(e.GetHttpAddress())) {
-			if host := requestHost(ctx); host != "" {
+			if grpcAddr, httpAddr, ok := reachedBy(ctx, e); ok {
 				c := proto.CloneOf(e) // the view's records are shared
-				c.GrpcAddress = withHost(c.GrpcAddress, host)
-				c.HttpAddress = withHost(c.HttpAddress, host)
+				c.GrpcAddress, c.HttpAddress = grpcAddr, httpAddr
 				eps[i] = c
 			}
 		}
@@ -266,38 +269,98 @@ func Unspecified(addr string) bool {
 	return ip != nil && ip.IsUnspecified()
 }
 
-// withHost returns addr with its host replaced by host when it is
-// unspecified (see Unspecified), else addr.
-func withHost(addr, host string) string {
+// HTTPHostKey is the metadata key under which the REST gateway passes a
+// request's HTTP Host header (runtime.WithMetadata in server/app). A
+// request with it is answered from it alone (the gateway's own :authority
+// names the loopback it dials); with more than one value (a client added
+// its own through a Grpc-Metadata- header) it names nothing.
+const HTTPHostKey = "x-chatd-http-host"
+
+// reachedBy returns the gRPC and HTTP addresses the client reached this
+// server by, for this server's record e (see GetEndpoints): each of e's
+// addresses with an unspecified host is replaced, the other kept. ok is
+// false when the request names no usable host (none, an unspecified one,
+// or one that is not a DNS name or IP literal, with an optional port).
+func reachedBy(ctx context.Context, e *chatv1.Endpoint) (grpcAddr, httpAddr string, ok bool) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	key := ":authority"
+	if len(md.Get(HTTPHostKey)) > 0 {
+		key = HTTPHostKey
+	}
+	v := md.Get(key)
+	if len(v) != 1 {
+		return "", "", false
+	}
+	host, port, ok := hostPort(v[0])
+	if !ok {
+		return "", "", false
+	}
+	grpcAddr, httpAddr = withHost(e.GetGrpcAddress(), host, ""), withHost(e.GetHttpAddress(), host, "")
+	if port != "" {
+		if key == HTTPHostKey {
+			httpAddr = withHost(e.GetHttpAddress(), host, port)
+		} else {
+			grpcAddr = withHost(e.GetGrpcAddress(), host, port)
+		}
+	}
+	return grpcAddr, httpAddr, true
+}
+
+// withHost returns addr with its host replaced by host, and its port by
+// port unless empty, when addr's host is unspecified (see Unspecified);
+// else addr.
+func withHost(addr, host, port string) string {
 	if !Unspecified(addr) {
 		return addr
 	}
-	_, port, _ := net.SplitHostPort(addr)
+	if port == "" {
+		_, port, _ = net.SplitHostPort(addr)
+	}
 	return net.JoinHostPort(host, port)
 }
 
-// requestHost is the host (no port) the client reached this server by:
-// the first x-forwarded-host, else :authority; "" when neither names a
-// usable host (missing, unspecified, or too long).
-func requestHost(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, k := range []string{"x-forwarded-host", ":authority"} {
-		v := md.Get(k)
-		if len(v) == 0 {
-			continue
-		}
-		h := strings.TrimSpace(strings.Split(v[0], ",")[0])
-		if hh, _, err := net.SplitHostPort(h); err == nil {
-			h = hh
-		}
-		h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-		if h == "" || len(h) > 253 || strings.ContainsAny(h, " /@?#") {
-			continue
-		}
-		if ip := net.ParseIP(h); ip != nil && ip.IsUnspecified() {
-			continue
-		}
-		return h
+// hostPort splits an :authority or Host value into a host (a DNS name of
+// letters, digits, '-' and '.', or an IP literal that is not unspecified;
+// IPv6 in brackets) and a port (1 to 65535, or empty when absent). ok is
+// false for anything else (RFC 3986 section 3.2.2's reg-name is wider,
+// but no dialable chat server needs more, and the answer must not carry
+// what a client did not send as a host).
+func hostPort(v string) (host, port string, ok bool) {
+	if len(v) == 0 || len(v) > 261 {
+		return "", "", false
 	}
-	return ""
+	host = v
+	if h, p, err := net.SplitHostPort(v); err == nil {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != p {
+			return "", "", false
+		}
+		host, port = h, p
+	} else if strings.HasPrefix(v, "[") && strings.HasSuffix(v, "]") {
+		host = v[1 : len(v)-1]
+		if net.ParseIP(host) == nil || !strings.Contains(host, ":") {
+			return "", "", false
+		}
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		if ip.IsUnspecified() || (strings.Contains(host, ":") && !strings.Contains(v, "[")) {
+			return "", "", false // IPv6 needs its brackets
+		}
+		return host, port, true
+	}
+	if len(host) > 253 || strings.HasPrefix(host, ".") || strings.HasPrefix(host, "-") || strings.Contains(host, "..") {
+		return "", "", false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if len(label) == 0 || len(label) > 63 {
+			return "", "", false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return "", "", false
+			}
+		}
+	}
+	return host, port, true
 }

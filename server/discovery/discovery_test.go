@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
@@ -150,8 +151,10 @@ func (f fixed) View() *View { return f.v }
 
 // TestGetEndpointsUnspecifiedHost: this server's record with an address
 // to listen on (":9090", "0.0.0.0:9090", "[::]:9090") is answered with
-// the host the client reached it by (x-forwarded-host first, then
-// :authority), keeping the record's ports; a specified address, another
+// the address the client reached it by: over gRPC the :authority is the
+// gRPC address (its port too: a port mapping is kept) and its host the
+// HTTP address's; through the gateway the Host (HTTPHostKey) is the HTTP
+// address and its host the gRPC address's. A specified address, another
 // server's record and a request that names no usable host are left as
 // they are; the shared view is never modified.
 func TestGetEndpointsUnspecifiedHost(t *testing.T) {
@@ -161,18 +164,37 @@ func TestGetEndpointsUnspecifiedHost(t *testing.T) {
 	in := func(kv ...string) context.Context {
 		return metadata.NewIncomingContext(context.Background(), metadata.Pairs(kv...))
 	}
+	const unchanged = "[::]:9090 :8080"
 	for _, tc := range []struct {
-		name       string
-		ctx        context.Context
-		grpc, http string
+		name string
+		ctx  context.Context
+		want string // gRPC and HTTP address
 	}{
-		{"authority with port", in(":authority", "chat.example.com:9090"), "chat.example.com:9090", "chat.example.com:8080"},
-		{"authority IPv6", in(":authority", "[2001:db8::1]:9090"), "[2001:db8::1]:9090", "[2001:db8::1]:8080"},
-		{"authority without port", in(":authority", "10.1.2.3"), "10.1.2.3:9090", "10.1.2.3:8080"},
-		{"gateway's forwarded host first", in(":authority", "127.0.0.1:9090", "x-forwarded-host", "chat.example.com:8080"), "chat.example.com:9090", "chat.example.com:8080"},
-		{"unspecified authority", in(":authority", "0.0.0.0:9090"), "[::]:9090", ":8080"},
-		{"garbage authority", in(":authority", "a b/c@d"), "[::]:9090", ":8080"},
-		{"no metadata", context.Background(), "[::]:9090", ":8080"},
+		{"authority with port", in(":authority", "chat.example.com:9090"), "chat.example.com:9090 chat.example.com:8080"},
+		{"authority through a port mapping", in(":authority", "127.0.0.1:19600"), "127.0.0.1:19600 127.0.0.1:8080"},
+		{"authority IPv6", in(":authority", "[2001:db8::1]:443"), "[2001:db8::1]:443 [2001:db8::1]:8080"},
+		{"authority IPv6 without port", in(":authority", "[2001:db8::1]"), "[2001:db8::1]:9090 [2001:db8::1]:8080"},
+		{"authority without port", in(":authority", "10.1.2.3"), "10.1.2.3:9090 10.1.2.3:8080"},
+		{"trailing dot", in(":authority", "chat.example.com.:9090"), "chat.example.com.:9090 chat.example.com.:8080"},
+		{"gateway Host first", in(":authority", "127.0.0.1:9090", HTTPHostKey, "chat.example.com:18080"), "chat.example.com:9090 chat.example.com:18080"},
+		{"gateway Host without port", in(":authority", "127.0.0.1:9090", HTTPHostKey, "chat.example.com"), "chat.example.com:9090 chat.example.com:8080"},
+		{"gateway Host missing", in(":authority", "127.0.0.1:9090", HTTPHostKey, ""), unchanged},
+		{"gateway Host twice (one from the client)", in(":authority", "127.0.0.1:9090", HTTPHostKey, "evil.example", HTTPHostKey, "chat.example.com"), unchanged},
+		{"unspecified authority", in(":authority", "0.0.0.0:9090"), unchanged},
+		{"unspecified IPv6 authority", in(":authority", "[::]"), unchanged},
+		{"IPv6 without brackets", in(":authority", "2001:db8::1"), unchanged},
+		{"too many colons", in(":authority", "a:b:c"), unchanged},
+		{"port zero", in(":authority", "chat.example.com:0"), unchanged},
+		{"port too big", in(":authority", "chat.example.com:65536"), unchanged},
+		{"port with sign", in(":authority", "chat.example.com:+80"), unchanged},
+		{"semicolon", in(":authority", "a;b"), unchanged},
+		{"markup", in(":authority", `a"b<script>`), unchanged},
+		{"user info", in(":authority", "user@chat.example.com"), unchanged},
+		{"non-ASCII", in(":authority", "chät.example.com"), unchanged},
+		{"empty label", in(":authority", "chat..example.com"), unchanged},
+		{"long label", in(":authority", strings.Repeat("a", 64)+".com"), unchanged},
+		{"huge", in(":authority", strings.Repeat("a.", 150)+"com"), unchanged},
+		{"no metadata", context.Background(), unchanged},
 	} {
 		resp, err := svc.GetEndpoints(tc.ctx, &chatv1.GetEndpointsRequest{})
 		if err != nil {
@@ -182,8 +204,8 @@ func TestGetEndpointsUnspecifiedHost(t *testing.T) {
 		if len(eps) != 2 || eps[0].GetServerId() != "me" {
 			t.Fatalf("%s: endpoints %v", tc.name, idsOf(eps))
 		}
-		if eps[0].GetGrpcAddress() != tc.grpc || eps[0].GetHttpAddress() != tc.http {
-			t.Errorf("%s: self = %s, %s; want %s, %s", tc.name, eps[0].GetGrpcAddress(), eps[0].GetHttpAddress(), tc.grpc, tc.http)
+		if got := eps[0].GetGrpcAddress() + " " + eps[0].GetHttpAddress(); got != tc.want {
+			t.Errorf("%s: self = %s, want %s", tc.name, got, tc.want)
 		}
 		if eps[1].GetGrpcAddress() != "0.0.0.0:9091" {
 			t.Errorf("%s: another server's record rewritten: %s", tc.name, eps[1].GetGrpcAddress())
@@ -192,12 +214,12 @@ func TestGetEndpointsUnspecifiedHost(t *testing.T) {
 	if self.GetGrpcAddress() != "[::]:9090" || self.GetHttpAddress() != ":8080" {
 		t.Errorf("the view's record was modified: %v", self)
 	}
-	// A specified address is never rewritten.
-	fixedAddr := &chatv1.Endpoint{ServerId: "me", GrpcAddress: "192.0.2.7:9090", HttpAddress: "192.0.2.7:8080", State: serving}
-	svc = New(Config{Registry: fixed{NewView([]*chatv1.Endpoint{fixedAddr})}, ServerID: "me"})
-	resp, err := svc.GetEndpoints(in(":authority", "chat.example.com:9090"), &chatv1.GetEndpointsRequest{})
-	if err != nil || resp.GetEndpoints()[0].GetGrpcAddress() != "192.0.2.7:9090" {
-		t.Errorf("specified address: %v %v", resp.GetEndpoints(), err)
+	// A specified address is never rewritten; with one of the two
+	// unspecified only that one is.
+	svc = New(Config{Registry: fixed{NewView([]*chatv1.Endpoint{{ServerId: "me", GrpcAddress: "192.0.2.7:9090", HttpAddress: ":8080", State: serving}})}, ServerID: "me"})
+	resp, err := svc.GetEndpoints(in(":authority", "chat.example.com:19600"), &chatv1.GetEndpointsRequest{})
+	if err != nil || resp.GetEndpoints()[0].GetGrpcAddress() != "192.0.2.7:9090" || resp.GetEndpoints()[0].GetHttpAddress() != "chat.example.com:8080" {
+		t.Errorf("specified gRPC address: %v %v", resp.GetEndpoints(), err)
 	}
 }
 
