@@ -25,7 +25,8 @@
 # chatd's 1ms), PROFILE (a rate: profile every variant there first),
 # PROFILE_SECONDS (default 10; the profile starts 8 s into the run, so
 # DURATION must be at least 8 s longer). Ports: chatd 21090/21080
-# (pprof 21070), grpcfloor 21490/21480. Output: one JSON report per run in
+# (pprof 21070), grpcfloor 21490/21480, or CHATD_GRPC, CHATD_HTTP,
+# CHATD_PPROF, FLOOR_GRPC, FLOOR_HTTP (ports); each must be free. Output: one JSON report per run in
 # $WORK/runs/ and the table on stdout (also $WORK/table.md).
 set -euo pipefail
 
@@ -42,7 +43,14 @@ for b in chatd grpcfloor chatbench; do
 	[[ -x $BIN/$b ]] || { echo "floor.sh: $BIN/$b missing: go build -o bin/$b ./cmd/$b" >&2; exit 1; }
 done
 mkdir -p "$WORK/runs"
-CHATD_FLAGS=(--grpc-addr 127.0.0.1:21090 --http-addr 127.0.0.1:21080 --pprof-addr 127.0.0.1:21070
+CG=${CHATD_GRPC:-21090} CH=${CHATD_HTTP:-21080} CP=${CHATD_PPROF:-21070} FG=${FLOOR_GRPC:-21490} FH=${FLOOR_HTTP:-21480}
+for port in "$CG" "$CH" "$CP" "$FG" "$FH"; do
+	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		echo "floor.sh: port $port is in use (set CHATD_GRPC, CHATD_HTTP, CHATD_PPROF, FLOOR_GRPC, FLOOR_HTTP)" >&2
+		exit 1
+	fi
+done
+CHATD_FLAGS=(--grpc-addr "127.0.0.1:$CG" --http-addr "127.0.0.1:$CH" --pprof-addr "127.0.0.1:$CP"
 	--unary-rate 100000 --unary-burst 100000 --frame-rate 100000 --frame-burst 100000
 	--max-streams-per-device 32 --log-level warn)
 
@@ -65,13 +73,14 @@ wait_up() { # $1: metrics URL
 	exit 1
 }
 
-# The chatd data of 1,000 users, set up once (argon2id: ~2.5 min).
-if [[ ! -d $WORK/data0 ]]; then
+# The chatd data of 1,000 users, set up once (argon2id: ~2.5 min), when a
+# chatd variant runs.
+if [[ " $VARIANTS " == *" chatd"* && ! -d $WORK/data0 ]]; then
 	echo "floor.sh: setting up 1,000 users in $WORK/data0" >&2
 	"$BIN/chatd" "${CHATD_FLAGS[@]}" --data-dir "$WORK/data0.tmp" >"$WORK/setup-chatd.log" 2>&1 &
 	PID=$!
-	wait_up http://127.0.0.1:21080/metrics
-	"$BIN/chatbench" setup --users 1000 --servers 127.0.0.1:21090 --token-cache "$WORK/tokens.json" --quiet >"$WORK/setup.log" 2>&1
+	wait_up "http://127.0.0.1:$CH/metrics"
+	"$BIN/chatbench" setup --users 1000 --servers "127.0.0.1:$CG" --token-cache "$WORK/tokens.json" --quiet >"$WORK/setup.log" 2>&1
 	stop_server
 	mv "$WORK/data0.tmp" "$WORK/data0"
 fi
@@ -82,14 +91,14 @@ run() { # $1 variant, $2 rate, $3 round ("profile": a profiled run, not in the t
 	chatd | chatd0)
 		rm -rf "$WORK/copy" && cp -r "$WORK/data0" "$WORK/copy"
 		"$BIN/$v" "${CHATD_FLAGS[@]}" --data-dir "$WORK/copy" >"$WORK/server.log" 2>&1 &
-		grpc=127.0.0.1:21090 http=127.0.0.1:21080 pprof=127.0.0.1:21070 tokens=$WORK/tokens.json ;;
+		grpc=127.0.0.1:$CG http=127.0.0.1:$CH pprof=127.0.0.1:$CP tokens=$WORK/tokens.json ;;
 	relay | fsync)
 		local extra=()
 		[[ $v == fsync ]] && extra=(--fsync-file "$WORK/relay.log" --commit-linger "$LINGER")
 		# --heartbeat: chatd's default interval (presence.DefaultHeartbeatInterval)
-		"$BIN/grpcfloor" --mode relay --chatd-options --heartbeat 25s --grpc-addr 127.0.0.1:21490 --http-addr 127.0.0.1:21480 \
+		"$BIN/grpcfloor" --mode relay --chatd-options --heartbeat 25s --grpc-addr "127.0.0.1:$FG" --http-addr "127.0.0.1:$FH" \
 			"${extra[@]}" >"$WORK/server.log" 2>&1 &
-		grpc=127.0.0.1:21490 http=127.0.0.1:21480 pprof=127.0.0.1:21480 tokens=$WORK/tokens-floor.json ;;
+		grpc=127.0.0.1:$FG http=127.0.0.1:$FH pprof=127.0.0.1:$FH tokens=$WORK/tokens-floor.json ;;
 	esac
 	PID=$!
 	wait_up "http://$http/metrics"
