@@ -141,12 +141,16 @@ type App struct {
 	adminServer    *grpc.Server
 
 	grpcLis, httpLis net.Listener
-	grpcServer       *grpc.Server
-	httpServer       *http.Server
-	pprofLis         net.Listener // nil unless Config.PprofAddr
-	pprofServer      *http.Server
-	gatewayConn      *grpc.ClientConn
-	webStreams       webStreams // grpc-web WebSocket calls in progress (grpcweb.go)
+	// grpcConns and httpConns are the same listeners: their open
+	// connections, to end a stream stuck on a client that does not read
+	// (chat.Config.CloseConn).
+	grpcConns, httpConns *connTracker
+	grpcServer           *grpc.Server
+	httpServer           *http.Server
+	pprofLis             net.Listener // nil unless Config.PprofAddr
+	pprofServer          *http.Server
+	gatewayConn          *grpc.ClientConn
+	webStreams           webStreams // grpc-web WebSocket calls in progress (grpcweb.go)
 
 	serveErr  chan error
 	closeOnce sync.Once
@@ -201,12 +205,17 @@ func (a *App) openStore() error {
 // the bound gRPC port.
 func (a *App) listen() error {
 	var err error
-	if a.grpcLis, err = net.Listen("tcp", a.cfg.GRPCAddr); err != nil {
+	l, err := net.Listen("tcp", a.cfg.GRPCAddr)
+	if err != nil {
 		return fmt.Errorf("listen gRPC %s: %w", a.cfg.GRPCAddr, err)
 	}
-	if a.httpLis, err = net.Listen("tcp", a.cfg.HTTPAddr); err != nil {
+	a.grpcConns = trackConns(l)
+	a.grpcLis = a.grpcConns
+	if l, err = net.Listen("tcp", a.cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("listen HTTP %s: %w", a.cfg.HTTPAddr, err)
 	}
+	a.httpConns = trackConns(l)
+	a.httpLis = a.httpConns
 	if err := a.listenPprof(); err != nil {
 		return err
 	}
@@ -303,6 +312,10 @@ func (a *App) buildServices() error {
 		ServerID:   cfg.ServerID,
 		Presence:   a.presence,
 		EditWindow: cfg.EditWindow,
+		WriteStall: cfg.WriteStall,
+		CloseConn: func(ctx context.Context) bool {
+			return closeStreamConn(ctx, a.grpcConns, a.httpConns)
+		},
 		SendQueue:  cfg.SendQueue,
 		FrameRate:  cfg.FrameRate,
 		FrameBurst: cfg.FrameBurst,
@@ -501,7 +514,7 @@ func (a *App) logConfig() {
 		"redis_addrs", strings.Join(c.RedisAddrs, ","), "redis_prefix", c.RedisPrefix,
 		"token_key_file", c.TokenKeyFile, "token_ttl", c.TokenTTL.String(),
 		"heartbeat_interval", c.HeartbeatInterval.String(), "presence_grace", c.PresenceGrace.String(),
-		"edit_window", c.EditWindow.String(), "max_streams_per_device", c.MaxStreamsPerDevice,
+		"edit_window", c.EditWindow.String(), "write_stall", c.WriteStall.String(), "max_streams_per_device", c.MaxStreamsPerDevice,
 		"send_queue", c.SendQueue, "frame_rate", c.FrameRate, "frame_burst", c.FrameBurst,
 		"unary_rate", c.UnaryRate, "unary_burst", c.UnaryBurst, "unary_timeout", c.UnaryTimeout.String(),
 		"max_concurrent_streams", c.MaxConcurrentStreams, "shutdown_timeout", c.ShutdownTimeout.String(),

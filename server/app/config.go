@@ -135,6 +135,11 @@ type Config struct {
 	// EditWindow is how long after sending its author may edit a message.
 	// Zero means chat.DefaultEditWindow.
 	EditWindow time.Duration
+	// WriteStall is how long a Chat stream's writer may stay blocked on a
+	// client that does not read after the stream was ended (slow consumer,
+	// revocation, token expiry, heartbeat timeout) before the server closes
+	// its connection. Zero means chat.DefaultWriteStall.
+	WriteStall time.Duration
 	// SendQueue is the per-stream bounded send queue, in frames, at least
 	// MinSendQueue. Zero means hub.DefaultQueueSize. A device whose queue
 	// overflows is disconnected with ResourceExhausted and recovers by
@@ -245,6 +250,7 @@ func (c Config) Defaults() Config {
 	orDefault(&c.HeartbeatInterval, presence.DefaultHeartbeatInterval)
 	orDefault(&c.PresenceGrace, presence.DefaultGrace)
 	orDefault(&c.EditWindow, chat.DefaultEditWindow)
+	orDefault(&c.WriteStall, chat.DefaultWriteStall)
 	orDefault(&c.MaxStreamsPerDevice, hub.DefaultMaxStreamsPerDevice)
 	orDefault(&c.SendQueue, hub.DefaultQueueSize)
 	orDefault(&c.FrameRate, chat.DefaultFrameRate)
@@ -292,6 +298,9 @@ func (c Config) Validate() error {
 	}
 	if c.SendQueue < MinSendQueue {
 		errs = append(errs, fmt.Errorf("send queue %d is under %d frames", c.SendQueue, MinSendQueue))
+	}
+	if c.WriteStall < 0 {
+		errs = append(errs, fmt.Errorf("write stall %s is negative", c.WriteStall))
 	}
 	for _, o := range c.AllowedOrigins {
 		if err := checkOrigin(o); err != nil {

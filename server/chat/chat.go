@@ -49,6 +49,10 @@ const (
 	DefaultFrameRate   = 200 // client frames per second per device
 	DefaultFrameBurst  = 400
 	DefaultMaxInFlight = 256 // unacknowledged sends per stream
+	// DefaultWriteStall is how long a stream's writer may stay blocked
+	// writing to a client that does not read after its session closed,
+	// before its connection is closed (Config.WriteStall, CloseConn).
+	DefaultWriteStall = 10 * time.Second
 
 	// MaxTextBytes is the largest message text, in bytes of UTF-8.
 	MaxTextBytes = 65536
@@ -126,6 +130,19 @@ type Config struct {
 	// zero means DefaultEditWindow. Edits later fail with
 	// FailedPrecondition. Deletes have no window.
 	EditWindow time.Duration
+	// CloseConn, if not nil, closes the connection that carries the
+	// stream of ctx and reports whether it knew it (server/app tracks its
+	// listeners' connections). A stream whose session was closed (slow
+	// consumer, revocation, token expiry, heartbeat timeout, eviction)
+	// but whose writer is still blocked WriteStall later — in grpc-go's
+	// Send, on the flow control of a client that stopped reading — is
+	// ended that way: grpc-go has no way to end one stream from outside
+	// its handler. nil: such a stream stays until the client reads or its
+	// connection ends.
+	CloseConn func(ctx context.Context) bool
+	// WriteStall is how long a stream's writer may stay blocked after its
+	// session closed before CloseConn; zero means DefaultWriteStall.
+	WriteStall time.Duration
 	// Now is the clock for typing expiry, heartbeat acks and the edit
 	// window; default time.Now.
 	Now func() time.Time
@@ -160,6 +177,8 @@ type Service struct {
 	burst     int
 	inFlight  int
 	editWin   time.Duration
+	closeConn func(ctx context.Context) bool
+	stall     time.Duration
 	now       func() time.Time
 	log       *slog.Logger
 	tracer    trace.Tracer
@@ -193,6 +212,8 @@ func New(cfg Config) *Service {
 		burst:     cfg.FrameBurst,
 		inFlight:  cfg.MaxInFlight,
 		editWin:   cfg.EditWindow,
+		closeConn: cfg.CloseConn,
+		stall:     cfg.WriteStall,
 		now:       cfg.Now,
 		log:       cfg.Logger,
 		tracer:    cfg.Tracer,
@@ -219,6 +240,9 @@ func New(cfg Config) *Service {
 	}
 	if s.editWin <= 0 {
 		s.editWin = DefaultEditWindow
+	}
+	if s.stall <= 0 {
+		s.stall = DefaultWriteStall
 	}
 	if s.now == nil {
 		s.now = time.Now

@@ -30,6 +30,10 @@ type Metrics struct {
 	FrameErrors *prometheus.CounterVec
 	// StreamsOpen is the number of open Chat streams on this server.
 	StreamsOpen prometheus.Gauge
+	// WriteStalls counts connections closed because a stream's writer
+	// stayed blocked on a client that does not read after its session
+	// closed (Config.CloseConn).
+	WriteStalls prometheus.Counter
 	// SendLatency is the time from submitting a send to its ack being
 	// queued (validation excluded), in seconds.
 	SendLatency prometheus.Histogram
@@ -61,6 +65,9 @@ func newMetrics(reg prometheus.Registerer, seq *sequence.Sequencer, h *hub.Hub, 
 		StreamsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "chatd", Name: "streams_open", Help: "Open Chat streams on this server.",
 		}),
+		WriteStalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "chatd", Name: "write_stalls_total", Help: "Connections closed because a stream's writer stayed blocked on a client that does not read after its session closed.",
+		}),
 		SendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "chatd", Name: "send_latency_seconds", Help: "Time from submitting a send to its ack (group commit included).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
@@ -71,7 +78,7 @@ func newMetrics(reg prometheus.Registerer, seq *sequence.Sequencer, h *hub.Hub, 
 	}
 	cs := []prometheus.Collector{
 		m.MessagesAccepted, m.Duplicates, m.DeliveriesSent, m.DeliveriesSynced, m.SyncPages,
-		m.Frames, m.FrameErrors, m.StreamsOpen, m.SendLatency,
+		m.Frames, m.FrameErrors, m.StreamsOpen, m.WriteStalls, m.SendLatency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "chatd", Name: "send_queue_overflows_total", Help: "Streams closed because their send queue overflowed.",
 		}, func() float64 { return float64(h.Overflows()) }),

@@ -89,6 +89,9 @@ type stream struct {
 
 	// eof is set by the reader when the client half-closed (see read).
 	eof atomic.Bool
+	// ended is set when the handler is done with the stream (close): a
+	// session closed later needs no watch (see sessionClosed).
+	ended atomic.Bool
 
 	// sent is what the writer sent in order and the device has not acked
 	// yet: the reader's acks move the delivery markers from it, without
@@ -250,7 +253,31 @@ func (s *Service) open(gs chatv1.ChatService_ChatServer) (*stream, error) {
 	st.d = deliver.NewStream(deliver.Config{
 		UserID: p.UserID, Send: st.send, Inbox: s.st, Heads: s.seq, Done: sess.Done(), Log: &st.sent,
 	})
+	if s.closeConn != nil {
+		sess.OnClose(st.sessionClosed)
+	}
 	return st, nil
+}
+
+// sessionClosed runs when the stream's session closes. The writer then
+// ends the stream, unless it is blocked in grpc-go's Send on the flow
+// control of a client that stopped reading (its transport still answers
+// pings): if the handler has not returned WriteStall later, the stream's
+// connection is closed, which fails that Send.
+func (st *stream) sessionClosed() {
+	if st.ended.Load() {
+		return
+	}
+	time.AfterFunc(st.s.stall, func() {
+		if st.ended.Load() {
+			return
+		}
+		if st.s.closeConn(st.ctx) {
+			st.s.metrics.WriteStalls.Inc()
+			st.s.log.Warn("stream stuck writing to a client that does not read; its connection closed",
+				"user_id", st.p.UserID, "device_id", st.p.DeviceID, "reason", closeReason(st.sess.Err(), grpcerr.Code(st.sess.Err())), "stall", st.s.stall)
+		}
+	})
 }
 
 // close logs a stream the server ended and releases what open
@@ -259,6 +286,7 @@ func (s *Service) open(gs chatv1.ChatService_ChatServer) (*stream, error) {
 // the client half-closed) takes the device offline at once; any other
 // leaves it online for the grace period.
 func (st *stream) close(err error, ended bool) {
+	st.ended.Store(true)
 	if ended {
 		st.s.logClosed(st.ctx, st.p, err, time.Since(st.opened))
 	}

@@ -187,6 +187,9 @@ type Session struct {
 	// Enqueue that finds the queue full (most sessions never do), nil
 	// until then. Guarded by mu.
 	space chan struct{}
+	// onClose runs once when the session closes (see OnClose). Guarded
+	// by mu.
+	onClose func()
 }
 
 // initialQueue is the ring's first allocation, in items.
@@ -292,7 +295,30 @@ func (s *Session) Close(err error) bool {
 		close(s.done)
 		closed = true
 	})
+	if closed {
+		s.mu.Lock()
+		f := s.onClose
+		s.onClose = nil
+		s.mu.Unlock()
+		if f != nil {
+			f()
+		}
+	}
 	return closed
+}
+
+// OnClose makes f run once when the session closes, on the goroutine that
+// closes it (at once, on this one, if it is closed already). f must not
+// block. A later OnClose replaces an f that has not run.
+func (s *Session) OnClose(f func()) {
+	s.mu.Lock()
+	if s.closed.Load() == nil {
+		s.onClose = f
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	f()
 }
 
 // TryEnqueue adds it to the send queue without blocking. If the queue is

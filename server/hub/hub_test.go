@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -411,5 +412,40 @@ func TestWake(t *testing.T) {
 	<-s.Ready()
 	if it, ok := s.Pop(); !ok || it.Frame.GetFrameId() != 7 {
 		t.Fatalf("Pop = %+v, %v; want frame 7", it, ok)
+	}
+}
+
+// TestOnClose: the callback runs exactly once when the session closes
+// (also when registered after the close, at once), and never while it is
+// open.
+func TestOnClose(t *testing.T) {
+	h, _ := newHub(t, hub.Config{})
+	s := register(t, h, "u", "d", 4)
+	var n atomic.Int32
+	s.OnClose(func() { n.Add(1) })
+	if n.Load() != 0 {
+		t.Fatal("ran while open")
+	}
+	s.Close(nil)
+	s.Close(nil)
+	if n.Load() != 1 {
+		t.Fatalf("ran %d times after two closes, want 1", n.Load())
+	}
+	s.OnClose(func() { n.Add(10) }) // already closed: at once
+	if n.Load() != 11 {
+		t.Fatalf("late OnClose: n = %d, want 11", n.Load())
+	}
+	// Concurrent close and registration: exactly once either way.
+	for range 200 {
+		s := register(t, h, "u", "d", 4)
+		var m atomic.Int32
+		done := make(chan struct{})
+		go func() { s.Close(nil); close(done) }()
+		s.OnClose(func() { m.Add(1) })
+		<-done
+		if m.Load() != 1 {
+			t.Fatalf("concurrent: ran %d times", m.Load())
+		}
+		h.Unregister(s)
 	}
 }
