@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -553,6 +554,16 @@ func fatal(err error) bool {
 	return false
 }
 
+// notChatServer reports whether err is grpc-go's status for an answer
+// that was not gRPC at all (an HTTP server's error page, whose HTTP status
+// grpc-go maps to a code such as Unimplemented or Unauthenticated): not a
+// chat server's verdict on this client.
+func notChatServer(err error) bool {
+	msg := status.Convert(err).Message()
+	return strings.HasPrefix(msg, "unexpected HTTP status code received from server") ||
+		strings.Contains(msg, "malformed header: missing HTTP content-type")
+}
+
 // retryDelay is the google.rpc.RetryInfo delay of err, if it has one.
 func retryDelay(err error) (time.Duration, bool) {
 	st, ok := status.FromError(err)
@@ -690,8 +701,19 @@ func (r *Resilient) connect(eps []*chatv1.Endpoint) (*Session, string, error) {
 		if err == nil {
 			return s, addr, nil
 		}
-		if r.ctx.Err() != nil || fatal(err) {
+		if r.ctx.Err() != nil {
 			return nil, "", err
+		}
+		if fatal(err) {
+			if !notChatServer(err) {
+				return nil, "", err
+			}
+			// Something else answers there (an HTTP error page): the
+			// next address may be a chat server; a status of its own
+			// only if none is.
+			r.forget(addr)
+			last = err
+			continue
 		}
 		if status.Code(err) != codes.ResourceExhausted {
 			r.forget(addr)

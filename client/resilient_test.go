@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -192,11 +193,26 @@ func TestResilientStopsWhenRevoked(t *testing.T) {
 
 // TestResilientFallsBackToSeeds: when the servers Discovery names cannot
 // be dialled from here (a server behind a port mapping or a proxy that
-// advertises an address of its own side), the session opens on the seed
-// address it was given, after trying them.
+// advertises an address of its own side: refused, or answered by an HTTP
+// server's 404 page, which grpc-go reports as Unimplemented), the session
+// opens on the seed address it was given, after trying them.
 func TestResilientFallsBackToSeeds(t *testing.T) {
+	h2 := &http.Server{Handler: http.NotFoundHandler(), Protocols: new(http.Protocols)}
+	h2.Protocols.SetUnencryptedHTTP2(true)
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = h2.Serve(hl) }()
+	t.Cleanup(func() { _ = h2.Close() })
+	for _, advertise := range []string{"127.0.0.1:1" /* refused */, hl.Addr().String() /* HTTP 404 */} {
+		t.Run(advertise, func(t *testing.T) { fallsBackToSeeds(t, advertise) })
+	}
+}
+
+func fallsBackToSeeds(t *testing.T, advertise string) {
 	a, err := app.New(app.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
-		AdvertiseGRPC: "127.0.0.1:1", Logger: slog.New(slog.DiscardHandler)}) // port 1: refused
+		AdvertiseGRPC: advertise, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -149,7 +149,7 @@ func parseFlags(cmd string, args []string, stderr io.Writer) (options, error) {
 		fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", d.HeartbeatInterval, "heartbeat interval clients are told (in the stream's Welcome) to use")
 		fs.DurationVar(&c.PresenceGrace, "presence-grace", d.PresenceGrace, "a device counts as online this long after its last heartbeat or frame; a stream silent that long is closed (must exceed --heartbeat-interval)")
 		fs.DurationVar(&c.EditWindow, "edit-window", d.EditWindow, "how long after sending its author may edit a message")
-		fs.DurationVar(&c.WriteStall, "write-stall", d.WriteStall, "how long a stream ended by the server (slow consumer, revocation, expiry, heartbeat timeout) may stay blocked writing to a client that does not read before its connection is closed")
+		fs.DurationVar(&c.WriteStall, "write-stall", d.WriteStall, "how long a stream ended by the server (slow consumer, revocation, expiry, heartbeat timeout) may stay blocked writing to a client that does not read before its connection is closed (0: the default)")
 		fs.IntVar(&c.MaxStreamsPerDevice, "max-streams-per-device", d.MaxStreamsPerDevice, "Chat streams one device may hold on this server; one more closes its oldest (ResourceExhausted)")
 		fs.IntVar(&c.SendQueue, "send-queue", d.SendQueue, fmt.Sprintf("per-stream send queue in frames (at least %d);", app.MinSendQueue)+" a device that overflows it is disconnected (ResourceExhausted) and recovers by sync")
 		fs.Float64Var(&c.FrameRate, "frame-rate", d.FrameRate, "frames per second a device may send on its Chat stream")

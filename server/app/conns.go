@@ -9,7 +9,7 @@ import (
 )
 
 // connTracker is a listener that remembers its open TCP connections by
-// remote address, so that the chat service can end a stream stuck writing
+// their local and remote addresses (connKey), so that the chat service can end a stream stuck writing
 // to a client that stopped reading by closing its connection
 // (chat.Config.CloseConn): grpc-go has no way to end one stream from
 // outside its handler.
@@ -42,7 +42,7 @@ func (l *connTracker) Accept() (net.Conn, error) {
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		l.mu.Lock()
-		l.conns[tc.RemoteAddr().String()] = tc
+		l.conns[connKey(tc.LocalAddr(), tc.RemoteAddr())] = tc
 		if len(l.conns) >= l.next {
 			l.sweepLocked()
 			l.next = max(sweepMin, 2*len(l.conns))
@@ -68,12 +68,19 @@ func open(c *net.TCPConn) bool {
 	return err == nil && rc.Control(func(uintptr) {}) == nil
 }
 
-// closeConn closes the open connection whose remote address is addr and
+// connKey names a TCP connection by both ends: a remote address alone is
+// not unique across listeners (one client host may use the same source
+// port towards the gRPC and the HTTP port).
+func connKey(local, remote net.Addr) string {
+	return local.String() + " " + remote.String()
+}
+
+// closeConn closes the open connection whose key (connKey) is key and
 // reports whether there was one.
-func (l *connTracker) closeConn(addr string) bool {
+func (l *connTracker) closeConn(key string) bool {
 	l.mu.Lock()
-	c := l.conns[addr]
-	delete(l.conns, addr)
+	c := l.conns[key]
+	delete(l.conns, key)
 	l.mu.Unlock()
 	if c == nil || !open(c) {
 		return false
@@ -89,16 +96,17 @@ func (l *connTracker) len() int {
 }
 
 // closeStreamConn closes the connection that carries the stream of ctx
-// (its peer's address, on the gRPC listener or, for grpc-web, the HTTP
-// one) and reports whether it found one (chat.Config.CloseConn).
+// (its peer's local and remote addresses, on the gRPC listener or, for
+// grpc-web, the HTTP one) and reports whether it found one
+// (chat.Config.CloseConn). Without both addresses it closes nothing.
 func closeStreamConn(ctx context.Context, ls ...*connTracker) bool {
 	p, ok := peer.FromContext(ctx)
-	if !ok || p.Addr == nil {
+	if !ok || p.Addr == nil || p.LocalAddr == nil {
 		return false
 	}
-	addr := p.Addr.String()
+	key := connKey(p.LocalAddr, p.Addr)
 	for _, l := range ls {
-		if l != nil && l.closeConn(addr) {
+		if l != nil && l.closeConn(key) {
 			return true
 		}
 	}

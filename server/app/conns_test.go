@@ -38,7 +38,16 @@ func TestConnTracker(t *testing.T) {
 	c2, s2 := accept()
 	defer c2.Close()
 	defer s2.Close()
-	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: s1.RemoteAddr()})
+	// Only both ends name it: the same remote address on another local
+	// address is another connection.
+	other := peer.NewContext(context.Background(), &peer.Peer{Addr: s1.RemoteAddr(), LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}})
+	if closeStreamConn(other, ct) {
+		t.Fatal("closed a connection by its remote address alone")
+	}
+	if closeStreamConn(peer.NewContext(context.Background(), &peer.Peer{Addr: s1.RemoteAddr()}), ct) {
+		t.Fatal("closed a connection without a local address")
+	}
+	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: s1.RemoteAddr(), LocalAddr: s1.LocalAddr()})
 	if !closeStreamConn(ctx, nil, ct) {
 		t.Fatal("closeStreamConn found no connection")
 	}

@@ -390,6 +390,11 @@ func (st *stream) send(f *chatv1.ServerFrame) error {
 		return st.endStatus()
 	}
 	if err := st.gs.Send(f); err != nil {
+		if st.sess.Err() != nil {
+			// The session closed while this Send was blocked (and its
+			// connection was closed, see sessionClosed): why it closed.
+			return st.endStatus()
+		}
 		return err
 	}
 	if f.GetDelivery() != nil {

@@ -31,6 +31,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -283,9 +284,13 @@ const HTTPHostKey = "x-chatd-http-host"
 // or one that is not a DNS name or IP literal, with an optional port).
 func reachedBy(ctx context.Context, e *chatv1.Endpoint) (grpcAddr, httpAddr string, ok bool) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	key := ":authority"
+	key, overHTTP := ":authority", false
 	if len(md.Get(HTTPHostKey)) > 0 {
-		key = HTTPHostKey
+		key, overHTTP = HTTPHostKey, true
+	} else if p, ok := peer.FromContext(ctx); ok && p.LocalAddr != nil && samePort(p.LocalAddr, e.GetHttpAddress()) {
+		// grpc-web: the request came in on the HTTP port, whose Host
+		// header grpc-go passes on as :authority.
+		overHTTP = true
 	}
 	v := md.Get(key)
 	if len(v) != 1 {
@@ -297,13 +302,20 @@ func reachedBy(ctx context.Context, e *chatv1.Endpoint) (grpcAddr, httpAddr stri
 	}
 	grpcAddr, httpAddr = withHost(e.GetGrpcAddress(), host, ""), withHost(e.GetHttpAddress(), host, "")
 	if port != "" {
-		if key == HTTPHostKey {
+		if overHTTP {
 			httpAddr = withHost(e.GetHttpAddress(), host, port)
 		} else {
 			grpcAddr = withHost(e.GetGrpcAddress(), host, port)
 		}
 	}
 	return grpcAddr, httpAddr, true
+}
+
+// samePort reports whether a's port is addr's ("host:port").
+func samePort(a net.Addr, addr string) bool {
+	_, p1, err1 := net.SplitHostPort(a.String())
+	_, p2, err2 := net.SplitHostPort(addr)
+	return err1 == nil && err2 == nil && p1 == p2
 }
 
 // withHost returns addr with its host replaced by host, and its port by
@@ -322,7 +334,8 @@ func withHost(addr, host, port string) string {
 // hostPort splits an :authority or Host value into a host (a DNS name of
 // letters, digits, '-' and '.', or an IP literal that is not unspecified;
 // IPv6 in brackets) and a port (1 to 65535, or empty when absent). ok is
-// false for anything else (RFC 3986 section 3.2.2's reg-name is wider,
+// false for anything else, and for names resolvers read as IPv4 addresses
+// ("0", "127.1") (RFC 3986 section 3.2.2's reg-name is wider,
 // but no dialable chat server needs more, and the answer must not carry
 // what a client did not send as a host).
 func hostPort(v string) (host, port string, ok bool) {
@@ -351,8 +364,14 @@ func hostPort(v string) (host, port string, ok bool) {
 	if len(host) > 253 || strings.HasPrefix(host, ".") || strings.HasPrefix(host, "-") || strings.Contains(host, "..") {
 		return "", "", false
 	}
-	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
-		if len(label) == 0 || len(label) > 63 {
+	labels := strings.Split(strings.TrimSuffix(host, "."), ".")
+	// An all-numeric last label is no DNS name (RFC 1123 section 2.1);
+	// resolvers read "0", "127.1" or "1.2.3" as IPv4 addresses.
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return "", "", false
+	}
+	for _, label := range labels {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return "", "", false
 		}
 		for i := 0; i < len(label); i++ {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -195,6 +197,14 @@ func TestGetEndpointsUnspecifiedHost(t *testing.T) {
 		{"long label", in(":authority", strings.Repeat("a", 64)+".com"), unchanged},
 		{"huge", in(":authority", strings.Repeat("a.", 150)+"com"), unchanged},
 		{"no metadata", context.Background(), unchanged},
+		{"numeric name 0", in(":authority", "0:19190"), unchanged},
+		{"numeric name 127.1", in(":authority", "127.1:7"), unchanged},
+		{"numeric name 1.2.3", in(":authority", "1.2.3"), unchanged},
+		{"label starting with a hyphen", in(":authority", "x.-y:1"), unchanged},
+		{"label ending with a hyphen", in(":authority", "x-.y:1"), unchanged},
+		{"digits in a name", in(":authority", "chat1.example2.com:9090"), "chat1.example2.com:9090 chat1.example2.com:8080"},
+		{"grpc-web: the Host of the HTTP port", peer.NewContext(in(":authority", "chat.example.com:8443"), &peer.Peer{LocalAddr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 8080}}), "chat.example.com:9090 chat.example.com:8443"},
+		{"native gRPC on the gRPC port", peer.NewContext(in(":authority", "chat.example.com:19600"), &peer.Peer{LocalAddr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 9090}}), "chat.example.com:19600 chat.example.com:8080"},
 	} {
 		resp, err := svc.GetEndpoints(tc.ctx, &chatv1.GetEndpointsRequest{})
 		if err != nil {
