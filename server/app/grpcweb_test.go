@@ -329,30 +329,8 @@ func TestGRPCWeb_SlowConsumerAndFrameLimit(t *testing.T) {
 	if f, err := wc.Recv(); err != nil || f.GetWelcome() == nil {
 		t.Fatalf("welcome: %v %v", f, err)
 	}
-	text := strings.Repeat("x", 60<<10)
 	const n = 160 // 9.6 MB: more than the kernel buffers between chatd and a reader that stopped
-	// alice sends in windows of 4 (her own stream's queue is small too: it
-	// carries a SendAck and her own copy of each message).
-	for i := 0; i < n; i += 4 {
-		for j := i; j < i+4; j++ {
-			if err := as.s.Send(&chatv1.ClientFrame{FrameId: uint64(j + 1), Payload: &chatv1.ClientFrame_Send{Send: &chatv1.SendMessage{
-				Target: &chatv1.SendMessage_ToUser{ToUser: "bob"}, ClientMessageId: fmt.Sprint("slow-", j), Text: fmt.Sprint(j+1, text)}}}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for acks := 0; acks < 4; {
-			f, err := as.s.Recv()
-			if err != nil {
-				t.Fatalf("alice after %d sends: %v", i, err)
-			}
-			if e := f.GetError(); e != nil {
-				t.Fatalf("alice's frame %d: %s", f.GetFrameId(), e.GetMessage())
-			}
-			if f.GetSendAck() != nil {
-				acks++
-			}
-		}
-	}
+	as.flood("bob", "slow-", n)
 	got := 0
 	for err = nil; err == nil; {
 		var f *chatv1.ServerFrame

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -202,4 +203,36 @@ func (u *user) withConn(cc *grpc.ClientConn) *user {
 	c := *u
 	c.cc = cc
 	return &c
+}
+
+// flood sends n messages of ~60 KB to user to (client_message_ids
+// cmidPrefix0, cmidPrefix1, ...; text i+1 followed by 60 KiB of 'x'), in
+// windows of 4, waiting for each window's SendAcks (the sender's own
+// stream's queue may be small too: it carries a SendAck and the sender's
+// own copy of each message). A FrameError or a stream error fails the
+// test.
+func (st *stream) flood(to, cmidPrefix string, n int) {
+	t := st.t
+	t.Helper()
+	text := strings.Repeat("x", 60<<10)
+	for i := 0; i < n; i += 4 {
+		for j := i; j < i+4; j++ {
+			if err := st.s.Send(&chatv1.ClientFrame{FrameId: uint64(j + 1), Payload: &chatv1.ClientFrame_Send{Send: &chatv1.SendMessage{
+				Target: &chatv1.SendMessage_ToUser{ToUser: to}, ClientMessageId: fmt.Sprint(cmidPrefix, j), Text: fmt.Sprint(j+1, text)}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for acks := 0; acks < 4; {
+			f, err := st.s.Recv()
+			if err != nil {
+				t.Fatalf("sender after %d sends: %v", i, err)
+			}
+			if e := f.GetError(); e != nil {
+				t.Fatalf("frame %d: %s", f.GetFrameId(), e.GetMessage())
+			}
+			if f.GetSendAck() != nil {
+				acks++
+			}
+		}
+	}
 }

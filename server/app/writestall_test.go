@@ -1,15 +1,12 @@
 package app_test
 
 import (
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	chatv1 "github.com/chatd/chatd/gen/chat/v1"
 	"github.com/chatd/chatd/server/app"
 )
 
@@ -31,28 +28,8 @@ func TestWriteStallClosesConnection(t *testing.T) {
 	if got := metric(t, a.HTTPAddr(), "chatd_streams_open"); got != "2" {
 		t.Fatalf("streams_open = %q, want 2", got)
 	}
-	text := strings.Repeat("x", 60<<10)
 	const n = 160 // 9.6 MB: more than the windows and kernel buffers between chatd and bob
-	for i := 0; i < n; i += 4 {
-		for j := i; j < i+4; j++ {
-			if err := as.s.Send(&chatv1.ClientFrame{FrameId: uint64(j + 1), Payload: &chatv1.ClientFrame_Send{Send: &chatv1.SendMessage{
-				Target: &chatv1.SendMessage_ToUser{ToUser: "bob"}, ClientMessageId: fmt.Sprint("stall-", j), Text: fmt.Sprint(j+1, text)}}}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for acks := 0; acks < 4; {
-			f, err := as.s.Recv()
-			if err != nil {
-				t.Fatalf("alice after %d sends: %v", i, err)
-			}
-			if e := f.GetError(); e != nil {
-				t.Fatalf("alice's frame %d: %s", f.GetFrameId(), e.GetMessage())
-			}
-			if f.GetSendAck() != nil {
-				acks++
-			}
-		}
-	}
+	as.flood("bob", "stall-", n)
 	// bob has read nothing since his Welcome.
 	deadline := time.Now().Add(15 * time.Second)
 	for metric(t, a.HTTPAddr(), "chatd_streams_open") != "1" {
